@@ -1,0 +1,58 @@
+"""Runs a job's script on the box with ordered stdout/stderr (stdlib only; executed by the box's python3).
+
+Python-level writes to sys.stdout and sys.stderr go through ONE pipe (fd $BOXRUN_LOG_FD) as small
+frames: 1 byte stream code, 2 bytes big-endian length, payload (<= 4093 bytes, so every frame is
+one atomic pipe write even from forked children). One pipe keeps the order between the two
+streams exactly as the script produced it. Writes that bypass sys.stdout (subprocesses, C code,
+os.write(1, ...)) still reach the agent through the plain fd 1 / fd 2 pipes.
+"""
+
+import io
+import os
+import runpy
+import sys
+import threading
+
+_FD = int(os.environ.pop("BOXRUN_LOG_FD"))
+_MAX = 4093  # PIPE_BUF (4096) minus the 3-byte header
+_LOCK = threading.Lock()
+
+
+class _FramedStream(io.RawIOBase):
+    def __init__(self, code: bytes, fd: int) -> None:
+        super().__init__()
+        self._code = code
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd  # subprocess.Popen(stdout=sys.stdout) inherits the plain pipe
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        with _LOCK:
+            for start in range(0, len(data), _MAX):
+                chunk = data[start:start + _MAX]
+                os.write(_FD, self._code + len(chunk).to_bytes(2, "big") + chunk)
+        return len(data)
+
+
+def _wrap(code: bytes, fd: int) -> io.TextIOWrapper:
+    return io.TextIOWrapper(_FramedStream(code, fd), encoding="utf-8", errors="backslashreplace",
+                            line_buffering=True, write_through=True)
+
+
+def main() -> None:
+    script = sys.argv[1]
+    sys.argv = sys.argv[1:]
+    sys.stdout = _wrap(b"o", 1)
+    sys.stderr = _wrap(b"e", 2)
+    sys.path[0] = os.path.dirname(os.path.abspath(script))
+    sys.path.insert(0, os.getcwd())
+    runpy.run_path(script, run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

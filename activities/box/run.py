@@ -1,0 +1,122 @@
+"""Box activities, run by `boxrun agent` on the box's own task queue: run_job and upload_artifacts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import httpx
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from boxrun.activities.box.logpump import LogPump, LogSink
+from boxrun.activities.box.process import JobProcess, child_env
+from boxrun.activities.box.workspace import Workspace
+from boxrun.activities.names import RUN_JOB, UPLOAD_ARTIFACTS
+from boxrun.messages import JobStarted, RunJobInput, RunJobResult, UploadInput, UploadResult
+
+log = logging.getLogger(__name__)
+
+CANCEL_GRACE_S = 10.0
+TIMEOUT_GRACE_S = 5.0
+
+
+class BoxActivities:
+    def __init__(self, *, sink: LogSink, workdir: Path, python: str, heartbeat_s: float = 1.0,
+                 upload_http: httpx.AsyncClient | None = None, pump_options: dict | None = None) -> None:
+        self.sink = sink
+        self.workdir = workdir
+        self.python = python
+        self.heartbeat_s = heartbeat_s
+        self.upload_http = upload_http or httpx.AsyncClient(timeout=httpx.Timeout(60.0))
+        self.pump_options = pump_options or {}
+
+    def all(self) -> list:
+        return [self.run_job, self.upload_artifacts]
+
+    @activity.defn(name=RUN_JOB)
+    async def run_job(self, inp: RunJobInput) -> RunJobResult:
+        spec = inp.spec
+        ws = Workspace.for_job(self.workdir, spec.job_id)
+        try:
+            ws.create(spec)
+        except (OSError, ValueError) as exc:
+            ws.remove()
+            return RunJobResult(exit_code=None, error=f"could not prepare the workspace: {exc}")
+
+        pump = LogPump(self.sink, spec.job_id, **self.pump_options)
+        pump.start()
+        job = JobProcess(pump)
+        env = child_env(os.environ, spec.env, {"BOXRUN_JOB_ID": spec.job_id, "BOXRUN_ARTIFACTS_DIR": str(ws.artifacts)})
+        try:
+            pid = await job.spawn(self.python, ws.script, ws.work, env)
+        except OSError as exc:
+            await pump.close()
+            ws.remove()
+            return RunJobResult(exit_code=None, error=f"could not start {self.python}: {exc}")
+        announce = asyncio.create_task(self._announce(pid))
+        try:
+            code, timed_out = await self._supervise(job, spec.timeout_s)
+        except asyncio.CancelledError:
+            # Cancelled from the workflow (user cancel) or the activity timed out on the server.
+            await job.terminate(CANCEL_GRACE_S)
+            await job.finish_output()
+            pump.add("system", "boxrun: job cancelled; process group terminated")
+            await pump.close()
+            ws.remove()
+            raise
+        finally:
+            announce.cancel()
+        await job.finish_output()
+        if timed_out:
+            pump.add("system", f"boxrun: timed out after {spec.timeout_s}s; process group killed")
+        await pump.close()
+        artifacts = await asyncio.to_thread(ws.manifest)
+        if not artifacts:
+            ws.remove()
+        return RunJobResult(exit_code=code, timed_out=timed_out, pid=pid, log_lines=pump.last_seq, artifacts=artifacts)
+
+    async def _supervise(self, job: JobProcess, timeout_s: float) -> tuple[int, bool]:
+        """Wait for the process while heartbeating; kill the group at the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            activity.heartbeat({"lines": job.pump.last_seq})
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return await job.terminate(TIMEOUT_GRACE_S), True
+            code = await job.wait(min(self.heartbeat_s, remaining))
+            if code is not None:
+                return code, False
+
+    async def _announce(self, pid: int) -> None:
+        """Tell the workflow the process is up, so the job shows `running` at once."""
+        info = activity.info()
+        try:
+            handle = activity.client().get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
+            await handle.signal("started", JobStarted(pid=pid))
+        except Exception as exc:  # the result carries the pid too; the workflow catches up then
+            log.warning("could not signal start of job %s: %s", info.workflow_id, exc)
+
+    @activity.defn(name=UPLOAD_ARTIFACTS)
+    async def upload_artifacts(self, inp: UploadInput) -> UploadResult:
+        """PUT each artifact straight to storage with its presigned URL and checksum headers."""
+        ws = Workspace.for_job(self.workdir, inp.job_id)
+        if not ws.artifacts.is_dir():
+            raise ApplicationError(f"workspace of job {inp.job_id} is gone from this box", non_retryable=True)
+        for target in inp.targets:
+            path = ws.artifacts / target.path
+            activity.heartbeat(target.path)
+            with path.open("rb") as fh:
+                resp = await self.upload_http.put(target.url, content=_chunks(fh), headers=target.headers)
+            if resp.status_code >= 300:
+                raise ApplicationError(f"upload of {target.path} refused: HTTP {resp.status_code} {resp.text[:200]}")
+        ws.remove()
+        return UploadResult(uploaded=len(inp.targets))
+
+
+async def _chunks(fh, size: int = 1 << 20):
+    while chunk := await asyncio.to_thread(fh.read, size):
+        yield chunk

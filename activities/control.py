@@ -1,0 +1,115 @@
+"""Control-plane activities: every job state change, lease, presign and verification."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from boxrun.activities.names import (
+    ACQUIRE_BOX,
+    FINISH_JOB,
+    PRESIGN_UPLOADS,
+    RECORD_TRANSITION,
+    VERIFY_ARTIFACTS,
+)
+from boxrun.constants import JobState, artifact_key
+from boxrun.db import Q
+from boxrun.errors import InvalidTransition, NotFound
+from boxrun.messages import (
+    AcquireInput,
+    AcquireResult,
+    FinishInput,
+    PresignInput,
+    PresignResult,
+    ReleaseResult,
+    TransitionInput,
+    TransitionResult,
+    UploadTarget,
+    VerifyInput,
+    VerifyResult,
+)
+from boxrun.placement import acquire, release
+from boxrun.storage import Storage
+from boxrun.transitions import transition
+
+
+def _permanent(exc: Exception) -> ApplicationError:
+    return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)
+
+
+class ControlActivities:
+    """Bound to one Postgres pool and one storage client; registered on the control worker."""
+
+    def __init__(self, pool: asyncpg.Pool, storage: Storage) -> None:
+        self.pool = pool
+        self.storage = storage
+
+    def all(self) -> list:
+        return [self.acquire_box, self.record_transition, self.finish_job, self.presign_uploads,
+                self.verify_artifacts]
+
+    @activity.defn(name=ACQUIRE_BOX)
+    async def acquire_box(self, inp: AcquireInput) -> AcquireResult:
+        async with self.pool.acquire() as conn:
+            try:
+                return await acquire(conn, inp.job_id)
+            except (NotFound, InvalidTransition) as exc:
+                raise _permanent(exc) from exc
+
+    @activity.defn(name=RECORD_TRANSITION)
+    async def record_transition(self, inp: TransitionInput) -> TransitionResult:
+        async with self.pool.acquire() as conn, conn.transaction():
+            try:
+                state, changed = await transition(
+                    conn, inp.job_id, inp.to_state, exit_code=inp.exit_code, error=inp.error,
+                    waiting_reason=inp.waiting_reason, detail=inp.detail,
+                )
+            except (NotFound, InvalidTransition) as exc:
+                raise _permanent(exc) from exc
+        return TransitionResult(state=state, changed=changed)
+
+    @activity.defn(name=FINISH_JOB)
+    async def finish_job(self, inp: FinishInput) -> ReleaseResult:
+        """Terminal transition and lease release in one transaction. A job that is already
+        terminal keeps its state (terminal states are absorbing); the lease is freed regardless."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            job = await conn.fetchrow(Q.lock_job, inp.job_id)
+            if job is None:
+                raise _permanent(NotFound(f"job {inp.job_id} does not exist"))
+            try:
+                state, _ = await transition(conn, inp.job_id, inp.to_state, exit_code=inp.exit_code, error=inp.error)
+            except InvalidTransition:
+                state = JobState(job["state"])  # already terminal: absorbing, nothing to change
+            released = await release(conn, inp.job_id)
+        return released.model_copy(update={"state": state})
+
+    @activity.defn(name=PRESIGN_UPLOADS)
+    async def presign_uploads(self, inp: PresignInput) -> PresignResult:
+        targets = []
+        for entry in inp.artifacts:
+            key = artifact_key(inp.job_id, entry.path)
+            url, headers = self.storage.presign_put(key, entry.size, entry.sha256)
+            targets.append(UploadTarget(path=entry.path, key=key, url=url, headers=headers))
+        return PresignResult(targets=targets)
+
+    @activity.defn(name=VERIFY_ARTIFACTS)
+    async def verify_artifacts(self, inp: VerifyInput) -> VerifyResult:
+        """Record an artifact only once storage holds exactly the bytes the box hashed."""
+        mismatched: list[str] = []
+        recorded = 0
+        async with self.pool.acquire() as conn:
+            org_id = await conn.fetchval(Q.job_org, inp.job_id)
+            for entry in inp.artifacts:
+                key = artifact_key(inp.job_id, entry.path)
+                check = await asyncio.to_thread(self.storage.verify, key, entry.size, entry.sha256)
+                activity.heartbeat(entry.path)
+                if not check.ok:
+                    activity.logger.warning("artifact %s of job %s rejected: %s", entry.path, inp.job_id, check.reason)
+                    mismatched.append(f"{entry.path} ({check.reason})")
+                    continue
+                await conn.execute(Q.insert_artifact, inp.job_id, org_id, entry.path, key, entry.size, entry.sha256)
+                recorded += 1
+        return VerifyResult(recorded=recorded, mismatched=mismatched)

@@ -1,0 +1,12 @@
+"""Activity names, so workflows can call activities without importing their I/O-heavy modules."""
+
+# Control activities (task queue boxrun-control).
+ACQUIRE_BOX = "acquire_box"
+RECORD_TRANSITION = "record_transition"
+FINISH_JOB = "finish_job"
+PRESIGN_UPLOADS = "presign_uploads"
+VERIFY_ARTIFACTS = "verify_artifacts"
+
+# Box activities (task queue box.NAME, run by that box's agent).
+RUN_JOB = "run_job"
+UPLOAD_ARTIFACTS = "upload_artifacts"

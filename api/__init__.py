@@ -1,0 +1,1 @@
+"""The REST API (FastAPI): jobs, logs, artifacts, boxes, agent ingest."""

@@ -1,0 +1,62 @@
+"""The FastAPI application: lifespan wiring (pool, migrations, Temporal, storage, LISTEN) and routers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+import asyncpg
+from fastapi import APIRouter, FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from boxrun import __version__
+from boxrun.api.notify import Notifier
+from boxrun.api.routes import agent, artifacts, boxes, health, jobs, logs
+from boxrun.db import create_pool, migrate
+from boxrun.settings import Settings, get_settings
+from boxrun.storage import Storage
+from boxrun.temporal import connect
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        notifier = Notifier(settings.database_url)
+        await notifier.start()
+        storage = Storage(settings)
+        await asyncio.to_thread(storage.ensure_bucket)
+        app.state.settings = settings
+        app.state.pool = pool
+        app.state.notifier = notifier
+        app.state.storage = storage
+        app.state.temporal = await connect(settings.temporal_address, settings.temporal_namespace)
+        try:
+            yield
+        finally:
+            await notifier.stop()
+            await pool.close()
+
+    app = FastAPI(title="boxrun", version=__version__, lifespan=lifespan,
+                  description="Run scripts on a fleet of remote boxes; every job is a durable Temporal workflow.")
+    api = APIRouter(prefix="/api")
+    for module in (jobs, logs, artifacts, boxes, agent, health):
+        api.include_router(module.router)
+    app.include_router(api)
+
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    @app.exception_handler(ConnectionError)
+    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": "database unavailable, retry shortly"},
+                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"})
+
+    return app

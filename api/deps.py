@@ -1,0 +1,81 @@
+"""Annotated dependency aliases: SettingsDep, ConnDep, TemporalDep, StorageDep, CurrentUser, CurrentBox."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from temporalio.client import Client
+
+from boxrun.api.auth import NodeBox, User, hash_token, user_for_token
+from boxrun.api.notify import Notifier
+from boxrun.db import Q
+from boxrun.settings import Settings
+from boxrun.storage import Storage
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def _conn(request: Request) -> AsyncIterator[asyncpg.Connection]:
+    async with request.app.state.pool.acquire() as conn:
+        yield conn
+
+
+def _temporal(request: Request) -> Client:
+    return request.app.state.temporal
+
+
+def _storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+def _notifier(request: Request) -> Notifier:
+    return request.app.state.notifier
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+ConnDep = Annotated[asyncpg.Connection, Depends(_conn)]
+TemporalDep = Annotated[Client, Depends(_temporal)]
+StorageDep = Annotated[Storage, Depends(_storage)]
+NotifierDep = Annotated[Notifier, Depends(_notifier)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _unauthorized(reason: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, reason, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _current_user(creds: Credentials, settings: SettingsDep) -> User:
+    if creds is None:
+        raise _unauthorized("missing bearer token")
+    user = user_for_token(creds.credentials, admin_token=settings.api_token, admin_name=settings.api_token_owner)
+    if user is None:
+        raise _unauthorized("invalid token")
+    return user
+
+
+def _admin(user: Annotated[User, Depends(_current_user)]) -> User:
+    if user.role != "admin":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "admin role required")
+    return user
+
+
+async def _current_box(creds: Credentials, conn: ConnDep) -> NodeBox:
+    if creds is None:
+        raise _unauthorized("missing node token")
+    row = await conn.fetchrow(Q.box_by_token_hash, hash_token(creds.credentials))
+    if row is None:
+        raise _unauthorized("invalid node token")
+    return NodeBox(id=row["id"], name=row["name"], org_id=row["org_id"])
+
+
+CurrentUser = Annotated[User, Depends(_current_user)]
+AdminUser = Annotated[User, Depends(_admin)]
+CurrentBox = Annotated[NodeBox, Depends(_current_box)]

@@ -1,0 +1,42 @@
+"""The box agents' side of the API (node-token auth): liveness and log ingest."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, status
+
+from boxrun.api.deps import ConnDep, CurrentBox, SettingsDep
+from boxrun.api.routes.jobs import parse_job_id
+from boxrun.api.views import box_public
+from boxrun.constants import CHANNEL_LOGS
+from boxrun.db import Q
+from boxrun.schemas import AgentHeartbeat, BoxPublic, LogBatch, LogBatchAck
+
+router = APIRouter(prefix="/agent", tags=["agent"])
+
+
+@router.post("/heartbeat", response_model=BoxPublic)
+async def heartbeat(body: AgentHeartbeat, box: CurrentBox, conn: ConnDep, settings: SettingsDep) -> BoxPublic:
+    row = await conn.fetchrow(Q.box_seen, box.id, body.agent_version)
+    return box_public(row, settings)
+
+
+@router.post("/jobs/{job_id}/logs", response_model=LogBatchAck,
+             responses={403: {"description": "the job is not placed on this box"}, 404: {"description": "no such job"}})
+async def ingest_logs(job_id: str, body: LogBatch, box: CurrentBox, conn: ConnDep) -> LogBatchAck:
+    """Store a batch of lines; idempotent by seq, so the agent may resend after any failure."""
+    jid = parse_job_id(job_id)
+    placed_on = await conn.fetchrow(Q.job_placement, jid)
+    if placed_on is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    if placed_on["box_id"] != box.id:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"job {job_id} is not placed on box {box.name}")
+    if not body.lines:
+        return LogBatchAck(inserted=0)
+    lines = body.lines
+    async with conn.transaction():
+        result = await conn.execute(
+            Q.insert_logs, jid, [ln.seq for ln in lines], [ln.ts for ln in lines], [ln.stream for ln in lines],
+            [ln.text for ln in lines],
+        )
+        await conn.execute(Q.notify, CHANNEL_LOGS, jid)
+    return LogBatchAck(inserted=int(result.rsplit(" ", 1)[-1]))

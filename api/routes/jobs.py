@@ -1,0 +1,71 @@
+"""Jobs: submit, get, list, state history."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+from boxrun.api.deps import ConnDep, CurrentUser, SettingsDep, TemporalDep
+from boxrun.api.submission import submit_job
+from boxrun.api.views import job_public
+from boxrun.constants import JobState
+from boxrun.db import Q
+from boxrun.schemas import JobCreate, JobEventsPublic, JobPublic, JobsPublic
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+NOT_FOUND = {404: {"description": "no such job"}}
+
+
+def parse_job_id(job_id: str) -> str:
+    """Job ids are UUIDs; anything else cannot name a job (404, not 500)."""
+    try:
+        return str(uuid.UUID(job_id))
+    except ValueError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found") from None
+
+
+async def load_job(conn, user, job_id: str):
+    row = await conn.fetchrow(Q.get_job, user.org_id, parse_job_id(job_id))
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    return row
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
+             responses={200: {"model": JobPublic, "description": "idempotency key seen before: the first job"},
+                        409: {"description": "idempotency key reused with a different spec"},
+                        422: {"description": "invalid body, or a box that does not exist"}})
+async def create_job(body: JobCreate, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep,
+                     user: CurrentUser, response: Response) -> JobPublic:
+    job_id, created = await submit_job(conn, temporal, settings, user, body)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return job_public(await load_job(conn, user, job_id), settings)
+
+
+@router.get("", response_model=JobsPublic)
+async def list_jobs(conn: ConnDep, settings: SettingsDep, user: CurrentUser,
+                    state: JobState | None = None, box: str | None = None,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                    offset: Annotated[int, Query(ge=0)] = 0) -> JobsPublic:
+    rows = await conn.fetch(Q.list_jobs, user.org_id, state, box, limit, offset)
+    if rows:
+        total = rows[0]["total"]
+    else:
+        total = await conn.fetchval(Q.count_jobs, user.org_id, state, box)
+    return JobsPublic(data=[job_public(r, settings) for r in rows], count=total)
+
+
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
+async def get_job(job_id: str, conn: ConnDep, settings: SettingsDep, user: CurrentUser) -> JobPublic:
+    return job_public(await load_job(conn, user, job_id), settings)
+
+
+@router.get("/{job_id}/events", response_model=JobEventsPublic, responses=NOT_FOUND)
+async def job_events(job_id: str, conn: ConnDep, user: CurrentUser) -> JobEventsPublic:
+    row = await load_job(conn, user, job_id)
+    events = await conn.fetch(Q.job_events, row["id"])
+    return JobEventsPublic(data=[dict(e) for e in events])

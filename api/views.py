@@ -1,0 +1,48 @@
+"""Database rows to public schemas."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from boxrun.schemas import BoxPublic, JobPublic
+from boxrun.settings import Settings
+
+
+def job_public(row: asyncpg.Record, settings: Settings) -> JobPublic:
+    job_id = str(row["id"])
+    return JobPublic(
+        id=job_id,
+        state=row["state"],
+        owner=row["owner"],
+        box=row["box"],
+        box_group=row["box_group"],
+        requires=list(row["requires"]),
+        lock=row["lock"],
+        priority=row["priority"],
+        timeout_s=row["timeout_s"],
+        exit_code=row["exit_code"],
+        error=row["error"],
+        waiting_reason=row["waiting_reason"],
+        idempotency_key=row["idempotency_key"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        temporal_ui_url=settings.temporal_workflow_url(job_id),
+    )
+
+
+def box_public(row: asyncpg.Record, settings: Settings) -> BoxPublic:
+    seen = row["last_seen_at"]
+    online = seen is not None and datetime.now(UTC) - seen < timedelta(seconds=settings.box_offline_after_s)
+    return BoxPublic(
+        name=row["name"],
+        status="online" if online else "offline",
+        groups=list(row["groups"]),
+        capabilities=list(row["capabilities"]),
+        capacity=row["capacity"],
+        last_seen_at=seen,
+        agent_version=row["agent_version"],
+        created_at=row["created_at"],
+    )

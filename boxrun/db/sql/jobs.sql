@@ -1,0 +1,76 @@
+-- name: insert_job
+INSERT INTO jobs (id, org_id, owner, box_name, box_group, requires, spec, spec_hash,
+                  timeout_s, lock, priority, idempotency_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+RETURNING id;
+
+-- name: insert_first_event
+INSERT INTO job_events (org_id, job_id, from_state, to_state, detail)
+VALUES ($1, $2, NULL, 'queued', $3);
+
+-- name: job_by_idempotency_key
+SELECT id, spec_hash FROM jobs
+WHERE org_id = $1 AND owner = $2 AND idempotency_key = $3;
+
+-- name: get_job
+SELECT j.*, COALESCE(b.name, j.box_name) AS box
+FROM jobs j LEFT JOIN boxes b ON b.id = j.box_id
+WHERE j.org_id = $1 AND j.id = $2;
+
+-- name: list_jobs
+SELECT j.*, COALESCE(b.name, j.box_name) AS box, count(*) OVER () AS total
+FROM jobs j LEFT JOIN boxes b ON b.id = j.box_id
+WHERE j.org_id = $1
+  AND ($2::job_state IS NULL OR j.state = $2)
+  AND ($3::text IS NULL OR COALESCE(b.name, j.box_name) = $3)
+ORDER BY j.created_at DESC, j.id DESC
+LIMIT $4 OFFSET $5;
+
+-- name: count_jobs
+SELECT count(*)
+FROM jobs j LEFT JOIN boxes b ON b.id = j.box_id
+WHERE j.org_id = $1
+  AND ($2::job_state IS NULL OR j.state = $2)
+  AND ($3::text IS NULL OR COALESCE(b.name, j.box_name) = $3);
+
+-- name: job_events
+SELECT from_state, to_state, at, detail FROM job_events
+WHERE job_id = $1 ORDER BY id;
+
+-- name: lock_job
+SELECT id, org_id, state, owner, box_name, box_group, requires, box_id, lock, priority, created_at
+FROM jobs WHERE id = $1 FOR UPDATE;
+
+-- name: job_org
+SELECT org_id FROM jobs WHERE id = $1;
+
+-- name: job_state
+SELECT state FROM jobs WHERE org_id = $1 AND id = $2;
+
+-- Guarded one-way transition: matches nothing unless the job is in one of the allowed states ($3).
+-- name: transition
+UPDATE jobs SET
+    state          = $2,
+    box_id         = COALESCE($4, box_id),
+    exit_code      = COALESCE($5, exit_code),
+    error          = COALESCE($6, error),
+    waiting_reason = $7,
+    started_at     = CASE WHEN $2 = 'running'::job_state THEN clock_timestamp() ELSE started_at END,
+    finished_at    = CASE WHEN $8 THEN clock_timestamp() ELSE finished_at END,
+    updated_at     = clock_timestamp()
+WHERE id = $1 AND state = ANY($3::job_state[])
+RETURNING org_id;
+
+-- name: insert_event
+INSERT INTO job_events (org_id, job_id, from_state, to_state, detail)
+VALUES ($1, $2, $3, $4, $5);
+
+-- name: notify
+SELECT pg_notify($1, $2);
+
+-- Withdraws a job whose workflow could not be started (events, logs cascade).
+-- name: delete_job
+DELETE FROM jobs WHERE id = $1 AND state = 'queued';
+
+-- name: job_placement
+SELECT box_id FROM jobs WHERE id = $1;

@@ -1,0 +1,46 @@
+-- name: active_lease
+SELECT l.box_id, b.name AS box FROM leases l JOIN boxes b ON b.id = l.box_id
+WHERE l.job_id = $1 AND l.released_at IS NULL;
+
+-- Boxes a job may be placed on, locked in id order (so concurrent grants serialise without deadlock).
+-- $2 box name (or NULL), $3 group (or NULL).
+-- name: lock_target_boxes
+SELECT id, name, groups, capabilities, capacity FROM boxes
+WHERE org_id = $1
+  AND (($2::text IS NOT NULL AND name = $2) OR ($3::text IS NOT NULL AND $3 = ANY(groups)))
+ORDER BY id
+FOR UPDATE;
+
+-- name: box_load
+SELECT count(*) AS active, COALESCE(bool_or(exclusive), false) AS exclusive
+FROM leases WHERE box_id = $1 AND released_at IS NULL;
+
+-- FIFO within priority: is an earlier waiting job able to use this box? ($1 box id, $2 job id)
+-- name: earlier_waiter
+SELECT w.id FROM jobs w, jobs me, boxes b
+WHERE me.id = $2 AND b.id = $1 AND w.id <> me.id
+  AND w.state = 'waiting_for_box' AND w.org_id = b.org_id
+  AND (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
+  AND (w.priority > me.priority
+       OR (w.priority = me.priority AND (w.created_at, w.id) < (me.created_at, me.id)))
+LIMIT 1;
+
+-- name: insert_lease
+INSERT INTO leases (job_id, org_id, box_id, exclusive) VALUES ($1, $2, $3, $4)
+ON CONFLICT (job_id) DO NOTHING;
+
+-- name: release_lease
+UPDATE leases SET released_at = clock_timestamp()
+WHERE job_id = $1 AND released_at IS NULL
+RETURNING box_id;
+
+-- name: lock_box
+SELECT id FROM boxes WHERE id = $1 FOR UPDATE;
+
+-- Jobs waiting for a box that could use box $1, in grant order.
+-- name: waiters_for_box
+SELECT w.id FROM jobs w, boxes b
+WHERE b.id = $1 AND w.state = 'waiting_for_box' AND w.org_id = b.org_id
+  AND (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
+ORDER BY w.priority DESC, w.created_at, w.id
+LIMIT $2;

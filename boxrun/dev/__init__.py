@@ -1,0 +1,1 @@
+"""`boxrun dev`: the whole system on one machine, on embedded parts."""

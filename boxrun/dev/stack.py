@@ -1,0 +1,195 @@
+"""Starting and stopping the whole dev stack; writes DIR/endpoints.json when everything is ready."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from boxrun.dev.procs import Child, StartupError, free_port, port_is_free, spawn, wait_ready
+from boxrun.dev.services import postgres_ready, replay_s3, start_postgres, start_s3, start_temporal
+from boxrun.temporal import connect
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORTS = {"api": 8000, "temporal": 7233, "temporal_ui": 8233, "postgres": 54329, "s3": 9100}
+
+
+@dataclass
+class StackOptions:
+    data_dir: Path
+    boxes: int = 2
+    ports: dict[str, int | None] | None = None  # None or missing entry: default; 0: pick a free one
+    agent_python: str | None = None
+
+
+def resolve_ports(requested: dict[str, int | None] | None, auto: bool) -> dict[str, int]:
+    ports: dict[str, int] = {}
+    for name, default in DEFAULT_PORTS.items():
+        value = (requested or {}).get(name)
+        if value == 0 or (value is None and auto):
+            ports[name] = free_port()
+        else:
+            port = value or default
+            if not port_is_free(port):
+                raise StartupError(f"port {port} ({name}) is in use; pick another or use --ports auto")
+            ports[name] = port
+    return ports
+
+
+class DevStack:
+    def __init__(self, options: StackOptions, ports: dict[str, int]) -> None:
+        self.opts = options
+        self.ports = ports
+        self.dir = options.data_dir.resolve()
+        self.log_dir = self.dir / "logs"
+        self.children: list[Child] = []
+        self.endpoints: dict = {}
+
+    @property
+    def secrets_path(self) -> Path:
+        return self.dir / "secrets.json"
+
+    def _secrets(self) -> dict:
+        if self.secrets_path.exists():
+            return json.loads(self.secrets_path.read_text())
+        return {"api_token": f"bxa_{secrets.token_urlsafe(32)}", "node_tokens": {}}
+
+    def _save_secrets(self, data: dict) -> None:
+        self.secrets_path.write_text(json.dumps(data, indent=2))
+        self.secrets_path.chmod(0o600)
+
+    def _base_env(self, token: str, db_url: str) -> dict[str, str]:
+        p = self.ports
+        return {
+            "BOXRUN_ENVIRONMENT": "dev",
+            "BOXRUN_DATABASE_URL": db_url,
+            "BOXRUN_TEMPORAL_ADDRESS": f"127.0.0.1:{p['temporal']}",
+            "BOXRUN_TEMPORAL_UI_URL": f"http://127.0.0.1:{p['temporal_ui']}",
+            "BOXRUN_S3_ENDPOINT_URL": f"http://127.0.0.1:{p['s3']}",
+            "BOXRUN_S3_VERIFY": "readback",  # moto does not check checksums itself
+            "BOXRUN_API_HOST": "127.0.0.1",
+            "BOXRUN_API_PORT": str(p["api"]),
+            "BOXRUN_API_URL": f"http://127.0.0.1:{p['api']}",
+            "BOXRUN_API_TOKEN": token,
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def _boxrun(self, name: str, args: list[str], env: dict[str, str]) -> Child:
+        child = spawn(name, [sys.executable, "-m", "boxrun.cli", *args], self.log_dir, env=env)
+        self.children.append(child)
+        return child
+
+    async def start(self) -> dict:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        p = self.ports
+        pg = start_postgres(self.dir / "postgres", p["postgres"], self.log_dir)
+        temporal = start_temporal(self.dir / "temporal", p["temporal"], p["temporal_ui"], self.log_dir)
+        s3 = start_s3(self.dir / "s3", p["s3"], self.log_dir)
+        self.children += [pg, temporal, s3]
+        s3_url = f"http://127.0.0.1:{p['s3']}"
+        db_url: dict[str, str] = {}
+
+        async def pg_probe() -> bool:
+            db_url["url"] = await postgres_ready(p["postgres"])
+            return True
+
+        async def temporal_probe() -> bool:
+            client = await connect(f"127.0.0.1:{p['temporal']}")
+            return await client.service_client.check_health()
+
+        async def s3_probe() -> bool:
+            async with httpx.AsyncClient(timeout=2) as http:
+                return (await http.get(f"{s3_url}/moto-api/")).status_code < 500
+
+        await asyncio.gather(wait_ready(pg, pg_probe), wait_ready(temporal, temporal_probe, timeout=120),
+                             wait_ready(s3, s3_probe))
+        replayed = await replay_s3(s3, s3_url)
+        if replayed:
+            log.info("restored %d recorded S3 writes", replayed)
+
+        keys = self._secrets()
+        env = self._base_env(keys["api_token"], db_url["url"])
+        api = self._boxrun("api", ["api"], env)
+        api_url = env["BOXRUN_API_URL"]
+
+        async def api_probe() -> bool:
+            async with httpx.AsyncClient(timeout=2) as http:
+                return (await http.get(f"{api_url}/api/health", headers=_auth(keys["api_token"]))).status_code == 200
+
+        worker = self._boxrun("worker", ["worker"], env)
+        await wait_ready(api, api_probe)
+        names = [f"local-{i}" for i in range(1, self.opts.boxes + 1)]
+        await self._register_boxes(api_url, keys, names)
+        self._save_secrets(keys)
+        agents = []
+        for name in names:
+            agent_env = {**env, "BOXRUN_BOX_NAME": name, "BOXRUN_NODE_TOKEN": keys["node_tokens"][name],
+                         "BOXRUN_AGENT_WORKDIR": str(self.dir / "boxes" / name)}
+            if self.opts.agent_python:
+                agent_env["BOXRUN_AGENT_PYTHON"] = self.opts.agent_python
+            agents.append(self._boxrun(f"agent-{name}", ["agent", "--box", name], agent_env))
+        await self._wait_online(api_url, keys["api_token"], names, [worker, *agents])
+
+        self.endpoints = {
+            "api_url": api_url,
+            "temporal_address": env["BOXRUN_TEMPORAL_ADDRESS"],
+            "temporal_ui_url": env["BOXRUN_TEMPORAL_UI_URL"],
+            "s3_endpoint": s3_url,
+            "token": keys["api_token"],
+            "boxes": [{"name": n, "pid": a.pid} for n, a in zip(names, agents, strict=True)],
+            "data_dir": str(self.dir),
+            "pids": {c.name: c.pid for c in self.children},
+        }
+        tmp = self.dir / "endpoints.json.tmp"
+        tmp.write_text(json.dumps(self.endpoints, indent=2))
+        tmp.replace(self.dir / "endpoints.json")  # readers never see a half-written file
+        return self.endpoints
+
+    async def _register_boxes(self, api_url: str, keys: dict, names: list[str]) -> None:
+        async with httpx.AsyncClient(base_url=api_url, headers=_auth(keys["api_token"]), timeout=10) as http:
+            for name in names:
+                if name in keys["node_tokens"]:
+                    got = await http.get(f"/api/boxes/{name}")
+                    if got.status_code == 200:
+                        continue
+                resp = await http.post("/api/boxes", json={"name": name, "groups": ["local"],
+                                                           "capabilities": ["python3", "local"]})
+                if resp.status_code == 409:  # known to the database, token lost: mint a new one
+                    resp = await http.post(f"/api/boxes/{name}/token")
+                resp.raise_for_status()
+                keys["node_tokens"][name] = resp.json()["node_token"]
+
+    async def _wait_online(self, api_url: str, token: str, names: list[str], watched: list[Child]) -> None:
+        async def all_online() -> bool:
+            for child in watched:
+                if not child.alive():
+                    raise StartupError(f"{child.name} exited:\n{child.log_tail()}")
+            async with httpx.AsyncClient(timeout=2) as http:
+                boxes = (await http.get(f"{api_url}/api/boxes", headers=_auth(token))).json()["data"]
+            return all(b["status"] == "online" for b in boxes if b["name"] in names)
+
+        for _ in range(600):
+            if await all_online():
+                return
+            await asyncio.sleep(0.05)
+        raise StartupError("agents did not come online within 30 s")
+
+    def stop(self) -> None:
+        """Stop in reverse order of start: agents, worker, api, then S3, Temporal, Postgres."""
+        for child in reversed(self.children):
+            try:
+                child.stop()
+            except Exception as exc:  # keep stopping the others
+                log.warning("stopping %s: %s", child.name, exc)
+        self.children.clear()
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,198 @@
+"""REST schemas, named by role: JobCreate (in), JobPublic / JobsPublic (out), and friends."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from boxrun.constants import JobState
+from boxrun.paths import clean_relative_path
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Capability = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s,]+$")]
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+MAX_SCRIPT_BYTES = 256 * 1024
+MAX_SPEC_BYTES = 512 * 1024  # script + files + env; the spec travels in workflow history
+MAX_TIMEOUT_S = 7 * 24 * 3600
+
+
+class JobCreate(BaseModel):
+    """POST /api/jobs body. Exactly one of `box` or `box_group`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    box: Name | None = None
+    box_group: Name | None = None
+    requires: list[Capability] = Field(default_factory=list, max_length=64)
+    script: str = Field(min_length=1)
+    files: dict[str, str] = Field(default_factory=dict, max_length=1000)
+    env: dict[str, str] = Field(default_factory=dict, max_length=500)
+    timeout_s: int = Field(default=3600, ge=1, le=MAX_TIMEOUT_S)
+    lock: bool = False
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("script")
+    @classmethod
+    def _script_size(cls, v: str) -> str:
+        if len(v.encode()) > MAX_SCRIPT_BYTES:
+            raise ValueError(f"script is larger than {MAX_SCRIPT_BYTES} bytes")
+        return v
+
+    @field_validator("files")
+    @classmethod
+    def _file_paths(cls, v: dict[str, str]) -> dict[str, str]:
+        cleaned: dict[str, str] = {}
+        for raw, content in v.items():
+            path = clean_relative_path(raw)
+            if path in cleaned:
+                raise ValueError(f"path {raw!r} names the same file as another entry")
+            cleaned[path] = content
+        return cleaned
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"env name {name!r} is not a valid variable name")
+            if name.startswith("BOXRUN_"):
+                raise ValueError(f"env name {name!r}: the BOXRUN_ prefix is reserved")
+            if "\x00" in value:
+                raise ValueError(f"env {name!r} contains a NUL byte")
+        return v
+
+    @field_validator("requires")
+    @classmethod
+    def _dedupe(cls, v: list[str]) -> list[str]:
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _target_and_size(self) -> "JobCreate":
+        if (self.box is None) == (self.box_group is None):
+            raise ValueError("give exactly one of 'box' or 'box_group'")
+        size = len(self.script.encode())
+        size += sum(len(k.encode()) + len(c.encode()) for k, c in self.files.items())
+        size += sum(len(k.encode()) + len(c.encode()) for k, c in self.env.items())
+        if size > MAX_SPEC_BYTES:
+            raise ValueError(f"script + files + env is {size} bytes, over the {MAX_SPEC_BYTES} byte limit")
+        return self
+
+    def frozen_spec(self) -> dict[str, Any]:
+        """What the job row keeps as its immutable spec (re-runs start from it)."""
+        return self.model_dump(exclude={"idempotency_key"})
+
+
+class JobPublic(BaseModel):
+    id: str
+    state: JobState
+    owner: str
+    box: str | None = Field(description="the box the job runs on, or the box it names while unplaced")
+    box_group: str | None
+    requires: list[str]
+    lock: bool
+    priority: int
+    timeout_s: int
+    exit_code: int | None
+    error: str | None
+    waiting_reason: str | None = None
+    idempotency_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    temporal_ui_url: str
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int
+
+
+class JobEventPublic(BaseModel):
+    from_state: JobState | None
+    to_state: JobState
+    at: datetime
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobEventsPublic(BaseModel):
+    data: list[JobEventPublic]
+
+
+class LogLinePublic(BaseModel):
+    seq: int
+    ts: datetime
+    stream: Literal["stdout", "stderr", "output", "system"]
+    text: str
+
+
+class LogsPublic(BaseModel):
+    data: list[LogLinePublic]
+
+
+class ArtifactPublic(BaseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class ArtifactsPublic(BaseModel):
+    data: list[ArtifactPublic]
+
+
+class BoxCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    groups: list[Name] = Field(default_factory=list, max_length=64)
+    capabilities: list[Capability] = Field(default_factory=list, max_length=256)
+    capacity: int = Field(default=1, ge=1, le=1000)
+
+
+class BoxPublic(BaseModel):
+    name: str
+    status: Literal["online", "offline"]
+    groups: list[str]
+    capabilities: list[str]
+    capacity: int
+    last_seen_at: datetime | None
+    agent_version: str | None
+    created_at: datetime
+
+
+class BoxesPublic(BaseModel):
+    data: list[BoxPublic]
+    count: int
+
+
+class BoxCreated(BaseModel):
+    box: BoxPublic
+    node_token: str = Field(description="shown once; the agent of this box authenticates with it")
+
+
+class AgentHeartbeat(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_version: str = Field(max_length=64)
+
+
+class LogBatch(BaseModel):
+    """Agent -> API: a batch of lines, idempotent by seq."""
+
+    lines: list[LogLinePublic] = Field(max_length=100_000)
+
+
+class LogBatchAck(BaseModel):
+    inserted: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: Literal["ok"]
+    temporal: Literal["ok"]
+    version: str

@@ -1,0 +1,84 @@
+"""The one Settings class: every address, secret and tunable, read from BOXRUN_* env vars."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_PLACEHOLDER = "changethis"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BOXRUN_", env_ignore_empty=True, extra="ignore")
+
+    environment: Literal["dev", "production"] = "dev"
+    log_level: str = "INFO"
+
+    # Postgres (the app database; Temporal keeps its own).
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/boxrun"
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+
+    # Temporal.
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_ui_url: str = "http://127.0.0.1:8233"
+
+    # Object storage (S3 API). endpoint None means AWS itself.
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "boxrun"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = "boxrun"
+    s3_secret_access_key: str = _PLACEHOLDER
+    # "readback" re-reads every artifact and hashes it (for stores that do not verify
+    # x-amz-checksum-sha256 themselves, e.g. moto); "checksum" trusts the store's check.
+    s3_verify: Literal["readback", "checksum"] = "readback"
+    presign_expiry_s: int = Field(default=900, ge=30, le=7 * 24 * 3600)
+
+    # API.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_url: str = "http://127.0.0.1:8000"
+    # Bootstrap admin token; jobs submitted with it are owned by api_token_owner.
+    api_token: str = _PLACEHOLDER
+    api_token_owner: str = "admin"
+    box_offline_after_s: float = Field(default=15.0, gt=0)
+    # Idle SSE/WebSocket followers re-check the job this often (FastAPI also sends keepalive comments).
+    sse_keepalive_s: float = Field(default=20.0, gt=0)
+
+    # Control worker / job workflow.
+    activity_heartbeat_timeout_s: float = Field(default=15.0, gt=0, le=600)
+    wait_poll_interval_s: float = Field(default=30.0, gt=0)
+
+    # Agent (one box).
+    box_name: str | None = None
+    node_token: str | None = None
+    agent_workdir: Path = Path("boxrun-agent")
+    agent_python: str = "python3"
+    agent_heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    # The agent heartbeats its running activity to Temporal at most this often.
+    agent_activity_heartbeat_s: float = Field(default=1.0, gt=0)
+    log_flush_interval_ms: int = Field(default=50, ge=1, le=1000)
+    log_batch_max_lines: int = Field(default=2000, ge=1)
+    log_batch_max_bytes: int = Field(default=1 << 20, ge=1024)
+
+    @model_validator(mode="after")
+    def _no_placeholders_outside_dev(self) -> "Settings":
+        if self.environment != "dev":
+            for name in ("api_token", "s3_secret_access_key"):
+                if getattr(self, name) == _PLACEHOLDER:
+                    raise ValueError(f"BOXRUN_{name.upper()} must be set outside dev (it is {_PLACEHOLDER!r})")
+        return self
+
+    def temporal_workflow_url(self, workflow_id: str) -> str:
+        base = self.temporal_ui_url.rstrip("/")
+        return f"{base}/namespaces/{self.temporal_namespace}/workflows/{workflow_id}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,97 @@
+"""Object storage over the S3 API: presigned PUT/GET and artifact verification."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.client import Config
+from botocore.exceptions import ClientError, FlexibleChecksumError
+
+from boxrun.settings import Settings
+
+_READ_CHUNK = 1 << 20
+
+
+def sha256_b64(hex_digest: str) -> str:
+    """S3 carries SHA-256 checksums base64-encoded; boxrun records them as hex."""
+    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    reason: str | None = None
+
+
+class Storage:
+    """A thin, synchronous boto3 wrapper; async callers run it in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.bucket = settings.s3_bucket
+        self.verify_mode = settings.s3_verify
+        self.expiry_s = settings.presign_expiry_s
+        self.client: Any = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=settings.s3_secret_access_key,
+            config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                          retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def ensure_bucket(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self.client.create_bucket(Bucket=self.bucket)
+
+    def presign_put(self, key: str, size: int, sha256_hex: str) -> tuple[str, dict[str, str]]:
+        """A PUT URL bound to the object's length and SHA-256; returns (url, headers to send)."""
+        checksum = sha256_b64(sha256_hex)
+        url = self.client.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": self.bucket, "Key": key, "ContentLength": size,
+                    "ChecksumAlgorithm": "SHA256", "ChecksumSHA256": checksum},
+            ExpiresIn=self.expiry_s,
+        )
+        headers = {"x-amz-checksum-sha256": checksum, "x-amz-sdk-checksum-algorithm": "SHA256",
+                   "Content-Length": str(size)}
+        return url, headers
+
+    def presign_get(self, key: str, *, filename: str | None = None, expires_s: int | None = None) -> str:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if filename:
+            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+        return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s or self.expiry_s)
+
+    def verify(self, key: str, size: int, sha256_hex: str) -> Verification:
+        """Check the stored object against the manifest. With verify_mode "readback" the bytes are
+        read back and hashed here, so integrity never rests on the store's own checksum handling."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            return Verification(False, f"object missing: {exc.response.get('Error', {}).get('Code')}")
+        if head["ContentLength"] != size:
+            return Verification(False, f"size {head['ContentLength']} != {size}")
+        stored = head.get("ChecksumSHA256")
+        if stored is not None and stored.split("-")[0] != sha256_b64(sha256_hex):
+            return Verification(False, "stored checksum differs")
+        if self.verify_mode == "checksum":
+            return Verification(True) if stored else Verification(False, "store kept no checksum")
+        digest = hashlib.sha256()
+        body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        read = 0
+        try:
+            for chunk in iter(lambda: body.read(_READ_CHUNK), b""):
+                digest.update(chunk)
+                read += len(chunk)
+        except FlexibleChecksumError:  # botocore saw the bytes disagree with the stored checksum
+            return Verification(False, "read-back sha256 differs")
+        if read != size or digest.hexdigest() != sha256_hex:
+            return Verification(False, "read-back sha256 differs")
+        return Verification(True)

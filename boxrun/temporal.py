@@ -1,0 +1,40 @@
+"""Temporal client set-up shared by API, worker, agent and tests (one data converter everywhere)."""
+
+from __future__ import annotations
+
+import logging
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from boxrun.constants import SA_BOX_ID, SA_JOB_STATE, SA_OWNER, SEARCH_ATTRIBUTES
+
+log = logging.getLogger(__name__)
+
+KEY_JOB_STATE = SearchAttributeKey.for_keyword(SA_JOB_STATE)
+KEY_BOX_ID = SearchAttributeKey.for_keyword(SA_BOX_ID)
+KEY_OWNER = SearchAttributeKey.for_keyword(SA_OWNER)
+
+
+async def connect(address: str, namespace: str = "default") -> Client:
+    return await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
+
+
+async def ensure_search_attributes(client: Client) -> None:
+    """Register JobState/BoxId/Owner as Keyword attributes if the namespace lacks them
+    (the dev server registers them at start; a fresh production namespace may not)."""
+    listed = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    missing = [name for name in SEARCH_ATTRIBUTES if name not in listed.custom_attributes]
+    if missing:
+        log.info("registering search attributes %s", missing)
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=client.namespace,
+                search_attributes={name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for name in missing},
+            )
+        )

@@ -1,0 +1,1 @@
+"""Long-running worker processes: the control-plane worker and the box agent."""

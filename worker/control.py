@@ -1,0 +1,39 @@
+"""`boxrun worker`: the control-plane Temporal worker (all workflows + control activities)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from temporalio.worker import Worker
+
+from boxrun.activities.control import ControlActivities
+from boxrun.constants import CONTROL_TASK_QUEUE
+from boxrun.db import create_pool, migrate
+from boxrun.settings import Settings
+from boxrun.storage import Storage
+from boxrun.temporal import connect, ensure_search_attributes
+from boxrun.workflows import JobWorkflow
+
+log = logging.getLogger(__name__)
+
+
+async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
+    client = await connect(settings.temporal_address, settings.temporal_namespace)
+    await ensure_search_attributes(client)
+    pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    try:
+        async with pool.acquire() as conn:
+            await migrate(conn)
+        storage = Storage(settings)
+        await asyncio.to_thread(storage.ensure_bucket)
+        activities = ControlActivities(pool, storage)
+        worker = Worker(client, task_queue=CONTROL_TASK_QUEUE, workflows=[JobWorkflow], activities=activities.all(),
+                        max_concurrent_activities=200)
+        async with worker:
+            log.info("control worker polling %s", CONTROL_TASK_QUEUE)
+            await stop.wait()
+            log.info("control worker stopping")
+    finally:
+        await pool.close()
+    return 0

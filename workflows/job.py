@@ -1,0 +1,237 @@
+"""JobWorkflow: one job from queued to a terminal state; workflow id = job id."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
+
+with workflow.unsafe.imports_passed_through():
+    from boxrun.activities.names import (
+        ACQUIRE_BOX,
+        FINISH_JOB,
+        PRESIGN_UPLOADS,
+        RECORD_TRANSITION,
+        RUN_JOB,
+        UPLOAD_ARTIFACTS,
+        VERIFY_ARTIFACTS,
+    )
+    from boxrun.constants import CONTROL_TASK_QUEUE, JobState, box_task_queue
+    from boxrun.messages import (
+        AcquireInput,
+        AcquireResult,
+        FinishInput,
+        JobOutcome,
+        JobSpec,
+        JobStarted,
+        PresignInput,
+        PresignResult,
+        ReleaseResult,
+        RunJobInput,
+        RunJobResult,
+        TransitionInput,
+        TransitionResult,
+        UploadInput,
+        UploadResult,
+        VerifyInput,
+        VerifyResult,
+    )
+    from boxrun.temporal import KEY_BOX_ID, KEY_JOB_STATE
+
+# Control activities only touch Postgres/S3 and are idempotent, so Temporal may retry them
+# freely; the cap on the interval keeps recovery quick once Postgres is back.
+CONTROL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
+CONTROL_TIMEOUT = timedelta(seconds=30)
+# A job never runs twice: run_job gets exactly one attempt, whatever happens to it.
+RUN_ONCE = RetryPolicy(maximum_attempts=1)
+# Uploading the same bytes to the same presigned keys again is harmless, so uploads may retry.
+UPLOAD_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
+# Slack past timeout_s before Temporal itself gives up on run_job: the agent kills the process
+# at timeout_s and reports it; this bound only fires if the box cannot report (partitioned).
+RUN_GRACE = timedelta(seconds=30)
+HEARTBEAT_LOST = "box heartbeat lost"
+
+
+@workflow.defn(name="JobWorkflow")
+class JobWorkflow:
+    def __init__(self) -> None:
+        self._state = JobState.QUEUED
+        self._wake = False
+        self._pid: int | None = None
+        self._error: str | None = None
+
+    @workflow.signal(name="wake")
+    def wake(self) -> None:
+        """A lease was released on a box this job waits for: try to acquire again now."""
+        self._wake = True
+
+    @workflow.signal(name="started")
+    def started(self, msg: JobStarted) -> None:
+        """The box agent spawned the job's process."""
+        self._pid = msg.pid
+
+    @workflow.query(name="state")
+    def state(self) -> str:
+        return self._state.value
+
+    @workflow.run
+    async def run(self, spec: JobSpec) -> JobOutcome:
+        placed = False
+        try:
+            box = await self._place(spec)
+            if box is None:
+                return self._outcome(spec)
+            placed = True
+            state, exit_code, error = await self._run_on(spec, box)
+        except asyncio.CancelledError:
+            if placed or self._state in (JobState.QUEUED, JobState.WAITING_FOR_BOX):
+                await asyncio.shield(self._finish(spec, JobState.CANCELLED, None, "cancelled"))
+            raise
+        except Exception as exc:
+            # A bug or a permanent control-plane failure: end the job failed and free the box.
+            await self._finish(spec, JobState.FAILED, None, f"internal error: {exc}")
+            raise
+        await self._finish(spec, state, exit_code, error)
+        return self._outcome(spec, exit_code, error)
+
+    async def _place(self, spec: JobSpec) -> str | None:
+        """Lease a box (the grant also moves the job to dispatching); wait while none is free."""
+        while True:
+            self._wake = False
+            got: AcquireResult = await self._control(ACQUIRE_BOX, AcquireInput(job_id=spec.job_id))
+            if got.box is not None:
+                self._set_state(JobState.DISPATCHING, got.box)
+                return got.box
+            if got.unschedulable_reason is not None:
+                self._error = got.unschedulable_reason
+                await self._transition(spec, JobState.UNSCHEDULABLE, error=got.unschedulable_reason)
+                return None
+            self._set_state(JobState.WAITING_FOR_BOX)
+            try:
+                await workflow.wait_condition(lambda: self._wake, timeout=timedelta(seconds=spec.wait_poll_s))
+            except asyncio.TimeoutError:
+                pass  # a periodic re-check covers a wake-up that could not be delivered
+
+    async def _run_on(self, spec: JobSpec, box: str) -> tuple[JobState, int | None, str | None]:
+        run = workflow.start_activity(
+            RUN_JOB,
+            RunJobInput(spec=spec),
+            result_type=RunJobResult,
+            task_queue=box_task_queue(box),
+            start_to_close_timeout=timedelta(seconds=spec.timeout_s) + RUN_GRACE,
+            heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_s),
+            retry_policy=RUN_ONCE,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        await workflow.wait_condition(lambda: self._pid is not None or run.done())
+        if self._pid is not None:
+            await self._transition(spec, JobState.RUNNING, detail={"pid": self._pid})
+        try:
+            result: RunJobResult = await run
+        except ActivityError as exc:
+            return self._run_failure(exc)
+        if self._state is JobState.DISPATCHING and result.pid is not None:
+            await self._transition(spec, JobState.RUNNING, detail={"pid": result.pid})
+        if result.error is not None and result.pid is None:
+            return JobState.FAILED, None, result.error
+
+        artifact_error = None
+        if result.artifacts:
+            artifact_error = await self._store_artifacts(spec, box, result)
+        if result.timed_out:
+            return JobState.TIMED_OUT, result.exit_code, f"timed out after {spec.timeout_s}s"
+        if artifact_error is not None:
+            return JobState.FAILED, result.exit_code, artifact_error
+        if result.exit_code == 0:
+            return JobState.COMPLETED, 0, None
+        return JobState.FAILED, result.exit_code, result.error or f"exit code {result.exit_code}"
+
+    def _run_failure(self, exc: ActivityError) -> tuple[JobState, int | None, str | None]:
+        cause = exc.cause
+        if isinstance(cause, TimeoutError):
+            if cause.type == TimeoutType.HEARTBEAT:
+                return JobState.FAILED, None, HEARTBEAT_LOST
+            return JobState.TIMED_OUT, None, "timed out: the box did not report back"
+        if isinstance(cause, ApplicationError):
+            return JobState.FAILED, None, cause.message
+        return JobState.FAILED, None, str(cause or exc)
+
+    async def _store_artifacts(self, spec: JobSpec, box: str, result: RunJobResult) -> str | None:
+        """Presign, let the box upload straight to storage, then verify. Returns an error or None."""
+        await self._transition(spec, JobState.UPLOADING_ARTIFACTS, detail={"count": len(result.artifacts)})
+        presigned: PresignResult = await self._control(
+            PRESIGN_UPLOADS, PresignInput(job_id=spec.job_id, artifacts=result.artifacts)
+        )
+        total = sum(a.size for a in result.artifacts)
+        try:
+            await workflow.execute_activity(
+                UPLOAD_ARTIFACTS,
+                UploadInput(job_id=spec.job_id, targets=presigned.targets),
+                result_type=UploadResult,
+                task_queue=box_task_queue(box),
+                # at least 1 MB/s, never under a minute
+                start_to_close_timeout=timedelta(seconds=60 + total / 1_000_000),
+                heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_s),
+                retry_policy=UPLOAD_RETRY,
+            )
+        except ActivityError as exc:
+            failure = self._run_failure(exc)[2]
+            return f"artifact upload failed: {failure}"
+        verified: VerifyResult = await self._control(
+            VERIFY_ARTIFACTS, VerifyInput(job_id=spec.job_id, artifacts=result.artifacts)
+        )
+        if verified.mismatched:
+            return f"artifact verification failed: {', '.join(verified.mismatched)}"
+        return None
+
+    async def _finish(self, spec: JobSpec, state: JobState, exit_code: int | None, error: str | None) -> None:
+        """Terminal transition + lease release in one activity, then wake whoever waits for the box."""
+        released: ReleaseResult = await self._control(
+            FINISH_JOB, FinishInput(job_id=spec.job_id, to_state=state, exit_code=exit_code, error=error)
+        )
+        self._set_state(released.state or state)
+        for job_id in released.wake_job_ids:
+            try:
+                await workflow.get_external_workflow_handle(job_id).signal("wake")
+            except ApplicationError:
+                pass  # that job ended meanwhile; its own poll or the next release covers the rest
+
+    async def _transition(self, spec: JobSpec, state: JobState, *, error: str | None = None,
+                          detail: dict[str, Any] | None = None) -> None:
+        done: TransitionResult = await self._control(
+            RECORD_TRANSITION, TransitionInput(job_id=spec.job_id, to_state=state, error=error, detail=detail or {})
+        )
+        self._set_state(done.state)
+
+    async def _control(self, activity: str, arg: Any) -> Any:
+        return await workflow.execute_activity(
+            activity,
+            arg,
+            result_type=_RESULT_TYPES[activity],
+            task_queue=CONTROL_TASK_QUEUE,
+            start_to_close_timeout=CONTROL_TIMEOUT,
+            retry_policy=CONTROL_RETRY,
+        )
+
+    def _set_state(self, state: JobState, box: str | None = None) -> None:
+        self._state = state
+        updates = [KEY_JOB_STATE.value_set(state.value)]
+        if box is not None:
+            updates.append(KEY_BOX_ID.value_set(box))
+        workflow.upsert_search_attributes(updates)
+
+    def _outcome(self, spec: JobSpec, exit_code: int | None = None, error: str | None = None) -> JobOutcome:
+        return JobOutcome(job_id=spec.job_id, state=self._state, exit_code=exit_code, error=error or self._error)
+
+
+_RESULT_TYPES: dict[str, type] = {
+    ACQUIRE_BOX: AcquireResult,
+    RECORD_TRANSITION: TransitionResult,
+    FINISH_JOB: ReleaseResult,
+    PRESIGN_UPLOADS: PresignResult,
+    VERIFY_ARTIFACTS: VerifyResult,
+}
