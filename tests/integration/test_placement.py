@@ -1,0 +1,105 @@
+"""Leases, waiting and the state machine on a real PostgreSQL."""
+
+import asyncio
+
+import pytest
+
+from boxrun.constants import JobState
+from boxrun.db import Q, connect
+from boxrun.errors import InvalidTransition
+from boxrun.placement import acquire, release
+from boxrun.transitions import transition
+from tests.integration.helpers import add_box, add_job, state_of
+
+
+async def test_grant_wait_and_wake_in_fifo_order(conn):
+    await add_box(conn, "b1")
+    first = await add_job(conn, box="b1")
+    second = await add_job(conn, box="b1")
+    third = await add_job(conn, box="b1")
+    assert (await acquire(conn, first)).box == "b1"
+    assert await state_of(conn, first) == "dispatching"
+    assert (await acquire(conn, second)).wait_reason == "busy"
+    assert (await acquire(conn, third)).wait_reason == "busy"
+    assert await state_of(conn, second) == "waiting_for_box"
+    # idempotent: a retried grant returns the lease it already holds
+    assert (await acquire(conn, first)).box == "b1"
+
+    freed = await release(conn, first)
+    assert freed.released and freed.wake_job_ids == [second]
+    assert (await acquire(conn, third)).wait_reason == "busy", "a later job must not jump the queue"
+    assert (await acquire(conn, second)).box == "b1"
+    assert (await release(conn, first)).released is False, "release is idempotent"
+
+
+async def test_priority_goes_first_within_waiters(conn):
+    await add_box(conn, "b1")
+    holder = await add_job(conn, box="b1")
+    low = await add_job(conn, box="b1")
+    high = await add_job(conn, box="b1", priority=5)
+    await acquire(conn, holder)
+    await acquire(conn, low)
+    await acquire(conn, high)
+    assert (await release(conn, holder)).wake_job_ids == [high]
+
+
+async def test_capacity_and_exclusive_locks(conn):
+    await add_box(conn, "big", capacity=2)
+    a, b, c = [await add_job(conn, box="big") for _ in range(3)]
+    assert (await acquire(conn, a)).box == "big"
+    assert (await acquire(conn, b)).box == "big"
+    assert (await acquire(conn, c)).wait_reason == "busy"
+    await release(conn, a)
+    await release(conn, b)
+    assert (await acquire(conn, c)).box == "big"
+    locker = await add_job(conn, box="big", lock=True)
+    assert (await acquire(conn, locker)).wait_reason == "busy", "a lock needs the box empty"
+    await release(conn, c)
+    assert (await acquire(conn, locker)).box == "big"
+    other = await add_job(conn, box="big")
+    assert (await acquire(conn, other)).wait_reason == "busy", "nothing joins an exclusive lease"
+
+
+async def test_groups_place_by_capabilities(conn):
+    await add_box(conn, "plain", groups=["lab"], capabilities=["python3"])
+    await add_box(conn, "scope", groups=["lab"], capabilities=["python3", "oscilloscope"])
+    job = await add_job(conn, group="lab", requires=["oscilloscope"])
+    assert (await acquire(conn, job)).box == "scope"
+    never = await add_job(conn, group="lab", requires=["fpga"])
+    got = await acquire(conn, never)
+    assert got.box is None and "fpga" in got.unschedulable_reason
+    named = await add_job(conn, box="plain", requires=["oscilloscope"])
+    assert "lacks capabilities ['oscilloscope']" in (await acquire(conn, named)).unschedulable_reason
+
+
+async def test_concurrent_grants_never_overbook(db_url, conn):
+    await add_box(conn, "one")
+    jobs = [await add_job(conn, box="one") for _ in range(20)]
+    conns = [await connect(db_url) for _ in jobs]
+    try:
+        results = await asyncio.gather(*(acquire(c, j) for c, j in zip(conns, jobs)))
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
+    assert sum(r.box is not None for r in results) == 1
+    assert await conn.fetchval("SELECT count(*) FROM leases WHERE released_at IS NULL") == 1
+
+
+async def test_transitions_are_guarded_one_way_and_recorded(conn):
+    await add_box(conn, "b1")
+    job = await add_job(conn, box="b1")
+    await acquire(conn, job)
+    async with conn.transaction():
+        assert await transition(conn, job, JobState.RUNNING) == (JobState.RUNNING, True)
+    async with conn.transaction():
+        assert await transition(conn, job, JobState.RUNNING) == (JobState.RUNNING, False)
+    async with conn.transaction():
+        await transition(conn, job, JobState.COMPLETED, exit_code=0)
+    for target in (JobState.RUNNING, JobState.FAILED, JobState.CANCELLED):
+        with pytest.raises(InvalidTransition):
+            async with conn.transaction():
+                await transition(conn, job, target)
+    events = await conn.fetch(Q.job_events, job)
+    assert [(e["from_state"], e["to_state"]) for e in events] == [
+        (None, "queued"), ("queued", "dispatching"), ("dispatching", "running"), ("running", "completed")]
+    row = await conn.fetchrow("SELECT started_at, finished_at, exit_code FROM jobs WHERE id = $1", job)
+    assert row["started_at"] <= row["finished_at"] and row["exit_code"] == 0

@@ -1,0 +1,58 @@
+import asyncio
+
+import httpx
+import pytest
+
+from boxrun.activities.box.logpump import LogPump
+
+
+class FlakySinkFake:
+    """Test double for the API ingest: fails the first `failures` sends, records the rest."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.batches: list[list[dict]] = []
+        self.stored: dict[int, dict] = {}
+
+    async def send(self, job_id: str, lines: list[dict]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise httpx.ConnectError("api down")
+        self.batches.append(list(lines))
+        for line in lines:
+            self.stored.setdefault(line["seq"], line)
+
+
+async def test_seqs_are_contiguous_across_streams_and_close_waits_for_acks():
+    sink = FlakySinkFake()
+    pump = LogPump(sink, "j1", max_lines=7)
+    pump.start()
+    for i in range(100):
+        pump.add("stdout" if i % 3 else "stderr", f"line {i}")
+    await pump.close()
+    assert sorted(sink.stored) == list(range(1, 101))
+    assert [sink.stored[s]["text"] for s in range(1, 101)] == [f"line {i}" for i in range(100)]
+    assert sink.stored[1]["stream"] == "stderr" and sink.stored[2]["stream"] == "stdout"
+    assert all(len(b) <= 7 for b in sink.batches)
+    assert pump.acked == 100
+
+
+async def test_failed_batches_are_resent_until_acknowledged():
+    sink = FlakySinkFake(failures=3)
+    pump = LogPump(sink, "j1")
+    pump.start()
+    pump.add("stdout", "survives")
+    await asyncio.wait_for(pump.close(), 10)
+    assert [line["text"] for line in sink.stored.values()] == ["survives"]
+    assert pump.acked == 1
+
+
+@pytest.mark.parametrize("count", [0, 1])
+async def test_close_with_little_or_nothing_pending(count):
+    sink = FlakySinkFake()
+    pump = LogPump(sink, "j1")
+    pump.start()
+    for i in range(count):
+        pump.add("stdout", "x")
+    await asyncio.wait_for(pump.close(), 5)
+    assert len(sink.stored) == count

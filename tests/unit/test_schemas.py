@@ -1,0 +1,85 @@
+import pytest
+from pydantic import ValidationError
+
+from boxrun.constants import ALLOWED_FROM, TERMINAL_STATES, JobState
+from boxrun.paths import clean_relative_path
+from boxrun.schemas import MAX_SPEC_BYTES, JobCreate
+
+
+def make(**kw):
+    base = {"box": "b1", "script": "print(1)"}
+    base.update(kw)
+    return JobCreate(**base)
+
+
+def error_fields(exc: ValidationError) -> set[str]:
+    return {".".join(str(p) for p in e["loc"]) for e in exc.errors()}
+
+
+def test_defaults():
+    job = make()
+    assert job.timeout_s == 3600 and job.lock is False and job.files == {} and job.env == {}
+
+
+@pytest.mark.parametrize("raw, cleaned", [("a.txt", "a.txt"), ("./d/e.txt", "d/e.txt"), ("d//e", "d/e")])
+def test_relative_paths_are_normalised(raw, cleaned):
+    assert clean_relative_path(raw) == cleaned
+
+
+@pytest.mark.parametrize("raw", ["", "/etc/passwd", "../x", "a/../../x", "a/..", ".", "a\\b", "a\x00b"])
+def test_paths_outside_the_workspace_are_refused(raw):
+    with pytest.raises(ValueError):
+        clean_relative_path(raw)
+
+
+def test_file_path_escape_names_the_field():
+    with pytest.raises(ValidationError) as exc:
+        make(files={"../../etc/x": "boom"})
+    assert "files" in error_fields(exc.value)
+
+
+def test_exactly_one_target():
+    with pytest.raises(ValidationError, match="exactly one of 'box' or 'box_group'"):
+        JobCreate(script="x")
+    with pytest.raises(ValidationError, match="exactly one"):
+        JobCreate(script="x", box="a", box_group="g")
+
+
+@pytest.mark.parametrize("env", [{"1BAD": "x"}, {"A-B": "x"}, {"BOXRUN_JOB_ID": "x"}, {"OK": "a\x00b"}])
+def test_bad_env_is_refused(env):
+    with pytest.raises(ValidationError) as exc:
+        make(env=env)
+    assert "env" in error_fields(exc.value)
+
+
+def test_unknown_fields_and_bad_types_are_refused():
+    with pytest.raises(ValidationError) as exc:
+        make(timeout=5)
+    assert "timeout" in error_fields(exc.value)
+    with pytest.raises(ValidationError) as exc:
+        make(timeout_s=0)
+    assert "timeout_s" in error_fields(exc.value)
+    with pytest.raises(ValidationError):
+        make(script="")
+
+
+def test_spec_size_is_bounded():
+    with pytest.raises(ValidationError, match="byte limit"):
+        make(files={f"f{i}": "x" * 100_000 for i in range(MAX_SPEC_BYTES // 100_000 + 1)})
+
+
+def test_requires_deduplicated_and_sorted():
+    assert make(box=None, box_group="g", requires=["b", "a", "b"]).requires == ["a", "b"]
+
+
+def test_frozen_spec_excludes_the_idempotency_key():
+    spec = make(idempotency_key="k1").frozen_spec()
+    assert "idempotency_key" not in spec and spec["script"] == "print(1)"
+
+
+def test_state_machine_is_one_way_and_terminal_states_absorb():
+    for target, sources in ALLOWED_FROM.items():
+        assert target not in sources
+        assert not (set(sources) & TERMINAL_STATES), f"{target} may be entered from a terminal state"
+    assert {s for s in JobState if s.terminal} == TERMINAL_STATES
+    assert JobState.QUEUED not in ALLOWED_FROM  # nothing ever returns to queued
