@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    settings.require_secrets("api_token", "s3_secret_access_key")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

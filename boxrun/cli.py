@@ -71,8 +71,12 @@ def migrate() -> None:
     hard_exit(0)
 
 
-def _port(value: str | None) -> int | None:
-    return None if value is None else int(value)
+@app.command()
+def openapi() -> None:
+    """Print the API's OpenAPI document (docs/openapi.json is this output)."""
+    from boxrun.api.app import create_app
+
+    typer.echo(json.dumps(create_app(Settings()).openapi(), indent=2, sort_keys=True))
 
 
 @app.command()

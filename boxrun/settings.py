@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _PLACEHOLDER = "changethis"
@@ -30,6 +30,10 @@ class Settings(BaseSettings):
 
     # Object storage (S3 API). endpoint None means AWS itself.
     s3_endpoint_url: str | None = None
+    # Where boxes and browsers reach storage, if not at s3_endpoint_url (e.g. the control plane
+    # talks to http://minio:9000 inside a private network, boxes to https://s3.example.com).
+    # Presigned URLs are signed for this host.
+    s3_public_endpoint_url: str | None = None
     s3_bucket: str = "boxrun"
     s3_region: str = "us-east-1"
     s3_access_key_id: str = "boxrun"
@@ -66,13 +70,14 @@ class Settings(BaseSettings):
     log_batch_max_lines: int = Field(default=2000, ge=1)
     log_batch_max_bytes: int = Field(default=1 << 20, ge=1024)
 
-    @model_validator(mode="after")
-    def _no_placeholders_outside_dev(self) -> "Settings":
-        if self.environment != "dev":
-            for name in ("api_token", "s3_secret_access_key"):
-                if getattr(self, name) == _PLACEHOLDER:
-                    raise ValueError(f"BOXRUN_{name.upper()} must be set outside dev (it is {_PLACEHOLDER!r})")
-        return self
+    def require_secrets(self, *names: str) -> None:
+        """Fail fast outside dev if a secret this process uses is still the placeholder. Each
+        process names its own (the API its token and storage key, an agent neither)."""
+        if self.environment == "dev":
+            return
+        missing = [f"BOXRUN_{n.upper()}" for n in names if getattr(self, n) == _PLACEHOLDER]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} must be set outside dev (still {_PLACEHOLDER!r})")
 
     def temporal_workflow_url(self, workflow_id: str) -> str:
         base = self.temporal_ui_url.rstrip("/")

@@ -21,6 +21,18 @@ def sha256_b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
+def _client(settings: Settings, endpoint: str | None) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=settings.s3_secret_access_key,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
+                      retries={"max_attempts": 5, "mode": "standard"}),
+    )
+
+
 @dataclass(frozen=True)
 class Verification:
     ok: bool
@@ -34,15 +46,10 @@ class Storage:
         self.bucket = settings.s3_bucket
         self.verify_mode = settings.s3_verify
         self.expiry_s = settings.presign_expiry_s
-        self.client: Any = boto3.client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            aws_access_key_id=settings.s3_access_key_id,
-            aws_secret_access_key=settings.s3_secret_access_key,
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                          retries={"max_attempts": 5, "mode": "standard"}),
-        )
+        self.client: Any = _client(settings, settings.s3_endpoint_url)
+        # Presigned URLs are used by boxes and browsers: sign them for the host those reach.
+        public = settings.s3_public_endpoint_url
+        self.presigner: Any = _client(settings, public) if public else self.client
 
     def ensure_bucket(self) -> None:
         try:
@@ -53,7 +60,7 @@ class Storage:
     def presign_put(self, key: str, size: int, sha256_hex: str) -> tuple[str, dict[str, str]]:
         """A PUT URL bound to the object's length and SHA-256; returns (url, headers to send)."""
         checksum = sha256_b64(sha256_hex)
-        url = self.client.generate_presigned_url(
+        url = self.presigner.generate_presigned_url(
             "put_object",
             Params={"Bucket": self.bucket, "Key": key, "ContentLength": size,
                     "ChecksumAlgorithm": "SHA256", "ChecksumSHA256": checksum},
@@ -67,7 +74,7 @@ class Storage:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if filename:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
-        return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s or self.expiry_s)
+        return self.presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s or self.expiry_s)
 
     def verify(self, key: str, size: int, sha256_hex: str) -> Verification:
         """Check the stored object against the manifest. With verify_mode "readback" the bytes are

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 
 async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
+    settings.require_secrets("s3_secret_access_key")
     client = await connect(settings.temporal_address, settings.temporal_namespace)
     await ensure_search_attributes(client)
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
