@@ -12,6 +12,10 @@ import httpx
 log = logging.getLogger(__name__)
 
 
+class LogRejected(Exception):
+    """The API refused a batch for good (4xx other than 408/429): resending cannot help."""
+
+
 class LogSink(Protocol):
     async def send(self, job_id: str, lines: list[dict]) -> None:
         """Deliver a batch; must be idempotent by seq. Raises on failure (the pump retries)."""
@@ -25,6 +29,8 @@ class ApiLogSink:
 
     async def send(self, job_id: str, lines: list[dict]) -> None:
         resp = await self._http.post(f"/api/agent/jobs/{job_id}/logs", json={"lines": lines})
+        if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
+            raise LogRejected(f"API refused log batch: HTTP {resp.status_code} {resp.text[:200]}")
         resp.raise_for_status()
 
 
@@ -66,12 +72,19 @@ class LogPump:
         self._pending.append({"seq": self._seq, "ts": datetime.now(UTC).isoformat(), "stream": stream, "text": text})
         self._more.set()
 
-    async def close(self) -> None:
-        """Wait until every line added so far is acknowledged."""
+    async def close(self, *, tick_s: float | None = None, on_tick=None) -> None:
+        """Wait until every line added so far is acknowledged, calling `on_tick` every `tick_s`
+        meanwhile (run_job heartbeats there, so a slow or absent API is not a dead box)."""
         self._closing = True
         self._more.set()
-        if self._task is not None:
-            await self._task
+        if self._task is None:
+            return
+        while True:
+            done, _ = await asyncio.wait({self._task}, timeout=tick_s)
+            if done:
+                return self._task.result()
+            if on_tick is not None:
+                on_tick()
 
     async def abort(self) -> None:
         if self._task is not None:

@@ -11,7 +11,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from boxrun.activities.box.logpump import LogPump, LogSink
+from boxrun.activities.box.logpump import LogPump, LogRejected, LogSink
 from boxrun.activities.box.process import JobProcess, child_env
 from boxrun.activities.box.workspace import Workspace
 from boxrun.activities.names import RUN_JOB, UPLOAD_ARTIFACTS
@@ -64,7 +64,7 @@ class BoxActivities:
             await job.terminate(CANCEL_GRACE_S)
             await job.finish_output()
             pump.add("system", "boxrun: job cancelled; process group terminated")
-            await pump.close()
+            await pump.close(tick_s=self.heartbeat_s, on_tick=activity.heartbeat)
             ws.remove()
             raise
         finally:
@@ -72,7 +72,11 @@ class BoxActivities:
         await job.finish_output()
         if timed_out:
             pump.add("system", f"boxrun: timed out after {spec.timeout_s}s; process group killed")
-        await pump.close()
+        try:
+            await pump.close(tick_s=self.heartbeat_s, on_tick=lambda: activity.heartbeat({"lines": pump.acked}))
+        except LogRejected as exc:
+            ws.remove()
+            raise ApplicationError(str(exc), type="LogRejected", non_retryable=True) from exc
         artifacts = await asyncio.to_thread(ws.manifest)
         if not artifacts:
             ws.remove()

@@ -56,3 +56,32 @@ async def test_close_with_little_or_nothing_pending(count):
         pump.add("stdout", "x")
     await asyncio.wait_for(pump.close(), 5)
     assert len(sink.stored) == count
+
+
+async def test_close_ticks_while_the_api_is_away_then_delivers():
+    sink = FlakySinkFake(failures=4)  # ~50+100+200+400 ms of outage
+    pump = LogPump(sink, "j1")
+    pump.start()
+    pump.add("stdout", "late but whole")
+    ticks = []
+    await asyncio.wait_for(pump.close(tick_s=0.05, on_tick=lambda: ticks.append(1)), 10)
+    assert ticks, "the caller must be able to heartbeat while waiting"
+    assert [line["text"] for line in sink.stored.values()] == ["late but whole"]
+
+
+async def test_a_permanent_refusal_is_raised_not_retried_forever():
+    from boxrun.activities.box.logpump import LogRejected
+
+    class RefusingSinkFake:
+        calls = 0
+
+        async def send(self, job_id, lines):
+            RefusingSinkFake.calls += 1
+            raise LogRejected("HTTP 403")
+
+    pump = LogPump(RefusingSinkFake(), "j1")
+    pump.start()
+    pump.add("stdout", "x")
+    with pytest.raises(LogRejected):
+        await asyncio.wait_for(pump.close(), 5)
+    assert RefusingSinkFake.calls == 1
