@@ -15,7 +15,7 @@ from boxrun.activities.names import (
     RECORD_TRANSITION,
     VERIFY_ARTIFACTS,
 )
-from boxrun.constants import JobState, artifact_key
+from boxrun.constants import artifact_key
 from boxrun.db import Q
 from boxrun.errors import InvalidTransition, NotFound
 from boxrun.messages import (
@@ -31,7 +31,7 @@ from boxrun.messages import (
     VerifyInput,
     VerifyResult,
 )
-from boxrun.placement import acquire, release
+from boxrun.placement import acquire, finish
 from boxrun.storage import Storage
 from boxrun.transitions import transition
 
@@ -43,9 +43,10 @@ def _permanent(exc: Exception) -> ApplicationError:
 class ControlActivities:
     """Bound to one Postgres pool and one storage client; registered on the control worker."""
 
-    def __init__(self, pool: asyncpg.Pool, storage: Storage) -> None:
+    def __init__(self, pool: asyncpg.Pool, storage: Storage, *, offline_after_s: float = 15.0) -> None:
         self.pool = pool
         self.storage = storage
+        self.offline_after_s = offline_after_s
 
     def all(self) -> list:
         return [self.acquire_box, self.record_transition, self.finish_job, self.presign_uploads,
@@ -55,7 +56,7 @@ class ControlActivities:
     async def acquire_box(self, inp: AcquireInput) -> AcquireResult:
         async with self.pool.acquire() as conn:
             try:
-                return await acquire(conn, inp.job_id)
+                return await acquire(conn, inp.job_id, offline_after_s=self.offline_after_s)
             except (NotFound, InvalidTransition) as exc:
                 raise _permanent(exc) from exc
 
@@ -73,18 +74,12 @@ class ControlActivities:
 
     @activity.defn(name=FINISH_JOB)
     async def finish_job(self, inp: FinishInput) -> ReleaseResult:
-        """Terminal transition and lease release in one transaction. A job that is already
-        terminal keeps its state (terminal states are absorbing); the lease is freed regardless."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            job = await conn.fetchrow(Q.lock_job, inp.job_id)
-            if job is None:
-                raise _permanent(NotFound(f"job {inp.job_id} does not exist"))
+        """Terminal transition + lease release in one transaction (terminal states absorb)."""
+        async with self.pool.acquire() as conn:
             try:
-                state, _ = await transition(conn, inp.job_id, inp.to_state, exit_code=inp.exit_code, error=inp.error)
-            except InvalidTransition:
-                state = JobState(job["state"])  # already terminal: absorbing, nothing to change
-            released = await release(conn, inp.job_id)
-        return released.model_copy(update={"state": state})
+                return await finish(conn, inp.job_id, inp.to_state, exit_code=inp.exit_code, error=inp.error)
+            except NotFound as exc:
+                raise _permanent(exc) from exc
 
     @activity.defn(name=PRESIGN_UPLOADS)
     async def presign_uploads(self, inp: PresignInput) -> PresignResult:

@@ -10,3 +10,6 @@ VERIFY_ARTIFACTS = "verify_artifacts"
 # Box activities (task queue box.NAME, run by that box's agent).
 RUN_JOB = "run_job"
 UPLOAD_ARTIFACTS = "upload_artifacts"
+
+# Reaper (control worker, run by the boxrun-reaper schedule).
+REAP = "reap"

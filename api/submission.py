@@ -10,16 +10,13 @@ import uuid
 import asyncpg
 from fastapi import HTTPException, status
 from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
 from boxrun.api.auth import User
-from boxrun.constants import CONTROL_TASK_QUEUE, JobState
 from boxrun.db import Q
-from boxrun.messages import JobSpec
+from boxrun.jobstart import job_spec, start_job_workflow
 from boxrun.schemas import JobCreate
 from boxrun.settings import Settings
-from boxrun.temporal import KEY_BOX_ID, KEY_JOB_STATE, KEY_OWNER
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +26,7 @@ def spec_hash(spec: dict) -> str:
 
 
 async def submit_job(conn: asyncpg.Connection, temporal: Client, settings: Settings, user: User,
-                     body: JobCreate) -> tuple[str, bool]:
+                     body: JobCreate, *, rerun_of: str | None = None) -> tuple[str, bool]:
     """Returns (job id, created). A repeated idempotency key returns the first job (created=False)."""
     if body.box is not None and await conn.fetchrow(Q.get_box, user.org_id, body.box) is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"box {body.box!r} does not exist")
@@ -43,11 +40,13 @@ async def submit_job(conn: asyncpg.Connection, temporal: Client, settings: Setti
     job_id = str(uuid.uuid4())
     try:
         async with conn.transaction():
-            await conn.execute(
+            row = await conn.fetchrow(
                 Q.insert_job, job_id, user.org_id, user.name, body.box, body.box_group, body.requires, spec,
-                digest, body.timeout_s, body.lock, body.priority, body.idempotency_key,
+                digest, body.timeout_s, body.lock, body.priority, body.idempotency_key, body.cancel_grace_s,
+                rerun_of,
             )
-            await conn.execute(Q.insert_first_event, user.org_id, job_id, {"owner": user.name})
+            await conn.execute(Q.insert_first_event, user.org_id, job_id,
+                               {"owner": user.name, **({"rerun_of": rerun_of} if rerun_of else {})})
     except asyncpg.UniqueViolationError:
         # A concurrent submission with the same idempotency key won the race.
         existing = await _by_key(conn, user, body.idempotency_key or "", digest)
@@ -57,28 +56,14 @@ async def submit_job(conn: asyncpg.Connection, temporal: Client, settings: Setti
 
     # The row is committed before the workflow starts, so the workflow's first activity always
     # finds it. If Temporal refuses, the job is withdrawn again: nothing half-written remains.
+    # (If this process dies right here, the reaper starts the workflow of the queued row.)
     try:
-        await temporal.start_workflow(
-            "JobWorkflow",
-            JobSpec(
-                job_id=job_id, owner=user.name, box=body.box, box_group=body.box_group, requires=body.requires,
-                script=body.script, files=body.files, env=body.env, timeout_s=body.timeout_s, lock=body.lock,
-                priority=body.priority, heartbeat_timeout_s=settings.activity_heartbeat_timeout_s,
-                wait_poll_s=settings.wait_poll_interval_s,
-            ),
-            id=job_id,
-            task_queue=CONTROL_TASK_QUEUE,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            search_attributes=TypedSearchAttributes([
-                SearchAttributePair(KEY_JOB_STATE, JobState.QUEUED.value),
-                SearchAttributePair(KEY_OWNER, user.name),
-                SearchAttributePair(KEY_BOX_ID, body.box or f"group:{body.box_group}"),
-            ]),
-        )
+        await start_job_workflow(temporal, job_spec(row, settings))
     except RPCError as exc:
         log.error("could not start the workflow of job %s: %s", job_id, exc)
         await conn.execute(Q.delete_job, job_id)
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the workflow engine is unavailable; job not accepted") from exc
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            "the workflow engine is unavailable; job not accepted") from exc
     return job_id, True
 
 

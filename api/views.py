@@ -22,6 +22,8 @@ def job_public(row: asyncpg.Record, settings: Settings) -> JobPublic:
         lock=row["lock"],
         priority=row["priority"],
         timeout_s=row["timeout_s"],
+        cancel_grace_s=row["cancel_grace_s"],
+        rerun_of=str(row["rerun_of"]) if row["rerun_of"] else None,
         exit_code=row["exit_code"],
         error=row["error"],
         waiting_reason=row["waiting_reason"],
@@ -39,6 +41,8 @@ def box_public(row: asyncpg.Record, settings: Settings) -> BoxPublic:
     return BoxPublic(
         name=row["name"],
         status="online" if online else "offline",
+        draining=row["draining"],
+        maintenance=bool(row.get("in_maintenance", False)),
         groups=list(row["groups"]),
         capabilities=list(row["capabilities"]),
         capacity=row["capacity"],

@@ -22,6 +22,10 @@ class JobSpec(BaseModel):
     lock: bool = False
     priority: int = 0
     heartbeat_timeout_s: float = 15.0
+    # SIGTERM -> SIGKILL grace when the job is cancelled.
+    cancel_grace_s: float = 10.0
+    # How long run_job may sit in the box's task queue before the job fails (box never picked it up).
+    dispatch_timeout_s: float = 60.0
     # How often a waiting job re-checks for a box if no wake-up signal reaches it.
     wait_poll_s: float = 30.0
 
@@ -60,6 +64,8 @@ class AcquireResult(BaseModel):
     box: str | None = None
     wait_reason: str | None = None
     unschedulable_reason: str | None = None
+    # Seconds until a maintenance window that blocks the job ends (re-check then at the latest).
+    retry_after_s: float | None = None
 
 
 class ReleaseInput(BaseModel):
@@ -139,3 +145,9 @@ class JobStarted(BaseModel):
     """Signal from the box agent: the process is spawned."""
 
     pid: int
+
+
+class ReapResult(BaseModel):
+    leases_freed: int = 0
+    jobs_ended: int = 0
+    workflows_started: int = 0

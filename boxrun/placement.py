@@ -2,28 +2,46 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import asyncpg
 
 from boxrun.constants import JobState
 from boxrun.db import Q
-from boxrun.errors import NotFound
+from boxrun.errors import InvalidTransition, NotFound
 from boxrun.messages import AcquireResult, ReleaseResult
 from boxrun.transitions import transition
 
 WAIT_BUSY = "busy"
+WAIT_MAINTENANCE = "maintenance"
+WAIT_OFFLINE = "offline"
 
 
 def _missing(requires: list[str], capabilities: list[str]) -> list[str]:
     return sorted(set(requires) - set(capabilities))
 
 
-async def acquire(conn: asyncpg.Connection, job_id: str) -> AcquireResult:
-    """Lease a box for `job_id` and move it to `dispatching`, or to `waiting_for_box`, or report
-    that no box can ever take it. Idempotent: a job that already holds a lease gets that box back.
+def _never_reason(job: asyncpg.Record, boxes: list[asyncpg.Record], requires: list[str]) -> str:
+    if job["box_name"] is not None and boxes:
+        return f"box {job['box_name']} lacks capabilities {_missing(requires, boxes[0]['capabilities'])}"
+    if job["box_name"] is not None:
+        return f"box {job['box_name']} does not exist"
+    if boxes:
+        return f"no box in group {job['box_group']} has all of {requires}"
+    return f"group {job['box_group']} has no boxes"
 
-    The target boxes are locked FOR UPDATE (in id order) for the whole decision, and release()
-    locks the box too, so a release either frees capacity this grant sees or finds this job
-    already waiting and wakes it: no lost wake-ups, no double booking.
+
+async def acquire(conn: asyncpg.Connection, job_id: str, *, offline_after_s: float = 15.0) -> AcquireResult:
+    """Lease a box for `job_id` and move it to `dispatching`, or to `waiting_for_box` with the
+    reason (busy, maintenance, offline), or report that no box can ever take it. Idempotent: a
+    job that already holds a lease gets that box back.
+
+    A box qualifies when it has every required capability, its agent is live (reported within
+    `offline_after_s`, not draining), no maintenance window covers now, it has free capacity, no
+    exclusive lease is on it (and, for `lock` jobs, no lease at all), and no job that waits longer
+    (higher priority first, then FIFO) could use it. The target boxes are locked FOR UPDATE (in id
+    order) for the whole decision, and release() locks the box too, so a release either frees
+    capacity this grant sees or finds this job already waiting and wakes it.
     """
     async with conn.transaction():
         job = await conn.fetchrow(Q.lock_job, job_id)
@@ -39,37 +57,66 @@ async def acquire(conn: asyncpg.Connection, job_id: str) -> AcquireResult:
         requires = list(job["requires"])
         fitting = [b for b in boxes if not _missing(requires, b["capabilities"])]
         if not fitting:
-            if job["box_name"] is not None and boxes:
-                reason = f"box {job['box_name']} lacks capabilities {_missing(requires, boxes[0]['capabilities'])}"
-            elif job["box_name"] is not None:
-                reason = f"box {job['box_name']} does not exist"
-            elif boxes:
-                reason = f"no box in group {job['box_group']} has all of {requires}"
-            else:
-                reason = f"group {job['box_group']} has no boxes"
-            return AcquireResult(unschedulable_reason=reason)
+            return AcquireResult(unschedulable_reason=_never_reason(job, boxes, requires))
 
+        reasons: set[str] = set()
+        window_ends: list[datetime] = []
         candidates = []
         for box in fitting:
+            window = await conn.fetchrow(Q.active_window, box["id"])
+            if window is not None:
+                await conn.execute(Q.record_rejection, job["org_id"], job_id, box["id"], window["id"])
+                reasons.add(WAIT_MAINTENANCE)
+                if window["ends_at"] is not None:
+                    window_ends.append(window["ends_at"])
+                continue
+            if not await conn.fetchval(Q.box_live, box["id"], offline_after_s):
+                reasons.add(WAIT_OFFLINE)
+                continue
             load = await conn.fetchrow(Q.box_load, box["id"])
-            if load["exclusive"]:
-                continue
-            if job["lock"] and load["active"] > 0:
-                continue
-            if load["active"] >= box["capacity"]:
-                continue
-            if await conn.fetchval(Q.earlier_waiter, box["id"], job_id) is not None:
+            full = load["active"] >= box["capacity"] or (job["lock"] and load["active"] > 0)
+            if load["exclusive"] or full or await conn.fetchval(Q.earlier_waiter, box["id"], job_id) is not None:
+                reasons.add(WAIT_BUSY)
                 continue
             candidates.append((load["active"] / box["capacity"], box["name"], box))
+
         if not candidates:
-            if job["state"] != JobState.WAITING_FOR_BOX:
-                await transition(conn, job_id, JobState.WAITING_FOR_BOX, waiting_reason=WAIT_BUSY)
-            return AcquireResult(wait_reason=WAIT_BUSY)
+            # the most hopeful reason: a busy box frees up soonest, a window ends, an agent returns
+            reason = next(r for r in (WAIT_BUSY, WAIT_MAINTENANCE, WAIT_OFFLINE) if r in reasons)
+            if job["state"] != JobState.WAITING_FOR_BOX or job["waiting_reason"] != reason:
+                await _wait(conn, job, reason)
+            retry = None
+            if window_ends:
+                retry = max(0.0, (min(window_ends) - datetime.now(UTC)).total_seconds())
+            return AcquireResult(wait_reason=reason, retry_after_s=retry)
 
         _, _, box = min(candidates, key=lambda c: (c[0], c[1]))
         await conn.execute(Q.insert_lease, job_id, job["org_id"], box["id"], job["lock"])
         await transition(conn, job_id, JobState.DISPATCHING, box_id=box["id"], detail={"box": box["name"]})
         return AcquireResult(box=box["name"])
+
+
+async def _wait(conn: asyncpg.Connection, job: asyncpg.Record, reason: str) -> None:
+    if job["state"] == JobState.WAITING_FOR_BOX:
+        await conn.execute(Q.set_waiting_reason, job["id"], reason)  # same state, new reason
+    else:
+        await transition(conn, job["id"], JobState.WAITING_FOR_BOX, waiting_reason=reason)
+
+
+async def finish(conn: asyncpg.Connection, job_id: str, state: JobState, *, exit_code: int | None = None,
+                 error: str | None = None) -> ReleaseResult:
+    """Terminal transition and lease release in one transaction. A job that is already terminal
+    keeps its state (terminal states are absorbing); the lease is freed regardless."""
+    async with conn.transaction():
+        job = await conn.fetchrow(Q.lock_job, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} does not exist")
+        try:
+            state, _ = await transition(conn, job_id, state, exit_code=exit_code, error=error)
+        except InvalidTransition:
+            state = JobState(job["state"])  # already terminal: absorbing, nothing to change
+        released = await release(conn, job_id)
+    return released.model_copy(update={"state": state})
 
 
 async def release(conn: asyncpg.Connection, job_id: str, *, wake: int = 1) -> ReleaseResult:

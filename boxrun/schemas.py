@@ -35,6 +35,7 @@ class JobCreate(BaseModel):
     timeout_s: int = Field(default=3600, ge=1, le=MAX_TIMEOUT_S)
     lock: bool = False
     priority: int = Field(default=0, ge=-1000, le=1000)
+    cancel_grace_s: int = Field(default=10, ge=0, le=3600, description="SIGTERM to SIGKILL grace on cancel")
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
 
     @field_validator("script")
@@ -98,6 +99,8 @@ class JobPublic(BaseModel):
     lock: bool
     priority: int
     timeout_s: int
+    cancel_grace_s: int
+    rerun_of: str | None = None
     exit_code: int | None
     error: str | None
     waiting_reason: str | None = None
@@ -157,6 +160,8 @@ class BoxCreate(BaseModel):
 class BoxPublic(BaseModel):
     name: str
     status: Literal["online", "offline"]
+    draining: bool = Field(description="the agent is stopping: it finishes its job and takes no new one")
+    maintenance: bool = Field(description="a maintenance window covers now: no job is dispatched to it")
     groups: list[str]
     capabilities: list[str]
     capacity: int
@@ -179,6 +184,70 @@ class AgentHeartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent_version: str = Field(max_length=64)
+    draining: bool = False
+
+
+class MaintenanceSet(BaseModel):
+    """Manual maintenance: on opens a window without an end, off ends every open window now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on: bool
+    reason: str = Field(default="manual", min_length=1, max_length=500)
+
+
+class WindowCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    starts_at: datetime
+    ends_at: datetime
+    reason: str = Field(min_length=1, max_length=500)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "WindowCreate":
+        if self.starts_at.tzinfo is None or self.ends_at.tzinfo is None:
+            raise ValueError("starts_at and ends_at need a timezone (e.g. 2026-11-22T10:00:00Z)")
+        if self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+
+class WindowPublic(BaseModel):
+    id: int
+    starts_at: datetime
+    ends_at: datetime | None
+    reason: str
+    created_by: str
+
+
+class RejectionPublic(BaseModel):
+    job_id: str
+    window_id: int
+    at: datetime
+
+
+class MaintenancePublic(BaseModel):
+    maintenance: bool
+    windows: list[WindowPublic]
+    rejections: list[RejectionPublic] = Field(description="latest jobs passed over because of a window")
+
+
+class LeasePublic(BaseModel):
+    job_id: str
+    exclusive: bool
+    acquired_at: datetime
+
+
+class WaiterPublic(BaseModel):
+    job_id: str
+    priority: int
+    created_at: datetime
+    waiting_reason: str | None
+
+
+class BoxQueuePublic(BaseModel):
+    leases: list[LeasePublic]
+    waiting: list[WaiterPublic] = Field(description="jobs that could take this box, in grant order")
 
 
 class LogBatch(BaseModel):

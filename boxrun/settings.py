@@ -56,6 +56,8 @@ class Settings(BaseSettings):
 
     # Control worker / job workflow.
     activity_heartbeat_timeout_s: float = Field(default=15.0, gt=0, le=600)
+    dispatch_timeout_s: float = Field(default=60.0, gt=0)
+    reaper_interval_s: float = Field(default=15.0, gt=0)
     wait_poll_interval_s: float = Field(default=30.0, gt=0)
 
     # Agent (one box).
@@ -64,8 +66,11 @@ class Settings(BaseSettings):
     agent_workdir: Path = Path("boxrun-agent")
     agent_python: str = "python3"
     agent_heartbeat_interval_s: float = Field(default=5.0, gt=0)
-    # The agent heartbeats its running activity to Temporal at most this often.
-    agent_activity_heartbeat_s: float = Field(default=1.0, gt=0)
+    # The agent heartbeats its running activity to Temporal this often; a cancel reaches the box
+    # with the next heartbeat's answer, so this bounds cancel latency.
+    agent_activity_heartbeat_s: float = Field(default=0.5, gt=0)
+    # On SIGTERM the agent takes no new job and lets the running one finish for this long.
+    agent_drain_s: float = Field(default=60.0, ge=0)
     log_flush_interval_ms: int = Field(default=50, ge=1, le=1000)
     log_batch_max_lines: int = Field(default=2000, ge=1)
     log_batch_max_bytes: int = Field(default=1 << 20, ge=1024)

@@ -1,4 +1,9 @@
-"""`boxrun agent --box NAME`: a Temporal worker on the box's own task queue, plus liveness to the API."""
+"""`boxrun agent --box NAME`: a Temporal worker on the box's own task queue, plus liveness to the API.
+
+SIGTERM drains: the agent stops taking jobs (and reports `draining`, so placement skips the box),
+keeps heartbeating its running job and lets it finish for up to BOXRUN_AGENT_DRAIN_S, after which
+the job's process group is terminated and the job fails with "agent stopped (drain limit reached)".
+"""
 
 from __future__ import annotations
 
@@ -19,20 +24,39 @@ from boxrun.temporal import connect
 log = logging.getLogger(__name__)
 
 
-async def _liveness(http: httpx.AsyncClient, interval_s: float, stop: asyncio.Event) -> None:
-    """Report to the API every interval; the API marks the box offline when reports stop."""
-    while not stop.is_set():
-        try:
-            resp = await http.post("/api/agent/heartbeat", json={"agent_version": __version__})
-            if resp.status_code == 401:
-                log.error("the API rejects this box's node token (401); check BOXRUN_NODE_TOKEN")
-            resp.raise_for_status()
-        except httpx.HTTPError as exc:
-            log.warning("liveness report failed: %s", exc)
-        try:
-            await asyncio.wait_for(stop.wait(), interval_s)
-        except TimeoutError:
-            pass
+class Liveness:
+    """Reports to the API every interval (and at once when asked); the API marks the box offline
+    when reports stop, and skips it for placement while it is draining."""
+
+    def __init__(self, http: httpx.AsyncClient, interval_s: float) -> None:
+        self.http = http
+        self.interval_s = interval_s
+        self.draining = False
+        self._now = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    def report_now(self) -> None:
+        self._now.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._now.set()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            self._now.clear()
+            try:
+                resp = await self.http.post("/api/agent/heartbeat",
+                                            json={"agent_version": __version__, "draining": self.draining})
+                if resp.status_code == 401:
+                    log.error("the API rejects this box's node token (401); check BOXRUN_NODE_TOKEN")
+                resp.raise_for_status()
+            except httpx.HTTPError as exc:
+                log.warning("liveness report failed: %s", exc)
+            try:
+                await asyncio.wait_for(self._now.wait(), self.interval_s)
+            except TimeoutError:
+                pass
 
 
 async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
@@ -49,20 +73,25 @@ async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
         heartbeat_s=settings.agent_activity_heartbeat_s,
         pump_options={"max_lines": settings.log_batch_max_lines, "max_bytes": settings.log_batch_max_bytes},
     )
-    liveness = asyncio.create_task(_liveness(http, settings.agent_heartbeat_interval_s, stop))
+    liveness = Liveness(http, settings.agent_heartbeat_interval_s)
+    reporting = asyncio.create_task(liveness.run())
     queue = box_task_queue(settings.box_name)
-    # Heartbeats reach Temporal at most 1 s apart, so a cancel reaches the box within ~1 s.
+    # The SDK sends heartbeats to Temporal at most this often; a cancel arrives with the answer.
     throttle = timedelta(seconds=settings.agent_activity_heartbeat_s)
     worker = Worker(client, task_queue=queue, activities=activities.all(), max_concurrent_activities=100,
                     max_heartbeat_throttle_interval=throttle, default_heartbeat_throttle_interval=throttle,
-                    graceful_shutdown_timeout=timedelta(seconds=5))
+                    graceful_shutdown_timeout=timedelta(seconds=settings.agent_drain_s))
     try:
         async with worker:
             log.info("agent for box %s polling %s", settings.box_name, queue)
             await stop.wait()
-            log.info("agent stopping")
+            log.info("agent draining: no new jobs; running ones get up to %.0fs", settings.agent_drain_s)
+            liveness.draining = True
+            liveness.report_now()
+        log.info("agent stopped")
     finally:
-        liveness.cancel()
-        await asyncio.gather(liveness, return_exceptions=True)
+        liveness.stop()
+        await asyncio.wait({reporting}, timeout=5)
+        reporting.cancel()
         await http.aclose()
     return 0

@@ -13,7 +13,9 @@ from boxrun.db import create_pool, migrate
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect, ensure_search_attributes
-from boxrun.workflows import JobWorkflow
+from boxrun.activities.reaper import ReaperActivities
+from boxrun.worker.schedules import ensure_reaper_schedule
+from boxrun.workflows import JobWorkflow, ReaperWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +30,11 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
             await migrate(conn)
         storage = Storage(settings)
         await asyncio.to_thread(storage.ensure_bucket)
-        activities = ControlActivities(pool, storage)
-        worker = Worker(client, task_queue=CONTROL_TASK_QUEUE, workflows=[JobWorkflow], activities=activities.all(),
-                        max_concurrent_activities=200)
+        activities = ControlActivities(pool, storage, offline_after_s=settings.box_offline_after_s)
+        reaper = ReaperActivities(pool, settings)
+        worker = Worker(client, task_queue=CONTROL_TASK_QUEUE, workflows=[JobWorkflow, ReaperWorkflow],
+                        activities=[*activities.all(), reaper.reap], max_concurrent_activities=200)
+        await ensure_reaper_schedule(client, settings.reaper_interval_s)
         async with worker:
             log.info("control worker polling %s", CONTROL_TASK_QUEUE)
             await stop.wait()

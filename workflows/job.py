@@ -111,8 +111,11 @@ class JobWorkflow:
                 await self._transition(spec, JobState.UNSCHEDULABLE, error=got.unschedulable_reason)
                 return None
             self._set_state(JobState.WAITING_FOR_BOX)
+            wait_s = spec.wait_poll_s
+            if got.retry_after_s is not None:  # a maintenance window ends sooner
+                wait_s = min(wait_s, got.retry_after_s + 0.5)
             try:
-                await workflow.wait_condition(lambda: self._wake, timeout=timedelta(seconds=spec.wait_poll_s))
+                await workflow.wait_condition(lambda: self._wake, timeout=timedelta(seconds=wait_s))
             except asyncio.TimeoutError:
                 pass  # a periodic re-check covers a wake-up that could not be delivered
 
@@ -122,6 +125,7 @@ class JobWorkflow:
             RunJobInput(spec=spec),
             result_type=RunJobResult,
             task_queue=box_task_queue(box),
+            schedule_to_start_timeout=timedelta(seconds=spec.dispatch_timeout_s),
             start_to_close_timeout=timedelta(seconds=spec.timeout_s) + RUN_GRACE,
             heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_s),
             retry_policy=RUN_ONCE,
@@ -155,6 +159,8 @@ class JobWorkflow:
         if isinstance(cause, TimeoutError):
             if cause.type == TimeoutType.HEARTBEAT:
                 return JobState.FAILED, None, HEARTBEAT_LOST
+            if cause.type == TimeoutType.SCHEDULE_TO_START:
+                return JobState.FAILED, None, "the box did not pick up the job in time (agent gone?)"
             return JobState.TIMED_OUT, None, "timed out: the box did not report back"
         if isinstance(cause, ApplicationError):
             return JobState.FAILED, None, cause.message

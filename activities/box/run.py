@@ -19,7 +19,6 @@ from boxrun.messages import JobStarted, RunJobInput, RunJobResult, UploadInput, 
 
 log = logging.getLogger(__name__)
 
-CANCEL_GRACE_S = 10.0
 TIMEOUT_GRACE_S = 5.0
 
 
@@ -60,12 +59,16 @@ class BoxActivities:
         try:
             code, timed_out = await self._supervise(job, spec.timeout_s)
         except asyncio.CancelledError:
-            # Cancelled from the workflow (user cancel) or the activity timed out on the server.
-            await job.terminate(CANCEL_GRACE_S)
+            # A user cancel, the server timing the activity out, or this agent's drain limit.
+            shutdown = activity.is_worker_shutdown()
+            await job.terminate(spec.cancel_grace_s)
             await job.finish_output()
-            pump.add("system", "boxrun: job cancelled; process group terminated")
+            why = "agent stopped (drain limit reached)" if shutdown else "job cancelled"
+            pump.add("system", f"boxrun: {why}; process group terminated")
             await pump.close(tick_s=self.heartbeat_s, on_tick=activity.heartbeat)
             ws.remove()
+            if shutdown:
+                raise ApplicationError(why, type="AgentStopped", non_retryable=True) from None
             raise
         finally:
             announce.cancel()

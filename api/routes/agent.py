@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, status
 
-from boxrun.api.deps import ConnDep, CurrentBox, SettingsDep
+from boxrun.api.deps import ConnDep, CurrentBox, SettingsDep, TemporalDep
 from boxrun.api.routes.jobs import parse_job_id
 from boxrun.api.views import box_public
+from boxrun.api.wake import wake_waiters
 from boxrun.constants import CHANNEL_LOGS
 from boxrun.db import Q
 from boxrun.schemas import AgentHeartbeat, BoxPublic, LogBatch, LogBatchAck
@@ -15,8 +16,12 @@ router = APIRouter(prefix="/agent", tags=["agent"])
 
 
 @router.post("/heartbeat", response_model=BoxPublic)
-async def heartbeat(body: AgentHeartbeat, box: CurrentBox, conn: ConnDep, settings: SettingsDep) -> BoxPublic:
-    row = await conn.fetchrow(Q.box_seen, box.id, body.agent_version)
+async def heartbeat(body: AgentHeartbeat, box: CurrentBox, conn: ConnDep, settings: SettingsDep,
+                    temporal: TemporalDep) -> BoxPublic:
+    """Liveness. A box that comes back (or stops draining) wakes the jobs waiting for it."""
+    row = await conn.fetchrow(Q.box_report, box.id, body.agent_version, settings.box_offline_after_s, body.draining)
+    if not row["was_live"] and not body.draining:
+        await wake_waiters(conn, temporal, box.id, row["capacity"])
     return box_public(row, settings)
 
 

@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
+from temporalio.service import RPCError, RPCStatusCode
 
 from boxrun.api.deps import ConnDep, CurrentUser, SettingsDep, TemporalDep
 from boxrun.api.submission import submit_job
@@ -13,6 +14,7 @@ from boxrun.api.views import job_public
 from boxrun.constants import JobState
 from boxrun.db import Q
 from boxrun.schemas import JobCreate, JobEventsPublic, JobPublic, JobsPublic
+from boxrun.transitions import transition
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -69,3 +71,37 @@ async def job_events(job_id: str, conn: ConnDep, user: CurrentUser) -> JobEvents
     row = await load_job(conn, user, job_id)
     events = await conn.fetch(Q.job_events, row["id"])
     return JobEventsPublic(data=[dict(e) for e in events])
+
+
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
+             responses={409: {"description": "the job already ended"}, **NOT_FOUND})
+async def cancel_job(job_id: str, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep,
+                     user: CurrentUser) -> JobPublic:
+    """Ask the job's workflow to cancel. A running process gets SIGTERM, then SIGKILL after the
+    job's cancel_grace_s; the job ends `cancelled` and its lease is freed. 202: follow the job."""
+    row = await load_job(conn, user, job_id)
+    if JobState(row["state"]).terminal:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already ended ({row['state']})")
+    await conn.execute(Q.audit, user.org_id, user.name, "job.cancel", f"job:{row['id']}", {"state": row["state"]})
+    try:
+        await temporal.get_workflow_handle(str(row["id"])).cancel()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"workflow engine: {exc}") from exc
+        # No running workflow: it already ended (the job is about to be terminal) or never started.
+        async with conn.transaction():
+            current = JobState(await conn.fetchval(Q.job_state, user.org_id, row["id"]))
+            if current.terminal:
+                raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already ended ({current})") from exc
+            await transition(conn, str(row["id"]), JobState.CANCELLED, error="cancelled (no workflow was running)")
+    return job_public(await load_job(conn, user, job_id), settings)
+
+
+@router.post("/{job_id}/rerun", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
+             responses={422: {"description": "the frozen spec names a box that no longer exists"}, **NOT_FOUND})
+async def rerun_job(job_id: str, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep,
+                    user: CurrentUser) -> JobPublic:
+    """A new job from the original's frozen spec, linked by `rerun_of`. Retries are never automatic."""
+    row = await load_job(conn, user, job_id)
+    new_id, _ = await submit_job(conn, temporal, settings, user, JobCreate(**row["spec"]), rerun_of=str(row["id"]))
+    return job_public(await load_job(conn, user, new_id), settings)

@@ -1,8 +1,8 @@
 -- name: insert_job
 INSERT INTO jobs (id, org_id, owner, box_name, box_group, requires, spec, spec_hash,
-                  timeout_s, lock, priority, idempotency_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-RETURNING id;
+                  timeout_s, lock, priority, idempotency_key, cancel_grace_s, rerun_of)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+RETURNING *;
 
 -- name: insert_first_event
 INSERT INTO job_events (org_id, job_id, from_state, to_state, detail)
@@ -38,8 +38,11 @@ SELECT from_state, to_state, at, detail FROM job_events
 WHERE job_id = $1 ORDER BY id;
 
 -- name: lock_job
-SELECT id, org_id, state, owner, box_name, box_group, requires, box_id, lock, priority, created_at
+SELECT id, org_id, state, owner, box_name, box_group, requires, box_id, lock, priority, created_at, waiting_reason
 FROM jobs WHERE id = $1 FOR UPDATE;
+
+-- name: set_waiting_reason
+UPDATE jobs SET waiting_reason = $2, updated_at = clock_timestamp() WHERE id = $1 AND state = 'waiting_for_box';
 
 -- name: job_org
 SELECT org_id FROM jobs WHERE id = $1;
@@ -74,3 +77,13 @@ DELETE FROM jobs WHERE id = $1 AND state = 'queued';
 
 -- name: job_placement
 SELECT box_id FROM jobs WHERE id = $1;
+
+-- name: job_state_any_org
+SELECT state FROM jobs WHERE id = $1::uuid;
+
+-- Queued longer than $1 seconds: its workflow should have moved it long ago.
+-- name: stale_queued_jobs
+SELECT * FROM jobs
+WHERE state = 'queued' AND created_at < clock_timestamp() - make_interval(secs => $1)
+ORDER BY created_at
+LIMIT 100;

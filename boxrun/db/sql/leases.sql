@@ -44,3 +44,34 @@ WHERE b.id = $1 AND w.state = 'waiting_for_box' AND w.org_id = b.org_id
   AND (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
 ORDER BY w.priority DESC, w.created_at, w.id
 LIMIT $2;
+
+-- The maintenance window covering box $1 now, if any (the one ending last).
+-- name: active_window
+SELECT id, ends_at, reason FROM maintenance_windows
+WHERE box_id = $1 AND starts_at <= clock_timestamp() AND (ends_at IS NULL OR ends_at > clock_timestamp())
+ORDER BY ends_at DESC NULLS FIRST
+LIMIT 1;
+
+-- name: record_rejection
+INSERT INTO placement_rejections (org_id, job_id, box_id, window_id) VALUES ($1, $2, $3, $4)
+ON CONFLICT (job_id, window_id) DO NOTHING;
+
+-- Is box $1 live: reported within $2 seconds and not draining?
+-- name: box_live
+SELECT last_seen_at IS NOT NULL AND last_seen_at > clock_timestamp() - make_interval(secs => $2) AND NOT draining
+FROM boxes WHERE id = $1;
+
+-- name: box_leases
+SELECT l.job_id, l.exclusive, l.acquired_at FROM leases l
+WHERE l.box_id = $1 AND l.released_at IS NULL ORDER BY l.acquired_at;
+
+-- name: leases_of_finished_jobs
+SELECT l.job_id FROM leases l JOIN jobs j ON j.id = l.job_id
+WHERE l.released_at IS NULL
+  AND j.state IN ('completed', 'failed', 'cancelled', 'timed_out', 'unschedulable');
+
+-- name: box_waiters
+SELECT w.id, w.priority, w.created_at, w.waiting_reason FROM jobs w, boxes b
+WHERE b.id = $1 AND w.state = 'waiting_for_box' AND w.org_id = b.org_id
+  AND (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
+ORDER BY w.priority DESC, w.created_at, w.id;

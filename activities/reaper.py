@@ -1,0 +1,72 @@
+"""The reaper: frees leases and ends jobs whose workflow is gone; starts workflows a crash missed."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+from temporalio import activity
+from temporalio.service import RPCError, RPCStatusCode
+
+from boxrun.activities.names import REAP
+from boxrun.constants import TERMINAL_STATES, JobState
+from boxrun.db import Q
+from boxrun.jobstart import job_spec, start_job_workflow
+from boxrun.messages import ReapResult
+from boxrun.placement import finish, release
+from boxrun.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_ACTIVE = ", ".join(f'"{s.value}"' for s in JobState if s not in TERMINAL_STATES)
+# Job workflows that closed while their last recorded JobState was not terminal: terminated from
+# the UI/CLI, or failed in a way the workflow itself could not clean up after.
+ORPHANS_QUERY = f'WorkflowType = "JobWorkflow" AND ExecutionStatus != "Running" AND JobState IN ({_ACTIVE})'
+
+
+class ReaperActivities:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+
+    @activity.defn(name=REAP)
+    async def reap(self) -> ReapResult:
+        client = activity.client()
+        result = ReapResult()
+        wake: list[str] = []
+        async with self.pool.acquire() as conn:
+            # 1. leases still held by jobs that already ended
+            for row in await conn.fetch(Q.leases_of_finished_jobs):
+                freed = await release(conn, row["job_id"])
+                wake += freed.wake_job_ids
+                result.leases_freed += int(freed.released)
+            # 2. jobs whose workflow is closed but never brought them to an end
+            async for wf in client.list_workflows(ORPHANS_QUERY, limit=500):
+                status = wf.status.name.lower() if wf.status else "closed"
+                state = await conn.fetchval(Q.job_state_any_org, wf.id)
+                if state is None or JobState(state).terminal:
+                    continue  # unknown here, or already ended (step 1 frees any lease it kept)
+                done = await finish(conn, wf.id, JobState.FAILED, error=f"workflow {status} before the job ended")
+                log.warning("reaped job %s (workflow %s): now %s", wf.id, status, done.state)
+                wake += done.wake_job_ids
+                result.jobs_ended += 1
+            # 3. queued jobs whose workflow never started (the API died between commit and start)
+            for row in await conn.fetch(Q.stale_queued_jobs, 30.0):
+                try:
+                    await client.get_workflow_handle(str(row["id"])).describe()
+                    continue
+                except RPCError as exc:
+                    if exc.status != RPCStatusCode.NOT_FOUND:
+                        raise
+                await start_job_workflow(client, job_spec(row, self.settings))
+                log.warning("started the missing workflow of queued job %s", row["id"])
+                result.workflows_started += 1
+        for job_id in wake:
+            try:
+                await client.get_workflow_handle(job_id).signal("wake")
+            except RPCError as exc:
+                log.info("could not wake job %s: %s", job_id, exc)
+        return result
+
+
+

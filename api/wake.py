@@ -1,0 +1,26 @@
+"""Waking jobs that wait for a box when the API changes what that box can take."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from boxrun.db import Q
+
+log = logging.getLogger(__name__)
+
+
+async def wake_waiters(conn: asyncpg.Connection, temporal: Client, box_id: int, count: int) -> list[str]:
+    """Signal up to `count` jobs waiting for `box_id` (oldest first) to try again now."""
+    woken = []
+    for row in await conn.fetch(Q.waiters_for_box, box_id, count):
+        job_id = str(row["id"])
+        try:
+            await temporal.get_workflow_handle(job_id).signal("wake")
+            woken.append(job_id)
+        except RPCError as exc:  # the workflow ended meanwhile; its own re-check covers the rest
+            log.info("could not wake job %s: %s", job_id, exc)
+    return woken

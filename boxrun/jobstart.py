@@ -1,0 +1,39 @@
+"""Starting a job's workflow from its frozen row: used at submission and by the reaper."""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+
+from boxrun.constants import CONTROL_TASK_QUEUE
+from boxrun.messages import JobSpec
+from boxrun.settings import Settings
+from boxrun.temporal import KEY_BOX_ID, KEY_JOB_STATE, KEY_OWNER
+
+
+def job_spec(row: asyncpg.Record, settings: Settings) -> JobSpec:
+    frozen = row["spec"]
+    return JobSpec(
+        job_id=str(row["id"]), owner=row["owner"], box=row["box_name"], box_group=row["box_group"],
+        requires=list(row["requires"]), script=frozen["script"], files=frozen["files"], env=frozen["env"],
+        timeout_s=row["timeout_s"], lock=row["lock"], priority=row["priority"],
+        cancel_grace_s=row["cancel_grace_s"], heartbeat_timeout_s=settings.activity_heartbeat_timeout_s,
+        wait_poll_s=settings.wait_poll_interval_s, dispatch_timeout_s=settings.dispatch_timeout_s,
+    )
+
+
+async def start_job_workflow(temporal: Client, spec: JobSpec) -> None:
+    """Workflow id = job id; a second start of the same job is refused by Temporal."""
+    await temporal.start_workflow(
+        "JobWorkflow",
+        spec,
+        id=spec.job_id,
+        task_queue=CONTROL_TASK_QUEUE,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        search_attributes=TypedSearchAttributes([
+            SearchAttributePair(KEY_JOB_STATE, "queued"),
+            SearchAttributePair(KEY_OWNER, spec.owner),
+            SearchAttributePair(KEY_BOX_ID, spec.box or f"group:{spec.box_group}"),
+        ]),
+    )
