@@ -8,7 +8,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, TimeoutType
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError, TimeoutType
 
 with workflow.unsafe.imports_passed_through():
     from boxrun.activities.names import (
@@ -156,6 +156,8 @@ class JobWorkflow:
 
     def _run_failure(self, exc: ActivityError) -> tuple[JobState, int | None, str | None]:
         cause = exc.cause
+        if isinstance(cause, CancelledError):  # the workflow was cancelled; the box killed the process
+            return JobState.CANCELLED, None, "cancelled"
         if isinstance(cause, TimeoutError):
             if cause.type == TimeoutType.HEARTBEAT:
                 return JobState.FAILED, None, HEARTBEAT_LOST

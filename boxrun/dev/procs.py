@@ -35,6 +35,10 @@ class Child:
     log_path: Path
     stop_signal: int = signal.SIGTERM
     extra: dict = field(default_factory=dict)
+    # how it was started, so it can be started again the same way
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    popen_kwargs: dict = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -48,6 +52,14 @@ class Child:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def respawn(self) -> None:
+        """Start the same command again (after it stopped or was killed)."""
+        if self.alive():
+            raise RuntimeError(f"{self.name} is still running")
+        fresh = spawn(self.name, self.argv, self.log_path.parent, env=self.env, stop_signal=self.stop_signal,
+                      **self.popen_kwargs)
+        self.proc = fresh.proc
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.alive():
@@ -66,7 +78,8 @@ def spawn(name: str, argv: list[str], log_dir: Path, *, env: dict[str, str] | No
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env={**os.environ, **(env or {})}, **kwargs)
-    return Child(name=name, proc=proc, log_path=log_path, stop_signal=stop_signal)
+    return Child(name=name, proc=proc, log_path=log_path, stop_signal=stop_signal, argv=list(argv),
+                 env=dict(env or {}), popen_kwargs=kwargs)
 
 
 class StartupError(RuntimeError):

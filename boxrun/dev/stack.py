@@ -27,6 +27,9 @@ class StackOptions:
     boxes: int = 2
     ports: dict[str, int | None] | None = None  # None or missing entry: default; 0: pick a free one
     agent_python: str | None = None
+    # extra BOXRUN_* settings for api, worker and agents (tests shorten timeouts with it)
+    env: dict[str, str] | None = None
+    capacity: int = 1
 
 
 def resolve_ports(requested: dict[str, int | None] | None, auto: bool) -> dict[str, int]:
@@ -79,6 +82,7 @@ class DevStack:
             "BOXRUN_API_URL": f"http://127.0.0.1:{p['api']}",
             "BOXRUN_API_TOKEN": token,
             "PYTHONUNBUFFERED": "1",
+            **(self.opts.env or {}),
         }
 
     def _boxrun(self, name: str, args: list[str], env: dict[str, str]) -> Child:
@@ -160,7 +164,8 @@ class DevStack:
                     if got.status_code == 200:
                         continue
                 resp = await http.post("/api/boxes", json={"name": name, "groups": ["local"],
-                                                           "capabilities": ["python3", "local"]})
+                                                           "capabilities": ["python3", "local"],
+                                                           "capacity": self.opts.capacity})
                 if resp.status_code == 409:  # known to the database, token lost: mint a new one
                     resp = await http.post(f"/api/boxes/{name}/token")
                 resp.raise_for_status()
@@ -180,6 +185,9 @@ class DevStack:
                 return
             await asyncio.sleep(0.05)
         raise StartupError("agents did not come online within 30 s")
+
+    def child(self, name: str) -> Child:
+        return next(c for c in self.children if c.name == name)
 
     def stop(self) -> None:
         """Stop in reverse order of start: agents, worker, api, then S3, Temporal, Postgres."""

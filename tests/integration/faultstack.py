@@ -1,0 +1,62 @@
+"""An in-process `DevStack` whose children tests can kill, stop and start again."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+
+from boxrun.dev.procs import Child
+from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
+
+# Short bounds so fault tests finish quickly; the defaults are documented in docs/architecture.md.
+FAST = {
+    "BOXRUN_ACTIVITY_HEARTBEAT_TIMEOUT_S": "4",
+    "BOXRUN_BOX_OFFLINE_AFTER_S": "3",
+    "BOXRUN_AGENT_HEARTBEAT_INTERVAL_S": "1",
+    "BOXRUN_WAIT_POLL_INTERVAL_S": "5",
+    "BOXRUN_REAPER_INTERVAL_S": "3",
+    "BOXRUN_DISPATCH_TIMEOUT_S": "20",
+}
+
+
+class FaultStack:
+    def __init__(self, stack: DevStack) -> None:
+        self.stack = stack
+        self.endpoints = stack.endpoints
+
+    def child(self, name: str) -> Child:
+        return self.stack.child(name)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Kill a child abruptly (SIGKILL by default) and reap it."""
+        child = self.child(name)
+        child.proc.send_signal(sig)
+        child.proc.wait(30)
+
+    def stop(self, name: str) -> None:
+        self.child(name).stop()
+
+    def start(self, name: str) -> Child:
+        child = self.child(name)
+        child.respawn()
+        return child
+
+    def api(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.endpoints["api_url"], timeout=30,
+                                 headers={"Authorization": f"Bearer {self.endpoints['token']}"})
+
+
+@asynccontextmanager
+async def fault_stack(data_dir: Path, *, boxes: int = 2, capacity: int = 1,
+                      env: dict[str, str] | None = None) -> AsyncIterator[FaultStack]:
+    options = StackOptions(data_dir=data_dir, boxes=boxes, capacity=capacity, env={**FAST, **(env or {})})
+    stack = DevStack(options, resolve_ports(None, auto=True))
+    try:
+        await stack.start()
+        yield FaultStack(stack)
+    finally:
+        stack.stop()
