@@ -17,6 +17,7 @@ from temporalio.worker import Worker
 from boxrun import __version__
 from boxrun.activities.box.logpump import ApiLogSink
 from boxrun.activities.box.run import BoxActivities
+from boxrun.activities.box.workspace import sweep_stale
 from boxrun.constants import box_task_queue
 from boxrun.settings import Settings
 from boxrun.temporal import connect
@@ -68,6 +69,8 @@ async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
     client = await connect(settings.temporal_address, settings.temporal_namespace)
     workdir = settings.agent_workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    if swept := sweep_stale(workdir):
+        log.warning("removed %d workspace(s) left by a previous agent run: %s", len(swept), ", ".join(swept))
     activities = BoxActivities(
         sink=ApiLogSink(http), workdir=workdir, python=settings.agent_python,
         heartbeat_s=settings.agent_activity_heartbeat_s,

@@ -5,13 +5,18 @@ frames: 1 byte stream code, 2 bytes big-endian length, payload (<= 4093 bytes, s
 one atomic pipe write even from forked children). One pipe keeps the order between the two
 streams exactly as the script produced it. Writes that bypass sys.stdout (subprocesses, C code,
 os.write(1, ...)) still reach the agent through the plain fd 1 / fd 2 pipes.
+
+If the agent dies (even by SIGKILL), a watcher thread notices the parent change within 0.2 s and
+kills the job's whole process group: a job never runs on without its agent.
 """
 
 import io
 import os
 import runpy
+import signal
 import sys
 import threading
+import time
 
 _FD = int(os.environ.pop("BOXRUN_LOG_FD"))
 _MAX = 4093  # PIPE_BUF (4096) minus the 3-byte header
@@ -44,7 +49,14 @@ def _wrap(code: bytes, fd: int) -> io.TextIOWrapper:
                             line_buffering=True, write_through=True)
 
 
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os.killpg(os.getpgid(0), signal.SIGKILL)  # the agent is gone: take the whole job with it
+
+
 def main() -> None:
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), name="boxrun-parent-watch", daemon=True).start()
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
     sys.stdout = _wrap(b"o", 1)

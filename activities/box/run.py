@@ -55,6 +55,7 @@ class BoxActivities:
             await pump.close()
             ws.remove()
             return RunJobResult(exit_code=None, error=f"could not start {self.python}: {exc}")
+        ws.record_pgid(pid)  # the process leads its own group (new session)
         announce = asyncio.create_task(self._announce(pid))
         try:
             code, timed_out = await self._supervise(job, spec.timeout_s)

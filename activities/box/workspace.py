@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,10 @@ class Workspace:
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def record_pgid(self, pgid: int) -> None:
+        (self.root / "pgid").write_text(str(pgid))
+
+
     def manifest(self) -> list[ArtifactEntry]:
         """Every regular file under artifacts/ (symlinks are skipped, never followed)."""
         entries = []
@@ -68,3 +73,20 @@ class Workspace:
                 entries.append(ArtifactEntry(path=rel, size=size, sha256=digest.hexdigest()))
             dirnames.sort()
         return sorted(entries, key=lambda e: e.path)
+
+
+def sweep_stale(base: Path) -> list[str]:
+    """At agent start: kill process groups left by jobs of a previous agent run (their jobs have
+    already failed with "box heartbeat lost") and remove their workspaces. Returns the job ids."""
+    swept = []
+    jobs = base.resolve() / "jobs"
+    if not jobs.is_dir():
+        return swept
+    for root in jobs.iterdir():
+        try:
+            os.killpg(int((root / "pgid").read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass  # no pgid recorded, or that group is gone already
+        shutil.rmtree(root, ignore_errors=True)
+        swept.append(root.name)
+    return swept

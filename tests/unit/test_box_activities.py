@@ -143,3 +143,50 @@ async def test_missing_interpreter_is_an_error_not_a_crash(tmp_path, sink):
     box = BoxActivities(sink=sink, workdir=tmp_path / "agent", python="/nonexistent/python3")
     result = await ActivityEnvironment().run(box.run_job, RunJobInput(spec=spec("print(1)")))
     assert result.exit_code is None and result.pid is None and "could not start" in result.error
+
+
+async def test_job_dies_with_its_agent(tmp_path):
+    """A job process whose parent (the agent) dies kills its whole group, grandchildren included."""
+    import signal
+    import subprocess
+
+    pidfile = tmp_path / "pids"
+    script = f"""
+import subprocess, time
+child = subprocess.Popen(["sleep", "300"])
+open({str(pidfile)!r}, "w").write(str(child.pid))
+time.sleep(300)
+"""
+    (tmp_path / "s.py").write_text(script)
+    from boxrun.activities.box.process import BOOTSTRAP
+
+    # a stand-in agent: spawns bootstrap like the real one, then is SIGKILLed
+    fake_agent = subprocess.Popen([sys.executable, "-c", f"""
+import os, subprocess, sys, time
+r, w = os.pipe()
+env = dict(os.environ, BOXRUN_LOG_FD=str(w))
+p = subprocess.Popen([sys.executable, {str(BOOTSTRAP)!r}, {str(tmp_path / 's.py')!r}], env=env, pass_fds=(w,),
+                     start_new_session=True)
+print(p.pid, flush=True)
+time.sleep(300)
+"""], stdout=subprocess.PIPE, text=True)
+    job_pid = int(fake_agent.stdout.readline())
+    await wait_for(lambda: pidfile.exists() and pidfile.read_text(), what="grandchild pid")
+    grandchild = int(pidfile.read_text())
+    fake_agent.send_signal(signal.SIGKILL)
+    fake_agent.wait()
+    await wait_for(lambda: not pid_alive(job_pid) and not pid_alive(grandchild), timeout=5,
+                   what="the orphaned job's process group to die")
+
+
+def test_sweep_kills_leftover_groups_and_removes_workspaces(tmp_path):
+    import subprocess
+
+    from boxrun.activities.box.workspace import sweep_stale
+
+    ws = Workspace.for_job(tmp_path, "old-job")
+    ws.create(spec("print(1)", job_id="old-job"))
+    proc = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    ws.record_pgid(proc.pid)
+    assert sweep_stale(tmp_path) == ["old-job"]
+    assert proc.wait(5) == -9 and not ws.root.exists()
