@@ -54,7 +54,6 @@ class Workspace:
     def record_pgid(self, pgid: int) -> None:
         (self.root / "pgid").write_text(str(pgid))
 
-
     def manifest(self) -> list[ArtifactEntry]:
         """Every regular file under artifacts/ (symlinks are skipped, never followed)."""
         entries = []
