@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 from datetime import timedelta
 
 import httpx
@@ -60,6 +61,17 @@ class Liveness:
                 pass
 
 
+def resolve_python(python: str) -> str:
+    """The real interpreter behind `python` (a pyenv/asdf shim costs ~80 ms on every job start)."""
+    try:
+        done = subprocess.run([python, "-c", "import sys; print(sys.executable)"], capture_output=True,
+                              text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.error("cannot run the box's python (%s): %s; jobs will fail to start", python, exc)
+        return python
+    return done.stdout.strip() or python
+
+
 async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
     if not settings.box_name or not settings.node_token:
         log.error("an agent needs BOXRUN_BOX_NAME (--box) and BOXRUN_NODE_TOKEN")
@@ -72,7 +84,7 @@ async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
     if swept := sweep_stale(workdir):
         log.warning("removed %d workspace(s) left by a previous agent run: %s", len(swept), ", ".join(swept))
     activities = BoxActivities(
-        sink=ApiLogSink(http), workdir=workdir, python=settings.agent_python,
+        sink=ApiLogSink(http), workdir=workdir, python=resolve_python(settings.agent_python),
         heartbeat_s=settings.agent_activity_heartbeat_s,
         pump_options={"max_lines": settings.log_batch_max_lines, "max_bytes": settings.log_batch_max_bytes},
     )

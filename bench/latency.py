@@ -1,0 +1,372 @@
+"""Submit -> completed latency of a trivial boxrun job, next to a bare one-activity Temporal workflow.
+
+    python -m bench.latency [--jobs 50] [--warmup 3] [--observe sse|poll] [--unsandboxed]
+                            [--agent-python PATH] [--json]
+
+Starts a private `boxrun dev --ports auto --boxes 1` stack in a temporary directory, then, one at a
+time (latency, not throughput):
+
+1. boxrun: N jobs `{"box": "local-1", "script": "pass"}` through the HTTP API. Each sample is wall
+   clock (time.perf_counter) from just before `POST /api/jobs` to the moment the client learns the
+   job is `completed`: with --observe sse (default) the `event: done` of
+   `GET /api/jobs/{id}/logs/stream`, opened right after the POST returns; with --observe poll, the
+   first `GET /api/jobs/{id}` answering a terminal state, polled every 5 ms.
+2. bare: N runs of `BareWorkflow` (one activity that returns its input), with a Worker on a fresh
+   task queue inside this process, against the same Temporal dev server; each sample times
+   `client.execute_workflow(...)`. The workflow runs sandboxed, like JobWorkflow (--unsandboxed not).
+
+Each boxrun sample is also split by the server's transition timestamps (job_events), and the
+median of each phase is printed, to show where the time goes.
+
+Warm-up runs (default 3) of each are not counted. The stack is stopped at the end, even on error.
+Percentiles use the nearest-rank method: the p-th percentile of n sorted samples is the sample at
+rank ceil(p/100 * n) (1-based), so p99 of 50 samples is the 50th, i.e. the max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from importlib.metadata import version
+from pathlib import Path
+
+from temporalio import activity, workflow
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+# BareWorkflow lives in this module, so the workflow sandbox re-imports it; these imports are
+# not used by the workflow and would trip the sandbox's restrictions (httpx -> urllib.request).
+with workflow.unsafe.imports_passed_through():
+    import httpx
+
+    from boxrun.sse import follow
+    from boxrun.temporal import connect
+
+TERMINAL = {"completed", "failed", "cancelled", "timed_out", "unschedulable"}
+BOX = "local-1"
+POLL_S = 0.005
+PERCENTILES = (50, 90, 99)
+
+
+# --------------------------------------------------------------------------- the bare baseline
+
+@activity.defn(name="bench_echo")
+async def echo(value: str) -> str:
+    return value
+
+
+@workflow.defn(name="BenchBareWorkflow")
+class BareWorkflow:
+    @workflow.run
+    async def run(self, value: str) -> str:
+        return await workflow.execute_activity(echo, value, start_to_close_timeout=timedelta(seconds=30))
+
+
+async def bench_bare(address: str, runs: int, warmup: int, sandboxed: bool) -> list[float]:
+    client = await connect(address)
+    queue = f"bench-bare-{uuid.uuid4()}"
+    # By default the workflow runs in the sandbox, like JobWorkflow in the boxrun control worker
+    # (which uses the default runner), so the two figures pay the same per-task sandbox cost. That
+    # works even when this module is `__main__` thanks to the pass-through imports above;
+    # --unsandboxed shows what the sandbox itself costs.
+    extra = {} if sandboxed else {"workflow_runner": UnsandboxedWorkflowRunner()}
+    async with Worker(client, task_queue=queue, workflows=[BareWorkflow], activities=[echo], **extra):
+        samples = []
+        for i in range(warmup + runs):
+            t0 = time.perf_counter()
+            out = await client.execute_workflow(BareWorkflow.run, f"ping-{i}", id=f"bench-bare-{uuid.uuid4()}",
+                                                task_queue=queue)
+            elapsed = time.perf_counter() - t0
+            if out != f"ping-{i}":
+                raise RuntimeError(f"BareWorkflow returned {out!r}")
+            if i >= warmup:
+                samples.append(elapsed)
+    return samples
+
+
+# --------------------------------------------------------------------------- boxrun jobs
+
+@dataclass
+class JobSample:
+    total: float                                         # POST -> client knows it is completed
+    post: float                                          # POST round trip (job queued + workflow started)
+    phases: dict[str, float] = field(default_factory=dict)  # from job_events timestamps
+
+
+async def run_job(http: httpx.AsyncClient, observe: str) -> JobSample:
+    wall0 = time.time()
+    t0 = time.perf_counter()
+    resp = await http.post("/api/jobs", json={"box": BOX, "script": "pass"})
+    t_post = time.perf_counter()
+    if resp.status_code != 201:
+        raise RuntimeError(f"POST /api/jobs answered {resp.status_code}: {resp.text[:500]}")
+    job_id = resp.json()["id"]
+    state = None
+    if observe == "sse":
+        async for ev in follow(http, job_id):
+            if ev.event == "done":
+                state = ev.data["state"]
+    else:
+        while True:
+            got = await http.get(f"/api/jobs/{job_id}")
+            got.raise_for_status()
+            if got.json()["state"] in TERMINAL:
+                state = got.json()["state"]
+                break
+            await asyncio.sleep(POLL_S)
+    t1 = time.perf_counter()
+    if state != "completed":
+        job = (await http.get(f"/api/jobs/{job_id}")).json()
+        raise RuntimeError(f"job {job_id} ended {state}: {job.get('error')}")
+    sample = JobSample(total=t1 - t0, post=t_post - t0)
+    sample.phases = await phases(http, job_id, wall0, wall0 + (t1 - t0))
+    return sample
+
+
+async def phases(http: httpx.AsyncClient, job_id: str, wall0: float, wall1: float) -> dict[str, float]:
+    """Split one sample by the server's transition timestamps (Postgres clock_timestamp(); same host
+    clock as time.time() here, so client and server instants can be subtracted)."""
+    events = (await http.get(f"/api/jobs/{job_id}/events")).json()["data"]
+    at = {e["to_state"]: datetime.fromisoformat(e["at"]).timestamp() for e in events}
+    marks = [("submit -> queued row", wall0, at.get("queued")),
+             ("queued -> dispatching", at.get("queued"), at.get("dispatching")),
+             ("dispatching -> running", at.get("dispatching"), at.get("running")),
+             ("running -> completed", at.get("running"), at.get("completed")),
+             ("completed -> client told", at.get("completed"), wall1)]
+    return {name: b - a for name, a, b in marks if a is not None and b is not None}
+
+
+async def bench_boxrun(endpoints: dict, runs: int, warmup: int, observe: str) -> list[JobSample]:
+    headers = {"Authorization": f"Bearer {endpoints['token']}"}
+    async with httpx.AsyncClient(base_url=endpoints["api_url"], headers=headers, timeout=60) as http:
+        samples = []
+        for i in range(warmup + runs):
+            sample = await run_job(http, observe)
+            if i >= warmup:
+                samples.append(sample)
+    return samples
+
+
+# --------------------------------------------------------------------------- the stack
+
+class DevStack:
+    """`python -m boxrun.cli dev --ports auto` in a subprocess; ready once endpoints.json names a live agent."""
+
+    def __init__(self, data_dir: Path, boxes: int = 1, agent_python: str | None = None) -> None:
+        self.data_dir = data_dir
+        self.log_path = data_dir.parent / "dev.log"
+        self._log = open(self.log_path, "ab")
+        env = dict(os.environ)
+        if agent_python:
+            env["BOXRUN_AGENT_PYTHON"] = agent_python  # `boxrun dev` passes its env on to the agents
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "boxrun.cli", "dev", "--ports", "auto", "--data-dir", str(data_dir),
+             "--boxes", str(boxes)],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+
+    def wait_ready(self, timeout: float = 180) -> dict:
+        path = self.data_dir / "endpoints.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"boxrun dev exited {self.proc.returncode}:\n{self.log_tail()}")
+            if path.exists():
+                data = json.loads(path.read_text())
+                if data["pids"].get(f"agent-{BOX}") and _alive(data["boxes"][0]["pid"]):
+                    return data
+            time.sleep(0.05)
+        raise RuntimeError(f"boxrun dev not ready after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self, timeout: float = 60) -> int | None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                return self.proc.wait()
+        finally:
+            self._log.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+# --------------------------------------------------------------------------- statistics and output
+
+def nearest_rank(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile: the value at 1-based rank ceil(p/100 * n) (p=0 gives the minimum)."""
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def summarise(values_s: list[float]) -> dict:
+    ms = sorted(v * 1000 for v in values_s)
+    out = {"n": len(ms)}
+    for p in PERCENTILES:
+        out[f"p{p}"] = round(nearest_rank(ms, p), 1)
+    out["max"] = round(ms[-1], 1)
+    out["mean"] = round(statistics.fmean(ms), 1)
+    return out
+
+
+def box_python(agent_python: str | None) -> str:
+    """What the box will exec for a job, resolved like the agent does (PATH), and whether it is a
+    script (a pyenv/asdf shim costs a shell start on every job)."""
+    name = agent_python or os.environ.get("BOXRUN_AGENT_PYTHON") or "python3"
+    path = shutil.which(name) or name
+    try:
+        with open(path, "rb") as fh:
+            shebang = fh.read(2) == b"#!"
+    except OSError:
+        shebang = False
+    return f"{path} (a shell-script shim)" if shebang else os.path.realpath(path)
+
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "temporalio": version("temporalio"),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def how_measured(observe: str, warmup: int, sandboxed: bool) -> str:
+    seen = ("SSE `event: done` of /logs/stream opened after the POST returns" if observe == "sse"
+            else f"first GET /api/jobs/{{id}} with a terminal state, polled every {POLL_S * 1000:g} ms")
+    return (f"sequential runs after {warmup} uncounted warm-ups each; boxrun = perf_counter from just before "
+            f"POST /api/jobs ({{box: {BOX}, script: 'pass'}}) to the {seen}; bare = perf_counter around "
+            "client.execute_workflow(BareWorkflow) (1 activity returning its input, in-process worker, "
+            f"{'sandboxed' if sandboxed else 'unsandboxed'} workflow, same Temporal dev server); "
+            "percentiles by nearest rank (value at rank ceil(p/100*n))")
+
+
+def render(result: dict) -> str:
+    m = result["machine"]
+    cols = ["n", "p50", "p90", "p99", "max", "mean"]
+    rows = [("boxrun job, script 'pass', 1 box", result["boxrun"]),
+            ("bare 1-activity Temporal workflow", result["bare"])]
+    width = max(len(name) for name, _ in rows) + 2
+    lines = [f"machine: {m['nproc']} CPU(s), {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}, "
+             f"temporalio {m['temporalio']}",
+             f"load avg: {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end; "
+             f"box runs jobs with {result['box_python']}",
+             "",
+             f"{'submit -> completed (ms)':<{width}}" + "".join(f"{c:>8}" for c in cols)]
+    for name, s in rows:
+        lines.append(f"{name:<{width}}" + "".join(f"{s[c]:>8}" for c in cols))
+    lines += ["", f"boxrun job split by server transition timestamps (median ms of the {result['boxrun']['n']} jobs):"]
+    for name, value in result["boxrun_phases_p50_ms"].items():
+        lines.append(f"  {name:<28}{value:>8}")
+    lines += ["", f"how measured: {result['how_measured']}"]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+async def measure(endpoints: dict, args: argparse.Namespace) -> dict:
+    jobs = await bench_boxrun(endpoints, args.jobs, args.warmup, args.observe)
+    bare = await bench_bare(endpoints["temporal_address"], args.jobs, args.warmup, not args.unsandboxed)
+    names = list(jobs[0].phases)
+    phase_p50 = {name: round(statistics.median(s.phases[name] for s in jobs if name in s.phases) * 1000, 1)
+                 for name in names}
+    phase_p50["(POST round trip)"] = round(statistics.median(s.post for s in jobs) * 1000, 1)
+    return {
+        "boxrun": summarise([s.total for s in jobs]),
+        "bare": summarise(bare),
+        "boxrun_phases_p50_ms": phase_p50,
+        "observe": args.observe,
+        "warmup": args.warmup,
+        "bare_sandboxed": not args.unsandboxed,
+        "box_python": box_python(args.agent_python),
+        "samples_ms": {"boxrun": [round(s.total * 1000, 2) for s in jobs],
+                       "bare": [round(v * 1000, 2) for v in bare]},
+        "how_measured": how_measured(args.observe, args.warmup, not args.unsandboxed),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=50, help="counted runs of each kind (default 50)")
+    parser.add_argument("--warmup", type=int, default=3, help="uncounted runs of each kind first (default 3)")
+    parser.add_argument("--observe", choices=["sse", "poll"], default="sse",
+                        help="how the client learns the job completed (default sse)")
+    parser.add_argument("--unsandboxed", action="store_true",
+                        help="run BareWorkflow without the workflow sandbox (default: sandboxed, like JobWorkflow)")
+    parser.add_argument("--agent-python", metavar="PATH",
+                        help="interpreter the box runs jobs with (BOXRUN_AGENT_PYTHON; default: python3 on PATH)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--keep", action="store_true", help="keep the stack's data dir (printed) afterwards")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.warmup < 0:
+        parser.error("--jobs must be >= 1 and --warmup >= 0")
+
+    facts = machine()
+    root = Path(tempfile.mkdtemp(prefix="boxrun-bench-"))
+    stack = None
+    code = 1
+    try:
+        t0 = time.perf_counter()
+        stack = DevStack(root / "dev", boxes=1, agent_python=args.agent_python)
+        endpoints = stack.wait_ready()
+        print(f"stack ready in {time.perf_counter() - t0:.1f}s; measuring...", file=sys.stderr, flush=True)
+        result = asyncio.run(measure(endpoints, args))
+        facts["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        result["machine"] = facts
+        print(json.dumps(result, indent=2) if args.json else render(result), flush=True)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+        if stack is not None:
+            print(f"--- boxrun dev log tail ---\n{stack.log_tail()}", file=sys.stderr)
+    finally:
+        if stack is not None:
+            stopped = stack.stop()
+            if stopped not in (0, -signal.SIGTERM):
+                print(f"boxrun dev exited {stopped} on stop", file=sys.stderr)
+        if args.keep:
+            print(f"data kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    _code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(_code)  # temporalio's core threads can abort a normal interpreter exit
