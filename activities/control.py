@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
+import json
+import tempfile
 
 import asyncpg
 from temporalio import activity
@@ -10,16 +14,20 @@ from temporalio.exceptions import ApplicationError
 
 from boxrun.activities.names import (
     ACQUIRE_BOX,
+    ARCHIVE_LOGS,
     FINISH_JOB,
     PRESIGN_UPLOADS,
     RECORD_TRANSITION,
     VERIFY_ARTIFACTS,
 )
-from boxrun.constants import artifact_key
+from boxrun import logstore
+from boxrun.constants import LOG_ARCHIVE_KEY, artifact_key
 from boxrun.db import Q
 from boxrun.errors import InvalidTransition, NotFound
 from boxrun.messages import (
     AcquireInput,
+    ArchiveInput,
+    ArchiveResult,
     AcquireResult,
     FinishInput,
     PresignInput,
@@ -50,7 +58,7 @@ class ControlActivities:
 
     def all(self) -> list:
         return [self.acquire_box, self.record_transition, self.finish_job, self.presign_uploads,
-                self.verify_artifacts]
+                self.verify_artifacts, self.archive_logs]
 
     @activity.defn(name=ACQUIRE_BOX)
     async def acquire_box(self, inp: AcquireInput) -> AcquireResult:
@@ -80,6 +88,32 @@ class ControlActivities:
                 return await finish(conn, inp.job_id, inp.to_state, exit_code=inp.exit_code, error=inp.error)
             except NotFound as exc:
                 raise _permanent(exc) from exc
+
+    @activity.defn(name=ARCHIVE_LOGS)
+    async def archive_logs(self, inp: ArchiveInput) -> ArchiveResult:
+        """Write the whole transcript to storage as gzip JSON lines (idempotent: same key, same bytes)."""
+        key = LOG_ARCHIVE_KEY.format(job_id=inp.job_id)
+        with tempfile.SpooledTemporaryFile(max_size=8 << 20) as raw:
+            lines = 0
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+                async with self.pool.acquire() as conn:
+                    async for line in logstore.read_all(conn, inp.job_id):
+                        gz.write(json.dumps(line.public(), ensure_ascii=False).encode() + b"\n")
+                        lines += 1
+                        if lines % 50_000 == 0:
+                            activity.heartbeat(lines)
+            if lines == 0:
+                return ArchiveResult()
+            size = raw.tell()
+            raw.seek(0)
+            digest = hashlib.sha256()
+            for chunk in iter(lambda: raw.read(1 << 20), b""):
+                digest.update(chunk)
+            raw.seek(0)
+            await asyncio.to_thread(self.storage.put, key, raw, digest.hexdigest())
+        async with self.pool.acquire() as conn:
+            await conn.execute(Q.set_log_archive, inp.job_id, key, size, digest.hexdigest())
+        return ArchiveResult(key=key, lines=lines, size=size)
 
     @activity.defn(name=PRESIGN_UPLOADS)
     async def presign_uploads(self, inp: PresignInput) -> PresignResult:

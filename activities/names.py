@@ -6,6 +6,7 @@ RECORD_TRANSITION = "record_transition"
 FINISH_JOB = "finish_job"
 PRESIGN_UPLOADS = "presign_uploads"
 VERIFY_ARTIFACTS = "verify_artifacts"
+ARCHIVE_LOGS = "archive_logs"
 
 # Box activities (task queue box.NAME, run by that box's agent).
 RUN_JOB = "run_job"

@@ -23,6 +23,10 @@ def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def _pool(request: Request) -> asyncpg.Pool:
+    return request.app.state.pool
+
+
 async def _conn(request: Request) -> AsyncIterator[asyncpg.Connection]:
     async with request.app.state.pool.acquire() as conn:
         yield conn
@@ -42,6 +46,8 @@ def _notifier(request: Request) -> Notifier:
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ConnDep = Annotated[asyncpg.Connection, Depends(_conn)]
+# For long-lived requests (log followers): take a connection per query, never hold one.
+PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 TemporalDep = Annotated[Client, Depends(_temporal)]
 StorageDep = Annotated[Storage, Depends(_storage)]
 NotifierDep = Annotated[Notifier, Depends(_notifier)]

@@ -20,6 +20,7 @@ CHANNEL_LOGS = "boxrun_logs"
 CHANNEL_JOBS = "boxrun_jobs"
 
 ARTIFACT_KEY_PREFIX = "jobs/{job_id}/files_out/"
+LOG_ARCHIVE_KEY = "jobs/{job_id}/logs.jsonl.gz"
 
 
 def box_task_queue(box_name: str) -> str:

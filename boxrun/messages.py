@@ -147,6 +147,16 @@ class JobStarted(BaseModel):
     pid: int
 
 
+class ArchiveInput(BaseModel):
+    job_id: str
+
+
+class ArchiveResult(BaseModel):
+    key: str | None = None
+    lines: int = 0
+    size: int = 0
+
+
 class ReapResult(BaseModel):
     leases_freed: int = 0
     jobs_ended: int = 0

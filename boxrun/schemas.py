@@ -89,6 +89,11 @@ class JobCreate(BaseModel):
         return self.model_dump(exclude={"idempotency_key"})
 
 
+class ArchivePublic(BaseModel):
+    size: int
+    sha256: str
+
+
 class JobPublic(BaseModel):
     id: str
     state: JobState
@@ -101,6 +106,8 @@ class JobPublic(BaseModel):
     timeout_s: int
     cancel_grace_s: int
     rerun_of: str | None = None
+    log_lines: int = Field(description="lines stored so far (the last seq)")
+    log_archive: ArchivePublic | None = Field(description="the gzip transcript in storage, once the job ended")
     exit_code: int | None
     error: str | None
     waiting_reason: str | None = None
@@ -251,13 +258,24 @@ class BoxQueuePublic(BaseModel):
 
 
 class LogBatch(BaseModel):
-    """Agent -> API: a batch of lines, idempotent by seq."""
+    """Agent -> API: lines first_seq, first_seq+1, ... as columns; idempotent by seq."""
 
-    lines: list[LogLinePublic] = Field(max_length=100_000)
+    model_config = ConfigDict(extra="forbid")
+
+    first_seq: int = Field(ge=1)
+    ts: list[float] = Field(max_length=100_000)
+    streams: list[Literal["stdout", "stderr", "output", "system"]] = Field(max_length=100_000)
+    texts: list[str] = Field(max_length=100_000)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "LogBatch":
+        if not (len(self.ts) == len(self.streams) == len(self.texts)):
+            raise ValueError("ts, streams and texts must have the same length")
+        return self
 
 
 class LogBatchAck(BaseModel):
-    inserted: int
+    stored_through: int = Field(description="every line up to this seq is stored")
 
 
 class Health(BaseModel):

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     box_offline_after_s: float = Field(default=15.0, gt=0)
     # Idle SSE/WebSocket followers re-check the job this often (FastAPI also sends keepalive comments).
     sse_keepalive_s: float = Field(default=20.0, gt=0)
+    # A follower that has not taken an event for this long is dropped with its resume position.
+    follower_stall_s: float = Field(default=30.0, gt=0)
 
     # Control worker / job workflow.
     activity_heartbeat_timeout_s: float = Field(default=15.0, gt=0, le=600)

@@ -57,6 +57,10 @@ class Storage:
         except ClientError:
             self.client.create_bucket(Bucket=self.bucket)
 
+    def put(self, key: str, fileobj, sha256_hex: str) -> None:
+        """Upload from the control plane itself (log archives), checksummed."""
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=fileobj, ChecksumSHA256=sha256_b64(sha256_hex))
+
     def presign_put(self, key: str, size: int, sha256_hex: str) -> tuple[str, dict[str, str]]:
         """A PUT URL bound to the object's length and SHA-256; returns (url, headers to send)."""
         checksum = sha256_b64(sha256_hex)

@@ -13,6 +13,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from boxrun.activities.names import (
         ACQUIRE_BOX,
+        ARCHIVE_LOGS,
         FINISH_JOB,
         PRESIGN_UPLOADS,
         RECORD_TRANSITION,
@@ -24,6 +25,8 @@ with workflow.unsafe.imports_passed_through():
     from boxrun.messages import (
         AcquireInput,
         AcquireResult,
+        ArchiveInput,
+        ArchiveResult,
         FinishInput,
         JobOutcome,
         JobSpec,
@@ -96,6 +99,8 @@ class JobWorkflow:
             await self._finish(spec, JobState.FAILED, None, f"internal error: {exc}")
             raise
         await self._finish(spec, state, exit_code, error)
+        # The transcript is complete (run_job returns only once every line is stored): archive it.
+        await self._control(ARCHIVE_LOGS, ArchiveInput(job_id=spec.job_id))
         return self._outcome(spec, exit_code, error)
 
     async def _place(self, spec: JobSpec) -> str | None:
@@ -238,6 +243,7 @@ class JobWorkflow:
 
 _RESULT_TYPES: dict[str, type] = {
     ACQUIRE_BOX: AcquireResult,
+    ARCHIVE_LOGS: ArchiveResult,
     RECORD_TRANSITION: TransitionResult,
     FINISH_JOB: ReleaseResult,
     PRESIGN_UPLOADS: PresignResult,

@@ -6,17 +6,23 @@ one atomic pipe write even from forked children). One pipe keeps the order betwe
 streams exactly as the script produced it. Writes that bypass sys.stdout (subprocesses, C code,
 os.write(1, ...)) still reach the agent through the plain fd 1 / fd 2 pipes.
 
+A third stream, `output`, carries structured results: the script does
+`import boxrun_job; boxrun_job.emit({"voltage": 3.3})` and the value arrives as one JSON line on
+stream "output" (a str is sent as it is, one line per line).
+
 If the agent dies (even by SIGKILL), a watcher thread notices the parent change within 0.2 s and
 kills the job's whole process group: a job never runs on without its agent.
 """
 
 import io
+import json
 import os
 import runpy
 import signal
 import sys
 import threading
 import time
+import types
 
 _FD = int(os.environ.pop("BOXRUN_LOG_FD"))
 _MAX = 4093  # PIPE_BUF (4096) minus the 3-byte header
@@ -44,6 +50,14 @@ class _FramedStream(io.RawIOBase):
         return len(data)
 
 
+def _emit(value) -> None:
+    """Send `value` on the job's "output" stream: JSON for anything but a str."""
+    text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
+    raw = _FramedStream(b"u", -1)
+    for line in text.split("\n"):
+        raw.write((line + "\n").encode("utf-8", "backslashreplace"))
+
+
 def _wrap(code: bytes, fd: int) -> io.TextIOWrapper:
     return io.TextIOWrapper(_FramedStream(code, fd), encoding="utf-8", errors="backslashreplace",
                             line_buffering=True, write_through=True)
@@ -59,6 +73,9 @@ def main() -> None:
     threading.Thread(target=_watch_parent, args=(os.getppid(),), name="boxrun-parent-watch", daemon=True).start()
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
+    helper = types.ModuleType("boxrun_job", "Helpers for scripts run by boxrun.")
+    helper.emit = _emit
+    sys.modules["boxrun_job"] = helper
     sys.stdout = _wrap(b"o", 1)
     sys.stderr = _wrap(b"e", 2)
     sys.path[0] = os.path.dirname(os.path.abspath(script))

@@ -1,15 +1,26 @@
-"""The agent's log pump: one sequence per job, batches to the API, resent until acknowledged."""
+"""The agent's log pump: one sequence per job, batches to the API, resent until acknowledged.
+
+Lines wait in memory up to a bound; past it they go to a spill file in the workspace (in order),
+so a long API outage costs disk, not memory, and never stops the script or loses a line.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+import struct
+import time
+from collections import deque
+from pathlib import Path
 from typing import Protocol
 
 import httpx
 
 log = logging.getLogger(__name__)
+
+_CODES = {"stdout": b"o", "stderr": b"e", "output": b"u", "system": b"s"}
+_NAMES = {v[0]: k for k, v in _CODES.items()}
+_HEAD = struct.Struct("<dBI")  # ts, stream code, text length
 
 
 class LogRejected(Exception):
@@ -17,8 +28,10 @@ class LogRejected(Exception):
 
 
 class LogSink(Protocol):
-    async def send(self, job_id: str, lines: list[dict]) -> None:
-        """Deliver a batch; must be idempotent by seq. Raises on failure (the pump retries)."""
+    async def send(self, job_id: str, first_seq: int, ts: list[float], streams: list[str],
+                   texts: list[str]) -> int:
+        """Deliver lines first_seq..; idempotent by seq. Returns the highest seq the receiver holds.
+        Raises on failure (the pump retries) or LogRejected (it gives up)."""
 
 
 class ApiLogSink:
@@ -27,30 +40,72 @@ class ApiLogSink:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self._http = http
 
-    async def send(self, job_id: str, lines: list[dict]) -> None:
-        resp = await self._http.post(f"/api/agent/jobs/{job_id}/logs", json={"lines": lines})
+    async def send(self, job_id: str, first_seq: int, ts: list[float], streams: list[str],
+                   texts: list[str]) -> int:
+        resp = await self._http.post(f"/api/agent/jobs/{job_id}/logs",
+                                     json={"first_seq": first_seq, "ts": ts, "streams": streams, "texts": texts})
         if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
             raise LogRejected(f"API refused log batch: HTTP {resp.status_code} {resp.text[:200]}")
         resp.raise_for_status()
+        return resp.json()["stored_through"]
+
+
+class _Spill:
+    """Append-only file of lines that did not fit in memory, read back in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._out = path.open("ab")
+        self._in = path.open("rb")
+        self.pending = 0
+
+    def write(self, ts: float, stream: str, text: str) -> None:
+        data = text.encode("utf-8", "surrogatepass")
+        self._out.write(_HEAD.pack(ts, _CODES[stream][0], len(data)) + data)
+        self.pending += 1
+
+    def read(self, n: int) -> list[tuple[float, str, str]]:
+        self._out.flush()
+        rows = []
+        while len(rows) < n and self.pending:
+            ts, code, size = _HEAD.unpack(self._in.read(_HEAD.size))
+            rows.append((ts, _NAMES[code], self._in.read(size).decode("utf-8", "surrogatepass")))
+            self.pending -= 1
+        if not self.pending:  # drained: start the file afresh
+            self._out.truncate(0)
+            self._out.seek(0)
+            self._in.seek(0)
+        return rows
+
+    def close(self) -> None:
+        self._out.close()
+        self._in.close()
+        self.path.unlink(missing_ok=True)
 
 
 class LogPump:
     """Numbers lines 1, 2, 3... in the order they are added and ships them in batches.
 
-    A batch goes out as soon as the previous one is acknowledged, so an idle job's line leaves
-    at once and a chatty job's lines coalesce while a request is in flight. Failed sends are
-    retried (same seqs, so the API's ON CONFLICT DO NOTHING keeps them exactly once).
+    A batch goes out as soon as the previous one is acknowledged, so an idle job's line leaves at
+    once and a chatty job's lines coalesce while a request is in flight. Failed sends are retried
+    with the same seqs; the API stores each seq once.
     """
 
-    def __init__(self, sink: LogSink, job_id: str, *, max_lines: int = 2000, max_bytes: int = 1 << 20,
-                 linger_s: float = 0.002) -> None:
+    def __init__(self, sink: LogSink, job_id: str, *, max_lines: int = 5000, max_bytes: int = 1 << 20,
+                 memory_limit: int = 64 << 20, spill_path: Path | None = None, linger_s: float = 0.002) -> None:
         self._sink = sink
         self._job_id = job_id
         self._max_lines = max_lines
         self._max_bytes = max_bytes
+        self._memory_limit = memory_limit
+        self._spill_path = spill_path
+        self._spill: _Spill | None = None
         self._linger_s = linger_s
-        self._pending: list[dict] = []
-        self._seq = 0
+        self._ts: deque[float] = deque()
+        self._streams: deque[str] = deque()
+        self._texts: deque[str] = deque()
+        self._mem_bytes = 0
+        self._seq = 0          # last seq handed out
         self._acked = 0
         self._more = asyncio.Event()
         self._closing = False
@@ -64,12 +119,26 @@ class LogPump:
     def acked(self) -> int:
         return self._acked
 
+    @property
+    def spilled(self) -> bool:
+        return self._spill is not None and self._spill.pending > 0
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"logpump-{self._job_id}")
 
     def add(self, stream: str, text: str) -> None:
         self._seq += 1
-        self._pending.append({"seq": self._seq, "ts": datetime.now(UTC).isoformat(), "stream": stream, "text": text})
+        now = time.time()
+        if self._spill is not None and self._spill.pending:
+            self._spill.write(now, stream, text)  # keep order: once spilling, new lines queue behind
+        elif self._mem_bytes > self._memory_limit and self._spill_path is not None:
+            self._spill = self._spill or _Spill(self._spill_path)
+            self._spill.write(now, stream, text)
+        else:
+            self._ts.append(now)
+            self._streams.append(stream)
+            self._texts.append(text)
+            self._mem_bytes += len(text) + 64
         self._more.set()
 
     async def close(self, *, tick_s: float | None = None, on_tick=None) -> None:
@@ -79,21 +148,34 @@ class LogPump:
         self._more.set()
         if self._task is None:
             return
-        while True:
-            done, _ = await asyncio.wait({self._task}, timeout=tick_s)
-            if done:
-                return self._task.result()
-            if on_tick is not None:
-                on_tick()
+        try:
+            while True:
+                done, _ = await asyncio.wait({self._task}, timeout=tick_s)
+                if done:
+                    return self._task.result()
+                if on_tick is not None:
+                    on_tick()
+        finally:
+            if self._spill is not None:
+                self._spill.close()
 
     async def abort(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def _refill(self) -> None:
+        if not self._texts and self._spill is not None and self._spill.pending:
+            for ts, stream, text in self._spill.read(self._max_lines * 4):
+                self._ts.append(ts)
+                self._streams.append(stream)
+                self._texts.append(text)
+                self._mem_bytes += len(text) + 64
+
     async def _run(self) -> None:
         while True:
-            if not self._pending:
+            self._refill()
+            if not self._texts:
                 if self._closing:
                     return
                 self._more.clear()
@@ -101,27 +183,33 @@ class LogPump:
                 if self._linger_s and not self._closing:
                     await asyncio.sleep(self._linger_s)  # let a burst of lines share one request
                 continue
-            batch = self._take_batch()
-            await self._deliver(batch)
-            self._acked = batch[-1]["seq"]
-            del self._pending[: len(batch)]
+            count, size = 0, 0
+            for text in self._texts:
+                count += 1
+                size += len(text) + 64
+                if count >= self._max_lines or size >= self._max_bytes:
+                    break
+            first = self._acked + 1
+            ts = [self._ts[i] for i in range(count)]
+            streams = [self._streams[i] for i in range(count)]
+            texts = [self._texts[i] for i in range(count)]
+            stored = await self._deliver(first, ts, streams, texts)
+            done = min(count, stored - self._acked)
+            if done <= 0:
+                raise LogRejected(f"the API holds lines only up to {stored}, below {first}")
+            for _ in range(done):
+                self._ts.popleft()
+                self._streams.popleft()
+                self._mem_bytes -= len(self._texts.popleft()) + 64
+            self._acked += done
 
-    def _take_batch(self) -> list[dict]:
-        size = 0
-        for i, line in enumerate(self._pending):
-            size += len(line["text"]) + 64
-            if i + 1 >= self._max_lines or size >= self._max_bytes:
-                return self._pending[: i + 1]
-        return self._pending[:]
-
-    async def _deliver(self, batch: list[dict]) -> None:
+    async def _deliver(self, first: int, ts: list[float], streams: list[str], texts: list[str]) -> int:
         delay = 0.05
         while True:
             try:
-                await self._sink.send(self._job_id, batch)
-                return
-            except (httpx.HTTPError, OSError) as exc:
-                log.warning("log batch %d..%d for job %s not delivered (%s); retrying in %.2fs",
-                            batch[0]["seq"], batch[-1]["seq"], self._job_id, exc, delay)
+                return await self._sink.send(self._job_id, first, ts, streams, texts)
+            except (httpx.HTTPError, OSError, ValueError) as exc:
+                log.warning("log lines %d..%d of job %s not delivered (%s); retrying in %.2fs",
+                            first, first + len(texts) - 1, self._job_id, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

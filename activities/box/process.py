@@ -54,7 +54,8 @@ class JobProcess:
         finally:
             os.close(write_fd)
         out, err = self._framer("stdout"), self._framer("stderr")
-        framed = FrameDecoder({b"o": self._framer("stdout"), b"e": self._framer("stderr")})
+        framed = FrameDecoder({b"o": self._framer("stdout"), b"e": self._framer("stderr"),
+                               b"u": self._framer("output")})
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._readers = [
             asyncio.create_task(self._pump_stream(self.proc.stdout, out)),

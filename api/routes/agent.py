@@ -8,7 +8,7 @@ from boxrun.api.deps import ConnDep, CurrentBox, SettingsDep, TemporalDep
 from boxrun.api.routes.jobs import parse_job_id
 from boxrun.api.views import box_public
 from boxrun.api.wake import wake_waiters
-from boxrun.constants import CHANNEL_LOGS
+from boxrun import logstore
 from boxrun.db import Q
 from boxrun.schemas import AgentHeartbeat, BoxPublic, LogBatch, LogBatchAck
 
@@ -35,13 +35,9 @@ async def ingest_logs(job_id: str, body: LogBatch, box: CurrentBox, conn: ConnDe
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     if placed_on["box_id"] != box.id:
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"job {job_id} is not placed on box {box.name}")
-    if not body.lines:
-        return LogBatchAck(inserted=0)
-    lines = body.lines
-    async with conn.transaction():
-        result = await conn.execute(
-            Q.insert_logs, jid, [ln.seq for ln in lines], [ln.ts for ln in lines], [ln.stream for ln in lines],
-            [ln.text for ln in lines],
-        )
-        await conn.execute(Q.notify, CHANNEL_LOGS, jid)
-    return LogBatchAck(inserted=int(result.rsplit(" ", 1)[-1]))
+    try:
+        stored = await logstore.append(conn, jid, body.first_seq, body.ts, body.streams, body.texts)
+    except logstore.LogGap as gap:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"lines before seq {body.first_seq} are missing; "
+                                                      f"send from seq {gap.expected}") from gap
+    return LogBatchAck(stored_through=stored)

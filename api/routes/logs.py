@@ -1,68 +1,102 @@
-"""Logs: paged replay and live Server-Sent Events."""
+"""Logs: paged replay, live Server-Sent Events and WebSocket, and the compressed archive."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncIterable
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, HTTPException, Query, WebSocket, WebSocketDisconnect, status
+from fastapi.responses import RedirectResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from boxrun.api.deps import ConnDep, CurrentUser, NotifierDep, SettingsDep
+from boxrun import logstore
+from boxrun.api.auth import user_for_token
+from boxrun.api.deps import ConnDep, CurrentUser, NotifierDep, PoolDep, SettingsDep, StorageDep
+from boxrun.api.follow import follow
 from boxrun.api.routes.jobs import NOT_FOUND, load_job
-from boxrun.constants import JobState
 from boxrun.db import Q
-from boxrun.schemas import LogLinePublic, LogsPublic
+from boxrun.schemas import LogsPublic
 
 router = APIRouter(prefix="/jobs", tags=["logs"])
 
-PAGE = 1000
+ARCHIVE_LINK_S = 300
 
 
 @router.get("/{job_id}/logs", response_model=LogsPublic, responses=NOT_FOUND)
 async def get_logs(job_id: str, conn: ConnDep, user: CurrentUser,
                    after: Annotated[int, Query(ge=0)] = 0,
-                   limit: Annotated[int, Query(ge=1, le=10_000)] = PAGE) -> LogsPublic:
+                   limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> LogsPublic:
     row = await load_job(conn, user, job_id)
-    lines = await conn.fetch(Q.get_logs, row["id"], after, limit)
-    return LogsPublic(data=[dict(r) for r in lines])
+    lines = await logstore.read(conn, row["id"], after, limit)
+    return LogsPublic(data=[line.public() for line in lines])
+
+
+def _cursor(after: int | None, last_event_id: str | None) -> int:
+    if after is not None:
+        return after
+    return int(last_event_id) if (last_event_id or "").isdigit() else 0
 
 
 @router.get("/{job_id}/logs/stream", response_class=EventSourceResponse, responses=NOT_FOUND)
-async def stream_logs(job_id: str, conn: ConnDep, notifier: NotifierDep, settings: SettingsDep,
+async def stream_logs(job_id: str, pool: PoolDep, notifier: NotifierDep, settings: SettingsDep,
                       user: CurrentUser,
                       after: Annotated[int | None, Query(ge=0)] = None,
                       last_event_id: Annotated[str | None, Header()] = None) -> AsyncIterable[ServerSentEvent]:
-    """`event: log` per line (id = seq), `event: state` on each change, then `event: done`.
-    Resume with the Last-Event-ID header (or ?after=SEQ)."""
-    row = await load_job(conn, user, job_id)
-    jid = row["id"]
-    cursor = after if after is not None else (int(last_event_id) if (last_event_id or "").isdigit() else 0)
-    sub = notifier.subscribe(str(jid))
+    """`event: log` per line (id = seq), `event: state` on each change, a keepalive comment when
+    idle, then `event: done` with the final state, and the server closes. Resume with the
+    Last-Event-ID header (or ?after=SEQ). A follower that stalls is sent `event: dropped` with
+    `resume_after` and closed."""
+    async with pool.acquire() as conn:
+        row = await load_job(conn, user, job_id)
+    async for ev in follow(pool, notifier, user.org_id, row["id"], after=_cursor(after, last_event_id),
+                           keepalive_s=settings.sse_keepalive_s, stall_s=settings.follower_stall_s):
+        if ev.event == "keepalive":
+            yield ServerSentEvent(comment="keepalive")
+        else:
+            yield ServerSentEvent(data=ev.data, event=ev.event, id=None if ev.id is None else str(ev.id))
+
+
+@router.websocket("/{job_id}/logs/ws")
+async def ws_logs(websocket: WebSocket, job_id: str, after: int | None = None, token: str | None = None):
+    """The same events as the SSE stream, one JSON message each: {"event", "id", "data"}.
+    Authenticate with the Authorization header or ?token= (browsers cannot set headers)."""
+    app = websocket.app
+    settings = app.state.settings
+    header = websocket.headers.get("authorization", "")
+    bearer = header[7:] if header.lower().startswith("bearer ") else token
+    user = bearer and user_for_token(bearer, admin_token=settings.api_token, admin_name=settings.api_token_owner)
+    if not user:
+        await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason="missing or invalid token")
+        return
     try:
-        state = None
-        while True:
-            sub.event.clear()  # before reading: a notification after this point wakes the next wait
-            lines = await conn.fetch(Q.get_logs, jid, cursor, PAGE)
-            for line in lines:
-                cursor = line["seq"]
-                yield ServerSentEvent(data=LogLinePublic(**dict(line)).model_dump(mode="json"), event="log",
-                                      id=str(cursor))
-            if len(lines) == PAGE:
-                continue
-            current = JobState(await conn.fetchval(Q.job_state, user.org_id, jid))
-            if current != state:
-                state = current
-                yield ServerSentEvent(data={"state": state.value}, event="state")
-            if state.terminal:
-                # Every line is acknowledged before a job ends, so one last read drains the tail.
-                tail = await conn.fetch(Q.get_logs, jid, cursor, 1_000_000)
-                for line in tail:
-                    cursor = line["seq"]
-                    yield ServerSentEvent(data=LogLinePublic(**dict(line)).model_dump(mode="json"), event="log",
-                                          id=str(cursor))
-                yield ServerSentEvent(data={"state": state.value}, event="done")
-                return
-            await sub.wait(settings.sse_keepalive_s)
-    finally:
-        sub.close()
+        jid = str(uuid.UUID(job_id))
+    except ValueError:
+        jid = None
+    row = jid and await app.state.pool.fetchrow(Q.get_job, user.org_id, jid)
+    if not row:
+        await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=f"job {job_id} not found")
+        return
+    await websocket.accept()
+    try:
+        async for ev in follow(app.state.pool, app.state.notifier, user.org_id, row["id"], after=after or 0,
+                               keepalive_s=settings.sse_keepalive_s, stall_s=settings.follower_stall_s):
+            await asyncio.wait_for(websocket.send_json({"event": ev.event, "id": ev.id, "data": ev.data}),
+                                   settings.follower_stall_s)
+        await websocket.close()
+    except (WebSocketDisconnect, TimeoutError):
+        pass  # the client left, or stalled: it resumes with ?after=
+
+
+@router.get("/{job_id}/logs/archive", status_code=status.HTTP_307_TEMPORARY_REDIRECT,
+            response_class=RedirectResponse,
+            responses={307: {"description": "redirect to the gzip JSON-lines transcript (5-minute link)"},
+                       404: {"description": "no such job, or its transcript is not archived yet"}})
+async def logs_archive(job_id: str, conn: ConnDep, user: CurrentUser, storage: StorageDep) -> RedirectResponse:
+    row = await load_job(conn, user, job_id)
+    if row["log_archive_key"] is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no archived transcript (yet)")
+    url = await asyncio.to_thread(storage.presign_get, row["log_archive_key"], filename=f"{row['id']}.log.jsonl.gz",
+                                  expires_s=ARCHIVE_LINK_S)
+    return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)

@@ -21,9 +21,10 @@ class MemorySinkFake:
     def __init__(self) -> None:
         self.lines: dict[int, dict] = {}
 
-    async def send(self, job_id: str, lines: list[dict]) -> None:
-        for line in lines:
-            self.lines.setdefault(line["seq"], line)
+    async def send(self, job_id, first_seq, ts, streams, texts) -> int:
+        for i, (stream, text) in enumerate(zip(streams, texts, strict=True)):
+            self.lines.setdefault(first_seq + i, {"stream": stream, "text": text})
+        return max(self.lines)
 
     def ordered(self) -> list[tuple[str, str]]:
         assert sorted(self.lines) == list(range(1, len(self.lines) + 1)), "seqs must be contiguous from 1"

@@ -14,7 +14,7 @@ from temporalio.worker import Worker
 from boxrun.activities import names
 from boxrun.constants import JobState, box_task_queue
 from boxrun.messages import (
-    AcquireInput, AcquireResult, ArtifactEntry, FinishInput, JobOutcome, JobSpec, PresignInput, PresignResult,
+    AcquireInput, AcquireResult, ArchiveInput, ArchiveResult, ArtifactEntry, FinishInput, JobOutcome, JobSpec, PresignInput, PresignResult,
     ReleaseResult, RunJobInput, RunJobResult, TransitionInput, TransitionResult, UploadInput, UploadResult,
     UploadTarget, VerifyInput, VerifyResult,
 )
@@ -66,8 +66,13 @@ class MockControlPlane:
             self.calls.append(("verify", inp))
             return VerifyResult(recorded=len(inp.artifacts) - len(self.mismatched), mismatched=self.mismatched)
 
+        @activity.defn(name=names.ARCHIVE_LOGS)
+        async def mock_archive_logs(inp: ArchiveInput) -> ArchiveResult:
+            self.calls.append(("archive", inp))
+            return ArchiveResult()
+
         return [mock_acquire_box, mock_record_transition, mock_finish_job, mock_presign_uploads,
-                mock_verify_artifacts]
+                mock_verify_artifacts, mock_archive_logs]
 
     def box(self) -> list:
         @activity.defn(name=names.RUN_JOB)
@@ -111,7 +116,7 @@ async def test_completed_with_artifacts(temporal_client, task_queue):
     handle, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
     assert result == JobOutcome(job_id=handle.id, state=JobState.COMPLETED, exit_code=0)
     assert mock.names() == ["acquire", "run_job", "running", "uploading_artifacts", "presign", "upload", "verify",
-                            "finish"]
+                            "finish", "archive"]
     assert mock.finished().to_state == JobState.COMPLETED
     desc = await handle.describe()
     assert desc.typed_search_attributes.get(KEY_JOB_STATE) == "completed"

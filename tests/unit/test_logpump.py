@@ -14,13 +14,16 @@ class FlakySinkFake:
         self.batches: list[list[dict]] = []
         self.stored: dict[int, dict] = {}
 
-    async def send(self, job_id: str, lines: list[dict]) -> None:
+    async def send(self, job_id, first_seq, ts, streams, texts) -> int:
         if self.failures:
             self.failures -= 1
             raise httpx.ConnectError("api down")
-        self.batches.append(list(lines))
+        lines = [{"seq": first_seq + i, "ts": t, "stream": s, "text": x}
+                 for i, (t, s, x) in enumerate(zip(ts, streams, texts, strict=True))]
+        self.batches.append(lines)
         for line in lines:
             self.stored.setdefault(line["seq"], line)
+        return max(self.stored)
 
 
 async def test_seqs_are_contiguous_across_streams_and_close_waits_for_acks():
@@ -75,7 +78,7 @@ async def test_a_permanent_refusal_is_raised_not_retried_forever():
     class RefusingSinkFake:
         calls = 0
 
-        async def send(self, job_id, lines):
+        async def send(self, job_id, first_seq, ts, streams, texts):
             RefusingSinkFake.calls += 1
             raise LogRejected("HTTP 403")
 

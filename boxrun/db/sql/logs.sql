@@ -1,12 +1,22 @@
--- Idempotent by (job_id, seq): a resent batch inserts nothing twice.
--- name: insert_logs
-INSERT INTO job_logs (job_id, seq, ts, stream, text)
-SELECT $1, s, t, st, tx
-FROM unnest($2::bigint[], $3::timestamptz[], $4::text[], $5::text[]) AS u(s, t, st, tx)
-ON CONFLICT (job_id, seq) DO NOTHING;
+-- name: lock_log_head
+SELECT log_seq, box_id FROM jobs WHERE id = $1 FOR UPDATE;
 
--- name: get_logs
-SELECT seq, ts, stream, text FROM job_logs
-WHERE job_id = $1 AND seq > $2
-ORDER BY seq
+-- name: insert_chunk
+INSERT INTO log_chunks (job_id, first_seq, last_seq, ts, streams, texts, bytes)
+VALUES ($1, $2, $3, $4, $5, $6, $7);
+
+-- name: advance_log_head
+UPDATE jobs SET log_seq = $2, log_bytes = log_bytes + $3 WHERE id = $1;
+
+-- Chunks holding lines after seq $2, in order.
+-- name: chunks_after
+SELECT first_seq, ts, streams, texts FROM log_chunks
+WHERE job_id = $1 AND last_seq > $2
+ORDER BY first_seq
 LIMIT $3;
+
+-- name: set_log_archive
+UPDATE jobs SET log_archive_key = $2, log_archive_size = $3, log_archive_sha256 = $4 WHERE id = $1;
+
+-- name: log_archive
+SELECT log_archive_key, log_archive_size, log_archive_sha256, log_seq FROM jobs WHERE org_id = $1 AND id = $2;
