@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ from boxrun.runtime import hard_exit, run_until_signal, setup_logging
 from boxrun.settings import Settings
 
 app = typer.Typer(help="boxrun: run scripts on a fleet of boxes, each job a durable Temporal workflow.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 
 
 @app.command()
@@ -69,6 +70,60 @@ def migrate() -> None:
 
     asyncio.run(main())
     hard_exit(0)
+
+
+@app.command()
+def logs(
+    job_id: Annotated[str, typer.Argument(help="the job's id")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False,
+    api_url: Annotated[str | None, typer.Option(help="else BOXRUN_API_URL or the local dev stack")] = None,
+    token: Annotated[str | None, typer.Option(help="else BOXRUN_API_TOKEN or the local dev stack")] = None,
+) -> None:
+    """Print a job's log: stdout lines to stdout, stderr lines to stderr, structured `output` lines
+    as "[output] ..." on stdout, boxrun's notices as "[boxrun] ..." on stderr. Exits with the job's
+    outcome (0 completed, the script's exit code, 124 timed out, 130 cancelled, 1 otherwise); without
+    --follow a job still running exits 0."""
+    import httpx
+
+    from boxrun.client import TERMINAL, BoxrunClient, exit_code_for, resolve
+
+    try:
+        url, key = resolve(api_url, token)
+    except ValueError as exc:
+        typer.echo(f"boxrun logs: {exc}", err=True)
+        hard_exit(2)
+
+    def show(line: dict) -> None:
+        stream, text = line["stream"], line["text"]
+        if stream == "stdout":
+            typer.echo(text)
+        elif stream == "stderr":
+            typer.echo(text, err=True)
+        elif stream == "output":
+            typer.echo(f"[output] {text}")
+        else:
+            typer.echo(f"[boxrun] {text}", err=True)
+
+    async def main() -> int:
+        async with BoxrunClient(url, key) as client:
+            try:
+                job = await client.get(job_id)
+            except httpx.HTTPStatusError as exc:
+                typer.echo(f"boxrun logs: {exc.response.json().get('detail', exc)}", err=True)
+                return 2
+            if not follow:
+                async for line in client.logs(job_id):
+                    show(line)
+                job = await client.get(job_id)
+                return exit_code_for(job) if job["state"] in TERMINAL else 0
+            async for ev in client.follow(job_id):
+                if ev.event == "log":
+                    show(ev.data)
+            return exit_code_for(await client.get(job_id))
+
+    code = asyncio.run(main())
+    sys.stdout.flush()
+    hard_exit(code)
 
 
 @app.command()

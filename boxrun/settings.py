@@ -73,8 +73,7 @@ class Settings(BaseSettings):
     agent_activity_heartbeat_s: float = Field(default=0.5, gt=0)
     # On SIGTERM the agent takes no new job and lets the running one finish for this long.
     agent_drain_s: float = Field(default=60.0, ge=0)
-    log_flush_interval_ms: int = Field(default=50, ge=1, le=1000)
-    log_batch_max_lines: int = Field(default=2000, ge=1)
+    log_batch_max_lines: int = Field(default=10_000, ge=1)
     log_batch_max_bytes: int = Field(default=1 << 20, ge=1024)
 
     def require_secrets(self, *names: str) -> None:

@@ -1,10 +1,16 @@
 """Runs a job's script on the box with ordered stdout/stderr (stdlib only; executed by the box's python3).
 
-Python-level writes to sys.stdout and sys.stderr go through ONE pipe (fd $BOXRUN_LOG_FD) as small
-frames: 1 byte stream code, 2 bytes big-endian length, payload (<= 4093 bytes, so every frame is
-one atomic pipe write even from forked children). One pipe keeps the order between the two
-streams exactly as the script produced it. Writes that bypass sys.stdout (subprocesses, C code,
-os.write(1, ...)) still reach the agent through the plain fd 1 / fd 2 pipes.
+Python-level writes to sys.stdout and sys.stderr go through ONE pipe (fd $BOXRUN_LOG_FD) as
+frames: 1 byte stream code, 2 bytes big-endian length, payload. One pipe keeps the order between
+the two streams exactly as the script produced it. Writes that bypass sys.stdout (subprocesses,
+C code, os.write(1, ...)) still reach the agent through the plain fd 1 / fd 2 pipes.
+
+Each stream is buffered (as Python buffers a pipe) so a chatty script costs few system calls; a
+flusher thread pushes pending output within FLUSH_S (5 ms) of its write, and writing to one
+stream first flushes the other, which keeps the order between them. Each os.write carries one
+frame of at most PIPE_BUF (4096) bytes, so frames from forked children never interleave; the
+buffers are flushed before a fork and before a subprocess starts, so a script's output keeps its
+place relative to what its children print.
 
 A third stream, `output`, carries structured results: the script does
 `import boxrun_job; boxrun_job.emit({"voltage": 3.3})` and the value arrives as one JSON line on
@@ -14,22 +20,27 @@ If the agent dies (even by SIGKILL), a watcher thread notices the parent change 
 kills the job's whole process group: a job never runs on without its agent.
 """
 
+import atexit
 import io
 import json
 import os
 import runpy
 import signal
+import subprocess
 import sys
 import threading
 import time
 import types
 
 _FD = int(os.environ.pop("BOXRUN_LOG_FD"))
-_MAX = 4093  # PIPE_BUF (4096) minus the 3-byte header
-_LOCK = threading.Lock()
+_MAX = 4096 - 3  # a whole frame fits PIPE_BUF: one atomic write, even from forked children
+FLUSH_S = 0.005
+_BUFFER_SIZE = 64 * 1024
 
 
-class _FramedStream(io.RawIOBase):
+class _FramedRaw(io.RawIOBase):
+    """Raw sink of one stream: cuts what the buffers hand it into frames on the shared pipe."""
+
     def __init__(self, code: bytes, fd: int) -> None:
         super().__init__()
         self._code = code
@@ -42,25 +53,75 @@ class _FramedStream(io.RawIOBase):
         return self._fd  # subprocess.Popen(stdout=sys.stdout) inherits the plain pipe
 
     def write(self, data) -> int:
-        data = bytes(data)
-        with _LOCK:
-            for start in range(0, len(data), _MAX):
-                chunk = data[start:start + _MAX]
-                os.write(_FD, self._code + len(chunk).to_bytes(2, "big") + chunk)
-        return len(data)
+        view = memoryview(data)
+        for start in range(0, len(view), _MAX):
+            chunk = view[start:start + _MAX]
+            os.write(_FD, self._code + len(chunk).to_bytes(2, "big") + chunk)
+        return len(view)
+
+
+_last = None  # the stream written last: switching streams flushes it first, which keeps order
+_dirty = threading.Event()
+
+
+class _OrderedText(io.TextIOWrapper):
+    def write(self, s: str) -> int:
+        global _last
+        if _last is not self:
+            if _last is not None:
+                _last.flush()
+            _last = self
+        n = super().write(s)
+        if not _dirty.is_set():
+            _dirty.set()
+        return n
+
+    def flush(self) -> None:
+        _flush_all()  # flushing one stream flushes all: what was written before stays before
+
+
+def _stream(code: bytes, fd: int) -> _OrderedText:
+    raw = io.BufferedWriter(_FramedRaw(code, fd), buffer_size=_BUFFER_SIZE)
+    return _OrderedText(raw, encoding="utf-8", errors="backslashreplace")
+
+
+_STREAMS: list[_OrderedText] = []
+
+
+def _flush_all() -> None:
+    for stream in _STREAMS:
+        try:
+            io.TextIOWrapper.flush(stream)
+        except (OSError, ValueError):
+            pass  # closed by the script, or the agent is gone
+
+
+def _flushing(func):
+    """Wrap a process-starting function so the script's pending output precedes the child's."""
+    def wrapper(*args, **kwargs):
+        _flush_all()
+        return func(*args, **kwargs)
+    return wrapper
+
+
+def _flusher() -> None:
+    """Output reaches the agent within FLUSH_S of being written, without a system call per line."""
+    while True:
+        _dirty.wait()
+        time.sleep(FLUSH_S)
+        _dirty.clear()
+        _flush_all()
 
 
 def _emit(value) -> None:
     """Send `value` on the job's "output" stream: JSON for anything but a str."""
     text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), default=str)
-    raw = _FramedStream(b"u", -1)
-    for line in text.split("\n"):
-        raw.write((line + "\n").encode("utf-8", "backslashreplace"))
+    _STREAMS[2].write(text + "\n")
+    _STREAMS[2].flush()
 
 
-def _wrap(code: bytes, fd: int) -> io.TextIOWrapper:
-    return io.TextIOWrapper(_FramedStream(code, fd), encoding="utf-8", errors="backslashreplace",
-                            line_buffering=True, write_through=True)
+def _after_fork_in_child() -> None:
+    threading.Thread(target=_flusher, name="boxrun-log-flush", daemon=True).start()
 
 
 def _watch_parent(parent: int) -> None:
@@ -71,16 +132,24 @@ def _watch_parent(parent: int) -> None:
 
 def main() -> None:
     threading.Thread(target=_watch_parent, args=(os.getppid(),), name="boxrun-parent-watch", daemon=True).start()
+    _STREAMS.extend([_stream(b"o", 1), _stream(b"e", 2), _stream(b"u", -1)])
+    threading.Thread(target=_flusher, name="boxrun-log-flush", daemon=True).start()
+    os.register_at_fork(before=_flush_all, after_in_child=_after_fork_in_child)
+    subprocess.Popen._execute_child = _flushing(subprocess.Popen._execute_child)
+    os.system = _flushing(os.system)
+    atexit.register(_flush_all)
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
     helper = types.ModuleType("boxrun_job", "Helpers for scripts run by boxrun.")
     helper.emit = _emit
     sys.modules["boxrun_job"] = helper
-    sys.stdout = _wrap(b"o", 1)
-    sys.stderr = _wrap(b"e", 2)
+    sys.stdout, sys.stderr = _STREAMS[0], _STREAMS[1]
     sys.path[0] = os.path.dirname(os.path.abspath(script))
     sys.path.insert(0, os.getcwd())
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        _flush_all()
 
 
 if __name__ == "__main__":

@@ -9,29 +9,36 @@ TRUNCATION_NOTICE = " [boxrun: line truncated at 1 MiB; {dropped} more bytes dro
 
 
 class LineFramer:
-    """Feed bytes, get complete lines via `emit(text)`. A line over MAX_LINE_BYTES is cut to that
-    size and carries a visible notice; invalid UTF-8 shows as U+FFFD replacement characters."""
+    """Feed bytes, get complete lines via `emit(texts)` (a list per fed chunk). A line over
+    MAX_LINE_BYTES is cut to that size and carries a visible notice; invalid UTF-8 shows as
+    U+FFFD replacement characters."""
 
-    def __init__(self, emit: Callable[[str], None], *, max_line: int = MAX_LINE_BYTES) -> None:
+    def __init__(self, emit: Callable[[list[str]], None], *, max_line: int = MAX_LINE_BYTES) -> None:
         self._emit = emit
         self._max = max_line
         self._buf = bytearray()
         self._dropped = 0  # bytes of the current over-long line thrown away so far
 
     def feed(self, data: bytes) -> None:
-        start = 0
-        while True:
-            nl = data.find(b"\n", start)
-            if nl < 0:
-                self._append(data[start:])
-                return
-            self._append(data[start:nl])
-            self._flush_line()
-            start = nl + 1
+        parts = data.split(b"\n")
+        if len(parts) == 1:
+            self._append(data)
+            return
+        self._append(parts[0])
+        out = [self._take_line()]
+        limit = self._max
+        for part in parts[1:-1]:  # the common case, kept tight: whole lines inside one chunk
+            if len(part) <= limit and not part.endswith(b"\r"):
+                out.append(part.decode("utf-8", errors="replace"))
+            else:
+                self._append(part)
+                out.append(self._take_line())
+        self._append(parts[-1])
+        self._emit(out)
 
     def close(self) -> None:
         if self._buf or self._dropped:
-            self._flush_line()
+            self._emit([self._take_line()])
 
     def _append(self, chunk: bytes) -> None:
         room = self._max - len(self._buf)
@@ -41,7 +48,7 @@ class LineFramer:
             self._buf += chunk[:room]
             self._dropped += len(chunk) - room
 
-    def _flush_line(self) -> None:
+    def _take_line(self) -> str:
         line = bytes(self._buf)
         if line.endswith(b"\r"):
             line = line[:-1]  # CRLF endings; bare \r progress updates stay inside the line
@@ -50,7 +57,7 @@ class LineFramer:
             text += TRUNCATION_NOTICE.format(dropped=self._dropped)
         self._buf.clear()
         self._dropped = 0
-        self._emit(text)
+        return text
 
 
 class FrameDecoder:

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import struct
 import time
-from collections import deque
 from pathlib import Path
 from typing import Protocol
 
@@ -101,9 +100,10 @@ class LogPump:
         self._spill_path = spill_path
         self._spill: _Spill | None = None
         self._linger_s = linger_s
-        self._ts: deque[float] = deque()
-        self._streams: deque[str] = deque()
-        self._texts: deque[str] = deque()
+        # lines in memory, oldest first, as parallel lists (trimmed from the front once acked)
+        self._ts: list[float] = []
+        self._streams: list[str] = []
+        self._texts: list[str] = []
         self._mem_bytes = 0
         self._seq = 0          # last seq handed out
         self._acked = 0
@@ -127,18 +127,25 @@ class LogPump:
         self._task = asyncio.create_task(self._run(), name=f"logpump-{self._job_id}")
 
     def add(self, stream: str, text: str) -> None:
-        self._seq += 1
+        self.add_many(stream, [text])
+
+    def add_many(self, stream: str, texts: list[str]) -> None:
+        """Lines read together share one timestamp (when the agent read them)."""
+        if not texts:
+            return
+        self._seq += len(texts)
         now = time.time()
-        if self._spill is not None and self._spill.pending:
-            self._spill.write(now, stream, text)  # keep order: once spilling, new lines queue behind
-        elif self._mem_bytes > self._memory_limit and self._spill_path is not None:
+        if (self._spill is not None and self._spill.pending) or (
+                self._mem_bytes > self._memory_limit and self._spill_path is not None):
             self._spill = self._spill or _Spill(self._spill_path)
-            self._spill.write(now, stream, text)
+            for text in texts:  # keep order: once spilling, new lines queue behind the spilled ones
+                self._spill.write(now, stream, text)
         else:
-            self._ts.append(now)
-            self._streams.append(stream)
-            self._texts.append(text)
-            self._mem_bytes += len(text) + 64
+            n = len(texts)
+            self._ts.extend([now] * n)
+            self._streams.extend([stream] * n)
+            self._texts.extend(texts)
+            self._mem_bytes += sum(map(len, texts)) + 64 * n
         self._more.set()
 
     async def close(self, *, tick_s: float | None = None, on_tick=None) -> None:
@@ -183,24 +190,18 @@ class LogPump:
                 if self._linger_s and not self._closing:
                     await asyncio.sleep(self._linger_s)  # let a burst of lines share one request
                 continue
-            count, size = 0, 0
-            for text in self._texts:
-                count += 1
-                size += len(text) + 64
-                if count >= self._max_lines or size >= self._max_bytes:
-                    break
+            count = min(len(self._texts), self._max_lines)
+            size = sum(map(len, self._texts[:count])) + 64 * count
+            while count > 1 and size > self._max_bytes:  # shrink to the byte bound
+                count //= 2
+                size = sum(map(len, self._texts[:count])) + 64 * count
             first = self._acked + 1
-            ts = [self._ts[i] for i in range(count)]
-            streams = [self._streams[i] for i in range(count)]
-            texts = [self._texts[i] for i in range(count)]
-            stored = await self._deliver(first, ts, streams, texts)
+            stored = await self._deliver(first, self._ts[:count], self._streams[:count], self._texts[:count])
             done = min(count, stored - self._acked)
             if done <= 0:
                 raise LogRejected(f"the API holds lines only up to {stored}, below {first}")
-            for _ in range(done):
-                self._ts.popleft()
-                self._streams.popleft()
-                self._mem_bytes -= len(self._texts.popleft()) + 64
+            self._mem_bytes -= sum(map(len, self._texts[:done])) + 64 * done
+            del self._ts[:done], self._streams[:done], self._texts[:done]
             self._acked += done
 
     async def _deliver(self, first: int, ts: list[float], streams: list[str], texts: list[str]) -> int:

@@ -65,7 +65,7 @@ class JobProcess:
         return self.proc.pid
 
     def _framer(self, stream: str) -> LineFramer:
-        return LineFramer(lambda text: self.pump.add(stream, text))
+        return LineFramer(lambda texts: self.pump.add_many(stream, texts))
 
     async def _pump_stream(self, reader: asyncio.StreamReader, framer: LineFramer) -> None:
         while chunk := await reader.read(_READ):

@@ -3,7 +3,7 @@ from boxrun.activities.box.lines import TRUNCATION_NOTICE, FrameDecoder, LineFra
 
 def collect(max_line=1 << 20):
     out: list[str] = []
-    return out, LineFramer(out.append, max_line=max_line)
+    return out, LineFramer(out.extend, max_line=max_line)
 
 
 def test_lines_split_across_chunks():
@@ -32,8 +32,8 @@ def test_long_line_is_cut_with_a_notice():
 def test_frames_keep_order_across_streams():
     lines: list[tuple[str, str]] = []
     dec = FrameDecoder({
-        b"o": LineFramer(lambda t: lines.append(("stdout", t))),
-        b"e": LineFramer(lambda t: lines.append(("stderr", t))),
+        b"o": LineFramer(lambda ts: lines.extend(("stdout", t) for t in ts)),
+        b"e": LineFramer(lambda ts: lines.extend(("stderr", t) for t in ts)),
     })
     frames = b""
     for code, text in [(b"o", b"a\n"), (b"e", b"b\n"), (b"o", b"c"), (b"o", b"d\n")]:
