@@ -14,6 +14,7 @@ from boxrun import __version__
 from boxrun.api.notify import Notifier
 from boxrun.api.routes import agent, artifacts, boxes, health, jobs, logs
 from boxrun.db import create_pool, migrate
+from boxrun.schemas import LogBatch
 from boxrun.settings import Settings, get_settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect
@@ -51,6 +52,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, logs, artifacts, boxes, agent, health):
         api.include_router(module.router)
     app.include_router(api)
+
+    openapi = app.openapi
+
+    def openapi_with_ingest_schema() -> dict:
+        # the log ingest validates its raw body itself; publish its schema all the same
+        spec = openapi()
+        spec["components"]["schemas"].setdefault("LogBatch", LogBatch.model_json_schema(
+            ref_template="#/components/schemas/{model}"))
+        return spec
+
+    app.openapi = openapi_with_ingest_schema
 
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.InterfaceError)

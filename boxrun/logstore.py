@@ -22,7 +22,8 @@ class Line:
     text: str
 
     def public(self) -> dict:
-        return {"seq": self.seq, "ts": datetime.fromtimestamp(self.ts, UTC).isoformat(), "stream": self.stream,
+        ts = datetime.fromtimestamp(self.ts, UTC).isoformat().replace("+00:00", "Z")
+        return {"seq": self.seq, "ts": ts, "stream": self.stream,
                 "text": self.text}
 
 

@@ -119,12 +119,17 @@ async def finish(conn: asyncpg.Connection, job_id: str, state: JobState, *, exit
     return released.model_copy(update={"state": state})
 
 
-async def release(conn: asyncpg.Connection, job_id: str, *, wake: int = 1) -> ReleaseResult:
-    """Free the job's lease (if any) and name the waiting jobs that may now take the box."""
+async def release(conn: asyncpg.Connection, job_id: str) -> ReleaseResult:
+    """Free the job's lease (if any) and name the waiting jobs that may now take the box: as many
+    as it has free slots (all of them once an exclusive lease ends), first in grant order."""
     async with conn.transaction():
         box_id = await conn.fetchval(Q.release_lease, job_id)
         if box_id is None:
             return ReleaseResult(released=False)
-        await conn.execute(Q.lock_box, box_id)
-        waiters = await conn.fetch(Q.waiters_for_box, box_id, wake)
+        capacity = await conn.fetchval(Q.lock_box, box_id)
+        load = await conn.fetchrow(Q.box_load, box_id)
+        free = 0 if load["exclusive"] else capacity - load["active"]
+        if free <= 0:
+            return ReleaseResult(released=True)
+        waiters = await conn.fetch(Q.waiters_for_box, box_id, free)
         return ReleaseResult(released=True, wake_job_ids=[str(w["id"]) for w in waiters])

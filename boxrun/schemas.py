@@ -274,6 +274,11 @@ class LogBatch(BaseModel):
         return self
 
 
+class ClaimPublic(BaseModel):
+    job_id: str
+    box: str
+
+
 class LogBatchAck(BaseModel):
     stored_through: int = Field(description="every line up to this seq is stored")
 

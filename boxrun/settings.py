@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     agent_drain_s: float = Field(default=60.0, ge=0)
     log_batch_max_lines: int = Field(default=10_000, ge=1)
     log_batch_max_bytes: int = Field(default=1 << 20, ge=1024)
+    # Unsent lines kept in memory per job; past this they spill to a file in the job's workspace.
+    log_memory_limit_bytes: int = Field(default=64 << 20, ge=0)
 
     def require_secrets(self, *names: str) -> None:
         """Fail fast outside dev if a secret this process uses is still the placeholder. Each

@@ -16,7 +16,7 @@ import httpx
 from temporalio.worker import Worker
 
 from boxrun import __version__
-from boxrun.activities.box.logpump import ApiLogSink
+from boxrun.activities.box.agentapi import AgentApi
 from boxrun.activities.box.run import BoxActivities
 from boxrun.activities.box.workspace import sweep_stale
 from boxrun.constants import box_task_queue
@@ -83,10 +83,12 @@ async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     if swept := sweep_stale(workdir):
         log.warning("removed %d workspace(s) left by a previous agent run: %s", len(swept), ", ".join(swept))
+    api = AgentApi(http)
     activities = BoxActivities(
-        sink=ApiLogSink(http), workdir=workdir, python=resolve_python(settings.agent_python),
+        sink=api, claimer=api, workdir=workdir, python=resolve_python(settings.agent_python),
         heartbeat_s=settings.agent_activity_heartbeat_s,
-        pump_options={"max_lines": settings.log_batch_max_lines, "max_bytes": settings.log_batch_max_bytes},
+        pump_options={"max_lines": settings.log_batch_max_lines, "max_bytes": settings.log_batch_max_bytes,
+                      "memory_limit": settings.log_memory_limit_bytes},
     )
     liveness = Liveness(http, settings.agent_heartbeat_interval_s)
     reporting = asyncio.create_task(liveness.run())

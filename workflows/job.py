@@ -136,13 +136,22 @@ class JobWorkflow:
             retry_policy=RUN_ONCE,
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
-        await workflow.wait_condition(lambda: self._pid is not None or run.done())
-        if self._pid is not None:
-            await self._transition(spec, JobState.RUNNING, detail={"pid": self._pid})
         try:
+            await workflow.wait_condition(lambda: self._pid is not None or run.done())
+            if self._pid is not None:
+                await self._transition(spec, JobState.RUNNING, detail={"pid": self._pid})
             result: RunJobResult = await run
         except ActivityError as exc:
             return self._run_failure(exc)
+        except asyncio.CancelledError:
+            # Cancelled while run_job is queued or running: cancel it and wait until the box
+            # confirms the process group is gone, so the lease is never freed under a live job.
+            run.cancel()
+            try:
+                await run
+            except (ActivityError, asyncio.CancelledError):
+                pass
+            raise
         if self._state is JobState.DISPATCHING and result.pid is not None:
             await self._transition(spec, JobState.RUNNING, detail={"pid": result.pid})
         if result.error is not None and result.pid is None:

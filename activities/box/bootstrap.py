@@ -3,7 +3,8 @@
 Python-level writes to sys.stdout and sys.stderr go through ONE pipe (fd $BOXRUN_LOG_FD) as
 frames: 1 byte stream code, 2 bytes big-endian length, payload. One pipe keeps the order between
 the two streams exactly as the script produced it. Writes that bypass sys.stdout (subprocesses,
-C code, os.write(1, ...)) still reach the agent through the plain fd 1 / fd 2 pipes.
+C code, os.write(1, ...)) land in pipes the bootstrap put behind fd 1 and fd 2; it frames them
+into the same channel, draining them before each flush of the script's own output.
 
 Each stream is buffered (as Python buffers a pipe) so a chatty script costs few system calls; a
 flusher thread pushes pending output within FLUSH_S (5 ms) of its write, and writing to one
@@ -25,6 +26,7 @@ import io
 import json
 import os
 import runpy
+import select
 import signal
 import subprocess
 import sys
@@ -53,11 +55,52 @@ class _FramedRaw(io.RawIOBase):
         return self._fd  # subprocess.Popen(stdout=sys.stdout) inherits the plain pipe
 
     def write(self, data) -> int:
-        view = memoryview(data)
-        for start in range(0, len(view), _MAX):
-            chunk = view[start:start + _MAX]
-            os.write(_FD, self._code + len(chunk).to_bytes(2, "big") + chunk)
-        return len(view)
+        _drain_raw()  # what children wrote before this flush goes first
+        return _write_frames(self._code, data)
+
+
+def _write_frames(code: bytes, data) -> int:
+    view = memoryview(data)
+    for start in range(0, len(view), _MAX):
+        chunk = view[start:start + _MAX]
+        os.write(_FD, code + len(chunk).to_bytes(2, "big") + chunk)
+    return len(view)
+
+
+# fd 1 and fd 2 themselves (children, C code, os.write) are pipes the bootstrap reads and frames
+# into the same channel, so even a child's output keeps its place among the script's own lines.
+_RAW: list[tuple[int, bytes]] = []
+_RAW_LOCK = threading.Lock()
+
+
+def _capture(fd: int, code: bytes) -> None:
+    r, w = os.pipe()
+    os.dup2(w, fd)
+    os.close(w)
+    os.set_blocking(r, False)
+    _RAW.append((r, code))
+
+
+def _drain_raw() -> None:
+    with _RAW_LOCK:
+        for r, code in _RAW:
+            while True:
+                try:
+                    data = os.read(r, 65536)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                _write_frames(code, data)
+
+
+def _raw_reader() -> None:
+    poller = select.poll()
+    for r, _ in _RAW:
+        poller.register(r, select.POLLIN)
+    while True:
+        poller.poll()
+        _drain_raw()
 
 
 _last = None  # the stream written last: switching streams flushes it first, which keeps order
@@ -121,6 +164,7 @@ def _emit(value) -> None:
 
 
 def _after_fork_in_child() -> None:
+    _RAW.clear()  # the parent reads the captured pipes; a forked child only writes to them
     threading.Thread(target=_flusher, name="boxrun-log-flush", daemon=True).start()
 
 
@@ -132,12 +176,16 @@ def _watch_parent(parent: int) -> None:
 
 def main() -> None:
     threading.Thread(target=_watch_parent, args=(os.getppid(),), name="boxrun-parent-watch", daemon=True).start()
+    _capture(1, b"o")
+    _capture(2, b"e")
+    threading.Thread(target=_raw_reader, name="boxrun-raw-reader", daemon=True).start()
     _STREAMS.extend([_stream(b"o", 1), _stream(b"e", 2), _stream(b"u", -1)])
     threading.Thread(target=_flusher, name="boxrun-log-flush", daemon=True).start()
     os.register_at_fork(before=_flush_all, after_in_child=_after_fork_in_child)
     subprocess.Popen._execute_child = _flushing(subprocess.Popen._execute_child)
     os.system = _flushing(os.system)
-    atexit.register(_flush_all)
+    atexit.register(_drain_raw)
+    atexit.register(_flush_all)  # atexit runs last-registered first: flush, then drain
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
     helper = types.ModuleType("boxrun_job", "Helpers for scripts run by boxrun.")
@@ -150,6 +198,7 @@ def main() -> None:
         runpy.run_path(script, run_name="__main__")
     finally:
         _flush_all()
+        _drain_raw()
 
 
 if __name__ == "__main__":

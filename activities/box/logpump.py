@@ -33,22 +33,6 @@ class LogSink(Protocol):
         Raises on failure (the pump retries) or LogRejected (it gives up)."""
 
 
-class ApiLogSink:
-    """Posts batches to the API's agent ingest with the box's node token."""
-
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        self._http = http
-
-    async def send(self, job_id: str, first_seq: int, ts: list[float], streams: list[str],
-                   texts: list[str]) -> int:
-        resp = await self._http.post(f"/api/agent/jobs/{job_id}/logs",
-                                     json={"first_seq": first_seq, "ts": ts, "streams": streams, "texts": texts})
-        if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
-            raise LogRejected(f"API refused log batch: HTTP {resp.status_code} {resp.text[:200]}")
-        resp.raise_for_status()
-        return resp.json()["stored_through"]
-
-
 class _Spill:
     """Append-only file of lines that did not fit in memory, read back in order."""
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 from temporalio import activity
@@ -22,10 +23,16 @@ log = logging.getLogger(__name__)
 TIMEOUT_GRACE_S = 5.0
 
 
+class Claimer(Protocol):
+    async def claim(self, job_id: str) -> str | None: ...
+
+
 class BoxActivities:
     def __init__(self, *, sink: LogSink, workdir: Path, python: str, heartbeat_s: float = 1.0,
-                 upload_http: httpx.AsyncClient | None = None, pump_options: dict | None = None) -> None:
+                 claimer: Claimer | None = None, upload_http: httpx.AsyncClient | None = None,
+                 pump_options: dict | None = None) -> None:
         self.sink = sink
+        self.claimer = claimer
         self.workdir = workdir
         self.python = python
         self.heartbeat_s = heartbeat_s
@@ -38,6 +45,9 @@ class BoxActivities:
     @activity.defn(name=RUN_JOB)
     async def run_job(self, inp: RunJobInput) -> RunJobResult:
         spec = inp.spec
+        refused = await self._claim(spec.job_id)
+        if refused is not None:
+            return RunJobResult(exit_code=None, error=f"not started: {refused}")
         ws = Workspace.for_job(self.workdir, spec.job_id)
         try:
             ws.create(spec)
@@ -45,7 +55,7 @@ class BoxActivities:
             ws.remove()
             return RunJobResult(exit_code=None, error=f"could not prepare the workspace: {exc}")
 
-        pump = LogPump(self.sink, spec.job_id, **self.pump_options)
+        pump = LogPump(self.sink, spec.job_id, spill_path=ws.root / "logs.spill", **self.pump_options)
         pump.start()
         job = JobProcess(pump)
         env = child_env(os.environ, spec.env, {"BOXRUN_JOB_ID": spec.job_id, "BOXRUN_ARTIFACTS_DIR": str(ws.artifacts)})
@@ -85,6 +95,21 @@ class BoxActivities:
         if not artifacts:
             ws.remove()
         return RunJobResult(exit_code=code, timed_out=timed_out, pid=pid, log_lines=pump.last_seq, artifacts=artifacts)
+
+    async def _claim(self, job_id: str) -> str | None:
+        """The last check before a process starts: is the job still dispatched to this box (not
+        cancelled, lease held)? A task that sat in a frozen agent must not start late."""
+        if self.claimer is None:
+            return None
+        delay = 0.1
+        while True:
+            try:
+                return await self.claimer.claim(job_id)
+            except httpx.HTTPError as exc:  # API unreachable: wait for it (a cancel still gets through)
+                log.warning("cannot claim job %s yet: %s", job_id, exc)
+                activity.heartbeat()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _supervise(self, job: JobProcess, timeout_s: float) -> tuple[int, bool]:
         """Wait for the process while heartbeating; kill the group at the deadline."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from boxrun.api.deps import ConnDep, CurrentBox, SettingsDep, TemporalDep
 from boxrun.api.routes.jobs import parse_job_id
@@ -10,7 +12,7 @@ from boxrun.api.views import box_public
 from boxrun.api.wake import wake_waiters
 from boxrun import logstore
 from boxrun.db import Q
-from boxrun.schemas import AgentHeartbeat, BoxPublic, LogBatch, LogBatchAck
+from boxrun.schemas import AgentHeartbeat, BoxPublic, ClaimPublic, LogBatch, LogBatchAck
 
 router = APIRouter(prefix="/agent", tags=["agent"])
 
@@ -25,10 +27,33 @@ async def heartbeat(body: AgentHeartbeat, box: CurrentBox, conn: ConnDep, settin
     return box_public(row, settings)
 
 
+@router.post("/jobs/{job_id}/claim", response_model=ClaimPublic,
+             responses={409: {"description": "the job may not start on this box (cancelled, no lease)"},
+                        404: {"description": "no such job"}})
+async def claim_job(job_id: str, box: CurrentBox, conn: ConnDep) -> ClaimPublic:
+    """The agent's last check before it starts a job's process: the job is still `dispatching`
+    and holds a lease on this very box."""
+    row = await conn.fetchrow(Q.job_claim, parse_job_id(job_id))
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    if row["state"] != "dispatching" or row["lease_box"] != box.id:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} is {row['state']} and not leased to {box.name}")
+    return ClaimPublic(job_id=str(row["id"]), box=box.name)
+
+
 @router.post("/jobs/{job_id}/logs", response_model=LogBatchAck,
-             responses={403: {"description": "the job is not placed on this box"}, 404: {"description": "no such job"}})
-async def ingest_logs(job_id: str, body: LogBatch, box: CurrentBox, conn: ConnDep) -> LogBatchAck:
-    """Store a batch of lines; idempotent by seq, so the agent may resend after any failure."""
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": {"$ref": "#/components/schemas/LogBatch"}}}}},
+             responses={403: {"description": "the job is not placed on this box"}, 404: {"description": "no such job"},
+                        409: {"description": "lines before first_seq are missing"}})
+async def ingest_logs(job_id: str, request: Request, box: CurrentBox, conn: ConnDep) -> LogBatchAck:
+    """Store a batch of lines; idempotent by seq, so the agent may resend after any failure.
+    The body is validated straight from its bytes (pydantic's JSON parser is several times
+    faster than json.loads + validation on the hot path of a chatty job)."""
+    try:
+        body = LogBatch.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from exc
     jid = parse_job_id(job_id)
     placed_on = await conn.fetchrow(Q.job_placement, jid)
     if placed_on is None:

@@ -191,3 +191,16 @@ def test_sweep_kills_leftover_groups_and_removes_workspaces(tmp_path):
     ws.record_pgid(proc.pid)
     assert sweep_stale(tmp_path) == ["old-job"]
     assert proc.wait(5) == -9 and not ws.root.exists()
+
+
+async def test_a_job_the_api_no_longer_dispatches_here_never_starts(tmp_path, sink):
+    class RefusingClaimerFake:
+        async def claim(self, job_id):
+            return "job is cancelled and not leased to b"
+
+    marker = tmp_path / "ran"
+    box = BoxActivities(sink=sink, workdir=tmp_path / "agent", python=sys.executable, claimer=RefusingClaimerFake())
+    result = await ActivityEnvironment().run(
+        box.run_job, RunJobInput(spec=spec(f"open({str(marker)!r}, 'w').write('x')")))
+    assert result.pid is None and result.error == "not started: job is cancelled and not leased to b"
+    assert not marker.exists() and sink.lines == {}

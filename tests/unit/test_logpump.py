@@ -88,3 +88,18 @@ async def test_a_permanent_refusal_is_raised_not_retried_forever():
     with pytest.raises(LogRejected):
         await asyncio.wait_for(pump.close(), 5)
     assert RefusingSinkFake.calls == 1
+
+
+async def test_lines_past_the_memory_bound_spill_to_disk_and_arrive_in_order(tmp_path):
+    sink = FlakySinkFake(failures=6)  # the API is away while the job keeps printing
+    spill = tmp_path / "logs.spill"
+    pump = LogPump(sink, "j1", max_lines=100, memory_limit=2_000, spill_path=spill)
+    pump.start()
+    for i in range(5000):
+        pump.add("stderr" if i % 7 == 0 else "stdout", f"line {i} " + "y" * (i % 50))
+    assert pump.spilled and spill.stat().st_size > 0, "past the bound, lines go to disk"
+    await asyncio.wait_for(pump.close(), 30)
+    assert sorted(sink.stored) == list(range(1, 5001))
+    assert [sink.stored[i + 1]["text"] for i in range(5000)] == [f"line {i} " + "y" * (i % 50) for i in range(5000)]
+    assert sink.stored[1]["stream"] == "stderr" and sink.stored[2]["stream"] == "stdout"
+    assert not spill.exists(), "the spill file is removed once everything is delivered"

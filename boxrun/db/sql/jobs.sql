@@ -87,3 +87,8 @@ SELECT * FROM jobs
 WHERE state = 'queued' AND created_at < clock_timestamp() - make_interval(secs => $1)
 ORDER BY created_at
 LIMIT 100;
+
+-- name: job_claim
+SELECT j.id, j.state, l.box_id AS lease_box
+FROM jobs j LEFT JOIN leases l ON l.job_id = j.id AND l.released_at IS NULL
+WHERE j.id = $1;

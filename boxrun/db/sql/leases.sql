@@ -35,7 +35,7 @@ WHERE job_id = $1 AND released_at IS NULL
 RETURNING box_id;
 
 -- name: lock_box
-SELECT id FROM boxes WHERE id = $1 FOR UPDATE;
+SELECT capacity FROM boxes WHERE id = $1 FOR UPDATE;
 
 -- Jobs waiting for a box that could use box $1, in grant order.
 -- name: waiters_for_box
