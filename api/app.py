@@ -65,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = openapi_with_ingest_schema
 
     @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.OperatorInterventionError)  # shutting down, cannot connect now
+    @app.exception_handler(asyncpg.InternalClientError)  # a connection the server closed mid-use
     @app.exception_handler(asyncpg.InterfaceError)
     @app.exception_handler(ConnectionError)
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:

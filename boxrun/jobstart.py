@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import asyncpg
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
@@ -10,6 +12,8 @@ from boxrun.constants import CONTROL_TASK_QUEUE
 from boxrun.messages import JobSpec
 from boxrun.settings import Settings
 from boxrun.temporal import KEY_BOX_ID, KEY_JOB_STATE, KEY_OWNER
+
+WORKFLOW_TASK_TIMEOUT = timedelta(seconds=5)
 
 
 def job_spec(row: asyncpg.Record, settings: Settings) -> JobSpec:
@@ -31,6 +35,9 @@ async def start_job_workflow(temporal: Client, spec: JobSpec) -> None:
         id=spec.job_id,
         task_queue=CONTROL_TASK_QUEUE,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        # A workflow task takes milliseconds; if the worker holding one dies, retry it elsewhere
+        # after 5 s instead of Temporal's default 10 s.
+        task_timeout=WORKFLOW_TASK_TIMEOUT,
         search_attributes=TypedSearchAttributes([
             SearchAttributePair(KEY_JOB_STATE, "queued"),
             SearchAttributePair(KEY_OWNER, spec.owner),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 from temporalio.worker import Worker
 
@@ -33,7 +34,9 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
         activities = ControlActivities(pool, storage, offline_after_s=settings.box_offline_after_s)
         reaper = ReaperActivities(pool, settings)
         worker = Worker(client, task_queue=CONTROL_TASK_QUEUE, workflows=[JobWorkflow, ReaperWorkflow],
-                        activities=[*activities.all(), reaper.reap], max_concurrent_activities=200)
+                        activities=[*activities.all(), reaper.reap], max_concurrent_activities=200,
+                        # a crashed worker's sticky tasks move to the shared queue after 2 s
+                        sticky_queue_schedule_to_start_timeout=timedelta(seconds=2))
         await ensure_reaper_schedule(client, settings.reaper_interval_s)
         async with worker:
             log.info("control worker polling %s", CONTROL_TASK_QUEUE)

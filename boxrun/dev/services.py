@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 
 from boxrun.constants import SEARCH_ATTRIBUTES
-from boxrun.dev.procs import Child, spawn, wait_ready
+from boxrun.dev.procs import Child, spawn
 
 PG_SYSTEM_USER = "embedded_postgres"
 
