@@ -56,6 +56,15 @@ async def wait_for(predicate, *, timeout: float = 30.0, interval: float = 0.02, 
         await asyncio.sleep(interval)
 
 
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (dead, only waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 # ---------------------------------------------------------------- PostgreSQL
 
 

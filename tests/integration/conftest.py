@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.conftest import pid_alive
 
 
 class DevStackProcess:
@@ -34,7 +35,7 @@ class DevStackProcess:
                 raise RuntimeError(f"boxrun dev exited {self.proc.returncode}: {self.log_text()[-3000:]}")
             if path.exists():
                 data = json.loads(path.read_text())
-                if data["pids"].get("agent-local-1") and _alive(data["boxes"][0]["pid"]):
+                if data["pids"].get("agent-local-1") and pid_alive(data["boxes"][0]["pid"]):
                     return data
             time.sleep(0.05)
         raise RuntimeError(f"boxrun dev not ready after {timeout}s: {self.log_text()[-3000:]}")
@@ -48,17 +49,6 @@ class DevStackProcess:
         code = self.proc.wait(timeout)
         self.log.close()
         return code
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,8 @@ import hashlib
 import httpx
 import pytest
 
-from tests.integration.conftest import DevStackProcess, _alive
+from tests.conftest import pid_alive
+from tests.integration.conftest import DevStackProcess
 from tests.integration.jobs import replay, submit, wait_terminal
 
 pytestmark = pytest.mark.e2e
@@ -29,13 +30,13 @@ async def test_restart_on_the_same_data_dir_keeps_jobs_logs_and_artifacts(tmp_pa
     try:
         ep = first.endpoints
         assert set(ep) >= {"api_url", "temporal_address", "temporal_ui_url", "s3_endpoint", "token", "boxes"}
-        assert [b["name"] for b in ep["boxes"]] == ["local-1"] and _alive(ep["boxes"][0]["pid"])
+        assert [b["name"] for b in ep["boxes"]] == ["local-1"] and pid_alive(ep["boxes"][0]["pid"])
         async with client(ep) as api:
             job = await submit(api, SCRIPT)
             assert (await wait_terminal(api, job["id"]))["state"] == "completed"
     finally:
         assert first.stop() == 0
-    assert not any(_alive(pid) for pid in ep["pids"].values()), "Ctrl-C/SIGTERM must stop every child"
+    assert not any(pid_alive(pid) for pid in ep["pids"].values()), "Ctrl-C/SIGTERM must stop every child"
 
     second = DevStackProcess(tmp_path / "dev", boxes=1)
     try:

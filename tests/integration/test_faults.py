@@ -21,7 +21,7 @@ import pytest
 
 from boxrun.activities.names import RUN_JOB
 from boxrun.temporal import connect
-from tests.conftest import wait_for
+from tests.conftest import pid_alive, wait_for
 from tests.integration.faultstack import FAST, FaultStack, fault_stack
 from tests.integration.jobs import replay, submit, wait_terminal
 
@@ -100,17 +100,6 @@ class Gated:
 
     def pid_list(self) -> list[int]:
         return [int(p) for p in self.pids.read_text().split()] if self.pids.exists() else []
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def kill_leftovers(pids: list[int]) -> None:

@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import pid_alive, wait_for
 from tests.integration.faultstack import FaultStack, fault_stack
 from tests.integration.jobs import replay, submit, wait_terminal
 
@@ -105,15 +105,6 @@ async def db(fs: FaultStack) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
-def gone(pid: int) -> bool:
-    """No such process, or a zombie (dead, only waiting to be reaped)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
 async def read_pids(path: Path) -> list[int]:
     text = await wait_for(lambda: path.exists() and path.read_text(), timeout=30, what=f"{path.name} to be written")
     return [int(p) for p in text.split()]
@@ -172,7 +163,7 @@ async def test_cancel_waiting_then_running_kills_the_tree_and_hands_the_box_on(a
     pidfile = tmp_path / "run.pids"
     run = await submit(api, TREE, box="local-2", env={"PIDFILE": str(pidfile)})
     pids = await read_pids(pidfile)
-    assert len(pids) == 2 and not any(gone(p) for p in pids)
+    assert len(pids) == 2 and not any(not pid_alive(p) for p in pids)
     await wait_state(api, run["id"], "running")
 
     waiting = await submit(api, QUICK, box="local-2")
@@ -196,7 +187,7 @@ async def test_cancel_waiting_then_running_kills_the_tree_and_hands_the_box_on(a
 
     # cancel in running: SIGTERM to the group takes the script and its `sleep` child
     t0 = await cancel(api, run["id"])
-    await wait_for(lambda: all(gone(p) for p in pids), timeout=KILL_S + 10, what="the cancelled tree to die")
+    await wait_for(lambda: all(not pid_alive(p) for p in pids), timeout=KILL_S + 10, what="the cancelled tree to die")
     kill_s = time.monotonic() - t0
     done = await wait_terminal(api, run["id"], timeout=15)
     assert done["state"] == "cancelled", done
@@ -232,7 +223,7 @@ async def test_cancel_escalates_to_sigkill_after_the_grace(api, db, tmp_path):
     await wait_state(api, after["id"], "waiting_for_box")
 
     t0 = await cancel(api, stubborn["id"])
-    await wait_for(lambda: gone(pid), timeout=KILL_S + 10, what="the SIGTERM-ignoring process to die")
+    await wait_for(lambda: not pid_alive(pid), timeout=KILL_S + 10, what="the SIGTERM-ignoring process to die")
     kill_s = time.monotonic() - t0
     done = await wait_terminal(api, stubborn["id"], timeout=15)
     assert done["state"] == "cancelled", done
@@ -259,7 +250,7 @@ async def test_timeout_kills_the_tree_and_frees_the_box(api, db, tmp_path):
     done = await wait_terminal(api, slow["id"], timeout=30)
     assert done["state"] == "timed_out", done
     assert done["error"] == "timed out after 2s", done
-    assert all(gone(p) for p in pids), [p for p in pids if not gone(p)]
+    assert all(not pid_alive(p) for p in pids), [p for p in pids if pid_alive(p)]
     ran = (datetime.fromisoformat(done["finished_at"]) - datetime.fromisoformat(done["started_at"])).total_seconds()
     assert 2 <= ran < 10, f"ran {ran:.2f}s with timeout_s=2"
     assert [e["to_state"] for e in await events(api, slow["id"])] == ["queued", "dispatching", "running", "timed_out"]

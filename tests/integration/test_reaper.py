@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 
 from boxrun.temporal import connect
-from tests.conftest import wait_for
+from tests.conftest import pid_alive, wait_for
 from tests.integration.faultstack import fault_stack
 from tests.integration.jobs import submit, wait_terminal
 
 pytestmark = pytest.mark.e2e
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (ProcessLookupError, OSError):
-        return False
 
 
 async def test_terminated_workflow_frees_the_box_and_kills_the_process(tmp_path):
@@ -35,6 +25,6 @@ async def test_terminated_workflow_frees_the_box_and_kills_the_process(tmp_path)
 
         done = await wait_terminal(api, job["id"], timeout=30)
         assert done["state"] == "failed" and "terminated" in done["error"]
-        await wait_for(lambda: not alive(int(pidfile.read_text())), timeout=10, what="process to be killed")
+        await wait_for(lambda: not pid_alive(int(pidfile.read_text())), timeout=10, what="process to be killed")
         assert (await wait_terminal(api, nxt["id"], timeout=30))["state"] == "completed"
         assert (await api.get("/api/boxes/local-1/queue")).json()["leases"] == []

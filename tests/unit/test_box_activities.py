@@ -2,7 +2,6 @@
 
 import asyncio
 import hashlib
-import os
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from temporalio.testing import ActivityEnvironment
 from boxrun.activities.box.run import BoxActivities
 from boxrun.activities.box.workspace import Workspace
 from boxrun.messages import JobSpec, RunJobInput
-from tests.conftest import wait_for
+from tests.conftest import pid_alive, wait_for
 
 
 class MemorySinkFake:
@@ -44,18 +43,6 @@ def sink() -> MemorySinkFake:
 @pytest.fixture
 def box(tmp_path: Path, sink: MemorySinkFake) -> BoxActivities:
     return BoxActivities(sink=sink, workdir=tmp_path / "agent", python=sys.executable, heartbeat_s=0.1)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is dead for our purposes
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 async def test_output_order_env_files_and_artifacts(box, sink, monkeypatch):
