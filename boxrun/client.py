@@ -70,10 +70,12 @@ class BoxrunClient:
             after = got[-1]["seq"]
 
     async def follow(self, job_id: str, *, after: int = 0, retry_s: float = 1.0) -> AsyncIterator[Event]:
-        """Every event until `done`; reconnects with the last seq seen if the connection drops."""
+        """Every event until `done`; if the connection drops it reconnects with Last-Event-ID = the
+        last seq seen, so it continues exactly after that line."""
         while True:
             try:
-                async with self.http.stream("GET", f"/api/jobs/{job_id}/logs/stream", params={"after": after},
+                async with self.http.stream("GET", f"/api/jobs/{job_id}/logs/stream",
+                                            headers={"Last-Event-ID": str(after)},
                                             timeout=httpx.Timeout(10.0, read=None)) as resp:
                     if resp.status_code >= 400:
                         await resp.aread()

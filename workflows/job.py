@@ -201,6 +201,8 @@ class JobWorkflow:
                 retry_policy=UPLOAD_RETRY,
             )
         except ActivityError as exc:
+            if isinstance(exc.cause, CancelledError):
+                raise asyncio.CancelledError() from exc  # the job was cancelled mid-upload
             failure = self._run_failure(exc)[2]
             return f"artifact upload failed: {failure}"
         verified: VerifyResult = await self._control(

@@ -556,3 +556,27 @@ async def test_cancel_while_dispatching_never_runs_the_script(fs, api, db, tmp_p
 
 async def _online(api: httpx.AsyncClient, box: str) -> bool:
     return (await api.get(f"/api/boxes/{box}")).json()["status"] == "online"
+
+
+async def test_cancel_while_uploading_artifacts(fs, api, db):
+    """Storage is frozen (SIGSTOP on the S3 server), so the box's upload hangs and the job stays in
+    `uploading_artifacts`; cancelled there it ends `cancelled`, no artifact is recorded, the lease
+    is freed, and the box runs the next job."""
+    s3 = fs.child("s3")
+    script = "import os\nopen(os.path.join(os.environ['BOXRUN_ARTIFACTS_DIR'], 'r.bin'), 'wb').write(b'x' * 1000)\n"
+    s3.proc.send_signal(signal.SIGSTOP)
+    try:
+        job = await submit(api, script, box="local-2")
+        await wait_state(api, job["id"], "uploading_artifacts", timeout=30)
+        await cancel(api, job["id"])
+        done = await wait_terminal(api, job["id"], timeout=30)
+    finally:
+        s3.proc.send_signal(signal.SIGCONT)
+    assert done["state"] == "cancelled", done
+    assert [e["to_state"] for e in await events(api, job["id"])] == [
+        "queued", "dispatching", "running", "uploading_artifacts", "cancelled"]
+    assert (await api.get(f"/api/jobs/{job['id']}/artifacts")).json()["data"] == []
+    assert (await lease(db, job["id"]))["released_at"] is not None
+    await assert_cancel_refused(api, job["id"])
+    after = await submit(api, QUICK, box="local-2")
+    assert (await wait_terminal(api, after["id"], timeout=60))["state"] == "completed"

@@ -1,6 +1,7 @@
 """Leases, waiting and the state machine on a real PostgreSQL."""
 
 import asyncio
+from datetime import UTC, datetime
 
 import pytest
 
@@ -103,3 +104,36 @@ async def test_transitions_are_guarded_one_way_and_recorded(conn):
         (None, "queued"), ("queued", "dispatching"), ("dispatching", "running"), ("running", "completed")]
     row = await conn.fetchrow("SELECT started_at, finished_at, exit_code FROM jobs WHERE id = $1", job)
     assert row["started_at"] <= row["finished_at"] and row["exit_code"] == 0
+
+
+async def test_a_waiting_lock_job_is_not_starved_by_a_stream_of_small_jobs(conn):
+    await add_box(conn, "shared", capacity=2)
+    running = await add_job(conn, box="shared")
+    assert (await acquire(conn, running)).box == "shared"
+    locker = await add_job(conn, box="shared", lock=True)
+    assert (await acquire(conn, locker)).wait_reason == "busy"
+    small = [await add_job(conn, box="shared") for _ in range(3)]
+    for job in small:  # a slot is free, but the lock job waits longer: nobody jumps it
+        assert (await acquire(conn, job)).wait_reason == "busy"
+    freed = await release(conn, running)
+    assert freed.wake_job_ids[0] == locker
+    assert (await acquire(conn, locker)).box == "shared"
+    assert (await acquire(conn, small[0])).wait_reason == "busy"
+
+
+async def test_maintenance_offline_and_draining_boxes_get_no_jobs(conn):
+    maint = await add_box(conn, "maint")
+    await add_box(conn, "silent", live=False)
+    drain = await add_box(conn, "drain")
+    await conn.fetchrow(Q.box_report, drain, "test", 15.0, True)  # the agent says it is draining
+    window = await conn.fetchrow(Q.insert_window, "default", maint, datetime.now(UTC), None, "calibration",
+                                 "tester")
+    job = await add_job(conn, box="maint")
+    got = await acquire(conn, job)
+    assert got.wait_reason == "maintenance"
+    rejections = await conn.fetch("SELECT job_id, box_id, window_id FROM placement_rejections")
+    assert [(str(r["job_id"]), r["box_id"], r["window_id"]) for r in rejections] == [(job, maint, window["id"])]
+    await acquire(conn, job)  # asked again: still one rejection per job and window
+    assert await conn.fetchval("SELECT count(*) FROM placement_rejections") == 1
+    assert (await acquire(conn, await add_job(conn, box="silent"))).wait_reason == "offline"
+    assert (await acquire(conn, await add_job(conn, box="drain"))).wait_reason == "offline"
