@@ -166,13 +166,16 @@ async def bench_boxrun(endpoints: dict, runs: int, warmup: int, observe: str) ->
 class DevStack:
     """`python -m boxrun.cli dev --ports auto` in a subprocess; ready once endpoints.json names a live agent."""
 
-    def __init__(self, data_dir: Path, boxes: int = 1, agent_python: str | None = None) -> None:
+    def __init__(self, data_dir: Path, boxes: int = 1, agent_python: str | None = None,
+                 local_control: bool = False) -> None:
         self.data_dir = data_dir
         self.log_path = data_dir.parent / "dev.log"
         self._log = open(self.log_path, "ab")
         env = dict(os.environ)
         if agent_python:
             env["BOXRUN_AGENT_PYTHON"] = agent_python  # `boxrun dev` passes its env on to the agents
+        if local_control:
+            env["BOXRUN_LOCAL_CONTROL_ACTIVITIES"] = "true"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "boxrun.cli", "dev", "--ports", "auto", "--data-dir", str(data_dir),
              "--boxes", str(boxes)],
@@ -234,16 +237,11 @@ def summarise(values_s: list[float]) -> dict:
 
 
 def box_python(agent_python: str | None) -> str:
-    """What the box will exec for a job, resolved like the agent does (PATH), and whether it is a
-    script (a pyenv/asdf shim costs a shell start on every job)."""
-    name = agent_python or os.environ.get("BOXRUN_AGENT_PYTHON") or "python3"
-    path = shutil.which(name) or name
-    try:
-        with open(path, "rb") as fh:
-            shebang = fh.read(2) == b"#!"
-    except OSError:
-        shebang = False
-    return f"{path} (a shell-script shim)" if shebang else os.path.realpath(path)
+    """The interpreter the box runs jobs with: the agent resolves BOXRUN_AGENT_PYTHON (default
+    python3 on PATH) to the real binary once at start, so a pyenv/asdf shim costs nothing per job."""
+    from boxrun.worker.agent import resolve_python
+
+    return resolve_python(agent_python or os.environ.get("BOXRUN_AGENT_PYTHON") or "python3")
 
 
 def machine() -> dict:
@@ -312,6 +310,7 @@ async def measure(endpoints: dict, args: argparse.Namespace) -> dict:
         "observe": args.observe,
         "warmup": args.warmup,
         "bare_sandboxed": not args.unsandboxed,
+        "local_control": args.local_control,
         "box_python": box_python(args.agent_python),
         "samples_ms": {"boxrun": [round(s.total * 1000, 2) for s in jobs],
                        "bare": [round(v * 1000, 2) for v in bare]},
@@ -329,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run BareWorkflow without the workflow sandbox (default: sandboxed, like JobWorkflow)")
     parser.add_argument("--agent-python", metavar="PATH",
                         help="interpreter the box runs jobs with (BOXRUN_AGENT_PYTHON; default: python3 on PATH)")
+    parser.add_argument("--local-control", action="store_true",
+                        help="run acquire/transition/finish as local activities (BOXRUN_LOCAL_CONTROL_ACTIVITIES)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--keep", action="store_true", help="keep the stack's data dir (printed) afterwards")
     args = parser.parse_args(argv)
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         t0 = time.perf_counter()
-        stack = DevStack(root / "dev", boxes=1, agent_python=args.agent_python)
+        stack = DevStack(root / "dev", boxes=1, agent_python=args.agent_python, local_control=args.local_control)
         endpoints = stack.wait_ready()
         print(f"stack ready in {time.perf_counter() - t0:.1f}s; measuring...", file=sys.stderr, flush=True)
         result = asyncio.run(measure(endpoints, args))

@@ -24,6 +24,7 @@ def job_spec(row: asyncpg.Record, settings: Settings) -> JobSpec:
         timeout_s=row["timeout_s"], lock=row["lock"], priority=row["priority"],
         cancel_grace_s=row["cancel_grace_s"], heartbeat_timeout_s=settings.activity_heartbeat_timeout_s,
         wait_poll_s=settings.wait_poll_interval_s, dispatch_timeout_s=settings.dispatch_timeout_s,
+        local_control=settings.local_control_activities,
     )
 
 

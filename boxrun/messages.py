@@ -26,6 +26,8 @@ class JobSpec(BaseModel):
     cancel_grace_s: float = 10.0
     # How long run_job may sit in the box's task queue before the job fails (box never picked it up).
     dispatch_timeout_s: float = 60.0
+    # Short control steps as local activities (settings.local_control_activities at submission).
+    local_control: bool = False
     # How often a waiting job re-checks for a box if no wake-up signal reaches it.
     wait_poll_s: float = 30.0
 

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # Control worker / job workflow.
     activity_heartbeat_timeout_s: float = Field(default=15.0, gt=0, le=600)
     dispatch_timeout_s: float = Field(default=60.0, gt=0)
+    # Run the short Postgres-only control steps (acquire, transition, finish) as local activities
+    # inside the workflow worker, saving a server round trip each (see docs/benchmarks.md).
+    local_control_activities: bool = False
     reaper_interval_s: float = Field(default=15.0, gt=0)
     wait_poll_interval_s: float = Field(default=30.0, gt=0)
 

@@ -57,6 +57,8 @@ UPLOAD_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(second
 # at timeout_s and reports it; this bound only fires if the box cannot report (partitioned).
 RUN_GRACE = timedelta(seconds=30)
 HEARTBEAT_LOST = "box heartbeat lost"
+# Control steps that only touch Postgres and finish in milliseconds may run as local activities.
+LOCAL_CAPABLE = frozenset({ACQUIRE_BOX, RECORD_TRANSITION, FINISH_JOB})
 
 
 @workflow.defn(name="JobWorkflow")
@@ -66,6 +68,7 @@ class JobWorkflow:
         self._wake = False
         self._pid: int | None = None
         self._error: str | None = None
+        self._local_control = False
 
     @workflow.signal(name="wake")
     def wake(self) -> None:
@@ -83,6 +86,7 @@ class JobWorkflow:
 
     @workflow.run
     async def run(self, spec: JobSpec) -> JobOutcome:
+        self._local_control = spec.local_control
         placed = False
         try:
             box = await self._place(spec)
@@ -232,6 +236,11 @@ class JobWorkflow:
         self._set_state(done.state)
 
     async def _control(self, activity: str, arg: Any) -> Any:
+        if self._local_control and activity in LOCAL_CAPABLE:
+            return await workflow.execute_local_activity(
+                activity, arg, result_type=_RESULT_TYPES[activity],
+                start_to_close_timeout=CONTROL_TIMEOUT, retry_policy=CONTROL_RETRY,
+            )
         # No task_queue: control activities run on the workflow's own queue (boxrun-control).
         return await workflow.execute_activity(
             activity,

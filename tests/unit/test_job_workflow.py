@@ -109,17 +109,23 @@ async def run_workflow(client, task_queue: str, mock: MockControlPlane, spec: Jo
         return handle, result
 
 
-async def test_completed_with_artifacts(temporal_client, task_queue):
+@pytest.mark.parametrize("local_control", [False, True], ids=["activities", "local-activities"])
+async def test_completed_with_artifacts(temporal_client, task_queue, local_control):
     box = f"b-{uuid.uuid4().hex[:6]}"
     art = ArtifactEntry(path="r.json", size=2, sha256="ab" * 32)
     mock = MockControlPlane([AcquireResult(box=box)], RunJobResult(exit_code=0, pid=42, artifacts=[art]))
-    handle, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
+    spec = job_spec(box, local_control=local_control)
+    handle, result = await run_workflow(temporal_client, task_queue, mock, spec)
     assert result == JobOutcome(job_id=handle.id, state=JobState.COMPLETED, exit_code=0)
     assert mock.names() == ["acquire", "run_job", "running", "uploading_artifacts", "presign", "upload", "verify",
                             "finish", "archive"]
     assert mock.finished().to_state == JobState.COMPLETED
     desc = await handle.describe()
     assert desc.typed_search_attributes.get(KEY_JOB_STATE) == "completed"
+    history = [e.WhichOneof("attributes") for e in (await handle.fetch_history()).events]
+    markers = history.count("marker_recorded_event_attributes")  # local activity results
+    scheduled = history.count("activity_task_scheduled_event_attributes")
+    assert (markers, scheduled) == ((4, 5) if local_control else (0, 9))
 
 
 async def test_non_zero_exit_fails_with_exit_code(temporal_client, task_queue):
