@@ -68,6 +68,8 @@ class AcquireResult(BaseModel):
     unschedulable_reason: str | None = None
     # Seconds until a maintenance window that blocks the job ends (re-check then at the latest).
     retry_after_s: float | None = None
+    # After a grant: a waiting job that may take a box still free, to wake (the wake-up cascade).
+    wake_job_ids: list[str] = Field(default_factory=list)
 
 
 class ReleaseInput(BaseModel):

@@ -62,23 +62,21 @@ async def acquire(conn: asyncpg.Connection, job_id: str, *, offline_after_s: flo
         reasons: set[str] = set()
         window_ends: list[datetime] = []
         candidates = []
-        for box in fitting:
-            window = await conn.fetchrow(Q.active_window, box["id"])
-            if window is not None:
-                await conn.execute(Q.record_rejection, job["org_id"], job_id, box["id"], window["id"])
+        for box in await conn.fetch(Q.box_facts, [b["id"] for b in fitting], job_id, offline_after_s):
+            if box["window_id"] is not None:
+                await conn.execute(Q.record_rejection, job["org_id"], job_id, box["id"], box["window_id"])
                 reasons.add(WAIT_MAINTENANCE)
-                if window["ends_at"] is not None:
-                    window_ends.append(window["ends_at"])
+                if box["window_ends"] is not None:
+                    window_ends.append(box["window_ends"])
                 continue
-            if not await conn.fetchval(Q.box_live, box["id"], offline_after_s):
+            if not box["live"]:
                 reasons.add(WAIT_OFFLINE)
                 continue
-            load = await conn.fetchrow(Q.box_load, box["id"])
-            full = load["active"] >= box["capacity"] or (job["lock"] and load["active"] > 0)
-            if load["exclusive"] or full or await conn.fetchval(Q.earlier_waiter, box["id"], job_id) is not None:
+            full = box["active"] >= box["capacity"] or (job["lock"] and box["active"] > 0)
+            if box["exclusive"] or full or box["behind"]:
                 reasons.add(WAIT_BUSY)
                 continue
-            candidates.append((load["active"] / box["capacity"], box["name"], box))
+            candidates.append((box["active"] / box["capacity"], box["name"], box))
 
         if not candidates:
             # the most hopeful reason: a busy box frees up soonest, a window ends, an agent returns
@@ -93,7 +91,21 @@ async def acquire(conn: asyncpg.Connection, job_id: str, *, offline_after_s: flo
         _, _, box = min(candidates, key=lambda c: (c[0], c[1]))
         await conn.execute(Q.insert_lease, job_id, job["org_id"], box["id"], job["lock"])
         await transition(conn, job_id, JobState.DISPATCHING, box_id=box["id"], detail={"box": box["name"]})
-        return AcquireResult(box=box["name"])
+        return AcquireResult(box=box["name"], wake_job_ids=await _next_waiter(conn, [c[2] for c in candidates]))
+
+
+async def _next_waiter(conn: asyncpg.Connection, boxes: list[asyncpg.Record]) -> list[str]:
+    """The first waiting job that could take one of `boxes` still free after this grant. Waking
+    it continues the cascade: when several boxes free up at once, the waiters they woke may all be
+    the same head job, which takes one box and hands the wake-up on to the next in line."""
+    for box in boxes:
+        load = await conn.fetchrow(Q.box_load, box["id"])
+        if load["exclusive"] or load["active"] >= box["capacity"]:
+            continue
+        waiters = await conn.fetch(Q.waiters_for_box, box["id"], 1)
+        if waiters:
+            return [str(waiters[0]["id"])]
+    return []
 
 
 async def _wait(conn: asyncpg.Connection, job: asyncpg.Record, reason: str) -> None:

@@ -114,13 +114,16 @@ class JobWorkflow:
             got: AcquireResult = await self._control(ACQUIRE_BOX, AcquireInput(job_id=spec.job_id))
             if got.box is not None:
                 self._set_state(JobState.DISPATCHING, got.box)
+                await self._wake(got.wake_job_ids)
                 return got.box
             if got.unschedulable_reason is not None:
                 self._error = got.unschedulable_reason
                 await self._transition(spec, JobState.UNSCHEDULABLE, error=got.unschedulable_reason)
                 return None
             self._set_state(JobState.WAITING_FOR_BOX)
-            wait_s = spec.wait_poll_s
+            # the periodic re-check is only a fallback: spread it so a big backlog does not re-check
+            # in lockstep (workflow.random() is deterministic under replay)
+            wait_s = spec.wait_poll_s * (0.75 + 0.5 * workflow.random().random())
             if got.retry_after_s is not None:  # a maintenance window ends sooner
                 wait_s = min(wait_s, got.retry_after_s + 0.5)
             try:
@@ -222,7 +225,10 @@ class JobWorkflow:
             FINISH_JOB, FinishInput(job_id=spec.job_id, to_state=state, exit_code=exit_code, error=error)
         )
         self._set_state(released.state or state)
-        for job_id in released.wake_job_ids:
+        await self._wake(released.wake_job_ids)
+
+    async def _wake(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
             try:
                 await workflow.get_external_workflow_handle(job_id).signal("wake")
             except ApplicationError:

@@ -36,9 +36,9 @@ async def test_grant_wait_and_wake_in_fifo_order(conn):
 async def test_priority_goes_first_within_waiters(conn):
     await add_box(conn, "b1")
     holder = await add_job(conn, box="b1")
+    await acquire(conn, holder)
     low = await add_job(conn, box="b1")
     high = await add_job(conn, box="b1", priority=5)
-    await acquire(conn, holder)
     await acquire(conn, low)
     await acquire(conn, high)
     assert (await release(conn, holder)).wake_job_ids == [high]
@@ -137,3 +137,34 @@ async def test_maintenance_offline_and_draining_boxes_get_no_jobs(conn):
     assert await conn.fetchval("SELECT count(*) FROM placement_rejections") == 1
     assert (await acquire(conn, await add_job(conn, box="silent"))).wait_reason == "offline"
     assert (await acquire(conn, await add_job(conn, box="drain"))).wait_reason == "offline"
+
+
+async def test_fifo_counts_jobs_not_yet_placed(conn):
+    """B, submitted after A for the same box, must not take it just because its workflow asked
+    first while A was still `queued`."""
+    await add_box(conn, "b1")
+    a = await add_job(conn, box="b1")
+    b = await add_job(conn, box="b1")
+    assert (await acquire(conn, b)).wait_reason == "busy"
+    assert (await acquire(conn, a)).box == "b1"
+
+
+async def test_a_grant_hands_the_wake_up_on_while_boxes_are_free(conn):
+    """Several boxes of a group free up at once; each release names the same head waiter. The
+    head's grant names the next waiter, so every free box gets a job without polling."""
+    for i in range(3):
+        await add_box(conn, f"g{i}", groups=["grp"])
+    holders = [await add_job(conn, group="grp") for _ in range(3)]
+    for h in holders:
+        assert (await acquire(conn, h)).box is not None
+    waiters = [await add_job(conn, group="grp") for _ in range(3)]
+    for w in waiters:
+        assert (await acquire(conn, w)).wait_reason == "busy"
+    woken = [(await release(conn, h)).wake_job_ids for h in holders]
+    assert woken == [[waiters[0]], [waiters[0]], [waiters[0]]], "every release names the head"
+    first = await acquire(conn, waiters[0])
+    assert first.box is not None and first.wake_job_ids == [waiters[1]]
+    second = await acquire(conn, waiters[1])
+    assert second.box is not None and second.wake_job_ids == [waiters[2]]
+    third = await acquire(conn, waiters[2])
+    assert third.box is not None and third.wake_job_ids == []

@@ -15,16 +15,6 @@ FOR UPDATE;
 SELECT count(*) AS active, COALESCE(bool_or(exclusive), false) AS exclusive
 FROM leases WHERE box_id = $1 AND released_at IS NULL;
 
--- FIFO within priority: is an earlier waiting job able to use this box? ($1 box id, $2 job id)
--- name: earlier_waiter
-SELECT w.id FROM jobs w, jobs me, boxes b
-WHERE me.id = $2 AND b.id = $1 AND w.id <> me.id
-  AND w.state = 'waiting_for_box' AND w.org_id = b.org_id
-  AND (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
-  AND (w.priority > me.priority
-       OR (w.priority = me.priority AND (w.created_at, w.id) < (me.created_at, me.id)))
-LIMIT 1;
-
 -- name: insert_lease
 INSERT INTO leases (job_id, org_id, box_id, exclusive) VALUES ($1, $2, $3, $4)
 ON CONFLICT (job_id) DO NOTHING;
@@ -45,21 +35,9 @@ WHERE b.id = $1 AND w.state = 'waiting_for_box' AND w.org_id = b.org_id
 ORDER BY w.priority DESC, w.created_at, w.id
 LIMIT $2;
 
--- The maintenance window covering box $1 now, if any (the one ending last).
--- name: active_window
-SELECT id, ends_at, reason FROM maintenance_windows
-WHERE box_id = $1 AND starts_at <= clock_timestamp() AND (ends_at IS NULL OR ends_at > clock_timestamp())
-ORDER BY ends_at DESC NULLS FIRST
-LIMIT 1;
-
 -- name: record_rejection
 INSERT INTO placement_rejections (org_id, job_id, box_id, window_id) VALUES ($1, $2, $3, $4)
 ON CONFLICT (job_id, window_id) DO NOTHING;
-
--- Is box $1 live: reported within $2 seconds and not draining?
--- name: box_live
-SELECT last_seen_at IS NOT NULL AND last_seen_at > clock_timestamp() - make_interval(secs => $2) AND NOT draining
-FROM boxes WHERE id = $1;
 
 -- name: box_leases
 SELECT l.job_id, l.exclusive, l.acquired_at FROM leases l
@@ -75,3 +53,34 @@ SELECT w.id, w.priority, w.created_at, w.waiting_reason FROM jobs w, boxes b
 WHERE b.id = $1 AND w.state = 'waiting_for_box' AND w.org_id = b.org_id
   AND (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
 ORDER BY w.priority DESC, w.created_at, w.id;
+
+-- Everything placement needs to know about boxes $1 (ids) for job $2, in one round trip:
+-- the maintenance window covering now, liveness (reported within $3 s, not draining), active
+-- leases, an exclusive lease, and whether a job that waits longer could use the box.
+-- name: box_facts
+SELECT b.id, b.name, b.capacity,
+       win.id AS window_id, win.ends_at AS window_ends,
+       (b.last_seen_at IS NOT NULL AND b.last_seen_at > clock_timestamp() - make_interval(secs => $3)
+        AND NOT b.draining) AS live,
+       load.active, load.exclusive,
+       EXISTS (
+           SELECT 1 FROM jobs w, jobs me
+           WHERE me.id = $2 AND w.id <> me.id
+             AND w.state IN ('queued', 'waiting_for_box') AND w.org_id = b.org_id
+             AND (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
+             AND (w.priority > me.priority
+                  OR (w.priority = me.priority AND (w.created_at, w.id) < (me.created_at, me.id)))
+       ) AS behind
+FROM boxes b
+LEFT JOIN LATERAL (
+    SELECT w.id, w.ends_at FROM maintenance_windows w
+    WHERE w.box_id = b.id AND w.starts_at <= clock_timestamp()
+      AND (w.ends_at IS NULL OR w.ends_at > clock_timestamp())
+    ORDER BY w.ends_at DESC NULLS FIRST LIMIT 1
+) win ON true
+CROSS JOIN LATERAL (
+    SELECT count(*) AS active, COALESCE(bool_or(l.exclusive), false) AS exclusive
+    FROM leases l WHERE l.box_id = b.id AND l.released_at IS NULL
+) load
+WHERE b.id = ANY($1::bigint[])
+ORDER BY b.id;
