@@ -100,7 +100,7 @@ class ControlActivities:
                     async for line in logstore.read_all(conn, inp.job_id):
                         gz.write(json.dumps(line.public(), ensure_ascii=False).encode() + b"\n")
                         lines += 1
-                        if lines % 50_000 == 0:
+                        if lines % 20_000 == 0:
                             activity.heartbeat(lines)
             if lines == 0:
                 return ArchiveResult()

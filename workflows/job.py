@@ -49,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
 # freely; the cap on the interval keeps recovery quick once Postgres is back.
 CONTROL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
 CONTROL_TIMEOUT = timedelta(seconds=30)
+ARCHIVE_TIMEOUT = timedelta(hours=2)
 # A job never runs twice: run_job gets exactly one attempt, whatever happens to it.
 RUN_ONCE = RetryPolicy(maximum_attempts=1)
 # Uploading the same bytes to the same presigned keys again is harmless, so uploads may retry.
@@ -104,7 +105,12 @@ class JobWorkflow:
             raise
         await self._finish(spec, state, exit_code, error)
         # The transcript is complete (run_job returns only once every line is stored): archive it.
-        await self._control(ARCHIVE_LOGS, ArchiveInput(job_id=spec.job_id))
+        # A long transcript takes a while; the activity heartbeats as it goes.
+        await workflow.execute_activity(
+            ARCHIVE_LOGS, ArchiveInput(job_id=spec.job_id), result_type=ArchiveResult,
+            start_to_close_timeout=ARCHIVE_TIMEOUT, heartbeat_timeout=timedelta(seconds=60),
+            retry_policy=CONTROL_RETRY,
+        )
         return self._outcome(spec, exit_code, error)
 
     async def _place(self, spec: JobSpec) -> str | None:
@@ -114,7 +120,7 @@ class JobWorkflow:
             got: AcquireResult = await self._control(ACQUIRE_BOX, AcquireInput(job_id=spec.job_id))
             if got.box is not None:
                 self._set_state(JobState.DISPATCHING, got.box)
-                await self._wake(got.wake_job_ids)
+                await self._wake_jobs(got.wake_job_ids)
                 return got.box
             if got.unschedulable_reason is not None:
                 self._error = got.unschedulable_reason
@@ -225,9 +231,9 @@ class JobWorkflow:
             FINISH_JOB, FinishInput(job_id=spec.job_id, to_state=state, exit_code=exit_code, error=error)
         )
         self._set_state(released.state or state)
-        await self._wake(released.wake_job_ids)
+        await self._wake_jobs(released.wake_job_ids)
 
-    async def _wake(self, job_ids: list[str]) -> None:
+    async def _wake_jobs(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
             try:
                 await workflow.get_external_workflow_handle(job_id).signal("wake")
@@ -269,7 +275,6 @@ class JobWorkflow:
 
 _RESULT_TYPES: dict[str, type] = {
     ACQUIRE_BOX: AcquireResult,
-    ARCHIVE_LOGS: ArchiveResult,
     RECORD_TRANSITION: TransitionResult,
     FINISH_JOB: ReleaseResult,
     PRESIGN_UPLOADS: PresignResult,
