@@ -88,16 +88,14 @@ class JobWorkflow:
     @workflow.run
     async def run(self, spec: JobSpec) -> JobOutcome:
         self._local_control = spec.local_control
-        placed = False
         try:
             box = await self._place(spec)
             if box is None:
                 return self._outcome(spec)
-            placed = True
             state, exit_code, error = await self._run_on(spec, box)
         except asyncio.CancelledError:
-            if placed or self._state in (JobState.QUEUED, JobState.WAITING_FOR_BOX):
-                await asyncio.shield(self._finish(spec, JobState.CANCELLED, None, "cancelled"))
+            # whatever step it hit: end the job cancelled and free any lease it holds
+            await asyncio.shield(self._finish(spec, JobState.CANCELLED, None, "cancelled"))
             raise
         except Exception as exc:
             # A bug or a permanent control-plane failure: end the job failed and free the box.
