@@ -31,6 +31,7 @@ class FollowEvent:
 
 async def follow(pool: asyncpg.Pool, notifier: Notifier, org_id: str, job_id: str, *, after: int,
                  keepalive_s: float, stall_s: float) -> AsyncIterator[FollowEvent]:
+    job_id = str(job_id)  # NOTIFY payloads are text: subscribe by the same text, not a UUID object
     sub = notifier.subscribe(job_id)
     cursor, state = after, None
     try:

@@ -113,6 +113,7 @@ class JobWorkflow:
 
     async def _place(self, spec: JobSpec) -> str | None:
         """Lease a box (the grant also moves the job to dispatching); wait while none is free."""
+        rechecks = 0
         while True:
             self._wake = False
             got: AcquireResult = await self._control(ACQUIRE_BOX, AcquireInput(job_id=spec.job_id))
@@ -125,9 +126,11 @@ class JobWorkflow:
                 await self._transition(spec, JobState.UNSCHEDULABLE, error=got.unschedulable_reason)
                 return None
             self._set_state(JobState.WAITING_FOR_BOX)
-            # the periodic re-check is only a fallback: spread it so a big backlog does not re-check
-            # in lockstep (workflow.random() is deterministic under replay)
-            wait_s = spec.wait_poll_s * (0.75 + 0.5 * workflow.random().random())
+            # The periodic re-check is only a safety net (releases, grants, agents coming back and
+            # maintenance ending all wake waiters): back it off, up to 8x, and spread it so a big
+            # backlog does not re-check in lockstep (workflow.random() is replay-safe).
+            wait_s = spec.wait_poll_s * min(2 ** rechecks, 8) * (0.75 + 0.5 * workflow.random().random())
+            rechecks += 1
             if got.retry_after_s is not None:  # a maintenance window ends sooner
                 wait_s = min(wait_s, got.retry_after_s + 0.5)
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 import uuid
 
 import httpx
@@ -72,6 +73,7 @@ async def test_exit_code_3_fails_the_job(api):
 async def test_sse_streams_lines_with_seq_ids_then_done(api):
     job = await submit(api, "import time\nfor i in range(5):\n    print(i, flush=True)\n    time.sleep(0.05)\n")
     seen, final = [], None
+    started = time.monotonic()
     async for ev in follow(api, job["id"]):
         if ev.event == "log":
             assert ev.id == str(ev.data["seq"])
@@ -79,6 +81,8 @@ async def test_sse_streams_lines_with_seq_ids_then_done(api):
         elif ev.event == "done":
             final = ev.data["state"]
     assert seen == ["0", "1", "2", "3", "4"] and final == "completed"
+    # woken by NOTIFY, not by the 20 s keepalive tick: the whole follow takes far less than one tick
+    assert time.monotonic() - started < 10
     # a follower that resumes after seq 4 (the line "3") gets exactly the rest, then done again
     resumed = [ev async for ev in follow(api, job["id"], after=4)]
     assert [ev.data["text"] for ev in resumed if ev.event == "log"] == ["4"]
