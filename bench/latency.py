@@ -48,6 +48,8 @@ from pathlib import Path
 from temporalio import activity, workflow
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from bench.common import hard_exit
+
 # BareWorkflow lives in this module, so the workflow sandbox re-imports it; these imports are
 # not used by the workflow and would trip the sandbox's restrictions (httpx -> urllib.request).
 with workflow.unsafe.imports_passed_through():
@@ -367,7 +369,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_code)  # temporalio's core threads can abort a normal interpreter exit
+    hard_exit(main())

@@ -63,6 +63,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.common import cpu_by_pid_tree, hard_exit
 from bench.latency import box_python, machine, nearest_rank
 from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
 
@@ -377,37 +378,8 @@ async def bench_handoff(api: Api, box: str, pairs: int, warmup: int) -> dict:
 # --------------------------------------------------------------------------- 4. throughput
 
 def cpu_by_child(stack: DevStack) -> dict[str, float]:
-    """CPU seconds (user+sys) of each stack child and its descendants, alive ones plus reaped ones
-    (cutime/cstime). Agents are summed into one entry. Approximate: a descendant that exits between
-    two snapshots is counted through its parent's cutime."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stat: dict[int, tuple[int, float]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            f = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        stat[int(d)] = (int(f[1]), sum(int(x) for x in f[11:15]) / tick)
-    kids: dict[int, list[int]] = defaultdict(list)
-    for pid, (ppid, _) in stat.items():
-        kids[ppid].append(pid)
-
-    def subtree(pid: int) -> float:
-        total, todo = 0.0, [pid]
-        while todo:
-            p = todo.pop()
-            total += stat.get(p, (0, 0.0))[1]
-            todo += kids.get(p, [])
-        return total
-
-    out: dict[str, float] = defaultdict(float)
-    for child in stack.children:
-        out["agents" if child.name.startswith("agent-") else child.name] += subtree(child.pid)
-    t = os.times()
-    out["bench (this process)"] = t.user + t.system
-    return dict(out)
+    """CPU seconds of each stack child's process tree; agents summed into one entry."""
+    return cpu_by_pid_tree(("agents" if c.name.startswith("agent-") else c.name, c.pid) for c in stack.children)
 
 
 async def bench_throughput(stack: DevStack, api: Api, n: int, concurrency: int, boxes: int,
@@ -726,7 +698,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_code)  # temporalio's core threads can abort a normal interpreter exit
+    hard_exit(main())

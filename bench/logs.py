@@ -65,6 +65,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from bench.common import cpu_by_pid_tree, hard_exit
 from bench.latency import box_python, machine, nearest_rank
 from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
 from boxrun.sse import read_events
@@ -161,31 +162,7 @@ class CpuMeter:
         return (user + nice + system + irq + softirq) / self.tick, steal / self.tick, time.monotonic()
 
     def _by_child(self) -> dict[str, float]:
-        stat: dict[int, tuple[int, float]] = {}
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                f = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            stat[int(d)] = (int(f[1]), sum(int(x) for x in f[11:15]) / self.tick)
-        kids: dict[int, list[int]] = defaultdict(list)
-        for pid, (ppid, _) in stat.items():
-            kids[ppid].append(pid)
-
-        def subtree(pid: int) -> float:
-            total, todo = 0.0, [pid]
-            while todo:
-                p = todo.pop()
-                total += stat.get(p, (0, 0.0))[1]
-                todo += kids.get(p, [])
-            return total
-
-        out = {c.name: subtree(c.pid) for c in self.stack.children}
-        t = os.times()
-        out["bench (this process)"] = t.user + t.system
-        return out
+        return cpu_by_pid_tree((c.name, c.pid) for c in self.stack.children)
 
     def start(self) -> None:
         self._c0, self._m0 = self._by_child(), self._machine()
@@ -823,7 +800,4 @@ def any_problems(result: dict) -> bool:
 
 
 if __name__ == "__main__":
-    _code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_code)  # temporalio's core threads can abort a normal interpreter exit
+    hard_exit(main())
