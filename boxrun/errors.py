@@ -9,9 +9,5 @@ class NotFound(BoxrunError):
     pass
 
 
-class Conflict(BoxrunError):
-    pass
-
-
 class InvalidTransition(BoxrunError):
     """A guarded transition matched no row: the job is not in a state it may leave that way."""

@@ -150,11 +150,6 @@ class LogPump:
             if self._spill is not None:
                 self._spill.close()
 
-    async def abort(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
     def _refill(self) -> None:
         if not self._texts and self._spill is not None and self._spill.pending:
             for ts, stream, text in self._spill.read(self._max_lines * 4):
