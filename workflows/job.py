@@ -98,6 +98,9 @@ class JobWorkflow:
             await asyncio.shield(self._finish(spec, JobState.CANCELLED, None, "cancelled"))
             raise
         except Exception as exc:
+            if _is_cancellation(exc):  # the cancel surfaced through an activity it cancelled
+                await self._finish(spec, JobState.CANCELLED, None, "cancelled")
+                raise
             # A bug or a permanent control-plane failure: end the job failed and free the box.
             await self._finish(spec, JobState.FAILED, None, f"internal error: {exc}")
             raise
@@ -272,6 +275,10 @@ class JobWorkflow:
 
     def _outcome(self, spec: JobSpec, exit_code: int | None = None, error: str | None = None) -> JobOutcome:
         return JobOutcome(job_id=spec.job_id, state=self._state, exit_code=exit_code, error=error or self._error)
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    return isinstance(exc, CancelledError) or (isinstance(exc, ActivityError) and isinstance(exc.cause, CancelledError))
 
 
 _RESULT_TYPES: dict[str, type] = {

@@ -139,15 +139,26 @@ class BoxActivities:
         ws = Workspace.for_job(self.workdir, inp.job_id)
         if not ws.artifacts.is_dir():
             raise ApplicationError(f"workspace of job {inp.job_id} is gone from this box", non_retryable=True)
-        for target in inp.targets:
-            path = ws.artifacts / target.path
-            activity.heartbeat(target.path)
-            with path.open("rb") as fh:
-                resp = await self.upload_http.put(target.url, content=_chunks(fh), headers=target.headers)
-            if resp.status_code >= 300:
-                raise ApplicationError(f"upload of {target.path} refused: HTTP {resp.status_code} {resp.text[:200]}")
+        # Heartbeat all along, not per file: a big file or a slow store must not look like a dead
+        # box, and a cancel must still reach the upload while a PUT is waiting.
+        beating = asyncio.create_task(self._heartbeat_forever())
+        try:
+            for target in inp.targets:
+                path = ws.artifacts / target.path
+                with path.open("rb") as fh:
+                    resp = await self.upload_http.put(target.url, content=_chunks(fh), headers=target.headers)
+                if resp.status_code >= 300:
+                    raise ApplicationError(
+                        f"upload of {target.path} refused: HTTP {resp.status_code} {resp.text[:200]}")
+        finally:
+            beating.cancel()
         ws.remove()
         return UploadResult(uploaded=len(inp.targets))
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(self.heartbeat_s)
 
 
 async def _chunks(fh, size: int = 1 << 20):

@@ -572,7 +572,7 @@ async def test_cancel_while_uploading_artifacts(fs, api, db):
         done = await wait_terminal(api, job["id"], timeout=30)
     finally:
         s3.proc.send_signal(signal.SIGCONT)
-    assert done["state"] == "cancelled", done
+    assert (done["state"], done["error"]) == ("cancelled", "cancelled")
     assert [e["to_state"] for e in await events(api, job["id"])] == [
         "queued", "dispatching", "running", "uploading_artifacts", "cancelled"]
     assert (await api.get(f"/api/jobs/{job['id']}/artifacts")).json()["data"] == []
