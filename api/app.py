@@ -14,7 +14,7 @@ from boxrun import __version__
 from boxrun.api.notify import Notifier
 from boxrun.api.routes import agent, artifacts, boxes, health, jobs, logs
 from boxrun.db import create_pool, migrate
-from boxrun.schemas import LogBatch
+from boxrun.schemas import LogBatchHeader
 from boxrun.settings import Settings, get_settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect
@@ -56,9 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi = app.openapi
 
     def openapi_with_ingest_schema() -> dict:
-        # the log ingest validates its raw body itself; publish its schema all the same
+        # the log ingest parses its raw body itself; publish its header's schema all the same
         spec = openapi()
-        spec["components"]["schemas"].setdefault("LogBatch", LogBatch.model_json_schema(
+        spec["components"]["schemas"].setdefault("LogBatchHeader", LogBatchHeader.model_json_schema(
             ref_template="#/components/schemas/{model}"))
         return spec
 

@@ -10,6 +10,7 @@ import asyncpg
 
 from boxrun.constants import CHANNEL_LOGS
 from boxrun.db import Q
+from boxrun.logbatch import Batch, unpack
 
 STREAMS = ("stdout", "stderr", "output", "system")
 
@@ -35,9 +36,8 @@ class LogGap(Exception):
         self.expected = expected
 
 
-async def append(conn: asyncpg.Connection, job_id: str, first_seq: int, ts: list[float], streams: list[str],
-                 texts: list[str]) -> int:
-    """Store lines first_seq.. of a job unless already stored; returns the highest stored seq.
+async def append(conn: asyncpg.Connection, job_id: str, batch: Batch) -> int:
+    """Store lines batch.first_seq.. of a job unless already stored; returns the highest stored seq.
 
     The job row is locked while appending, so concurrent resends serialise; lines at or below the
     stored head are dropped (a resend), so every line is stored exactly once and the chunks stay
@@ -45,19 +45,17 @@ async def append(conn: asyncpg.Connection, job_id: str, first_seq: int, ts: list
     """
     async with conn.transaction():
         head = await conn.fetchval(Q.lock_log_head, job_id)
-        if first_seq > head + 1:
+        if batch.first_seq > head + 1:
             raise LogGap(head + 1)
-        skip = head + 1 - first_seq
-        if skip >= len(texts):
+        if batch.last_seq <= head:
             return head
-        ts, streams, texts = ts[skip:], streams[skip:], texts[skip:]
-        first = head + 1
-        last = head + len(texts)
-        size = sum(len(t) for t in texts)
-        await conn.execute(Q.insert_chunk, job_id, first, last, ts, streams, texts, size)
-        await conn.execute(Q.advance_log_head, job_id, last, size)
+        batch = batch.skip(head + 1 - batch.first_seq)
+        counts, streams, ts = zip(*batch.runs)
+        await conn.execute(Q.insert_chunk, job_id, batch.first_seq, batch.last_seq, counts, streams, ts,
+                           batch.data, len(batch.data))
+        await conn.execute(Q.advance_log_head, job_id, batch.last_seq, len(batch.data))
         await conn.execute(Q.notify, CHANNEL_LOGS, str(job_id))
-    return last
+    return batch.last_seq
 
 
 async def read(conn: asyncpg.Connection, job_id: str, after: int, limit: int) -> list[Line]:
@@ -65,18 +63,18 @@ async def read(conn: asyncpg.Connection, job_id: str, after: int, limit: int) ->
     lines: list[Line] = []
     cursor = after
     while len(lines) < limit:
-        chunks = await conn.fetch(Q.chunks_after, job_id, cursor, 64)
+        chunks = await conn.fetch(Q.chunks_after, job_id, cursor, 4)
         if not chunks:
             break
         for chunk in chunks:
-            first = chunk["first_seq"]
-            start = max(0, cursor + 1 - first)
-            texts = chunk["texts"]
-            for i in range(start, len(texts)):
-                lines.append(Line(first + i, chunk["ts"][i], chunk["streams"][i], texts[i]))
-                if len(lines) == limit:
-                    return lines
-            cursor = first + len(texts) - 1
+            count = sum(chunk["run_lines"])
+            start = max(0, cursor + 1 - chunk["first_seq"])
+            stop = min(count, start + limit - len(lines))
+            lines += [Line(*row) for row in unpack(chunk["first_seq"], chunk["run_lines"], chunk["run_streams"],
+                                                   chunk["run_ts"], chunk["data"], start, stop)]
+            cursor = chunk["first_seq"] + stop - 1
+            if len(lines) == limit:
+                return lines
     return lines
 
 

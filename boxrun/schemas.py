@@ -257,21 +257,18 @@ class BoxQueuePublic(BaseModel):
     waiting: list[WaiterPublic] = Field(description="jobs that could take this box, in grant order")
 
 
-class LogBatch(BaseModel):
-    """Agent -> API: lines first_seq, first_seq+1, ... as columns; idempotent by seq."""
+LogRun = tuple[Annotated[int, Field(ge=1)], Literal["stdout", "stderr", "output", "system"], float]
+
+
+class LogBatchHeader(BaseModel):
+    """Agent -> API: the first line of a log batch (see boxrun/logbatch.py). The lines' UTF-8 bytes
+    follow it, each ended by a newline; idempotent by seq."""
 
     model_config = ConfigDict(extra="forbid")
 
-    first_seq: int = Field(ge=1)
-    ts: list[float] = Field(max_length=100_000)
-    streams: list[Literal["stdout", "stderr", "output", "system"]] = Field(max_length=100_000)
-    texts: list[str] = Field(max_length=100_000)
-
-    @model_validator(mode="after")
-    def _same_length(self) -> "LogBatch":
-        if not (len(self.ts) == len(self.streams) == len(self.texts)):
-            raise ValueError("ts, streams and texts must have the same length")
-        return self
+    first_seq: int = Field(ge=1, description="seq of the batch's first line")
+    runs: list[LogRun] = Field(max_length=100_000, description=(
+        "[lines, stream, unix ts]: how many consecutive lines share a stream and a read time, in order"))
 
 
 class ClaimPublic(BaseModel):

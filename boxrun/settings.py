@@ -76,8 +76,9 @@ class Settings(BaseSettings):
     agent_activity_heartbeat_s: float = Field(default=0.5, gt=0)
     # On SIGTERM the agent takes no new job and lets the running one finish for this long.
     agent_drain_s: float = Field(default=60.0, ge=0)
-    log_batch_max_lines: int = Field(default=10_000, ge=1)
-    log_batch_max_bytes: int = Field(default=1 << 20, ge=1024)
+    # Bounds of one log batch (agent -> API); the API refuses bodies over 16 MiB.
+    log_batch_max_lines: int = Field(default=50_000, ge=1, le=100_000)
+    log_batch_max_bytes: int = Field(default=4 << 20, ge=1024, le=8 << 20)
     # Unsent lines kept in memory per job; past this they spill to a file in the job's workspace.
     log_memory_limit_bytes: int = Field(default=64 << 20, ge=0)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from boxrun import logbatch
 from boxrun.activities.box.logpump import LogRejected
 
 
@@ -15,11 +16,10 @@ class AgentApi:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self._http = http
 
-    async def send(self, job_id: str, first_seq: int, ts: list[float], streams: list[str],
-                   texts: list[str]) -> int:
+    async def send(self, job_id: str, first_seq: int, runs: list[tuple[int, str, float]], data: bytes) -> int:
         """One log batch; returns the highest seq the API holds (LogSink)."""
-        resp = await self._http.post(f"/api/agent/jobs/{job_id}/logs",
-                                     json={"first_seq": first_seq, "ts": ts, "streams": streams, "texts": texts})
+        resp = await self._http.post(f"/api/agent/jobs/{job_id}/logs", content=logbatch.encode(first_seq, runs, data),
+                                     headers={"content-type": logbatch.MEDIA_TYPE})
         if _permanent(resp):
             raise LogRejected(f"API refused log batch: HTTP {resp.status_code} {resp.text[:200]}")
         resp.raise_for_status()

@@ -1,6 +1,8 @@
 """The agent's log pump: one sequence per job, batches to the API, resent until acknowledged.
 
-Lines wait in memory up to a bound; past it they go to a spill file in the workspace (in order),
+Lines arrive as blocks (bytes of whole lines from one read of one stream, see lines.py) and stay
+blocks: a batch is the concatenation of some blocks plus one run (count, stream, time) per block.
+Blocks wait in memory up to a bound; past it they go to a spill file in the workspace (in order),
 so a long API outage costs disk, not memory, and never stops the script or loses a line.
 """
 
@@ -10,16 +12,21 @@ import asyncio
 import logging
 import struct
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import httpx
 
+from boxrun.logbatch import nth_newline
+
 log = logging.getLogger(__name__)
 
-_CODES = {"stdout": b"o", "stderr": b"e", "output": b"u", "system": b"s"}
-_NAMES = {v[0]: k for k, v in _CODES.items()}
-_HEAD = struct.Struct("<dBI")  # ts, stream code, text length
+_CODES = {"stdout": 0, "stderr": 1, "output": 2, "system": 3}
+_NAMES = {v: k for k, v in _CODES.items()}
+_HEAD = struct.Struct("<dBII")  # ts, stream code, lines, bytes
+_OVERHEAD = 64  # bytes accounted per block besides its data
 
 
 class LogRejected(Exception):
@@ -27,14 +34,27 @@ class LogRejected(Exception):
 
 
 class LogSink(Protocol):
-    async def send(self, job_id: str, first_seq: int, ts: list[float], streams: list[str],
-                   texts: list[str]) -> int:
-        """Deliver lines first_seq..; idempotent by seq. Returns the highest seq the receiver holds.
+    async def send(self, job_id: str, first_seq: int, runs: list[tuple[int, str, float]], data: bytes) -> int:
+        """Deliver lines first_seq.. (`runs` of (lines, stream, ts) over `data`, whole lines each
+        ended by a newline); idempotent by seq. Returns the highest seq the receiver holds.
         Raises on failure (the pump retries) or LogRejected (it gives up)."""
 
 
+@dataclass
+class _Block:
+    stream: str
+    ts: float
+    data: bytes
+    lines: int
+
+    def split(self, n: int) -> tuple["_Block", "_Block"]:
+        cut = nth_newline(self.data, n) + 1
+        return (_Block(self.stream, self.ts, self.data[:cut], n),
+                _Block(self.stream, self.ts, self.data[cut:], self.lines - n))
+
+
 class _Spill:
-    """Append-only file of lines that did not fit in memory, read back in order."""
+    """Append-only file of blocks that did not fit in memory, read back in order."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -42,23 +62,24 @@ class _Spill:
         self._in = path.open("rb")
         self.pending = 0
 
-    def write(self, ts: float, stream: str, text: str) -> None:
-        data = text.encode("utf-8", "surrogatepass")
-        self._out.write(_HEAD.pack(ts, _CODES[stream][0], len(data)) + data)
+    def write(self, block: _Block) -> None:
+        self._out.write(_HEAD.pack(block.ts, _CODES[block.stream], block.lines, len(block.data)))
+        self._out.write(block.data)
         self.pending += 1
 
-    def read(self, n: int) -> list[tuple[float, str, str]]:
+    def read(self, max_bytes: int) -> list[_Block]:
         self._out.flush()
-        rows = []
-        while len(rows) < n and self.pending:
-            ts, code, size = _HEAD.unpack(self._in.read(_HEAD.size))
-            rows.append((ts, _NAMES[code], self._in.read(size).decode("utf-8", "surrogatepass")))
+        blocks, size = [], 0
+        while size < max_bytes and self.pending:
+            ts, code, lines, length = _HEAD.unpack(self._in.read(_HEAD.size))
+            blocks.append(_Block(_NAMES[code], ts, self._in.read(length), lines))
+            size += length
             self.pending -= 1
         if not self.pending:  # drained: start the file afresh
             self._out.truncate(0)
             self._out.seek(0)
             self._in.seek(0)
-        return rows
+        return blocks
 
     def close(self) -> None:
         self._out.close()
@@ -74,7 +95,7 @@ class LogPump:
     with the same seqs; the API stores each seq once.
     """
 
-    def __init__(self, sink: LogSink, job_id: str, *, max_lines: int = 5000, max_bytes: int = 1 << 20,
+    def __init__(self, sink: LogSink, job_id: str, *, max_lines: int = 50_000, max_bytes: int = 4 << 20,
                  memory_limit: int = 64 << 20, spill_path: Path | None = None, linger_s: float = 0.002) -> None:
         self._sink = sink
         self._job_id = job_id
@@ -84,10 +105,7 @@ class LogPump:
         self._spill_path = spill_path
         self._spill: _Spill | None = None
         self._linger_s = linger_s
-        # lines in memory, oldest first, as parallel lists (trimmed from the front once acked)
-        self._ts: list[float] = []
-        self._streams: list[str] = []
-        self._texts: list[str] = []
+        self._blocks: deque[_Block] = deque()  # in memory, oldest first, each at most max_lines
         self._mem_bytes = 0
         self._seq = 0          # last seq handed out
         self._acked = 0
@@ -111,26 +129,30 @@ class LogPump:
         self._task = asyncio.create_task(self._run(), name=f"logpump-{self._job_id}")
 
     def add(self, stream: str, text: str) -> None:
-        self.add_many(stream, [text])
+        """One line of text (the agent's own notices); a newline in it becomes a space."""
+        self.add_block(stream, text.replace("\n", " ").encode("utf-8", "replace") + b"\n", 1)
 
-    def add_many(self, stream: str, texts: list[str]) -> None:
-        """Lines read together share one timestamp (when the agent read them)."""
-        if not texts:
+    def add_block(self, stream: str, data: bytes, lines: int) -> None:
+        """`lines` whole lines (valid UTF-8, each ended by b"\\n") read together: they share one
+        timestamp, when the agent read them."""
+        if not lines:
             return
-        self._seq += len(texts)
-        now = time.time()
+        self._seq += lines
+        block = _Block(stream, time.time(), data, lines)
+        while block.lines > self._max_lines:
+            head, block = block.split(self._max_lines)
+            self._keep(head)
+        self._keep(block)
+        self._more.set()
+
+    def _keep(self, block: _Block) -> None:
         if (self._spill is not None and self._spill.pending) or (
                 self._mem_bytes > self._memory_limit and self._spill_path is not None):
             self._spill = self._spill or _Spill(self._spill_path)
-            for text in texts:  # keep order: once spilling, new lines queue behind the spilled ones
-                self._spill.write(now, stream, text)
+            self._spill.write(block)  # keep order: once spilling, new lines queue behind the spilled ones
         else:
-            n = len(texts)
-            self._ts.extend([now] * n)
-            self._streams.extend([stream] * n)
-            self._texts.extend(texts)
-            self._mem_bytes += sum(map(len, texts)) + 64 * n
-        self._more.set()
+            self._blocks.append(block)
+            self._mem_bytes += len(block.data) + _OVERHEAD
 
     async def close(self, *, tick_s: float | None = None, on_tick=None) -> None:
         """Wait until every line added so far is acknowledged, calling `on_tick` every `tick_s`
@@ -151,17 +173,39 @@ class LogPump:
                 self._spill.close()
 
     def _refill(self) -> None:
-        if not self._texts and self._spill is not None and self._spill.pending:
-            for ts, stream, text in self._spill.read(self._max_lines * 4):
-                self._ts.append(ts)
-                self._streams.append(stream)
-                self._texts.append(text)
-                self._mem_bytes += len(text) + 64
+        if not self._blocks and self._spill is not None and self._spill.pending:
+            for block in self._spill.read(self._max_bytes * 2):
+                self._blocks.append(block)
+                self._mem_bytes += len(block.data) + _OVERHEAD
+
+    def _batch(self) -> tuple[list[tuple[int, str, float]], bytes, int]:
+        """Whole blocks from the front, within the line and byte bounds (at least one block)."""
+        runs, parts, lines, size = [], [], 0, 0
+        for block in self._blocks:
+            if runs and (lines + block.lines > self._max_lines or size + len(block.data) > self._max_bytes):
+                break
+            runs.append((block.lines, block.stream, block.ts))
+            parts.append(block.data)
+            lines += block.lines
+            size += len(block.data)
+        return runs, b"".join(parts), lines
+
+    def _drop(self, n: int) -> None:
+        """Forget the first n lines in memory (acknowledged)."""
+        while n:
+            block = self._blocks[0]
+            if block.lines > n:
+                done, self._blocks[0] = block.split(n)
+                self._mem_bytes -= len(done.data)
+                return
+            self._blocks.popleft()
+            self._mem_bytes -= len(block.data) + _OVERHEAD
+            n -= block.lines
 
     async def _run(self) -> None:
         while True:
             self._refill()
-            if not self._texts:
+            if not self._blocks:
                 if self._closing:
                     return
                 self._more.clear()
@@ -169,27 +213,22 @@ class LogPump:
                 if self._linger_s and not self._closing:
                     await asyncio.sleep(self._linger_s)  # let a burst of lines share one request
                 continue
-            count = min(len(self._texts), self._max_lines)
-            size = sum(map(len, self._texts[:count])) + 64 * count
-            while count > 1 and size > self._max_bytes:  # shrink to the byte bound
-                count //= 2
-                size = sum(map(len, self._texts[:count])) + 64 * count
+            runs, data, count = self._batch()
             first = self._acked + 1
-            stored = await self._deliver(first, self._ts[:count], self._streams[:count], self._texts[:count])
+            stored = await self._deliver(first, runs, data, count)
             done = min(count, stored - self._acked)
             if done <= 0:
                 raise LogRejected(f"the API holds lines only up to {stored}, below {first}")
-            self._mem_bytes -= sum(map(len, self._texts[:done])) + 64 * done
-            del self._ts[:done], self._streams[:done], self._texts[:done]
+            self._drop(done)
             self._acked += done
 
-    async def _deliver(self, first: int, ts: list[float], streams: list[str], texts: list[str]) -> int:
+    async def _deliver(self, first: int, runs: list[tuple[int, str, float]], data: bytes, count: int) -> int:
         delay = 0.05
         while True:
             try:
-                return await self._sink.send(self._job_id, first, ts, streams, texts)
+                return await self._sink.send(self._job_id, first, runs, data)
             except (httpx.HTTPError, OSError, ValueError) as exc:
                 log.warning("log lines %d..%d of job %s not delivered (%s); retrying in %.2fs",
-                            first, first + len(texts) - 1, self._job_id, exc, delay)
+                            first, first + count - 1, self._job_id, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -65,7 +65,7 @@ class JobProcess:
         return self.proc.pid
 
     def _framer(self, stream: str) -> LineFramer:
-        return LineFramer(lambda texts: self.pump.add_many(stream, texts))
+        return LineFramer(lambda block, lines: self.pump.add_block(stream, block, lines))
 
     async def _pump_stream(self, reader: asyncio.StreamReader, framer: LineFramer) -> None:
         while chunk := await reader.read(_READ):

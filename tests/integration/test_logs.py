@@ -172,3 +172,29 @@ async def _lines_so_far(api: httpx.AsyncClient, job_id: str, n: int) -> bool:
         return (await api.get(f"/api/jobs/{job_id}")).json()["log_lines"] >= n
     except httpx.HTTPError:
         return False
+
+
+async def test_log_ingest_refuses_bad_batches_with_a_reason(api):
+    from boxrun import logbatch
+
+    job = await submit(api, "print('placed elsewhere')", box="local-1")
+    resp = await api.post("/api/boxes", json={"name": "ingest-probe"})
+    assert resp.status_code == 201, resp.text
+    probe = {"Authorization": f"Bearer {resp.json()['node_token']}", "content-type": logbatch.MEDIA_TYPE}
+    url = f"/api/agent/jobs/{job['id']}/logs"
+    good = logbatch.encode(1, [(1, "stdout", 1.0)], b"hi\n")
+    cases = [
+        (b"no header", 422, "one-line JSON header"),
+        (logbatch.encode(1, [(2, "stdout", 1.0)], b"one\n"), 422, "the data holds 1"),
+        (logbatch.encode(1, [(1, "stdout", 1.0)], b"\xff\n"), 422, "not valid UTF-8"),
+        (logbatch.encode(1, [(1, "pty", 1.0)], b"x\n"), 422, "runs.0.1"),
+        (good + b"x" * (16 << 20), 413, "at most"),
+        (good, 403, "not placed on box ingest-probe"),
+    ]
+    for body, code, reason in cases:
+        resp = await api.post(url, content=body, headers=probe)
+        assert resp.status_code == code and reason in resp.json()["detail"], (code, resp.text[:300])
+    resp = await api.post("/api/agent/jobs/00000000-0000-4000-8000-000000000000/logs", content=good, headers=probe)
+    assert resp.status_code == 404
+    await wait_terminal(api, job["id"], timeout=60)
+    assert [line["text"] for line in await replay(api, job["id"])] == ["placed elsewhere"], "nothing half-written"

@@ -10,6 +10,7 @@ from temporalio.testing import ActivityEnvironment
 
 from boxrun.activities.box.run import BoxActivities
 from boxrun.activities.box.workspace import Workspace
+from boxrun.logbatch import Batch
 from boxrun.messages import JobSpec, RunJobInput
 from tests.conftest import pid_alive, wait_for
 
@@ -20,9 +21,9 @@ class MemorySinkFake:
     def __init__(self) -> None:
         self.lines: dict[int, dict] = {}
 
-    async def send(self, job_id, first_seq, ts, streams, texts) -> int:
-        for i, (stream, text) in enumerate(zip(streams, texts, strict=True)):
-            self.lines.setdefault(first_seq + i, {"stream": stream, "text": text})
+    async def send(self, job_id, first_seq, runs, data) -> int:
+        for seq, _ts, stream, text in Batch(first_seq, runs, data).unpack():
+            self.lines.setdefault(seq, {"stream": stream, "text": text})
         return max(self.lines)
 
     def ordered(self) -> list[tuple[str, str]]:

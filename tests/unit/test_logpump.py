@@ -4,6 +4,7 @@ import httpx
 import pytest
 
 from boxrun.activities.box.logpump import LogPump
+from boxrun.logbatch import Batch
 
 
 class FlakySinkFake:
@@ -14,12 +15,11 @@ class FlakySinkFake:
         self.batches: list[list[dict]] = []
         self.stored: dict[int, dict] = {}
 
-    async def send(self, job_id, first_seq, ts, streams, texts) -> int:
+    async def send(self, job_id, first_seq, runs, data) -> int:
         if self.failures:
             self.failures -= 1
             raise httpx.ConnectError("api down")
-        lines = [{"seq": first_seq + i, "ts": t, "stream": s, "text": x}
-                 for i, (t, s, x) in enumerate(zip(ts, streams, texts, strict=True))]
+        lines = [{"seq": seq, "ts": t, "stream": s, "text": x} for seq, t, s, x in Batch(first_seq, runs, data).unpack()]
         self.batches.append(lines)
         for line in lines:
             self.stored.setdefault(line["seq"], line)
@@ -78,7 +78,7 @@ async def test_a_permanent_refusal_is_raised_not_retried_forever():
     class RefusingSinkFake:
         calls = 0
 
-        async def send(self, job_id, first_seq, ts, streams, texts):
+        async def send(self, job_id, first_seq, runs, data):
             RefusingSinkFake.calls += 1
             raise LogRejected("HTTP 403")
 
@@ -103,3 +103,15 @@ async def test_lines_past_the_memory_bound_spill_to_disk_and_arrive_in_order(tmp
     assert [sink.stored[i + 1]["text"] for i in range(5000)] == [f"line {i} " + "y" * (i % 50) for i in range(5000)]
     assert sink.stored[1]["stream"] == "stderr" and sink.stored[2]["stream"] == "stdout"
     assert not spill.exists(), "the spill file is removed once everything is delivered"
+
+
+async def test_a_block_over_the_line_bound_is_split_across_batches():
+    sink = FlakySinkFake()
+    pump = LogPump(sink, "j1", max_lines=7)
+    pump.start()
+    pump.add_block("stdout", b"".join(b"l%d\n" % i for i in range(20)), 20)
+    pump.add("stderr", "two\nparts")
+    await asyncio.wait_for(pump.close(), 5)
+    assert [sink.stored[s]["text"] for s in range(1, 22)] == [f"l{i}" for i in range(20)] + ["two parts"]
+    assert sink.stored[21]["stream"] == "stderr"
+    assert all(len(b) <= 7 for b in sink.batches) and len(sink.batches) >= 3

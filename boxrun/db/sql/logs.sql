@@ -2,15 +2,15 @@
 SELECT log_seq, box_id FROM jobs WHERE id = $1 FOR UPDATE;
 
 -- name: insert_chunk
-INSERT INTO log_chunks (job_id, first_seq, last_seq, ts, streams, texts, bytes)
-VALUES ($1, $2, $3, $4, $5, $6, $7);
+INSERT INTO log_chunks (job_id, first_seq, last_seq, run_lines, run_streams, run_ts, data, bytes)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- name: advance_log_head
 UPDATE jobs SET log_seq = $2, log_bytes = log_bytes + $3 WHERE id = $1;
 
 -- Chunks holding lines after seq $2, in order.
 -- name: chunks_after
-SELECT first_seq, ts, streams, texts FROM log_chunks
+SELECT first_seq, run_lines, run_streams, run_ts, data FROM log_chunks
 WHERE job_id = $1 AND last_seq > $2
 ORDER BY first_seq
 LIMIT $3;

@@ -1,0 +1,65 @@
+"""Log chunks on a real PostgreSQL: append exactly once, replay from any seq, and the 0004 migration."""
+
+import importlib
+import uuid
+
+import asyncpg
+import pytest
+
+from boxrun import logstore
+from boxrun.db import connect
+from boxrun.logbatch import Batch
+from tests.integration.helpers import add_box, add_job
+
+migrations = importlib.import_module("boxrun.db.migrate")  # the module; boxrun.db.migrate is also its function
+
+
+def batch(first: int, texts: list[str], stream: str = "stdout", ts: float = 100.0) -> Batch:
+    return Batch(first, [(len(texts), stream, ts)], "".join(t + "\n" for t in texts).encode())
+
+
+async def test_resends_are_dropped_and_replay_starts_anywhere(conn):
+    await add_box(conn, "b1")
+    job = await add_job(conn, box="b1")
+    assert await logstore.append(conn, job, batch(1, ["a", "b", "c"])) == 3
+    assert await logstore.append(conn, job, batch(1, ["a", "b"])) == 3, "a resend stores nothing"
+    # an overlapping resend with more lines keeps the stored ones and adds the rest
+    assert await logstore.append(conn, job, batch(2, ["b", "c", "nul \x00 inside", "é"], "stderr", 101.0)) == 5
+    with pytest.raises(logstore.LogGap) as gap:
+        await logstore.append(conn, job, batch(9, ["x"]))
+    assert gap.value.expected == 6
+    lines = await logstore.read(conn, job, 0, 100)
+    assert [(x.seq, x.stream, x.text, x.ts) for x in lines] == [
+        (1, "stdout", "a", 100.0), (2, "stdout", "b", 100.0), (3, "stdout", "c", 100.0),
+        (4, "stderr", "nul \x00 inside", 101.0), (5, "stderr", "é", 101.0)]
+    for after in range(6):
+        for limit in (1, 2, 10):
+            assert await logstore.read(conn, job, after, limit) == lines[after:after + limit]
+
+
+async def test_migration_0004_keeps_array_chunks(pg_port, monkeypatch):
+    name = f"m_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{pg_port}/postgres")
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    conn = await connect(f"postgresql://postgres@127.0.0.1:{pg_port}/{name}")
+    try:
+        every = migrations._migrations()
+        monkeypatch.setattr(migrations, "_migrations", lambda: [m for m in every if m[0] < 4])
+        await migrations.migrate(conn)
+        await add_box(conn, "b1")
+        job = await add_job(conn, box="b1")
+        await conn.execute(
+            "INSERT INTO log_chunks (job_id, first_seq, last_seq, ts, streams, texts, bytes)"
+            " VALUES ($1, 1, 3, $2, $3, $4, 9), ($1, 4, 4, $5, $6, $7, 0)",
+            job, [1.5, 1.5, 2.0], ["stdout", "stdout", "stderr"], ["one", "two", "drei ü"], [3.0], ["system"], [""])
+        await conn.execute("UPDATE jobs SET log_seq = 4 WHERE id = $1", job)
+        monkeypatch.setattr(migrations, "_migrations", lambda: every)
+        assert await migrations.migrate(conn) == [m[1] for m in every if m[0] >= 4]
+        got = [(x.seq, x.ts, x.stream, x.text) for x in await logstore.read(conn, job, 0, 10)]
+        assert got == [(1, 1.5, "stdout", "one"), (2, 1.5, "stdout", "two"), (3, 2.0, "stderr", "drei ü"),
+                       (4, 3.0, "system", "")]
+        assert await logstore.append(conn, job, batch(5, ["after"])) == 5
+    finally:
+        await conn.close()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
