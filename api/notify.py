@@ -1,4 +1,4 @@
-"""One LISTEN connection per API process, fanned out to the followers of each job."""
+"""One LISTEN connection per API process, fanned out to the followers of each job (through its tail)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections import defaultdict
 
 import asyncpg
 
+from boxrun.api.tail import Tails
 from boxrun.constants import CHANNEL_JOBS, CHANNEL_LOGS
 from boxrun.db import connect
 
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 class Subscription:
-    """Set whenever something new happened to the job; the follower re-reads Postgres then."""
+    """Set whenever something new happened to the job; its reader (the job's tail) re-reads Postgres then."""
 
     def __init__(self, hub: "Notifier", job_id: str) -> None:
         self._hub = hub
@@ -25,15 +26,18 @@ class Subscription:
 
     async def wait(self, timeout: float) -> bool:
         try:
-            await asyncio.wait_for(self.event.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self.event.wait()
             return True
         except TimeoutError:
             return False
 
     def close(self) -> None:
-        self._hub._subs[self.job_id].discard(self)
-        if not self._hub._subs[self.job_id]:
-            del self._hub._subs[self.job_id]
+        subs = self._hub._subs.get(self.job_id)
+        if subs is not None:
+            subs.discard(self)
+            if not subs:
+                del self._hub._subs[self.job_id]
 
 
 class Notifier:
@@ -42,6 +46,7 @@ class Notifier:
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
+        self.tails = Tails(self)  # the shared reader of each followed job
 
     def subscribe(self, job_id: str) -> Subscription:
         sub = Subscription(self, job_id)
@@ -53,6 +58,7 @@ class Notifier:
         await asyncio.wait_for(self._ready.wait(), 30)
 
     async def stop(self) -> None:
+        self.tails.close()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

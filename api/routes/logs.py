@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterable
+from contextlib import suppress
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, WebSocket, WebSocketDisconnect, status
-from fastapi.responses import RedirectResponse
-from fastapi.sse import EventSourceResponse, ServerSentEvent
+from fastapi.responses import RedirectResponse, StreamingResponse
+from starlette.types import Send
 
 from boxrun import logstore
 from boxrun.api.auth import user_for_token
 from boxrun.api.deps import ConnDep, CurrentUser, NotifierDep, PoolDep, SettingsDep, StorageDep
-from boxrun.api.follow import follow
+from boxrun.api.follow import Follower
 from boxrun.api.routes.jobs import NOT_FOUND, load_job
+from boxrun.api.tail import encode_event
 from boxrun.db import Q
 from boxrun.schemas import LogsPublic
 
@@ -39,23 +40,71 @@ def _cursor(after: int | None, last_event_id: str | None) -> int:
     return int(last_event_id) if (last_event_id or "").isdigit() else 0
 
 
-@router.get("/{job_id}/logs/stream", response_class=EventSourceResponse, responses=NOT_FOUND)
+class EventStream(StreamingResponse):
+    """A follower's batches as Server-Sent Events: each batch is one pre-encoded chunk, one write.
+
+    A write the client has not taken within stall_s (the server writes only once the client has
+    read what is pending) is abandoned: the stream ends with `event: dropped` and `resume_after`,
+    the last seq written, if the client takes that within another stall_s."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, follower: Follower) -> None:
+        super().__init__(follower.batches(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.follower = follower
+
+    async def stream_response(self, send: Send) -> None:
+        follower = self.follower
+        loop = asyncio.get_running_loop()
+        follower.writer = asyncio.current_task()
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            written = follower.cursor
+            async for batch in self.body_iterator:
+                follower.writing_since = loop.time()
+                try:
+                    await send({"type": "http.response.body", "body": batch.sse(), "more_body": True})
+                except asyncio.CancelledError:
+                    if not follower.is_stalled:
+                        raise
+                    follower.writer.uncancel()  # cancelled by the tail's watchdog, not by a disconnect
+                    await self._dropped(send, written)
+                    return
+                follower.writing_since = None
+                written = follower.cursor
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            follower.writing_since = follower.writer = None
+            follower.close()
+
+    async def _dropped(self, send: Send, resume_after: int) -> None:
+        body = encode_event("dropped", {"reason": "follower too slow", "resume_after": resume_after})
+        with suppress(TimeoutError):
+            async with asyncio.timeout(self.follower.stall_s):
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# The route returns an EventStream itself; this documents it as FastAPI documents an SSE route.
+SSE_DOC = {200: {"description": "Successful Response", "content": {"text/event-stream": {"itemSchema": {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"},
+                   "retry": {"type": "integer", "minimum": 0}}}}}}}
+
+
+@router.get("/{job_id}/logs/stream", response_class=StreamingResponse, responses={**SSE_DOC, **NOT_FOUND})
 async def stream_logs(job_id: str, pool: PoolDep, notifier: NotifierDep, settings: SettingsDep,
                       user: CurrentUser,
                       after: Annotated[int | None, Query(ge=0)] = None,
-                      last_event_id: Annotated[str | None, Header()] = None) -> AsyncIterable[ServerSentEvent]:
+                      last_event_id: Annotated[str | None, Header()] = None) -> EventStream:
     """`event: log` per line (id = seq), `event: state` on each change, a keepalive comment when
     idle, then `event: done` with the final state, and the server closes. Resume with the
     Last-Event-ID header (or ?after=SEQ). A follower that stalls is sent `event: dropped` with
     `resume_after` and closed."""
     async with pool.acquire() as conn:
         row = await load_job(conn, user, job_id)
-    async for ev in follow(pool, notifier, user.org_id, row["id"], after=_cursor(after, last_event_id),
-                           keepalive_s=settings.sse_keepalive_s, stall_s=settings.follower_stall_s):
-        if ev.event == "keepalive":
-            yield ServerSentEvent(comment="keepalive")
-        else:
-            yield ServerSentEvent(data=ev.data, event=ev.event, id=None if ev.id is None else str(ev.id))
+    follower = Follower(notifier.tails, pool, user.org_id, row["id"], after=_cursor(after, last_event_id),
+                        keepalive_s=settings.sse_keepalive_s, stall_s=settings.follower_stall_s)
+    return EventStream(follower)
 
 
 @router.websocket("/{job_id}/logs/ws")
@@ -79,14 +128,18 @@ async def ws_logs(websocket: WebSocket, job_id: str, after: int | None = None, t
         await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=f"job {job_id} not found")
         return
     await websocket.accept()
+    follower = Follower(app.state.notifier.tails, app.state.pool, user.org_id, row["id"], after=after or 0,
+                        keepalive_s=settings.sse_keepalive_s, stall_s=settings.follower_stall_s, joined=False)
     try:
-        async for ev in follow(app.state.pool, app.state.notifier, user.org_id, row["id"], after=after or 0,
-                               keepalive_s=settings.sse_keepalive_s, stall_s=settings.follower_stall_s):
-            await asyncio.wait_for(websocket.send_json({"event": ev.event, "id": ev.id, "data": ev.data}),
-                                   settings.follower_stall_s)
+        async for batch in follower.batches():
+            for message in batch.ws():
+                async with asyncio.timeout(settings.follower_stall_s):
+                    await websocket.send_text(message)
         await websocket.close()
     except (WebSocketDisconnect, TimeoutError):
         pass  # the client left, or stalled: it resumes with ?after=
+    finally:
+        follower.close()
 
 
 @router.get("/{job_id}/logs/archive", status_code=status.HTTP_307_TEMPORARY_REDIRECT,
