@@ -59,9 +59,12 @@ class Follower:
     on a follower whose write has not finished for stall_s, which cancels the writer's task."""
 
     def __init__(self, tails: Tails, pool: asyncpg.Pool, org_id: str, job_id: str, *, after: int,
-                 keepalive_s: float, stall_s: float, joined: bool = True) -> None:
+                 keepalive_s: float, stall_s: float, joined: bool = True, log_head: int | None = None) -> None:
         self.job_id = str(job_id)
         self.cursor = after  # the last seq handed out
+        # the job's stored head when the follower came: a tail this follower starts begins no later
+        # (a cursor past the end must not keep the lines before it out of the ring)
+        self.start = after if log_head is None else min(after, log_head)
         self.pool = pool
         self.keepalive_s = keepalive_s
         self.stall_s = stall_s

@@ -278,7 +278,7 @@ class Tails:
         job_id = follower.job_id  # text, as NOTIFY payloads are: never a UUID object
         tail = self._tails.get(job_id)
         if tail is None or tail.failed is not None:
-            tail = JobTail(self, pool, self._notifier.subscribe(job_id), org_id, job_id, after=follower.cursor,
+            tail = JobTail(self, pool, self._notifier.subscribe(job_id), org_id, job_id, after=follower.start,
                            keepalive_s=follower.keepalive_s, stall_s=follower.stall_s)
             self._tails[job_id] = tail
         tail.followers.add(follower)

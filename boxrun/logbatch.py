@@ -45,6 +45,33 @@ class Batch:
         counts, streams, ts = zip(*self.runs) if self.runs else ((), (), ())
         return unpack(self.first_seq, counts, streams, ts, self.data)
 
+    def pieces(self, max_bytes: int) -> list["Batch"]:
+        """The batch cut at line ends into pieces of at most `max_bytes` (a longer line is a piece
+        of its own), so that reading a few lines from storage never fetches much more than them."""
+        if len(self.data) <= max_bytes:
+            return [self]
+        out, data, pos, seq = [], self.data, 0, self.first_seq
+        runs = list(self.runs)
+        while pos < len(data):
+            end = data.rfind(b"\n", pos, pos + max_bytes)
+            if end < 0:
+                end = data.index(b"\n", pos + max_bytes)
+            piece = data[pos:end + 1]
+            lines, taken = piece.count(b"\n"), []
+            while lines:
+                count, stream, ts = runs[0]
+                used = min(count, lines)
+                taken.append((used, stream, ts))
+                lines -= used
+                if used == count:
+                    runs.pop(0)
+                else:
+                    runs[0] = (count - used, stream, ts)
+            out.append(Batch(seq, taken, piece))
+            seq += sum(run[0] for run in taken)
+            pos = end + 1
+        return out
+
     def skip(self, n: int) -> "Batch":
         """The same batch without its first `n` lines (they were stored by an earlier send)."""
         if n <= 0:

@@ -11,8 +11,10 @@ import asyncpg
 from boxrun.constants import CHANNEL_LOGS
 from boxrun.db import Q
 from boxrun.logbatch import Batch, unpack
+from boxrun.schemas import MAX_SEQ
 
 STREAMS = ("stdout", "stderr", "output", "system")
+CHUNK_BYTES = 256 << 10  # a batch is stored as chunks of at most this (or one longer line)
 
 
 @dataclass(frozen=True)
@@ -50,31 +52,24 @@ async def append(conn: asyncpg.Connection, job_id: str, batch: Batch) -> int:
         if batch.last_seq <= head:
             return head
         batch = batch.skip(head + 1 - batch.first_seq)
-        counts, streams, ts = zip(*batch.runs)
-        await conn.execute(Q.insert_chunk, job_id, batch.first_seq, batch.last_seq, counts, streams, ts,
-                           batch.data, len(batch.data))
+        rows = []
+        for piece in batch.pieces(CHUNK_BYTES):
+            counts, streams, ts = zip(*piece.runs)
+            rows.append((job_id, piece.first_seq, piece.last_seq, counts, streams, ts, piece.data, len(piece.data)))
+        await conn.executemany(Q.insert_chunk, rows)
         await conn.execute(Q.advance_log_head, job_id, batch.last_seq, len(batch.data))
         await conn.execute(Q.notify, CHANNEL_LOGS, str(job_id))
     return batch.last_seq
 
 
 async def read(conn: asyncpg.Connection, job_id: str, after: int, limit: int) -> list[Line]:
-    """Up to `limit` lines with seq > after, in order."""
+    """Up to `limit` lines with seq > after, in order. Fetches only the chunks that hold them."""
     lines: list[Line] = []
-    cursor = after
-    while len(lines) < limit:
-        chunks = await conn.fetch(Q.chunks_after, job_id, cursor, 4)
-        if not chunks:
-            break
-        for chunk in chunks:
-            count = sum(chunk["run_lines"])
-            start = max(0, cursor + 1 - chunk["first_seq"])
-            stop = min(count, start + limit - len(lines))
-            lines += [Line(*row) for row in unpack(chunk["first_seq"], chunk["run_lines"], chunk["run_streams"],
-                                                   chunk["run_ts"], chunk["data"], start, stop)]
-            cursor = chunk["first_seq"] + stop - 1
-            if len(lines) == limit:
-                return lines
+    for chunk in await conn.fetch(Q.chunks_after, job_id, after, min(after + limit, MAX_SEQ)):
+        start = max(0, after + 1 - chunk["first_seq"])
+        stop = start + limit - len(lines)
+        lines += [Line(*row) for row in unpack(chunk["first_seq"], chunk["run_lines"], chunk["run_streams"],
+                                               chunk["run_ts"], chunk["data"], start, stop)]
     return lines
 
 

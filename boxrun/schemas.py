@@ -257,7 +257,10 @@ class BoxQueuePublic(BaseModel):
     waiting: list[WaiterPublic] = Field(description="jobs that could take this box, in grant order")
 
 
-LogRun = tuple[Annotated[int, Field(ge=1)], Literal["stdout", "stderr", "output", "system"], float]
+MAX_SEQ = 2**63 - 1  # seqs are Postgres bigints
+# when a line was read, unix seconds: finite and before year 10000 (every line must render as a date)
+LogTime = Annotated[float, Field(ge=0, lt=253402300800, allow_inf_nan=False)]
+LogRun = tuple[Annotated[int, Field(ge=1)], Literal["stdout", "stderr", "output", "system"], LogTime]
 
 
 class LogBatchHeader(BaseModel):
@@ -266,7 +269,7 @@ class LogBatchHeader(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    first_seq: int = Field(ge=1, description="seq of the batch's first line")
+    first_seq: int = Field(ge=1, le=MAX_SEQ, description="seq of the batch's first line")
     runs: list[LogRun] = Field(max_length=100_000, description=(
         "[lines, stream, unix ts]: how many consecutive lines share a stream and a read time, in order"))
 

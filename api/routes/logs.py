@@ -18,7 +18,7 @@ from boxrun.api.follow import Follower
 from boxrun.api.routes.jobs import NOT_FOUND, load_job
 from boxrun.api.tail import encode_event
 from boxrun.db import Q
-from boxrun.schemas import LogsPublic
+from boxrun.schemas import MAX_SEQ, LogsPublic
 
 router = APIRouter(prefix="/jobs", tags=["logs"])
 
@@ -27,7 +27,7 @@ ARCHIVE_LINK_S = 300
 
 @router.get("/{job_id}/logs", response_model=LogsPublic, responses=NOT_FOUND)
 async def get_logs(job_id: str, conn: ConnDep, user: CurrentUser,
-                   after: Annotated[int, Query(ge=0)] = 0,
+                   after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
                    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> LogsPublic:
     row = await load_job(conn, user, job_id)
     lines = await logstore.read(conn, row["id"], after, limit)
@@ -37,7 +37,12 @@ async def get_logs(job_id: str, conn: ConnDep, user: CurrentUser,
 def _cursor(after: int | None, last_event_id: str | None) -> int:
     if after is not None:
         return after
-    return int(last_event_id) if (last_event_id or "").isdigit() else 0
+    if last_event_id is None or last_event_id == "":
+        return 0
+    if not (last_event_id.isascii() and last_event_id.isdigit() and int(last_event_id) <= MAX_SEQ):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+                            f"Last-Event-ID must be the seq of a line (0..{MAX_SEQ}), not {last_event_id[:40]!r}")
+    return int(last_event_id)
 
 
 class EventStream(StreamingResponse):
@@ -94,7 +99,7 @@ SSE_DOC = {200: {"description": "Successful Response", "content": {"text/event-s
 @router.get("/{job_id}/logs/stream", response_class=StreamingResponse, responses={**SSE_DOC, **NOT_FOUND})
 async def stream_logs(job_id: str, pool: PoolDep, notifier: NotifierDep, settings: SettingsDep,
                       user: CurrentUser,
-                      after: Annotated[int | None, Query(ge=0)] = None,
+                      after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
                       last_event_id: Annotated[str | None, Header()] = None) -> EventStream:
     """`event: log` per line (id = seq), `event: state` on each change, a keepalive comment when
     idle, then `event: done` with the final state, and the server closes. Resume with the
@@ -103,12 +108,14 @@ async def stream_logs(job_id: str, pool: PoolDep, notifier: NotifierDep, setting
     async with pool.acquire() as conn:
         row = await load_job(conn, user, job_id)
     follower = Follower(notifier.tails, pool, user.org_id, row["id"], after=_cursor(after, last_event_id),
-                        keepalive_s=settings.sse_keepalive_s, stall_s=settings.follower_stall_s)
+                        keepalive_s=settings.sse_keepalive_s, stall_s=settings.follower_stall_s,
+                        log_head=row["log_seq"])
     return EventStream(follower)
 
 
 @router.websocket("/{job_id}/logs/ws")
-async def ws_logs(websocket: WebSocket, job_id: str, after: int | None = None, token: str | None = None):
+async def ws_logs(websocket: WebSocket, job_id: str, after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
+                  token: str | None = None):
     """The same events as the SSE stream, one JSON message each: {"event", "id", "data"}.
     Authenticate with the Authorization header or ?token= (browsers cannot set headers)."""
     app = websocket.app
@@ -129,7 +136,8 @@ async def ws_logs(websocket: WebSocket, job_id: str, after: int | None = None, t
         return
     await websocket.accept()
     follower = Follower(app.state.notifier.tails, app.state.pool, user.org_id, row["id"], after=after or 0,
-                        keepalive_s=settings.sse_keepalive_s, stall_s=settings.follower_stall_s, joined=False)
+                        keepalive_s=settings.sse_keepalive_s, stall_s=settings.follower_stall_s, joined=False,
+                        log_head=row["log_seq"])
     try:
         async for batch in follower.batches():
             for message in batch.ws():

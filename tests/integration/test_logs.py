@@ -12,6 +12,7 @@ import sys
 import httpx
 import pytest
 import websockets
+from websockets.exceptions import InvalidStatus
 
 from boxrun.client import BoxrunClient
 from tests.conftest import wait_for
@@ -120,7 +121,7 @@ async def test_sse_and_websocket_give_the_same_events_with_keepalive_and_resume(
     assert [e["data"]["text"] for e in events if e["event"] == "log"] == ["tick 2", "tick 3"]
     assert [e["id"] for e in events if e["event"] == "log"] == [3, 4]
     assert events[-1]["event"] == "done" and events[-1]["data"]["state"] == "completed"
-    with pytest.raises(websockets.exceptions.InvalidStatus):
+    with pytest.raises(InvalidStatus):
         async with websockets.connect(ws_url):  # no token
             pass
 
@@ -198,3 +199,25 @@ async def test_log_ingest_refuses_bad_batches_with_a_reason(api):
     assert resp.status_code == 404
     await wait_terminal(api, job["id"], timeout=60)
     assert [line["text"] for line in await replay(api, job["id"])] == ["placed elsewhere"], "nothing half-written"
+
+
+async def test_cursors_outside_the_seq_range_are_refused_with_a_reason(api, fs):
+    job = await submit(api, "print('one')", box="local-1")
+    base = f"/api/jobs/{job['id']}/logs"
+    for path, params, headers in [
+        (base, {"after": 2**63}, {}),
+        (f"{base}/stream", {"after": 2**63}, {}),
+        (f"{base}/stream", {"after": -1}, {}),
+        (f"{base}/stream", {}, {"Last-Event-ID": "99999999999999999999"}),
+        (f"{base}/stream", {}, {"Last-Event-ID": "²".encode()}),
+        (f"{base}/stream", {}, {"Last-Event-ID": "abc"}),
+    ]:
+        resp = await api.get(path, params=params, headers=headers)
+        assert resp.status_code == 422 and resp.json()["detail"], (path, params, headers, resp.text[:200])
+    url = fs.endpoints["api_url"].replace("http", "ws", 1) + f"{base}/ws?after=-1"
+    with pytest.raises(InvalidStatus):
+        async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {fs.endpoints['token']}"}):
+            pass
+    await wait_terminal(api, job["id"], timeout=60)
+    async with BoxrunClient(fs.endpoints["api_url"], fs.endpoints["token"]) as client:  # the stream still serves
+        assert [line["text"] for line in await _follow_all(client, job["id"])] == ["one"]

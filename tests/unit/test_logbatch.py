@@ -39,3 +39,18 @@ def test_bad_batches_say_why(body, reason):
     with pytest.raises(BadBatch) as err:
         decode(body)
     assert reason in str(err.value)
+
+
+@pytest.mark.parametrize("max_bytes", [1, 3, 5, 8, 100])
+def test_pieces_cut_at_line_ends_and_keep_every_line(max_bytes):
+    whole = Batch(41, RUNS, DATA)
+    pieces = whole.pieces(max_bytes)
+    assert [line for p in pieces for line in p.unpack()] == whole.unpack()
+    assert all(p.data.endswith(b"\n") and (len(p.data) <= max_bytes or p.lines == 1) for p in pieces)
+    assert [p.first_seq for p in pieces] == [41] + [p.last_seq + 1 for p in pieces[:-1]]
+
+
+@pytest.mark.parametrize("ts", ["NaN", "Infinity", "-1", "1e300"])
+def test_a_time_that_cannot_be_a_date_is_refused(ts):
+    with pytest.raises(BadBatch, match="runs.0.2"):
+        decode(b'{"first_seq": 1, "runs": [[1, "stdout", %s]]}\nx\n' % ts.encode())

@@ -424,3 +424,22 @@ async def test_a_client_that_leaves_ends_its_stream_and_closes_the_follower(stor
     with pytest.raises(asyncio.CancelledError):
         await streaming
     assert len(sent) == 2 and len(notifier.tails) == 0
+
+
+async def test_a_first_follower_past_the_end_does_not_keep_earlier_lines_out_of_the_ring(store, notifier):
+    store.add(3)
+    ahead = follower(notifier, store, after=100, log_head=3)  # e.g. a stale Last-Event-ID
+    ahead_batches = ahead.batches()
+    await take(ahead_batches)
+    behind = follower(notifier, store, after=0, log_head=3)
+    batches, seen = behind.batches(), Seen()
+    seen.add(await take(batches))
+    assert seen.seqs == [1, 2, 3]
+    reads = store.follower_reads
+    store.add(5)
+    notify(notifier)
+    seen.add(await take(batches))
+    assert seen.seqs == list(range(1, 9))
+    assert store.follower_reads == reads, "lines 4..8 came from the shared tail, not a read of its own"
+    ahead.close()
+    behind.close()

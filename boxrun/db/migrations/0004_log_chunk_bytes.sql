@@ -15,7 +15,10 @@ UPDATE log_chunks SET
     run_streams = streams,
     run_ts      = ts,
     data        = CASE WHEN cardinality(texts) = 0 THEN ''::bytea
-                       ELSE convert_to(array_to_string(texts, E'\n') || E'\n', 'UTF8') END;
+                       -- a line never holds a newline; the old API took any text, so make sure
+                       ELSE convert_to(array_to_string(ARRAY(SELECT replace(t, E'\n', ' ')
+                                                             FROM unnest(texts) WITH ORDINALITY AS u(t, i)
+                                                             ORDER BY i), E'\n') || E'\n', 'UTF8') END;
 
 ALTER TABLE log_chunks
     DROP COLUMN ts,

@@ -8,12 +8,11 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 -- name: advance_log_head
 UPDATE jobs SET log_seq = $2, log_bytes = log_bytes + $3 WHERE id = $1;
 
--- Chunks holding lines after seq $2, in order.
+-- Chunks holding lines $2+1 .. $3, in order.
 -- name: chunks_after
 SELECT first_seq, run_lines, run_streams, run_ts, data FROM log_chunks
-WHERE job_id = $1 AND last_seq > $2
-ORDER BY first_seq
-LIMIT $3;
+WHERE job_id = $1 AND last_seq > $2 AND first_seq <= $3
+ORDER BY first_seq;
 
 -- name: set_log_archive
 UPDATE jobs SET log_archive_key = $2, log_archive_size = $3, log_archive_sha256 = $4 WHERE id = $1;
