@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -65,12 +67,23 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+@pytest.fixture
+def private_tmp() -> Iterator[Path]:
+    """A temporary directory outside pytest's base temp dir, for data the postgres system user
+    reads: a second pytest session resets that base dir to mode 0700."""
+    root = Path(tempfile.mkdtemp(prefix="boxrun-test-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- PostgreSQL
 
 
 @pytest.fixture(scope="session")
 def pg_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    root = tmp_path_factory.mktemp("pg")
+    # Outside pytest's base temp dir: every pytest session resets that to mode 0700, which would lock
+    # the postgres system user out of this session's data dir when a second session starts.
+    root = Path(tempfile.mkdtemp(prefix="boxrun-test-pg-"))
     port = free_port()
     child = start_postgres(root, port, root / "logs")
     deadline = time.monotonic() + 30
@@ -93,6 +106,8 @@ def pg_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     asyncio.run(ready())
     yield port
     child.stop()
+    shutil.copytree(root / "logs", tmp_path_factory.mktemp("pg-logs"), dirs_exist_ok=True)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -53,9 +55,15 @@ class DevStackProcess:
 
 @pytest.fixture(scope="session")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStackProcess]:
-    stack = DevStackProcess(tmp_path_factory.mktemp("stack") / "dev")
+    # outside pytest's base temp dir, which a second pytest session would reset to mode 0700 (see pg_port)
+    root = Path(tempfile.mkdtemp(prefix="boxrun-test-stack-"))
+    stack = DevStackProcess(root / "dev")
     yield stack
     stack.stop()
+    keep = tmp_path_factory.mktemp("stack")  # the logs, where pytest keeps a session's files
+    shutil.copytree(root / "dev" / "logs", keep / "logs", dirs_exist_ok=True)
+    shutil.copy(root / "dev-dev.log", keep)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,8 @@ def client(endpoints: dict) -> httpx.AsyncClient:
                              headers={"Authorization": f"Bearer {endpoints['token']}"})
 
 
-async def test_restart_on_the_same_data_dir_keeps_jobs_logs_and_artifacts(tmp_path):
-    first = DevStackProcess(tmp_path / "dev", boxes=1)
+async def test_restart_on_the_same_data_dir_keeps_jobs_logs_and_artifacts(private_tmp):
+    first = DevStackProcess(private_tmp / "dev", boxes=1)
     try:
         ep = first.endpoints
         assert set(ep) >= {"api_url", "temporal_address", "temporal_ui_url", "s3_endpoint", "token", "boxes"}
@@ -38,7 +38,7 @@ async def test_restart_on_the_same_data_dir_keeps_jobs_logs_and_artifacts(tmp_pa
         assert first.stop() == 0
     assert not any(pid_alive(pid) for pid in ep["pids"].values()), "Ctrl-C/SIGTERM must stop every child"
 
-    second = DevStackProcess(tmp_path / "dev", boxes=1)
+    second = DevStackProcess(private_tmp / "dev", boxes=1)
     try:
         ep2 = second.endpoints
         assert ep2["token"] == ep["token"]
