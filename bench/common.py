@@ -1,14 +1,63 @@
-"""Helpers the benchmarks share: CPU accounting of a stack's process trees and a clean exit."""
+"""Helpers the benchmarks share: the machine's facts and load, CPU accounting of a stack's process
+trees, the run-and-report frame of a multi-part benchmark, and a clean exit."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import platform
+import shutil
 import sys
+import tempfile
+import time
+import traceback
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from importlib.metadata import version
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def box_python(agent_python: str | None) -> str:
+    """The interpreter the box runs jobs with: the agent resolves BOXRUN_AGENT_PYTHON (default
+    python3 on PATH) to the real binary once at start, so a pyenv/asdf shim costs nothing per job."""
+    from boxrun.worker.agent import resolve_python
+
+    return resolve_python(agent_python or os.environ.get("BOXRUN_AGENT_PYTHON") or "python3")
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "temporalio": version("temporalio"),
+        "loadavg_at_start": loadavg(),
+    }
 
 
 def cpu_by_pid_tree(roots: Iterable[tuple[str, int]]) -> dict[str, float]:
@@ -49,3 +98,31 @@ def hard_exit(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def run_parts(prefix: str, args, run: Callable[[object, Path], Awaitable[dict]], render: Callable[[dict], str],
+              failed: Callable[[dict], bool]) -> int:
+    """Run a benchmark's parts in a fresh temporary directory (removed afterwards unless --keep),
+    add the machine's facts, print the tables (or --json) and return the exit code: 1 if it
+    raised or `failed(result)`."""
+    facts = machine()
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    t0 = time.perf_counter()
+    code = 1
+    try:
+        result = asyncio.run(run(args, root))
+        facts["loadavg_at_end"] = loadavg()
+        result["machine"] = facts
+        result["box_python"] = box_python(None)
+        result["total_s"] = round(time.perf_counter() - t0, 1)
+        print(json.dumps(result, indent=2) if args.json else render(result), flush=True)
+        code = 1 if failed(result) else 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        if args.keep:
+            print(f"data kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return code
+

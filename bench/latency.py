@@ -30,7 +30,6 @@ import asyncio
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -42,13 +41,12 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from importlib.metadata import version
 from pathlib import Path
 
 from temporalio import activity, workflow
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from bench.common import hard_exit
+from bench.common import box_python, hard_exit, loadavg, machine, pid_alive
 
 # BareWorkflow lives in this module, so the workflow sandbox re-imports it; these imports are
 # not used by the workflow and would trip the sandbox's restrictions (httpx -> urllib.request).
@@ -192,7 +190,7 @@ class DevStack:
                 raise RuntimeError(f"boxrun dev exited {self.proc.returncode}:\n{self.log_tail()}")
             if path.exists():
                 data = json.loads(path.read_text())
-                if data["pids"].get(f"agent-{BOX}") and _alive(data["boxes"][0]["pid"]):
+                if data["pids"].get(f"agent-{BOX}") and pid_alive(data["boxes"][0]["pid"]):
                     return data
             time.sleep(0.05)
         raise RuntimeError(f"boxrun dev not ready after {timeout}s:\n{self.log_tail()}")
@@ -213,13 +211,6 @@ class DevStack:
             self._log.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 # --------------------------------------------------------------------------- statistics and output
 
 def nearest_rank(sorted_values: list[float], p: float) -> float:
@@ -236,33 +227,6 @@ def summarise(values_s: list[float]) -> dict:
     out["max"] = round(ms[-1], 1)
     out["mean"] = round(statistics.fmean(ms), 1)
     return out
-
-
-def box_python(agent_python: str | None) -> str:
-    """The interpreter the box runs jobs with: the agent resolves BOXRUN_AGENT_PYTHON (default
-    python3 on PATH) to the real binary once at start, so a pyenv/asdf shim costs nothing per job."""
-    from boxrun.worker.agent import resolve_python
-
-    return resolve_python(agent_python or os.environ.get("BOXRUN_AGENT_PYTHON") or "python3")
-
-
-def machine() -> dict:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu_model": model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "temporalio": version("temporalio"),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
 
 
 def how_measured(observe: str, warmup: int, sandboxed: bool) -> str:
@@ -348,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         endpoints = stack.wait_ready()
         print(f"stack ready in {time.perf_counter() - t0:.1f}s; measuring...", file=sys.stderr, flush=True)
         result = asyncio.run(measure(endpoints, args))
-        facts["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        facts["loadavg_at_end"] = loadavg()
         result["machine"] = facts
         print(json.dumps(result, indent=2) if args.json else render(result), flush=True)
         code = 0

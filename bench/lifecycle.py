@@ -46,13 +46,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 from collections import Counter, defaultdict
@@ -63,8 +59,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import cpu_by_pid_tree, hard_exit
-from bench.latency import box_python, machine, nearest_rank
+from bench.common import cpu_by_pid_tree, hard_exit, loadavg, machine, pid_alive, run_parts
+from bench.latency import nearest_rank
 from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
 
 TERMINAL = {"completed", "failed", "cancelled", "timed_out", "unschedulable"}
@@ -119,17 +115,6 @@ def pct(values: list[float], scale: float = 1.0, digits: int = 1) -> dict:
     out["max"] = round(v[-1], digits)
     out["mean"] = round(statistics.fmean(v), digits)
     return out
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def log(msg: str) -> None:
@@ -675,26 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown parts: {sorted(unknown)}")
 
-    facts = machine()
-    root = Path(tempfile.mkdtemp(prefix="boxrun-bench-lifecycle-"))
-    t0 = time.perf_counter()
-    code = 1
-    try:
-        result = asyncio.run(run(args, root))
-        facts["loadavg_at_end"] = loadavg()
-        result["machine"] = facts
-        result["box_python"] = box_python(None)
-        result["total_s"] = round(time.perf_counter() - t0, 1)
-        print(json.dumps(result, indent=2) if args.json else render(result), flush=True)
-        code = 0 if not result["errors"] else 1
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        if args.keep:
-            print(f"data kept in {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    return code
+    return run_parts("boxrun-bench-lifecycle-", args, run, render, lambda result: bool(result["errors"]))
 
 
 if __name__ == "__main__":

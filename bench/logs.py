@@ -48,11 +48,9 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import statistics
 import string
 import sys
-import tempfile
 import time
 import traceback
 from array import array
@@ -65,8 +63,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.common import cpu_by_pid_tree, hard_exit
-from bench.latency import box_python, machine, nearest_rank
+from bench.common import cpu_by_pid_tree, hard_exit, loadavg, run_parts
+from bench.latency import nearest_rank
 from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
 from boxrun.sse import read_events
 
@@ -84,10 +82,6 @@ class ProductProblem(RuntimeError):
 
 def log(msg: str) -> None:
     print(f"[bench.logs {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def loadavg() -> list[float]:
-    return [round(float(x), 2) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def wait_for_quiet(limit: float, max_s: float) -> dict:
@@ -729,7 +723,7 @@ def render(result: dict) -> str:
 # --------------------------------------------------------------------------- main
 
 async def run(args: argparse.Namespace, root: Path) -> dict:
-    result: dict = {"errors": []}
+    result: dict = {"errors": [], "stack_env": args.stack_env}
     benches = {"latency": bench_latency, "throughput": bench_throughput, "fanout": bench_fanout}
     for part in args.parts.split(","):
         try:
@@ -771,27 +765,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.line_bytes < 12:
         parser.error("--line-bytes must be >= 12")
 
-    facts = machine()
-    root = Path(tempfile.mkdtemp(prefix="boxrun-bench-logs-"))
-    t0 = time.perf_counter()
-    code = 1
-    try:
-        result = asyncio.run(run(args, root))
-        facts["loadavg_at_end"] = loadavg()
-        result["machine"] = facts
-        result["box_python"] = box_python(None)
-        result["total_s"] = round(time.perf_counter() - t0, 1)
-        result["stack_env"] = args.stack_env
-        print(json.dumps(result, indent=2) if args.json else render(result), flush=True)
-        code = 0 if not result["errors"] and not any_problems(result) else 1
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        if args.keep:
-            print(f"data kept in {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    return code
+    return run_parts("boxrun-bench-logs-", args, run, render,
+                     lambda result: bool(result["errors"]) or any_problems(result))
 
 
 def any_problems(result: dict) -> bool:

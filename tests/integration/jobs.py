@@ -30,3 +30,11 @@ async def replay(api: httpx.AsyncClient, job_id: str, page: int = 1000) -> list[
         lines += got
         if len(got) < page:
             return lines
+
+
+async def has_lines(api: httpx.AsyncClient, job_id: str, n: int) -> bool:
+    """At least n lines of the job are stored (False while the API is unreachable, e.g. restarting)."""
+    try:
+        return (await api.get(f"/api/jobs/{job_id}")).json()["log_lines"] >= n
+    except httpx.HTTPError:
+        return False

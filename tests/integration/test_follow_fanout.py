@@ -5,8 +5,6 @@ starts behind the job's shared tail and reads Postgres until it reaches it."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -15,7 +13,7 @@ import pytest
 from boxrun.sse import read_events
 from tests.conftest import wait_for
 from tests.integration.faultstack import fault_stack
-from tests.integration.jobs import submit, wait_terminal
+from tests.integration.jobs import has_lines, submit, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -35,14 +33,6 @@ async def api(fs):
     async with httpx.AsyncClient(base_url=fs.endpoints["api_url"], timeout=30, limits=limits,
                                  headers={"Authorization": f"Bearer {fs.endpoints['token']}"}) as client:
         yield client
-
-
-@pytest.fixture
-def gates():
-    """Files a job waits for before going on (the box shares this machine's filesystem)."""
-    root = Path(tempfile.mkdtemp(prefix="boxrun-gates-"))
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def wait_file(path: Path) -> str:
@@ -110,17 +100,13 @@ def fanout_expected() -> list[tuple[str, str]]:
             for i in range(N_LINES)]
 
 
-async def _log_lines(api: httpx.AsyncClient, job_id: str, n: int) -> bool:
-    return (await api.get(f"/api/jobs/{job_id}")).json()["log_lines"] >= n
-
-
-async def test_50_live_followers_and_a_late_one_get_every_line_once_in_order_then_done(api, gates):
-    go = gates / "go"
+async def test_50_live_followers_and_a_late_one_get_every_line_once_in_order_then_done(api, private_tmp):
+    go = private_tmp / "go"
     job = await submit(api, FANOUT.format(wait=wait_file(go), n=N_LINES))
     followers = [Follower(api, job["id"]) for _ in range(FOLLOWERS)]
     await asyncio.wait_for(asyncio.gather(*(f.first.wait() for f in followers)), 60)  # each has its first state
     go.touch()
-    await wait_for(lambda: _log_lines(api, job["id"], 600), timeout=60, what="the job to print 600 lines")
+    await wait_for(lambda: has_lines(api, job["id"], 600), timeout=60, what="the job to print 600 lines")
     late = Follower(api, job["id"], last_event_id=100)
     await asyncio.wait_for(asyncio.gather(*(f.task for f in [*followers, late])), 120)
     assert (await wait_terminal(api, job["id"]))["log_lines"] == N_LINES
@@ -143,12 +129,12 @@ for i in range({n}, {n} + 100):
 BIG_N = 3000  # ~6 MB: more than the tail's ring holds
 
 
-async def test_a_follower_behind_the_tail_reads_postgres_then_joins_it(api, gates):
-    go = gates / "go-big"
+async def test_a_follower_behind_the_tail_reads_postgres_then_joins_it(api, private_tmp):
+    go = private_tmp / "go-big"
     job = await submit(api, BIG.format(n=BIG_N, wait=wait_file(go)))
     expected = [("stdout", f"{i:05d} " + "y" * 2000) for i in range(BIG_N)] + \
         [("stdout", f"{i:05d} tail") for i in range(BIG_N, BIG_N + 100)]
-    await wait_for(lambda: _log_lines(api, job["id"], BIG_N), timeout=120, what=f"{BIG_N} lines stored")
+    await wait_for(lambda: has_lines(api, job["id"], BIG_N), timeout=120, what=f"{BIG_N} lines stored")
     ahead = Follower(api, job["id"], last_event_id=BIG_N)  # the job's tail in the API starts here
     await asyncio.wait_for(ahead.first.wait(), 30)
     behind = Follower(api, job["id"], last_event_id=100)  # before the tail: pages from Postgres first

@@ -17,7 +17,7 @@ from websockets.exceptions import InvalidStatus
 from boxrun.client import BoxrunClient
 from tests.conftest import wait_for
 from tests.integration.faultstack import fault_stack
-from tests.integration.jobs import replay, submit, wait_terminal
+from tests.integration.jobs import has_lines, replay, submit, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -154,7 +154,7 @@ async def test_restart_mid_job_loses_and_duplicates_nothing(api, fs, part):
     job = await submit(api, CHATTY, box="local-2")
     async with BoxrunClient(fs.endpoints["api_url"], fs.endpoints["token"]) as client:
         follower = asyncio.create_task(_follow_all(client, job["id"]))
-        await wait_for(lambda: _lines_so_far(api, job["id"], 20), timeout=30, what="the job to print")
+        await wait_for(lambda: has_lines(api, job["id"], 20), timeout=30, what="the job to print")
         if part == "api":
             fs.kill("api")  # SIGKILL: no graceful anything
         else:
@@ -166,13 +166,6 @@ async def test_restart_mid_job_loses_and_duplicates_nothing(api, fs, part):
     assert done["state"] == "completed"
     check_exact(await replay(api, job["id"]), CHATTY_EXPECTED)
     check_exact(seen, CHATTY_EXPECTED)  # the follower resumed exactly where it was
-
-
-async def _lines_so_far(api: httpx.AsyncClient, job_id: str, n: int) -> bool:
-    try:
-        return (await api.get(f"/api/jobs/{job_id}")).json()["log_lines"] >= n
-    except httpx.HTTPError:
-        return False
 
 
 async def test_log_ingest_refuses_bad_batches_with_a_reason(api):

@@ -379,23 +379,33 @@ async def test_a_websocket_follower_takes_lines_one_by_one(store, notifier):
     f.close()
 
 
+class SendRecorder:
+    """Stands in for the ASGI `send` of one response: records every message, sets `first_body`
+    at the first body message, and from message number `block_at` on never returns (a client
+    that stopped reading)."""
+
+    def __init__(self, block_at: int | None = None) -> None:
+        self.sent: list[dict] = []
+        self.first_body = asyncio.Event()
+        self.block_at = block_at
+
+    async def __call__(self, message: dict) -> None:
+        self.sent.append(message)
+        if len(self.sent) == 2:
+            self.first_body.set()
+        if len(self.sent) == self.block_at:
+            await asyncio.Event().wait()
+
+
 async def test_a_stalled_sse_client_gets_dropped_with_its_resume_point_and_is_closed(store, notifier):
     from boxrun.api.routes.logs import EventStream
 
     store.add(3)
     f = follower(notifier, store, stall_s=0.2)
-    sent: list[dict] = []
-    first_body = asyncio.Event()
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-        if len(sent) == 2:
-            first_body.set()
-        if len(sent) == 3:  # the client stops reading: this write never finishes
-            await asyncio.Event().wait()
-
+    send = SendRecorder(block_at=3)  # the client stops reading: the third write never finishes
+    sent = send.sent
     streaming = asyncio.create_task(EventStream(f).stream_response(send))
-    await asyncio.wait_for(first_body.wait(), 5)
+    await asyncio.wait_for(send.first_body.wait(), 5)
     assert [e[1] for e in parse_sse(sent[1]["body"]) if e[0] == "log"] == ["1", "2", "3"]
     store.add(2)
     notify(notifier)
@@ -410,16 +420,10 @@ async def test_a_client_that_leaves_ends_its_stream_and_closes_the_follower(stor
     from boxrun.api.routes.logs import EventStream
 
     f = follower(notifier, store)
-    sent: list[dict] = []
-    first_body = asyncio.Event()
-
-    async def send(message: dict) -> None:
-        sent.append(message)
-        if len(sent) == 2:
-            first_body.set()
-
+    send = SendRecorder()
+    sent = send.sent
     streaming = asyncio.create_task(EventStream(f).stream_response(send))
-    await asyncio.wait_for(first_body.wait(), 5)  # the state; now it waits for lines
+    await asyncio.wait_for(send.first_body.wait(), 5)  # the state; now it waits for lines
     streaming.cancel()  # what Starlette does when the client disconnects
     with pytest.raises(asyncio.CancelledError):
         await streaming
