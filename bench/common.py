@@ -17,7 +17,50 @@ from collections.abc import Awaitable, Callable, Iterable
 from importlib.metadata import version
 from pathlib import Path
 
+import httpx
+
+from boxrun.constants import TERMINAL_STATES
+
 TICK = os.sysconf("SC_CLK_TCK")
+TERMINAL = {str(state) for state in TERMINAL_STATES}
+
+
+class ProductProblem(RuntimeError):
+    """The product did something wrong or did not do it in time; the message carries the evidence."""
+
+
+async def submit(http: httpx.AsyncClient, body: dict) -> str:
+    resp = await http.post("/api/jobs", json=body)
+    if resp.status_code != 201:
+        raise ProductProblem(f"POST /api/jobs answered {resp.status_code}: {resp.text[:500]}")
+    return resp.json()["id"]
+
+
+async def evidence(http: httpx.AsyncClient, job_id: str) -> str:
+    """A job's state, error, box and transitions, for a problem report (best effort)."""
+    try:
+        job = (await http.get(f"/api/jobs/{job_id}")).raise_for_status().json()
+        events = (await http.get(f"/api/jobs/{job_id}/events")).raise_for_status().json()["data"]
+        evs = [(e["to_state"], e["at"]) for e in events]
+        return f"job {job_id}: state={job['state']} error={job.get('error')!r} box={job.get('box')} events={evs}"
+    except Exception as exc:  # evidence is best effort
+        return f"job {job_id}: (could not read it back: {exc})"
+
+
+async def wait_state(http: httpx.AsyncClient, job_id: str, states: set[str], timeout: float,
+                     interval: float = 0.05) -> dict:
+    """Poll the job until its state is one of `states`; ProductProblem (with evidence) if it ends
+    otherwise or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = (await http.get(f"/api/jobs/{job_id}")).raise_for_status().json()
+        if job["state"] in states:
+            return job
+        if job["state"] in TERMINAL:
+            raise ProductProblem(f"expected {sorted(states)}, job ended instead; {await evidence(http, job_id)}")
+        if time.monotonic() > deadline:
+            raise ProductProblem(f"not {sorted(states)} after {timeout:.0f}s; {await evidence(http, job_id)}")
+        await asyncio.sleep(interval)
 
 
 def pid_alive(pid: int) -> bool:

@@ -59,11 +59,11 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import cpu_by_pid_tree, hard_exit, loadavg, machine, pid_alive, run_parts
+from bench.common import (TERMINAL, ProductProblem, cpu_by_pid_tree, evidence, hard_exit, loadavg, machine,
+                          pid_alive, run_parts, submit, wait_state)
 from bench.latency import nearest_rank
 from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
 
-TERMINAL = {"completed", "failed", "cancelled", "timed_out", "unschedulable"}
 PARTS = ("cancel", "handoff", "heartbeat", "throughput")
 DEFAULT_HEARTBEAT_TIMEOUT_S = 15.0  # boxrun.settings.Settings.activity_heartbeat_timeout_s
 HEARTBEAT_LOST = "box heartbeat lost"
@@ -91,10 +91,6 @@ with open({pidfile!r} + ".tmp", "w") as fh:
 os.replace({pidfile!r} + ".tmp", {pidfile!r})
 time.sleep(600)
 """
-
-
-class ProductProblem(RuntimeError):
-    """The product did something wrong or did not do it in time; the message carries the evidence."""
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -131,10 +127,7 @@ class Api:
         await self.http.aclose()
 
     async def submit(self, body: dict) -> str:
-        resp = await self.http.post("/api/jobs", json=body)
-        if resp.status_code != 201:
-            raise ProductProblem(f"POST /api/jobs answered {resp.status_code}: {resp.text[:500]}")
-        return resp.json()["id"]
+        return await submit(self.http, body)
 
     async def job(self, job_id: str) -> dict:
         resp = await self.http.get(f"/api/jobs/{job_id}")
@@ -150,24 +143,10 @@ class Api:
         return {e["to_state"]: ts(e["at"]) for e in await self.events(job_id)}
 
     async def evidence(self, job_id: str) -> str:
-        try:
-            job = await self.job(job_id)
-            evs = [(e["to_state"], e["at"]) for e in await self.events(job_id)]
-            return f"job {job_id}: state={job['state']} error={job.get('error')!r} box={job.get('box')} events={evs}"
-        except Exception as exc:  # evidence is best effort
-            return f"job {job_id}: (could not read it back: {exc})"
+        return await evidence(self.http, job_id)
 
     async def wait_state(self, job_id: str, states: set[str], timeout: float, interval: float = 0.05) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            job = await self.job(job_id)
-            if job["state"] in states:
-                return job
-            if job["state"] in TERMINAL:
-                raise ProductProblem(f"expected {sorted(states)}, job ended instead; {await self.evidence(job_id)}")
-            if time.monotonic() > deadline:
-                raise ProductProblem(f"not {sorted(states)} after {timeout:.0f}s; {await self.evidence(job_id)}")
-            await asyncio.sleep(interval)
+        return await wait_state(self.http, job_id, states, timeout, interval)
 
     async def box(self, name: str) -> dict:
         resp = await self.http.get(f"/api/boxes/{name}")

@@ -63,21 +63,17 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.common import cpu_by_pid_tree, hard_exit, loadavg, run_parts
+from bench.common import (TERMINAL, ProductProblem, cpu_by_pid_tree, hard_exit, loadavg, run_parts, submit,
+                          wait_state)
 from bench.latency import nearest_rank
 from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
 from boxrun.sse import read_events
 
 BOX = "local-1"
 PARTS = ("latency", "throughput", "fanout")
-TERMINAL = {"completed", "failed", "cancelled", "timed_out", "unschedulable"}
 WARMUP_LINES = 10
 POOL_SEED = 20261122
 POOL_SIZE = 1024  # power of two: the job indexes it with i & (POOL_SIZE - 1)
-
-
-class ProductProblem(RuntimeError):
-    """The product did something wrong (lost lines, wrong text, a job that did not complete)."""
 
 
 def log(msg: str) -> None:
@@ -204,33 +200,8 @@ def http_client(endpoints: dict, **kw) -> httpx.AsyncClient:
                              headers={"Authorization": f"Bearer {endpoints['token']}"}, **kw)
 
 
-async def submit(http: httpx.AsyncClient, script: str, timeout_s: int = 900) -> str:
-    resp = await http.post("/api/jobs", json={"box": BOX, "script": script, "timeout_s": timeout_s})
-    if resp.status_code != 201:
-        raise ProductProblem(f"POST /api/jobs answered {resp.status_code}: {resp.text[:500]}")
-    return resp.json()["id"]
-
-
-async def wait_state(http: httpx.AsyncClient, job_id: str, states: set[str], timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        job = (await http.get(f"/api/jobs/{job_id}")).json()
-        if job["state"] in states:
-            return job
-        if job["state"] in TERMINAL:
-            raise ProductProblem(f"job {job_id} ended {job['state']} ({job.get('error')}) while waiting for {states}")
-        if time.monotonic() > deadline:
-            raise ProductProblem(f"job {job_id} still {job['state']} after {timeout:.0f}s (waiting for {states})")
-        await asyncio.sleep(0.05)
-
-
-async def wait_terminal(http: httpx.AsyncClient, job_id: str, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while (job := (await http.get(f"/api/jobs/{job_id}")).json())["state"] not in TERMINAL:
-        if time.monotonic() > deadline:
-            raise ProductProblem(f"job {job_id} still {job['state']} after {timeout:.0f}s")
-        await asyncio.sleep(0.1)
-    return job
+def job_body(script: str) -> dict:
+    return {"box": BOX, "script": script, "timeout_s": 900}
 
 
 def go_wait(go: Path) -> str:
@@ -253,7 +224,7 @@ for i in range({lines}):
 async def latency_run(endpoints: dict, work: Path, lines: int, interval_s: float, flush: bool) -> dict:
     go = work / f"go-latency-{'flush' if flush else 'plain'}"
     async with http_client(endpoints) as http:
-        job_id = await submit(http, latency_script(go, lines, interval_s, flush))
+        job_id = await submit(http, job_body(latency_script(go, lines, interval_s, flush)))
         total, to_agent, from_agent = [], [], []
         seqs: list[int] = []
         done = None
@@ -368,7 +339,7 @@ async def bench_throughput(root: Path, args: argparse.Namespace) -> dict:
     async with private_stack(root, "throughput", args) as (stack, endpoints, quiet):
         api, agent = stack.child("api").pid, stack.child(f"agent-{BOX}").pid
         async with http_client(endpoints) as http:
-            job_id = await submit(http, throughput_script(go, stamps, lines, line_bytes))
+            job_id = await submit(http, job_body(throughput_script(go, stamps, lines, line_bytes)))
             await wait_state(http, job_id, {"running"}, 60)
             spill = Path(endpoints["data_dir"]) / "boxes" / BOX / "jobs" / job_id / "logs.spill"
             rss0 = {"api": mib(status_kb(api, "VmRSS")), "agent": mib(status_kb(agent, "VmRSS"))}
@@ -564,7 +535,7 @@ async def fanout_run(stack: DevStack, endpoints: dict, work: Path, followers: in
     api = stack.child("api").pid
     url = urlsplit(endpoints["api_url"])
     async with http_client(endpoints) as http:
-        job_id = await submit(http, fanout_script(go, args.fanout_s, interval_s))
+        job_id = await submit(http, job_body(fanout_script(go, args.fanout_s, interval_s)))
         rss0 = mib(status_kb(api, "VmRSS"))
         reset = reset_peak_rss(api)
         path = f"/api/jobs/{job_id}/logs/stream"
@@ -587,7 +558,7 @@ async def fanout_run(stack: DevStack, endpoints: dict, work: Path, followers: in
             f"{args.fanout_interval_ms} ms")
         go.touch()
         t_go = time.time()
-        job = await wait_terminal(http, job_id, args.fanout_s + 300)
+        job = await wait_state(http, job_id, TERMINAL, args.fanout_s + 300, interval=0.1)
         t_end = ts(job["finished_at"])
         pending = [t for t in tasks if not t.done()]
         if pending:
