@@ -8,7 +8,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Only what the package is built from (no .dockerignore needed: .venv, .git, tests stay out).
-# These are the directories of [tool.setuptools] package-dir in pyproject.toml; README.md is optional.
+# boxrun/ and the top-level folders its symlinks point to (boxrun/api -> ../api, ...); README.md is optional.
 WORKDIR /tmp/boxrun-src
 COPY pyproject.toml README.md* ./
 COPY boxrun ./boxrun
@@ -17,7 +17,7 @@ COPY activities ./activities
 COPY api ./api
 COPY worker ./worker
 
-RUN pip install . \
+RUN pip install '.[server,agent]' \
     && cd / && rm -rf /tmp/boxrun-src \
     && useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin boxrun \
     && mkdir -p /var/lib/boxrun/agent \

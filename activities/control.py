@@ -12,6 +12,7 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from boxrun import logstore
 from boxrun.activities.names import (
     ACQUIRE_BOX,
     ARCHIVE_LOGS,
@@ -20,15 +21,14 @@ from boxrun.activities.names import (
     RECORD_TRANSITION,
     VERIFY_ARTIFACTS,
 )
-from boxrun import logstore
 from boxrun.constants import LOG_ARCHIVE_KEY, artifact_key
 from boxrun.db import Q
 from boxrun.errors import InvalidTransition, NotFound
 from boxrun.messages import (
     AcquireInput,
+    AcquireResult,
     ArchiveInput,
     ArchiveResult,
-    AcquireResult,
     FinishInput,
     PresignInput,
     PresignResult,
@@ -57,8 +57,14 @@ class ControlActivities:
         self.offline_after_s = offline_after_s
 
     def all(self) -> list:
-        return [self.acquire_box, self.record_transition, self.finish_job, self.presign_uploads,
-                self.verify_artifacts, self.archive_logs]
+        return [
+            self.acquire_box,
+            self.record_transition,
+            self.finish_job,
+            self.presign_uploads,
+            self.verify_artifacts,
+            self.archive_logs,
+        ]
 
     @activity.defn(name=ACQUIRE_BOX)
     async def acquire_box(self, inp: AcquireInput) -> AcquireResult:
@@ -73,8 +79,13 @@ class ControlActivities:
         async with self.pool.acquire() as conn, conn.transaction():
             try:
                 state, changed = await transition(
-                    conn, inp.job_id, inp.to_state, exit_code=inp.exit_code, error=inp.error,
-                    waiting_reason=inp.waiting_reason, detail=inp.detail,
+                    conn,
+                    inp.job_id,
+                    inp.to_state,
+                    exit_code=inp.exit_code,
+                    error=inp.error,
+                    waiting_reason=inp.waiting_reason,
+                    detail=inp.detail,
                 )
             except (NotFound, InvalidTransition) as exc:
                 raise _permanent(exc) from exc

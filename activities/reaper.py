@@ -11,9 +11,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from boxrun.activities.names import REAP
 from boxrun.constants import TERMINAL_STATES, JobState
 from boxrun.db import Q
-from boxrun.jobstart import job_spec, start_job_workflow
 from boxrun.messages import ReapResult
 from boxrun.placement import finish, release
+from boxrun.services.workflow_start import job_spec, start_job_workflow
 from boxrun.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,3 @@ class ReaperActivities:
             except RPCError as exc:
                 log.info("could not wake job %s: %s", job_id, exc)
         return result
-
-
-

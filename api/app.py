@@ -11,7 +11,8 @@ from fastapi import APIRouter, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
 from boxrun import __version__
-from boxrun.api.notify import Notifier
+from boxrun.api.live.job_tail import Tails
+from boxrun.api.live.listener import Notifier
 from boxrun.api.routes import agent, artifacts, boxes, health, jobs, logs
 from boxrun.db import create_pool, migrate
 from boxrun.schemas import LogBatchHeader
@@ -38,16 +39,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.pool = pool
         app.state.notifier = notifier
+        app.state.tails = Tails(notifier)  # the shared reader of each followed job
         app.state.storage = storage
         app.state.temporal = await connect(settings.temporal_address, settings.temporal_namespace)
         try:
             yield
         finally:
+            app.state.tails.close()
             await notifier.stop()
             await pool.close()
 
-    app = FastAPI(title="boxrun", version=__version__, lifespan=lifespan,
-                  description="Run scripts on a fleet of remote boxes; every job is a durable Temporal workflow.")
+    app = FastAPI(
+        title="boxrun",
+        version=__version__,
+        lifespan=lifespan,
+        description="Run scripts on a fleet of remote boxes; every job is a durable Temporal workflow.",
+    )
     api = APIRouter(prefix="/api")
     for module in (jobs, logs, artifacts, boxes, agent, health):
         api.include_router(module.router)
@@ -58,8 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def openapi_with_ingest_schema() -> dict:
         # the log ingest parses its raw body itself; publish its header's schema all the same
         spec = openapi()
-        spec["components"]["schemas"].setdefault("LogBatchHeader", LogBatchHeader.model_json_schema(
-            ref_template="#/components/schemas/{model}"))
+        spec["components"]["schemas"].setdefault(
+            "LogBatchHeader", LogBatchHeader.model_json_schema(ref_template="#/components/schemas/{model}")
+        )
         return spec
 
     app.openapi = openapi_with_ingest_schema
@@ -71,7 +79,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(ConnectionError)
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse({"detail": "database unavailable, retry shortly"},
-                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"})
+        return JSONResponse(
+            {"detail": "database unavailable, retry shortly"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "1"},
+        )
 
     return app

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
 from boxrun.api.auth import NodeBox, User, hash_token, user_for_token
-from boxrun.api.notify import Notifier
+from boxrun.api.live.job_tail import Tails
 from boxrun.db import Q
 from boxrun.settings import Settings
 from boxrun.storage import Storage
@@ -40,8 +40,8 @@ def _storage(request: Request) -> Storage:
     return request.app.state.storage
 
 
-def _notifier(request: Request) -> Notifier:
-    return request.app.state.notifier
+def _tails(request: Request) -> Tails:
+    return request.app.state.tails
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -50,7 +50,7 @@ ConnDep = Annotated[asyncpg.Connection, Depends(_conn)]
 PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 TemporalDep = Annotated[Client, Depends(_temporal)]
 StorageDep = Annotated[Storage, Depends(_storage)]
-NotifierDep = Annotated[Notifier, Depends(_notifier)]
+TailsDep = Annotated[Tails, Depends(_tails)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 

@@ -47,8 +47,9 @@ async def evidence(http: httpx.AsyncClient, job_id: str) -> str:
         return f"job {job_id}: (could not read it back: {exc})"
 
 
-async def wait_state(http: httpx.AsyncClient, job_id: str, states: set[str], timeout: float,
-                     interval: float = 0.05) -> dict:
+async def wait_state(
+    http: httpx.AsyncClient, job_id: str, states: set[str], timeout: float, interval: float = 0.05
+) -> dict:
     """Poll the job until its state is one of `states`; ProductProblem (with evidence) if it ends
     otherwise or the timeout passes."""
     deadline = time.monotonic() + timeout
@@ -78,7 +79,7 @@ def loadavg() -> list[float]:
 def box_python(agent_python: str | None) -> str:
     """The interpreter the box runs jobs with: the agent resolves BOXRUN_AGENT_PYTHON (default
     python3 on PATH) to the real binary once at start, so a pyenv/asdf shim costs nothing per job."""
-    from boxrun.worker.agent import resolve_python
+    from boxrun.agent.main import resolve_python
 
     return resolve_python(agent_python or os.environ.get("BOXRUN_AGENT_PYTHON") or "python3")
 
@@ -143,8 +144,13 @@ def hard_exit(code: int) -> None:
     os._exit(code)
 
 
-def run_parts(prefix: str, args, run: Callable[[object, Path], Awaitable[dict]], render: Callable[[dict], str],
-              failed: Callable[[dict], bool]) -> int:
+def run_parts(
+    prefix: str,
+    args,
+    run: Callable[[object, Path], Awaitable[dict]],
+    render: Callable[[dict], str],
+    failed: Callable[[dict], bool],
+) -> int:
     """Run a benchmark's parts in a fresh temporary directory (removed afterwards unless --keep),
     add the machine's facts, print the tables (or --json) and return the exit code: 1 if it
     raised or `failed(result)`."""
@@ -168,4 +174,3 @@ def run_parts(prefix: str, args, run: Callable[[object, Path], Awaitable[dict]],
         else:
             shutil.rmtree(root, ignore_errors=True)
     return code
-

@@ -64,6 +64,7 @@ PERCENTILES = (50, 90, 99)
 
 # --------------------------------------------------------------------------- the bare baseline
 
+
 @activity.defn(name="bench_echo")
 async def echo(value: str) -> str:
     return value
@@ -88,8 +89,9 @@ async def bench_bare(address: str, runs: int, warmup: int, sandboxed: bool) -> l
         samples = []
         for i in range(warmup + runs):
             t0 = time.perf_counter()
-            out = await client.execute_workflow(BareWorkflow.run, f"ping-{i}", id=f"bench-bare-{uuid.uuid4()}",
-                                                task_queue=queue)
+            out = await client.execute_workflow(
+                BareWorkflow.run, f"ping-{i}", id=f"bench-bare-{uuid.uuid4()}", task_queue=queue
+            )
             elapsed = time.perf_counter() - t0
             if out != f"ping-{i}":
                 raise RuntimeError(f"BareWorkflow returned {out!r}")
@@ -100,10 +102,11 @@ async def bench_bare(address: str, runs: int, warmup: int, sandboxed: bool) -> l
 
 # --------------------------------------------------------------------------- boxrun jobs
 
+
 @dataclass
 class JobSample:
-    total: float                                         # POST -> client knows it is completed
-    post: float                                          # POST round trip (job queued + workflow started)
+    total: float  # POST -> client knows it is completed
+    post: float  # POST round trip (job queued + workflow started)
     phases: dict[str, float] = field(default_factory=dict)  # from job_events timestamps
 
 
@@ -142,11 +145,13 @@ async def phases(http: httpx.AsyncClient, job_id: str, wall0: float, wall1: floa
     clock as time.time() here, so client and server instants can be subtracted)."""
     events = (await http.get(f"/api/jobs/{job_id}/events")).json()["data"]
     at = {e["to_state"]: datetime.fromisoformat(e["at"]).timestamp() for e in events}
-    marks = [("submit -> queued row", wall0, at.get("queued")),
-             ("queued -> dispatching", at.get("queued"), at.get("dispatching")),
-             ("dispatching -> running", at.get("dispatching"), at.get("running")),
-             ("running -> completed", at.get("running"), at.get("completed")),
-             ("completed -> client told", at.get("completed"), wall1)]
+    marks = [
+        ("submit -> queued row", wall0, at.get("queued")),
+        ("queued -> dispatching", at.get("queued"), at.get("dispatching")),
+        ("dispatching -> running", at.get("dispatching"), at.get("running")),
+        ("running -> completed", at.get("running"), at.get("completed")),
+        ("completed -> client told", at.get("completed"), wall1),
+    ]
     return {name: b - a for name, a, b in marks if a is not None and b is not None}
 
 
@@ -163,11 +168,13 @@ async def bench_boxrun(endpoints: dict, runs: int, warmup: int, observe: str) ->
 
 # --------------------------------------------------------------------------- the stack
 
+
 class DevStack:
     """`python -m boxrun.cli dev --ports auto` in a subprocess; ready once endpoints.json names a live agent."""
 
-    def __init__(self, data_dir: Path, boxes: int = 1, agent_python: str | None = None,
-                 local_control: bool = False) -> None:
+    def __init__(
+        self, data_dir: Path, boxes: int = 1, agent_python: str | None = None, local_control: bool = False
+    ) -> None:
         self.data_dir = data_dir
         self.log_path = data_dir.parent / "dev.log"
         self._log = open(self.log_path, "ab")
@@ -177,9 +184,22 @@ class DevStack:
         if local_control:
             env["BOXRUN_LOCAL_CONTROL_ACTIVITIES"] = "true"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "boxrun.cli", "dev", "--ports", "auto", "--data-dir", str(data_dir),
-             "--boxes", str(boxes)],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            [
+                sys.executable,
+                "-m",
+                "boxrun.cli",
+                "dev",
+                "--ports",
+                "auto",
+                "--data-dir",
+                str(data_dir),
+                "--boxes",
+                str(boxes),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
 
     def wait_ready(self, timeout: float = 180) -> dict:
@@ -213,6 +233,7 @@ class DevStack:
 
 # --------------------------------------------------------------------------- statistics and output
 
+
 def nearest_rank(sorted_values: list[float], p: float) -> float:
     """Nearest-rank percentile: the value at 1-based rank ceil(p/100 * n) (p=0 gives the minimum)."""
     rank = max(1, math.ceil(p / 100 * len(sorted_values)))
@@ -230,27 +251,36 @@ def summarise(values_s: list[float]) -> dict:
 
 
 def how_measured(observe: str, warmup: int, sandboxed: bool) -> str:
-    seen = ("SSE `event: done` of /logs/stream opened after the POST returns" if observe == "sse"
-            else f"first GET /api/jobs/{{id}} with a terminal state, polled every {POLL_S * 1000:g} ms")
-    return (f"sequential runs after {warmup} uncounted warm-ups each; boxrun = perf_counter from just before "
-            f"POST /api/jobs ({{box: {BOX}, script: 'pass'}}) to the {seen}; bare = perf_counter around "
-            "client.execute_workflow(BareWorkflow) (1 activity returning its input, in-process worker, "
-            f"{'sandboxed' if sandboxed else 'unsandboxed'} workflow, same Temporal dev server); "
-            "percentiles by nearest rank (value at rank ceil(p/100*n))")
+    seen = (
+        "SSE `event: done` of /logs/stream opened after the POST returns"
+        if observe == "sse"
+        else f"first GET /api/jobs/{{id}} with a terminal state, polled every {POLL_S * 1000:g} ms"
+    )
+    return (
+        f"sequential runs after {warmup} uncounted warm-ups each; boxrun = perf_counter from just before "
+        f"POST /api/jobs ({{box: {BOX}, script: 'pass'}}) to the {seen}; bare = perf_counter around "
+        "client.execute_workflow(BareWorkflow) (1 activity returning its input, in-process worker, "
+        f"{'sandboxed' if sandboxed else 'unsandboxed'} workflow, same Temporal dev server); "
+        "percentiles by nearest rank (value at rank ceil(p/100*n))"
+    )
 
 
 def render(result: dict) -> str:
     m = result["machine"]
     cols = ["n", "p50", "p90", "p99", "max", "mean"]
-    rows = [("boxrun job, script 'pass', 1 box", result["boxrun"]),
-            ("bare 1-activity Temporal workflow", result["bare"])]
+    rows = [
+        ("boxrun job, script 'pass', 1 box", result["boxrun"]),
+        ("bare 1-activity Temporal workflow", result["bare"]),
+    ]
     width = max(len(name) for name, _ in rows) + 2
-    lines = [f"machine: {m['nproc']} CPU(s), {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}, "
-             f"temporalio {m['temporalio']}",
-             f"load avg: {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end; "
-             f"box runs jobs with {result['box_python']}",
-             "",
-             f"{'submit -> completed (ms)':<{width}}" + "".join(f"{c:>8}" for c in cols)]
+    lines = [
+        f"machine: {m['nproc']} CPU(s), {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}, "
+        f"temporalio {m['temporalio']}",
+        f"load avg: {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end; "
+        f"box runs jobs with {result['box_python']}",
+        "",
+        f"{'submit -> completed (ms)':<{width}}" + "".join(f"{c:>8}" for c in cols),
+    ]
     for name, s in rows:
         lines.append(f"{name:<{width}}" + "".join(f"{s[c]:>8}" for c in cols))
     lines += ["", f"boxrun job split by server transition timestamps (median ms of the {result['boxrun']['n']} jobs):"]
@@ -262,12 +292,14 @@ def render(result: dict) -> str:
 
 # --------------------------------------------------------------------------- main
 
+
 async def measure(endpoints: dict, args: argparse.Namespace) -> dict:
     jobs = await bench_boxrun(endpoints, args.jobs, args.warmup, args.observe)
     bare = await bench_bare(endpoints["temporal_address"], args.jobs, args.warmup, not args.unsandboxed)
     names = list(jobs[0].phases)
-    phase_p50 = {name: round(statistics.median(s.phases[name] for s in jobs if name in s.phases) * 1000, 1)
-                 for name in names}
+    phase_p50 = {
+        name: round(statistics.median(s.phases[name] for s in jobs if name in s.phases) * 1000, 1) for name in names
+    }
     phase_p50["(POST round trip)"] = round(statistics.median(s.post for s in jobs) * 1000, 1)
     return {
         "boxrun": summarise([s.total for s in jobs]),
@@ -278,8 +310,7 @@ async def measure(endpoints: dict, args: argparse.Namespace) -> dict:
         "bare_sandboxed": not args.unsandboxed,
         "local_control": args.local_control,
         "box_python": box_python(args.agent_python),
-        "samples_ms": {"boxrun": [round(s.total * 1000, 2) for s in jobs],
-                       "bare": [round(v * 1000, 2) for v in bare]},
+        "samples_ms": {"boxrun": [round(s.total * 1000, 2) for s in jobs], "bare": [round(v * 1000, 2) for v in bare]},
         "how_measured": how_measured(args.observe, args.warmup, not args.unsandboxed),
     }
 
@@ -288,14 +319,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=50, help="counted runs of each kind (default 50)")
     parser.add_argument("--warmup", type=int, default=3, help="uncounted runs of each kind first (default 3)")
-    parser.add_argument("--observe", choices=["sse", "poll"], default="sse",
-                        help="how the client learns the job completed (default sse)")
-    parser.add_argument("--unsandboxed", action="store_true",
-                        help="run BareWorkflow without the workflow sandbox (default: sandboxed, like JobWorkflow)")
-    parser.add_argument("--agent-python", metavar="PATH",
-                        help="interpreter the box runs jobs with (BOXRUN_AGENT_PYTHON; default: python3 on PATH)")
-    parser.add_argument("--local-control", action="store_true",
-                        help="run acquire/transition/finish as local activities (BOXRUN_LOCAL_CONTROL_ACTIVITIES)")
+    parser.add_argument(
+        "--observe",
+        choices=["sse", "poll"],
+        default="sse",
+        help="how the client learns the job completed (default sse)",
+    )
+    parser.add_argument(
+        "--unsandboxed",
+        action="store_true",
+        help="run BareWorkflow without the workflow sandbox (default: sandboxed, like JobWorkflow)",
+    )
+    parser.add_argument(
+        "--agent-python",
+        metavar="PATH",
+        help="interpreter the box runs jobs with (BOXRUN_AGENT_PYTHON; default: python3 on PATH)",
+    )
+    parser.add_argument(
+        "--local-control",
+        action="store_true",
+        help="run acquire/transition/finish as local activities (BOXRUN_LOCAL_CONTROL_ACTIVITIES)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--keep", action="store_true", help="keep the stack's data dir (printed) afterwards")
     args = parser.parse_args(argv)

@@ -59,8 +59,19 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import (TERMINAL, ProductProblem, cpu_by_pid_tree, evidence, hard_exit, loadavg, machine,
-                          pid_alive, run_parts, submit, wait_state)
+from bench.common import (
+    TERMINAL,
+    ProductProblem,
+    cpu_by_pid_tree,
+    evidence,
+    hard_exit,
+    loadavg,
+    machine,
+    pid_alive,
+    run_parts,
+    submit,
+    wait_state,
+)
 from bench.latency import nearest_rank
 from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
 
@@ -95,6 +106,7 @@ time.sleep(600)
 
 # --------------------------------------------------------------------------- small helpers
 
+
 def ts(value: str | None) -> float | None:
     return datetime.fromisoformat(value).timestamp() if value else None
 
@@ -119,9 +131,12 @@ def log(msg: str) -> None:
 
 class Api:
     def __init__(self, endpoints: dict, limits: httpx.Limits | None = None) -> None:
-        self.http = httpx.AsyncClient(base_url=endpoints["api_url"], timeout=60,
-                                      headers={"Authorization": f"Bearer {endpoints['token']}"},
-                                      limits=limits or httpx.Limits(max_connections=100))
+        self.http = httpx.AsyncClient(
+            base_url=endpoints["api_url"],
+            timeout=60,
+            headers={"Authorization": f"Bearer {endpoints['token']}"},
+            limits=limits or httpx.Limits(max_connections=100),
+        )
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -174,10 +189,12 @@ async def wait_file(path: Path, timeout: float, interval: float = 0.01) -> bool:
 
 
 @asynccontextmanager
-async def private_stack(root: Path, name: str, *, boxes: int, env: dict[str, str] | None = None
-                        ) -> AsyncIterator[tuple[DevStack, dict]]:
-    stack = DevStack(StackOptions(data_dir=root / name, boxes=boxes, capacity=1, env=env),
-                     resolve_ports(None, auto=True))
+async def private_stack(
+    root: Path, name: str, *, boxes: int, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[DevStack, dict]]:
+    stack = DevStack(
+        StackOptions(data_dir=root / name, boxes=boxes, capacity=1, env=env), resolve_ports(None, auto=True)
+    )
     t0 = time.perf_counter()
     try:
         endpoints = await stack.start()
@@ -195,6 +212,7 @@ async def private_stack(root: Path, name: str, *, boxes: int, env: dict[str, str
 
 
 # --------------------------------------------------------------------------- 1. heartbeat loss
+
 
 async def wait_online_since(api: Api, box: str, since: float, timeout: float = 60) -> float:
     """Wait for a liveness report made after `since`; returns when it was seen."""
@@ -237,7 +255,8 @@ async def bench_heartbeat(stack: DevStack, api: Api, box: str, samples: int, wor
         sample = {
             "kill_to_failed_event_s": round(at[job["state"]] - t_kill, 3),
             "kill_to_api_seen_s": round(seen - t_kill, 3),
-            "state": job["state"], "error": job.get("error"),
+            "state": job["state"],
+            "error": job.get("error"),
             "lease_freed": job_id not in leases,
             "script_pid_gone_at_failure": not pid_alive(script_pid),
         }
@@ -248,8 +267,10 @@ async def bench_heartbeat(stack: DevStack, api: Api, box: str, samples: int, wor
         online = await wait_online_since(api, box, t_respawn)
         sample["respawn_to_online_s"] = round(online - t_respawn, 2)
         out.append(sample)
-        log(f"heartbeat[{tag}] {i + 1}/{samples}: kill -> failed event {sample['kill_to_failed_event_s']:.2f}s, "
-            f"seen {sample['kill_to_api_seen_s']:.2f}s ({job['state']}: {job.get('error')})")
+        log(
+            f"heartbeat[{tag}] {i + 1}/{samples}: kill -> failed event {sample['kill_to_failed_event_s']:.2f}s, "
+            f"seen {sample['kill_to_api_seen_s']:.2f}s ({job['state']}: {job.get('error')})"
+        )
     return out
 
 
@@ -271,12 +292,14 @@ def heartbeat_summary(samples: list[dict], timeout_s: float) -> dict:
 
 # --------------------------------------------------------------------------- 2. cancel -> SIGTERM
 
+
 async def bench_cancel(api: Api, box: str, jobs: int, warmup: int, work: Path, rng: random.Random) -> dict:
     sig, cancelled, post_rt, problems = [], [], [], []
     for i in range(warmup + jobs):
         ready, outf = work / f"cancel-{i}.ready", work / f"cancel-{i}.sigterm"
-        job_id = await api.submit({"box": box, "script": ON_SIGTERM.format(ready=str(ready), out=str(outf)),
-                                   "timeout_s": 600})
+        job_id = await api.submit(
+            {"box": box, "script": ON_SIGTERM.format(ready=str(ready), out=str(outf)), "timeout_s": 600}
+        )
         if not await wait_file(ready, 60):
             raise ProductProblem(f"cancel job never became ready; {await api.evidence(job_id)}")
         await asyncio.sleep(0.2 + rng.random() * 0.5)
@@ -299,12 +322,17 @@ async def bench_cancel(api: Api, box: str, jobs: int, warmup: int, work: Path, r
         post_rt.append(t_resp - t0)
     if sig:
         log(f"cancel: {len(sig)} samples, SIGTERM p50 {statistics.median(sig) * 1000:.0f} ms")
-    return {"cancel_to_sigterm_ms": pct(sig, 1000), "cancel_to_cancelled_event_ms": pct(cancelled, 1000),
-            "cancel_post_round_trip_ms": pct(post_rt, 1000), "problems": problems,
-            "samples_ms": [round(x * 1000, 1) for x in sig]}
+    return {
+        "cancel_to_sigterm_ms": pct(sig, 1000),
+        "cancel_to_cancelled_event_ms": pct(cancelled, 1000),
+        "cancel_post_round_trip_ms": pct(post_rt, 1000),
+        "problems": problems,
+        "samples_ms": [round(x * 1000, 1) for x in sig],
+    }
 
 
 # --------------------------------------------------------------------------- 3. lease hand-off
+
 
 async def bench_handoff(api: Api, box: str, pairs: int, warmup: int) -> dict:
     handoff, to_running, not_waited, problems, inverted = [], [], 0, [], []
@@ -333,21 +361,28 @@ async def bench_handoff(api: Api, box: str, pairs: int, warmup: int) -> dict:
         to_running.append(second["running"] - first["completed"])
     if handoff:
         log(f"handoff: {len(handoff)} pairs, p50 {statistics.median(handoff) * 1000:.0f} ms")
-    return {"handoff_ms": pct(handoff, 1000), "a_terminal_to_b_running_ms": pct(to_running, 1000),
-            "pairs_where_b_did_not_wait": not_waited, "problems": problems,
-            "pairs_b_before_a": len(inverted), "b_before_a": inverted,
-            "samples_ms": [round(x * 1000, 1) for x in handoff]}
+    return {
+        "handoff_ms": pct(handoff, 1000),
+        "a_terminal_to_b_running_ms": pct(to_running, 1000),
+        "pairs_where_b_did_not_wait": not_waited,
+        "problems": problems,
+        "pairs_b_before_a": len(inverted),
+        "b_before_a": inverted,
+        "samples_ms": [round(x * 1000, 1) for x in handoff],
+    }
 
 
 # --------------------------------------------------------------------------- 4. throughput
+
 
 def cpu_by_child(stack: DevStack) -> dict[str, float]:
     """CPU seconds of each stack child's process tree; agents summed into one entry."""
     return cpu_by_pid_tree(("agents" if c.name.startswith("agent-") else c.name, c.pid) for c in stack.children)
 
 
-async def bench_throughput(stack: DevStack, api: Api, n: int, concurrency: int, boxes: int,
-                           deadline_s: float, target: str) -> dict:
+async def bench_throughput(
+    stack: DevStack, api: Api, n: int, concurrency: int, boxes: int, deadline_s: float, target: str
+) -> dict:
     # warm-up: one trivial job per box, not counted
     warm = [await api.submit({"box_group": "local", "script": "pass"}) for _ in range(boxes)]
     for job_id in warm:
@@ -392,11 +427,21 @@ async def bench_throughput(stack: DevStack, api: Api, n: int, concurrency: int, 
         done_f = await api.count("failed") - base["failed"]
         waiting = await api.count("waiting_for_box")
         running = await api.count("running")
-        timeline.append({"t": round(time.time() - wall0, 1), "completed": done_c, "failed": done_f,
-                         "waiting": waiting, "running": running, "submitted": len(submitted)})
+        timeline.append(
+            {
+                "t": round(time.time() - wall0, 1),
+                "completed": done_c,
+                "failed": done_f,
+                "waiting": waiting,
+                "running": running,
+                "submitted": len(submitted),
+            }
+        )
         if len(timeline) % 10 == 0:
-            log(f"throughput t={timeline[-1]['t']:.0f}s submitted {len(submitted)} completed {done_c} "
-                f"failed {done_f} waiting {waiting} running {running} load {loadavg()[0]}")
+            log(
+                f"throughput t={timeline[-1]['t']:.0f}s submitted {len(submitted)} completed {done_c} "
+                f"failed {done_f} waiting {waiting} running {running} load {loadavg()[0]}"
+            )
         if submit_task.done() and done_c + done_f >= len(submitted):
             break
         if done_c + done_f != last_done:
@@ -405,8 +450,9 @@ async def bench_throughput(stack: DevStack, api: Api, n: int, concurrency: int, 
             stalled = f"no job ended for 60 s at completed={done_c} failed={done_f} of {len(submitted)}"
             break
         if time.time() - wall0 > deadline_s:
-            stalled = (f"not all terminal after {deadline_s:.0f}s: completed={done_c} failed={done_f} "
-                       f"of {len(submitted)}")
+            stalled = (
+                f"not all terminal after {deadline_s:.0f}s: completed={done_c} failed={done_f} of {len(submitted)}"
+            )
             break
     await submit_task
     if submit_done_at is None:
@@ -455,9 +501,14 @@ async def bench_throughput(stack: DevStack, api: Api, n: int, concurrency: int, 
     cpu = {k: round(cpu1.get(k, 0) - cpu0.get(k, 0), 1) for k in cpu1}
     log(f"throughput: {len(ended)} ended in {window:.1f}s = {len(ended) / window:.1f} jobs/s")
     return {
-        "jobs": n, "accepted": len(submitted), "refused": dict(refused), "states": dict(states),
-        "errors": {str(k): v for k, v in errors.items()}, "stalled": stalled,
-        "window_s": round(window, 2), "jobs_per_s": round(len(ended) / window, 2),
+        "jobs": n,
+        "accepted": len(submitted),
+        "refused": dict(refused),
+        "states": dict(states),
+        "errors": {str(k): v for k, v in errors.items()},
+        "stalled": stalled,
+        "window_s": round(window, 2),
+        "jobs_per_s": round(len(ended) / window, 2),
         "completed_per_s": round(states.get("completed", 0) / window, 2),
         "steady_jobs_per_s_10_90": round(steady, 2) if steady else None,
         "submit_phase_s": round(submit_done_at - first_post, 2),
@@ -466,25 +517,31 @@ async def bench_throughput(stack: DevStack, api: Api, n: int, concurrency: int, 
         "created_to_running_ms": pct(queue_wait, 1000, 0),
         "running_to_end_ms": pct(run, 1000, 0),
         "target": target,
-        "boxes_used": len(per_box), "jobs_per_box_min_max": [min(counts), max(counts)] if counts else None,
+        "boxes_used": len(per_box),
+        "jobs_per_box_min_max": [min(counts), max(counts)] if counts else None,
         "jobs_per_box": dict(sorted(((b, len(v)) for b, v in per_box.items()), key=lambda kv: -kv[1])),
         "mean_jobs_running": round(busy / window, 2),
         "running_count_per_s_median": statistics.median(p["running"] for p in timeline) if timeline else None,
         "max_running_at_once_on_one_box": max_overlap,
         "cpu_seconds": dict(sorted(cpu.items(), key=lambda kv: -kv[1])),
         "cpu_capacity_seconds": round((wall1 - wall0) * machine()["nproc"], 1),
-        "loadavg_start": load0, "loadavg_end": load1,
+        "loadavg_start": load0,
+        "loadavg_end": load1,
         "timeline": timeline,
     }
 
 
 # --------------------------------------------------------------------------- output
 
+
 def render(r: dict) -> str:
     m = r["machine"]
-    lines = [f"machine: {m['nproc']} CPU(s), {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}, "
-             f"temporalio {m['temporalio']}; box python {r['box_python']}",
-             f"load avg: {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end", ""]
+    lines = [
+        f"machine: {m['nproc']} CPU(s), {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}, "
+        f"temporalio {m['temporalio']}; box python {r['box_python']}",
+        f"load avg: {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end",
+        "",
+    ]
     cols = ["n", "p50", "p90", "p99", "min", "max", "mean"]
 
     def table(title: str, rows: list[tuple[str, dict]]) -> None:
@@ -498,60 +555,92 @@ def render(r: dict) -> str:
         h = r.get(key)
         if not h:
             continue
-        lines.append(f"1. heartbeat loss, {label} (BOXRUN_ACTIVITY_HEARTBEAT_TIMEOUT_S={h['heartbeat_timeout_s']:g}), "
-                     f"kill -9 agent -> job failed, seconds:")
+        lines.append(
+            f"1. heartbeat loss, {label} (BOXRUN_ACTIVITY_HEARTBEAT_TIMEOUT_S={h['heartbeat_timeout_s']:g}), "
+            f"kill -9 agent -> job failed, seconds:"
+        )
         lines.append("   sample   kill->failed event   kill->API shows it   state/error")
         for i, s in enumerate(h["samples"], 1):
-            lines.append(f"   {i:>6}   {s['kill_to_failed_event_s']:>18.2f}   {s['kill_to_api_seen_s']:>18.2f}   "
-                         f"{s['state']}: {s['error']}")
-        lines.append(f"   median {h['event_s']['median']:>18.2f}   {h['seen_s']['median']:>18.2f}   "
-                     f"(min {h['event_s']['min']:.2f} max {h['event_s']['max']:.2f}); all 'box heartbeat lost': "
-                     f"{h['all_failed_heartbeat_lost']}, leases freed: {h['all_leases_freed']}, script pids gone: "
-                     f"{h['all_script_pids_gone']}; agent restart -> online median {h['respawn_to_online_median_s']}s")
+            lines.append(
+                f"   {i:>6}   {s['kill_to_failed_event_s']:>18.2f}   {s['kill_to_api_seen_s']:>18.2f}   "
+                f"{s['state']}: {s['error']}"
+            )
+        lines.append(
+            f"   median {h['event_s']['median']:>18.2f}   {h['seen_s']['median']:>18.2f}   "
+            f"(min {h['event_s']['min']:.2f} max {h['event_s']['max']:.2f}); all 'box heartbeat lost': "
+            f"{h['all_failed_heartbeat_lost']}, leases freed: {h['all_leases_freed']}, script pids gone: "
+            f"{h['all_script_pids_gone']}; agent restart -> online median {h['respawn_to_online_median_s']}s"
+        )
         lines.append("")
     if r.get("cancel"):
         c = r["cancel"]
-        table("2. cancel (ms, default settings)", [
-            ("POST cancel -> SIGTERM in script", c["cancel_to_sigterm_ms"]),
-            ("POST cancel -> `cancelled` event", c["cancel_to_cancelled_event_ms"]),
-            ("POST cancel round trip", c["cancel_post_round_trip_ms"])])
+        table(
+            "2. cancel (ms, default settings)",
+            [
+                ("POST cancel -> SIGTERM in script", c["cancel_to_sigterm_ms"]),
+                ("POST cancel -> `cancelled` event", c["cancel_to_cancelled_event_ms"]),
+                ("POST cancel round trip", c["cancel_post_round_trip_ms"]),
+            ],
+        )
         if c["problems"]:
             lines += ["   problems:"] + [f"   - {p}" for p in c["problems"]] + [""]
     if r.get("handoff"):
         h = r["handoff"]
-        table("3. lease hand-off on 1 box (ms)", [("A terminal -> B dispatching", h["handoff_ms"]),
-                                                  ("A terminal -> B running", h["a_terminal_to_b_running_ms"])])
-        lines.append(f"   pairs where the second job never waited (placed after the first ended; excluded): "
-                     f"{h['pairs_where_b_did_not_wait']}; pairs where B got the box before A (FIFO "
-                     f"inverted; hand-off measured the other way round): {h['pairs_b_before_a']}")
+        table(
+            "3. lease hand-off on 1 box (ms)",
+            [
+                ("A terminal -> B dispatching", h["handoff_ms"]),
+                ("A terminal -> B running", h["a_terminal_to_b_running_ms"]),
+            ],
+        )
+        lines.append(
+            f"   pairs where the second job never waited (placed after the first ended; excluded): "
+            f"{h['pairs_where_b_did_not_wait']}; pairs where B got the box before A (FIFO "
+            f"inverted; hand-off measured the other way round): {h['pairs_b_before_a']}"
+        )
         lines += [f"   - {x}" for x in h["b_before_a"]]
         if h["problems"]:
             lines += ["   problems:"] + [f"   - {p}" for p in h["problems"]]
         lines.append("")
     if r.get("throughput"):
         t = r["throughput"]
-        lines.append(f"4. throughput ({t['target']} target): {t['accepted']}/{t['jobs']} accepted, "
-                     f"states {t['states']}, refused {t['refused']}")
-        lines.append(f"   {t['jobs_per_s']} jobs/s over {t['window_s']} s (first POST -> last finished_at); "
-                     f"steady 10%-90% of ends: {t['steady_jobs_per_s_10_90']} jobs/s; "
-                     f"submit phase {t['submit_phase_s']} s")
-        lines.append(f"   boxes used {t['boxes_used']}, jobs per box {t['jobs_per_box_min_max']}, most running at once "
-                     f"on one box {t['max_running_at_once_on_one_box']}; "
-                     f"load avg {t['loadavg_start']} -> {t['loadavg_end']}")
-        lines.append(f"   mean jobs in `running` (sum of running->end / window) {t['mean_jobs_running']}, "
-                     "median of the "
-                     f"per-second `running` count {t['running_count_per_s_median']}; jobs per box {t['jobs_per_box']}")
-        lines.append("   per 10 s (t: completed/waiting/running): " + ", ".join(
-            f"{p['t']:.0f}: {p['completed']}/{p['waiting']}/{p['running']}" for p in t["timeline"][9::10]))
+        lines.append(
+            f"4. throughput ({t['target']} target): {t['accepted']}/{t['jobs']} accepted, "
+            f"states {t['states']}, refused {t['refused']}"
+        )
+        lines.append(
+            f"   {t['jobs_per_s']} jobs/s over {t['window_s']} s (first POST -> last finished_at); "
+            f"steady 10%-90% of ends: {t['steady_jobs_per_s_10_90']} jobs/s; "
+            f"submit phase {t['submit_phase_s']} s"
+        )
+        lines.append(
+            f"   boxes used {t['boxes_used']}, jobs per box {t['jobs_per_box_min_max']}, most running at once "
+            f"on one box {t['max_running_at_once_on_one_box']}; "
+            f"load avg {t['loadavg_start']} -> {t['loadavg_end']}"
+        )
+        lines.append(
+            f"   mean jobs in `running` (sum of running->end / window) {t['mean_jobs_running']}, "
+            "median of the "
+            f"per-second `running` count {t['running_count_per_s_median']}; jobs per box {t['jobs_per_box']}"
+        )
+        lines.append(
+            "   per 10 s (t: completed/waiting/running): "
+            + ", ".join(f"{p['t']:.0f}: {p['completed']}/{p['waiting']}/{p['running']}" for p in t["timeline"][9::10])
+        )
         if t["errors"]:
             lines.append(f"   errors: {t['errors']}")
         if t["stalled"]:
             lines.append(f"   STALLED: {t['stalled']}")
         lines.append("")
-        table("   within the run (ms)", [("POST round trip", t["post_round_trip_ms"]),
-                                        ("submit -> completed", t["submit_to_completed_ms"]),
-                                        ("created -> running", t["created_to_running_ms"]),
-                                        ("running -> terminal", t["running_to_end_ms"])])
+        table(
+            "   within the run (ms)",
+            [
+                ("POST round trip", t["post_round_trip_ms"]),
+                ("submit -> completed", t["submit_to_completed_ms"]),
+                ("created -> running", t["created_to_running_ms"]),
+                ("running -> terminal", t["running_to_end_ms"]),
+            ],
+        )
         lines.append(f"   CPU seconds during the run (capacity {t['cpu_capacity_seconds']}): {t['cpu_seconds']}")
         lines.append("")
     for part, err in r.get("errors", {}).items():
@@ -562,15 +651,20 @@ def render(r: dict) -> str:
 
 # --------------------------------------------------------------------------- main
 
+
 async def run(args: argparse.Namespace, root: Path) -> dict:
     parts = set(args.parts.split(","))
     work = root / "work"
     work.mkdir()
     rng = random.Random(3)
-    result: dict = {"errors": {}, "settings": {
-        "stack A/C": "defaults (heartbeat timeout 15 s, agent activity heartbeat 0.5 s, box offline after 15 s, "
-                     "wait poll 30 s)",
-        "stack B": f"BOXRUN_ACTIVITY_HEARTBEAT_TIMEOUT_S={args.short_heartbeat_s:g}, rest default"}}
+    result: dict = {
+        "errors": {},
+        "settings": {
+            "stack A/C": "defaults (heartbeat timeout 15 s, agent activity heartbeat 0.5 s, box offline after 15 s, "
+            "wait poll 30 s)",
+            "stack B": f"BOXRUN_ACTIVITY_HEARTBEAT_TIMEOUT_S={args.short_heartbeat_s:g}, rest default",
+        },
+    }
 
     async def part(name: str, coro) -> None:
         try:
@@ -588,9 +682,13 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
                 if "handoff" in parts:
                     await part("handoff", bench_handoff(api, "local-1", args.handoff_pairs, 2))
                 if "heartbeat" in parts:
+
                     async def hb() -> dict:
-                        return heartbeat_summary(await bench_heartbeat(stack, api, "local-2", args.heartbeat_samples,
-                                                                       work, "default"), DEFAULT_HEARTBEAT_TIMEOUT_S)
+                        return heartbeat_summary(
+                            await bench_heartbeat(stack, api, "local-2", args.heartbeat_samples, work, "default"),
+                            DEFAULT_HEARTBEAT_TIMEOUT_S,
+                        )
+
                     await part("heartbeat_default", hb())
             finally:
                 await api.close()
@@ -599,9 +697,13 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
         async with private_stack(root, "b", boxes=1, env=env) as (stack, endpoints):
             api = Api(endpoints)
             try:
+
                 async def hb_short() -> dict:
-                    return heartbeat_summary(await bench_heartbeat(stack, api, "local-1", args.heartbeat_samples,
-                                                                   work, "short"), args.short_heartbeat_s)
+                    return heartbeat_summary(
+                        await bench_heartbeat(stack, api, "local-1", args.heartbeat_samples, work, "short"),
+                        args.short_heartbeat_s,
+                    )
+
                 await part("heartbeat_short", hb_short())
             finally:
                 await api.close()
@@ -609,9 +711,18 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
         async with private_stack(root, "c", boxes=args.throughput_boxes) as (stack, endpoints):
             api = Api(endpoints, httpx.Limits(max_connections=args.concurrency + 10))
             try:
-                await part("throughput", bench_throughput(stack, api, args.throughput_jobs, args.concurrency,
-                                                          args.throughput_boxes, args.throughput_deadline_s,
-                                                          args.throughput_target))
+                await part(
+                    "throughput",
+                    bench_throughput(
+                        stack,
+                        api,
+                        args.throughput_jobs,
+                        args.concurrency,
+                        args.throughput_boxes,
+                        args.throughput_deadline_s,
+                        args.throughput_target,
+                    ),
+                )
             finally:
                 await api.close()
     return result
@@ -621,17 +732,29 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.lifecycle", description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--heartbeat-samples", type=int, default=5)
-    parser.add_argument("--short-heartbeat-s", type=float, default=5.0,
-                        help="heartbeat loss again with this run_job heartbeat timeout (0: skip)")
+    parser.add_argument(
+        "--short-heartbeat-s",
+        type=float,
+        default=5.0,
+        help="heartbeat loss again with this run_job heartbeat timeout (0: skip)",
+    )
     parser.add_argument("--cancel-jobs", type=int, default=30)
     parser.add_argument("--handoff-pairs", type=int, default=30)
     parser.add_argument("--throughput-jobs", type=int, default=1000)
     parser.add_argument("--throughput-boxes", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=50, help="POSTs in flight at once (default 50)")
-    parser.add_argument("--throughput-deadline-s", type=float, default=300,
-                        help="stop waiting for the throughput run after this long (default 300)")
-    parser.add_argument("--throughput-target", choices=["group", "named"], default="group",
-                        help="group: box_group 'local' (default); named: round robin over local-1..N by name")
+    parser.add_argument(
+        "--throughput-deadline-s",
+        type=float,
+        default=300,
+        help="stop waiting for the throughput run after this long (default 300)",
+    )
+    parser.add_argument(
+        "--throughput-target",
+        choices=["group", "named"],
+        default="group",
+        help="group: box_group 'local' (default); named: round robin over local-1..N by name",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     parser.add_argument("--keep", action="store_true", help="keep the stacks' data dir (printed) afterwards")
     args = parser.parse_args(argv)

@@ -63,8 +63,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bench.common import (TERMINAL, ProductProblem, cpu_by_pid_tree, hard_exit, loadavg, run_parts, submit,
-                          wait_state)
+from bench.common import TERMINAL, ProductProblem, cpu_by_pid_tree, hard_exit, loadavg, run_parts, submit, wait_state
 from bench.latency import nearest_rank
 from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
 from boxrun.sse import read_events
@@ -91,8 +90,13 @@ def wait_for_quiet(limit: float, max_s: float) -> dict:
             announced = True
         time.sleep(5)
     now = loadavg()
-    return {"limit": limit, "at_first_look": first, "when_started": now,
-            "waited_s": round(time.monotonic() - t0, 1), "quiet": now[0] < limit}
+    return {
+        "limit": limit,
+        "at_first_look": first,
+        "when_started": now,
+        "waited_s": round(time.monotonic() - t0, 1),
+        "quiet": now[0] < limit,
+    }
 
 
 def pct(values: list[float] | array, scale: float = 1000.0) -> dict:
@@ -113,6 +117,7 @@ def ts(value: str | None) -> float | None:
 
 
 # --------------------------------------------------------------------------- process facts
+
 
 def status_kb(pid: int, field: str) -> int | None:
     try:
@@ -174,6 +179,7 @@ class CpuMeter:
 
 # --------------------------------------------------------------------------- the stack
 
+
 @asynccontextmanager
 async def private_stack(root: Path, name: str, args: argparse.Namespace) -> AsyncIterator[tuple[DevStack, dict, dict]]:
     quiet = await asyncio.to_thread(wait_for_quiet, args.wait_load, args.wait_load_max_s)
@@ -196,8 +202,9 @@ async def private_stack(root: Path, name: str, args: argparse.Namespace) -> Asyn
 
 
 def http_client(endpoints: dict, **kw) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=endpoints["api_url"], timeout=60,
-                             headers={"Authorization": f"Bearer {endpoints['token']}"}, **kw)
+    return httpx.AsyncClient(
+        base_url=endpoints["api_url"], timeout=60, headers={"Authorization": f"Bearer {endpoints['token']}"}, **kw
+    )
 
 
 def job_body(script: str) -> dict:
@@ -210,8 +217,11 @@ def go_wait(go: Path) -> str:
 
 # --------------------------------------------------------------------------- 1. line latency
 
+
 def latency_script(go: Path, lines: int, interval_s: float, flush: bool) -> str:
-    return go_wait(go) + f"""
+    return (
+        go_wait(go)
+        + f"""
 t0 = time.time()
 for i in range({lines}):
     print(f"L {{i}} {{time.time():.6f}}", flush={flush})
@@ -219,6 +229,7 @@ for i in range({lines}):
     if delay > 0:
         time.sleep(delay)
 """
+    )
 
 
 async def latency_run(endpoints: dict, work: Path, lines: int, interval_s: float, flush: bool) -> dict:
@@ -228,8 +239,9 @@ async def latency_run(endpoints: dict, work: Path, lines: int, interval_s: float
         total, to_agent, from_agent = [], [], []
         seqs: list[int] = []
         done = None
-        async with http.stream("GET", f"/api/jobs/{job_id}/logs/stream",
-                               timeout=httpx.Timeout(10.0, read=None)) as resp:
+        async with http.stream(
+            "GET", f"/api/jobs/{job_id}/logs/stream", timeout=httpx.Timeout(10.0, read=None)
+        ) as resp:
             resp.raise_for_status()
             async for ev in read_events(resp):
                 if ev.event == "state" and ev.data["state"] == "running" and not go.exists():
@@ -254,8 +266,14 @@ async def latency_run(endpoints: dict, work: Path, lines: int, interval_s: float
         problems.append(f"follower got {len(seqs)} lines, expected seqs 1..{lines}")
     if job["log_lines"] != lines:
         problems.append(f"log_lines {job['log_lines']} != {lines}")
-    return {"flush": flush, "job": job_id, "print_to_client_ms": pct(total), "print_to_agent_read_ms": pct(to_agent),
-            "agent_read_to_client_ms": pct(from_agent), "problems": problems}
+    return {
+        "flush": flush,
+        "job": job_id,
+        "print_to_client_ms": pct(total),
+        "print_to_agent_read_ms": pct(to_agent),
+        "agent_read_to_client_ms": pct(from_agent),
+        "problems": problems,
+    }
 
 
 async def bench_latency(root: Path, args: argparse.Namespace) -> dict:
@@ -269,12 +287,20 @@ async def bench_latency(root: Path, args: argparse.Namespace) -> dict:
         for flush in (True, False):
             log(f"latency: {args.latency_lines} lines every {args.latency_interval_ms} ms, flush={flush}")
             runs.append(await latency_run(endpoints, work, args.latency_lines, args.latency_interval_ms / 1000, flush))
-        return {"quiet_wait": quiet, "load_start": load0, "load_end": loadavg(), "cpu": cpu.stop(),
-                "lines": args.latency_lines, "interval_ms": args.latency_interval_ms, "warmup_lines": WARMUP_LINES,
-                "runs": runs}
+        return {
+            "quiet_wait": quiet,
+            "load_start": load0,
+            "load_end": loadavg(),
+            "cpu": cpu.stop(),
+            "lines": args.latency_lines,
+            "interval_ms": args.latency_interval_ms,
+            "warmup_lines": WARMUP_LINES,
+            "runs": runs,
+        }
 
 
 # --------------------------------------------------------------------------- 2. ingest throughput
+
 
 def line_pool(width: int) -> list[str]:
     rnd = random.Random(POOL_SEED)
@@ -283,7 +309,9 @@ def line_pool(width: int) -> list[str]:
 
 
 def throughput_script(go: Path, stamps: Path, lines: int, line_bytes: int) -> str:
-    return go_wait(go) + f"""
+    return (
+        go_wait(go)
+        + f"""
 import random, string, sys
 rnd = random.Random({POOL_SEED})
 alphabet = string.ascii_letters + string.digits
@@ -298,6 +326,7 @@ cpu = sum(os.times()[:2])  # this process: the loop plus the bootstrap's framing
 with open({str(stamps)!r}, "w") as fh:
     fh.write(f"{{t0}} {{t1}} {{cpu}}")
 """
+    )
 
 
 async def verify_throughput(http: httpx.AsyncClient, job_id: str, lines: int, line_bytes: int, full: bool) -> list[str]:
@@ -362,8 +391,10 @@ async def bench_throughput(root: Path, args: argparse.Namespace) -> dict:
                 if job["state"] in TERMINAL:
                     break
                 if time.monotonic() > deadline:
-                    raise ProductProblem(f"job {job_id} still {job['state']} with {job['log_lines']} lines stored "
-                                         f"after {args.throughput_deadline_s:.0f}s")
+                    raise ProductProblem(
+                        f"job {job_id} still {job['state']} with {job['log_lines']} lines stored "
+                        f"after {args.throughput_deadline_s:.0f}s"
+                    )
                 await asyncio.sleep(0.25)
             cpu_used = cpu.stop()
             load1 = loadavg()
@@ -389,8 +420,14 @@ async def bench_throughput(root: Path, args: argparse.Namespace) -> dict:
     steady = (hi[1] - lo[1]) / (hi[0] - lo[0]) if lo and hi and hi[0] > lo[0] else None
     window = finished - started
     return {
-        "quiet_wait": quiet, "load_start": load0, "load_end": load1, "cpu": cpu_used,
-        "job": job_id, "lines": lines, "line_bytes": line_bytes, "mb": round(nbytes / 1e6, 1),
+        "quiet_wait": quiet,
+        "load_start": load0,
+        "load_end": load1,
+        "cpu": cpu_used,
+        "job": job_id,
+        "lines": lines,
+        "line_bytes": line_bytes,
+        "mb": round(nbytes / 1e6, 1),
         "running_to_terminal_s": round(window, 2),
         "mb_per_s": round(nbytes / 1e6 / window, 1),
         "lines_per_s": round(lines / window),
@@ -402,15 +439,20 @@ async def bench_throughput(root: Path, args: argparse.Namespace) -> dict:
         "steady_stored_lines_per_s": round(steady) if steady else None,
         "steady_stored_mb_per_s": round(steady * line_bytes / 1e6, 1) if steady else None,
         "spill_file_max_mb": round(spill_max / 1e6, 1),
-        "rss_before_mib": rss0, "peak_rss_mib": peak, "rss_after_mib": rss1, "peak_reset": reset,
+        "rss_before_mib": rss0,
+        "peak_rss_mib": peak,
+        "rss_after_mib": rss1,
+        "peak_reset": reset,
         "archive": job.get("log_archive"),
         "verified": "every line" if args.verify_all else "first, last and 20 random pages of 100 lines",
-        "verify_s": round(verify_s, 1), "problems": problems,
+        "verify_s": round(verify_s, 1),
+        "problems": problems,
         "curve": [(round(t - t0, 2), n) for t, n in curve],
     }
 
 
 # --------------------------------------------------------------------------- 3. many followers
+
 
 class RawFollower:
     """One SSE follower over a raw asyncio stream: HTTP/1.1 GET, chunked decoding, events split
@@ -435,8 +477,10 @@ class RawFollower:
         writer = None
         try:
             reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
-            writer.write(f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                         f"Authorization: Bearer {self.token}\r\nAccept: text/event-stream\r\n\r\n".encode())
+            writer.write(
+                f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Authorization: Bearer {self.token}\r\nAccept: text/event-stream\r\n\r\n".encode()
+            )
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
             if status != 200:
@@ -469,7 +513,7 @@ class RawFollower:
                 if j < 0:
                     break
                 size_line = bytes(raw[:j])
-                del raw[:j + 2]
+                del raw[: j + 2]
                 if not size_line:
                     continue  # the CRLF that ends a chunk's data
                 size = int(size_line.split(b";")[0], 16)
@@ -517,7 +561,9 @@ class RawFollower:
 
 
 def fanout_script(go: Path, seconds: float, interval_s: float) -> str:
-    return go_wait(go) + f"""
+    return (
+        go_wait(go)
+        + f"""
 n = int({seconds} / {interval_s})
 t0 = time.time()
 for i in range(n):
@@ -526,6 +572,7 @@ for i in range(n):
     if delay > 0:
         time.sleep(delay)
 """
+    )
 
 
 async def fanout_run(stack: DevStack, endpoints: dict, work: Path, followers: int, args: argparse.Namespace) -> dict:
@@ -539,12 +586,13 @@ async def fanout_run(stack: DevStack, endpoints: dict, work: Path, followers: in
         rss0 = mib(status_kb(api, "VmRSS"))
         reset = reset_peak_rss(api)
         path = f"/api/jobs/{job_id}/logs/stream"
-        flw = [RawFollower(url.hostname, url.port, path, endpoints["token"], keep_split=(k == 0))
-               for k in range(followers)]
+        flw = [
+            RawFollower(url.hostname, url.port, path, endpoints["token"], keep_split=(k == 0)) for k in range(followers)
+        ]
         tasks: list[asyncio.Task] = []
         t_connect = time.perf_counter()
         for k in range(0, followers, 50):  # open in waves of 50 so the accept queue never overflows
-            wave = flw[k:k + 50]
+            wave = flw[k : k + 50]
             tasks += [asyncio.create_task(f.run()) for f in wave]
             await asyncio.wait_for(asyncio.gather(*(f.first_event.wait() for f in wave)), 120)
         connect_s = time.perf_counter() - t_connect
@@ -554,8 +602,10 @@ async def fanout_run(stack: DevStack, endpoints: dict, work: Path, followers: in
         load0 = loadavg()
         cpu = CpuMeter(stack)
         cpu.start()
-        log(f"fanout: {followers} followers connected in {connect_s:.1f}s; {lines} lines every "
-            f"{args.fanout_interval_ms} ms")
+        log(
+            f"fanout: {followers} followers connected in {connect_s:.1f}s; {lines} lines every "
+            f"{args.fanout_interval_ms} ms"
+        )
         go.touch()
         t_go = time.time()
         job = await wait_state(http, job_id, TERMINAL, args.fanout_s + 300, interval=0.1)
@@ -581,29 +631,48 @@ async def fanout_run(stack: DevStack, endpoints: dict, work: Path, followers: in
     for f in flw:
         for printed, v in zip(f.printed, f.latency):
             buckets[int((printed - t_go) // 2)].append(v)
-    over_time = [{"printed_s": f"{2 * b}-{2 * b + 2}", **{k: v for k, v in pct(buckets[b]).items() if k != "mean"}}
-                 for b in sorted(buckets) if b >= 0]
+    over_time = [
+        {"printed_s": f"{2 * b}-{2 * b + 2}", **{k: v for k, v in pct(buckets[b]).items() if k != "mean"}}
+        for b in sorted(buckets)
+        if b >= 0
+    ]
     problems = []
     if job["state"] != "completed" or job["log_lines"] != lines:
         problems.append(f"job {job_id} ended {job['state']} with {job['log_lines']} lines (expected {lines})")
     if len(complete) != followers:
         errors = sorted({f.error for f in flw if f.error})[:5]
-        problems.append(f"{followers - len(complete)} of {followers} followers did not get every line and `done` "
-                        f"within {args.fanout_drain_s:.0f}s of the job's end; errors: {errors or 'none'}; "
-                        f"lowest last seq {min(f.last_seq for f in flw)}")
+        problems.append(
+            f"{followers - len(complete)} of {followers} followers did not get every line and `done` "
+            f"within {args.fanout_drain_s:.0f}s of the job's end; errors: {errors or 'none'}; "
+            f"lowest last seq {min(f.last_seq for f in flw)}"
+        )
     return {
-        "followers": followers, "job": job_id, "lines": lines, "interval_ms": args.fanout_interval_ms,
-        "load_start": load0, "load_end": load1, "cpu": cpu_used,
-        "connect_all_s": round(connect_s, 1), "failed_to_connect": len(failed_early),
+        "followers": followers,
+        "job": job_id,
+        "lines": lines,
+        "interval_ms": args.fanout_interval_ms,
+        "load_start": load0,
+        "load_end": load1,
+        "cpu": cpu_used,
+        "connect_all_s": round(connect_s, 1),
+        "failed_to_connect": len(failed_early),
         "print_to_client_ms": pct(lat),
         "print_to_agent_read_ms_follower0": pct(flw[0].to_agent) if followers else None,
-        "per_follower_p50_ms": {"min": round(per_follower_p50[0] * 1000, 1),
-                                "max": round(per_follower_p50[-1] * 1000, 1)} if per_follower_p50 else None,
+        "per_follower_p50_ms": {
+            "min": round(per_follower_p50[0] * 1000, 1),
+            "max": round(per_follower_p50[-1] * 1000, 1),
+        }
+        if per_follower_p50
+        else None,
         "job_end_to_done_ms": pct(done_lag),
         "followers_complete": len(complete),
         "over_time_ms": over_time,
-        "api_rss_mib": {"before_followers": rss0, "followers_connected": rss_connected, "peak": peak,
-                        "peak_reset": reset},
+        "api_rss_mib": {
+            "before_followers": rss0,
+            "followers_connected": rss_connected,
+            "peak": peak,
+            "peak_reset": reset,
+        },
         "problems": problems,
     }
 
@@ -621,18 +690,23 @@ async def bench_fanout(root: Path, args: argparse.Namespace) -> dict:
 
 # --------------------------------------------------------------------------- output
 
+
 def render(result: dict) -> str:
     m = result["machine"]
-    out = [f"machine: {m['nproc']} CPU(s), {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}, "
-           f"temporalio {m['temporalio']}; box runs jobs with {result['box_python']}",
-           f"load avg: {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end; total {result['total_s']}s; "
-           f"extra stack env: {result['stack_env'] or 'none'}"]
+    out = [
+        f"machine: {m['nproc']} CPU(s), {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}, "
+        f"temporalio {m['temporalio']}; box runs jobs with {result['box_python']}",
+        f"load avg: {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end; total {result['total_s']}s; "
+        f"extra stack env: {result['stack_env'] or 'none'}",
+    ]
 
     def cpu_line(c: dict) -> str:
         top = ", ".join(f"{k} {v}" for k, v in c["ours_cpu_s"].items() if v >= 0.1)
-        return (f"   CPU s over {c['wall_s']} s (capacity {c['capacity_cpu_s']}): "
-                f"machine busy {c['machine_busy_cpu_s']} "
-                f"(steal {c['steal_cpu_s']}), others {c['others_cpu_s']}; ours: {top}")
+        return (
+            f"   CPU s over {c['wall_s']} s (capacity {c['capacity_cpu_s']}): "
+            f"machine busy {c['machine_busy_cpu_s']} "
+            f"(steal {c['steal_cpu_s']}), others {c['others_cpu_s']}; ours: {top}"
+        )
 
     def row(name: str, s: dict) -> str:
         if not s or not s.get("n"):
@@ -642,9 +716,13 @@ def render(result: dict) -> str:
     header = f"   {'(ms)':<34}" + "".join(f"{k:>9}" for k in ("n", "p50", "p90", "p99", "max", "mean"))
     if "latency" in result:
         r = result["latency"]
-        out += ["", f"1. line latency, {r['lines']} lines every {r['interval_ms']} ms, 1 SSE follower (httpx), "
-                    f"first {r['warmup_lines']} lines not counted; load {r['quiet_wait']['when_started']} at stack "
-                    f"start (waited {r['quiet_wait']['waited_s']}s), {r['load_start']} -> {r['load_end']}", header]
+        out += [
+            "",
+            f"1. line latency, {r['lines']} lines every {r['interval_ms']} ms, 1 SSE follower (httpx), "
+            f"first {r['warmup_lines']} lines not counted; load {r['quiet_wait']['when_started']} at stack "
+            f"start (waited {r['quiet_wait']['waited_s']}s), {r['load_start']} -> {r['load_end']}",
+            header,
+        ]
         for run in r["runs"]:
             tag = "flush=True" if run["flush"] else "plain print"
             out.append(row(f"print -> client ({tag})", run["print_to_client_ms"]))
@@ -654,37 +732,46 @@ def render(result: dict) -> str:
         out.append(cpu_line(r["cpu"]))
     if "throughput" in result:
         r = result["throughput"]
-        out += ["", f"2. ingest, {r['lines']} lines x {r['line_bytes']} B = {r['mb']} MB as fast as possible; load "
-                    f"{r['quiet_wait']['when_started']} at stack start (waited {r['quiet_wait']['waited_s']}s), "
-                    f"{r['load_start']} -> {r['load_end']}",
-                f"   running -> {('completed' if not r['problems'] else 'end')}: {r['running_to_terminal_s']} s = "
-                f"{r['mb_per_s']} MB/s, {r['lines_per_s']} lines/s",
-                f"   producer wrote everything in {r['producer_s']} s ({r['producer_mb_per_s']} MB/s, "
-                f"{r.get('job_process_cpu_s')} CPU s, counted in the agent's CPU below); all stored "
-                f"{r['go_to_all_stored_s']} s after it started; steady stored rate {r['steady_stored_mb_per_s']} MB/s "
-                f"({r['steady_stored_lines_per_s']} lines/s)",
-                f"   agent spill file max {r['spill_file_max_mb']} MB",
-                f"   RSS MiB before {r['rss_before_mib']}, peak {r['peak_rss_mib']}, after {r['rss_after_mib']}",
-                f"   verified: {r['verified']} ({r['verify_s']} s); archive {r['archive']}",
-                cpu_line(r["cpu"])]
+        out += [
+            "",
+            f"2. ingest, {r['lines']} lines x {r['line_bytes']} B = {r['mb']} MB as fast as possible; load "
+            f"{r['quiet_wait']['when_started']} at stack start (waited {r['quiet_wait']['waited_s']}s), "
+            f"{r['load_start']} -> {r['load_end']}",
+            f"   running -> {('completed' if not r['problems'] else 'end')}: {r['running_to_terminal_s']} s = "
+            f"{r['mb_per_s']} MB/s, {r['lines_per_s']} lines/s",
+            f"   producer wrote everything in {r['producer_s']} s ({r['producer_mb_per_s']} MB/s, "
+            f"{r.get('job_process_cpu_s')} CPU s, counted in the agent's CPU below); all stored "
+            f"{r['go_to_all_stored_s']} s after it started; steady stored rate {r['steady_stored_mb_per_s']} MB/s "
+            f"({r['steady_stored_lines_per_s']} lines/s)",
+            f"   agent spill file max {r['spill_file_max_mb']} MB",
+            f"   RSS MiB before {r['rss_before_mib']}, peak {r['peak_rss_mib']}, after {r['rss_after_mib']}",
+            f"   verified: {r['verified']} ({r['verify_s']} s); archive {r['archive']}",
+            cpu_line(r["cpu"]),
+        ]
         out += [f"   PROBLEM: {p}" for p in r["problems"]]
     if "fanout" in result:
         r = result["fanout"]
-        out += ["", f"3. fan-out, SSE followers = {r['client']}; load {r['quiet_wait']['when_started']} at stack start "
-                    f"(waited {r['quiet_wait']['waited_s']}s)"]
+        out += [
+            "",
+            f"3. fan-out, SSE followers = {r['client']}; load {r['quiet_wait']['when_started']} at stack start "
+            f"(waited {r['quiet_wait']['waited_s']}s)",
+        ]
         for run in r["runs"]:
-            out += [f"   {run['followers']} followers, {run['lines']} lines every {run['interval_ms']} ms; "
-                    f"connected in "
-                    f"{run['connect_all_s']} s; load {run['load_start']} -> {run['load_end']}", header,
-                    row("print -> client, all followers", run["print_to_client_ms"]),
-                    row("  print -> agent read (follower 0)", run["print_to_agent_read_ms_follower0"]),
-                    row("job finished -> follower `done`", run["job_end_to_done_ms"]),
-                    f"   per-follower p50 range {run['per_follower_p50_ms']} ms; complete followers "
-                    f"{run['followers_complete']}/{run['followers']}",
-                    f"   API RSS MiB {run['api_rss_mib']}",
-                    "   p50/p99 by print time: " + "; ".join(f"{b['printed_s']}s {b['p50']}/{b['p99']}"
-                                                          for b in run["over_time_ms"]),
-                    cpu_line(run["cpu"])]
+            out += [
+                f"   {run['followers']} followers, {run['lines']} lines every {run['interval_ms']} ms; "
+                f"connected in "
+                f"{run['connect_all_s']} s; load {run['load_start']} -> {run['load_end']}",
+                header,
+                row("print -> client, all followers", run["print_to_client_ms"]),
+                row("  print -> agent read (follower 0)", run["print_to_agent_read_ms_follower0"]),
+                row("job finished -> follower `done`", run["job_end_to_done_ms"]),
+                f"   per-follower p50 range {run['per_follower_p50_ms']} ms; complete followers "
+                f"{run['followers_complete']}/{run['followers']}",
+                f"   API RSS MiB {run['api_rss_mib']}",
+                "   p50/p99 by print time: "
+                + "; ".join(f"{b['printed_s']}s {b['p50']}/{b['p99']}" for b in run["over_time_ms"]),
+                cpu_line(run["cpu"]),
+            ]
             out += [f"   PROBLEM: {p}" for p in run["problems"]]
     if result["errors"]:
         out += ["", "errors:"] + [f"   {e}" for e in result["errors"]]
@@ -692,6 +779,7 @@ def render(result: dict) -> str:
 
 
 # --------------------------------------------------------------------------- main
+
 
 async def run(args: argparse.Namespace, root: Path) -> dict:
     result: dict = {"errors": [], "stack_env": args.stack_env}
@@ -719,13 +807,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--followers", default="500", help="SSE followers; a comma list runs each size in turn")
     parser.add_argument("--fanout-interval-ms", type=float, default=10)
     parser.add_argument("--fanout-s", type=float, default=20)
-    parser.add_argument("--fanout-drain-s", type=float, default=600,
-                        help="how long after the job ends followers may take to get everything")
+    parser.add_argument(
+        "--fanout-drain-s",
+        type=float,
+        default=600,
+        help="how long after the job ends followers may take to get everything",
+    )
     parser.add_argument("--wait-load", type=float, default=1.5, help="wait for the 1-min load average below this")
-    parser.add_argument("--wait-load-max-s", type=float, default=600,
-                        help="... but at most this long (then run anyway)")
-    parser.add_argument("--stack-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment for api, worker and agent (e.g. BOXRUN_SSE_KEEPALIVE_S=2); repeatable")
+    parser.add_argument(
+        "--wait-load-max-s", type=float, default=600, help="... but at most this long (then run anyway)"
+    )
+    parser.add_argument(
+        "--stack-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for api, worker and agent (e.g. BOXRUN_SSE_KEEPALIVE_S=2); repeatable",
+    )
     parser.add_argument("--verify-all", action="store_true", help="throughput: replay and compare every line")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     parser.add_argument("--keep", action="store_true", help="keep the stacks' data dir (printed) afterwards")
@@ -736,8 +834,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.line_bytes < 12:
         parser.error("--line-bytes must be >= 12")
 
-    return run_parts("boxrun-bench-logs-", args, run, render,
-                     lambda result: bool(result["errors"]) or any_problems(result))
+    return run_parts(
+        "boxrun-bench-logs-", args, run, render, lambda result: bool(result["errors"]) or any_problems(result)
+    )
 
 
 def any_problems(result: dict) -> bool:

@@ -11,11 +11,15 @@ from typing import Annotated
 import platformdirs
 import typer
 
-from boxrun.runtime import hard_exit, run_until_signal, setup_logging
+from boxrun.process_lifecycle import hard_exit, run_until_signal, setup_logging
 from boxrun.settings import Settings
 
-app = typer.Typer(help="boxrun: run scripts on a fleet of boxes, each job a durable Temporal workflow.",
-                  no_args_is_help=True, add_completion=False, rich_markup_mode=None)
+app = typer.Typer(
+    help="boxrun: run scripts on a fleet of boxes, each job a durable Temporal workflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
 
 
 @app.command()
@@ -27,8 +31,13 @@ def api() -> None:
 
     settings = Settings()
     setup_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port,
-                log_level=settings.log_level.lower(), access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
     hard_exit(0)
 
 
@@ -45,7 +54,7 @@ def worker() -> None:
 @app.command()
 def agent(box: Annotated[str | None, typer.Option(help="this box's name (else BOXRUN_BOX_NAME)")] = None) -> None:
     """Run a box agent: a Temporal worker on task queue box.NAME plus liveness reports to the API."""
-    from boxrun.worker.agent import run_agent
+    from boxrun.agent.main import run_agent
 
     settings = Settings(**({"box_name": box} if box else {}))
     setup_logging(settings.log_level)
@@ -55,7 +64,8 @@ def agent(box: Annotated[str | None, typer.Option(help="this box's name (else BO
 @app.command()
 def migrate() -> None:
     """Apply database migrations (the api and worker also do this at start)."""
-    from boxrun.db import connect, migrate as apply
+    from boxrun.db import connect
+    from boxrun.db import migrate as apply
 
     settings = Settings()
     setup_logging(settings.log_level)
@@ -137,7 +147,9 @@ def openapi() -> None:
 @app.command()
 def dev(
     data_dir: Annotated[Path, typer.Option(help="where Postgres, Temporal, S3 and agents keep their data")] = Path(
-        platformdirs.user_data_dir("boxrun")) / "dev",
+        platformdirs.user_data_dir("boxrun")
+    )
+    / "dev",
     boxes: Annotated[int, typer.Option(min=1, max=64, help="number of local box agents (local-1..N)")] = 2,
     ports: Annotated[str | None, typer.Option(help="'auto' picks free ports for everything")] = None,
     api_port: Annotated[int | None, typer.Option()] = None,
@@ -157,8 +169,13 @@ def dev(
     setup_logging("INFO")
     if ports not in (None, "auto"):
         raise typer.BadParameter("--ports accepts only 'auto'")
-    requested = {"api": api_port, "temporal": temporal_port, "temporal_ui": temporal_ui_port,
-                 "postgres": postgres_port, "s3": s3_port}
+    requested = {
+        "api": api_port,
+        "temporal": temporal_port,
+        "temporal_ui": temporal_ui_port,
+        "postgres": postgres_port,
+        "s3": s3_port,
+    }
 
     async def main(stop: asyncio.Event) -> int:
         try:
@@ -175,8 +192,9 @@ def dev(
                 starting.cancel()
                 return 130
             endpoints = starting.result()
-            typer.echo("boxrun dev is up:\n" + json.dumps({k: v for k, v in endpoints.items() if k != "pids"},
-                                                           indent=2))
+            typer.echo(
+                "boxrun dev is up:\n" + json.dumps({k: v for k, v in endpoints.items() if k != "pids"}, indent=2)
+            )
             typer.echo(f"endpoints: {stack.dir / 'endpoints.json'}   logs: {stack.log_dir}   Ctrl-C stops")
             code = 0
             if demo:

@@ -28,8 +28,10 @@ def resolve(api_url: str | None, token: str | None) -> tuple[str, str]:
     if not (api_url and token):
         path = dev_endpoints_path()
         if not path.exists():
-            raise ValueError("no API given: pass --api-url/--token, set BOXRUN_API_URL/BOXRUN_API_TOKEN, "
-                             f"or start `boxrun dev` (which writes {path})")
+            raise ValueError(
+                "no API given: pass --api-url/--token, set BOXRUN_API_URL/BOXRUN_API_TOKEN, "
+                f"or start `boxrun dev` (which writes {path})"
+            )
         endpoints = json.loads(path.read_text())
         api_url, token = api_url or endpoints["api_url"], token or endpoints["token"]
     return api_url, token
@@ -37,10 +39,9 @@ def resolve(api_url: str | None, token: str | None) -> tuple[str, str]:
 
 class BoxrunClient:
     def __init__(self, api_url: str, token: str, *, timeout: float = 30.0) -> None:
-        self.http = httpx.AsyncClient(base_url=api_url, timeout=timeout,
-                                      headers={"Authorization": f"Bearer {token}"})
+        self.http = httpx.AsyncClient(base_url=api_url, timeout=timeout, headers={"Authorization": f"Bearer {token}"})
 
-    async def __aenter__(self) -> "BoxrunClient":
+    async def __aenter__(self) -> BoxrunClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -74,9 +75,12 @@ class BoxrunClient:
         last seq seen, so it continues exactly after that line."""
         while True:
             try:
-                async with self.http.stream("GET", f"/api/jobs/{job_id}/logs/stream",
-                                            headers={"Last-Event-ID": str(after)},
-                                            timeout=httpx.Timeout(10.0, read=None)) as resp:
+                async with self.http.stream(
+                    "GET",
+                    f"/api/jobs/{job_id}/logs/stream",
+                    headers={"Last-Event-ID": str(after)},
+                    timeout=httpx.Timeout(10.0, read=None),
+                ) as resp:
                     if resp.status_code >= 400:
                         await resp.aread()
                         resp.raise_for_status()

@@ -45,7 +45,7 @@ class Batch:
         counts, streams, ts = zip(*self.runs) if self.runs else ((), (), ())
         return unpack(self.first_seq, counts, streams, ts, self.data)
 
-    def pieces(self, max_bytes: int) -> list["Batch"]:
+    def pieces(self, max_bytes: int) -> list[Batch]:
         """The batch cut at line ends into pieces of at most `max_bytes` (a longer line is a piece
         of its own), so that reading a few lines from storage never fetches much more than them."""
         if len(self.data) <= max_bytes:
@@ -56,7 +56,7 @@ class Batch:
             end = data.rfind(b"\n", pos, pos + max_bytes)
             if end < 0:
                 end = data.index(b"\n", pos + max_bytes)
-            piece = data[pos:end + 1]
+            piece = data[pos : end + 1]
             lines, taken = piece.count(b"\n"), []
             while lines:
                 count, stream, ts = runs[0]
@@ -72,7 +72,7 @@ class Batch:
             pos = end + 1
         return out
 
-    def skip(self, n: int) -> "Batch":
+    def skip(self, n: int) -> Batch:
         """The same batch without its first `n` lines (they were stored by an earlier send)."""
         if n <= 0:
             return self
@@ -87,15 +87,16 @@ class Batch:
         return Batch(self.first_seq + n, runs, self.data[cut:])
 
 
-def unpack(first_seq: int, counts, streams, ts, data: bytes, start: int = 0,
-           stop: int | None = None) -> list[tuple[int, float, str, str]]:
+def unpack(
+    first_seq: int, counts, streams, ts, data: bytes, start: int = 0, stop: int | None = None
+) -> list[tuple[int, float, str, str]]:
     """(seq, ts, stream, text) of lines start..stop-1 (0-based) of a batch or stored chunk."""
     total = sum(counts)
     stop = total if stop is None else min(stop, total)
     if start >= stop:
         return []
     if start:
-        data = data[nth_newline(data, start) + 1:]
+        data = data[nth_newline(data, start) + 1 :]
     texts = data.decode("utf-8").split("\n", stop - start)
     out, seq, index, i = [], first_seq + start, 0, 0
     for count, stream, when in zip(counts, streams, ts):
@@ -131,7 +132,7 @@ def decode(body: bytes) -> Batch:
         head = LogBatchHeader.model_validate_json(body[:end])
     except ValidationError as exc:
         raise BadBatch(f"invalid header: {_first_error(exc)}") from None
-    data = body[end + 1:]
+    data = body[end + 1 :]
     runs = [(count, stream, ts) for count, stream, ts in head.runs]
     lines, newlines = sum(run[0] for run in runs), data.count(b"\n")
     if lines > MAX_LINES:

@@ -26,8 +26,7 @@ class Line:
 
     def public(self) -> dict:
         ts = datetime.fromtimestamp(self.ts, UTC).isoformat().replace("+00:00", "Z")
-        return {"seq": self.seq, "ts": ts, "stream": self.stream,
-                "text": self.text}
+        return {"seq": self.seq, "ts": ts, "stream": self.stream, "text": self.text}
 
 
 class LogGap(Exception):
@@ -68,8 +67,18 @@ async def read(conn: asyncpg.Connection, job_id: str, after: int, limit: int) ->
     for chunk in await conn.fetch(Q.chunks_after, job_id, after, min(after + limit, MAX_SEQ)):
         start = max(0, after + 1 - chunk["first_seq"])
         stop = start + limit - len(lines)
-        lines += [Line(*row) for row in unpack(chunk["first_seq"], chunk["run_lines"], chunk["run_streams"],
-                                               chunk["run_ts"], chunk["data"], start, stop)]
+        lines += [
+            Line(*row)
+            for row in unpack(
+                chunk["first_seq"],
+                chunk["run_lines"],
+                chunk["run_streams"],
+                chunk["run_ts"],
+                chunk["data"],
+                start,
+                stop,
+            )
+        ]
     return lines
 
 

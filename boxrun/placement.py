@@ -115,8 +115,9 @@ async def _wait(conn: asyncpg.Connection, job: asyncpg.Record, reason: str) -> N
         await transition(conn, job["id"], JobState.WAITING_FOR_BOX, waiting_reason=reason)
 
 
-async def finish(conn: asyncpg.Connection, job_id: str, state: JobState, *, exit_code: int | None = None,
-                 error: str | None = None) -> ReleaseResult:
+async def finish(
+    conn: asyncpg.Connection, job_id: str, state: JobState, *, exit_code: int | None = None, error: str | None = None
+) -> ReleaseResult:
     """Terminal transition and lease release in one transaction. A job that is already terminal
     keeps its state (terminal states are absorbing); the lease is freed regardless."""
     async with conn.transaction():

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from boxrun.constants import JobState
-from boxrun.paths import clean_relative_path
+from boxrun.workspace_paths import clean_relative_path
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -74,7 +74,7 @@ class JobCreate(BaseModel):
         return sorted(set(v))
 
     @model_validator(mode="after")
-    def _target_and_size(self) -> "JobCreate":
+    def _target_and_size(self) -> JobCreate:
         if (self.box is None) == (self.box_group is None):
             raise ValueError("give exactly one of 'box' or 'box_group'")
         size = len(self.script.encode())
@@ -211,7 +211,7 @@ class WindowCreate(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "WindowCreate":
+    def _ordered(self) -> WindowCreate:
         if self.starts_at.tzinfo is None or self.ends_at.tzinfo is None:
             raise ValueError("starts_at and ends_at need a timezone (e.g. 2026-11-22T10:00:00Z)")
         if self.ends_at <= self.starts_at:
@@ -270,8 +270,10 @@ class LogBatchHeader(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     first_seq: int = Field(ge=1, le=MAX_SEQ, description="seq of the batch's first line")
-    runs: list[LogRun] = Field(max_length=100_000, description=(
-        "[lines, stream, unix ts]: how many consecutive lines share a stream and a read time, in order"))
+    runs: list[LogRun] = Field(
+        max_length=100_000,
+        description=("[lines, stream, unix ts]: how many consecutive lines share a stream and a read time, in order"),
+    )
 
 
 class ClaimPublic(BaseModel):

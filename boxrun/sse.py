@@ -39,8 +39,9 @@ async def read_events(resp: httpx.Response) -> AsyncIterator[Event]:
 
 async def follow(http: httpx.AsyncClient, job_id: str, *, after: int = 0) -> AsyncIterator[Event]:
     """Yield log/state events of a job until its `done` event (inclusive)."""
-    async with http.stream("GET", f"/api/jobs/{job_id}/logs/stream", params={"after": after},
-                           timeout=httpx.Timeout(10.0, read=None)) as resp:
+    async with http.stream(
+        "GET", f"/api/jobs/{job_id}/logs/stream", params={"after": after}, timeout=httpx.Timeout(10.0, read=None)
+    ) as resp:
         resp.raise_for_status()
         async for ev in read_events(resp):
             yield ev

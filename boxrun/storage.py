@@ -28,8 +28,9 @@ def _client(settings: Settings, endpoint: str | None) -> Any:
         region_name=settings.s3_region,
         aws_access_key_id=settings.s3_access_key_id,
         aws_secret_access_key=settings.s3_secret_access_key,
-        config=Config(signature_version="s3v4", s3={"addressing_style": "path"},
-                      retries={"max_attempts": 5, "mode": "standard"}),
+        config=Config(
+            signature_version="s3v4", s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}
+        ),
     )
 
 
@@ -66,12 +67,20 @@ class Storage:
         checksum = sha256_b64(sha256_hex)
         url = self.presigner.generate_presigned_url(
             "put_object",
-            Params={"Bucket": self.bucket, "Key": key, "ContentLength": size,
-                    "ChecksumAlgorithm": "SHA256", "ChecksumSHA256": checksum},
+            Params={
+                "Bucket": self.bucket,
+                "Key": key,
+                "ContentLength": size,
+                "ChecksumAlgorithm": "SHA256",
+                "ChecksumSHA256": checksum,
+            },
             ExpiresIn=self.expiry_s,
         )
-        headers = {"x-amz-checksum-sha256": checksum, "x-amz-sdk-checksum-algorithm": "SHA256",
-                   "Content-Length": str(size)}
+        headers = {
+            "x-amz-checksum-sha256": checksum,
+            "x-amz-sdk-checksum-algorithm": "SHA256",
+            "Content-Length": str(size),
+        }
         return url, headers
 
     def presign_get(self, key: str, *, filename: str | None = None, expires_s: int | None = None) -> str:

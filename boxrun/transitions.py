@@ -38,8 +38,15 @@ async def transition(
     if current not in allowed:
         raise InvalidTransition(f"job {job_id} is {current}; it cannot become {to_state}")
     updated = await conn.fetchval(
-        Q.transition, job_id, to_state, [s.value for s in allowed], box_id, exit_code, error,
-        waiting_reason, to_state.terminal,
+        Q.transition,
+        job_id,
+        to_state,
+        [s.value for s in allowed],
+        box_id,
+        exit_code,
+        error,
+        waiting_reason,
+        to_state.terminal,
     )
     if updated is None:  # the guard and the row lock above make this unreachable; fail loudly if not
         raise InvalidTransition(f"job {job_id}: guarded update to {to_state} matched nothing")

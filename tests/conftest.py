@@ -154,8 +154,9 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def settings(db_url: str, s3_endpoint: str) -> Settings:
-    return Settings(database_url=db_url, s3_endpoint_url=s3_endpoint, s3_bucket=f"b-{uuid.uuid4().hex[:10]}",
-                    s3_verify="readback")
+    return Settings(
+        database_url=db_url, s3_endpoint_url=s3_endpoint, s3_bucket=f"b-{uuid.uuid4().hex[:10]}", s3_verify="readback"
+    )
 
 
 # ---------------------------------------------------------------- Temporal
@@ -167,7 +168,9 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     for name in SEARCH_ATTRIBUTES:
         args += ["--search-attribute", f"{name}=Keyword"]
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(), dev_server_extra_args=args, ui=False,
+        dev_server_existing_path=temporal_binary(),
+        dev_server_extra_args=args,
+        ui=False,
         data_converter=pydantic_data_converter,
     )
     yield env

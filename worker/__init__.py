@@ -1,1 +1,1 @@
-"""Long-running worker processes: the control-plane worker and the box agent."""
+"""The control-plane worker process: `boxrun worker` and the Temporal Schedules it keeps."""

@@ -9,12 +9,12 @@ from datetime import timedelta
 from temporalio.worker import Worker
 
 from boxrun.activities.control import ControlActivities
+from boxrun.activities.reaper import ReaperActivities
 from boxrun.constants import CONTROL_TASK_QUEUE
 from boxrun.db import create_pool, migrate
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect, ensure_search_attributes
-from boxrun.activities.reaper import ReaperActivities
 from boxrun.worker.schedules import ensure_reaper_schedule
 from boxrun.workflows import JobWorkflow, ReaperWorkflow
 
@@ -33,10 +33,15 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
         await asyncio.to_thread(storage.ensure_bucket)
         activities = ControlActivities(pool, storage, offline_after_s=settings.box_offline_after_s)
         reaper = ReaperActivities(pool, settings)
-        worker = Worker(client, task_queue=CONTROL_TASK_QUEUE, workflows=[JobWorkflow, ReaperWorkflow],
-                        activities=[*activities.all(), reaper.reap], max_concurrent_activities=200,
-                        # a crashed worker's sticky tasks move to the shared queue after 2 s
-                        sticky_queue_schedule_to_start_timeout=timedelta(seconds=2))
+        worker = Worker(
+            client,
+            task_queue=CONTROL_TASK_QUEUE,
+            workflows=[JobWorkflow, ReaperWorkflow],
+            activities=[*activities.all(), reaper.reap],
+            max_concurrent_activities=200,
+            # a crashed worker's sticky tasks move to the shared queue after 2 s
+            sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
+        )
         await ensure_reaper_schedule(client, settings.reaper_interval_s)
         async with worker:
             log.info("control worker polling %s", CONTROL_TASK_QUEUE)

@@ -6,8 +6,16 @@ import logging
 from datetime import timedelta
 
 from temporalio.client import (
-    Client, Schedule, ScheduleActionStartWorkflow, ScheduleAlreadyRunningError, ScheduleIntervalSpec,
-    ScheduleOverlapPolicy, SchedulePolicy, ScheduleSpec, ScheduleUpdate, ScheduleUpdateInput,
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
 )
 
 from boxrun.constants import CONTROL_TASK_QUEUE
@@ -27,6 +35,7 @@ async def ensure_reaper_schedule(client: Client, every_s: float) -> None:
         await client.create_schedule(REAPER_SCHEDULE_ID, schedule)
         log.info("created schedule %s (every %.0fs)", REAPER_SCHEDULE_ID, every_s)
     except ScheduleAlreadyRunningError:
+
         async def _update(_: ScheduleUpdateInput) -> ScheduleUpdate:
             return ScheduleUpdate(schedule=schedule)
 

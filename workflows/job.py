@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 from datetime import timedelta
 from typing import Any
 
@@ -108,8 +109,11 @@ class JobWorkflow:
         # The transcript is complete (run_job returns only once every line is stored): archive it.
         # A long transcript takes a while; the activity heartbeats as it goes.
         await workflow.execute_activity(
-            ARCHIVE_LOGS, ArchiveInput(job_id=spec.job_id), result_type=ArchiveResult,
-            start_to_close_timeout=ARCHIVE_TIMEOUT, heartbeat_timeout=timedelta(seconds=60),
+            ARCHIVE_LOGS,
+            ArchiveInput(job_id=spec.job_id),
+            result_type=ArchiveResult,
+            start_to_close_timeout=ARCHIVE_TIMEOUT,
+            heartbeat_timeout=timedelta(seconds=60),
             retry_policy=CONTROL_RETRY,
         )
         return self._outcome(spec, exit_code, error)
@@ -132,13 +136,13 @@ class JobWorkflow:
             # The periodic re-check is only a safety net (releases, grants, agents coming back and
             # maintenance ending all wake waiters): back it off, up to 8x, and spread it so a big
             # backlog does not re-check in lockstep (workflow.random() is replay-safe).
-            wait_s = spec.wait_poll_s * min(2 ** rechecks, 8) * (0.75 + 0.5 * workflow.random().random())
+            wait_s = spec.wait_poll_s * min(2**rechecks, 8) * (0.75 + 0.5 * workflow.random().random())
             rechecks += 1
             if got.retry_after_s is not None:  # a maintenance window ends sooner
                 wait_s = min(wait_s, got.retry_after_s + 0.5)
             try:
                 await workflow.wait_condition(lambda: self._wake, timeout=timedelta(seconds=wait_s))
-            except asyncio.TimeoutError:
+            except builtins.TimeoutError:
                 pass  # a periodic re-check covers a wake-up that could not be delivered
 
     async def _run_on(self, spec: JobSpec, box: str) -> tuple[JobState, int | None, str | None]:
@@ -244,8 +248,9 @@ class JobWorkflow:
             except ApplicationError:
                 pass  # that job ended meanwhile; its own poll or the next release covers the rest
 
-    async def _transition(self, spec: JobSpec, state: JobState, *, error: str | None = None,
-                          detail: dict[str, Any] | None = None) -> None:
+    async def _transition(
+        self, spec: JobSpec, state: JobState, *, error: str | None = None, detail: dict[str, Any] | None = None
+    ) -> None:
         done: TransitionResult = await self._control(
             RECORD_TRANSITION, TransitionInput(job_id=spec.job_id, to_state=state, error=error, detail=detail or {})
         )
@@ -254,8 +259,11 @@ class JobWorkflow:
     async def _control(self, activity: str, arg: Any) -> Any:
         if self._local_control and activity in LOCAL_CAPABLE:
             return await workflow.execute_local_activity(
-                activity, arg, result_type=_RESULT_TYPES[activity],
-                start_to_close_timeout=CONTROL_TIMEOUT, retry_policy=CONTROL_RETRY,
+                activity,
+                arg,
+                result_type=_RESULT_TYPES[activity],
+                start_to_close_timeout=CONTROL_TIMEOUT,
+                retry_policy=CONTROL_RETRY,
             )
         # No task_queue: control activities run on the workflow's own queue (boxrun-control).
         return await workflow.execute_activity(

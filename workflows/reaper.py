@@ -20,6 +20,8 @@ class ReaperWorkflow:
     async def run(self) -> ReapResult:
         # The next scheduled sweep comes soon anyway: a failed sweep need not retry for long.
         return await workflow.execute_activity(
-            REAP, result_type=ReapResult, start_to_close_timeout=timedelta(seconds=60),
+            REAP,
+            result_type=ReapResult,
+            start_to_close_timeout=timedelta(seconds=60),
             retry_policy=RetryPolicy(maximum_attempts=3),
         )

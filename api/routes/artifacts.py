@@ -23,15 +23,20 @@ async def list_artifacts(job_id: str, conn: ConnDep, user: CurrentUser) -> Artif
     return ArtifactsPublic(data=[dict(r) for r in await conn.fetch(Q.list_artifacts, row["id"])])
 
 
-@router.get("/{job_id}/artifacts/{path:path}", status_code=status.HTTP_307_TEMPORARY_REDIRECT,
-            response_class=RedirectResponse,
-            responses={307: {"description": "redirect to a presigned GET valid for 5 minutes"}, **NOT_FOUND})
-async def download_artifact(job_id: str, path: str, conn: ConnDep, user: CurrentUser,
-                            storage: StorageDep) -> RedirectResponse:
+@router.get(
+    "/{job_id}/artifacts/{path:path}",
+    status_code=status.HTTP_307_TEMPORARY_REDIRECT,
+    response_class=RedirectResponse,
+    responses={307: {"description": "redirect to a presigned GET valid for 5 minutes"}, **NOT_FOUND},
+)
+async def download_artifact(
+    job_id: str, path: str, conn: ConnDep, user: CurrentUser, storage: StorageDep
+) -> RedirectResponse:
     row = await load_job(conn, user, job_id)
     art = await conn.fetchrow(Q.get_artifact, user.org_id, row["id"], path)
     if art is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no artifact {path!r}")
-    url = await asyncio.to_thread(storage.presign_get, art["key"], filename=path.rsplit("/", 1)[-1],
-                                  expires_s=DOWNLOAD_LINK_S)
+    url = await asyncio.to_thread(
+        storage.presign_get, art["key"], filename=path.rsplit("/", 1)[-1], expires_s=DOWNLOAD_LINK_S
+    )
     return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)

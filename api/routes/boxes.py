@@ -9,13 +9,20 @@ from fastapi import APIRouter, HTTPException, Response, status
 
 from boxrun.api.auth import User, hash_token, mint_token
 from boxrun.api.deps import AdminUser, ConnDep, CurrentUser, SettingsDep, TemporalDep
-from boxrun.api.views import box_public
-from boxrun.api.wake import wake_waiters
+from boxrun.api.to_public import box_public
 from boxrun.db import Q
 from boxrun.schemas import (
-    BoxCreate, BoxCreated, BoxesPublic, BoxPublic, BoxQueuePublic, MaintenancePublic, MaintenanceSet,
-    WindowCreate, WindowPublic,
+    BoxCreate,
+    BoxCreated,
+    BoxesPublic,
+    BoxPublic,
+    BoxQueuePublic,
+    MaintenancePublic,
+    MaintenanceSet,
+    WindowCreate,
+    WindowPublic,
 )
+from boxrun.services.wakeups import wake_waiters
 
 router = APIRouter(prefix="/boxes", tags=["boxes"])
 
@@ -41,12 +48,17 @@ async def get_box(name: str, conn: ConnDep, settings: SettingsDep, user: Current
     return box_public(await load_box(conn, user, name), settings)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=BoxCreated,
-             responses={409: {"description": "a box with that name exists"}})
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=BoxCreated,
+    responses={409: {"description": "a box with that name exists"}},
+)
 async def register_box(body: BoxCreate, conn: ConnDep, settings: SettingsDep, user: AdminUser) -> BoxCreated:
     token = mint_token("bxn")
-    row = await conn.fetchrow(Q.insert_box, user.org_id, body.name, body.groups, body.capabilities, body.capacity,
-                              hash_token(token))
+    row = await conn.fetchrow(
+        Q.insert_box, user.org_id, body.name, body.groups, body.capabilities, body.capacity, hash_token(token)
+    )
     if row is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"box {body.name} already exists; rotate its token instead")
     return BoxCreated(box=box_public(row, settings), node_token=token)
@@ -69,8 +81,9 @@ async def box_queue(name: str, conn: ConnDep, user: CurrentUser) -> BoxQueuePubl
     waiting = await conn.fetch(Q.box_waiters, box["id"])
     return BoxQueuePublic(
         leases=[{**dict(r), "job_id": str(r["job_id"])} for r in leases],
-        waiting=[{"job_id": str(r["id"]), **{k: r[k] for k in ("priority", "created_at", "waiting_reason")}}
-                 for r in waiting],
+        waiting=[
+            {"job_id": str(r["id"]), **{k: r[k] for k in ("priority", "created_at", "waiting_reason")}} for r in waiting
+        ],
     )
 
 
@@ -87,45 +100,65 @@ async def get_maintenance(name: str, conn: ConnDep, user: CurrentUser) -> Mainte
 
 
 @router.put("/{name}/maintenance", response_model=MaintenancePublic, responses=NOT_FOUND)
-async def set_maintenance(name: str, body: MaintenanceSet, conn: ConnDep, temporal: TemporalDep,
-                          user: AdminUser) -> MaintenancePublic:
+async def set_maintenance(
+    name: str, body: MaintenanceSet, conn: ConnDep, temporal: TemporalDep, user: AdminUser
+) -> MaintenancePublic:
     """Manual maintenance. Running jobs are not stopped; only new dispatches are held back."""
     box = await load_box(conn, user, name)
     async with conn.transaction():
         if body.on:
             if not box["in_maintenance"]:
-                await conn.fetchrow(Q.insert_window, user.org_id, box["id"], datetime.now(UTC), None, body.reason,
-                                    user.name)
+                await conn.fetchrow(
+                    Q.insert_window, user.org_id, box["id"], datetime.now(UTC), None, body.reason, user.name
+                )
         else:
             await conn.fetch(Q.end_open_windows, box["id"])
-        await conn.execute(Q.audit, user.org_id, user.name, f"maintenance.{'on' if body.on else 'off'}",
-                           f"box:{name}", {"reason": body.reason})
+        await conn.execute(
+            Q.audit,
+            user.org_id,
+            user.name,
+            f"maintenance.{'on' if body.on else 'off'}",
+            f"box:{name}",
+            {"reason": body.reason},
+        )
     if not body.on:
         await wake_waiters(conn, temporal, box["id"], box["capacity"])
     return await get_maintenance(name, conn, user)
 
 
-@router.post("/{name}/maintenance/windows", status_code=status.HTTP_201_CREATED, response_model=WindowPublic,
-             responses=NOT_FOUND)
+@router.post(
+    "/{name}/maintenance/windows", status_code=status.HTTP_201_CREATED, response_model=WindowPublic, responses=NOT_FOUND
+)
 async def add_window(name: str, body: WindowCreate, conn: ConnDep, user: AdminUser) -> WindowPublic:
     if body.ends_at <= datetime.now(UTC):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "ends_at is in the past")
     box = await load_box(conn, user, name)
     async with conn.transaction():
-        row = await conn.fetchrow(Q.insert_window, user.org_id, box["id"], body.starts_at, body.ends_at, body.reason,
-                                  user.name)
-        await conn.execute(Q.audit, user.org_id, user.name, "maintenance.window", f"box:{name}",
-                           {"window_id": row["id"], "reason": body.reason})
+        row = await conn.fetchrow(
+            Q.insert_window, user.org_id, box["id"], body.starts_at, body.ends_at, body.reason, user.name
+        )
+        await conn.execute(
+            Q.audit,
+            user.org_id,
+            user.name,
+            "maintenance.window",
+            f"box:{name}",
+            {"window_id": row["id"], "reason": body.reason},
+        )
     return WindowPublic(**dict(row))
 
 
-@router.delete("/{name}/maintenance/windows/{window_id}", status_code=status.HTTP_204_NO_CONTENT,
-               responses={404: {"description": "no such box or window"}})
+@router.delete(
+    "/{name}/maintenance/windows/{window_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={404: {"description": "no such box or window"}},
+)
 async def delete_window(name: str, window_id: int, conn: ConnDep, temporal: TemporalDep, user: AdminUser) -> Response:
     box = await load_box(conn, user, name)
     if await conn.fetchval(Q.delete_window, box["id"], window_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"box {name} has no window {window_id}")
-    await conn.execute(Q.audit, user.org_id, user.name, "maintenance.window_deleted", f"box:{name}",
-                       {"window_id": window_id})
+    await conn.execute(
+        Q.audit, user.org_id, user.name, "maintenance.window_deleted", f"box:{name}", {"window_id": window_id}
+    )
     await wake_waiters(conn, temporal, box["id"], box["capacity"])
     return Response(status_code=status.HTTP_204_NO_CONTENT)

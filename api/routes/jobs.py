@@ -9,11 +9,11 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from temporalio.service import RPCError, RPCStatusCode
 
 from boxrun.api.deps import ConnDep, CurrentUser, SettingsDep, TemporalDep
-from boxrun.api.submission import submit_job
-from boxrun.api.views import job_public
+from boxrun.api.to_public import job_public
 from boxrun.constants import JobState
 from boxrun.db import Q
 from boxrun.schemas import JobCreate, JobEventsPublic, JobPublic, JobsPublic
+from boxrun.services.submission import submit_job
 from boxrun.transitions import transition
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -36,12 +36,19 @@ async def load_job(conn, user, job_id: str):
     return row
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
-             responses={200: {"model": JobPublic, "description": "idempotency key seen before: the first job"},
-                        409: {"description": "idempotency key reused with a different spec"},
-                        422: {"description": "invalid body, or a box that does not exist"}})
-async def create_job(body: JobCreate, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep,
-                     user: CurrentUser, response: Response) -> JobPublic:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    responses={
+        200: {"model": JobPublic, "description": "idempotency key seen before: the first job"},
+        409: {"description": "idempotency key reused with a different spec"},
+        422: {"description": "invalid body, or a box that does not exist"},
+    },
+)
+async def create_job(
+    body: JobCreate, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep, user: CurrentUser, response: Response
+) -> JobPublic:
     job_id, created = await submit_job(conn, temporal, settings, user, body)
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -49,10 +56,15 @@ async def create_job(body: JobCreate, conn: ConnDep, temporal: TemporalDep, sett
 
 
 @router.get("", response_model=JobsPublic)
-async def list_jobs(conn: ConnDep, settings: SettingsDep, user: CurrentUser,
-                    state: JobState | None = None, box: str | None = None,
-                    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                    offset: Annotated[int, Query(ge=0)] = 0) -> JobsPublic:
+async def list_jobs(
+    conn: ConnDep,
+    settings: SettingsDep,
+    user: CurrentUser,
+    state: JobState | None = None,
+    box: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobsPublic:
     rows = await conn.fetch(Q.list_jobs, user.org_id, state, box, limit, offset)
     if rows:
         total = rows[0]["total"]
@@ -73,10 +85,15 @@ async def job_events(job_id: str, conn: ConnDep, user: CurrentUser) -> JobEvents
     return JobEventsPublic(data=[dict(e) for e in events])
 
 
-@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
-             responses={409: {"description": "the job already ended"}, **NOT_FOUND})
-async def cancel_job(job_id: str, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep,
-                     user: CurrentUser) -> JobPublic:
+@router.post(
+    "/{job_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses={409: {"description": "the job already ended"}, **NOT_FOUND},
+)
+async def cancel_job(
+    job_id: str, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep, user: CurrentUser
+) -> JobPublic:
     """Ask the job's workflow to cancel. A running process gets SIGTERM, then SIGKILL after the
     job's cancel_grace_s; the job ends `cancelled` and its lease is freed. 202: follow the job."""
     row = await load_job(conn, user, job_id)
@@ -97,10 +114,15 @@ async def cancel_job(job_id: str, conn: ConnDep, temporal: TemporalDep, settings
     return job_public(await load_job(conn, user, job_id), settings)
 
 
-@router.post("/{job_id}/rerun", status_code=status.HTTP_201_CREATED, response_model=JobPublic,
-             responses={422: {"description": "the frozen spec names a box that no longer exists"}, **NOT_FOUND})
-async def rerun_job(job_id: str, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep,
-                    user: CurrentUser) -> JobPublic:
+@router.post(
+    "/{job_id}/rerun",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    responses={422: {"description": "the frozen spec names a box that no longer exists"}, **NOT_FOUND},
+)
+async def rerun_job(
+    job_id: str, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep, user: CurrentUser
+) -> JobPublic:
     """A new job from the original's frozen spec, linked by `rerun_of`. Retries are never automatic."""
     row = await load_job(conn, user, job_id)
     new_id, _ = await submit_job(conn, temporal, settings, user, JobCreate(**row["spec"]), rerun_of=str(row["id"]))

@@ -13,10 +13,10 @@ from starlette.types import Send
 
 from boxrun import logstore
 from boxrun.api.auth import user_for_token
-from boxrun.api.deps import ConnDep, CurrentUser, NotifierDep, PoolDep, SettingsDep, StorageDep
-from boxrun.api.follow import Follower
+from boxrun.api.deps import ConnDep, CurrentUser, PoolDep, SettingsDep, StorageDep, TailsDep
+from boxrun.api.live.follower import Follower
+from boxrun.api.live.job_tail import encode_event
 from boxrun.api.routes.jobs import NOT_FOUND, load_job
-from boxrun.api.tail import encode_event
 from boxrun.db import Q
 from boxrun.schemas import MAX_SEQ, LogsPublic
 
@@ -26,9 +26,13 @@ ARCHIVE_LINK_S = 300
 
 
 @router.get("/{job_id}/logs", response_model=LogsPublic, responses=NOT_FOUND)
-async def get_logs(job_id: str, conn: ConnDep, user: CurrentUser,
-                   after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
-                   limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> LogsPublic:
+async def get_logs(
+    job_id: str,
+    conn: ConnDep,
+    user: CurrentUser,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> LogsPublic:
     row = await load_job(conn, user, job_id)
     lines = await logstore.read(conn, row["id"], after, limit)
     return LogsPublic(data=[line.public() for line in lines])
@@ -40,8 +44,10 @@ def _cursor(after: int | None, last_event_id: str | None) -> int:
     if last_event_id is None or last_event_id == "":
         return 0
     if not (last_event_id.isascii() and last_event_id.isdigit() and int(last_event_id) <= MAX_SEQ):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
-                            f"Last-Event-ID must be the seq of a line (0..{MAX_SEQ}), not {last_event_id[:40]!r}")
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            f"Last-Event-ID must be the seq of a line (0..{MAX_SEQ}), not {last_event_id[:40]!r}",
+        )
     return int(last_event_id)
 
 
@@ -90,32 +96,62 @@ class EventStream(StreamingResponse):
 
 
 # The route returns an EventStream itself; this documents it as FastAPI documents an SSE route.
-SSE_DOC = {200: {"description": "Successful Response", "content": {"text/event-stream": {"itemSchema": {
-    "type": "object",
-    "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"},
-                   "retry": {"type": "integer", "minimum": 0}}}}}}}
+SSE_DOC = {
+    200: {
+        "description": "Successful Response",
+        "content": {
+            "text/event-stream": {
+                "itemSchema": {
+                    "type": "object",
+                    "properties": {
+                        "data": {"type": "string"},
+                        "event": {"type": "string"},
+                        "id": {"type": "string"},
+                        "retry": {"type": "integer", "minimum": 0},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 @router.get("/{job_id}/logs/stream", response_class=StreamingResponse, responses={**SSE_DOC, **NOT_FOUND})
-async def stream_logs(job_id: str, pool: PoolDep, notifier: NotifierDep, settings: SettingsDep,
-                      user: CurrentUser,
-                      after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
-                      last_event_id: Annotated[str | None, Header()] = None) -> EventStream:
+async def stream_logs(
+    job_id: str,
+    pool: PoolDep,
+    tails: TailsDep,
+    settings: SettingsDep,
+    user: CurrentUser,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> EventStream:
     """`event: log` per line (id = seq), `event: state` on each change, a keepalive comment when
     idle, then `event: done` with the final state, and the server closes. Resume with the
     Last-Event-ID header (or ?after=SEQ). A follower that stalls is sent `event: dropped` with
     `resume_after` and closed."""
     async with pool.acquire() as conn:
         row = await load_job(conn, user, job_id)
-    follower = Follower(notifier.tails, pool, user.org_id, row["id"], after=_cursor(after, last_event_id),
-                        keepalive_s=settings.sse_keepalive_s, stall_s=settings.follower_stall_s,
-                        log_head=row["log_seq"])
+    follower = Follower(
+        tails,
+        pool,
+        user.org_id,
+        row["id"],
+        after=_cursor(after, last_event_id),
+        keepalive_s=settings.sse_keepalive_s,
+        stall_s=settings.follower_stall_s,
+        log_head=row["log_seq"],
+    )
     return EventStream(follower)
 
 
 @router.websocket("/{job_id}/logs/ws")
-async def ws_logs(websocket: WebSocket, job_id: str, after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
-                  token: str | None = None):
+async def ws_logs(
+    websocket: WebSocket,
+    job_id: str,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
+    token: str | None = None,
+):
     """The same events as the SSE stream, one JSON message each: {"event", "id", "data"}.
     Authenticate with the Authorization header or ?token= (browsers cannot set headers)."""
     app = websocket.app
@@ -135,9 +171,17 @@ async def ws_logs(websocket: WebSocket, job_id: str, after: Annotated[int | None
         await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=f"job {job_id} not found")
         return
     await websocket.accept()
-    follower = Follower(app.state.notifier.tails, app.state.pool, user.org_id, row["id"], after=after or 0,
-                        keepalive_s=settings.sse_keepalive_s, stall_s=settings.follower_stall_s, joined=False,
-                        log_head=row["log_seq"])
+    follower = Follower(
+        app.state.tails,
+        app.state.pool,
+        user.org_id,
+        row["id"],
+        after=after or 0,
+        keepalive_s=settings.sse_keepalive_s,
+        stall_s=settings.follower_stall_s,
+        joined=False,
+        log_head=row["log_seq"],
+    )
     try:
         async for batch in follower.batches():
             for message in batch.ws():
@@ -150,14 +194,20 @@ async def ws_logs(websocket: WebSocket, job_id: str, after: Annotated[int | None
         follower.close()
 
 
-@router.get("/{job_id}/logs/archive", status_code=status.HTTP_307_TEMPORARY_REDIRECT,
-            response_class=RedirectResponse,
-            responses={307: {"description": "redirect to the gzip JSON-lines transcript (5-minute link)"},
-                       404: {"description": "no such job, or its transcript is not archived yet"}})
+@router.get(
+    "/{job_id}/logs/archive",
+    status_code=status.HTTP_307_TEMPORARY_REDIRECT,
+    response_class=RedirectResponse,
+    responses={
+        307: {"description": "redirect to the gzip JSON-lines transcript (5-minute link)"},
+        404: {"description": "no such job, or its transcript is not archived yet"},
+    },
+)
 async def logs_archive(job_id: str, conn: ConnDep, user: CurrentUser, storage: StorageDep) -> RedirectResponse:
     row = await load_job(conn, user, job_id)
     if row["log_archive_key"] is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no archived transcript (yet)")
-    url = await asyncio.to_thread(storage.presign_get, row["log_archive_key"], filename=f"{row['id']}.log.jsonl.gz",
-                                  expires_s=ARCHIVE_LINK_S)
+    url = await asyncio.to_thread(
+        storage.presign_get, row["log_archive_key"], filename=f"{row['id']}.log.jsonl.gz", expires_s=ARCHIVE_LINK_S
+    )
     return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)

@@ -8,7 +8,7 @@ import httpx
 
 from boxrun.sse import follow
 
-DEMO_SCRIPT = '''\
+DEMO_SCRIPT = """\
 import json, os, platform, sys, time
 
 print(f"hello from {platform.node()} (python {platform.python_version()})")
@@ -20,14 +20,15 @@ result = {"job": os.environ["BOXRUN_JOB_ID"], "greeting": os.environ.get("GREETI
 with open(os.path.join(os.environ["BOXRUN_ARTIFACTS_DIR"], "result.json"), "w") as fh:
     json.dump(result, fh, indent=2)
 print("wrote result.json; done")
-'''
+"""
 
 
 async def run_demo(api_url: str, token: str, box: str) -> str:
     """Submit the demo job, print its live output, return its final state."""
     async with httpx.AsyncClient(base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-        resp = await http.post("/api/jobs", json={"box": box, "script": DEMO_SCRIPT, "env": {"GREETING": "hi"},
-                                                  "timeout_s": 120})
+        resp = await http.post(
+            "/api/jobs", json={"box": box, "script": DEMO_SCRIPT, "env": {"GREETING": "hi"}, "timeout_s": 120}
+        )
         resp.raise_for_status()
         job = resp.json()
         print(f"\ndemo job {job['id']} on {box}; Temporal UI: {job['temporal_ui_url']}\n", flush=True)
@@ -42,7 +43,9 @@ async def run_demo(api_url: str, token: str, box: str) -> str:
                 state = ev.data["state"]
         arts = (await http.get(f"/api/jobs/{job['id']}/artifacts")).json()["data"]
         for art in arts:
-            print(f"  artifact {art['path']} ({art['size']} bytes, sha256 {art['sha256'][:12]}...): "
-                  f"{api_url}/api/jobs/{job['id']}/artifacts/{art['path']}")
+            print(
+                f"  artifact {art['path']} ({art['size']} bytes, sha256 {art['sha256'][:12]}...): "
+                f"{api_url}/api/jobs/{job['id']}/artifacts/{art['path']}"
+            )
         print(f"demo job finished: {state}\n", flush=True)
         return state

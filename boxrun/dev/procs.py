@@ -57,8 +57,9 @@ class Child:
         """Start the same command again (after it stopped or was killed)."""
         if self.alive():
             raise RuntimeError(f"{self.name} is still running")
-        fresh = spawn(self.name, self.argv, self.log_path.parent, env=self.env, stop_signal=self.stop_signal,
-                      **self.popen_kwargs)
+        fresh = spawn(
+            self.name, self.argv, self.log_path.parent, env=self.env, stop_signal=self.stop_signal, **self.popen_kwargs
+        )
         self.proc = fresh.proc
 
     def stop(self, timeout: float = 15.0) -> int | None:
@@ -71,15 +72,35 @@ class Child:
         return self.proc.wait(5)
 
 
-def spawn(name: str, argv: list[str], log_dir: Path, *, env: dict[str, str] | None = None,
-          stop_signal: int = signal.SIGTERM, **kwargs) -> Child:
+def spawn(
+    name: str,
+    argv: list[str],
+    log_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    stop_signal: int = signal.SIGTERM,
+    **kwargs,
+) -> Child:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **(env or {})}, **kwargs)
-    return Child(name=name, proc=proc, log_path=log_path, stop_signal=stop_signal, argv=list(argv),
-                 env=dict(env or {}), popen_kwargs=kwargs)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            **kwargs,
+        )
+    return Child(
+        name=name,
+        proc=proc,
+        log_path=log_path,
+        stop_signal=stop_signal,
+        argv=list(argv),
+        env=dict(env or {}),
+        popen_kwargs=kwargs,
+    )
 
 
 class StartupError(RuntimeError):

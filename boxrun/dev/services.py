@@ -26,9 +26,12 @@ PG_SYSTEM_USER = "embedded_postgres"
 
 # Measured on a 2-core machine (docs/benchmarks.md): ~4x lower latency for short workflows.
 TEMPORAL_TUNING = [
-    "--sqlite-pragma", "journal_mode=wal",
-    "--sqlite-pragma", "synchronous=normal",
-    "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
+    "--sqlite-pragma",
+    "journal_mode=wal",
+    "--sqlite-pragma",
+    "synchronous=normal",
+    "--dynamic-config-value",
+    "history.transferProcessorMaxPollRPS=1000",
 ]
 
 
@@ -56,8 +59,11 @@ def _as_pg_user() -> dict:
     try:
         entry = pwd.getpwnam(PG_SYSTEM_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", PG_SYSTEM_USER],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", PG_SYSTEM_USER],
+            check=True,
+            capture_output=True,
+        )
         entry = pwd.getpwnam(PG_SYSTEM_USER)
     # user= alone would keep root's groups, whose (empty) group bits then deny directory access
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
@@ -91,12 +97,40 @@ def start_postgres(root: Path, port: int, log_dir: Path) -> Child:
     if not (data / "PG_VERSION").exists():
         data.mkdir(exist_ok=True)
         _open_for(data, as_user)
-        done = subprocess.run([str(postgres_bin() / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres",
-                               "-E", "utf8", "--no-instructions"], capture_output=True, text=True, cwd=root, **as_user)
+        done = subprocess.run(
+            [
+                str(postgres_bin() / "initdb"),
+                "-D",
+                str(data),
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "-E",
+                "utf8",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=root,
+            **as_user,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
-    argv = [str(postgres_bin() / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(sock),
-            "-c", "max_connections=300", "-c", "shared_buffers=128MB"]
+    argv = [
+        str(postgres_bin() / "postgres"),
+        "-D",
+        str(data),
+        "-p",
+        str(port),
+        "-h",
+        "127.0.0.1",
+        "-k",
+        str(sock),
+        "-c",
+        "max_connections=300",
+        "-c",
+        "shared_buffers=128MB",
+    ]
     # SIGINT is PostgreSQL's "fast" shutdown: it does not wait for clients to disconnect.
     return spawn("postgres", argv, log_dir, stop_signal=signal.SIGINT, cwd=root, **as_user)
 
@@ -115,9 +149,23 @@ async def postgres_ready(port: int, database: str = "boxrun") -> str:
 
 def start_temporal(root: Path, port: int, ui_port: int, log_dir: Path) -> Child:
     root.mkdir(parents=True, exist_ok=True)
-    argv = [temporal_binary(), "server", "start-dev", "--db-filename", str(root / "temporal.db"),
-            "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(ui_port), "--log-level", "warn",
-            "--ui-disable-news-fetch", *TEMPORAL_TUNING]
+    argv = [
+        temporal_binary(),
+        "server",
+        "start-dev",
+        "--db-filename",
+        str(root / "temporal.db"),
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--ui-port",
+        str(ui_port),
+        "--log-level",
+        "warn",
+        "--ui-disable-news-fetch",
+        *TEMPORAL_TUNING,
+    ]
     for name in SEARCH_ATTRIBUTES:
         argv += ["--search-attribute", f"{name}=Keyword"]
     return spawn("temporal", argv, log_dir)
@@ -150,8 +198,11 @@ async def replay_s3(child: Child, endpoint: str) -> int:
                     body = entry.get("body") or b""
                     if entry.get("body_encoded"):
                         body = base64.b64decode(body)
-                    headers = {k: v for k, v in entry["headers"].items()
-                               if k.lower() not in ("host", "content-length", "transfer-encoding")}
+                    headers = {
+                        k: v
+                        for k, v in entry["headers"].items()
+                        if k.lower() not in ("host", "content-length", "transfer-encoding")
+                    }
                     if isinstance(body, str):
                         body = body.encode()
                     await http.request(entry["method"], url, headers=headers, content=body)

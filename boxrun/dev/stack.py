@@ -112,8 +112,9 @@ class DevStack:
             async with httpx.AsyncClient(timeout=2) as http:
                 return (await http.get(f"{s3_url}/moto-api/")).status_code < 500
 
-        await asyncio.gather(wait_ready(pg, pg_probe), wait_ready(temporal, temporal_probe, timeout=120),
-                             wait_ready(s3, s3_probe))
+        await asyncio.gather(
+            wait_ready(pg, pg_probe), wait_ready(temporal, temporal_probe, timeout=120), wait_ready(s3, s3_probe)
+        )
         replayed = await replay_s3(s3, s3_url)
         if replayed:
             log.info("restored %d recorded S3 writes", replayed)
@@ -134,8 +135,12 @@ class DevStack:
         self._save_secrets(keys)
         agents = []
         for name in names:
-            agent_env = {**env, "BOXRUN_BOX_NAME": name, "BOXRUN_NODE_TOKEN": keys["node_tokens"][name],
-                         "BOXRUN_AGENT_WORKDIR": str(self.dir / "boxes" / name)}
+            agent_env = {
+                **env,
+                "BOXRUN_BOX_NAME": name,
+                "BOXRUN_NODE_TOKEN": keys["node_tokens"][name],
+                "BOXRUN_AGENT_WORKDIR": str(self.dir / "boxes" / name),
+            }
             if self.opts.agent_python:
                 agent_env["BOXRUN_AGENT_PYTHON"] = self.opts.agent_python
             agents.append(self._boxrun(f"agent-{name}", ["agent", "--box", name], agent_env))
@@ -163,9 +168,15 @@ class DevStack:
                     got = await http.get(f"/api/boxes/{name}")
                     if got.status_code == 200:
                         continue
-                resp = await http.post("/api/boxes", json={"name": name, "groups": ["local"],
-                                                           "capabilities": ["python3", "local"],
-                                                           "capacity": self.opts.capacity})
+                resp = await http.post(
+                    "/api/boxes",
+                    json={
+                        "name": name,
+                        "groups": ["local"],
+                        "capabilities": ["python3", "local"],
+                        "capacity": self.opts.capacity,
+                    },
+                )
                 if resp.status_code == 409:  # known to the database, token lost: mint a new one
                     resp = await http.post(f"/api/boxes/{name}/token")
                 resp.raise_for_status()

@@ -23,9 +23,21 @@ class DevStackProcess:
         self.data_dir = data_dir
         self.log = open(data_dir.parent / f"{data_dir.name}-dev.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "boxrun.cli", "dev", "--ports", "auto", "--data-dir", str(data_dir),
-             "--boxes", str(boxes)],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "boxrun.cli",
+                "dev",
+                "--ports",
+                "auto",
+                "--data-dir",
+                str(data_dir),
+                "--boxes",
+                str(boxes),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         self.endpoints = self._wait_endpoints()
 
@@ -73,6 +85,7 @@ def endpoints(dev_stack: DevStackProcess) -> dict:
 
 @pytest.fixture
 async def api(endpoints: dict) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=endpoints["api_url"], timeout=30,
-                                 headers={"Authorization": f"Bearer {endpoints['token']}"}) as client:
+    async with httpx.AsyncClient(
+        base_url=endpoints["api_url"], timeout=30, headers={"Authorization": f"Bearer {endpoints['token']}"}
+    ) as client:
         yield client

@@ -48,13 +48,17 @@ class FaultStack:
         return child
 
     def api(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.endpoints["api_url"], timeout=30,
-                                 headers={"Authorization": f"Bearer {self.endpoints['token']}"})
+        return httpx.AsyncClient(
+            base_url=self.endpoints["api_url"],
+            timeout=30,
+            headers={"Authorization": f"Bearer {self.endpoints['token']}"},
+        )
 
 
 @asynccontextmanager
-async def fault_stack(log_dir: Path, *, boxes: int = 2, capacity: int = 1,
-                      env: dict[str, str] | None = None) -> AsyncIterator[FaultStack]:
+async def fault_stack(
+    log_dir: Path, *, boxes: int = 2, capacity: int = 1, env: dict[str, str] | None = None
+) -> AsyncIterator[FaultStack]:
     """The stack's data lives in its own directory under the system temp dir (pytest's base temp
     dir is reset to mode 0700 by every pytest session, which would lock the postgres system user
     out of a data dir below it); its logs are copied to `log_dir` at the end."""

@@ -26,7 +26,9 @@ async def wait_terminal(api: httpx.AsyncClient, job_id: str, timeout: float = 60
 async def replay(api: httpx.AsyncClient, job_id: str, page: int = 1000) -> list[dict]:
     lines: list[dict] = []
     while True:
-        got = (await api.get(f"/api/jobs/{job_id}/logs", params={"after": lines[-1]["seq"] if lines else 0, "limit": page})).json()["data"]
+        got = (
+            await api.get(f"/api/jobs/{job_id}/logs", params={"after": lines[-1]["seq"] if lines else 0, "limit": page})
+        ).json()["data"]
         lines += got
         if len(got) < page:
             return lines

@@ -50,7 +50,8 @@ async def test_missing_object_is_not_recorded(control, conn):
     await add_box(conn, "b1")
     job = await add_job(conn, box="b1")
     result = await ActivityEnvironment().run(
-        control.verify_artifacts, VerifyInput(job_id=job, artifacts=[entry("never-uploaded", b"x")]))
+        control.verify_artifacts, VerifyInput(job_id=job, artifacts=[entry("never-uploaded", b"x")])
+    )
     assert result.recorded == 0 and "object missing" in result.mismatched[0]
 
 
@@ -61,8 +62,9 @@ async def test_finish_releases_the_lease_and_keeps_terminal_states(control, conn
     assert (await env.run(control.acquire_box, AcquireInput(job_id=job))).box == "b1"
     await env.run(control.acquire_box, AcquireInput(job_id=waiter))
     await env.run(control.record_transition, TransitionInput(job_id=job, to_state=JobState.RUNNING))
-    done = await env.run(control.finish_job, FinishInput(job_id=job, to_state=JobState.FAILED, exit_code=3,
-                                                         error="exit code 3"))
+    done = await env.run(
+        control.finish_job, FinishInput(job_id=job, to_state=JobState.FAILED, exit_code=3, error="exit code 3")
+    )
     assert done.released and done.state == JobState.FAILED and done.wake_job_ids == [waiter]
     again = await env.run(control.finish_job, FinishInput(job_id=job, to_state=JobState.CANCELLED))
     assert again.state == JobState.FAILED and not again.released, "terminal states are absorbing"

@@ -21,8 +21,9 @@ open(os.path.join(os.environ["BOXRUN_ARTIFACTS_DIR"], "keep.txt"), "w").write("k
 
 
 def client(endpoints: dict) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=endpoints["api_url"], timeout=30,
-                             headers={"Authorization": f"Bearer {endpoints['token']}"})
+    return httpx.AsyncClient(
+        base_url=endpoints["api_url"], timeout=30, headers={"Authorization": f"Bearer {endpoints['token']}"}
+    )
 
 
 async def test_restart_on_the_same_data_dir_keeps_jobs_logs_and_artifacts(private_tmp):

@@ -134,19 +134,22 @@ async def test_idempotency_key_returns_the_first_job(api):
     assert other.status_code == 409 and key in other.json()["detail"]
 
 
-@pytest.mark.parametrize("body, status, needle", [
-    ({"script": "print(1)"}, 422, "exactly one of 'box' or 'box_group'"),
-    ({"box": "local-1"}, 422, "script"),
-    ({"box": "no-such-box", "script": "x"}, 422, "box 'no-such-box' does not exist"),
-    ({"box": "local-1", "script": "x", "files": {"../escape": "x"}}, 422, "inside the workspace"),
-    ({"box": "local-1", "script": "x", "files": {"/abs": "x"}}, 422, "relative"),
-    ({"box": "local-1", "script": "x", "env": {"BOXRUN_JOB_ID": "x"}}, 422, "reserved"),
-    ({"box": "local-1", "script": "x", "timeout_s": -1}, 422, "timeout_s"),
-    ({"box": "local-1", "script": "x", "timeout_s": "soon"}, 422, "timeout_s"),
-    ({"box": "local-1", "script": "x", "lock": "maybe"}, 422, "lock"),
-    ({"box": "local-1", "script": "x", "bogus": 1}, 422, "bogus"),
-    ({"box": "local 1", "script": "x"}, 422, "box"),
-])
+@pytest.mark.parametrize(
+    "body, status, needle",
+    [
+        ({"script": "print(1)"}, 422, "exactly one of 'box' or 'box_group'"),
+        ({"box": "local-1"}, 422, "script"),
+        ({"box": "no-such-box", "script": "x"}, 422, "box 'no-such-box' does not exist"),
+        ({"box": "local-1", "script": "x", "files": {"../escape": "x"}}, 422, "inside the workspace"),
+        ({"box": "local-1", "script": "x", "files": {"/abs": "x"}}, 422, "relative"),
+        ({"box": "local-1", "script": "x", "env": {"BOXRUN_JOB_ID": "x"}}, 422, "reserved"),
+        ({"box": "local-1", "script": "x", "timeout_s": -1}, 422, "timeout_s"),
+        ({"box": "local-1", "script": "x", "timeout_s": "soon"}, 422, "timeout_s"),
+        ({"box": "local-1", "script": "x", "lock": "maybe"}, 422, "lock"),
+        ({"box": "local-1", "script": "x", "bogus": 1}, 422, "bogus"),
+        ({"box": "local 1", "script": "x"}, 422, "box"),
+    ],
+)
 async def test_bad_submissions_get_a_4xx_with_a_reason_and_write_nothing(api, body, status, needle):
     before = (await api.get("/api/jobs", params={"limit": 1})).json()["count"]
     resp = await api.post("/api/jobs", json=body)
@@ -168,8 +171,13 @@ async def test_auth_and_unknown_ids(api, endpoints):
         bad = await anon.get("/api/jobs", headers={"Authorization": "Bearer nope"})
         assert bad.status_code == 401 and bad.json()["detail"] == "invalid token"
     missing = str(uuid.uuid4())
-    for path in (f"/api/jobs/{missing}", f"/api/jobs/{missing}/logs", f"/api/jobs/{missing}/artifacts",
-                 "/api/jobs/not-a-uuid", f"/api/jobs/{missing}/artifacts/x.txt"):
+    for path in (
+        f"/api/jobs/{missing}",
+        f"/api/jobs/{missing}/logs",
+        f"/api/jobs/{missing}/artifacts",
+        "/api/jobs/not-a-uuid",
+        f"/api/jobs/{missing}/artifacts/x.txt",
+    ):
         resp = await api.get(path)
         assert resp.status_code == 404 and "not found" in resp.json()["detail"], path
 

@@ -89,8 +89,9 @@ class Gated:
         self.gate = tmp_path / f"{tag}.gate"
 
     def script(self, *, child: bool = False, artifact: bool = False) -> str:
-        return GATED.format(runs=str(self.runs), pids=str(self.pids), gate=str(self.gate), child=child,
-                            artifact=artifact)
+        return GATED.format(
+            runs=str(self.runs), pids=str(self.pids), gate=str(self.gate), child=child, artifact=artifact
+        )
 
     def open(self) -> None:
         self.gate.touch()
@@ -136,6 +137,7 @@ async def box_info(api: httpx.AsyncClient, box: str = "local-1") -> dict:
 
 async def wait_running(api: httpx.AsyncClient, job_id: str, gated: Gated, timeout: float = 30) -> dict:
     """The job is `running` and its script is past its start (pids written)."""
+
     async def ready():
         got = await job(api, job_id)
         return got if got["state"] == "running" and gated.pid_list() else None
@@ -155,20 +157,29 @@ async def run_job_attempts(fs: FaultStack, job_id: str) -> list[int]:
     """The attempt number of every run_job activity started in the job's workflow history."""
     client = await connect(fs.endpoints["temporal_address"])
     history = await client.get_workflow_handle(job_id).fetch_history()
-    scheduled = {e.event_id for e in history.events
-                 if e.HasField("activity_task_scheduled_event_attributes")
-                 and e.activity_task_scheduled_event_attributes.activity_type.name == RUN_JOB}
-    return [e.activity_task_started_event_attributes.attempt for e in history.events
-            if e.HasField("activity_task_started_event_attributes")
-            and e.activity_task_started_event_attributes.scheduled_event_id in scheduled]
+    scheduled = {
+        e.event_id
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+        and e.activity_task_scheduled_event_attributes.activity_type.name == RUN_JOB
+    }
+    return [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+        and e.activity_task_started_event_attributes.scheduled_event_id in scheduled
+    ]
 
 
 async def last_heartbeat(fs: FaultStack, job_id: str) -> float:
     """When the job's pending run_job activity last heartbeated to Temporal (epoch s; 0 if never)."""
     client = await connect(fs.endpoints["temporal_address"])
     desc = await client.get_workflow_handle(job_id).describe()
-    times = [a.last_heartbeat_time.seconds + a.last_heartbeat_time.nanos / 1e9
-             for a in desc.raw_description.pending_activities if a.activity_type.name == RUN_JOB]
+    times = [
+        a.last_heartbeat_time.seconds + a.last_heartbeat_time.nanos / 1e9
+        for a in desc.raw_description.pending_activities
+        if a.activity_type.name == RUN_JOB
+    ]
     return max(times, default=0.0)
 
 
@@ -205,8 +216,9 @@ async def test_agent_killed_mid_job_fails_it_frees_the_box_and_the_next_jobs_run
             noticed = time.monotonic() - killed_mono
             assert (done["state"], done["error"]) == ("failed", "box heartbeat lost"), done
             server_delay = ts(done["finished_at"]) - killed_at
-            print(f"\nheartbeat loss: failed {server_delay:.2f}s after the kill "
-                  f"(seen by the test after {noticed:.2f}s)")
+            print(
+                f"\nheartbeat loss: failed {server_delay:.2f}s after the kill (seen by the test after {noticed:.2f}s)"
+            )
             bound = HEARTBEAT_TIMEOUT_S + HEARTBEAT_LOSS_MARGIN_S
             assert server_delay < bound and noticed < bound, (server_delay, noticed)
             assert await states(api, first["id"]) == ["queued", "dispatching", "running", "failed"]
@@ -217,8 +229,11 @@ async def test_agent_killed_mid_job_fails_it_frees_the_box_and_the_next_jobs_run
             assert leases == []
 
             # the job does not run on without its agent: its process and its child are gone
-            await wait_for(lambda: not pid_alive(job_pid) and not pid_alive(child_pid), timeout=2,
-                           what=f"the orphaned job process {job_pid} and its child {child_pid} to be gone")
+            await wait_for(
+                lambda: not pid_alive(job_pid) and not pid_alive(child_pid),
+                timeout=2,
+                what=f"the orphaned job process {job_pid} and its child {child_pid} to be gone",
+            )
 
             # while the agent is down nothing is dispatched onto the dead box
             async def b_offline():
@@ -275,7 +290,12 @@ async def test_control_worker_killed_mid_job_the_job_finishes_once(tmp_path):
             print(f"\njob ended {time.monotonic() - restarted:.2f}s after the worker restart")
             assert (done["state"], done["exit_code"], done["error"]) == ("completed", 0, None), done
             assert await states(api, submitted["id"]) == [
-                "queued", "dispatching", "running", "uploading_artifacts", "completed"]
+                "queued",
+                "dispatching",
+                "running",
+                "uploading_artifacts",
+                "completed",
+            ]
             assert a.run_count() == 1, "the script must run exactly once"
             assert await run_job_attempts(fs, submitted["id"]) == [1]
 
@@ -353,12 +373,17 @@ async def test_postgres_restart_mid_job_the_job_finishes_with_every_line_once(tm
         await wait_for(lambda: len(printed()) >= wait_for_lines, timeout=20, what="ticks while Postgres is down")
         restarted = time.monotonic()
         fs.start("postgres")
-        await wait_for(lambda: _lines_after(api, submitted["id"], at_stop + 1), timeout=60,
-                       what="log lines printed during the outage to reach Postgres")
+        await wait_for(
+            lambda: _lines_after(api, submitted["id"], at_stop + 1),
+            timeout=60,
+            what="log lines printed during the outage to reach Postgres",
+        )
         gate.touch()
         done = await wait_terminal(api, submitted["id"], timeout=60)
-        print(f"\njob ended {time.monotonic() - restarted:.2f}s after the Postgres restart; "
-              f"{len(printed())} lines, {len(printed()) - at_stop} printed after the stop")
+        print(
+            f"\njob ended {time.monotonic() - restarted:.2f}s after the Postgres restart; "
+            f"{len(printed())} lines, {len(printed()) - at_stop} printed after the stop"
+        )
         assert (done["state"], done["exit_code"], done["error"]) == ("completed", 0, None), done
         assert await states(api, submitted["id"]) == ["queued", "dispatching", "running", "completed"]
 
@@ -405,8 +430,12 @@ async def test_agent_sigterm_drains_the_running_job_finishes_and_new_jobs_wait(t
             async def heartbeat_after_sigterm():
                 return await last_heartbeat(fs, running["id"]) > termed_wall + 1
 
-            await wait_for(heartbeat_after_sigterm, timeout=10, interval=0.1,
-                           what="a run_job heartbeat more than 1 s after SIGTERM")
+            await wait_for(
+                heartbeat_after_sigterm,
+                timeout=10,
+                interval=0.1,
+                what="a run_job heartbeat more than 1 s after SIGTERM",
+            )
             assert (await job(api, running["id"]))["state"] == "running"
             assert (await job(api, during["id"]))["state"] == "waiting_for_box"
             assert agent.alive()
@@ -427,8 +456,13 @@ async def test_agent_sigterm_drains_the_running_job_finishes_and_new_jobs_wait(t
             later = await wait_terminal(api, during["id"], timeout=30)
             print(f"job submitted during the drain ended {time.monotonic() - restarted:.2f}s after the restart")
             assert (later["state"], later["box"]) == ("completed", "local-1"), later
-            assert await states(api, during["id"]) == ["queued", "waiting_for_box", "dispatching", "running",
-                                                       "completed"]
+            assert await states(api, during["id"]) == [
+                "queued",
+                "waiting_for_box",
+                "dispatching",
+                "running",
+                "completed",
+            ]
             assert (await box_info(api))["draining"] is False
             assert a.run_count() == 1
         finally:

@@ -30,8 +30,12 @@ async def fs(tmp_path_factory):
 @pytest.fixture
 async def api(fs):
     limits = httpx.Limits(max_connections=FOLLOWERS + 10)
-    async with httpx.AsyncClient(base_url=fs.endpoints["api_url"], timeout=30, limits=limits,
-                                 headers={"Authorization": f"Bearer {fs.endpoints['token']}"}) as client:
+    async with httpx.AsyncClient(
+        base_url=fs.endpoints["api_url"],
+        timeout=30,
+        limits=limits,
+        headers={"Authorization": f"Bearer {fs.endpoints['token']}"},
+    ) as client:
         yield client
 
 
@@ -50,8 +54,9 @@ class Follower:
 
     async def _run(self) -> None:
         headers = {} if self.last_event_id is None else {"Last-Event-ID": str(self.last_event_id)}
-        async with self.api.stream("GET", f"/api/jobs/{self.job_id}/logs/stream", headers=headers,
-                                   timeout=httpx.Timeout(30, read=None)) as resp:
+        async with self.api.stream(
+            "GET", f"/api/jobs/{self.job_id}/logs/stream", headers=headers, timeout=httpx.Timeout(30, read=None)
+        ) as resp:
             assert resp.status_code == 200
             assert resp.headers["content-type"].startswith("text/event-stream")
             assert resp.headers["cache-control"] == "no-cache" and resp.headers["x-accel-buffering"] == "no"
@@ -73,8 +78,9 @@ class Follower:
 
 def check(f: Follower, expected: list[tuple[str, str]], *, after: int = 0) -> None:
     logs = f.logs()
-    assert [line["seq"] for line in logs] == list(range(after + 1, len(expected) + 1)), \
+    assert [line["seq"] for line in logs] == list(range(after + 1, len(expected) + 1)), (
         "every line exactly once, in order"
+    )
     assert [(line["stream"], line["text"]) for line in logs] == expected[after:]
     states = [data["state"] for event, data in f.events if event == "state"]
     assert states[-1] == "completed" and len(states) == len(set(states)), "each state once"
@@ -96,8 +102,7 @@ for i in range({n}):
 
 
 def fanout_expected() -> list[tuple[str, str]]:
-    return [("stderr", f"err {i}") if i % 7 == 3 else ("stdout", f"out {i} " + "x" * (i % 50))
-            for i in range(N_LINES)]
+    return [("stderr", f"err {i}") if i % 7 == 3 else ("stdout", f"out {i} " + "x" * (i % 50)) for i in range(N_LINES)]
 
 
 async def test_50_live_followers_and_a_late_one_get_every_line_once_in_order_then_done(api, private_tmp):
@@ -132,14 +137,18 @@ BIG_N = 3000  # ~6 MB: more than the tail's ring holds
 async def test_a_follower_behind_the_tail_reads_postgres_then_joins_it(api, private_tmp):
     go = private_tmp / "go-big"
     job = await submit(api, BIG.format(n=BIG_N, wait=wait_file(go)))
-    expected = [("stdout", f"{i:05d} " + "y" * 2000) for i in range(BIG_N)] + \
-        [("stdout", f"{i:05d} tail") for i in range(BIG_N, BIG_N + 100)]
+    expected = [("stdout", f"{i:05d} " + "y" * 2000) for i in range(BIG_N)] + [
+        ("stdout", f"{i:05d} tail") for i in range(BIG_N, BIG_N + 100)
+    ]
     await wait_for(lambda: has_lines(api, job["id"], BIG_N), timeout=120, what=f"{BIG_N} lines stored")
     ahead = Follower(api, job["id"], last_event_id=BIG_N)  # the job's tail in the API starts here
     await asyncio.wait_for(ahead.first.wait(), 30)
     behind = Follower(api, job["id"], last_event_id=100)  # before the tail: pages from Postgres first
-    await wait_for(lambda: behind.last_seq() == BIG_N or behind.task.done(), timeout=120,
-                   what="the follower from seq 100 to catch up")
+    await wait_for(
+        lambda: behind.last_seq() == BIG_N or behind.task.done(),
+        timeout=120,
+        what="the follower from seq 100 to catch up",
+    )
     assert not behind.task.done(), behind.task
     go.touch()
     await asyncio.wait_for(asyncio.gather(ahead.task, behind.task), 120)

@@ -131,7 +131,9 @@ async def events(api: httpx.AsyncClient, job_id: str) -> list[dict]:
 async def lease(db: asyncpg.Connection, job_id: str) -> asyncpg.Record | None:
     return await db.fetchrow(
         "SELECT l.job_id, b.name AS box, l.exclusive, l.acquired_at, l.released_at "
-        "FROM leases l JOIN boxes b ON b.id = l.box_id WHERE l.job_id = $1", uuid.UUID(job_id))
+        "FROM leases l JOIN boxes b ON b.id = l.box_id WHERE l.job_id = $1",
+        uuid.UUID(job_id),
+    )
 
 
 async def cancel(api: httpx.AsyncClient, job_id: str) -> float:
@@ -193,8 +195,7 @@ async def test_cancel_waiting_then_running_kills_the_tree_and_hands_the_box_on(a
     assert done["state"] == "cancelled", done
     assert done["error"] == "cancelled"
     assert kill_s < KILL_S, f"cancel -> process tree gone took {kill_s:.2f}s"
-    assert [e["to_state"] for e in await events(api, run["id"])] == [
-        "queued", "dispatching", "running", "cancelled"]
+    assert [e["to_state"] for e in await events(api, run["id"])] == ["queued", "dispatching", "running", "cancelled"]
     await assert_cancel_refused(api, run["id"])
     lines = await replay(api, run["id"])
     assert [ln["text"] for ln in lines if ln["stream"] == "stdout"] == ["tree up"]
@@ -241,8 +242,13 @@ async def test_cancel_escalates_to_sigkill_after_the_grace(api, db, tmp_path):
 
 async def test_timeout_kills_the_tree_and_frees_the_box(api, db, tmp_path):
     pidfile = tmp_path / "slow.pids"
-    slow = await submit(api, TREE.replace("time.sleep(300)", "time.sleep(60)"), box="local-3", timeout_s=2,
-                        env={"PIDFILE": str(pidfile)})
+    slow = await submit(
+        api,
+        TREE.replace("time.sleep(300)", "time.sleep(60)"),
+        box="local-3",
+        timeout_s=2,
+        env={"PIDFILE": str(pidfile)},
+    )
     pids = await read_pids(pidfile)
     after = await submit(api, QUICK, box="local-3")
     await wait_state(api, after["id"], "waiting_for_box")
@@ -279,10 +285,34 @@ async def test_contention_never_overbooks_and_grants_by_priority_then_fifo(fs, f
     # (priority, lock) per job; on the capacity-2 box the two highest (9) are not exclusive, so
     # both slots can fill at once when the blocker leaves
     plan = {
-        "cap1": [(0, False), (5, False), (0, True), (0, False), (-3, False), (5, True), (0, False), (5, False),
-                 (0, False), (-3, True)],
-        "cap2": [(0, False), (9, False), (0, True), (9, False), (0, False), (-3, False), (5, True), (0, False),
-                 (0, False), (5, False), (-3, True), (0, False), (0, True), (-3, False)],
+        "cap1": [
+            (0, False),
+            (5, False),
+            (0, True),
+            (0, False),
+            (-3, False),
+            (5, True),
+            (0, False),
+            (5, False),
+            (0, False),
+            (-3, True),
+        ],
+        "cap2": [
+            (0, False),
+            (9, False),
+            (0, True),
+            (9, False),
+            (0, False),
+            (-3, False),
+            (5, True),
+            (0, False),
+            (0, False),
+            (5, False),
+            (-3, True),
+            (0, False),
+            (0, True),
+            (-3, False),
+        ],
     }
     assert sum(len(p) for p in plan.values()) == 24
     gate = tmp_path / "gate"
@@ -301,7 +331,7 @@ async def test_contention_never_overbooks_and_grants_by_priority_then_fifo(fs, f
         ids: dict[str, set[uuid.UUID]] = {}
         start = 0
         for key in plan:  # gather keeps the order of its arguments
-            ids[key] = {uuid.UUID(j["id"]) for j in burst[start:start + len(plan[key])]}
+            ids[key] = {uuid.UUID(j["id"]) for j in burst[start : start + len(plan[key])]}
             start += len(plan[key])
 
         async def all_waiting() -> bool:
@@ -322,12 +352,16 @@ async def test_contention_never_overbooks_and_grants_by_priority_then_fifo(fs, f
             rows = await conns[key].fetch(
                 "SELECT l.job_id, l.exclusive, l.acquired_at, l.released_at, j.priority, j.created_at, j.lock "
                 "FROM leases l JOIN boxes b ON b.id = l.box_id JOIN jobs j ON j.id = l.job_id "
-                "WHERE b.name = $1 ORDER BY l.acquired_at", box)
+                "WHERE b.name = $1 ORDER BY l.acquired_at",
+                box,
+            )
             t_ref = rows[0]["acquired_at"]
             print(f"\n{box} (capacity {capacity}) lease history:")
             for r in rows:
-                print(f"  p={r['priority']:>2} lock={r['lock']!s:5} "
-                      f"{(r['acquired_at'] - t_ref).total_seconds():6.2f}s .. {(r['released_at'] - t_ref).total_seconds() if r['released_at'] else float('nan'):6.2f}s")
+                print(
+                    f"  p={r['priority']:>2} lock={r['lock']!s:5} "
+                    f"{(r['acquired_at'] - t_ref).total_seconds():6.2f}s .. {(r['released_at'] - t_ref).total_seconds() if r['released_at'] else float('nan'):6.2f}s"
+                )
             mine = ids[key]
             blocker_id = uuid.UUID(blockers[key]["id"])
             assert mine | {blocker_id} <= {r["job_id"] for r in rows}
@@ -338,10 +372,13 @@ async def test_contention_never_overbooks_and_grants_by_priority_then_fifo(fs, f
             granted = [r for r in rows if r["job_id"] in mine]
             expected = sorted(granted, key=lambda r: (-r["priority"], r["created_at"], r["job_id"]))
             assert [r["job_id"] for r in granted] == [r["job_id"] for r in expected], (
-                f"{box}: grants out of order:\n" + "\n".join(
+                f"{box}: grants out of order:\n"
+                + "\n".join(
                     f"  got p={g['priority']} c={g['created_at'].time()} lock={g['lock']}  "
                     f"want p={e['priority']} c={e['created_at'].time()} lock={e['lock']}"
-                    for g, e in zip(granted, expected, strict=True)))
+                    for g, e in zip(granted, expected, strict=True)
+                )
+            )
             assert all(r["exclusive"] == r["lock"] for r in rows)
             blocker = next(r for r in rows if r["job_id"] == blocker_id)
             first = (granted[0]["acquired_at"] - blocker["released_at"]).total_seconds()
@@ -353,7 +390,8 @@ async def test_contention_never_overbooks_and_grants_by_priority_then_fifo(fs, f
                 assert granted[1]["acquired_at"] < granted[0]["released_at"], (
                     f"{box}: second slot filled {(granted[1]['acquired_at'] - blocker['released_at']).total_seconds():.2f}s "
                     f"after the exclusive blocker left, after the first job's lease ended "
-                    f"({(granted[0]['released_at'] - blocker['released_at']).total_seconds():.2f}s)")
+                    f"({(granted[0]['released_at'] - blocker['released_at']).total_seconds():.2f}s)"
+                )
             assert peak == capacity, f"{box}: never held {capacity} leases at once (peak {peak}) with a queue waiting"
     finally:
         gate.write_text("open")
@@ -383,7 +421,8 @@ def check_no_overbooking(rows: list[asyncpg.Record], capacity: int, box: str) ->
         if len(active) > 1:
             assert not any(a["exclusive"] for a in active.values()), (
                 f"{box}: an exclusive lease overlapped another at {r['acquired_at']}: "
-                f"{[(str(a['job_id']), a['exclusive']) for a in active.values()]}")
+                f"{[(str(a['job_id']), a['exclusive']) for a in active.values()]}"
+            )
     return peak
 
 
@@ -407,7 +446,8 @@ async def test_manual_maintenance_holds_new_jobs_not_running_ones(api, db, tmp_p
     assert got["waiting_reason"] == "maintenance", got
     maint = (await api.get("/api/boxes/local-1/maintenance")).json()
     assert {"job_id": held["id"], "window_id": window["id"]} in [
-        {"job_id": r["job_id"], "window_id": r["window_id"]} for r in maint["rejections"]], maint
+        {"job_id": r["job_id"], "window_id": r["window_id"]} for r in maint["rejections"]
+    ], maint
     # the window started while `running` ran; it is not killed, and completes normally
     assert (await job(api, running["id"]))["state"] == "running"
     gate.write_text("open")
@@ -427,15 +467,25 @@ async def test_manual_maintenance_holds_new_jobs_not_running_ones(api, db, tmp_p
     delay = ((await lease(db, held["id"]))["acquired_at"] - t_off).total_seconds()
     assert delay < HANDOFF_S, f"job started {delay:.2f}s after maintenance ended (poll is 5 s)"
     assert [e["to_state"] for e in await events(api, held["id"])] == [
-        "queued", "waiting_for_box", "dispatching", "running", "completed"]
+        "queued",
+        "waiting_for_box",
+        "dispatching",
+        "running",
+        "completed",
+    ]
     print(f"\nmaintenance off -> lease {delay * 1000:.0f} ms")
 
 
 async def test_scheduled_window_holds_the_job_until_it_ends(api, db):
     now = datetime.now(UTC)
-    resp = await api.post("/api/boxes/local-1/maintenance/windows", json={
-        "starts_at": (now - timedelta(seconds=1)).isoformat(), "ends_at": (now + timedelta(seconds=3)).isoformat(),
-        "reason": "scheduled firmware update"})
+    resp = await api.post(
+        "/api/boxes/local-1/maintenance/windows",
+        json={
+            "starts_at": (now - timedelta(seconds=1)).isoformat(),
+            "ends_at": (now + timedelta(seconds=3)).isoformat(),
+            "reason": "scheduled firmware update",
+        },
+    )
     assert resp.status_code == 201, resp.text
     window = resp.json()
     held = await submit(api, QUICK, box="local-1")
@@ -479,8 +529,16 @@ async def test_missing_capability_is_unschedulable_promptly(api, db):
 
 async def test_rerun_makes_a_linked_job_from_the_frozen_spec(api, db):
     script = "import os\nprint(open('in.txt').read(), os.environ['MODE'], flush=True)\n"
-    first = await submit(api, script, box="local-2", files={"in.txt": "payload"}, env={"MODE": "again"},
-                         timeout_s=120, priority=3, cancel_grace_s=2)
+    first = await submit(
+        api,
+        script,
+        box="local-2",
+        files={"in.txt": "payload"},
+        env={"MODE": "again"},
+        timeout_s=120,
+        priority=3,
+        cancel_grace_s=2,
+    )
     assert (await wait_terminal(api, first["id"]))["state"] == "completed"
 
     resp = await api.post(f"/api/jobs/{first['id']}/rerun")
@@ -492,8 +550,9 @@ async def test_rerun_makes_a_linked_job_from_the_frozen_spec(api, db):
     done = await wait_terminal(api, rerun["id"])
     assert done["state"] == "completed" and done["rerun_of"] == first["id"], done
     assert [ln["text"] for ln in await replay(api, rerun["id"])] == ["payload again"]
-    specs = await db.fetch("SELECT id, spec FROM jobs WHERE id = ANY($1::uuid[])",
-                           [uuid.UUID(first["id"]), uuid.UUID(rerun["id"])])
+    specs = await db.fetch(
+        "SELECT id, spec FROM jobs WHERE id = ANY($1::uuid[])", [uuid.UUID(first["id"]), uuid.UUID(rerun["id"])]
+    )
     assert len(specs) == 2 and specs[0]["spec"] == specs[1]["spec"]
     assert (await job(api, first["id"]))["rerun_of"] is None
 
@@ -575,7 +634,12 @@ async def test_cancel_while_uploading_artifacts(fs, api, db):
         s3.proc.send_signal(signal.SIGCONT)
     assert (done["state"], done["error"]) == ("cancelled", "cancelled")
     assert [e["to_state"] for e in await events(api, job["id"])] == [
-        "queued", "dispatching", "running", "uploading_artifacts", "cancelled"]
+        "queued",
+        "dispatching",
+        "running",
+        "uploading_artifacts",
+        "cancelled",
+    ]
     assert (await api.get(f"/api/jobs/{job['id']}/artifacts")).json()["data"] == []
     assert (await lease(db, job["id"]))["released_at"] is not None
     await assert_cancel_refused(api, job["id"])

@@ -34,8 +34,7 @@ for i in range({N_LINES}):
 
 
 def expected_interleaved() -> list[tuple[str, str]]:
-    return [("stderr", f"err {i}") if i % 3 == 2 else ("stdout", f"out {i} " + "x" * (i % 40))
-            for i in range(N_LINES)]
+    return [("stderr", f"err {i}") if i % 3 == 2 else ("stdout", f"out {i} " + "x" * (i % 40)) for i in range(N_LINES)]
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +82,7 @@ async def test_a_3_mib_line_is_cut_to_1_mib_with_a_notice(api):
     lines = await replay(api, job["id"])
     assert [line["text"][:6] for line in lines] == ["before", "zzzzzz", "after"]
     cut = lines[1]["text"]
-    assert cut.startswith("z" * (1 << 20)) and cut[1 << 20:].startswith(" [boxrun: line truncated at 1 MiB")
+    assert cut.startswith("z" * (1 << 20)) and cut[1 << 20 :].startswith(" [boxrun: line truncated at 1 MiB")
     assert f"{2 * (1 << 20)} more bytes dropped" in cut
 
 
@@ -93,7 +92,9 @@ async def test_output_stream_carries_structured_results(api):
     await wait_terminal(api, job["id"])
     lines = await replay(api, job["id"])
     assert [(line["stream"], line["text"]) for line in lines] == [
-        ("stdout", "measuring"), ("output", '{"voltage":3.3,"ok":true}')]
+        ("stdout", "measuring"),
+        ("output", '{"voltage":3.3,"ok":true}'),
+    ]
 
 
 async def test_sse_and_websocket_give_the_same_events_with_keepalive_and_resume(api, fs):
@@ -115,8 +116,9 @@ async def test_sse_and_websocket_give_the_same_events_with_keepalive_and_resume(
     assert sse[-1] == ("done", {"state": "completed", "last_seq": 4})
 
     ws_url = fs.endpoints["api_url"].replace("http", "ws") + f"/api/jobs/{job['id']}/logs/ws"
-    async with websockets.connect(f"{ws_url}?after=2", additional_headers={
-            "Authorization": f"Bearer {fs.endpoints['token']}"}) as ws:
+    async with websockets.connect(
+        f"{ws_url}?after=2", additional_headers={"Authorization": f"Bearer {fs.endpoints['token']}"}
+    ) as ws:
         events = [json.loads(m) async for m in ws]
     assert [e["data"]["text"] for e in events if e["event"] == "log"] == ["tick 2", "tick 3"]
     assert [e["id"] for e in events if e["event"] == "log"] == [3, 4]
@@ -129,8 +131,14 @@ async def test_sse_and_websocket_give_the_same_events_with_keepalive_and_resume(
 async def test_cli_prints_streams_apart_and_exits_with_the_outcome(api, fs):
     job = await submit(api, "import sys\nprint('to out')\nprint('to err', file=sys.stderr)\nsys.exit(3)\n")
     env = {**os.environ, "BOXRUN_API_URL": fs.endpoints["api_url"], "BOXRUN_API_TOKEN": fs.endpoints["token"]}
-    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "boxrun.cli", "logs", job["id"], "--follow"],
-                                   env=env, capture_output=True, text=True, timeout=120)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "boxrun.cli", "logs", job["id"], "--follow"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 3
     assert done.stdout.splitlines() == ["to out"] and done.stderr.splitlines() == ["to err"]
 

@@ -101,7 +101,11 @@ async def test_transitions_are_guarded_one_way_and_recorded(conn):
                 await transition(conn, job, target)
     events = await conn.fetch(Q.job_events, job)
     assert [(e["from_state"], e["to_state"]) for e in events] == [
-        (None, "queued"), ("queued", "dispatching"), ("dispatching", "running"), ("running", "completed")]
+        (None, "queued"),
+        ("queued", "dispatching"),
+        ("dispatching", "running"),
+        ("running", "completed"),
+    ]
     row = await conn.fetchrow("SELECT started_at, finished_at, exit_code FROM jobs WHERE id = $1", job)
     assert row["started_at"] <= row["finished_at"] and row["exit_code"] == 0
 
@@ -126,8 +130,7 @@ async def test_maintenance_offline_and_draining_boxes_get_no_jobs(conn):
     await add_box(conn, "silent", live=False)
     drain = await add_box(conn, "drain")
     await conn.fetchrow(Q.box_report, drain, "test", 15.0, True)  # the agent says it is draining
-    window = await conn.fetchrow(Q.insert_window, "default", maint, datetime.now(UTC), None, "calibration",
-                                 "tester")
+    window = await conn.fetchrow(Q.insert_window, "default", maint, datetime.now(UTC), None, "calibration", "tester")
     job = await add_job(conn, box="maint")
     got = await acquire(conn, job)
     assert got.wait_reason == "maintenance"

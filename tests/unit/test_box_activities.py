@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from temporalio.testing import ActivityEnvironment
 
-from boxrun.activities.box.run import BoxActivities
-from boxrun.activities.box.workspace import Workspace
+from boxrun.agent.activities import BoxActivities
+from boxrun.agent.workspace import Workspace
 from boxrun.logbatch import Batch
 from boxrun.messages import JobSpec, RunJobInput
 from tests.conftest import pid_alive, wait_for
@@ -32,8 +32,15 @@ class MemorySinkFake:
 
 
 def spec(script: str, **kw) -> JobSpec:
-    return JobSpec(job_id=kw.pop("job_id", "job-1"), owner="t", box="b", box_group=None, script=script,
-                   timeout_s=kw.pop("timeout_s", 60), **kw)
+    return JobSpec(
+        job_id=kw.pop("job_id", "job-1"),
+        owner="t",
+        box="b",
+        box_group=None,
+        script=script,
+        timeout_s=kw.pop("timeout_s", 60),
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -65,8 +72,9 @@ with open(os.path.join(art, "r.bin"), "wb") as f:
     heartbeats: list = []
     env = ActivityEnvironment()
     env.on_heartbeat = lambda *d: heartbeats.append(d)
-    result = await env.run(box.run_job, RunJobInput(spec=spec(script, files={"data/input.txt": "materialised\n"},
-                                                                 env={"MY_VAR": "v1"})))
+    result = await env.run(
+        box.run_job, RunJobInput(spec=spec(script, files={"data/input.txt": "materialised\n"}, env={"MY_VAR": "v1"}))
+    )
     assert result.exit_code == 0 and not result.timed_out and result.error is None
     expected = [s for i in range(50) for s in (("stdout", f"out {i}"), ("stderr", f"err {i}"))]
     expected += [("stdout", "from a child"), ("stdout", "materialised"), ("stdout", "no token v1 job-1")]
@@ -74,13 +82,16 @@ with open(os.path.join(art, "r.bin"), "wb") as f:
     assert result.log_lines == len(expected)
     data = bytes(range(256)) * 10
     assert [(a.path, a.size, a.sha256) for a in result.artifacts] == [
-        ("sub/r.bin", len(data), hashlib.sha256(data).hexdigest())]
+        ("sub/r.bin", len(data), hashlib.sha256(data).hexdigest())
+    ]
     assert heartbeats, "run_job must heartbeat"
     assert Workspace.for_job(box.workdir, "job-1").artifacts.is_dir(), "kept for upload_artifacts"
 
 
 async def test_non_zero_exit_is_reported(box, sink):
-    result = await ActivityEnvironment().run(box.run_job, RunJobInput(spec=spec("import sys; print('bye'); sys.exit(3)")))
+    result = await ActivityEnvironment().run(
+        box.run_job, RunJobInput(spec=spec("import sys; print('bye'); sys.exit(3)"))
+    )
     assert result.exit_code == 3
     assert sink.ordered() == [("stdout", "bye")]
     assert not Workspace.for_job(box.workdir, "job-1").root.exists(), "no artifacts: workspace removed"
@@ -147,31 +158,42 @@ open({str(pidfile)!r}, "w").write(str(child.pid))
 time.sleep(300)
 """
     (tmp_path / "s.py").write_text(script)
-    from boxrun.activities.box.process import BOOTSTRAP
+    from boxrun.agent.process import BOOTSTRAP
 
     # a stand-in agent: spawns bootstrap like the real one, then is SIGKILLed
-    fake_agent = subprocess.Popen([sys.executable, "-c", f"""
+    fake_agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import os, subprocess, sys, time
 r, w = os.pipe()
 env = dict(os.environ, BOXRUN_LOG_FD=str(w))
-p = subprocess.Popen([sys.executable, {str(BOOTSTRAP)!r}, {str(tmp_path / 's.py')!r}], env=env, pass_fds=(w,),
+p = subprocess.Popen([sys.executable, {str(BOOTSTRAP)!r}, {str(tmp_path / "s.py")!r}], env=env, pass_fds=(w,),
                      start_new_session=True)
 print(p.pid, flush=True)
 time.sleep(300)
-"""], stdout=subprocess.PIPE, text=True)
+""",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     job_pid = int(fake_agent.stdout.readline())
     await wait_for(lambda: pidfile.exists() and pidfile.read_text(), what="grandchild pid")
     grandchild = int(pidfile.read_text())
     fake_agent.send_signal(signal.SIGKILL)
     fake_agent.wait()
-    await wait_for(lambda: not pid_alive(job_pid) and not pid_alive(grandchild), timeout=5,
-                   what="the orphaned job's process group to die")
+    await wait_for(
+        lambda: not pid_alive(job_pid) and not pid_alive(grandchild),
+        timeout=5,
+        what="the orphaned job's process group to die",
+    )
 
 
 def test_sweep_kills_leftover_groups_and_removes_workspaces(tmp_path):
     import subprocess
 
-    from boxrun.activities.box.workspace import sweep_stale
+    from boxrun.agent.workspace import sweep_stale
 
     ws = Workspace.for_job(tmp_path, "old-job")
     ws.create(spec("print(1)", job_id="old-job"))
@@ -189,6 +211,7 @@ async def test_a_job_the_api_no_longer_dispatches_here_never_starts(tmp_path, si
     marker = tmp_path / "ran"
     box = BoxActivities(sink=sink, workdir=tmp_path / "agent", python=sys.executable, claimer=RefusingClaimerFake())
     result = await ActivityEnvironment().run(
-        box.run_job, RunJobInput(spec=spec(f"open({str(marker)!r}, 'w').write('x')")))
+        box.run_job, RunJobInput(spec=spec(f"open({str(marker)!r}, 'w').write('x')"))
+    )
     assert result.pid is None and result.error == "not started: job is cancelled and not leased to b"
     assert not marker.exists() and sink.lines == {}

@@ -14,9 +14,26 @@ from temporalio.worker import Worker
 from boxrun.activities import names
 from boxrun.constants import JobState, box_task_queue
 from boxrun.messages import (
-    AcquireInput, AcquireResult, ArchiveInput, ArchiveResult, ArtifactEntry, FinishInput, JobOutcome, JobSpec, PresignInput, PresignResult,
-    ReleaseResult, RunJobInput, RunJobResult, TransitionInput, TransitionResult, UploadInput, UploadResult,
-    UploadTarget, VerifyInput, VerifyResult,
+    AcquireInput,
+    AcquireResult,
+    ArchiveInput,
+    ArchiveResult,
+    ArtifactEntry,
+    FinishInput,
+    JobOutcome,
+    JobSpec,
+    PresignInput,
+    PresignResult,
+    ReleaseResult,
+    RunJobInput,
+    RunJobResult,
+    TransitionInput,
+    TransitionResult,
+    UploadInput,
+    UploadResult,
+    UploadTarget,
+    VerifyInput,
+    VerifyResult,
 )
 from boxrun.temporal import KEY_JOB_STATE
 from boxrun.workflows import JobWorkflow
@@ -58,8 +75,9 @@ class MockControlPlane:
         @activity.defn(name=names.PRESIGN_UPLOADS)
         async def mock_presign_uploads(inp: PresignInput) -> PresignResult:
             self.calls.append(("presign", inp))
-            return PresignResult(targets=[UploadTarget(path=a.path, key=a.path, url="http://s3/x", headers={})
-                                          for a in inp.artifacts])
+            return PresignResult(
+                targets=[UploadTarget(path=a.path, key=a.path, url="http://s3/x", headers={}) for a in inp.artifacts]
+            )
 
         @activity.defn(name=names.VERIFY_ARTIFACTS)
         async def mock_verify_artifacts(inp: VerifyInput) -> VerifyResult:
@@ -71,8 +89,14 @@ class MockControlPlane:
             self.calls.append(("archive", inp))
             return ArchiveResult()
 
-        return [mock_acquire_box, mock_record_transition, mock_finish_job, mock_presign_uploads,
-                mock_verify_artifacts, mock_archive_logs]
+        return [
+            mock_acquire_box,
+            mock_record_transition,
+            mock_finish_job,
+            mock_presign_uploads,
+            mock_verify_artifacts,
+            mock_archive_logs,
+        ]
 
     def box(self) -> list:
         @activity.defn(name=names.RUN_JOB)
@@ -100,8 +124,10 @@ def job_spec(box: str, **kw) -> JobSpec:
 
 async def run_workflow(client, task_queue: str, mock: MockControlPlane, spec: JobSpec, *, during=None):
     box_queue = box_task_queue(spec.box)
-    async with Worker(client, task_queue=task_queue, workflows=[JobWorkflow], activities=mock.control()), \
-            Worker(client, task_queue=box_queue, activities=mock.box()):
+    async with (
+        Worker(client, task_queue=task_queue, workflows=[JobWorkflow], activities=mock.control()),
+        Worker(client, task_queue=box_queue, activities=mock.box()),
+    ):
         handle = await client.start_workflow(JobWorkflow.run, spec, id=spec.job_id, task_queue=task_queue)
         if during is not None:
             await during(handle)
@@ -117,8 +143,17 @@ async def test_completed_with_artifacts(temporal_client, task_queue, local_contr
     spec = job_spec(box, local_control=local_control)
     handle, result = await run_workflow(temporal_client, task_queue, mock, spec)
     assert result == JobOutcome(job_id=handle.id, state=JobState.COMPLETED, exit_code=0)
-    assert mock.names() == ["acquire", "run_job", "running", "uploading_artifacts", "presign", "upload", "verify",
-                            "finish", "archive"]
+    assert mock.names() == [
+        "acquire",
+        "run_job",
+        "running",
+        "uploading_artifacts",
+        "presign",
+        "upload",
+        "verify",
+        "finish",
+        "archive",
+    ]
     assert mock.finished().to_state == JobState.COMPLETED
     desc = await handle.describe()
     assert desc.typed_search_attributes.get(KEY_JOB_STATE) == "completed"
@@ -138,8 +173,9 @@ async def test_non_zero_exit_fails_with_exit_code(temporal_client, task_queue):
 
 async def test_waiting_job_is_woken_by_signal_not_by_polling(temporal_client, task_queue):
     box = f"b-{uuid.uuid4().hex[:6]}"
-    mock = MockControlPlane([AcquireResult(wait_reason="busy"), AcquireResult(box=box)],
-                            RunJobResult(exit_code=0, pid=1))
+    mock = MockControlPlane(
+        [AcquireResult(wait_reason="busy"), AcquireResult(box=box)], RunJobResult(exit_code=0, pid=1)
+    )
 
     async def wake_once_waiting(handle):
         await wait_for(lambda: mock.names().count("acquire") == 1, what="first acquire")
@@ -151,7 +187,8 @@ async def test_waiting_job_is_woken_by_signal_not_by_polling(temporal_client, ta
 
     spec = job_spec(box, wait_poll_s=3600)  # a poll would take an hour: only the signal can wake it
     _, result = await asyncio.wait_for(
-        run_workflow(temporal_client, task_queue, mock, spec, during=wake_once_waiting), 30)
+        run_workflow(temporal_client, task_queue, mock, spec, during=wake_once_waiting), 30
+    )
     assert result.state == JobState.COMPLETED
     assert mock.names().count("acquire") == 2
 
@@ -175,8 +212,11 @@ async def test_lost_heartbeat_fails_the_job_and_frees_the_box(temporal_client, t
 async def test_artifact_mismatch_fails_the_job(temporal_client, task_queue):
     box = f"b-{uuid.uuid4().hex[:6]}"
     art = ArtifactEntry(path="a.bin", size=1, sha256="00" * 32)
-    mock = MockControlPlane([AcquireResult(box=box)], RunJobResult(exit_code=0, pid=3, artifacts=[art]),
-                            mismatched=["a.bin (read-back sha256 differs)"])
+    mock = MockControlPlane(
+        [AcquireResult(box=box)],
+        RunJobResult(exit_code=0, pid=3, artifacts=[art]),
+        mismatched=["a.bin (read-back sha256 differs)"],
+    )
     _, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
     assert result.state == JobState.FAILED and result.error.startswith("artifact verification failed: a.bin")
 

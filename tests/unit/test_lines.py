@@ -1,4 +1,4 @@
-from boxrun.activities.box.lines import TRUNCATION_NOTICE, FrameDecoder, LineFramer
+from boxrun.agent.lines import TRUNCATION_NOTICE, FrameDecoder, LineFramer
 
 
 def collect(max_line=1 << 20):
@@ -7,6 +7,7 @@ def collect(max_line=1 << 20):
     def emit(block: bytes, count: int) -> None:
         assert block.endswith(b"\n") and block.count(b"\n") == count
         out.extend(block.decode("utf-8").split("\n")[:-1])
+
     return out, LineFramer(emit, max_line=max_line)
 
 
@@ -52,12 +53,13 @@ def test_frames_keep_order_across_streams():
 
     def sink(stream):
         return LineFramer(lambda block, n: lines.extend((stream, t) for t in block.decode().split("\n")[:-1]))
+
     dec = FrameDecoder({b"o": sink("stdout"), b"e": sink("stderr")})
     frames = b""
     for code, text in [(b"o", b"a\n"), (b"e", b"b\n"), (b"o", b"c"), (b"o", b"d\n"), (b"o", b"e\nf\n")]:
         frames += code + len(text).to_bytes(2, "big") + text
     for i in range(0, len(frames), 3):  # arbitrary chunking of the pipe
-        dec.feed(frames[i:i + 3])
+        dec.feed(frames[i : i + 3])
     dec.feed(frames[:0])
     assert lines == [("stdout", "a"), ("stderr", "b"), ("stdout", "cd"), ("stdout", "e"), ("stdout", "f")]
     lines.clear()

@@ -3,7 +3,7 @@ import asyncio
 import httpx
 import pytest
 
-from boxrun.activities.box.logpump import LogPump
+from boxrun.agent.logpump import LogPump
 from boxrun.logbatch import Batch
 
 
@@ -19,7 +19,9 @@ class FlakySinkFake:
         if self.failures:
             self.failures -= 1
             raise httpx.ConnectError("api down")
-        lines = [{"seq": seq, "ts": t, "stream": s, "text": x} for seq, t, s, x in Batch(first_seq, runs, data).unpack()]
+        lines = [
+            {"seq": seq, "ts": t, "stream": s, "text": x} for seq, t, s, x in Batch(first_seq, runs, data).unpack()
+        ]
         self.batches.append(lines)
         for line in lines:
             self.stored.setdefault(line["seq"], line)
@@ -55,7 +57,7 @@ async def test_close_with_little_or_nothing_pending(count):
     sink = FlakySinkFake()
     pump = LogPump(sink, "j1")
     pump.start()
-    for i in range(count):
+    for _ in range(count):
         pump.add("stdout", "x")
     await asyncio.wait_for(pump.close(), 5)
     assert len(sink.stored) == count
@@ -73,7 +75,7 @@ async def test_close_ticks_while_the_api_is_away_then_delivers():
 
 
 async def test_a_permanent_refusal_is_raised_not_retried_forever():
-    from boxrun.activities.box.logpump import LogRejected
+    from boxrun.agent.logpump import LogRejected
 
     class RefusingSinkFake:
         calls = 0

@@ -2,7 +2,7 @@
 
 import uuid
 
-from boxrun.api.notify import Notifier
+from boxrun.api.live.listener import Notifier
 
 
 def test_a_notification_wakes_subscribers_of_that_job_only():

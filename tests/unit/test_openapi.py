@@ -9,8 +9,9 @@ DOC = Path(__file__).parents[2] / "docs" / "openapi.json"
 
 def test_docs_openapi_is_in_step_with_the_code():
     current = create_app(Settings()).openapi()
-    assert json.loads(DOC.read_text()) == json.loads(json.dumps(current)), \
+    assert json.loads(DOC.read_text()) == json.loads(json.dumps(current)), (
         "docs/openapi.json is stale: run `boxrun openapi > docs/openapi.json`"
+    )
 
 
 def test_submission_body_and_sse_stream_are_documented():

@@ -2,8 +2,8 @@ import pytest
 from pydantic import ValidationError
 
 from boxrun.constants import ALLOWED_FROM, TERMINAL_STATES, JobState
-from boxrun.paths import clean_relative_path
 from boxrun.schemas import MAX_SPEC_BYTES, JobCreate
+from boxrun.workspace_paths import clean_relative_path
 
 
 def make(**kw):

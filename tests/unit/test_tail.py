@@ -12,11 +12,11 @@ import httpx
 import pytest
 
 from boxrun import logstore
-from boxrun.api import follow as follow_mod
-from boxrun.api import tail as tail_mod
-from boxrun.api.follow import Batch, Follower
-from boxrun.api.notify import Notifier
-from boxrun.api.tail import Ring, encode_event, encode_log, ws_message
+from boxrun.api.live import follower as follow_mod
+from boxrun.api.live import job_tail as tail_mod
+from boxrun.api.live.follower import Batch, Follower
+from boxrun.api.live.job_tail import Ring, Tails, encode_event, encode_log, ws_message
+from boxrun.api.live.listener import Notifier
 from boxrun.constants import CHANNEL_LOGS, JobState
 from boxrun.logstore import Line
 from boxrun.sse import read_events
@@ -46,7 +46,7 @@ def parse_sse(data: bytes) -> list[tuple[str, str | None, object]]:
 
 
 def test_a_line_is_encoded_once_into_the_sse_bytes_of_its_public_json():
-    ln = line(7, 'a "quoted"\ttab, \r bare CR, \u2028 separator, é and \U0001F600', stream="stderr")
+    ln = line(7, 'a "quoted"\ttab, \r bare CR, \u2028 separator, é and \U0001f600', stream="stderr")
     wire = encode_log(ln)
     assert wire == b"id: 7\nevent: log\ndata: " + json.dumps(ln.public()).encode() + b"\n\n"
     assert wire.isascii() and wire.count(b"\n") == 4, "one data line whatever the text holds"
@@ -54,11 +54,20 @@ def test_a_line_is_encoded_once_into_the_sse_bytes_of_its_public_json():
 
 
 async def test_the_product_reader_parses_a_chunk_of_many_events():
-    chunk = b"".join(encode_log(line(i)) for i in range(1, 4)) + b": keepalive\n\n" + \
-        encode_event("state", {"state": "completed"}) + encode_event("done", {"state": "completed", "last_seq": 3})
+    chunk = (
+        b"".join(encode_log(line(i)) for i in range(1, 4))
+        + b": keepalive\n\n"
+        + encode_event("state", {"state": "completed"})
+        + encode_event("done", {"state": "completed", "last_seq": 3})
+    )
     events = [ev async for ev in read_events(httpx.Response(200, content=chunk))]
-    assert [(ev.event, ev.id) for ev in events] == [("log", "1"), ("log", "2"), ("log", "3"), ("state", None),
-                                                   ("done", None)]
+    assert [(ev.event, ev.id) for ev in events] == [
+        ("log", "1"),
+        ("log", "2"),
+        ("log", "3"),
+        ("state", None),
+        ("done", None),
+    ]
     assert [ev.data for ev in events[:3]] == [line(i).public() for i in range(1, 4)]
     assert events[-1].data == {"state": "completed", "last_seq": 3}
 
@@ -66,13 +75,18 @@ async def test_the_product_reader_parses_a_chunk_of_many_events():
 def test_a_batch_is_one_chunk_for_sse_and_one_message_per_event_for_websocket():
     lines = [encode_log(line(i)) for i in (4, 5)]
     sse = Batch(lines=b"".join(lines), state=JobState.COMPLETED, done={"state": "completed", "last_seq": 5}).sse()
-    assert parse_sse(sse) == [("log", "4", line(4).public()), ("log", "5", line(5).public()),
-                              ("state", None, {"state": "completed"}),
-                              ("done", None, {"state": "completed", "last_seq": 5})]
+    assert parse_sse(sse) == [
+        ("log", "4", line(4).public()),
+        ("log", "5", line(5).public()),
+        ("state", None, {"state": "completed"}),
+        ("done", None, {"state": "completed", "last_seq": 5}),
+    ]
     ws = [json.loads(m) for m in Batch(lines=lines, state=JobState.RUNNING).ws()]
-    assert ws == [{"event": "log", "id": 4, "data": line(4).public()},
-                  {"event": "log", "id": 5, "data": line(5).public()},
-                  {"event": "state", "id": None, "data": {"state": "running"}}]
+    assert ws == [
+        {"event": "log", "id": 4, "data": line(4).public()},
+        {"event": "log", "id": 5, "data": line(5).public()},
+        {"event": "state", "id": None, "data": {"state": "running"}},
+    ]
     assert parse_sse(Batch(keepalive=True).sse()) == [("comment", None, "keepalive")]
     assert json.loads(Batch(keepalive=True).ws()[0]) == {"event": "keepalive", "id": None, "data": None}
 
@@ -174,7 +188,7 @@ class Store:
         else:
             self.follower_reads += 1
         await asyncio.sleep(0)  # a real read yields to the loop too
-        return self.lines[after:after + limit]
+        return self.lines[after : after + limit]
 
     async def fetchval(self, query: str, org_id: str, job_id: str) -> str:
         assert (org_id, job_id) == (ORG, JOB)
@@ -197,14 +211,19 @@ def notifier() -> Notifier:
     return Notifier("postgresql://unused")  # never started: the tests deliver NOTIFYs themselves
 
 
+@pytest.fixture
+def tails(notifier: Notifier) -> Tails:
+    return Tails(notifier)
+
+
 def notify(notifier: Notifier) -> None:
     notifier._on_notify(None, 0, CHANNEL_LOGS, JOB)
 
 
-def follower(notifier: Notifier, store: Store, after: int = 0, **kw) -> Follower:
+def follower(tails: Tails, store: Store, after: int = 0, **kw) -> Follower:
     kw.setdefault("keepalive_s", 30)
     kw.setdefault("stall_s", 30)
-    return Follower(notifier.tails, store, ORG, JOB, after=after, **kw)
+    return Follower(tails, store, ORG, JOB, after=after, **kw)
 
 
 async def take(batches) -> Batch:
@@ -236,10 +255,10 @@ class Seen:
             self.add(await take(batches))
 
 
-async def test_a_follower_behind_the_ring_reads_postgres_then_joins_the_ring(store, notifier, monkeypatch):
+async def test_a_follower_behind_the_ring_reads_postgres_then_joins_the_ring(store, notifier, tails, monkeypatch):
     monkeypatch.setattr(tail_mod, "RING_BYTES", 10 * len(encode_log(line(10))))
     monkeypatch.setattr(follow_mod, "PAGE", 7)
-    fast, slow = follower(notifier, store), follower(notifier, store)
+    fast, slow = follower(tails, store), follower(tails, store)
     fb, sb = fast.batches(), slow.batches()
     f_seen, s_seen = Seen(), Seen()
     assert f_seen.add(await take(fb)).state == JobState.RUNNING
@@ -249,7 +268,7 @@ async def test_a_follower_behind_the_ring_reads_postgres_then_joins_the_ring(sto
         notify(notifier)
         await f_seen.until(fb, len(store.lines))
     assert store.follower_reads == 0, "a follower inside the ring never reads Postgres"
-    tail = notifier.tails.get(JOB)
+    tail = tails.get(JOB)
     assert tail.ring.first > 30 and not tail.ring.holds(slow.cursor)
 
     s_seen.add(await take(sb))
@@ -267,13 +286,13 @@ async def test_a_follower_behind_the_ring_reads_postgres_then_joins_the_ring(sto
         assert batch.done == seen.done == {"state": "completed", "last_seq": 64}, "lines, state and done in one write"
     assert store.follower_reads == reads, "the slow follower read its last lines from the ring"
     fast.close()
-    assert notifier.tails.get(JOB) is tail
+    assert tails.get(JOB) is tail
     slow.close()
-    assert len(notifier.tails) == 0 and not notifier._subs, "the tail closes with its last follower"
+    assert len(tails) == 0 and not notifier._subs, "the tail closes with its last follower"
 
 
-async def test_one_tail_reads_each_line_once_for_every_follower(store, notifier):
-    followers = [follower(notifier, store) for _ in range(20)]
+async def test_one_tail_reads_each_line_once_for_every_follower(store, notifier, tails):
+    followers = [follower(tails, store) for _ in range(20)]
     gens = [f.batches() for f in followers]
     seen = [Seen() for _ in followers]
     for s, g in zip(seen, gens):
@@ -290,23 +309,23 @@ async def test_one_tail_reads_each_line_once_for_every_follower(store, notifier)
         f.close()
 
 
-async def test_a_follower_of_an_ended_job_gets_the_replay_and_done_in_one_write(store, notifier):
+async def test_a_follower_of_an_ended_job_gets_the_replay_and_done_in_one_write(store, notifier, tails):
     store.add(30)
     store.state = JobState.FAILED
-    f = follower(notifier, store)
+    f = follower(tails, store)
     seen = Seen()
     batch = seen.add(await take(f.batches()))
     assert seen.seqs == list(range(1, 31)) and seen.states == ["failed"]
     assert batch.done == {"state": "failed", "last_seq": 30}
     f.close()
-    resumed = follower(notifier, store, after=25)
+    resumed = follower(tails, store, after=25)
     assert parse_sse((await take(resumed.batches())).sse())[0] == ("log", "26", line(26).public())
     resumed.close()
 
 
-async def test_the_tail_pages_through_a_backlog_as_followers_take_it(store, notifier):
+async def test_the_tail_pages_through_a_backlog_as_followers_take_it(store, notifier, tails):
     store.add(2500)
-    f = follower(notifier, store)
+    f = follower(tails, store)
     seen = Seen()
     await seen.until(f.batches(), 2500)
     assert store.follower_reads == 0 and store.tail_reads == 3
@@ -314,8 +333,8 @@ async def test_the_tail_pages_through_a_backlog_as_followers_take_it(store, noti
     f.close()
 
 
-async def test_lines_after_a_terminal_state_are_drained_before_done(store, notifier):
-    f = follower(notifier, store)
+async def test_lines_after_a_terminal_state_are_drained_before_done(store, notifier, tails):
+    f = follower(tails, store)
     batches = f.batches()
     seen = Seen()
     seen.add(await take(batches))
@@ -327,8 +346,8 @@ async def test_lines_after_a_terminal_state_are_drained_before_done(store, notif
     f.close()
 
 
-async def test_idle_followers_get_keepalives_and_a_lost_notify_is_caught_by_the_recheck(store, notifier):
-    f = follower(notifier, store, keepalive_s=0.05)
+async def test_idle_followers_get_keepalives_and_a_lost_notify_is_caught_by_the_recheck(store, notifier, tails):
+    f = follower(tails, store, keepalive_s=0.05)
     batches = f.batches()
     assert (await take(batches)).state == JobState.RUNNING
     assert (await take(batches)).keepalive
@@ -339,8 +358,8 @@ async def test_idle_followers_get_keepalives_and_a_lost_notify_is_caught_by_the_
     f.close()
 
 
-async def test_a_listen_reconnect_wakes_the_tail(store, notifier):
-    f = follower(notifier, store)
+async def test_a_listen_reconnect_wakes_the_tail(store, notifier, tails):
+    f = follower(tails, store)
     batches = f.batches()
     await take(batches)
     store.add(1)
@@ -349,31 +368,31 @@ async def test_a_listen_reconnect_wakes_the_tail(store, notifier):
     f.close()
 
 
-async def test_the_tail_retries_while_postgres_is_unavailable(store, notifier):
+async def test_the_tail_retries_while_postgres_is_unavailable(store, notifier, tails):
     store.add(2)
     store.fail_next = [OSError("connection refused"), ConnectionResetError("reset")]
-    f = follower(notifier, store)
+    f = follower(tails, store)
     seen = Seen()
     await seen.until(f.batches(), 2)
     assert store.fail_next == []
     f.close()
 
 
-async def test_a_tail_that_breaks_ends_its_followers_and_is_replaced(store, notifier):
+async def test_a_tail_that_breaks_ends_its_followers_and_is_replaced(store, notifier, tails):
     store.fail_next = [ZeroDivisionError("a bug")]
-    f = follower(notifier, store)
+    f = follower(tails, store)
     with pytest.raises(RuntimeError, match="tail of job .* failed"):
         await take(f.batches())
-    again = follower(notifier, store)
+    again = follower(tails, store)
     assert (await take(again.batches())).state == JobState.RUNNING, "a new follower gets a new tail"
     f.close()
     again.close()
-    assert len(notifier.tails) == 0
+    assert len(tails) == 0
 
 
-async def test_a_websocket_follower_takes_lines_one_by_one(store, notifier):
+async def test_a_websocket_follower_takes_lines_one_by_one(store, notifier, tails):
     store.add(3)
-    f = follower(notifier, store, joined=False)
+    f = follower(tails, store, joined=False)
     batch = await take(f.batches())
     assert [json.loads(m)["id"] for m in batch.ws()] == [1, 2, 3, None]
     f.close()
@@ -397,11 +416,11 @@ class SendRecorder:
             await asyncio.Event().wait()
 
 
-async def test_a_stalled_sse_client_gets_dropped_with_its_resume_point_and_is_closed(store, notifier):
+async def test_a_stalled_sse_client_gets_dropped_with_its_resume_point_and_is_closed(store, notifier, tails):
     from boxrun.api.routes.logs import EventStream
 
     store.add(3)
-    f = follower(notifier, store, stall_s=0.2)
+    f = follower(tails, store, stall_s=0.2)
     send = SendRecorder(block_at=3)  # the client stops reading: the third write never finishes
     sent = send.sent
     streaming = asyncio.create_task(EventStream(f).stream_response(send))
@@ -411,15 +430,16 @@ async def test_a_stalled_sse_client_gets_dropped_with_its_resume_point_and_is_cl
     notify(notifier)
     await asyncio.wait_for(streaming, 5)
     assert len(sent) == 4 and sent[3]["more_body"] is False
-    assert parse_sse(sent[3]["body"]) == [("dropped", None, {"reason": "follower too slow", "resume_after": 3})], \
+    assert parse_sse(sent[3]["body"]) == [("dropped", None, {"reason": "follower too slow", "resume_after": 3})], (
         "resume after the last line written, not the one stuck"
-    assert len(notifier.tails) == 0, "the follower is closed"
+    )
+    assert len(tails) == 0, "the follower is closed"
 
 
-async def test_a_client_that_leaves_ends_its_stream_and_closes_the_follower(store, notifier):
+async def test_a_client_that_leaves_ends_its_stream_and_closes_the_follower(store, notifier, tails):
     from boxrun.api.routes.logs import EventStream
 
-    f = follower(notifier, store)
+    f = follower(tails, store)
     send = SendRecorder()
     sent = send.sent
     streaming = asyncio.create_task(EventStream(f).stream_response(send))
@@ -427,15 +447,15 @@ async def test_a_client_that_leaves_ends_its_stream_and_closes_the_follower(stor
     streaming.cancel()  # what Starlette does when the client disconnects
     with pytest.raises(asyncio.CancelledError):
         await streaming
-    assert len(sent) == 2 and len(notifier.tails) == 0
+    assert len(sent) == 2 and len(tails) == 0
 
 
-async def test_a_first_follower_past_the_end_does_not_keep_earlier_lines_out_of_the_ring(store, notifier):
+async def test_a_first_follower_past_the_end_does_not_keep_earlier_lines_out_of_the_ring(store, notifier, tails):
     store.add(3)
-    ahead = follower(notifier, store, after=100, log_head=3)  # e.g. a stale Last-Event-ID
+    ahead = follower(tails, store, after=100, log_head=3)  # e.g. a stale Last-Event-ID
     ahead_batches = ahead.batches()
     await take(ahead_batches)
-    behind = follower(notifier, store, after=0, log_head=3)
+    behind = follower(tails, store, after=0, log_head=3)
     batches, seen = behind.batches(), Seen()
     seen.add(await take(batches))
     assert seen.seqs == [1, 2, 3]

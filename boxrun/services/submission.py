@@ -14,8 +14,8 @@ from temporalio.service import RPCError
 
 from boxrun.api.auth import User
 from boxrun.db import Q
-from boxrun.jobstart import job_spec, start_job_workflow
 from boxrun.schemas import JobCreate
+from boxrun.services.workflow_start import job_spec, start_job_workflow
 from boxrun.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,15 @@ def spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-async def submit_job(conn: asyncpg.Connection, temporal: Client, settings: Settings, user: User,
-                     body: JobCreate, *, rerun_of: str | None = None) -> tuple[str, bool]:
+async def submit_job(
+    conn: asyncpg.Connection,
+    temporal: Client,
+    settings: Settings,
+    user: User,
+    body: JobCreate,
+    *,
+    rerun_of: str | None = None,
+) -> tuple[str, bool]:
     """Returns (job id, created). A repeated idempotency key returns the first job (created=False)."""
     if body.box is not None and await conn.fetchrow(Q.get_box, user.org_id, body.box) is None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"box {body.box!r} does not exist")
@@ -41,12 +48,28 @@ async def submit_job(conn: asyncpg.Connection, temporal: Client, settings: Setti
     try:
         async with conn.transaction():
             row = await conn.fetchrow(
-                Q.insert_job, job_id, user.org_id, user.name, body.box, body.box_group, body.requires, spec,
-                digest, body.timeout_s, body.lock, body.priority, body.idempotency_key, body.cancel_grace_s,
+                Q.insert_job,
+                job_id,
+                user.org_id,
+                user.name,
+                body.box,
+                body.box_group,
+                body.requires,
+                spec,
+                digest,
+                body.timeout_s,
+                body.lock,
+                body.priority,
+                body.idempotency_key,
+                body.cancel_grace_s,
                 rerun_of,
             )
-            await conn.execute(Q.insert_first_event, user.org_id, job_id,
-                               {"owner": user.name, **({"rerun_of": rerun_of} if rerun_of else {})})
+            await conn.execute(
+                Q.insert_first_event,
+                user.org_id,
+                job_id,
+                {"owner": user.name, **({"rerun_of": rerun_of} if rerun_of else {})},
+            )
     except asyncpg.UniqueViolationError:
         # A concurrent submission with the same idempotency key won the race.
         existing = await _by_key(conn, user, body.idempotency_key or "", digest)
@@ -62,8 +85,9 @@ async def submit_job(conn: asyncpg.Connection, temporal: Client, settings: Setti
     except RPCError as exc:
         log.error("could not start the workflow of job %s: %s", job_id, exc)
         await conn.execute(Q.delete_job, job_id)
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            "the workflow engine is unavailable; job not accepted") from exc
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, "the workflow engine is unavailable; job not accepted"
+        ) from exc
     return job_id, True
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from boxrun.messages import ArtifactEntry, JobSpec
-from boxrun.paths import clean_relative_path
+from boxrun.workspace_paths import clean_relative_path
 
 SCRIPT_NAME = "script.py"
 
@@ -32,7 +32,7 @@ class Workspace:
         return self.root / SCRIPT_NAME
 
     @classmethod
-    def for_job(cls, base: Path, job_id: str) -> "Workspace":
+    def for_job(cls, base: Path, job_id: str) -> Workspace:
         return cls(base.resolve() / "jobs" / clean_relative_path(job_id))
 
     def create(self, spec: JobSpec) -> None:

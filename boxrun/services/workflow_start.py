@@ -19,11 +19,21 @@ WORKFLOW_TASK_TIMEOUT = timedelta(seconds=5)
 def job_spec(row: asyncpg.Record, settings: Settings) -> JobSpec:
     frozen = row["spec"]
     return JobSpec(
-        job_id=str(row["id"]), owner=row["owner"], box=row["box_name"], box_group=row["box_group"],
-        requires=list(row["requires"]), script=frozen["script"], files=frozen["files"], env=frozen["env"],
-        timeout_s=row["timeout_s"], lock=row["lock"], priority=row["priority"],
-        cancel_grace_s=row["cancel_grace_s"], heartbeat_timeout_s=settings.activity_heartbeat_timeout_s,
-        wait_poll_s=settings.wait_poll_interval_s, dispatch_timeout_s=settings.dispatch_timeout_s,
+        job_id=str(row["id"]),
+        owner=row["owner"],
+        box=row["box_name"],
+        box_group=row["box_group"],
+        requires=list(row["requires"]),
+        script=frozen["script"],
+        files=frozen["files"],
+        env=frozen["env"],
+        timeout_s=row["timeout_s"],
+        lock=row["lock"],
+        priority=row["priority"],
+        cancel_grace_s=row["cancel_grace_s"],
+        heartbeat_timeout_s=settings.activity_heartbeat_timeout_s,
+        wait_poll_s=settings.wait_poll_interval_s,
+        dispatch_timeout_s=settings.dispatch_timeout_s,
         local_control=settings.local_control_activities,
     )
 
@@ -39,9 +49,11 @@ async def start_job_workflow(temporal: Client, spec: JobSpec) -> None:
         # A workflow task takes milliseconds; if the worker holding one dies, retry it elsewhere
         # after 5 s instead of Temporal's default 10 s.
         task_timeout=WORKFLOW_TASK_TIMEOUT,
-        search_attributes=TypedSearchAttributes([
-            SearchAttributePair(KEY_JOB_STATE, "queued"),
-            SearchAttributePair(KEY_OWNER, spec.owner),
-            SearchAttributePair(KEY_BOX_ID, spec.box or f"group:{spec.box_group}"),
-        ]),
+        search_attributes=TypedSearchAttributes(
+            [
+                SearchAttributePair(KEY_JOB_STATE, "queued"),
+                SearchAttributePair(KEY_OWNER, spec.owner),
+                SearchAttributePair(KEY_BOX_ID, spec.box or f"group:{spec.box_group}"),
+            ]
+        ),
     )

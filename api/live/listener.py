@@ -9,7 +9,6 @@ from collections import defaultdict
 
 import asyncpg
 
-from boxrun.api.tail import Tails
 from boxrun.constants import CHANNEL_JOBS, CHANNEL_LOGS
 from boxrun.db import connect
 
@@ -19,7 +18,7 @@ log = logging.getLogger(__name__)
 class Subscription:
     """Set whenever something new happened to the job; its reader (the job's tail) re-reads Postgres then."""
 
-    def __init__(self, hub: "Notifier", job_id: str) -> None:
+    def __init__(self, hub: Notifier, job_id: str) -> None:
         self._hub = hub
         self.job_id = job_id
         self.event = asyncio.Event()
@@ -46,7 +45,6 @@ class Notifier:
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
-        self.tails = Tails(self)  # the shared reader of each followed job
 
     def subscribe(self, job_id: str) -> Subscription:
         sub = Subscription(self, job_id)
@@ -58,7 +56,6 @@ class Notifier:
         await asyncio.wait_for(self._ready.wait(), 30)
 
     async def stop(self) -> None:
-        self.tails.close()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -81,7 +78,7 @@ class Notifier:
             try:
                 conn = await connect(self._dsn)
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANNEL_LOGS, self._on_notify)
                 await conn.add_listener(CHANNEL_JOBS, self._on_notify)
                 self._ready.set()

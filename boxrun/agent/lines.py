@@ -42,10 +42,10 @@ class LineFramer:
         start, head = 0, b""
         if self._buf:
             start = data.index(b"\n") + 1
-            self._append(data[:start - 1])
+            self._append(data[: start - 1])
             head = self._take_line()
-        body = data[start:end + 1]
-        self._append(data[end + 1:])
+        body = data[start : end + 1]
+        self._append(data[end + 1 :])
         if len(body) > self._max:  # it may hold an over-long line: cut line by line
             body = b"".join(self._whole(line) for line in body.split(b"\n")[:-1])
         else:
@@ -74,7 +74,7 @@ class LineFramer:
         return line
 
     def _whole(self, line: bytes) -> bytes:
-        return self._finish(line[:self._max], max(0, len(line) - self._max))
+        return self._finish(line[: self._max], max(0, len(line) - self._max))
 
     @staticmethod
     def _finish(line: bytes, dropped: int) -> bytes:
@@ -99,13 +99,13 @@ class FrameDecoder:
         buf, pos, size_all = self._buf, 0, len(self._buf)
         code, parts = -1, []
         while size_all - pos >= 3:
-            size = int.from_bytes(buf[pos + 1:pos + 3], "big")
+            size = int.from_bytes(buf[pos + 1 : pos + 3], "big")
             if size_all - pos - 3 < size:
                 break
             if buf[pos] != code:
                 self._deliver(code, parts)
                 code, parts = buf[pos], []
-            parts.append(buf[pos + 3:pos + 3 + size])
+            parts.append(buf[pos + 3 : pos + 3 + size])
             pos += 3 + size
         self._deliver(code, parts)
         del buf[:pos]

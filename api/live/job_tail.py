@@ -4,7 +4,7 @@ A `JobTail` exists while a job has followers in this process (`Tails`: created b
 with the last). Its task wakes on the job's NOTIFY (or a LISTEN reconnect, or the periodic
 re-check), reads the new lines from Postgres from its head, then the job's state, encodes each line
 once into its SSE bytes, keeps the most recent ones in a `Ring` bounded by bytes, and wakes the
-followers; each takes all that lies after its own cursor as one write (`boxrun.api.follow`). A
+followers; each takes all that lies after its own cursor as one write (`boxrun.api.live.follower`). A
 follower whose cursor lies before the ring reads Postgres itself, page by page, until it reaches
 the ring. A second task per tail, the ticker, wakes idle followers for their keepalives and stops
 writes that have stalled.
@@ -15,19 +15,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import asyncpg
 
 from boxrun import logstore
+from boxrun.api.live.listener import Notifier, Subscription
 from boxrun.constants import JobState
 from boxrun.db import Q
 
-if TYPE_CHECKING:
-    from boxrun.api.follow import Follower
-    from boxrun.api.notify import Notifier, Subscription
-
 log = logging.getLogger(__name__)
+
+
+class Follower(Protocol):
+    """What a tail needs of a follower (`boxrun.api.live.follower.Follower` is one)."""
+
+    job_id: str
+    start: int
+    keepalive_s: float
+    stall_s: float
+    writing_since: float | None
+
+    def stalled(self) -> None: ...
+
 
 PAGE = 1000  # lines per Postgres read (the tail's and a lagging follower's)
 RING_BYTES = 4 << 20  # encoded lines kept per job, newest first (the newest line is kept whatever its size)
@@ -62,7 +72,7 @@ _LOG_MID = b"\nevent: log\ndata: "
 def ws_message(encoded: bytes) -> str:
     """The WebSocket message {"event", "id", "data"} of a line, from its SSE encoding."""
     ident, _, data = encoded.partition(_LOG_MID)
-    return '{"event": "log", "id": %s, "data": %s}' % (ident[4:].decode(), data[:-2].decode())
+    return '{"event": "log", "id": ' + ident[4:].decode() + ', "data": ' + data[:-2].decode() + "}"
 
 
 def ws_event(event: str, data: Any = None) -> str:
@@ -106,7 +116,7 @@ class Ring:
             self._start += 1
             self.first += 1
         if self._start > 1024 and self._start * 2 > len(lines):
-            del lines[:self._start]
+            del lines[: self._start]
             self._start = 0
 
     def lines_after(self, cursor: int, *, max_bytes: int | None = None) -> list[bytes]:
@@ -144,8 +154,19 @@ class Ring:
 class JobTail:
     """Reads one job's new lines and state once per wake-up for all its followers in this process."""
 
-    def __init__(self, tails: Tails, pool: asyncpg.Pool, sub: Subscription, org_id: str, job_id: str, *,
-                 after: int, keepalive_s: float, stall_s: float, ring_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        tails: Tails,
+        pool: asyncpg.Pool,
+        sub: Subscription,
+        org_id: str,
+        job_id: str,
+        *,
+        after: int,
+        keepalive_s: float,
+        stall_s: float,
+        ring_bytes: int | None = None,
+    ) -> None:
         self.tails = tails
         self.pool = pool
         self.org_id = org_id
@@ -278,8 +299,16 @@ class Tails:
         job_id = follower.job_id  # text, as NOTIFY payloads are: never a UUID object
         tail = self._tails.get(job_id)
         if tail is None or tail.failed is not None:
-            tail = JobTail(self, pool, self._notifier.subscribe(job_id), org_id, job_id, after=follower.start,
-                           keepalive_s=follower.keepalive_s, stall_s=follower.stall_s)
+            tail = JobTail(
+                self,
+                pool,
+                self._notifier.subscribe(job_id),
+                org_id,
+                job_id,
+                after=follower.start,
+                keepalive_s=follower.keepalive_s,
+                stall_s=follower.stall_s,
+            )
             self._tails[job_id] = tail
         tail.followers.add(follower)
         self.followers += 1

@@ -8,8 +8,8 @@ import signal
 from collections.abc import Mapping
 from pathlib import Path
 
-from boxrun.activities.box.lines import FrameDecoder, LineFramer
-from boxrun.activities.box.logpump import LogPump
+from boxrun.agent.lines import FrameDecoder, LineFramer
+from boxrun.agent.logpump import LogPump
 
 BOOTSTRAP = Path(__file__).with_name("bootstrap.py")
 _READ = 1 << 16
@@ -43,10 +43,17 @@ class JobProcess:
         try:
             env = {**env, "BOXRUN_LOG_FD": str(write_fd)}
             self.proc = await asyncio.create_subprocess_exec(
-                python, "-u", str(BOOTSTRAP), str(script),
-                cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                pass_fds=(write_fd,), start_new_session=True,  # its own process group
+                python,
+                "-u",
+                str(BOOTSTRAP),
+                str(script),
+                cwd=cwd,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(write_fd,),
+                start_new_session=True,  # its own process group
             )
         except BaseException:
             os.close(read_fd)
@@ -54,8 +61,9 @@ class JobProcess:
         finally:
             os.close(write_fd)
         out, err = self._framer("stdout"), self._framer("stderr")
-        framed = FrameDecoder({b"o": self._framer("stdout"), b"e": self._framer("stderr"),
-                               b"u": self._framer("output")})
+        framed = FrameDecoder(
+            {b"o": self._framer("stdout"), b"e": self._framer("stderr"), b"u": self._framer("output")}
+        )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self._readers = [
             asyncio.create_task(self._pump_stream(self.proc.stdout, out)),
@@ -75,7 +83,9 @@ class JobProcess:
     async def _pump_fd(self, fd: int, decoder: FrameDecoder) -> None:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=_READ * 4)
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0))
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0)
+        )
         try:
             while chunk := await reader.read(_READ):
                 decoder.feed(chunk)

@@ -62,7 +62,7 @@ class _FramedRaw(io.RawIOBase):
 def _write_frames(code: bytes, data) -> int:
     view = memoryview(data)
     for start in range(0, len(view), _MAX):
-        chunk = view[start:start + _MAX]
+        chunk = view[start : start + _MAX]
         os.write(_FD, code + len(chunk).to_bytes(2, "big") + chunk)
     return len(view)
 
@@ -141,9 +141,11 @@ def _flush_all() -> None:
 
 def _flushing(func):
     """Wrap a process-starting function so the script's pending output precedes the child's."""
+
     def wrapper(*args, **kwargs):
         _flush_all()
         return func(*args, **kwargs)
+
     return wrapper
 
 

@@ -16,9 +16,9 @@ import httpx
 from temporalio.worker import Worker
 
 from boxrun import __version__
-from boxrun.activities.box.agentapi import AgentApi
-from boxrun.activities.box.run import BoxActivities
-from boxrun.activities.box.workspace import sweep_stale
+from boxrun.agent.activities import BoxActivities
+from boxrun.agent.api_client import AgentApi
+from boxrun.agent.workspace import sweep_stale
 from boxrun.constants import box_task_queue
 from boxrun.settings import Settings
 from boxrun.temporal import connect
@@ -48,8 +48,9 @@ class Liveness:
         while not self._stop.is_set():
             self._now.clear()
             try:
-                resp = await self.http.post("/api/agent/heartbeat",
-                                            json={"agent_version": __version__, "draining": self.draining})
+                resp = await self.http.post(
+                    "/api/agent/heartbeat", json={"agent_version": __version__, "draining": self.draining}
+                )
                 if resp.status_code == 401:
                     log.error("the API rejects this box's node token (401); check BOXRUN_NODE_TOKEN")
                 resp.raise_for_status()
@@ -64,8 +65,9 @@ class Liveness:
 def resolve_python(python: str) -> str:
     """The real interpreter behind `python` (a pyenv/asdf shim costs ~80 ms on every job start)."""
     try:
-        done = subprocess.run([python, "-c", "import sys; print(sys.executable)"], capture_output=True,
-                              text=True, timeout=30, check=True)
+        done = subprocess.run(
+            [python, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True, timeout=30, check=True
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         log.error("cannot run the box's python (%s): %s; jobs will fail to start", python, exc)
         return python
@@ -76,8 +78,11 @@ async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
     if not settings.box_name or not settings.node_token:
         log.error("an agent needs BOXRUN_BOX_NAME (--box) and BOXRUN_NODE_TOKEN")
         return 2
-    http = httpx.AsyncClient(base_url=settings.api_url, timeout=httpx.Timeout(10.0),
-                             headers={"Authorization": f"Bearer {settings.node_token}"})
+    http = httpx.AsyncClient(
+        base_url=settings.api_url,
+        timeout=httpx.Timeout(10.0),
+        headers={"Authorization": f"Bearer {settings.node_token}"},
+    )
     client = await connect(settings.temporal_address, settings.temporal_namespace)
     workdir = settings.agent_workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -85,19 +90,31 @@ async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
         log.warning("removed %d workspace(s) left by a previous agent run: %s", len(swept), ", ".join(swept))
     api = AgentApi(http)
     activities = BoxActivities(
-        sink=api, claimer=api, workdir=workdir, python=resolve_python(settings.agent_python),
+        sink=api,
+        claimer=api,
+        workdir=workdir,
+        python=resolve_python(settings.agent_python),
         heartbeat_s=settings.agent_activity_heartbeat_s,
-        pump_options={"max_lines": settings.log_batch_max_lines, "max_bytes": settings.log_batch_max_bytes,
-                      "memory_limit": settings.log_memory_limit_bytes},
+        pump_options={
+            "max_lines": settings.log_batch_max_lines,
+            "max_bytes": settings.log_batch_max_bytes,
+            "memory_limit": settings.log_memory_limit_bytes,
+        },
     )
     liveness = Liveness(http, settings.agent_heartbeat_interval_s)
     reporting = asyncio.create_task(liveness.run())
     queue = box_task_queue(settings.box_name)
     # The SDK sends heartbeats to Temporal at most this often; a cancel arrives with the answer.
     throttle = timedelta(seconds=settings.agent_activity_heartbeat_s)
-    worker = Worker(client, task_queue=queue, activities=activities.all(), max_concurrent_activities=100,
-                    max_heartbeat_throttle_interval=throttle, default_heartbeat_throttle_interval=throttle,
-                    graceful_shutdown_timeout=timedelta(seconds=settings.agent_drain_s))
+    worker = Worker(
+        client,
+        task_queue=queue,
+        activities=activities.all(),
+        max_concurrent_activities=100,
+        max_heartbeat_throttle_interval=throttle,
+        default_heartbeat_throttle_interval=throttle,
+        graceful_shutdown_timeout=timedelta(seconds=settings.agent_drain_s),
+    )
     try:
         async with worker:
             log.info("agent for box %s polling %s", settings.box_name, queue)

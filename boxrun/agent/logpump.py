@@ -47,10 +47,12 @@ class _Block:
     data: bytes
     lines: int
 
-    def split(self, n: int) -> tuple["_Block", "_Block"]:
+    def split(self, n: int) -> tuple[_Block, _Block]:
         cut = nth_newline(self.data, n) + 1
-        return (_Block(self.stream, self.ts, self.data[:cut], n),
-                _Block(self.stream, self.ts, self.data[cut:], self.lines - n))
+        return (
+            _Block(self.stream, self.ts, self.data[:cut], n),
+            _Block(self.stream, self.ts, self.data[cut:], self.lines - n),
+        )
 
 
 class _Spill:
@@ -95,8 +97,17 @@ class LogPump:
     with the same seqs; the API stores each seq once.
     """
 
-    def __init__(self, sink: LogSink, job_id: str, *, max_lines: int = 50_000, max_bytes: int = 4 << 20,
-                 memory_limit: int = 64 << 20, spill_path: Path | None = None, linger_s: float = 0.002) -> None:
+    def __init__(
+        self,
+        sink: LogSink,
+        job_id: str,
+        *,
+        max_lines: int = 50_000,
+        max_bytes: int = 4 << 20,
+        memory_limit: int = 64 << 20,
+        spill_path: Path | None = None,
+        linger_s: float = 0.002,
+    ) -> None:
         self._sink = sink
         self._job_id = job_id
         self._max_lines = max_lines
@@ -107,7 +118,7 @@ class LogPump:
         self._linger_s = linger_s
         self._blocks: deque[_Block] = deque()  # in memory, oldest first, each at most max_lines
         self._mem_bytes = 0
-        self._seq = 0          # last seq handed out
+        self._seq = 0  # last seq handed out
         self._acked = 0
         self._more = asyncio.Event()
         self._closing = False
@@ -147,7 +158,8 @@ class LogPump:
 
     def _keep(self, block: _Block) -> None:
         if (self._spill is not None and self._spill.pending) or (
-                self._mem_bytes > self._memory_limit and self._spill_path is not None):
+            self._mem_bytes > self._memory_limit and self._spill_path is not None
+        ):
             self._spill = self._spill or _Spill(self._spill_path)
             self._spill.write(block)  # keep order: once spilling, new lines queue behind the spilled ones
         else:
@@ -228,7 +240,13 @@ class LogPump:
             try:
                 return await self._sink.send(self._job_id, first, runs, data)
             except (httpx.HTTPError, OSError, ValueError) as exc:
-                log.warning("log lines %d..%d of job %s not delivered (%s); retrying in %.2fs",
-                            first, first + count - 1, self._job_id, exc, delay)
+                log.warning(
+                    "log lines %d..%d of job %s not delivered (%s); retrying in %.2fs",
+                    first,
+                    first + count - 1,
+                    self._job_id,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from boxrun import logbatch
-from boxrun.activities.box.logpump import LogRejected
+from boxrun.agent.logpump import LogRejected
 
 
 def _permanent(resp: httpx.Response) -> bool:
@@ -18,8 +18,11 @@ class AgentApi:
 
     async def send(self, job_id: str, first_seq: int, runs: list[tuple[int, str, float]], data: bytes) -> int:
         """One log batch; returns the highest seq the API holds (LogSink)."""
-        resp = await self._http.post(f"/api/agent/jobs/{job_id}/logs", content=logbatch.encode(first_seq, runs, data),
-                                     headers={"content-type": logbatch.MEDIA_TYPE})
+        resp = await self._http.post(
+            f"/api/agent/jobs/{job_id}/logs",
+            content=logbatch.encode(first_seq, runs, data),
+            headers={"content-type": logbatch.MEDIA_TYPE},
+        )
         if _permanent(resp):
             raise LogRejected(f"API refused log batch: HTTP {resp.status_code} {resp.text[:200]}")
         resp.raise_for_status()

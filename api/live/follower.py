@@ -1,7 +1,7 @@
 """Following a job's transcript: what SSE and WebSocket followers receive, batch by batch.
 
 A follower holds a cursor (the last seq it was given) and the job's shared tail
-(`boxrun.api.tail`). At each wake-up it takes everything after its cursor at once: from the tail's
+(`boxrun.api.live.job_tail`). At each wake-up it takes everything after its cursor at once: from the tail's
 ring, already encoded, when its cursor lies inside it (the usual case); otherwise from Postgres, one
 page at a time, until it reaches the ring. So the API holds at most one page or one ring slice per
 follower, whatever the follower's speed, and a follower holds no database connection between reads.
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from boxrun import logstore
-from boxrun.api.tail import KEEPALIVE, PAGE, JobTail, Tails, encode_event, encode_log, ws_event, ws_message
+from boxrun.api.live.job_tail import KEEPALIVE, PAGE, JobTail, Tails, encode_event, encode_log, ws_event, ws_message
 from boxrun.constants import JobState
 
 
@@ -58,8 +58,19 @@ class Follower:
     Its writer (EventStream) marks each write with `writing_since`; the job's tail calls stalled()
     on a follower whose write has not finished for stall_s, which cancels the writer's task."""
 
-    def __init__(self, tails: Tails, pool: asyncpg.Pool, org_id: str, job_id: str, *, after: int,
-                 keepalive_s: float, stall_s: float, joined: bool = True, log_head: int | None = None) -> None:
+    def __init__(
+        self,
+        tails: Tails,
+        pool: asyncpg.Pool,
+        org_id: str,
+        job_id: str,
+        *,
+        after: int,
+        keepalive_s: float,
+        stall_s: float,
+        joined: bool = True,
+        log_head: int | None = None,
+    ) -> None:
         self.job_id = str(job_id)
         self.cursor = after  # the last seq handed out
         # the job's stored head when the follower came: a tail this follower starts begins no later

@@ -12,10 +12,10 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from boxrun.activities.box.logpump import LogPump, LogRejected, LogSink
-from boxrun.activities.box.process import JobProcess, child_env
-from boxrun.activities.box.workspace import Workspace
 from boxrun.activities.names import RUN_JOB, UPLOAD_ARTIFACTS
+from boxrun.agent.logpump import LogPump, LogRejected, LogSink
+from boxrun.agent.process import JobProcess, child_env
+from boxrun.agent.workspace import Workspace
 from boxrun.messages import JobStarted, RunJobInput, RunJobResult, UploadInput, UploadResult
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,17 @@ class Claimer(Protocol):
 
 
 class BoxActivities:
-    def __init__(self, *, sink: LogSink, workdir: Path, python: str, heartbeat_s: float = 1.0,
-                 claimer: Claimer | None = None, upload_http: httpx.AsyncClient | None = None,
-                 pump_options: dict | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        sink: LogSink,
+        workdir: Path,
+        python: str,
+        heartbeat_s: float = 1.0,
+        claimer: Claimer | None = None,
+        upload_http: httpx.AsyncClient | None = None,
+        pump_options: dict | None = None,
+    ) -> None:
         self.sink = sink
         self.claimer = claimer
         self.workdir = workdir
@@ -149,7 +157,8 @@ class BoxActivities:
                     resp = await self.upload_http.put(target.url, content=_chunks(fh), headers=target.headers)
                 if resp.status_code >= 300:
                     raise ApplicationError(
-                        f"upload of {target.path} refused: HTTP {resp.status_code} {resp.text[:200]}")
+                        f"upload of {target.path} refused: HTTP {resp.status_code} {resp.text[:200]}"
+                    )
         finally:
             beating.cancel()
         ws.remove()

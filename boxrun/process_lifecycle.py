@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 
 
 def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("temporalio").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
 

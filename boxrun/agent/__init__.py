@@ -1,0 +1,1 @@
+"""The box side: `boxrun agent`, the job's process supervisor, log pump and workspace."""
