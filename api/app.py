@@ -6,11 +6,10 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 
-import asyncpg
-from fastapi import APIRouter, FastAPI, Request, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, FastAPI
 
 from boxrun import __version__
+from boxrun.api import errors
 from boxrun.api.live.job_tail import Tails
 from boxrun.api.live.listener import Notifier
 from boxrun.api.routes import agent, artifacts, boxes, health, jobs, logs
@@ -72,17 +71,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi_with_ingest_schema
 
-    @app.exception_handler(asyncpg.PostgresConnectionError)
-    @app.exception_handler(asyncpg.OperatorInterventionError)  # shutting down, cannot connect now
-    @app.exception_handler(asyncpg.InternalClientError)  # a connection the server closed mid-use
-    @app.exception_handler(asyncpg.InterfaceError)
-    @app.exception_handler(ConnectionError)
-    async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        log.warning("database unavailable during %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(
-            {"detail": "database unavailable, retry shortly"},
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": "1"},
-        )
-
+    errors.install(app)
     return app

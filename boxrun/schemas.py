@@ -290,3 +290,19 @@ class Health(BaseModel):
     database: Literal["ok"]
     temporal: Literal["ok"]
     version: str
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="where in the request: body.script, query.offset, path.job_id, ...")
+    message: str = Field(description="what is wrong with it (never the submitted value itself)")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer of the API has this body."""
+
+    detail: str = Field(description="a sentence saying what went wrong")
+    code: str = Field(
+        description="machine-readable kind: not_found, conflict, invalid_transition, unauthorized, "
+        "forbidden, invalid_input, too_large, unavailable"
+    )
+    errors: list[FieldError] = Field(default_factory=list, description="for invalid_input: each field at fault")
