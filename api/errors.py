@@ -64,7 +64,7 @@ MAX_MESSAGE = 300
 def status_of(exc: BoxrunError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return status.HTTP_500_INTERNAL_SERVER_ERROR
 
 

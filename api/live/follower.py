@@ -33,7 +33,7 @@ class Batch:
     def sse(self) -> bytes:
         if self.keepalive:
             return KEEPALIVE
-        parts = [self.lines] if isinstance(self.lines, bytes) else list(self.lines)
+        parts: list[bytes] = [self.lines] if isinstance(self.lines, bytes) else list(self.lines)
         if self.state is not None:
             parts.append(encode_event("state", {"state": self.state.value}))
         if self.done is not None:
@@ -44,7 +44,7 @@ class Batch:
         if self.keepalive:
             return [ws_event("keepalive")]
         assert not isinstance(self.lines, bytes) or not self.lines, "a WebSocket follower takes lines one by one"
-        out = [ws_message(line) for line in self.lines]
+        out = [] if isinstance(self.lines, bytes) else [ws_message(line) for line in self.lines]
         if self.state is not None:
             out.append(ws_event("state", {"state": self.state.value}))
         if self.done is not None:
@@ -116,6 +116,7 @@ class Follower:
             if ring.holds(self.cursor):
                 # state and final describe every line up to ring.head: take them together
                 state, final = tail.state, tail.final
+                lines: bytes | list[bytes]
                 if self.joined:
                     lines, last = ring.bytes_after(self.cursor)
                 else:
@@ -135,7 +136,7 @@ class Follower:
             if caught_up:
                 if state is not None and state != self._state:
                     batch.state = self._state = state
-                if final:
+                if final and state is not None:
                     batch.done = {"state": state.value, "last_seq": self.cursor}
             if batch.lines or batch.state or batch.done:
                 yield batch

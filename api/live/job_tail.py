@@ -111,7 +111,9 @@ class Ring:
         self._joined.clear()
         lines = self._lines
         while self.nbytes > self.max_bytes and self.first < self.head:
-            self.nbytes -= len(lines[self._start])
+            evicted = lines[self._start]
+            assert evicted is not None  # entries from _start on are all bytes
+            self.nbytes -= len(evicted)
             lines[self._start] = None
             self._start += 1
             self.first += 1

@@ -60,8 +60,9 @@ class Notifier:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def _on_notify(self, _conn, _pid, channel: str, payload: str) -> None:
-        job_id = json.loads(payload)["job_id"] if channel == CHANNEL_JOBS else payload
+    def _on_notify(self, _conn: object, _pid: int, channel: str, payload: object) -> None:
+        text = str(payload)
+        job_id = json.loads(text)["job_id"] if channel == CHANNEL_JOBS else text
         for sub in self._subs.get(job_id, ()):
             sub.event.set()
 

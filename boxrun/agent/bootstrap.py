@@ -184,14 +184,14 @@ def main() -> None:
     _STREAMS.extend([_stream(b"o", 1), _stream(b"e", 2), _stream(b"u", -1)])
     threading.Thread(target=_flusher, name="boxrun-log-flush", daemon=True).start()
     os.register_at_fork(before=_flush_all, after_in_child=_after_fork_in_child)
-    subprocess.Popen._execute_child = _flushing(subprocess.Popen._execute_child)
+    subprocess.Popen._execute_child = _flushing(subprocess.Popen._execute_child)  # type: ignore[attr-defined]
     os.system = _flushing(os.system)
     atexit.register(_drain_raw)
     atexit.register(_flush_all)  # atexit runs last-registered first: flush, then drain
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
     helper = types.ModuleType("boxrun_job", "Helpers for scripts run by boxrun.")
-    helper.emit = _emit
+    helper.emit = _emit  # type: ignore[attr-defined]
     sys.modules["boxrun_job"] = helper
     sys.stdout, sys.stderr = _STREAMS[0], _STREAMS[1]
     sys.path[0] = os.path.dirname(os.path.abspath(script))

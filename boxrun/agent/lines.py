@@ -97,7 +97,7 @@ class FrameDecoder:
     def feed(self, data: bytes) -> None:
         self._buf += data
         buf, pos, size_all = self._buf, 0, len(self._buf)
-        code, parts = -1, []
+        code, parts = -1, list[bytearray]()
         while size_all - pos >= 3:
             size = int.from_bytes(buf[pos + 1 : pos + 3], "big")
             if size_all - pos - 3 < size:

@@ -157,10 +157,11 @@ class LogPump:
         self._more.set()
 
     def _keep(self, block: _Block) -> None:
-        if (self._spill is not None and self._spill.pending) or (
-            self._mem_bytes > self._memory_limit and self._spill_path is not None
-        ):
-            self._spill = self._spill or _Spill(self._spill_path)
+        spilling = self._spill is not None and self._spill.pending
+        if spilling or (self._mem_bytes > self._memory_limit and self._spill_path is not None):
+            if self._spill is None:
+                assert self._spill_path is not None
+                self._spill = _Spill(self._spill_path)
             self._spill.write(block)  # keep order: once spilling, new lines queue behind the spilled ones
         else:
             self._blocks.append(block)
@@ -192,7 +193,9 @@ class LogPump:
 
     def _batch(self) -> tuple[list[tuple[int, str, float]], bytes, int]:
         """Whole blocks from the front, within the line and byte bounds (at least one block)."""
-        runs, parts, lines, size = [], [], 0, 0
+        runs: list[tuple[int, str, float]] = []
+        parts: list[bytes] = []
+        lines = size = 0
         for block in self._blocks:
             if runs and (lines + block.lines > self._max_lines or size + len(block.data) > self._max_bytes):
                 break

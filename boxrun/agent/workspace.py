@@ -77,7 +77,7 @@ class Workspace:
 def sweep_stale(base: Path) -> list[str]:
     """At agent start: kill process groups left by jobs of a previous agent run (their jobs have
     already failed with "box heartbeat lost") and remove their workspaces. Returns the job ids."""
-    swept = []
+    swept: list[str] = []
     jobs = base.resolve() / "jobs"
     if not jobs.is_dir():
         return swept

@@ -24,8 +24,12 @@ def tree_files() -> set[str]:
 
 
 def test_the_wheel_holds_every_module_of_the_tree(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(ROOT)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = tmp_path.glob("boxrun-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         packed = {n for n in zf.namelist() if n.startswith("boxrun/")}
