@@ -252,3 +252,26 @@ async def test_a_bug_fails_the_workflow_and_the_job_and_frees_the_box(temporal_c
     assert mock.names().count("finish") == 1 and "archive" not in mock.names()
     desc = await temporal_client.get_workflow_handle(finished.job_id).describe()
     assert desc.status == WorkflowExecutionStatus.FAILED
+
+
+async def test_verify_and_archive_bounds_grow_with_the_work(temporal_client, task_queue):
+    """verify_artifacts gets 60 s + 10 MB/s of the artifacts' bytes, archive_logs 60 s + 1 ms a
+    line, each with a heartbeat timeout and a bounded number of attempts (not one 30 s bound)."""
+    box = f"b-{uuid.uuid4().hex[:6]}"
+    art = ArtifactEntry(path="big.bin", size=10 * 10**9, sha256="ab" * 32)  # 10 GB
+    mock = MockControlPlane(
+        [AcquireResult(box=box)], RunJobResult(exit_code=0, pid=5, log_lines=600_000, artifacts=[art])
+    )
+    handle, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
+    assert result.state == JobState.COMPLETED
+    scheduled = {
+        e.activity_task_scheduled_event_attributes.activity_type.name: e.activity_task_scheduled_event_attributes
+        for e in (await handle.fetch_history()).events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    }
+    verify, archive = scheduled["verify_artifacts"], scheduled["archive_logs"]
+    assert verify.start_to_close_timeout.ToSeconds() == 60 + 1_000
+    assert verify.heartbeat_timeout.ToSeconds() == 30 and verify.retry_policy.maximum_attempts == 3
+    assert archive.start_to_close_timeout.ToSeconds() == 60 + 600
+    assert archive.heartbeat_timeout.ToSeconds() == 60 and archive.retry_policy.maximum_attempts == 5
+    assert scheduled["acquire_box"].start_to_close_timeout.ToSeconds() == 10
