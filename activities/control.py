@@ -7,20 +7,15 @@ import gzip
 import hashlib
 import json
 import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from boxrun import logstore
-from boxrun.activities.names import (
-    ACQUIRE_BOX,
-    ARCHIVE_LOGS,
-    FINISH_JOB,
-    PRESIGN_UPLOADS,
-    RECORD_TRANSITION,
-    VERIFY_ARTIFACTS,
-)
 from boxrun.constants import LOG_ARCHIVE_KEY, artifact_key
 from boxrun.db import Q
 from boxrun.errors import InvalidTransition, NotFound
@@ -48,6 +43,23 @@ def _permanent(exc: Exception) -> ApplicationError:
     return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)
 
 
+@asynccontextmanager
+async def _heartbeating(every_s: float = 5.0) -> AsyncIterator[None]:
+    """Heartbeat all along a step whose single operations can be long (one multi-GB object read
+    back, one big transcript upload), so the workflow's heartbeat_timeout stays short."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(every_s)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
 class ControlActivities:
     """Bound to one Postgres pool and one storage client; registered on the control worker."""
 
@@ -56,7 +68,7 @@ class ControlActivities:
         self.storage = storage
         self.offline_after_s = offline_after_s
 
-    def all(self) -> list:
+    def all(self) -> list[Callable[..., Awaitable[Any]]]:
         return [
             self.acquire_box,
             self.record_transition,
@@ -66,7 +78,7 @@ class ControlActivities:
             self.archive_logs,
         ]
 
-    @activity.defn(name=ACQUIRE_BOX)
+    @activity.defn
     async def acquire_box(self, inp: AcquireInput) -> AcquireResult:
         async with self.pool.acquire() as conn:
             try:
@@ -74,7 +86,7 @@ class ControlActivities:
             except (NotFound, InvalidTransition) as exc:
                 raise _permanent(exc) from exc
 
-    @activity.defn(name=RECORD_TRANSITION)
+    @activity.defn
     async def record_transition(self, inp: TransitionInput) -> TransitionResult:
         async with self.pool.acquire() as conn, conn.transaction():
             try:
@@ -91,16 +103,16 @@ class ControlActivities:
                 raise _permanent(exc) from exc
         return TransitionResult(state=state, changed=changed)
 
-    @activity.defn(name=FINISH_JOB)
+    @activity.defn
     async def finish_job(self, inp: FinishInput) -> ReleaseResult:
         """Terminal transition + lease release in one transaction (terminal states absorb)."""
         async with self.pool.acquire() as conn:
             try:
                 return await finish(conn, inp.job_id, inp.to_state, exit_code=inp.exit_code, error=inp.error)
-            except NotFound as exc:
+            except (NotFound, InvalidTransition, ValueError) as exc:
                 raise _permanent(exc) from exc
 
-    @activity.defn(name=ARCHIVE_LOGS)
+    @activity.defn
     async def archive_logs(self, inp: ArchiveInput) -> ArchiveResult:
         """Write the whole transcript to storage as gzip JSON lines (idempotent: same key, same bytes)."""
         key = LOG_ARCHIVE_KEY.format(job_id=inp.job_id)
@@ -121,12 +133,13 @@ class ControlActivities:
             for chunk in iter(lambda: raw.read(1 << 20), b""):
                 digest.update(chunk)
             raw.seek(0)
-            await asyncio.to_thread(self.storage.put, key, raw, digest.hexdigest())
+            async with _heartbeating():
+                await asyncio.to_thread(self.storage.put, key, raw, digest.hexdigest())
         async with self.pool.acquire() as conn:
             await conn.execute(Q.set_log_archive, inp.job_id, key, size, digest.hexdigest())
         return ArchiveResult(key=key, lines=lines, size=size)
 
-    @activity.defn(name=PRESIGN_UPLOADS)
+    @activity.defn
     async def presign_uploads(self, inp: PresignInput) -> PresignResult:
         targets = []
         for entry in inp.artifacts:
@@ -135,17 +148,16 @@ class ControlActivities:
             targets.append(UploadTarget(path=entry.path, key=key, url=url, headers=headers))
         return PresignResult(targets=targets)
 
-    @activity.defn(name=VERIFY_ARTIFACTS)
+    @activity.defn
     async def verify_artifacts(self, inp: VerifyInput) -> VerifyResult:
         """Record an artifact only once storage holds exactly the bytes the box hashed."""
         mismatched: list[str] = []
         recorded = 0
-        async with self.pool.acquire() as conn:
+        async with self.pool.acquire() as conn, _heartbeating():
             org_id = await conn.fetchval(Q.job_org, inp.job_id)
             for entry in inp.artifacts:
                 key = artifact_key(inp.job_id, entry.path)
                 check = await asyncio.to_thread(self.storage.verify, key, entry.size, entry.sha256)
-                activity.heartbeat(entry.path)
                 if not check.ok:
                     activity.logger.warning("artifact %s of job %s rejected: %s", entry.path, inp.job_id, check.reason)
                     mismatched.append(f"{entry.path} ({check.reason})")

@@ -8,7 +8,6 @@ import asyncpg
 from temporalio import activity
 from temporalio.service import RPCError, RPCStatusCode
 
-from boxrun.activities.names import REAP
 from boxrun.constants import TERMINAL_STATES, JobState
 from boxrun.db import Q
 from boxrun.messages import ReapResult
@@ -29,7 +28,7 @@ class ReaperActivities:
         self.pool = pool
         self.settings = settings
 
-    @activity.defn(name=REAP)
+    @activity.defn
     async def reap(self) -> ReapResult:
         client = activity.client()
         result = ReapResult()

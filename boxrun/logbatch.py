@@ -12,6 +12,7 @@ two parts (log_chunks.data, run_*), so neither side re-encodes line by line on t
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -88,7 +89,13 @@ class Batch:
 
 
 def unpack(
-    first_seq: int, counts, streams, ts, data: bytes, start: int = 0, stop: int | None = None
+    first_seq: int,
+    counts: Sequence[int],
+    streams: Sequence[str],
+    ts: Sequence[float],
+    data: bytes,
+    start: int = 0,
+    stop: int | None = None,
 ) -> list[tuple[int, float, str, str]]:
     """(seq, ts, stream, text) of lines start..stop-1 (0-based) of a batch or stored chunk."""
     total = sum(counts)
@@ -133,7 +140,7 @@ def decode(body: bytes) -> Batch:
     except ValidationError as exc:
         raise BadBatch(f"invalid header: {_first_error(exc)}") from None
     data = body[end + 1 :]
-    runs = [(count, stream, ts) for count, stream, ts in head.runs]
+    runs: list[tuple[int, str, float]] = [(count, stream, ts) for count, stream, ts in head.runs]
     lines, newlines = sum(run[0] for run in runs), data.count(b"\n")
     if lines > MAX_LINES:
         raise BadBatch(f"a batch may hold at most {MAX_LINES} lines, not {lines}")

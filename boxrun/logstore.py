@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-
-import asyncpg
+from typing import Any
 
 from boxrun.constants import CHANNEL_LOGS
-from boxrun.db import Q
+from boxrun.db import Conn, Q
 from boxrun.logbatch import Batch, unpack
 from boxrun.schemas import MAX_SEQ
 
@@ -24,7 +23,7 @@ class Line:
     stream: str
     text: str
 
-    def public(self) -> dict:
+    def public(self) -> dict[str, Any]:
         ts = datetime.fromtimestamp(self.ts, UTC).isoformat().replace("+00:00", "Z")
         return {"seq": self.seq, "ts": ts, "stream": self.stream, "text": self.text}
 
@@ -37,7 +36,7 @@ class LogGap(Exception):
         self.expected = expected
 
 
-async def append(conn: asyncpg.Connection, job_id: str, batch: Batch) -> int:
+async def append(conn: Conn, job_id: str, batch: Batch) -> int:
     """Store lines batch.first_seq.. of a job unless already stored; returns the highest stored seq.
 
     The job row is locked while appending, so concurrent resends serialise; lines at or below the
@@ -45,7 +44,7 @@ async def append(conn: asyncpg.Connection, job_id: str, batch: Batch) -> int:
     contiguous from seq 1.
     """
     async with conn.transaction():
-        head = await conn.fetchval(Q.lock_log_head, job_id)
+        head: int = await conn.fetchval(Q.lock_log_head, job_id)
         if batch.first_seq > head + 1:
             raise LogGap(head + 1)
         if batch.last_seq <= head:
@@ -61,7 +60,7 @@ async def append(conn: asyncpg.Connection, job_id: str, batch: Batch) -> int:
     return batch.last_seq
 
 
-async def read(conn: asyncpg.Connection, job_id: str, after: int, limit: int) -> list[Line]:
+async def read(conn: Conn, job_id: str, after: int, limit: int) -> list[Line]:
     """Up to `limit` lines with seq > after, in order. Fetches only the chunks that hold them."""
     lines: list[Line] = []
     for chunk in await conn.fetch(Q.chunks_after, job_id, after, min(after + limit, MAX_SEQ)):
@@ -82,7 +81,7 @@ async def read(conn: asyncpg.Connection, job_id: str, after: int, limit: int) ->
     return lines
 
 
-async def read_all(conn: asyncpg.Connection, job_id: str, *, page: int = 10_000) -> AsyncIterator[Line]:
+async def read_all(conn: Conn, job_id: str, *, page: int = 10_000) -> AsyncIterator[Line]:
     after = 0
     while batch := await read(conn, job_id, after, page):
         for line in batch:

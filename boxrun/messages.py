@@ -165,3 +165,12 @@ class ReapResult(BaseModel):
     leases_freed: int = 0
     jobs_ended: int = 0
     workflows_started: int = 0
+
+
+class ReaperInput(BaseModel):
+    """The reaper singleton's settings; carried over each continue-as-new."""
+
+    # Seconds between sweeps (settings.reaper_interval_s; the worker re-sends it at every start).
+    interval_s: float = Field(gt=0)
+    # Continue as new after this long, so one run's history stays small.
+    run_for_s: float = Field(default=3600.0, gt=0)

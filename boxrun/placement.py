@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import asyncpg
 
 from boxrun.constants import JobState
-from boxrun.db import Q
-from boxrun.errors import InvalidTransition, NotFound
+from boxrun.db import Conn, Q
+from boxrun.errors import NotFound
 from boxrun.messages import AcquireResult, ReleaseResult
 from boxrun.transitions import transition
 
@@ -31,7 +31,7 @@ def _never_reason(job: asyncpg.Record, boxes: list[asyncpg.Record], requires: li
     return f"group {job['box_group']} has no boxes"
 
 
-async def acquire(conn: asyncpg.Connection, job_id: str, *, offline_after_s: float = 15.0) -> AcquireResult:
+async def acquire(conn: Conn, job_id: str, *, offline_after_s: float = 15.0) -> AcquireResult:
     """Lease a box for `job_id` and move it to `dispatching`, or to `waiting_for_box` with the
     reason (busy, maintenance, offline), or report that no box can ever take it. Idempotent: a
     job that already holds a lease gets that box back.
@@ -94,12 +94,12 @@ async def acquire(conn: asyncpg.Connection, job_id: str, *, offline_after_s: flo
         return AcquireResult(box=box["name"], wake_job_ids=await _next_waiter(conn, [c[2] for c in candidates]))
 
 
-async def _next_waiter(conn: asyncpg.Connection, boxes: list[asyncpg.Record]) -> list[str]:
+async def _next_waiter(conn: Conn, boxes: list[asyncpg.Record]) -> list[str]:
     """The first waiting job that could take one of `boxes` still free after this grant. Waking
     it continues the cascade: when several boxes free up at once, the waiters they woke may all be
     the same head job, which takes one box and hands the wake-up on to the next in line."""
     for box in boxes:
-        load = await conn.fetchrow(Q.box_load, box["id"])
+        load = await _box_load(conn, box["id"])
         if load["exclusive"] or load["active"] >= box["capacity"]:
             continue
         waiters = await conn.fetch(Q.waiters_for_box, box["id"], 1)
@@ -108,7 +108,13 @@ async def _next_waiter(conn: asyncpg.Connection, boxes: list[asyncpg.Record]) ->
     return []
 
 
-async def _wait(conn: asyncpg.Connection, job: asyncpg.Record, reason: str) -> None:
+async def _box_load(conn: Conn, box_id: int) -> asyncpg.Record:
+    load = await conn.fetchrow(Q.box_load, box_id)  # an aggregate: always exactly one row
+    assert load is not None
+    return load
+
+
+async def _wait(conn: Conn, job: asyncpg.Record, reason: str) -> None:
     if job["state"] == JobState.WAITING_FOR_BOX:
         await conn.execute(Q.set_waiting_reason, job["id"], reason)  # same state, new reason
     else:
@@ -116,23 +122,31 @@ async def _wait(conn: asyncpg.Connection, job: asyncpg.Record, reason: str) -> N
 
 
 async def finish(
-    conn: asyncpg.Connection, job_id: str, state: JobState, *, exit_code: int | None = None, error: str | None = None
+    conn: Conn, job_id: str, state: JobState, *, exit_code: int | None = None, error: str | None = None
 ) -> ReleaseResult:
-    """Terminal transition and lease release in one transaction. A job that is already terminal
-    keeps its state (terminal states are absorbing); the lease is freed regardless."""
+    """Terminal transition and lease release in one transaction.
+
+    `state` must be terminal (ValueError otherwise: a caller bug). A job that is already terminal
+    keeps its state (terminal states are absorbing) and its lease, if one is left, is freed. Any
+    other refused move (`dispatching` -> `completed`) raises InvalidTransition and frees nothing:
+    the job is still live, so its box is still in use.
+    """
+    if not state.terminal:
+        raise ValueError(f"finish() needs a terminal state, not {state}")
     async with conn.transaction():
         job = await conn.fetchrow(Q.lock_job, job_id)
         if job is None:
             raise NotFound(f"job {job_id} does not exist")
-        try:
+        current = JobState(job["state"])
+        if current.terminal:
+            state = current  # absorbing: nothing to change, only a lease left behind to free
+        else:
             state, _ = await transition(conn, job_id, state, exit_code=exit_code, error=error)
-        except InvalidTransition:
-            state = JobState(job["state"])  # already terminal: absorbing, nothing to change
         released = await release(conn, job_id)
     return released.model_copy(update={"state": state})
 
 
-async def release(conn: asyncpg.Connection, job_id: str) -> ReleaseResult:
+async def release(conn: Conn, job_id: str) -> ReleaseResult:
     """Free the job's lease (if any) and name the waiting jobs that may now take the box: as many
     as it has free slots (all of them once an exclusive lease ends), first in grant order."""
     async with conn.transaction():
@@ -140,7 +154,7 @@ async def release(conn: asyncpg.Connection, job_id: str) -> ReleaseResult:
         if box_id is None:
             return ReleaseResult(released=False)
         capacity = await conn.fetchval(Q.lock_box, box_id)
-        load = await conn.fetchrow(Q.box_load, box_id)
+        load = await _box_load(conn, box_id)
         free = 0 if load["exclusive"] else capacity - load["active"]
         if free <= 0:
             return ReleaseResult(released=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
@@ -17,6 +18,21 @@ log = logging.getLogger(__name__)
 KEY_JOB_STATE = SearchAttributeKey.for_keyword(SA_JOB_STATE)
 KEY_BOX_ID = SearchAttributeKey.for_keyword(SA_BOX_ID)
 KEY_OWNER = SearchAttributeKey.for_keyword(SA_OWNER)
+
+# Exceptions that mean a bug in workflow code. Given as a workflow's failure_exception_types they
+# fail the workflow instead of its task (which Temporal retries forever). Not `Exception`: that
+# would include NondeterminismError, and a deploy that breaks determinism should leave running
+# workflows waiting for a fixed worker, not fail them all.
+BUG_TYPES: Sequence[type[BaseException]] = (
+    ArithmeticError,
+    AssertionError,
+    AttributeError,
+    LookupError,
+    NameError,
+    RuntimeError,
+    TypeError,
+    ValueError,  # pydantic's ValidationError included
+)
 
 
 async def connect(address: str, namespace: str = "default") -> Client:

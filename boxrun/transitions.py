@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import asyncpg
-
 from boxrun.constants import ALLOWED_FROM, CHANNEL_JOBS, JobState
-from boxrun.db import Q
+from boxrun.db import Conn, Q
 from boxrun.errors import InvalidTransition, NotFound
 
 
 async def transition(
-    conn: asyncpg.Connection,
+    conn: Conn,
     job_id: str,
     to_state: JobState,
     *,

@@ -15,7 +15,7 @@ from boxrun.db import create_pool, migrate
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect, ensure_search_attributes
-from boxrun.worker.schedules import ensure_reaper_schedule
+from boxrun.worker.reaper import ensure_reaper
 from boxrun.workflows import JobWorkflow, ReaperWorkflow
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
             # a crashed worker's sticky tasks move to the shared queue after 2 s
             sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
         )
-        await ensure_reaper_schedule(client, settings.reaper_interval_s)
         async with worker:
+            await ensure_reaper(client, settings.reaper_interval_s)
             log.info("control worker polling %s", CONTROL_TASK_QUEUE)
             await stop.wait()
             log.info("control worker stopping")

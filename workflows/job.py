@@ -4,66 +4,96 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError, TimeoutType
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    FailureError,
+    TimeoutError,
+    TimeoutType,
+)
 
 with workflow.unsafe.imports_passed_through():
-    from boxrun.activities.names import (
-        ACQUIRE_BOX,
-        ARCHIVE_LOGS,
-        FINISH_JOB,
-        PRESIGN_UPLOADS,
-        RECORD_TRANSITION,
-        RUN_JOB,
-        UPLOAD_ARTIFACTS,
-        VERIFY_ARTIFACTS,
-    )
+    from boxrun.activities.control import ControlActivities
+    from boxrun.agent.activities import BoxActivities
     from boxrun.constants import JobState, box_task_queue
     from boxrun.messages import (
         AcquireInput,
-        AcquireResult,
         ArchiveInput,
-        ArchiveResult,
         FinishInput,
         JobOutcome,
         JobSpec,
         JobStarted,
         PresignInput,
-        PresignResult,
-        ReleaseResult,
         RunJobInput,
         RunJobResult,
         TransitionInput,
-        TransitionResult,
         UploadInput,
-        UploadResult,
         VerifyInput,
-        VerifyResult,
     )
-    from boxrun.temporal import KEY_BOX_ID, KEY_JOB_STATE
+    from boxrun.temporal import BUG_TYPES, KEY_BOX_ID, KEY_JOB_STATE
 
-# Control activities only touch Postgres/S3 and are idempotent, so Temporal may retry them
-# freely; the cap on the interval keeps recovery quick once Postgres is back.
-CONTROL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
-CONTROL_TIMEOUT = timedelta(seconds=30)
-ARCHIVE_TIMEOUT = timedelta(hours=2)
-# A job never runs twice: run_job gets exactly one attempt, whatever happens to it.
+In = TypeVar("In", bound=BaseModel)
+Out = TypeVar("Out", bound=BaseModel)
+
+# -- Options per activity. Every call states its timeouts; the why sits next to each.
+#
+# acquire_box, record_transition, finish_job: one short Postgres transaction each, idempotent
+# (a retried grant returns the lease already held, a re-applied transition is a no-op, finish
+# absorbs). 10 s is far above their milliseconds; retries ride out a Postgres restart for up to
+# 10 minutes. Past that the workflow fails and the reaper ends the job once Postgres is back.
+# Permanent refusals (no such job, a move the state machine forbids) are non_retryable.
+DB_STEP_TIMEOUT = timedelta(seconds=10)
+DB_STEP_DEADLINE = timedelta(minutes=10)
+DB_STEP_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
+# presign_uploads only signs URLs locally: it is quick, and a failure past a few attempts is a
+# configuration problem that should fail the job rather than hold the box.
+PRESIGN_TIMEOUT = timedelta(seconds=30)
+PRESIGN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
+# verify_artifacts asks storage for each object (a HEAD, or every byte read back where the store
+# checks no checksum), so its bound grows with the bytes: a minute plus 10 MB/s of read-back. It
+# heartbeats all along, so a dead worker is noticed within VERIFY_HEARTBEAT whatever the size.
+# Verifying again is harmless (recording an artifact is idempotent); three attempts, then the
+# job fails with the error and its box is freed instead of retrying forever under the lease.
+VERIFY_HEARTBEAT = timedelta(seconds=30)
+VERIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+# archive_logs streams the transcript from Postgres into one gzip object: a minute plus 1 ms a
+# line (a conservative 1,000 lines/s) bounds it, the heartbeat notices a dead worker. It runs
+# after the job ended and the box is free, so it may retry a few times with a longer backoff.
+ARCHIVE_HEARTBEAT = timedelta(seconds=60)
+ARCHIVE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2), maximum_interval=timedelta(seconds=60), maximum_attempts=5
+)
+# run_job: a job never runs twice, so exactly one attempt, whatever happens to it.
 RUN_ONCE = RetryPolicy(maximum_attempts=1)
-# Uploading the same bytes to the same presigned keys again is harmless, so uploads may retry.
-UPLOAD_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
 # Slack past timeout_s before Temporal itself gives up on run_job: the agent kills the process
 # at timeout_s and reports it; this bound only fires if the box cannot report (partitioned).
 RUN_GRACE = timedelta(seconds=30)
+# upload_artifacts: the same bytes to the same presigned keys again is harmless, so it may retry.
+UPLOAD_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
 HEARTBEAT_LOST = "box heartbeat lost"
-# Control steps that only touch Postgres and finish in milliseconds may run as local activities.
-LOCAL_CAPABLE = frozenset({ACQUIRE_BOX, RECORD_TRANSITION, FINISH_JOB})
 
 
-@workflow.defn(name="JobWorkflow")
+def _verify_timeout(total_bytes: int) -> timedelta:
+    return timedelta(seconds=60 + total_bytes / 10_000_000)
+
+
+def _archive_timeout(lines: int) -> timedelta:
+    return timedelta(seconds=60 + lines / 1_000)
+
+
+# A bug (TypeError, KeyError, ...) fails the workflow instead of retrying its task forever, where
+# the job would sit live with its box leased and the reaper (which looks at closed workflows)
+# would never see it. Non-determinism is deliberately not in the list: after a bad deploy the
+# tasks wait for a fixed worker instead of failing every running job.
+@workflow.defn(name="JobWorkflow", failure_exception_types=BUG_TYPES)
 class JobWorkflow:
     def __init__(self) -> None:
         self._state = JobState.QUEUED
@@ -71,6 +101,7 @@ class JobWorkflow:
         self._pid: int | None = None
         self._error: str | None = None
         self._local_control = False
+        self._log_lines = 0
 
     @workflow.signal(name="wake")
     def wake(self) -> None:
@@ -102,19 +133,20 @@ class JobWorkflow:
             if _is_cancellation(exc):  # the cancel surfaced through an activity it cancelled
                 await self._finish(spec, JobState.CANCELLED, None, "cancelled")
                 raise
-            # A bug or a permanent control-plane failure: end the job failed and free the box.
+            # A bug or a permanent control-plane failure: end the job failed and free the box,
+            # then fail this workflow (never its task, which Temporal would retry forever).
             await self._finish(spec, JobState.FAILED, None, f"internal error: {exc}")
-            raise
+            if isinstance(exc, FailureError):
+                raise
+            raise ApplicationError(f"internal error: {exc}", type=type(exc).__name__, non_retryable=True) from exc
         await self._finish(spec, state, exit_code, error)
         # The transcript is complete (run_job returns only once every line is stored): archive it.
-        # A long transcript takes a while; the activity heartbeats as it goes.
-        await workflow.execute_activity(
-            ARCHIVE_LOGS,
+        await workflow.execute_activity_method(
+            ControlActivities.archive_logs,
             ArchiveInput(job_id=spec.job_id),
-            result_type=ArchiveResult,
-            start_to_close_timeout=ARCHIVE_TIMEOUT,
-            heartbeat_timeout=timedelta(seconds=60),
-            retry_policy=CONTROL_RETRY,
+            start_to_close_timeout=_archive_timeout(self._log_lines),
+            heartbeat_timeout=ARCHIVE_HEARTBEAT,
+            retry_policy=ARCHIVE_RETRY,
         )
         return self._outcome(spec, exit_code, error)
 
@@ -123,7 +155,7 @@ class JobWorkflow:
         rechecks = 0
         while True:
             self._wake = False
-            got: AcquireResult = await self._control(ACQUIRE_BOX, AcquireInput(job_id=spec.job_id))
+            got = await self._db_step(ControlActivities.acquire_box, AcquireInput(job_id=spec.job_id))
             if got.box is not None:
                 self._set_state(JobState.DISPATCHING, got.box)
                 await self._wake_jobs(got.wake_job_ids)
@@ -146,10 +178,9 @@ class JobWorkflow:
                 pass  # a periodic re-check covers a wake-up that could not be delivered
 
     async def _run_on(self, spec: JobSpec, box: str) -> tuple[JobState, int | None, str | None]:
-        run = workflow.start_activity(
-            RUN_JOB,
+        run = workflow.start_activity_method(
+            BoxActivities.run_job,
             RunJobInput(spec=spec),
-            result_type=RunJobResult,
             task_queue=box_task_queue(box),
             schedule_to_start_timeout=timedelta(seconds=spec.dispatch_timeout_s),
             start_to_close_timeout=timedelta(seconds=spec.timeout_s) + RUN_GRACE,
@@ -173,6 +204,7 @@ class JobWorkflow:
             except (ActivityError, asyncio.CancelledError):
                 pass
             raise
+        self._log_lines = result.log_lines
         if self._state is JobState.DISPATCHING and result.pid is not None:
             await self._transition(spec, JobState.RUNNING, detail={"pid": result.pid})
         if result.error is not None and result.pid is None:
@@ -206,17 +238,19 @@ class JobWorkflow:
     async def _store_artifacts(self, spec: JobSpec, box: str, result: RunJobResult) -> str | None:
         """Presign, let the box upload straight to storage, then verify. Returns an error or None."""
         await self._transition(spec, JobState.UPLOADING_ARTIFACTS, detail={"count": len(result.artifacts)})
-        presigned: PresignResult = await self._control(
-            PRESIGN_UPLOADS, PresignInput(job_id=spec.job_id, artifacts=result.artifacts)
+        presigned = await workflow.execute_activity_method(
+            ControlActivities.presign_uploads,
+            PresignInput(job_id=spec.job_id, artifacts=result.artifacts),
+            start_to_close_timeout=PRESIGN_TIMEOUT,
+            retry_policy=PRESIGN_RETRY,
         )
         total = sum(a.size for a in result.artifacts)
         try:
-            await workflow.execute_activity(
-                UPLOAD_ARTIFACTS,
+            await workflow.execute_activity_method(
+                BoxActivities.upload_artifacts,
                 UploadInput(job_id=spec.job_id, targets=presigned.targets),
-                result_type=UploadResult,
                 task_queue=box_task_queue(box),
-                # at least 1 MB/s, never under a minute
+                # at least 1 MB/s, never under a minute; the box heartbeats all along
                 start_to_close_timeout=timedelta(seconds=60 + total / 1_000_000),
                 heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_s),
                 retry_policy=UPLOAD_RETRY,
@@ -226,17 +260,27 @@ class JobWorkflow:
                 raise asyncio.CancelledError() from exc  # the job was cancelled mid-upload
             failure = self._run_failure(exc)[2]
             return f"artifact upload failed: {failure}"
-        verified: VerifyResult = await self._control(
-            VERIFY_ARTIFACTS, VerifyInput(job_id=spec.job_id, artifacts=result.artifacts)
-        )
+        try:
+            verified = await workflow.execute_activity_method(
+                ControlActivities.verify_artifacts,
+                VerifyInput(job_id=spec.job_id, artifacts=result.artifacts),
+                start_to_close_timeout=_verify_timeout(total),
+                heartbeat_timeout=VERIFY_HEARTBEAT,
+                retry_policy=VERIFY_RETRY,
+            )
+        except ActivityError as exc:
+            if isinstance(exc.cause, CancelledError):
+                raise asyncio.CancelledError() from exc
+            return f"artifact verification failed: {exc.cause or exc}"
         if verified.mismatched:
             return f"artifact verification failed: {', '.join(verified.mismatched)}"
         return None
 
     async def _finish(self, spec: JobSpec, state: JobState, exit_code: int | None, error: str | None) -> None:
         """Terminal transition + lease release in one activity, then wake whoever waits for the box."""
-        released: ReleaseResult = await self._control(
-            FINISH_JOB, FinishInput(job_id=spec.job_id, to_state=state, exit_code=exit_code, error=error)
+        released = await self._db_step(
+            ControlActivities.finish_job,
+            FinishInput(job_id=spec.job_id, to_state=state, exit_code=exit_code, error=error),
         )
         self._set_state(released.state or state)
         await self._wake_jobs(released.wake_job_ids)
@@ -251,27 +295,30 @@ class JobWorkflow:
     async def _transition(
         self, spec: JobSpec, state: JobState, *, error: str | None = None, detail: dict[str, Any] | None = None
     ) -> None:
-        done: TransitionResult = await self._control(
-            RECORD_TRANSITION, TransitionInput(job_id=spec.job_id, to_state=state, error=error, detail=detail or {})
+        done = await self._db_step(
+            ControlActivities.record_transition,
+            TransitionInput(job_id=spec.job_id, to_state=state, error=error, detail=detail or {}),
         )
         self._set_state(done.state)
 
-    async def _control(self, activity: str, arg: Any) -> Any:
-        if self._local_control and activity in LOCAL_CAPABLE:
-            return await workflow.execute_local_activity(
-                activity,
+    async def _db_step(self, step: Callable[[ControlActivities, In], Awaitable[Out]], arg: In) -> Out:
+        """acquire_box, record_transition or finish_job with the DB_STEP options above: as a local
+        activity (inside this worker, no server round trip) when the job was submitted so, else as
+        a regular activity on the workflow's own queue (boxrun-control)."""
+        if self._local_control:
+            return await workflow.execute_local_activity_method(
+                step,
                 arg,
-                result_type=_RESULT_TYPES[activity],
-                start_to_close_timeout=CONTROL_TIMEOUT,
-                retry_policy=CONTROL_RETRY,
+                start_to_close_timeout=DB_STEP_TIMEOUT,
+                schedule_to_close_timeout=DB_STEP_DEADLINE,
+                retry_policy=DB_STEP_RETRY,
             )
-        # No task_queue: control activities run on the workflow's own queue (boxrun-control).
-        return await workflow.execute_activity(
-            activity,
+        return await workflow.execute_activity_method(
+            step,
             arg,
-            result_type=_RESULT_TYPES[activity],
-            start_to_close_timeout=CONTROL_TIMEOUT,
-            retry_policy=CONTROL_RETRY,
+            start_to_close_timeout=DB_STEP_TIMEOUT,
+            schedule_to_close_timeout=DB_STEP_DEADLINE,
+            retry_policy=DB_STEP_RETRY,
         )
 
     def _set_state(self, state: JobState, box: str | None = None) -> None:
@@ -287,12 +334,3 @@ class JobWorkflow:
 
 def _is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, CancelledError) or (isinstance(exc, ActivityError) and isinstance(exc.cause, CancelledError))
-
-
-_RESULT_TYPES: dict[str, type] = {
-    ACQUIRE_BOX: AcquireResult,
-    RECORD_TRANSITION: TransitionResult,
-    FINISH_JOB: ReleaseResult,
-    PRESIGN_UPLOADS: PresignResult,
-    VERIFY_ARTIFACTS: VerifyResult,
-}

@@ -12,7 +12,6 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from boxrun.activities.names import RUN_JOB, UPLOAD_ARTIFACTS
 from boxrun.agent.logpump import LogPump, LogRejected, LogSink
 from boxrun.agent.process import JobProcess, child_env
 from boxrun.agent.workspace import Workspace
@@ -50,7 +49,7 @@ class BoxActivities:
     def all(self) -> list:
         return [self.run_job, self.upload_artifacts]
 
-    @activity.defn(name=RUN_JOB)
+    @activity.defn
     async def run_job(self, inp: RunJobInput) -> RunJobResult:
         spec = inp.spec
         refused = await self._claim(spec.job_id)
@@ -141,7 +140,7 @@ class BoxActivities:
         except Exception as exc:  # the result carries the pid too; the workflow catches up then
             log.warning("could not signal start of job %s: %s", info.workflow_id, exc)
 
-    @activity.defn(name=UPLOAD_ARTIFACTS)
+    @activity.defn
     async def upload_artifacts(self, inp: UploadInput) -> UploadResult:
         """PUT each artifact straight to storage with its presigned URL and checksum headers."""
         ws = Workspace.for_job(self.workdir, inp.job_id)

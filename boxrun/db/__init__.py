@@ -8,8 +8,9 @@ import asyncpg
 
 from boxrun.db.migrate import migrate
 from boxrun.db.queries import Q
+from boxrun.db.types import Conn
 
-__all__ = ["Q", "connect", "create_pool", "migrate"]
+__all__ = ["Q", "Conn", "connect", "create_pool", "migrate"]
 
 
 async def _init(conn: asyncpg.Connection) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from importlib import resources
 
-import asyncpg
+from boxrun.db.types import Conn
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ def _migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Conn) -> list[str]:
     """Apply pending migrations; safe to call from many processes at once. Returns what ran."""
     applied: list[str] = []
     async with conn.transaction():

@@ -8,7 +8,7 @@ import pytest
 from boxrun.constants import JobState
 from boxrun.db import Q, connect
 from boxrun.errors import InvalidTransition
-from boxrun.placement import acquire, release
+from boxrun.placement import acquire, finish, release
 from boxrun.transitions import transition
 from tests.integration.helpers import add_box, add_job, state_of
 
@@ -171,3 +171,57 @@ async def test_a_grant_hands_the_wake_up_on_while_boxes_are_free(conn):
     assert second.box is not None and second.wake_job_ids == [waiters[2]]
     third = await acquire(conn, waiters[2])
     assert third.box is not None and third.wake_job_ids == []
+
+
+async def active_leases(conn) -> int:
+    return await conn.fetchval("SELECT count(*) FROM leases WHERE released_at IS NULL")
+
+
+async def test_finish_refuses_an_invalid_move_and_keeps_the_lease(conn):
+    """dispatching -> completed is not a move the state machine allows: the job is still live, so
+    finish() raises and its box stays leased (it used to count as "already terminal" and free it)."""
+    await add_box(conn, "b1")
+    job = await add_job(conn, box="b1")
+    await acquire(conn, job)
+    with pytest.raises(InvalidTransition):
+        await finish(conn, job, JobState.COMPLETED, exit_code=0)
+    assert await state_of(conn, job) == "dispatching"
+    assert await active_leases(conn) == 1
+
+
+async def test_finish_refuses_a_non_terminal_target(conn):
+    await add_box(conn, "b1")
+    job = await add_job(conn, box="b1")
+    await acquire(conn, job)
+    with pytest.raises(ValueError, match="terminal"):
+        await finish(conn, job, JobState.RUNNING)
+    assert await state_of(conn, job) == "dispatching"
+    assert await active_leases(conn) == 1
+
+
+async def test_finish_ends_a_live_job_and_frees_its_box(conn):
+    await add_box(conn, "b1")
+    job = await add_job(conn, box="b1")
+    waiter = await add_job(conn, box="b1")
+    await acquire(conn, job)
+    await acquire(conn, waiter)
+    done = await finish(conn, job, JobState.FAILED, error="boom")
+    assert (done.state, done.released, done.wake_job_ids) == (JobState.FAILED, True, [waiter])
+    assert await state_of(conn, job) == "failed"
+    assert await active_leases(conn) == 0
+
+
+async def test_finish_on_an_ended_job_keeps_its_state_and_frees_a_leftover_lease(conn):
+    """Terminal states absorb: a second finish (a retry, or the reaper) changes nothing but the lease."""
+    await add_box(conn, "b1")
+    job = await add_job(conn, box="b1")
+    await acquire(conn, job)
+    async with conn.transaction():
+        await transition(conn, job, JobState.CANCELLED)  # ended without its lease being freed
+    assert await active_leases(conn) == 1
+    done = await finish(conn, job, JobState.FAILED, error="reaped")
+    assert (done.state, done.released) == (JobState.CANCELLED, True)
+    assert await state_of(conn, job) == "cancelled"
+    assert await active_leases(conn) == 0
+    again = await finish(conn, job, JobState.FAILED)
+    assert (again.state, again.released) == (JobState.CANCELLED, False)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from temporalio.client import Client, WorkflowExecutionStatus
 
 from boxrun.temporal import connect
+from boxrun.workflows.reaper import REAPER_WORKFLOW_ID
 from tests.conftest import pid_alive, wait_for
 from tests.integration.faultstack import fault_stack
 from tests.integration.jobs import submit, wait_terminal
@@ -27,3 +29,40 @@ async def test_terminated_workflow_frees_the_box_and_kills_the_process(tmp_path)
         await wait_for(lambda: not pid_alive(int(pidfile.read_text())), timeout=10, what="process to be killed")
         assert (await wait_terminal(api, nxt["id"], timeout=30))["state"] == "completed"
         assert (await api.get("/api/boxes/local-1/queue")).json()["leases"] == []
+
+
+async def reapers(client: Client) -> list[tuple[str, str, WorkflowExecutionStatus | None]]:
+    return [(wf.id, wf.run_id, wf.status) async for wf in client.list_workflows('WorkflowType = "ReaperWorkflow"')]
+
+
+async def test_one_reaper_workflow_loops_and_a_restarted_worker_reuses_it(tmp_path):
+    """The safety net is one long-running workflow (a durable timer between sweeps), not a
+    scheduled workflow per sweep; a control worker that starts again signals the running one."""
+    async with fault_stack(tmp_path / "dev", boxes=1) as fs:  # sweeps every 3 s
+        client = await connect(fs.endpoints["temporal_address"])
+        handle = client.get_workflow_handle(REAPER_WORKFLOW_ID)
+
+        async def sweeps() -> int:
+            events = (await handle.fetch_history()).events
+            return sum(e.HasField("activity_task_completed_event_attributes") for e in events)
+
+        async def swept(more_than: int) -> bool:
+            return await sweeps() > more_than
+
+        await wait_for(lambda: swept(1), timeout=30, what="two sweeps")
+        listed = await wait_for(lambda: reapers(client), what="the reaper in the workflow list")
+        assert len(listed) == 1 and listed[0][2] == WorkflowExecutionStatus.RUNNING, listed
+        assert [s async for s in await client.list_schedules()] == [], "no schedule starts reapers"
+
+        run_id = listed[0][1]
+        fs.stop("worker")
+        fs.start("worker")
+
+        async def configured_twice() -> bool:
+            events = (await client.get_workflow_handle(REAPER_WORKFLOW_ID, run_id=run_id).fetch_history()).events
+            return sum(e.HasField("workflow_execution_signaled_event_attributes") for e in events) >= 2
+
+        await wait_for(configured_twice, timeout=30, what="the restarted worker to signal the same run")
+        before = await sweeps()
+        await wait_for(lambda: swept(before), timeout=30, what="a sweep after the restart")
+        assert [(wf_id, run) for wf_id, run, _ in await reapers(client)] == [(REAPER_WORKFLOW_ID, run_id)]

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import pytest
 from temporalio import activity
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from boxrun.activities import names
 from boxrun.constants import JobState, box_task_queue
 from boxrun.messages import (
     AcquireInput,
@@ -57,34 +57,36 @@ class MockControlPlane:
         return next(arg for name, arg in self.calls if name == "finish")
 
     def control(self) -> list:
-        @activity.defn(name=names.ACQUIRE_BOX)
+        """Named as ControlActivities' methods are (what the workflow calls by reference)."""
+
+        @activity.defn(name="acquire_box")
         async def mock_acquire_box(inp: AcquireInput) -> AcquireResult:
             self.calls.append(("acquire", inp))
             return self.acquire_answers.pop(0) if len(self.acquire_answers) > 1 else self.acquire_answers[0]
 
-        @activity.defn(name=names.RECORD_TRANSITION)
+        @activity.defn(name="record_transition")
         async def mock_record_transition(inp: TransitionInput) -> TransitionResult:
             self.calls.append((inp.to_state.value, inp))
             return TransitionResult(state=inp.to_state, changed=True)
 
-        @activity.defn(name=names.FINISH_JOB)
+        @activity.defn(name="finish_job")
         async def mock_finish_job(inp: FinishInput) -> ReleaseResult:
             self.calls.append(("finish", inp))
             return ReleaseResult(released=True, state=inp.to_state)
 
-        @activity.defn(name=names.PRESIGN_UPLOADS)
+        @activity.defn(name="presign_uploads")
         async def mock_presign_uploads(inp: PresignInput) -> PresignResult:
             self.calls.append(("presign", inp))
             return PresignResult(
                 targets=[UploadTarget(path=a.path, key=a.path, url="http://s3/x", headers={}) for a in inp.artifacts]
             )
 
-        @activity.defn(name=names.VERIFY_ARTIFACTS)
+        @activity.defn(name="verify_artifacts")
         async def mock_verify_artifacts(inp: VerifyInput) -> VerifyResult:
             self.calls.append(("verify", inp))
             return VerifyResult(recorded=len(inp.artifacts) - len(self.mismatched), mismatched=self.mismatched)
 
-        @activity.defn(name=names.ARCHIVE_LOGS)
+        @activity.defn(name="archive_logs")
         async def mock_archive_logs(inp: ArchiveInput) -> ArchiveResult:
             self.calls.append(("archive", inp))
             return ArchiveResult()
@@ -99,7 +101,7 @@ class MockControlPlane:
         ]
 
     def box(self) -> list:
-        @activity.defn(name=names.RUN_JOB)
+        @activity.defn(name="run_job")
         async def mock_run_job(inp: RunJobInput) -> RunJobResult:
             self.calls.append(("run_job", inp))
             if self.run_mode == "hang":
@@ -110,7 +112,7 @@ class MockControlPlane:
                     await asyncio.sleep(0.1)
             return self.run_result
 
-        @activity.defn(name=names.UPLOAD_ARTIFACTS)
+        @activity.defn(name="upload_artifacts")
         async def mock_upload_artifacts(inp: UploadInput) -> UploadResult:
             self.calls.append(("upload", inp))
             return UploadResult(uploaded=len(inp.targets))
@@ -232,3 +234,44 @@ async def test_cancel_while_running_ends_cancelled_and_releases(temporal_client,
     with pytest.raises(WorkflowFailureError):
         await run_workflow(temporal_client, task_queue, mock, job_spec(box), during=cancel_when_running)
     assert mock.finished().to_state == JobState.CANCELLED
+
+
+async def test_a_bug_fails_the_workflow_and_the_job_and_frees_the_box(temporal_client, task_queue):
+    """A plain exception in workflow code must fail the workflow, not its task (which Temporal
+    would retry forever with the box leased). The bug here: an artifact size so large that the
+    upload timeout overflows timedelta (OverflowError), which the workflow does not expect."""
+    box = f"b-{uuid.uuid4().hex[:6]}"
+    art = ArtifactEntry(path="huge.bin", size=10**30, sha256="ab" * 32)
+    mock = MockControlPlane([AcquireResult(box=box)], RunJobResult(exit_code=0, pid=5, artifacts=[art]))
+    with pytest.raises(WorkflowFailureError) as failed:
+        await asyncio.wait_for(run_workflow(temporal_client, task_queue, mock, job_spec(box)), 30)
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "OverflowError" and cause.non_retryable
+    finished = mock.finished()
+    assert finished.to_state == JobState.FAILED and finished.error.startswith("internal error:")
+    assert mock.names().count("finish") == 1 and "archive" not in mock.names()
+    desc = await temporal_client.get_workflow_handle(finished.job_id).describe()
+    assert desc.status == WorkflowExecutionStatus.FAILED
+
+
+async def test_verify_and_archive_bounds_grow_with_the_work(temporal_client, task_queue):
+    """verify_artifacts gets 60 s + 10 MB/s of the artifacts' bytes, archive_logs 60 s + 1 ms a
+    line, each with a heartbeat timeout and a bounded number of attempts (not one 30 s bound)."""
+    box = f"b-{uuid.uuid4().hex[:6]}"
+    art = ArtifactEntry(path="big.bin", size=10 * 10**9, sha256="ab" * 32)  # 10 GB
+    mock = MockControlPlane(
+        [AcquireResult(box=box)], RunJobResult(exit_code=0, pid=5, log_lines=600_000, artifacts=[art])
+    )
+    handle, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
+    assert result.state == JobState.COMPLETED
+    scheduled = {
+        e.activity_task_scheduled_event_attributes.activity_type.name: e.activity_task_scheduled_event_attributes
+        for e in (await handle.fetch_history()).events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    }
+    verify, archive = scheduled["verify_artifacts"], scheduled["archive_logs"]
+    assert verify.start_to_close_timeout.ToSeconds() == 60 + 1_000
+    assert verify.heartbeat_timeout.ToSeconds() == 30 and verify.retry_policy.maximum_attempts == 3
+    assert archive.start_to_close_timeout.ToSeconds() == 60 + 600
+    assert archive.heartbeat_timeout.ToSeconds() == 60 and archive.retry_policy.maximum_attempts == 5
+    assert scheduled["acquire_box"].start_to_close_timeout.ToSeconds() == 10

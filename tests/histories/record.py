@@ -1,0 +1,184 @@
+"""Record the workflow histories tests/unit/test_replay.py replays: `python -m tests.histories.record`.
+
+Starts a whole `boxrun dev` stack (embedded Temporal, PostgreSQL, S3, API, control worker, one
+agent) in a temporary directory, runs representative jobs through the real API, then writes each
+workflow's history as JSON next to this file. Run it again (and commit the files in the same
+commit) whenever a workflow changes on purpose; until there is a release to stay compatible with,
+the replay test guards against changes that were not meant to alter a workflow.
+
+The stack runs twice: once with control steps as regular activities, once as local activities
+(BOXRUN_LOCAL_CONTROL_ACTIVITIES), since the two produce different histories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from boxrun.constants import CONTROL_TASK_QUEUE
+from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
+from boxrun.messages import ReaperInput
+from boxrun.temporal import connect
+from boxrun.workflows import ReaperWorkflow
+from boxrun.workflows.reaper import REAPER_WORKFLOW_ID
+from tests.conftest import wait_for
+from tests.integration.jobs import submit, wait_terminal
+
+HERE = Path(__file__).parent
+ENV = {
+    "BOXRUN_REAPER_INTERVAL_S": "1",  # a few sweeps in the reaper's history
+    "BOXRUN_WAIT_POLL_INTERVAL_S": "60",  # a waiting job is woken by the release, not by a poll
+}
+ARTIFACT_SCRIPT = """
+import os, pathlib
+out = pathlib.Path(os.environ["BOXRUN_ARTIFACTS_DIR"])
+(out / "result.json").write_text('{"ok": true}')
+(out / "sub").mkdir()
+(out / "sub" / "data.bin").write_bytes(os.urandom(4096))
+for i in range(50):
+    print("line", i)
+"""
+
+
+async def state_is(api: httpx.AsyncClient, job_id: str, state: str) -> bool:
+    return (await api.get(f"/api/jobs/{job_id}")).json()["state"] == state
+
+
+async def completed_with_artifacts(api: httpx.AsyncClient) -> str:
+    job = await submit(api, ARTIFACT_SCRIPT)
+    done = await wait_terminal(api, job["id"])
+    assert done["state"] == "completed", done
+    return str(job["id"])
+
+
+async def failed_exit_code(api: httpx.AsyncClient) -> str:
+    job = await submit(api, "print('about to fail')\nraise SystemExit(3)\n")
+    done = await wait_terminal(api, job["id"])
+    assert done["state"] == "failed" and done["exit_code"] == 3, done
+    return str(job["id"])
+
+
+async def cancelled_while_running(api: httpx.AsyncClient) -> str:
+    job = await submit(api, "import time\nprint('started', flush=True)\ntime.sleep(300)\n", cancel_grace_s=1)
+    await wait_for(lambda: state_is(api, job["id"], "running"), what="running")
+    assert (await api.post(f"/api/jobs/{job['id']}/cancel")).status_code == 202
+    done = await wait_terminal(api, job["id"])
+    assert done["state"] == "cancelled", done
+    return str(job["id"])
+
+
+async def waiting_then_woken(api: httpx.AsyncClient) -> str:
+    gate = Path(tempfile.mkdtemp(prefix="boxrun-record-")) / "go"
+    holder = await submit(api, f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)\n")
+    await wait_for(lambda: state_is(api, holder["id"], "running"), what="holder running")
+    waiter = await submit(api, "print('woken')")
+    await wait_for(lambda: state_is(api, waiter["id"], "waiting_for_box"), what="waiter waiting")
+    gate.touch()
+    assert (await wait_terminal(api, holder["id"]))["state"] == "completed"
+    done = await wait_terminal(api, waiter["id"], timeout=30)  # the poll is 60 s: only the wake-up fits
+    assert done["state"] == "completed", done
+    shutil.rmtree(gate.parent, ignore_errors=True)
+    return str(waiter["id"])
+
+
+async def unschedulable(api: httpx.AsyncClient) -> str:
+    job = await submit(api, "print(1)", box=None, box_group="local", requires=["fpga"])
+    done = await wait_terminal(api, job["id"])
+    assert done["state"] == "unschedulable", done
+    return str(job["id"])
+
+
+async def timed_out(api: httpx.AsyncClient) -> str:
+    job = await submit(api, "import time\nprint('sleeping', flush=True)\ntime.sleep(300)\n", timeout_s=1)
+    done = await wait_terminal(api, job["id"])
+    assert done["state"] == "timed_out", done
+    return str(job["id"])
+
+
+Scenario = Callable[[httpx.AsyncClient], Awaitable[str]]
+SCENARIOS: dict[str, Scenario] = {
+    "completed_with_artifacts": completed_with_artifacts,
+    "failed_exit_code": failed_exit_code,
+    "cancelled_while_running": cancelled_while_running,
+    "waiting_then_woken": waiting_then_woken,
+    "unschedulable": unschedulable,
+    "timed_out": timed_out,
+}
+# With local activities the control steps differ (markers instead of scheduled activities).
+LOCAL_SCENARIOS = ("completed_with_artifacts", "cancelled_while_running")
+
+
+async def save(client: Client, name: str, workflow_id: str, run_id: str | None = None) -> None:
+    history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+    path = HERE / f"{name}.json"
+    path.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+    print(f"  {path.name}: {len(history.events)} events", flush=True)
+
+
+async def record_reaper(client: Client) -> None:
+    # the stack's own singleton, a few sweeps in (still running: a partial history replays too)
+    handle = client.get_workflow_handle(REAPER_WORKFLOW_ID)
+
+    async def swept_thrice() -> bool:
+        events = (await handle.fetch_history()).events
+        return sum(e.HasField("activity_task_completed_event_attributes") for e in events) >= 3
+
+    await wait_for(swept_thrice, what="three reaper sweeps")
+    await save(client, "reaper_running", REAPER_WORKFLOW_ID)
+    # a run that reaches its end and continues as new
+    short = await client.start_workflow(
+        ReaperWorkflow.run,
+        ReaperInput(interval_s=0.2, run_for_s=1),
+        id="record-reaper-continue-as-new",
+        task_queue=CONTROL_TASK_QUEUE,
+    )
+    first = client.get_workflow_handle(short.id, run_id=short.result_run_id)
+
+    async def continued() -> bool:
+        return (await first.describe()).status == WorkflowExecutionStatus.CONTINUED_AS_NEW
+
+    await wait_for(continued, what="continue-as-new")
+    await save(client, "reaper_continued_as_new", short.id, short.result_run_id)
+    await client.get_workflow_handle(short.id).terminate("recorded")
+
+
+async def record(local: bool) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="boxrun-record-")) / "dev"
+    env = {**ENV, "BOXRUN_LOCAL_CONTROL_ACTIVITIES": "true" if local else "false"}
+    stack = DevStack(StackOptions(data_dir=data_dir, boxes=1, env=env), resolve_ports(None, auto=True))
+    try:
+        endpoints = await stack.start()
+        client = await connect(endpoints["temporal_address"])
+        headers = {"Authorization": f"Bearer {endpoints['token']}"}
+        async with httpx.AsyncClient(base_url=endpoints["api_url"], headers=headers, timeout=30) as api:
+            for name, scenario in SCENARIOS.items():
+                if local and name not in LOCAL_SCENARIOS:
+                    continue
+                job_id = await scenario(api)
+                await save(client, f"job_{name}{'_local' if local else ''}", job_id)
+        if not local:
+            await record_reaper(client)
+    finally:
+        stack.stop()
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+async def main() -> int:
+    for old in HERE.glob("*.json"):
+        old.unlink()
+    for local in (False, True):
+        print(f"recording with {'local' if local else 'regular'} control activities", flush=True)
+        await record(local)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
