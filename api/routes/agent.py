@@ -40,6 +40,7 @@ async def heartbeat(
         403,
         404,
         409,
+        422,
         e403="the job is leased to another box",
         e404="no such job",
         e409="the job may not start on this box now (cancelled, ended, no lease)",

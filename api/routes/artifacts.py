@@ -16,7 +16,9 @@ from boxrun.services.jobs import load_job
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
 
 
-@router.get("/{job_id}/artifacts", response_model=ArtifactsPublic, responses=responses(401, 404, e404="no such job"))
+@router.get(
+    "/{job_id}/artifacts", response_model=ArtifactsPublic, responses=responses(401, 404, 422, e404="no such job")
+)
 async def list_artifacts(job_id: str, conn: ConnDep, user: CurrentUser) -> ArtifactsPublic:
     row = await load_job(conn, user, job_id)
     return ArtifactsPublic(data=[artifact_public(r) for r in await conn.fetch(Q.list_artifacts, row["id"])])
@@ -28,7 +30,7 @@ async def list_artifacts(job_id: str, conn: ConnDep, user: CurrentUser) -> Artif
     response_class=RedirectResponse,
     responses={
         307: {"description": "redirect to a presigned GET valid for 5 minutes"},
-        **responses(401, 404, e404="no such job, or no such artifact"),
+        **responses(401, 404, 422, e404="no such job, or no such artifact"),
     },
 )
 async def download_artifact(

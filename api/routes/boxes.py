@@ -36,7 +36,7 @@ async def list_boxes(conn: ConnDep, settings: SettingsDep, user: CurrentUser) ->
     return BoxesPublic(data=[box_public(r, settings) for r in rows], count=len(rows))
 
 
-@router.get("/{name}", response_model=BoxPublic, responses=responses(401, 404, e404=BOX_404))
+@router.get("/{name}", response_model=BoxPublic, responses=responses(401, 404, 422, e404=BOX_404))
 async def get_box(name: str, conn: ConnDep, settings: SettingsDep, user: CurrentUser) -> BoxPublic:
     return box_public(await boxes.load_box(conn, user, name), settings)
 
@@ -52,20 +52,20 @@ async def register_box(body: BoxCreate, conn: ConnDep, settings: SettingsDep, us
     return BoxCreated(box=box_public(row, settings), node_token=token)
 
 
-@router.post("/{name}/token", response_model=BoxCreated, responses=responses(401, 403, 404, e404=BOX_404))
+@router.post("/{name}/token", response_model=BoxCreated, responses=responses(401, 403, 404, 422, e404=BOX_404))
 async def rotate_token(name: str, conn: ConnDep, settings: SettingsDep, user: AdminUser) -> BoxCreated:
     """Mint a new node token for the box; the old one stops working at once."""
     row, token = await boxes.rotate_token(conn, user, name)
     return BoxCreated(box=box_public(row, settings), node_token=token)
 
 
-@router.get("/{name}/queue", response_model=BoxQueuePublic, responses=responses(401, 404, e404=BOX_404))
+@router.get("/{name}/queue", response_model=BoxQueuePublic, responses=responses(401, 404, 422, e404=BOX_404))
 async def box_queue(name: str, conn: ConnDep, user: CurrentUser) -> BoxQueuePublic:
     """The box's current leases and the jobs waiting that it could take, in grant order."""
     return await boxes.queue_of(conn, user, name)
 
 
-@router.get("/{name}/maintenance", response_model=MaintenancePublic, responses=responses(401, 404, e404=BOX_404))
+@router.get("/{name}/maintenance", response_model=MaintenancePublic, responses=responses(401, 404, 422, e404=BOX_404))
 async def get_maintenance(name: str, conn: ConnDep, user: CurrentUser) -> MaintenancePublic:
     return await boxes.maintenance_of(conn, user, name)
 

@@ -63,12 +63,12 @@ async def list_jobs(
     return JobsPublic(data=[job_public(r, settings) for r in rows], count=total)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=responses(401, 404, e404=JOB_404))
+@router.get("/{job_id}", response_model=JobPublic, responses=responses(401, 404, 422, e404=JOB_404))
 async def get_job(job_id: str, conn: ConnDep, settings: SettingsDep, user: CurrentUser) -> JobPublic:
     return job_public(await jobs.load_job(conn, user, job_id), settings)
 
 
-@router.get("/{job_id}/events", response_model=JobEventsPublic, responses=responses(401, 404, e404=JOB_404))
+@router.get("/{job_id}/events", response_model=JobEventsPublic, responses=responses(401, 404, 422, e404=JOB_404))
 async def job_events(job_id: str, conn: ConnDep, user: CurrentUser) -> JobEventsPublic:
     row = await jobs.load_job(conn, user, job_id)
     return JobEventsPublic(data=[job_event_public(e) for e in await conn.fetch(Q.job_events, row["id"])])
@@ -78,7 +78,7 @@ async def job_events(job_id: str, conn: ConnDep, user: CurrentUser) -> JobEvents
     "/{job_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
-    responses=responses(401, 404, 409, 503, e404=JOB_404, e409="the job already ended"),
+    responses=responses(401, 404, 409, 422, 503, e404=JOB_404, e409="the job already ended"),
 )
 async def cancel_job(
     job_id: str, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep, user: CurrentUser

@@ -213,7 +213,7 @@ async def ws_logs(
     response_class=RedirectResponse,
     responses={
         307: {"description": "redirect to the gzip JSON-lines transcript (5-minute link)"},
-        **responses(401, 404, e404="no such job, or its transcript is not archived yet"),
+        **responses(401, 404, 422, e404="no such job, or its transcript is not archived yet"),
     },
 )
 async def logs_archive(job_id: str, conn: ConnDep, user: CurrentUser, storage: StorageDep) -> RedirectResponse:
