@@ -12,6 +12,7 @@ from boxrun.errors import TooLarge
 from boxrun.schemas import AgentHeartbeat, BoxPublic, ClaimPublic, LogBatchAck
 from boxrun.services import claims
 from boxrun.services.boxes import record_heartbeat
+from boxrun.services.jobs import parse_job_id
 
 router = APIRouter(prefix="/agent", tags=["agent"])
 
@@ -89,9 +90,9 @@ async def ingest_logs(job_id: str, request: Request, box: CurrentBox, conn: Conn
     """Store a batch of lines; idempotent by seq, so the agent may resend after any failure.
     The body is the batch as it will be stored (boxrun/logbatch.py): a JSON header line with the
     first seq and the runs of lines sharing a stream and time, then the lines themselves."""
-    jid = await claims.check_placement(conn, box, job_id)
+    jid = parse_job_id(job_id)
     body = await _read_bounded(request, claims.MAX_BATCH_BYTES)
-    return LogBatchAck(stored_through=await claims.ingest_logs(conn, jid, body))
+    return LogBatchAck(stored_through=await claims.ingest_logs(conn, box, jid, body))
 
 
 async def _read_bounded(request: Request, limit: int) -> bytes:

@@ -31,29 +31,24 @@ async def claim_job(conn: asyncpg.Connection, box: NodeBox, job_id: str) -> str:
     return jid
 
 
-async def check_placement(conn: asyncpg.Connection, box: NodeBox, job_id: str) -> str:
-    """The job id if the job is placed on `box`; NotFound if there is no such job, Forbidden if
-    it is placed elsewhere (or not yet placed)."""
+async def ingest_logs(conn: asyncpg.Connection, box: NodeBox, job_id: str, body: bytes) -> int:
+    """Store a batch of a job's lines (boxrun/logbatch.py) sent by `box`; idempotent by seq, so the
+    agent may resend after any failure. Returns the seq every line up to which is stored. The
+    caller bounds the body's size (MAX_BATCH_BYTES).
+
+    NotFound: no such job. InvalidInput: not a valid batch. Forbidden: the job is not placed on
+    this box. Conflict: lines before the batch's first seq are missing."""
     jid = parse_job_id(job_id)
-    row: asyncpg.Record | None = await conn.fetchrow(Q.job_placement, jid)
-    if row is None or row["org_id"] != box.org_id:
-        raise NotFound(f"job {jid} not found")
-    if row["box_id"] != box.id:
-        raise Forbidden(f"job {jid} is not placed on box {box.name}")
-    return jid
-
-
-async def ingest_logs(conn: asyncpg.Connection, job_id: str, body: bytes) -> int:
-    """Store a batch of a job's lines (boxrun/logbatch.py); idempotent by seq, so the agent may
-    resend after any failure. Returns the seq every line up to which is stored.
-
-    The caller has checked the placement (`check_placement`) and the body size.
-    InvalidInput: not a valid batch. Conflict: lines before the batch's first seq are missing."""
     try:
         batch = logbatch.decode(body)
     except logbatch.BadBatch as exc:
         raise InvalidInput(f"invalid log batch: {exc}", field="body") from None
+    placed: asyncpg.Record | None = await conn.fetchrow(Q.job_placement, jid)
+    if placed is None or placed["org_id"] != box.org_id:
+        raise NotFound(f"job {jid} not found")
+    if placed["box_id"] != box.id:
+        raise Forbidden(f"job {jid} is not placed on box {box.name}")
     try:
-        return await logstore.append(conn, job_id, batch)
+        return await logstore.append(conn, jid, batch)
     except logstore.LogGap as gap:
         raise Conflict(f"lines before seq {batch.first_seq} are missing; send from seq {gap.expected}") from gap
