@@ -2,34 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
-from dataclasses import dataclass
 
 from boxrun.constants import DEFAULT_ORG
+from boxrun.services.identity import NodeBox, User, hash_token, mint_token
 
-
-@dataclass(frozen=True)
-class User:
-    name: str
-    org_id: str
-    role: str  # viewer | operator | admin (only admin exists until API tokens arrive)
-
-
-@dataclass(frozen=True)
-class NodeBox:
-    id: int
-    name: str
-    org_id: str
-
-
-def mint_token(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_urlsafe(32)}"
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+__all__ = ["NodeBox", "User", "hash_token", "mint_token", "user_for_token"]
 
 
 def user_for_token(token: str, *, admin_token: str, admin_name: str) -> User | None:

@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 import asyncpg
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
 from boxrun.api.auth import NodeBox, User, hash_token, user_for_token
 from boxrun.api.live.job_tail import Tails
 from boxrun.db import Q
+from boxrun.errors import Forbidden, Unauthorized
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 
@@ -20,11 +21,13 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def _pool(request: Request) -> asyncpg.Pool:
-    return request.app.state.pool
+    pool: asyncpg.Pool = request.app.state.pool
+    return pool
 
 
 async def _conn(request: Request) -> AsyncIterator[asyncpg.Connection]:
@@ -33,15 +36,18 @@ async def _conn(request: Request) -> AsyncIterator[asyncpg.Connection]:
 
 
 def _temporal(request: Request) -> Client:
-    return request.app.state.temporal
+    temporal: Client = request.app.state.temporal
+    return temporal
 
 
 def _storage(request: Request) -> Storage:
-    return request.app.state.storage
+    storage: Storage = request.app.state.storage
+    return storage
 
 
 def _tails(request: Request) -> Tails:
-    return request.app.state.tails
+    tails: Tails = request.app.state.tails
+    return tails
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]
@@ -54,31 +60,27 @@ TailsDep = Annotated[Tails, Depends(_tails)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def _unauthorized(reason: str) -> HTTPException:
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, reason, headers={"WWW-Authenticate": "Bearer"})
-
-
 def _current_user(creds: Credentials, settings: SettingsDep) -> User:
     if creds is None:
-        raise _unauthorized("missing bearer token")
+        raise Unauthorized("missing bearer token")
     user = user_for_token(creds.credentials, admin_token=settings.api_token, admin_name=settings.api_token_owner)
     if user is None:
-        raise _unauthorized("invalid token")
+        raise Unauthorized("invalid token")
     return user
 
 
 def _admin(user: Annotated[User, Depends(_current_user)]) -> User:
     if user.role != "admin":
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "admin role required")
+        raise Forbidden("admin role required")
     return user
 
 
 async def _current_box(creds: Credentials, conn: ConnDep) -> NodeBox:
     if creds is None:
-        raise _unauthorized("missing node token")
+        raise Unauthorized("missing node token")
     row = await conn.fetchrow(Q.box_by_token_hash, hash_token(creds.credentials))
     if row is None:
-        raise _unauthorized("invalid node token")
+        raise Unauthorized("invalid node token")
     return NodeBox(id=row["id"], name=row["name"], org_id=row["org_id"])
 
 

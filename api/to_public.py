@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from boxrun.schemas import BoxPublic, JobPublic
+from boxrun.schemas import ArtifactPublic, BoxPublic, JobEventPublic, JobPublic
 from boxrun.settings import Settings
 
 
@@ -54,3 +54,13 @@ def box_public(row: asyncpg.Record, settings: Settings) -> BoxPublic:
         agent_version=row["agent_version"],
         created_at=row["created_at"],
     )
+
+
+def job_event_public(row: asyncpg.Record) -> JobEventPublic:
+    return JobEventPublic(
+        from_state=row["from_state"], to_state=row["to_state"], at=row["at"], detail=row["detail"] or {}
+    )
+
+
+def artifact_public(row: asyncpg.Record) -> ArtifactPublic:
+    return ArtifactPublic(path=row["path"], size=row["size"], sha256=row["sha256"])

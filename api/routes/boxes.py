@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from typing import Annotated
 
-import asyncpg
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, Path, Response, status
 
-from boxrun.api.auth import User, hash_token, mint_token
 from boxrun.api.deps import AdminUser, ConnDep, CurrentUser, SettingsDep, TemporalDep
+from boxrun.api.errors import responses
 from boxrun.api.to_public import box_public
 from boxrun.db import Q
 from boxrun.schemas import (
+    MAX_SEQ,
     BoxCreate,
     BoxCreated,
     BoxesPublic,
@@ -22,143 +22,85 @@ from boxrun.schemas import (
     WindowCreate,
     WindowPublic,
 )
-from boxrun.services.wakeups import wake_waiters
+from boxrun.services import boxes
 
 router = APIRouter(prefix="/boxes", tags=["boxes"])
 
-NOT_FOUND = {404: {"description": "no such box"}}
-REJECTIONS_SHOWN = 50
+BOX_404 = "no such box"
+WindowId = Annotated[int, Path(ge=1, le=MAX_SEQ)]
 
 
-async def load_box(conn: asyncpg.Connection, user: User, name: str) -> asyncpg.Record:
-    row = await conn.fetchrow(Q.get_box, user.org_id, name)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"box {name} not found")
-    return row
-
-
-@router.get("", response_model=BoxesPublic)
+@router.get("", response_model=BoxesPublic, responses=responses(401))
 async def list_boxes(conn: ConnDep, settings: SettingsDep, user: CurrentUser) -> BoxesPublic:
     rows = await conn.fetch(Q.list_boxes, user.org_id)
     return BoxesPublic(data=[box_public(r, settings) for r in rows], count=len(rows))
 
 
-@router.get("/{name}", response_model=BoxPublic, responses=NOT_FOUND)
+@router.get("/{name}", response_model=BoxPublic, responses=responses(401, 404, 422, e404=BOX_404))
 async def get_box(name: str, conn: ConnDep, settings: SettingsDep, user: CurrentUser) -> BoxPublic:
-    return box_public(await load_box(conn, user, name), settings)
+    return box_public(await boxes.load_box(conn, user, name), settings)
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=BoxCreated,
-    responses={409: {"description": "a box with that name exists"}},
+    responses=responses(401, 403, 409, 422, e409="a box with that name exists"),
 )
 async def register_box(body: BoxCreate, conn: ConnDep, settings: SettingsDep, user: AdminUser) -> BoxCreated:
-    token = mint_token("bxn")
-    row = await conn.fetchrow(
-        Q.insert_box, user.org_id, body.name, body.groups, body.capabilities, body.capacity, hash_token(token)
-    )
-    if row is None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"box {body.name} already exists; rotate its token instead")
+    row, token = await boxes.register_box(conn, user, body)
     return BoxCreated(box=box_public(row, settings), node_token=token)
 
 
-@router.post("/{name}/token", response_model=BoxCreated, responses=NOT_FOUND)
+@router.post("/{name}/token", response_model=BoxCreated, responses=responses(401, 403, 404, 422, e404=BOX_404))
 async def rotate_token(name: str, conn: ConnDep, settings: SettingsDep, user: AdminUser) -> BoxCreated:
     """Mint a new node token for the box; the old one stops working at once."""
-    token = mint_token("bxn")
-    if await conn.fetchrow(Q.rotate_box_token, user.org_id, name, hash_token(token)) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"box {name} not found")
-    return BoxCreated(box=box_public(await load_box(conn, user, name), settings), node_token=token)
+    row, token = await boxes.rotate_token(conn, user, name)
+    return BoxCreated(box=box_public(row, settings), node_token=token)
 
 
-@router.get("/{name}/queue", response_model=BoxQueuePublic, responses=NOT_FOUND)
+@router.get("/{name}/queue", response_model=BoxQueuePublic, responses=responses(401, 404, 422, e404=BOX_404))
 async def box_queue(name: str, conn: ConnDep, user: CurrentUser) -> BoxQueuePublic:
     """The box's current leases and the jobs waiting that it could take, in grant order."""
-    box = await load_box(conn, user, name)
-    leases = await conn.fetch(Q.box_leases, box["id"])
-    waiting = await conn.fetch(Q.box_waiters, box["id"])
-    return BoxQueuePublic(
-        leases=[{**dict(r), "job_id": str(r["job_id"])} for r in leases],
-        waiting=[
-            {"job_id": str(r["id"]), **{k: r[k] for k in ("priority", "created_at", "waiting_reason")}} for r in waiting
-        ],
-    )
+    return await boxes.queue_of(conn, user, name)
 
 
-@router.get("/{name}/maintenance", response_model=MaintenancePublic, responses=NOT_FOUND)
+@router.get("/{name}/maintenance", response_model=MaintenancePublic, responses=responses(401, 404, 422, e404=BOX_404))
 async def get_maintenance(name: str, conn: ConnDep, user: CurrentUser) -> MaintenancePublic:
-    box = await load_box(conn, user, name)
-    windows = await conn.fetch(Q.box_windows, box["id"])
-    rejections = await conn.fetch(Q.box_rejections, box["id"], REJECTIONS_SHOWN)
-    return MaintenancePublic(
-        maintenance=box["in_maintenance"],
-        windows=[WindowPublic(**dict(w)) for w in windows],
-        rejections=[{**dict(r), "job_id": str(r["job_id"])} for r in rejections],
-    )
+    return await boxes.maintenance_of(conn, user, name)
 
 
-@router.put("/{name}/maintenance", response_model=MaintenancePublic, responses=NOT_FOUND)
+@router.put(
+    "/{name}/maintenance",
+    response_model=MaintenancePublic,
+    responses=responses(401, 403, 404, 422, e404=BOX_404),
+)
 async def set_maintenance(
     name: str, body: MaintenanceSet, conn: ConnDep, temporal: TemporalDep, user: AdminUser
 ) -> MaintenancePublic:
     """Manual maintenance. Running jobs are not stopped; only new dispatches are held back."""
-    box = await load_box(conn, user, name)
-    async with conn.transaction():
-        if body.on:
-            if not box["in_maintenance"]:
-                await conn.fetchrow(
-                    Q.insert_window, user.org_id, box["id"], datetime.now(UTC), None, body.reason, user.name
-                )
-        else:
-            await conn.fetch(Q.end_open_windows, box["id"])
-        await conn.execute(
-            Q.audit,
-            user.org_id,
-            user.name,
-            f"maintenance.{'on' if body.on else 'off'}",
-            f"box:{name}",
-            {"reason": body.reason},
-        )
-    if not body.on:
-        await wake_waiters(conn, temporal, box["id"], box["capacity"])
-    return await get_maintenance(name, conn, user)
+    return await boxes.set_maintenance(conn, temporal, user, name, on=body.on, reason=body.reason)
 
 
 @router.post(
-    "/{name}/maintenance/windows", status_code=status.HTTP_201_CREATED, response_model=WindowPublic, responses=NOT_FOUND
+    "/{name}/maintenance/windows",
+    status_code=status.HTTP_201_CREATED,
+    response_model=WindowPublic,
+    responses=responses(
+        401, 403, 404, 422, e404=BOX_404, e422="invalid window: `ends_at` not after `starts_at`, or past"
+    ),
 )
 async def add_window(name: str, body: WindowCreate, conn: ConnDep, user: AdminUser) -> WindowPublic:
-    if body.ends_at <= datetime.now(UTC):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "ends_at is in the past")
-    box = await load_box(conn, user, name)
-    async with conn.transaction():
-        row = await conn.fetchrow(
-            Q.insert_window, user.org_id, box["id"], body.starts_at, body.ends_at, body.reason, user.name
-        )
-        await conn.execute(
-            Q.audit,
-            user.org_id,
-            user.name,
-            "maintenance.window",
-            f"box:{name}",
-            {"window_id": row["id"], "reason": body.reason},
-        )
-    return WindowPublic(**dict(row))
+    return await boxes.add_window(conn, user, name, starts_at=body.starts_at, ends_at=body.ends_at, reason=body.reason)
 
 
 @router.delete(
     "/{name}/maintenance/windows/{window_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={404: {"description": "no such box or window"}},
+    responses=responses(401, 403, 404, 422, e404="no such box or window"),
 )
-async def delete_window(name: str, window_id: int, conn: ConnDep, temporal: TemporalDep, user: AdminUser) -> Response:
-    box = await load_box(conn, user, name)
-    if await conn.fetchval(Q.delete_window, box["id"], window_id) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"box {name} has no window {window_id}")
-    await conn.execute(
-        Q.audit, user.org_id, user.name, "maintenance.window_deleted", f"box:{name}", {"window_id": window_id}
-    )
-    await wake_waiters(conn, temporal, box["id"], box["capacity"])
+async def delete_window(
+    name: str, window_id: WindowId, conn: ConnDep, temporal: TemporalDep, user: AdminUser
+) -> Response:
+    await boxes.delete_window(conn, temporal, user, name, window_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

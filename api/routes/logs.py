@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from contextlib import suppress
-from typing import Annotated
+from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Header, HTTPException, Query, WebSocket, WebSocketDisconnect, status
+import asyncpg
+from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect, status
 from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.types import Send
 
 from boxrun import logstore
 from boxrun.api.auth import user_for_token
 from boxrun.api.deps import ConnDep, CurrentUser, PoolDep, SettingsDep, StorageDep, TailsDep
+from boxrun.api.errors import responses
 from boxrun.api.live.follower import Follower
 from boxrun.api.live.job_tail import encode_event
-from boxrun.api.routes.jobs import NOT_FOUND, load_job
 from boxrun.db import Q
+from boxrun.errors import InvalidInput, NotFound
 from boxrun.schemas import MAX_SEQ, LogsPublic
+from boxrun.services.downloads import archive_url
+from boxrun.services.jobs import load_job, parse_job_id
 
 router = APIRouter(prefix="/jobs", tags=["logs"])
 
-ARCHIVE_LINK_S = 300
+JOB_404 = "no such job"
 
 
-@router.get("/{job_id}/logs", response_model=LogsPublic, responses=NOT_FOUND)
+@router.get("/{job_id}/logs", response_model=LogsPublic, responses=responses(401, 404, 422, e404=JOB_404))
 async def get_logs(
     job_id: str,
     conn: ConnDep,
@@ -44,9 +47,9 @@ def _cursor(after: int | None, last_event_id: str | None) -> int:
     if last_event_id is None or last_event_id == "":
         return 0
     if not (last_event_id.isascii() and last_event_id.isdigit() and int(last_event_id) <= MAX_SEQ):
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+        raise InvalidInput(
             f"Last-Event-ID must be the seq of a line (0..{MAX_SEQ}), not {last_event_id[:40]!r}",
+            field="header.last-event-id",
         )
     return int(last_event_id)
 
@@ -61,24 +64,28 @@ class EventStream(StreamingResponse):
     media_type = "text/event-stream"
 
     def __init__(self, follower: Follower) -> None:
-        super().__init__(follower.batches(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        # the batches are written by stream_response below, not through StreamingResponse's body
+        super().__init__((), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.follower = follower
+        self.batches = follower.batches()
 
     async def stream_response(self, send: Send) -> None:
         follower = self.follower
         loop = asyncio.get_running_loop()
-        follower.writer = asyncio.current_task()
+        writer = asyncio.current_task()
+        assert writer is not None  # a response is always sent from a task
+        follower.writer = writer
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             written = follower.cursor
-            async for batch in self.body_iterator:
+            async for batch in self.batches:
                 follower.writing_since = loop.time()
                 try:
                     await send({"type": "http.response.body", "body": batch.sse(), "more_body": True})
                 except asyncio.CancelledError:
                     if not follower.is_stalled:
                         raise
-                    follower.writer.uncancel()  # cancelled by the tail's watchdog, not by a disconnect
+                    writer.uncancel()  # cancelled by the tail's watchdog, not by a disconnect
                     await self._dropped(send, written)
                     return
                 follower.writing_since = None
@@ -96,7 +103,7 @@ class EventStream(StreamingResponse):
 
 
 # The route returns an EventStream itself; this documents it as FastAPI documents an SSE route.
-SSE_DOC = {
+SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Successful Response",
         "content": {
@@ -116,7 +123,14 @@ SSE_DOC = {
 }
 
 
-@router.get("/{job_id}/logs/stream", response_class=StreamingResponse, responses={**SSE_DOC, **NOT_FOUND})
+@router.get(
+    "/{job_id}/logs/stream",
+    response_class=StreamingResponse,
+    responses={
+        **SSE_DOC,
+        **responses(401, 404, 422, e404=JOB_404, e422="bad Last-Event-ID or ?after="),
+    },
+)
 async def stream_logs(
     job_id: str,
     pool: PoolDep,
@@ -131,7 +145,7 @@ async def stream_logs(
     Last-Event-ID header (or ?after=SEQ). A follower that stalls is sent `event: dropped` with
     `resume_after` and closed."""
     async with pool.acquire() as conn:
-        row = await load_job(conn, user, job_id)
+        row = await load_job(cast(asyncpg.Connection, conn), user, job_id)  # a pooled connection proxies one
     follower = Follower(
         tails,
         pool,
@@ -151,7 +165,7 @@ async def ws_logs(
     job_id: str,
     after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     token: str | None = None,
-):
+) -> None:
     """The same events as the SSE stream, one JSON message each: {"event", "id", "data"}.
     Authenticate with the Authorization header or ?token= (browsers cannot set headers)."""
     app = websocket.app
@@ -163,11 +177,10 @@ async def ws_logs(
         await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason="missing or invalid token")
         return
     try:
-        jid = str(uuid.UUID(job_id))
-    except ValueError:
-        jid = None
-    row = jid and await app.state.pool.fetchrow(Q.get_job, user.org_id, jid)
-    if not row:
+        row = await app.state.pool.fetchrow(Q.get_job, user.org_id, parse_job_id(job_id))
+    except NotFound:
+        row = None
+    if row is None:
         await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=f"job {job_id} not found")
         return
     await websocket.accept()
@@ -200,14 +213,9 @@ async def ws_logs(
     response_class=RedirectResponse,
     responses={
         307: {"description": "redirect to the gzip JSON-lines transcript (5-minute link)"},
-        404: {"description": "no such job, or its transcript is not archived yet"},
+        **responses(401, 404, 422, e404="no such job, or its transcript is not archived yet"),
     },
 )
 async def logs_archive(job_id: str, conn: ConnDep, user: CurrentUser, storage: StorageDep) -> RedirectResponse:
-    row = await load_job(conn, user, job_id)
-    if row["log_archive_key"] is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} has no archived transcript (yet)")
-    url = await asyncio.to_thread(
-        storage.presign_get, row["log_archive_key"], filename=f"{row['id']}.log.jsonl.gz", expires_s=ARCHIVE_LINK_S
-    )
+    url = await archive_url(conn, storage, user, job_id)
     return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)

@@ -6,22 +6,23 @@ import hashlib
 import json
 import logging
 import uuid
+from typing import Any
 
 import asyncpg
-from fastapi import HTTPException, status
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from boxrun.api.auth import User
 from boxrun.db import Q
+from boxrun.errors import Conflict, InvalidInput, Unavailable
 from boxrun.schemas import JobCreate
+from boxrun.services.identity import User
 from boxrun.services.workflow_start import job_spec, start_job_workflow
 from boxrun.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def spec_hash(spec: dict) -> str:
+def spec_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -34,9 +35,12 @@ async def submit_job(
     *,
     rerun_of: str | None = None,
 ) -> tuple[str, bool]:
-    """Returns (job id, created). A repeated idempotency key returns the first job (created=False)."""
+    """Returns (job id, created). A repeated idempotency key returns the first job (created=False).
+
+    InvalidInput(field="box") for a box that does not exist; Conflict for an idempotency key
+    used before with another spec; Unavailable if Temporal refuses the start (nothing is kept)."""
     if body.box is not None and await conn.fetchrow(Q.get_box, user.org_id, body.box) is None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"box {body.box!r} does not exist")
+        raise InvalidInput(f"box {body.box!r} does not exist", field="box")
     spec = body.frozen_spec()
     digest = spec_hash(spec)
     if body.idempotency_key is not None:
@@ -64,6 +68,7 @@ async def submit_job(
                 body.cancel_grace_s,
                 rerun_of,
             )
+            assert row is not None  # INSERT ... RETURNING
             await conn.execute(
                 Q.insert_first_event,
                 user.org_id,
@@ -85,9 +90,7 @@ async def submit_job(
     except RPCError as exc:
         log.error("could not start the workflow of job %s: %s", job_id, exc)
         await conn.execute(Q.delete_job, job_id)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, "the workflow engine is unavailable; job not accepted"
-        ) from exc
+        raise Unavailable("the workflow engine is unavailable; job not accepted") from exc
     return job_id, True
 
 
@@ -96,5 +99,5 @@ async def _by_key(conn: asyncpg.Connection, user: User, key: str, digest: str) -
     if row is None:
         return None
     if row["spec_hash"] != digest:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"idempotency key {key!r} was used for a different job spec")
+        raise Conflict(f"idempotency key {key!r} was used for a different job spec")
     return str(row["id"])

@@ -76,7 +76,7 @@ SELECT pg_notify($1, $2);
 DELETE FROM jobs WHERE id = $1 AND state = 'queued';
 
 -- name: job_placement
-SELECT box_id FROM jobs WHERE id = $1;
+SELECT box_id, org_id FROM jobs WHERE id = $1;
 
 -- name: job_state_any_org
 SELECT state FROM jobs WHERE id = $1::uuid;
@@ -89,6 +89,6 @@ ORDER BY created_at
 LIMIT 100;
 
 -- name: job_claim
-SELECT j.id, j.state, l.box_id AS lease_box
+SELECT j.id, j.org_id, j.state, l.box_id AS lease_box
 FROM jobs j LEFT JOIN leases l ON l.job_id = j.id AND l.released_at IS NULL
 WHERE j.id = $1;

@@ -1,0 +1,183 @@
+"""Boxes: register, rotate a node token, maintenance on/off and windows (each audited, and
+waking the jobs that wait when a box can take work again), and the agent's liveness report."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import asyncpg
+from temporalio.client import Client
+
+from boxrun.db import Q
+from boxrun.errors import Conflict, InvalidInput, NotFound
+from boxrun.schemas import (
+    NAME_PATTERN,
+    BoxCreate,
+    BoxQueuePublic,
+    LeasePublic,
+    MaintenancePublic,
+    RejectionPublic,
+    WaiterPublic,
+    WindowPublic,
+)
+from boxrun.services.identity import NodeBox, User, hash_token, mint_token
+from boxrun.services.wakeups import wake_waiters
+
+REJECTIONS_SHOWN = 50
+_NAME = re.compile(NAME_PATTERN)
+NODE_TOKEN_PREFIX = "bxn"
+
+
+async def load_box(conn: asyncpg.Connection, user: User, name: str) -> asyncpg.Record:
+    """The box row (with `in_maintenance`), if it exists in the caller's org. A string that is
+    not a valid box name cannot name one: NotFound, without asking the database."""
+    row: asyncpg.Record | None = None
+    if _NAME.match(name):
+        row = await conn.fetchrow(Q.get_box, user.org_id, name)
+    if row is None:
+        raise NotFound(f"box {name[:80]!r} not found")
+    return row
+
+
+async def register_box(conn: asyncpg.Connection, user: User, body: BoxCreate) -> tuple[asyncpg.Record, str]:
+    """Returns (box row, node token); the token is shown only here. Conflict if the name is taken."""
+    token = mint_token(NODE_TOKEN_PREFIX)
+    async with conn.transaction():
+        row: asyncpg.Record | None = await conn.fetchrow(
+            Q.insert_box, user.org_id, body.name, body.groups, body.capabilities, body.capacity, hash_token(token)
+        )
+        if row is None:
+            raise Conflict(f"box {body.name} already exists; rotate its token instead")
+        await conn.execute(
+            Q.audit, user.org_id, user.name, "box.register", f"box:{body.name}", {"capacity": body.capacity}
+        )
+    return row, token
+
+
+async def rotate_token(conn: asyncpg.Connection, user: User, name: str) -> tuple[asyncpg.Record, str]:
+    """Mint a new node token; the old one stops working at once. Returns (box row, new token)."""
+    box = await load_box(conn, user, name)
+    token = mint_token(NODE_TOKEN_PREFIX)
+    async with conn.transaction():
+        if await conn.fetchrow(Q.rotate_box_token, user.org_id, box["name"], hash_token(token)) is None:
+            raise NotFound(f"box {name} not found")  # deleted since load_box
+        await conn.execute(Q.audit, user.org_id, user.name, "box.token_rotated", f"box:{name}", {})
+    return await load_box(conn, user, name), token
+
+
+async def queue_of(conn: asyncpg.Connection, user: User, name: str) -> BoxQueuePublic:
+    """The box's current leases and the jobs waiting that it could take, in grant order."""
+    box = await load_box(conn, user, name)
+    leases = await conn.fetch(Q.box_leases, box["id"])
+    waiting = await conn.fetch(Q.box_waiters, box["id"])
+    return BoxQueuePublic(
+        leases=[
+            LeasePublic(job_id=str(r["job_id"]), exclusive=r["exclusive"], acquired_at=r["acquired_at"]) for r in leases
+        ],
+        waiting=[
+            WaiterPublic(
+                job_id=str(r["id"]),
+                priority=r["priority"],
+                created_at=r["created_at"],
+                waiting_reason=r["waiting_reason"],
+            )
+            for r in waiting
+        ],
+    )
+
+
+async def maintenance_of(conn: asyncpg.Connection, user: User, name: str) -> MaintenancePublic:
+    """Whether a window covers now, the windows open or to come, the latest jobs passed over."""
+    box = await load_box(conn, user, name)
+    windows = await conn.fetch(Q.box_windows, box["id"])
+    rejections = await conn.fetch(Q.box_rejections, box["id"], REJECTIONS_SHOWN)
+    return MaintenancePublic(
+        maintenance=box["in_maintenance"],
+        windows=[_window(w) for w in windows],
+        rejections=[RejectionPublic(job_id=str(r["job_id"]), window_id=r["window_id"], at=r["at"]) for r in rejections],
+    )
+
+
+async def set_maintenance(
+    conn: asyncpg.Connection, temporal: Client, user: User, name: str, *, on: bool, reason: str
+) -> MaintenancePublic:
+    """Manual maintenance. On opens a window without an end (if none covers now); off ends every
+    open window now and wakes the jobs waiting for the box. Running jobs are never stopped."""
+    box = await load_box(conn, user, name)
+    async with conn.transaction():
+        if on:
+            if not box["in_maintenance"]:
+                await conn.fetchrow(Q.insert_window, user.org_id, box["id"], datetime.now(UTC), None, reason, user.name)
+        else:
+            await conn.fetch(Q.end_open_windows, box["id"])
+        action = f"maintenance.{'on' if on else 'off'}"
+        await conn.execute(Q.audit, user.org_id, user.name, action, f"box:{name}", {"reason": reason})
+    if not on:
+        await wake_waiters(conn, temporal, box["id"], box["capacity"])
+    return await maintenance_of(conn, user, name)
+
+
+async def add_window(
+    conn: asyncpg.Connection, user: User, name: str, *, starts_at: datetime, ends_at: datetime, reason: str
+) -> WindowPublic:
+    """A planned window. InvalidInput if it ends before it starts or has already ended."""
+    box = await load_box(conn, user, name)
+    if ends_at <= starts_at:
+        raise InvalidInput("ends_at must be after starts_at", field="ends_at")
+    if ends_at <= datetime.now(UTC):
+        raise InvalidInput("ends_at is in the past", field="ends_at")
+    async with conn.transaction():
+        row = await conn.fetchrow(Q.insert_window, user.org_id, box["id"], starts_at, ends_at, reason, user.name)
+        assert row is not None  # INSERT ... RETURNING
+        await conn.execute(
+            Q.audit,
+            user.org_id,
+            user.name,
+            "maintenance.window",
+            f"box:{name}",
+            {"window_id": row["id"], "reason": reason},
+        )
+    return _window(row)
+
+
+async def delete_window(conn: asyncpg.Connection, temporal: Client, user: User, name: str, window_id: int) -> None:
+    """Remove a window (planned or open) and wake the jobs it held back. NotFound if the box has
+    no such window."""
+    box = await load_box(conn, user, name)
+    async with conn.transaction():
+        if await conn.fetchval(Q.delete_window, box["id"], window_id) is None:
+            raise NotFound(f"box {name} has no window {window_id}")
+        await conn.execute(
+            Q.audit, user.org_id, user.name, "maintenance.window_deleted", f"box:{name}", {"window_id": window_id}
+        )
+    await wake_waiters(conn, temporal, box["id"], box["capacity"])
+
+
+async def record_heartbeat(
+    conn: asyncpg.Connection,
+    temporal: Client,
+    box: NodeBox,
+    *,
+    agent_version: str,
+    draining: bool,
+    offline_after_s: float,
+) -> asyncpg.Record:
+    """The agent's liveness report. A box that comes back (or stops draining) wakes the jobs
+    waiting for it. Returns the box row."""
+    row = await conn.fetchrow(Q.box_report, box.id, agent_version, offline_after_s, draining)
+    if row is None:
+        raise NotFound(f"box {box.name} not found")  # deleted since its token was checked
+    if not row["was_live"] and not draining:
+        await wake_waiters(conn, temporal, box.id, row["capacity"])
+    return row
+
+
+def _window(row: asyncpg.Record) -> WindowPublic:
+    return WindowPublic(
+        id=row["id"],
+        starts_at=row["starts_at"],
+        ends_at=row["ends_at"],
+        reason=row["reason"],
+        created_by=row["created_by"],
+    )

@@ -1,0 +1,41 @@
+"""Short-lived download links for a job's artifacts and its archived transcript."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from boxrun.db import Q
+from boxrun.errors import NotFound
+from boxrun.services.identity import User
+from boxrun.services.jobs import load_job
+from boxrun.storage import Storage
+
+LINK_S = 300
+
+
+async def artifact_url(conn: asyncpg.Connection, storage: Storage, user: User, job_id: str, path: str) -> str:
+    """A presigned GET for one recorded artifact. NotFound: no such job, or no such artifact."""
+    job = await load_job(conn, user, job_id)
+    art: asyncpg.Record | None = None
+    if "\x00" not in path:  # no stored path holds a NUL; Postgres refuses one in a query
+        art = await conn.fetchrow(Q.get_artifact, user.org_id, job["id"], path)
+    if art is None:
+        raise NotFound(f"job {job['id']} has no artifact {path[:200]!r}")
+    url: str = await asyncio.to_thread(
+        storage.presign_get, art["key"], filename=path.rsplit("/", 1)[-1], expires_s=LINK_S
+    )
+    return url
+
+
+async def archive_url(conn: asyncpg.Connection, storage: Storage, user: User, job_id: str) -> str:
+    """A presigned GET for the gzip JSON-lines transcript. NotFound: no such job, or the
+    transcript is not archived yet (it is, once the job has ended)."""
+    job = await load_job(conn, user, job_id)
+    if job["log_archive_key"] is None:
+        raise NotFound(f"job {job['id']} has no archived transcript (yet)")
+    url: str = await asyncio.to_thread(
+        storage.presign_get, job["log_archive_key"], filename=f"{job['id']}.log.jsonl.gz", expires_s=LINK_S
+    )
+    return url

@@ -1,0 +1,77 @@
+"""Jobs after submission: look one up, cancel it, re-run it from its frozen spec."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import asyncpg
+from pydantic import ValidationError
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from boxrun.constants import JobState
+from boxrun.db import Q
+from boxrun.errors import Conflict, InvalidInput, NotFound, Unavailable
+from boxrun.schemas import JobCreate
+from boxrun.services.identity import User
+from boxrun.services.submission import submit_job
+from boxrun.settings import Settings
+from boxrun.transitions import transition
+
+log = logging.getLogger(__name__)
+
+
+def parse_job_id(job_id: str) -> str:
+    """Job ids are UUIDs; anything else cannot name a job: NotFound (404), never a database error."""
+    try:
+        return str(uuid.UUID(job_id))
+    except ValueError:
+        raise NotFound(f"job {job_id[:80]!r} not found") from None
+
+
+async def load_job(conn: asyncpg.Connection, user: User, job_id: str) -> asyncpg.Record:
+    """The job row, if it exists in the caller's org."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q.get_job, user.org_id, parse_job_id(job_id))
+    if row is None:
+        raise NotFound(f"job {job_id} not found")
+    return row
+
+
+async def cancel_job(conn: asyncpg.Connection, temporal: Client, user: User, job_id: str) -> asyncpg.Record:
+    """Ask the job's workflow to cancel; returns the job row after the request.
+
+    The workflow does the rest (SIGTERM, grace, `cancelled`, lease freed). If no workflow is
+    running (it already ended, or never started), the job is cancelled here, in one transaction.
+    Conflict if the job already ended; Unavailable if Temporal cannot take the request."""
+    row = await load_job(conn, user, job_id)
+    jid = str(row["id"])
+    if JobState(row["state"]).terminal:
+        raise Conflict(f"job {jid} already ended ({row['state']})")
+    await conn.execute(Q.audit, user.org_id, user.name, "job.cancel", f"job:{jid}", {"state": row["state"]})
+    try:
+        await temporal.get_workflow_handle(jid).cancel()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise Unavailable(f"the workflow engine refused the cancel: {exc.message}") from exc
+        log.info("job %s has no running workflow; cancelling the row itself", jid)
+        async with conn.transaction():
+            current = JobState(await conn.fetchval(Q.job_state, user.org_id, jid))
+            if current.terminal:
+                raise Conflict(f"job {jid} already ended ({current})") from exc
+            await transition(conn, jid, JobState.CANCELLED, error="cancelled (no workflow was running)")
+    return await load_job(conn, user, jid)
+
+
+async def rerun_job(conn: asyncpg.Connection, temporal: Client, settings: Settings, user: User, job_id: str) -> str:
+    """A new job from the original's frozen spec, linked by `rerun_of`; returns its id.
+    Retries are never automatic. InvalidInput if the spec names a box that no longer exists."""
+    row = await load_job(conn, user, job_id)
+    try:
+        body = JobCreate.model_validate(row["spec"])
+    except ValidationError as exc:  # rules tightened since the job was frozen
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "spec"
+        raise InvalidInput(f"the frozen spec no longer passes validation: {first['msg']}", field=field) from None
+    new_id, _ = await submit_job(conn, temporal, settings, user, body, rerun_of=str(row["id"]))
+    return new_id

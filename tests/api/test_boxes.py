@@ -1,0 +1,173 @@
+"""/api/boxes in-process: register, tokens, queue, maintenance (audit + wake) and windows."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+from fastapi import FastAPI
+from temporalio.api.enums.v1 import EventType
+
+from boxrun import placement
+from tests.api.helpers import Box, assert_error
+
+
+def iso(delta_s: float) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=delta_s)).isoformat()
+
+
+async def audit(db: asyncpg.Connection) -> list[tuple[str, str, Any]]:
+    rows = await db.fetch("SELECT action, subject, detail FROM audit_log ORDER BY id")
+    return [(r["action"], r["subject"], r["detail"]) for r in rows]
+
+
+async def signals(app: FastAPI, job_id: str) -> list[str]:
+    history = await app.state.temporal.get_workflow_handle(job_id).fetch_history()
+    return [
+        e.workflow_execution_signaled_event_attributes.signal_name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+    ]
+
+
+async def test_register_list_get_and_a_duplicate_name_is_409(api: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    resp = await api.post(
+        "/api/boxes", json={"name": "bench-1", "groups": ["g"], "capabilities": ["gpu"], "capacity": 2}
+    )
+    assert resp.status_code == 201, resp.text
+    created = resp.json()
+    assert created["node_token"].startswith("bxn_")
+    assert created["box"]["name"] == "bench-1" and created["box"]["status"] == "offline"
+    assert created["box"]["capacity"] == 2 and created["box"]["groups"] == ["g"]
+
+    again = await api.post("/api/boxes", json={"name": "bench-1"})
+    assert_error(again, 409, "conflict", detail="box bench-1 already exists")
+
+    listed = (await api.get("/api/boxes")).json()
+    assert listed["count"] == 1 and listed["data"][0]["name"] == "bench-1"
+    got = await api.get("/api/boxes/bench-1")
+    assert got.status_code == 200 and got.json()["capabilities"] == ["gpu"]
+    assert [a[:2] for a in await audit(db)] == [("box.register", "box:bench-1")]
+
+
+async def test_register_refuses_a_bad_name_with_422(api: httpx.AsyncClient) -> None:
+    resp = await api.post("/api/boxes", json={"name": "-bad name"})
+    assert_error(resp, 422, "invalid_input", field="body.name")
+
+
+async def test_an_unknown_box_is_404_on_every_box_route(api: httpx.AsyncClient) -> None:
+    window = {"starts_at": iso(0), "ends_at": iso(60), "reason": "r"}
+    for name in ("nope", "bad%00name", "x" * 100):
+        for method, suffix, body in (
+            ("GET", "", None),
+            ("POST", "/token", None),
+            ("GET", "/queue", None),
+            ("GET", "/maintenance", None),
+            ("PUT", "/maintenance", {"on": True}),
+            ("POST", "/maintenance/windows", window),
+            ("DELETE", "/maintenance/windows/1", None),
+        ):
+            resp = await api.request(method, f"/api/boxes/{name}{suffix}", json=body)
+            assert_error(resp, 404, "not_found", detail="not found")
+
+
+async def test_queue_shows_leases_and_waiters_in_grant_order(
+    api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    await make_box("bench-1")
+    first = (await api.post("/api/jobs", json={"script": "x", "box": "bench-1"})).json()["id"]
+    second = (await api.post("/api/jobs", json={"script": "x", "box": "bench-1"})).json()["id"]
+    assert (await placement.acquire(db, first)).box == "bench-1"
+    assert (await placement.acquire(db, second)).wait_reason is not None
+    resp = await api.get("/api/boxes/bench-1/queue")
+    assert resp.status_code == 200, resp.text
+    queue = resp.json()
+    assert [lease["job_id"] for lease in queue["leases"]] == [first]
+    assert [w["job_id"] for w in queue["waiting"]] == [second]
+
+
+async def test_maintenance_on_holds_jobs_back_and_off_wakes_them_both_audited(
+    api: httpx.AsyncClient, app: FastAPI, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    await make_box("bench-1")
+    on = await api.put("/api/boxes/bench-1/maintenance", json={"on": True, "reason": "recabling"})
+    assert on.status_code == 200, on.text
+    assert on.json()["maintenance"] is True
+    assert [(w["reason"], w["ends_at"], w["created_by"]) for w in on.json()["windows"]] == [
+        ("recabling", None, "admin")
+    ]
+    assert (await api.get("/api/boxes/bench-1")).json()["maintenance"] is True
+
+    job = (await api.post("/api/jobs", json={"script": "x", "box": "bench-1"})).json()["id"]
+    assert (await placement.acquire(db, job)).wait_reason == placement.WAIT_MAINTENANCE
+    shown = (await api.get("/api/boxes/bench-1/maintenance")).json()
+    assert [r["job_id"] for r in shown["rejections"]] == [job]
+    assert "wake" not in await signals(app, job)
+
+    off = await api.put("/api/boxes/bench-1/maintenance", json={"on": False})
+    assert off.status_code == 200, off.text
+    assert off.json()["maintenance"] is False and off.json()["windows"] == []
+    assert await signals(app, job) == ["wake"], "the waiting job's workflow is woken"
+    assert [a[:2] for a in await audit(db)][-2:] == [
+        ("maintenance.on", "box:bench-1"),
+        ("maintenance.off", "box:bench-1"),
+    ]
+
+
+async def test_maintenance_body_is_validated(api: httpx.AsyncClient, make_box: Callable[..., Awaitable[Box]]) -> None:
+    await make_box("bench-1")
+    resp = await api.put("/api/boxes/bench-1/maintenance", json={"reason": "x"})
+    assert_error(resp, 422, "invalid_input", field="body.on")
+
+
+async def test_windows_add_and_delete_audited_and_delete_wakes(
+    api: httpx.AsyncClient, app: FastAPI, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    await make_box("bench-1")
+    resp = await api.post(
+        "/api/boxes/bench-1/maintenance/windows", json={"starts_at": iso(-5), "ends_at": iso(3600), "reason": "fw"}
+    )
+    assert resp.status_code == 201, resp.text
+    window = resp.json()
+    assert window["reason"] == "fw" and window["created_by"] == "admin" and window["id"] >= 1
+    job = (await api.post("/api/jobs", json={"script": "x", "box": "bench-1"})).json()["id"]
+    assert (await placement.acquire(db, job)).wait_reason == placement.WAIT_MAINTENANCE
+
+    gone = await api.delete(f"/api/boxes/bench-1/maintenance/windows/{window['id']}")
+    assert gone.status_code == 204 and gone.content == b""
+    assert await signals(app, job) == ["wake"]
+    assert (await api.get("/api/boxes/bench-1/maintenance")).json()["windows"] == []
+    assert [a[:2] for a in await audit(db)][-2:] == [
+        ("maintenance.window", "box:bench-1"),
+        ("maintenance.window_deleted", "box:bench-1"),
+    ]
+
+    again = await api.delete(f"/api/boxes/bench-1/maintenance/windows/{window['id']}")
+    assert_error(again, 404, "not_found", detail=f"box bench-1 has no window {window['id']}")
+
+
+async def test_a_window_must_end_after_it_starts_and_in_the_future(
+    api: httpx.AsyncClient, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    await make_box("bench-1")
+    url = "/api/boxes/bench-1/maintenance/windows"
+    backwards = await api.post(url, json={"starts_at": iso(60), "ends_at": iso(30), "reason": "r"})
+    assert_error(backwards, 422, "invalid_input", detail="ends_at must be after starts_at")
+    past = await api.post(url, json={"starts_at": iso(-60), "ends_at": iso(-30), "reason": "r"})
+    assert_error(past, 422, "invalid_input", detail="ends_at is in the past", field="ends_at")
+    naive = await api.post(
+        url, json={"starts_at": "2030-01-01T00:00:00", "ends_at": "2030-01-02T00:00:00", "reason": "r"}
+    )
+    assert_error(naive, 422, "invalid_input", detail="need a timezone")
+
+
+async def test_a_window_id_out_of_range_is_422_not_a_database_error(
+    api: httpx.AsyncClient, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    await make_box("bench-1")
+    for window_id in (str(2**63), "0", "x"):
+        resp = await api.delete(f"/api/boxes/bench-1/maintenance/windows/{window_id}")
+        assert_error(resp, 422, "invalid_input", field="path.window_id")

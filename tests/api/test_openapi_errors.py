@@ -1,0 +1,49 @@
+"""Every error answer a route can give is in the OpenAPI document, with the ErrorBody schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from boxrun.api.app import create_app
+from boxrun.settings import Settings
+
+ADMIN_ONLY = {
+    ("post", "/api/boxes"),
+    ("post", "/api/boxes/{name}/token"),
+    ("put", "/api/boxes/{name}/maintenance"),
+    ("post", "/api/boxes/{name}/maintenance/windows"),
+    ("delete", "/api/boxes/{name}/maintenance/windows/{window_id}"),
+}
+
+
+def _operations() -> list[tuple[str, str, dict[str, Any]]]:
+    spec = create_app(Settings()).openapi()
+    return [(method, path, op) for path, ops in spec["paths"].items() for method, op in ops.items()]
+
+
+def test_every_error_response_has_the_error_body_schema() -> None:
+    wrong = [
+        f"{method.upper()} {path} {code}"
+        for method, path, op in _operations()
+        for code, answer in op["responses"].items()
+        if code[0] in "45"
+        and answer["content"]["application/json"]["schema"] != {"$ref": "#/components/schemas/ErrorBody"}
+    ]
+    assert not wrong, wrong
+    schemas = create_app(Settings()).openapi()["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas, "FastAPI's own 422 body is never sent"
+
+
+def test_routes_document_401_403_and_404_where_they_can_answer_them() -> None:
+    for method, path, op in _operations():
+        codes = set(op["responses"])
+        if op.get("security"):
+            assert "401" in codes, (method, path)
+        if (method, path) in ADMIN_ONLY:
+            assert "403" in codes, (method, path)
+        if "{job_id}" in path or "{name}" in path:
+            assert "404" in codes, (method, path)
+        if op.get("parameters") or op.get("requestBody"):
+            assert "422" in codes, (method, path)
+    ingest = {(m, p): op for m, p, op in _operations()}[("post", "/api/agent/jobs/{job_id}/logs")]
+    assert {"403", "409", "413"} <= set(ingest["responses"])
