@@ -19,6 +19,7 @@ from boxrun.client import (
     LogEvent,
     StateEvent,
 )
+from boxrun.constants import JobState
 from boxrun.errors import (
     BoxrunError,
     Conflict,
@@ -35,7 +36,7 @@ URL = "http://boxrun.test"
 JOB = "6f1c1d2e-0000-4000-8000-000000000001"
 
 
-def job_json(state: str = "running") -> dict:
+def job_json(state: str = "running") -> dict[str, object]:
     return {
         "id": JOB,
         "state": state,
@@ -90,7 +91,7 @@ async def test_mock_error_answer_raises_the_domain_error_with_the_api_detail(sta
         with pytest.raises(cls) as caught:
             await client.get(JOB)
     assert type(caught.value) is cls
-    assert caught.value.reason == f"the reason for {status}"
+    assert isinstance(caught.value, BoxrunError) and caught.value.reason == f"the reason for {status}"
 
 
 async def test_mock_invalid_input_names_the_first_field() -> None:
@@ -167,7 +168,7 @@ def log_event(seq: int) -> bytes:
     return f"id: {seq}\nevent: log\ndata: {json.dumps(line)}\n\n".encode()
 
 
-def event(name: str, data: dict) -> bytes:
+def event(name: str, data: dict[str, object]) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
 
@@ -208,12 +209,12 @@ async def test_mock_follow_resumes_after_a_broken_connection_with_last_event_id(
     async with mock_client(handler) as client:
         got = [ev async for ev in client.follow(JOB, retry_s=0.01)]
     assert asked == ["0", "3", "3"]
-    assert got[0] == StateEvent("running")
+    assert got[0] == StateEvent(JobState.RUNNING)
     assert [ev.line.seq for ev in got if isinstance(ev, LogEvent)] == [1, 2, 3, 4, 5]
     dropped = [ev for ev in got if isinstance(ev, DroppedEvent)]
     assert len(dropped) == 1 and dropped[0].resume_after == 3 and "connection reset" in dropped[0].reason
     assert got.index(dropped[0]) == 4  # after line 3, before line 4
-    assert got[-1] == DoneEvent("completed", 5)
+    assert got[-1] == DoneEvent(JobState.COMPLETED, 5)
 
 
 async def test_mock_follow_resumes_after_the_server_drops_a_slow_follower() -> None:
@@ -234,7 +235,7 @@ async def test_mock_follow_resumes_after_the_server_drops_a_slow_follower() -> N
         LogEvent(got[1].line),  # type: ignore[union-attr]
         DroppedEvent("follower too slow", 2),
         LogEvent(got[3].line),  # type: ignore[union-attr]
-        DoneEvent("failed", 3),
+        DoneEvent(JobState.FAILED, 3),
     ]
     assert [ev.line.seq for ev in got if isinstance(ev, LogEvent)] == [1, 2, 3]
 
@@ -267,7 +268,7 @@ async def test_mock_follow_gives_up_when_the_api_stays_away() -> None:
 # --------------------------------------------------------------------------- the agent's face
 
 
-def agent_answering(status: int, body: dict) -> AgentClient:
+def agent_answering(status: int, body: dict[str, object]) -> AgentClient:
     return AgentClient(URL, "node", transport=httpx.MockTransport(lambda request: httpx.Response(status, json=body)))
 
 
