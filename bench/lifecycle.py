@@ -563,7 +563,7 @@ def render(r: dict) -> str:
     if r.get("cancel"):
         c = r["cancel"]
         table(
-            "2. cancel (ms, default settings)",
+            f"2. cancel (ms, {'quick stack' if 'quick' in r.get('settings', {}) else 'default settings'})",
             [
                 ("POST cancel -> SIGTERM in script", c["cancel_to_sigterm_ms"]),
                 ("POST cancel -> `cancelled` event", c["cancel_to_cancelled_event_ms"]),

@@ -4,6 +4,8 @@ Imports only httpx, pydantic and boxrun's core modules, so a box installs no ser
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from boxrun import logbatch
 from boxrun.client.base import Transport, error_from_answer, is_permanent
 from boxrun.errors import BoxrunError, Conflict, Forbidden, NotFound
@@ -31,7 +33,7 @@ class AgentClient(Transport):
         reason it may not (the job is not dispatched to this box, was cancelled, or is unknown).
         Other errors (API unreachable, token refused) raise; the caller retries."""
         try:
-            await self.send("POST", f"/api/agent/jobs/{job_id}/claim")
+            await self.send("POST", f"/api/agent/jobs/{quote(job_id, safe='')}/claim")
         except (Conflict, Forbidden, NotFound) as refused:
             return refused.reason
         return None
@@ -41,7 +43,7 @@ class AgentClient(Transport):
         on a permanent 4xx; any other failure raises its BoxrunError (Unavailable, ...): retry."""
         resp = await self.answer(
             "POST",
-            f"/api/agent/jobs/{job_id}/logs",
+            f"/api/agent/jobs/{quote(job_id, safe='')}/logs",
             content=logbatch.encode(first_seq, runs, data),
             headers={"content-type": logbatch.MEDIA_TYPE},
         )
