@@ -1,5 +1,6 @@
-"""Helpers the benchmarks share: the machine's facts and load, CPU accounting of a stack's process
-trees, the run-and-report frame of a multi-part benchmark, and a clean exit."""
+"""Helpers the benchmarks share: the product's client on a stack, the machine's facts and load, CPU
+accounting of a stack's process trees, the run-and-report frame of a multi-part benchmark, and a
+clean exit."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from importlib.metadata import version
 from pathlib import Path
 
-import httpx
-
+from boxrun.client import BoxrunClient
 from boxrun.constants import TERMINAL_STATES
+from boxrun.errors import BoxrunError
+from boxrun.schemas import JobPublic
 
 TICK = os.sysconf("SC_CLK_TCK")
 TERMINAL = {str(state) for state in TERMINAL_STATES}
@@ -29,39 +31,43 @@ class ProductProblem(RuntimeError):
     """The product did something wrong or did not do it in time; the message carries the evidence."""
 
 
-async def submit(http: httpx.AsyncClient, body: dict) -> str:
-    resp = await http.post("/api/jobs", json=body)
-    if resp.status_code != 201:
-        raise ProductProblem(f"POST /api/jobs answered {resp.status_code}: {resp.text[:500]}")
-    return resp.json()["id"]
+async def submit(client: BoxrunClient, body: dict) -> str:
+    try:
+        return (await client.submit(**body)).id
+    except BoxrunError as exc:
+        raise ProductProblem(f"POST /api/jobs refused: {type(exc).__name__}: {exc}") from exc
 
 
-async def evidence(http: httpx.AsyncClient, job_id: str) -> str:
+async def evidence(client: BoxrunClient, job_id: str) -> str:
     """A job's state, error, box and transitions, for a problem report (best effort)."""
     try:
-        job = (await http.get(f"/api/jobs/{job_id}")).raise_for_status().json()
-        events = (await http.get(f"/api/jobs/{job_id}/events")).raise_for_status().json()["data"]
-        evs = [(e["to_state"], e["at"]) for e in events]
-        return f"job {job_id}: state={job['state']} error={job.get('error')!r} box={job.get('box')} events={evs}"
-    except Exception as exc:  # evidence is best effort
+        job = await client.get(job_id)
+        evs = [(str(e.to_state), e.at.isoformat()) for e in (await client.events(job_id)).data]
+        return f"job {job_id}: state={job.state} error={job.error!r} box={job.box} events={evs}"
+    except BoxrunError as exc:  # evidence is best effort
         return f"job {job_id}: (could not read it back: {exc})"
 
 
 async def wait_state(
-    http: httpx.AsyncClient, job_id: str, states: set[str], timeout: float, interval: float = 0.05
-) -> dict:
+    client: BoxrunClient, job_id: str, states: set[str], timeout: float, interval: float = 0.05
+) -> JobPublic:
     """Poll the job until its state is one of `states`; ProductProblem (with evidence) if it ends
     otherwise or the timeout passes."""
     deadline = time.monotonic() + timeout
     while True:
-        job = (await http.get(f"/api/jobs/{job_id}")).raise_for_status().json()
-        if job["state"] in states:
+        job = await client.get(job_id)
+        if job.state in states:
             return job
-        if job["state"] in TERMINAL:
-            raise ProductProblem(f"expected {sorted(states)}, job ended instead; {await evidence(http, job_id)}")
+        if job.state in TERMINAL:
+            raise ProductProblem(f"expected {sorted(states)}, job ended instead; {await evidence(client, job_id)}")
         if time.monotonic() > deadline:
-            raise ProductProblem(f"not {sorted(states)} after {timeout:.0f}s; {await evidence(http, job_id)}")
+            raise ProductProblem(f"not {sorted(states)} after {timeout:.0f}s; {await evidence(client, job_id)}")
         await asyncio.sleep(interval)
+
+
+def client_for(endpoints: dict, **kw) -> BoxrunClient:
+    """The product's client on a stack's endpoints (what `boxrun dev` writes to endpoints.json)."""
+    return BoxrunClient(endpoints["api_url"], endpoints["token"], **{"timeout": 60.0, **kw})
 
 
 def pid_alive(pid: int) -> bool:

@@ -1,7 +1,7 @@
 """Submit -> completed latency of a trivial boxrun job, next to a bare one-activity Temporal workflow.
 
     python -m bench.latency [--jobs 50] [--warmup 3] [--observe sse|poll] [--unsandboxed]
-                            [--agent-python PATH] [--json]
+                            [--agent-python PATH] [--json] [--quick]
 
 Starts a private `boxrun dev --ports auto --boxes 1` stack in a temporary directory, then, one at a
 time (latency, not throughput):
@@ -18,7 +18,8 @@ time (latency, not throughput):
 Each boxrun sample is also split by the server's transition timestamps (job_events), and the
 median of each phase is printed, to show where the time goes.
 
-Warm-up runs (default 3) of each are not counted. The stack is stopped at the end, even on error.
+Warm-up runs (default 3) of each are not counted. --quick (CI) runs 3 of each after 1 warm-up: it
+checks that the bench works, its figures mean little. The stack is stopped at the end, even on error.
 Percentiles use the nearest-rank method: the p-th percentile of n sorted samples is the sample at
 rank ceil(p/100 * n) (1-based), so p99 of 50 samples is the 50th, i.e. the max.
 """
@@ -40,49 +41,31 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 from pathlib import Path
 
-from temporalio import activity, workflow
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from bench.common import box_python, hard_exit, loadavg, machine, pid_alive
+from bench.bare_workflow import BareWorkflow, echo
+from bench.common import box_python, client_for, hard_exit, loadavg, machine, pid_alive
+from boxrun.client import BoxrunClient, DoneEvent
+from boxrun.constants import JobState
+from boxrun.temporal import connect
 
-# BareWorkflow lives in this module, so the workflow sandbox re-imports it; these imports are
-# not used by the workflow and would trip the sandbox's restrictions (httpx -> urllib.request).
-with workflow.unsafe.imports_passed_through():
-    import httpx
-
-    from boxrun.sse import follow
-    from boxrun.temporal import connect
-
-TERMINAL = {"completed", "failed", "cancelled", "timed_out", "unschedulable"}
 BOX = "local-1"
 POLL_S = 0.005
+QUICK = {"jobs": 3, "warmup": 1}  # --quick: every step once or twice, figures not meaningful
 PERCENTILES = (50, 90, 99)
 
 
 # --------------------------------------------------------------------------- the bare baseline
 
 
-@activity.defn(name="bench_echo")
-async def echo(value: str) -> str:
-    return value
-
-
-@workflow.defn(name="BenchBareWorkflow")
-class BareWorkflow:
-    @workflow.run
-    async def run(self, value: str) -> str:
-        return await workflow.execute_activity(echo, value, start_to_close_timeout=timedelta(seconds=30))
-
-
 async def bench_bare(address: str, runs: int, warmup: int, sandboxed: bool) -> list[float]:
     client = await connect(address)
     queue = f"bench-bare-{uuid.uuid4()}"
     # By default the workflow runs in the sandbox, like JobWorkflow in the boxrun control worker
-    # (which uses the default runner), so the two figures pay the same per-task sandbox cost. That
-    # works even when this module is `__main__` thanks to the pass-through imports above;
+    # (which uses the default runner), so the two figures pay the same per-task sandbox cost. The
+    # sandbox re-imports the workflow's module: bench/bare_workflow.py imports only temporalio.
     # --unsandboxed shows what the sandbox itself costs.
     extra = {} if sandboxed else {"workflow_runner": UnsandboxedWorkflowRunner()}
     async with Worker(client, task_queue=queue, workflows=[BareWorkflow], activities=[echo], **extra):
@@ -110,41 +93,36 @@ class JobSample:
     phases: dict[str, float] = field(default_factory=dict)  # from job_events timestamps
 
 
-async def run_job(http: httpx.AsyncClient, observe: str) -> JobSample:
+async def run_job(client: BoxrunClient, observe: str) -> JobSample:
     wall0 = time.time()
     t0 = time.perf_counter()
-    resp = await http.post("/api/jobs", json={"box": BOX, "script": "pass"})
+    job = await client.submit(box=BOX, script="pass")
     t_post = time.perf_counter()
-    if resp.status_code != 201:
-        raise RuntimeError(f"POST /api/jobs answered {resp.status_code}: {resp.text[:500]}")
-    job_id = resp.json()["id"]
     state = None
     if observe == "sse":
-        async for ev in follow(http, job_id):
-            if ev.event == "done":
-                state = ev.data["state"]
+        async for ev in client.follow(job.id):
+            if isinstance(ev, DoneEvent):
+                state = ev.state
     else:
         while True:
-            got = await http.get(f"/api/jobs/{job_id}")
-            got.raise_for_status()
-            if got.json()["state"] in TERMINAL:
-                state = got.json()["state"]
+            got = await client.get(job.id)
+            if got.state.terminal:
+                state = got.state
                 break
             await asyncio.sleep(POLL_S)
     t1 = time.perf_counter()
-    if state != "completed":
-        job = (await http.get(f"/api/jobs/{job_id}")).json()
-        raise RuntimeError(f"job {job_id} ended {state}: {job.get('error')}")
+    if state != JobState.COMPLETED:
+        ended = await client.get(job.id)
+        raise RuntimeError(f"job {job.id} ended {state}: {ended.error}")
     sample = JobSample(total=t1 - t0, post=t_post - t0)
-    sample.phases = await phases(http, job_id, wall0, wall0 + (t1 - t0))
+    sample.phases = await phases(client, job.id, wall0, wall0 + (t1 - t0))
     return sample
 
 
-async def phases(http: httpx.AsyncClient, job_id: str, wall0: float, wall1: float) -> dict[str, float]:
+async def phases(client: BoxrunClient, job_id: str, wall0: float, wall1: float) -> dict[str, float]:
     """Split one sample by the server's transition timestamps (Postgres clock_timestamp(); same host
     clock as time.time() here, so client and server instants can be subtracted)."""
-    events = (await http.get(f"/api/jobs/{job_id}/events")).json()["data"]
-    at = {e["to_state"]: datetime.fromisoformat(e["at"]).timestamp() for e in events}
+    at = {str(e.to_state): e.at.timestamp() for e in (await client.events(job_id)).data}
     marks = [
         ("submit -> queued row", wall0, at.get("queued")),
         ("queued -> dispatching", at.get("queued"), at.get("dispatching")),
@@ -156,11 +134,10 @@ async def phases(http: httpx.AsyncClient, job_id: str, wall0: float, wall1: floa
 
 
 async def bench_boxrun(endpoints: dict, runs: int, warmup: int, observe: str) -> list[JobSample]:
-    headers = {"Authorization": f"Bearer {endpoints['token']}"}
-    async with httpx.AsyncClient(base_url=endpoints["api_url"], headers=headers, timeout=60) as http:
+    async with client_for(endpoints) as client:
         samples = []
         for i in range(warmup + runs):
-            sample = await run_job(http, observe)
+            sample = await run_job(client, observe)
             if i >= warmup:
                 samples.append(sample)
     return samples
@@ -342,7 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--keep", action="store_true", help="keep the stack's data dir (printed) afterwards")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"CI smoke run: --jobs {QUICK['jobs']} --warmup {QUICK['warmup']}"
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.jobs, args.warmup = QUICK["jobs"], QUICK["warmup"]
     if args.jobs < 1 or args.warmup < 0:
         parser.error("--jobs must be >= 1 and --warmup >= 0")
 

@@ -4,7 +4,7 @@
                               [--short-heartbeat-s 5] [--cancel-jobs 30] [--handoff-pairs 30]
                               [--throughput-jobs 1000] [--throughput-boxes 20] [--concurrency 50]
                               [--throughput-target group|named] [--throughput-deadline-s 300]
-                              [--json] [--keep]
+                              [--json] [--keep] [--quick]
 
 Each part runs on a private in-process `DevStack` (`boxrun.dev.stack`, every port picked free, data in
 a temporary directory), stopped at the end even on error. Stacks, in order:
@@ -37,6 +37,10 @@ C. --throughput-boxes (20) boxes of capacity 1, default settings: --throughput-j
    process and its descendants, from /proc) are sampled around the run. --throughput-target named
    submits `{"box": "local-K"}` round robin instead, which leaves group placement out.
 
+--quick (CI) runs every part once on one stack of 2 boxes with BOXRUN_ACTIVITY_HEARTBEAT_TIMEOUT_S=3
+(cancel 1 job, hand-off 1 pair, heartbeat loss 1 sample, throughput 10 jobs 5 at a time) and fails
+on any problem: it checks that the bench and the behaviour it measures work; its figures mean little.
+
 Server times are job_events.at / jobs.*_at (Postgres clock_timestamp()); the bench, Postgres and the
 agents share the host clock, so client and server instants can be subtracted. Percentiles use the
 nearest-rank method (value at 1-based rank ceil(p/100*n)).
@@ -57,11 +61,10 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 
-import httpx
-
 from bench.common import (
     TERMINAL,
     ProductProblem,
+    client_for,
     cpu_by_pid_tree,
     evidence,
     hard_exit,
@@ -74,10 +77,13 @@ from bench.common import (
 )
 from bench.latency import nearest_rank
 from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
+from boxrun.errors import BoxrunError
+from boxrun.schemas import BoxPublic, JobPublic, JobsPublic
 
 PARTS = ("cancel", "handoff", "heartbeat", "throughput")
 DEFAULT_HEARTBEAT_TIMEOUT_S = 15.0  # boxrun.settings.Settings.activity_heartbeat_timeout_s
 HEARTBEAT_LOST = "box heartbeat lost"
+QUICK_ENV = {"BOXRUN_ACTIVITY_HEARTBEAT_TIMEOUT_S": "3"}
 
 # A job that records when SIGTERM reaches it (and exits at once), after saying it is ready.
 ON_SIGTERM = """
@@ -107,8 +113,8 @@ time.sleep(600)
 # --------------------------------------------------------------------------- small helpers
 
 
-def ts(value: str | None) -> float | None:
-    return datetime.fromisoformat(value).timestamp() if value else None
+def ts(value: datetime | None) -> float | None:
+    return value.timestamp() if value else None
 
 
 def pct(values: list[float], scale: float = 1.0, digits: int = 1) -> dict:
@@ -130,53 +136,38 @@ def log(msg: str) -> None:
 
 
 class Api:
-    def __init__(self, endpoints: dict, limits: httpx.Limits | None = None) -> None:
-        self.http = httpx.AsyncClient(
-            base_url=endpoints["api_url"],
-            timeout=60,
-            headers={"Authorization": f"Bearer {endpoints['token']}"},
-            limits=limits or httpx.Limits(max_connections=100),
-        )
+    """The product's client on a stack, with the few reads the parts share."""
+
+    def __init__(self, endpoints: dict, max_connections: int = 100) -> None:
+        self.client = client_for(endpoints, max_connections=max_connections)
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await self.client.aclose()
 
     async def submit(self, body: dict) -> str:
-        return await submit(self.http, body)
+        return await submit(self.client, body)
 
-    async def job(self, job_id: str) -> dict:
-        resp = await self.http.get(f"/api/jobs/{job_id}")
-        resp.raise_for_status()
-        return resp.json()
-
-    async def events(self, job_id: str) -> list[dict]:
-        resp = await self.http.get(f"/api/jobs/{job_id}/events")
-        resp.raise_for_status()
-        return resp.json()["data"]
+    async def job(self, job_id: str) -> JobPublic:
+        return await self.client.get(job_id)
 
     async def event_times(self, job_id: str) -> dict[str, float]:
-        return {e["to_state"]: ts(e["at"]) for e in await self.events(job_id)}
+        return {str(e.to_state): e.at.timestamp() for e in (await self.client.events(job_id)).data}
 
     async def evidence(self, job_id: str) -> str:
-        return await evidence(self.http, job_id)
+        return await evidence(self.client, job_id)
 
-    async def wait_state(self, job_id: str, states: set[str], timeout: float, interval: float = 0.05) -> dict:
-        return await wait_state(self.http, job_id, states, timeout, interval)
+    async def wait_state(self, job_id: str, states: set[str], timeout: float, interval: float = 0.05) -> JobPublic:
+        return await wait_state(self.client, job_id, states, timeout, interval)
 
-    async def box(self, name: str) -> dict:
-        resp = await self.http.get(f"/api/boxes/{name}")
-        resp.raise_for_status()
-        return resp.json()
+    async def box(self, name: str) -> BoxPublic:
+        return await self.client.get_box(name)
 
-    async def leases(self, name: str) -> list[dict]:
-        resp = await self.http.get(f"/api/boxes/{name}/queue")
-        resp.raise_for_status()
-        return resp.json()["leases"]
+    async def leases(self, name: str) -> list[str]:
+        """The job ids holding a lease on the box."""
+        return [lease.job_id for lease in (await self.client.box_queue(name)).leases]
 
     async def count(self, state: str) -> int:
-        resp = await self.http.get("/api/jobs", params={"state": state, "limit": 1})
-        resp.raise_for_status()
-        return resp.json()["count"]
+        return (await self.client.list_jobs(state=state, limit=1)).count
 
 
 async def wait_file(path: Path, timeout: float, interval: float = 0.01) -> bool:
@@ -219,8 +210,8 @@ async def wait_online_since(api: Api, box: str, since: float, timeout: float = 6
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         info = await api.box(box)
-        seen = ts(info.get("last_seen_at"))
-        if info["status"] == "online" and seen is not None and seen >= since:
+        seen = ts(info.last_seen_at)
+        if info.status == "online" and seen is not None and seen >= since:
             return time.time()
         await asyncio.sleep(0.05)
     raise ProductProblem(f"box {box} not online {timeout:.0f}s after its agent restarted: {await api.box(box)}")
@@ -244,23 +235,23 @@ async def bench_heartbeat(stack: DevStack, api: Api, box: str, samples: int, wor
         deadline = time.monotonic() + 180
         while seen is None:
             job = await api.job(job_id)
-            if job["state"] in TERMINAL:
+            if job.state in TERMINAL:
                 seen = time.time()
                 break
             if time.monotonic() > deadline:
                 raise ProductProblem(f"job not terminal 180 s after its agent was killed; {await api.evidence(job_id)}")
             await asyncio.sleep(0.05)
         at = await api.event_times(job_id)
-        leases = [lease["job_id"] for lease in await api.leases(box)]
+        leases = await api.leases(box)
         sample = {
-            "kill_to_failed_event_s": round(at[job["state"]] - t_kill, 3),
+            "kill_to_failed_event_s": round(at[job.state] - t_kill, 3),
             "kill_to_api_seen_s": round(seen - t_kill, 3),
-            "state": job["state"],
-            "error": job.get("error"),
+            "state": str(job.state),
+            "error": job.error,
             "lease_freed": job_id not in leases,
             "script_pid_gone_at_failure": not pid_alive(script_pid),
         }
-        if job["state"] != "failed" or job.get("error") != HEARTBEAT_LOST:
+        if job.state != "failed" or job.error != HEARTBEAT_LOST:
             sample["problem"] = await api.evidence(job_id)
         t_respawn = time.time()
         child.respawn()
@@ -269,7 +260,7 @@ async def bench_heartbeat(stack: DevStack, api: Api, box: str, samples: int, wor
         out.append(sample)
         log(
             f"heartbeat[{tag}] {i + 1}/{samples}: kill -> failed event {sample['kill_to_failed_event_s']:.2f}s, "
-            f"seen {sample['kill_to_api_seen_s']:.2f}s ({job['state']}: {job.get('error')})"
+            f"seen {sample['kill_to_api_seen_s']:.2f}s ({job.state}: {job.error})"
         )
     return out
 
@@ -304,13 +295,14 @@ async def bench_cancel(api: Api, box: str, jobs: int, warmup: int, work: Path, r
             raise ProductProblem(f"cancel job never became ready; {await api.evidence(job_id)}")
         await asyncio.sleep(0.2 + rng.random() * 0.5)
         t0 = time.time()
-        resp = await api.http.post(f"/api/jobs/{job_id}/cancel")
+        try:
+            await api.client.cancel(job_id)
+        except BoxrunError as exc:
+            raise ProductProblem(f"cancel refused: {type(exc).__name__}: {exc}") from exc
         t_resp = time.time()
-        if resp.status_code != 202:
-            raise ProductProblem(f"cancel answered {resp.status_code}: {resp.text[:300]}")
         got = await wait_file(outf, 30, interval=0.02)
         job = await api.wait_state(job_id, TERMINAL, timeout=60)
-        if not got or job["state"] != "cancelled":
+        if not got or job.state != "cancelled":
             problems.append(f"no SIGTERM file={not got}; {await api.evidence(job_id)}")
             continue
         if i < warmup:
@@ -341,7 +333,7 @@ async def bench_handoff(api: Api, box: str, pairs: int, warmup: int) -> dict:
         b = await api.submit({"box": box, "script": "pass"})
         ja = await api.wait_state(a, TERMINAL, timeout=60)
         jb = await api.wait_state(b, TERMINAL, timeout=60)
-        if ja["state"] != "completed" or jb["state"] != "completed":
+        if ja.state != "completed" or jb.state != "completed":
             problems.append(f"{await api.evidence(a)} | {await api.evidence(b)}")
             continue
         if i < warmup:
@@ -403,15 +395,12 @@ async def bench_throughput(
         async with sem:
             t0 = time.time()
             try:
-                resp = await api.http.post("/api/jobs", json=body(i))
-            except httpx.HTTPError as exc:
-                refused[type(exc).__name__] += 1
+                job = await api.client.submit(**body(i))
+            except BoxrunError as exc:
+                refused[f"{type(exc).__name__} {exc.reason[:120]}"] += 1
                 return
-            if resp.status_code == 201:
-                submitted[resp.json()["id"]] = t0
-                post_s.append(time.time() - t0)
-            else:
-                refused[f"{resp.status_code} {resp.text[:120]}"] += 1
+            submitted[job.id] = t0
+            post_s.append(time.time() - t0)
 
     load0, cpu0, wall0 = loadavg(), cpu_by_child(stack), time.time()
     timeline: list[dict] = []
@@ -461,33 +450,32 @@ async def bench_throughput(
     cpu1, load1 = cpu_by_child(stack), loadavg()
 
     # every job of the run, from the list endpoint (newest first, 500 a page)
-    rows: dict[str, dict] = {}
+    rows: dict[str, JobPublic] = {}
     offset = 0
     while True:
-        resp = await api.http.get("/api/jobs", params={"limit": 500, "offset": offset})
-        resp.raise_for_status()
-        page = resp.json()["data"]
-        rows.update({r["id"]: r for r in page if r["id"] in submitted})
-        if len(page) < 500:
+        page: JobsPublic = await api.client.list_jobs(limit=500, offset=offset)
+        rows.update({r.id: r for r in page.data if r.id in submitted})
+        if len(page.data) < 500:
             break
         offset += 500
-    states = Counter(r["state"] for r in rows.values())
-    errors = Counter(r.get("error") for r in rows.values() if r["state"] in TERMINAL - {"completed"})
-    ended = [r for r in rows.values() if r["state"] in TERMINAL and r.get("finished_at")]
+    states = Counter(str(r.state) for r in rows.values())
+    errors = Counter(r.error for r in rows.values() if r.state in TERMINAL - {"completed"})
+    # every row below has finished_at (ended), started_at where filtered on it
+    ended = [r for r in rows.values() if r.state in TERMINAL and r.finished_at]
     first_post = min(submitted.values())
-    last_end = max(ts(r["finished_at"]) for r in ended)
-    latency = [ts(r["finished_at"]) - submitted[r["id"]] for r in ended if r["state"] == "completed"]
-    queue_wait = [ts(r["started_at"]) - ts(r["created_at"]) for r in ended if r.get("started_at")]
-    run = [ts(r["finished_at"]) - ts(r["started_at"]) for r in ended if r.get("started_at")]
-    ends = sorted(ts(r["finished_at"]) for r in ended)
+    last_end = max(r.finished_at.timestamp() for r in ended if r.finished_at)
+    latency = [r.finished_at.timestamp() - submitted[r.id] for r in ended if r.state == "completed" and r.finished_at]
+    queue_wait = [r.started_at.timestamp() - r.created_at.timestamp() for r in ended if r.started_at]
+    run = [r.finished_at.timestamp() - r.started_at.timestamp() for r in ended if r.started_at and r.finished_at]
+    ends = sorted(r.finished_at.timestamp() for r in ended if r.finished_at)
     k10, k90 = int(len(ends) * 0.1), int(len(ends) * 0.9) - 1
     steady = (k90 - k10) / (ends[k90] - ends[k10]) if k90 > k10 and ends[k90] > ends[k10] else None
 
     # per box: how many jobs, and the most that were ever running at once (capacity is 1)
     per_box: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for r in ended:
-        if r.get("started_at"):
-            per_box[r["box"]].append((ts(r["started_at"]), ts(r["finished_at"])))
+        if r.started_at and r.finished_at:
+            per_box[str(r.box)].append((r.started_at.timestamp(), r.finished_at.timestamp()))
     max_overlap = 0
     for intervals in per_box.values():
         edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
@@ -575,7 +563,7 @@ def render(r: dict) -> str:
     if r.get("cancel"):
         c = r["cancel"]
         table(
-            "2. cancel (ms, default settings)",
+            f"2. cancel (ms, {'quick stack' if 'quick' in r.get('settings', {}) else 'default settings'})",
             [
                 ("POST cancel -> SIGTERM in script", c["cancel_to_sigterm_ms"]),
                 ("POST cancel -> `cancelled` event", c["cancel_to_cancelled_event_ms"]),
@@ -652,7 +640,53 @@ def render(r: dict) -> str:
 # --------------------------------------------------------------------------- main
 
 
+async def run_quick(args: argparse.Namespace, root: Path) -> dict:
+    """--quick: every part once, on one stack of 2 boxes with a 3 s run_job heartbeat timeout."""
+    work = root / "work"
+    work.mkdir()
+    parts = set(args.parts.split(","))
+    result: dict = {"errors": {}, "settings": {"quick": f"one stack, 2 boxes, {QUICK_ENV}"}}
+
+    async def part(name: str, coro) -> None:
+        try:
+            result[name] = await coro
+        except Exception as exc:
+            traceback.print_exc()
+            result["errors"][name] = f"{type(exc).__name__}: {exc}"
+
+    async with private_stack(root, "quick", boxes=2, env=QUICK_ENV) as (stack, endpoints):
+        api = Api(endpoints)
+        try:
+            if "cancel" in parts:
+                await part("cancel", bench_cancel(api, "local-1", 1, 0, work, random.Random(3)))
+            if "handoff" in parts:
+                await part("handoff", bench_handoff(api, "local-1", 1, 0))
+            if "heartbeat" in parts:
+
+                async def hb() -> dict:
+                    samples = await bench_heartbeat(stack, api, "local-2", 1, work, "quick")
+                    return heartbeat_summary(samples, float(QUICK_ENV["BOXRUN_ACTIVITY_HEARTBEAT_TIMEOUT_S"]))
+
+                await part("heartbeat_short", hb())
+            if "throughput" in parts:
+                await part("throughput", bench_throughput(stack, api, 10, 5, 2, 60, args.throughput_target))
+        finally:
+            await api.close()
+    problems = [p for key in ("cancel", "handoff") for p in result.get(key, {}).get("problems", [])]
+    hb = result.get("heartbeat_short")
+    if hb and not (hb["all_failed_heartbeat_lost"] and hb["all_leases_freed"] and hb["all_script_pids_gone"]):
+        problems.append(f"heartbeat loss: {hb['samples']}")
+    tp = result.get("throughput")
+    if tp and (tp["stalled"] or tp["states"].get("completed", 0) != tp["jobs"]):
+        problems.append(f"throughput: states {tp['states']}, stalled {tp['stalled']}")
+    if problems:
+        result["errors"]["quick"] = "; ".join(problems)
+    return result
+
+
 async def run(args: argparse.Namespace, root: Path) -> dict:
+    if args.quick:
+        return await run_quick(args, root)
     parts = set(args.parts.split(","))
     work = root / "work"
     work.mkdir()
@@ -709,7 +743,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
                 await api.close()
     if "throughput" in parts:
         async with private_stack(root, "c", boxes=args.throughput_boxes) as (stack, endpoints):
-            api = Api(endpoints, httpx.Limits(max_connections=args.concurrency + 10))
+            api = Api(endpoints, max_connections=args.concurrency + 10)
             try:
                 await part(
                     "throughput",
@@ -757,6 +791,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     parser.add_argument("--keep", action="store_true", help="keep the stacks' data dir (printed) afterwards")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI smoke run: every part once on one 2-box stack (3 s heartbeat timeout, 10 throughput jobs)",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.parts.split(",")) - set(PARTS)
     if unknown:

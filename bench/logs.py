@@ -4,7 +4,7 @@
                          [--latency-interval-ms 20] [--throughput-lines 2000000] [--line-bytes 100]
                          [--followers 500] [--fanout-interval-ms 10] [--fanout-s 20] [--fanout-drain-s 600]
                          [--wait-load 1.5] [--wait-load-max-s 600] [--stack-env KEY=VALUE]
-                         [--verify-all] [--json] [--keep]
+                         [--verify-all] [--json] [--keep] [--quick]
 
 Each part runs on its own private in-process `DevStack` (`boxrun.dev.stack`, one box `local-1`,
 every port picked free, data in a temporary directory), stopped at the end even on error. Before
@@ -15,8 +15,8 @@ before the first line is printed.
 
 1. latency: a job prints `L <i> <time.time()>` every --latency-interval-ms (default 20 ms, 500
    lines), once with print(..., flush=True) and once with a plain print (the bootstrap's flusher
-   pushes buffered output within 5 ms). One SSE follower (httpx + boxrun.sse.read_events, the
-   product's own reader), connected before the job starts, takes time.time() when it has parsed
+   pushes buffered output within 5 ms). One SSE follower (BoxrunClient.follow, the product's own
+   client), connected before the job starts, takes time.time() when it has parsed
    each `event: log`. Sample = receive time - printed time. Split with the line's `ts` (the agent's
    read time): print -> agent read, agent read -> client. The first 10 lines are warm-up.
 2. throughput: a job writes --throughput-lines lines of --line-bytes bytes (newline included:
@@ -35,6 +35,10 @@ before the first line is printed.
    cores with the API). All are connected and have their first event before "go". Latency = the
    time.time() when a read returned the bytes completing the event - printed time, over every line
    of every follower. API peak RSS = VmHWM reset before the followers connect.
+
+--quick (CI) runs every part on one shared stack with tiny sizes (30 latency lines, 20 000 lines
+of ingest, 5 followers for 1 s) and fails on any problem: it checks that the bench and the
+behaviour it measures work; its figures mean little.
 
 Every part also records CPU seconds per stack process (with its descendants) and for the whole
 machine (/proc/stat), so the share used by other work on the host is visible. Percentiles use the
@@ -61,18 +65,39 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
-
-from bench.common import TERMINAL, ProductProblem, cpu_by_pid_tree, hard_exit, loadavg, run_parts, submit, wait_state
+from bench.common import (
+    TERMINAL,
+    ProductProblem,
+    client_for,
+    cpu_by_pid_tree,
+    hard_exit,
+    loadavg,
+    run_parts,
+    submit,
+    wait_state,
+)
 from bench.latency import nearest_rank
+from boxrun.client import BoxrunClient, DoneEvent, DroppedEvent, LogEvent, StateEvent
 from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
-from boxrun.sse import read_events
+from boxrun.schemas import LogLinePublic
 
 BOX = "local-1"
 PARTS = ("latency", "throughput", "fanout")
 WARMUP_LINES = 10
 POOL_SEED = 20261122
 POOL_SIZE = 1024  # power of two: the job indexes it with i & (POOL_SIZE - 1)
+# --quick: every part on one shared stack, sizes that exercise each step but measure little
+QUICK = {
+    "latency_lines": 30,
+    "latency_interval_ms": 10.0,
+    "throughput_lines": 20_000,
+    "throughput_deadline_s": 120.0,
+    "followers": "5",
+    "fanout_s": 1.0,
+    "fanout_interval_ms": 20.0,
+    "fanout_drain_s": 60.0,
+    "wait_load_max_s": 0.0,
+}
 
 
 def log(msg: str) -> None:
@@ -201,10 +226,14 @@ async def private_stack(root: Path, name: str, args: argparse.Namespace) -> Asyn
         log(f"stack {name} stopped in {time.perf_counter() - t1:.1f}s")
 
 
-def http_client(endpoints: dict, **kw) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=endpoints["api_url"], timeout=60, headers={"Authorization": f"Bearer {endpoints['token']}"}, **kw
-    )
+@asynccontextmanager
+async def stack_for(root: Path, name: str, args: argparse.Namespace) -> AsyncIterator[tuple[DevStack, dict, dict]]:
+    """The part's own private stack, or (--quick) the one stack all parts share."""
+    if args.shared_stack is not None:
+        yield args.shared_stack
+    else:
+        async with private_stack(root, name, args) as started:
+            yield started
 
 
 def job_body(script: str) -> dict:
@@ -234,38 +263,38 @@ for i in range({lines}):
 
 async def latency_run(endpoints: dict, work: Path, lines: int, interval_s: float, flush: bool) -> dict:
     go = work / f"go-latency-{'flush' if flush else 'plain'}"
-    async with http_client(endpoints) as http:
-        job_id = await submit(http, job_body(latency_script(go, lines, interval_s, flush)))
+    async with client_for(endpoints) as client:
+        job_id = await submit(client, job_body(latency_script(go, lines, interval_s, flush)))
         total, to_agent, from_agent = [], [], []
         seqs: list[int] = []
-        done = None
-        async with http.stream(
-            "GET", f"/api/jobs/{job_id}/logs/stream", timeout=httpx.Timeout(10.0, read=None)
-        ) as resp:
-            resp.raise_for_status()
-            async for ev in read_events(resp):
-                if ev.event == "state" and ev.data["state"] == "running" and not go.exists():
-                    go.touch()  # the follower is subscribed and the process is up: start printing
-                elif ev.event == "log":
-                    now = time.time()
-                    _, i, printed = ev.data["text"].split()
-                    read_at = ts(ev.data["ts"])
-                    seqs.append(ev.data["seq"])
-                    if int(i) >= WARMUP_LINES:
-                        total.append(now - float(printed))
-                        to_agent.append(read_at - float(printed))
-                        from_agent.append(now - read_at)
-                elif ev.event == "done":
-                    done = ev.data
-                    break
-        job = (await http.get(f"/api/jobs/{job_id}")).json()
+        done: DoneEvent | None = None
+        dropped: list[DroppedEvent] = []
+        async for ev in client.follow(job_id):
+            if isinstance(ev, StateEvent) and ev.state == "running" and not go.exists():
+                go.touch()  # the follower is subscribed and the process is up: start printing
+            elif isinstance(ev, LogEvent):
+                now = time.time()
+                _, i, printed = ev.line.text.split()
+                read_at = ev.line.ts.timestamp()
+                seqs.append(ev.line.seq)
+                if int(i) >= WARMUP_LINES:
+                    total.append(now - float(printed))
+                    to_agent.append(read_at - float(printed))
+                    from_agent.append(now - read_at)
+            elif isinstance(ev, DroppedEvent):
+                dropped.append(ev)
+            elif isinstance(ev, DoneEvent):
+                done = ev
+        job = await client.get(job_id)
     problems = []
-    if done is None or done["state"] != "completed":
+    if done is None or done.state != "completed":
         problems.append(f"job {job_id} ended {done}")
+    if dropped:
+        problems.append(f"the follower was dropped and resumed {len(dropped)} time(s): {dropped[0].reason}")
     if seqs != list(range(1, lines + 1)):
         problems.append(f"follower got {len(seqs)} lines, expected seqs 1..{lines}")
-    if job["log_lines"] != lines:
-        problems.append(f"log_lines {job['log_lines']} != {lines}")
+    if job.log_lines != lines:
+        problems.append(f"log_lines {job.log_lines} != {lines}")
     return {
         "flush": flush,
         "job": job_id,
@@ -279,7 +308,7 @@ async def latency_run(endpoints: dict, work: Path, lines: int, interval_s: float
 async def bench_latency(root: Path, args: argparse.Namespace) -> dict:
     work = root / "latency-work"
     work.mkdir()
-    async with private_stack(root, "latency", args) as (stack, endpoints, quiet):
+    async with stack_for(root, "latency", args) as (stack, endpoints, quiet):
         load0 = loadavg()
         cpu = CpuMeter(stack)
         cpu.start()
@@ -329,20 +358,20 @@ with open({str(stamps)!r}, "w") as fh:
     )
 
 
-async def verify_throughput(http: httpx.AsyncClient, job_id: str, lines: int, line_bytes: int, full: bool) -> list[str]:
+async def verify_throughput(client: BoxrunClient, job_id: str, lines: int, line_bytes: int, full: bool) -> list[str]:
     pool = line_pool(line_bytes - 11)
     problems: list[str] = []
 
-    def check(page: list[dict], after: int) -> None:
+    def check(page: list[LogLinePublic], after: int) -> None:
         for k, line in enumerate(page):
             seq = after + 1 + k
             want = f"{seq - 1:09d} {pool[(seq - 1) & (POOL_SIZE - 1)]}"
-            if line["seq"] != seq or line["text"] != want or line["stream"] != "stdout":
-                problems.append(f"seq {seq}: got {line['seq']} {line['stream']} {line['text'][:40]!r}")
+            if line.seq != seq or line.text != want or line.stream != "stdout":
+                problems.append(f"seq {seq}: got {line.seq} {line.stream} {line.text[:40]!r}")
                 return
 
     async def page(after: int, limit: int) -> None:
-        got = (await http.get(f"/api/jobs/{job_id}/logs", params={"after": after, "limit": limit})).json()["data"]
+        got = (await client.log_page(job_id, after=after, limit=limit)).data
         if len(got) != min(limit, lines - after):
             problems.append(f"page after {after}: {len(got)} lines, expected {min(limit, lines - after)}")
         check(got, after)
@@ -365,11 +394,11 @@ async def bench_throughput(root: Path, args: argparse.Namespace) -> dict:
     work.mkdir()
     go, stamps = work / "go", work / "stamps"
     lines, line_bytes = args.throughput_lines, args.line_bytes
-    async with private_stack(root, "throughput", args) as (stack, endpoints, quiet):
+    async with stack_for(root, "throughput", args) as (stack, endpoints, quiet):
         api, agent = stack.child("api").pid, stack.child(f"agent-{BOX}").pid
-        async with http_client(endpoints) as http:
-            job_id = await submit(http, job_body(throughput_script(go, stamps, lines, line_bytes)))
-            await wait_state(http, job_id, {"running"}, 60)
+        async with client_for(endpoints) as client:
+            job_id = await submit(client, job_body(throughput_script(go, stamps, lines, line_bytes)))
+            await wait_state(client, job_id, {"running"}, 60)
             spill = Path(endpoints["data_dir"]) / "boxes" / BOX / "jobs" / job_id / "logs.spill"
             rss0 = {"api": mib(status_kb(api, "VmRSS")), "agent": mib(status_kb(agent, "VmRSS"))}
             reset = reset_peak_rss(api) and reset_peak_rss(agent)
@@ -382,17 +411,17 @@ async def bench_throughput(root: Path, args: argparse.Namespace) -> dict:
             spill_max = 0
             deadline = time.monotonic() + args.throughput_deadline_s
             while True:
-                job = (await http.get(f"/api/jobs/{job_id}")).json()
-                curve.append((time.time(), job["log_lines"]))
+                job = await client.get(job_id)
+                curve.append((time.time(), job.log_lines))
                 try:
                     spill_max = max(spill_max, spill.stat().st_size)
                 except OSError:
                     pass
-                if job["state"] in TERMINAL:
+                if job.state in TERMINAL:
                     break
                 if time.monotonic() > deadline:
                     raise ProductProblem(
-                        f"job {job_id} still {job['state']} with {job['log_lines']} lines stored "
+                        f"job {job_id} still {job.state} with {job.log_lines} lines stored "
                         f"after {args.throughput_deadline_s:.0f}s"
                     )
                 await asyncio.sleep(0.25)
@@ -401,18 +430,20 @@ async def bench_throughput(root: Path, args: argparse.Namespace) -> dict:
             peak = {"api": mib(status_kb(api, "VmHWM")), "agent": mib(status_kb(agent, "VmHWM"))}
             rss1 = {"api": mib(status_kb(api, "VmRSS")), "agent": mib(status_kb(agent, "VmRSS"))}
             problems = []
-            if job["state"] != "completed":
-                problems.append(f"job ended {job['state']}: {job.get('error')}")
-            if job["log_lines"] != lines:
-                problems.append(f"log_lines {job['log_lines']} != {lines} printed")
-            first = (await http.get(f"/api/jobs/{job_id}/logs", params={"after": 0, "limit": 1})).json()["data"]
+            if job.state != "completed":
+                problems.append(f"job ended {job.state}: {job.error}")
+            if job.log_lines != lines:
+                problems.append(f"log_lines {job.log_lines} != {lines} printed")
+            first = (await client.log_page(job_id, after=0, limit=1)).data
             t_verify = time.perf_counter()
-            problems += await verify_throughput(http, job_id, lines, line_bytes, args.verify_all)
+            problems += await verify_throughput(client, job_id, lines, line_bytes, args.verify_all)
             verify_s = time.perf_counter() - t_verify
-    started, finished = ts(job["started_at"]), ts(job["finished_at"])
+    if job.started_at is None or job.finished_at is None:
+        raise ProductProblem(f"job {job_id} ended {job.state} without start and end times: {job.error}")
+    started, finished = job.started_at.timestamp(), job.finished_at.timestamp()
     t0, t1, job_cpu = (float(x) for x in stamps.read_text().split())
     nbytes = lines * line_bytes
-    first_read = ts(first[0]["ts"]) if first else None
+    first_read = first[0].ts.timestamp() if first else None
     all_stored = next((t for t, n in curve if n >= lines), None)
     # the steady rate: stored lines between 10% and 90% of the total, from the polled curve
     lo = next(((t, n) for t, n in curve if n >= lines * 0.1), None)
@@ -443,7 +474,7 @@ async def bench_throughput(root: Path, args: argparse.Namespace) -> dict:
         "peak_rss_mib": peak,
         "rss_after_mib": rss1,
         "peak_reset": reset,
-        "archive": job.get("log_archive"),
+        "archive": job.log_archive.model_dump() if job.log_archive else None,
         "verified": "every line" if args.verify_all else "first, last and 20 random pages of 100 lines",
         "verify_s": round(verify_s, 1),
         "problems": problems,
@@ -581,8 +612,8 @@ async def fanout_run(stack: DevStack, endpoints: dict, work: Path, followers: in
     lines = int(args.fanout_s / interval_s)
     api = stack.child("api").pid
     url = urlsplit(endpoints["api_url"])
-    async with http_client(endpoints) as http:
-        job_id = await submit(http, job_body(fanout_script(go, args.fanout_s, interval_s)))
+    async with client_for(endpoints) as client:
+        job_id = await submit(client, job_body(fanout_script(go, args.fanout_s, interval_s)))
         rss0 = mib(status_kb(api, "VmRSS"))
         reset = reset_peak_rss(api)
         path = f"/api/jobs/{job_id}/logs/stream"
@@ -598,7 +629,7 @@ async def fanout_run(stack: DevStack, endpoints: dict, work: Path, followers: in
         connect_s = time.perf_counter() - t_connect
         failed_early = [f.error for f in flw if f.error]
         rss_connected = mib(status_kb(api, "VmRSS"))
-        await wait_state(http, job_id, {"running"}, 60)
+        await wait_state(client, job_id, {"running"}, 60)
         load0 = loadavg()
         cpu = CpuMeter(stack)
         cpu.start()
@@ -608,8 +639,8 @@ async def fanout_run(stack: DevStack, endpoints: dict, work: Path, followers: in
         )
         go.touch()
         t_go = time.time()
-        job = await wait_state(http, job_id, TERMINAL, args.fanout_s + 300, interval=0.1)
-        t_end = ts(job["finished_at"])
+        job = await wait_state(client, job_id, TERMINAL, args.fanout_s + 300, interval=0.1)
+        t_end = job.finished_at.timestamp() if job.finished_at else time.time()
         pending = [t for t in tasks if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=args.fanout_drain_s)
@@ -637,8 +668,8 @@ async def fanout_run(stack: DevStack, endpoints: dict, work: Path, followers: in
         if b >= 0
     ]
     problems = []
-    if job["state"] != "completed" or job["log_lines"] != lines:
-        problems.append(f"job {job_id} ended {job['state']} with {job['log_lines']} lines (expected {lines})")
+    if job.state != "completed" or job.log_lines != lines:
+        problems.append(f"job {job_id} ended {job.state} with {job.log_lines} lines (expected {lines})")
     if len(complete) != followers:
         errors = sorted({f.error for f in flw if f.error})[:5]
         problems.append(
@@ -681,7 +712,7 @@ async def bench_fanout(root: Path, args: argparse.Namespace) -> dict:
     work = root / "fanout-work"
     work.mkdir()
     sizes = [int(x) for x in str(args.followers).split(",")]
-    async with private_stack(root, "fanout", args) as (stack, endpoints, quiet):
+    async with stack_for(root, "fanout", args) as (stack, endpoints, quiet):
         runs = []
         for n in sizes:
             runs.append(await fanout_run(stack, endpoints, work, n, args))
@@ -718,7 +749,7 @@ def render(result: dict) -> str:
         r = result["latency"]
         out += [
             "",
-            f"1. line latency, {r['lines']} lines every {r['interval_ms']} ms, 1 SSE follower (httpx), "
+            f"1. line latency, {r['lines']} lines every {r['interval_ms']} ms, 1 SSE follower (BoxrunClient.follow), "
             f"first {r['warmup_lines']} lines not counted; load {r['quiet_wait']['when_started']} at stack "
             f"start (waited {r['quiet_wait']['waited_s']}s), {r['load_start']} -> {r['load_end']}",
             header,
@@ -784,6 +815,17 @@ def render(result: dict) -> str:
 async def run(args: argparse.Namespace, root: Path) -> dict:
     result: dict = {"errors": [], "stack_env": args.stack_env}
     benches = {"latency": bench_latency, "throughput": bench_throughput, "fanout": bench_fanout}
+    args.shared_stack = None
+    if args.quick:
+        async with private_stack(root, "quick", args) as shared:
+            args.shared_stack = shared
+            await run_each(args, root, result, benches)
+    else:
+        await run_each(args, root, result, benches)
+    return result
+
+
+async def run_each(args: argparse.Namespace, root: Path, result: dict, benches: dict) -> None:
     for part in args.parts.split(","):
         try:
             result[part] = await benches[part](root, args)
@@ -793,7 +835,6 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
         except Exception as exc:
             traceback.print_exc()
             result["errors"].append(f"{part}: {type(exc).__name__}: {exc}")
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -827,7 +868,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify-all", action="store_true", help="throughput: replay and compare every line")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     parser.add_argument("--keep", action="store_true", help="keep the stacks' data dir (printed) afterwards")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI smoke run: every part on one stack with tiny sizes (overrides the sizes above)",
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
     unknown = set(args.parts.split(",")) - set(PARTS)
     if unknown:
         parser.error(f"unknown parts: {sorted(unknown)}")

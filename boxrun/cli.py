@@ -6,13 +6,16 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import platformdirs
 import typer
 
 from boxrun.process_lifecycle import hard_exit, run_until_signal, setup_logging
 from boxrun.settings import Settings
+
+if TYPE_CHECKING:
+    from boxrun.schemas import JobPublic, LogLinePublic
 
 app = typer.Typer(
     help="boxrun: run scripts on a fleet of boxes, each job a durable Temporal workflow.",
@@ -82,6 +85,29 @@ def migrate() -> None:
     hard_exit(0)
 
 
+def exit_code_for(job: JobPublic) -> int:
+    """The CLI's exit status for a job: 0 completed, the script's own code if it failed with one,
+    124 timed out, 130 cancelled, 1 otherwise."""
+    if job.state == "completed":
+        return 0
+    if job.state == "failed" and job.exit_code and 0 < job.exit_code < 256:
+        return job.exit_code
+    return {"timed_out": 124, "cancelled": 130}.get(job.state, 1)
+
+
+def show_line(line: LogLinePublic) -> None:
+    """stdout lines to stdout, stderr lines to stderr, `output` as "[output] ...", the rest
+    (boxrun's notices) as "[boxrun] ..." on stderr."""
+    if line.stream == "stdout":
+        typer.echo(line.text)
+    elif line.stream == "stderr":
+        typer.echo(line.text, err=True)
+    elif line.stream == "output":
+        typer.echo(f"[output] {line.text}")
+    else:
+        typer.echo(f"[boxrun] {line.text}", err=True)
+
+
 @app.command()
 def logs(
     job_id: Annotated[str, typer.Argument(help="the job's id")],
@@ -92,10 +118,9 @@ def logs(
     """Print a job's log: stdout lines to stdout, stderr lines to stderr, structured `output` lines
     as "[output] ..." on stdout, boxrun's notices as "[boxrun] ..." on stderr. Exits with the job's
     outcome (0 completed, the script's exit code, 124 timed out, 130 cancelled, 1 otherwise); without
-    --follow a job still running exits 0."""
-    import httpx
-
-    from boxrun.client import TERMINAL, BoxrunClient, exit_code_for, resolve
+    --follow a job still running exits 0. An API error or an unreachable API: one line, exit 2."""
+    from boxrun.client import BoxrunClient, LogEvent, resolve
+    from boxrun.errors import BoxrunError
 
     try:
         url, key = resolve(api_url, token)
@@ -103,35 +128,25 @@ def logs(
         typer.echo(f"boxrun logs: {exc}", err=True)
         hard_exit(2)
 
-    def show(line: dict) -> None:
-        stream, text = line["stream"], line["text"]
-        if stream == "stdout":
-            typer.echo(text)
-        elif stream == "stderr":
-            typer.echo(text, err=True)
-        elif stream == "output":
-            typer.echo(f"[output] {text}")
-        else:
-            typer.echo(f"[boxrun] {text}", err=True)
-
     async def main() -> int:
         async with BoxrunClient(url, key) as client:
-            try:
-                job = await client.get(job_id)
-            except httpx.HTTPStatusError as exc:
-                typer.echo(f"boxrun logs: {exc.response.json().get('detail', exc)}", err=True)
-                return 2
+            await client.get(job_id)  # NotFound before anything is printed
             if not follow:
                 async for line in client.logs(job_id):
-                    show(line)
+                    show_line(line)
                 job = await client.get(job_id)
-                return exit_code_for(job) if job["state"] in TERMINAL else 0
+                return exit_code_for(job) if job.state.terminal else 0
             async for ev in client.follow(job_id):
-                if ev.event == "log":
-                    show(ev.data)
+                if isinstance(ev, LogEvent):
+                    show_line(ev.line)
             return exit_code_for(await client.get(job_id))
 
-    code = asyncio.run(main())
+    try:
+        code = asyncio.run(main())
+    except BoxrunError as exc:
+        sys.stdout.flush()
+        typer.echo(f"boxrun logs: {exc.reason}", err=True)
+        code = 2
     sys.stdout.flush()
     hard_exit(code)
 

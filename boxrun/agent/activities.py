@@ -15,6 +15,7 @@ from temporalio.exceptions import ApplicationError
 from boxrun.agent.logpump import LogPump, LogRejected, LogSink
 from boxrun.agent.process import JobProcess, child_env
 from boxrun.agent.workspace import Workspace
+from boxrun.errors import BoxrunError
 from boxrun.messages import JobStarted, RunJobInput, RunJobResult, UploadInput, UploadResult
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class BoxActivities:
         while True:
             try:
                 return await self.claimer.claim(job_id)
-            except httpx.HTTPError as exc:  # API unreachable: wait for it (a cancel still gets through)
+            except (BoxrunError, httpx.HTTPError) as exc:  # API unreachable: wait for it (a cancel still gets through)
                 log.warning("cannot claim job %s yet: %s", job_id, exc)
                 activity.heartbeat()
                 await asyncio.sleep(delay)

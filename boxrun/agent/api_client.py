@@ -1,38 +1,25 @@
-"""The box agent's calls to the API (node-token auth): log batches and the start-of-run claim."""
+"""The box agent's view of the API: the log pump's sink and the activities' claimer, over the
+shared client (boxrun.client.AgentClient, node-token auth)."""
 
 from __future__ import annotations
 
-import httpx
-
-from boxrun import logbatch
 from boxrun.agent.logpump import LogRejected
-
-
-def _permanent(resp: httpx.Response) -> bool:
-    return 400 <= resp.status_code < 500 and resp.status_code not in (408, 429)
+from boxrun.client import AgentClient, LogBatchRefused
 
 
 class AgentApi:
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        self._http = http
+    def __init__(self, client: AgentClient) -> None:
+        self._client = client
 
     async def send(self, job_id: str, first_seq: int, runs: list[tuple[int, str, float]], data: bytes) -> int:
-        """One log batch; returns the highest seq the API holds (LogSink)."""
-        resp = await self._http.post(
-            f"/api/agent/jobs/{job_id}/logs",
-            content=logbatch.encode(first_seq, runs, data),
-            headers={"content-type": logbatch.MEDIA_TYPE},
-        )
-        if _permanent(resp):
-            raise LogRejected(f"API refused log batch: HTTP {resp.status_code} {resp.text[:200]}")
-        resp.raise_for_status()
-        return resp.json()["stored_through"]
+        """One log batch; returns the highest seq the API holds (LogSink). LogRejected on a
+        permanent 4xx; other failures raise a BoxrunError, which the pump retries."""
+        try:
+            return await self._client.send_logs(job_id, first_seq, runs, data)
+        except LogBatchRefused as exc:
+            raise LogRejected(exc.reason) from exc
 
     async def claim(self, job_id: str) -> str | None:
         """Ask whether the job may start here now; None if yes, else the reason it may not.
-        Raises httpx errors when the API cannot answer (the caller retries)."""
-        resp = await self._http.post(f"/api/agent/jobs/{job_id}/claim")
-        if resp.status_code == 409 or resp.status_code == 403 or resp.status_code == 404:
-            return resp.json().get("detail", f"HTTP {resp.status_code}")
-        resp.raise_for_status()
-        return None
+        Raises a BoxrunError when the API cannot answer (the caller retries)."""
+        return await self._client.claim(job_id)

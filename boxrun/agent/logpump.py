@@ -19,6 +19,7 @@ from typing import Protocol
 
 import httpx
 
+from boxrun.errors import BoxrunError
 from boxrun.logbatch import nth_newline
 
 log = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ class LogPump:
         while True:
             try:
                 return await self._sink.send(self._job_id, first, runs, data)
-            except (httpx.HTTPError, OSError, ValueError) as exc:
+            except (BoxrunError, httpx.HTTPError, OSError, ValueError) as exc:
                 log.warning(
                     "log lines %d..%d of job %s not delivered (%s); retrying in %.2fs",
                     first,

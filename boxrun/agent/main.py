@@ -12,14 +12,15 @@ import logging
 import subprocess
 from datetime import timedelta
 
-import httpx
 from temporalio.worker import Worker
 
 from boxrun import __version__
 from boxrun.agent.activities import BoxActivities
 from boxrun.agent.api_client import AgentApi
 from boxrun.agent.workspace import sweep_stale
+from boxrun.client import AgentClient
 from boxrun.constants import box_task_queue
+from boxrun.errors import BoxrunError, Unauthorized
 from boxrun.settings import Settings
 from boxrun.temporal import connect
 
@@ -30,8 +31,8 @@ class Liveness:
     """Reports to the API every interval (and at once when asked); the API marks the box offline
     when reports stop, and skips it for placement while it is draining."""
 
-    def __init__(self, http: httpx.AsyncClient, interval_s: float) -> None:
-        self.http = http
+    def __init__(self, client: AgentClient, interval_s: float) -> None:
+        self.client = client
         self.interval_s = interval_s
         self.draining = False
         self._now = asyncio.Event()
@@ -48,13 +49,10 @@ class Liveness:
         while not self._stop.is_set():
             self._now.clear()
             try:
-                resp = await self.http.post(
-                    "/api/agent/heartbeat", json={"agent_version": __version__, "draining": self.draining}
-                )
-                if resp.status_code == 401:
-                    log.error("the API rejects this box's node token (401); check BOXRUN_NODE_TOKEN")
-                resp.raise_for_status()
-            except httpx.HTTPError as exc:
+                await self.client.heartbeat(__version__, draining=self.draining)
+            except Unauthorized:
+                log.error("the API rejects this box's node token (401); check BOXRUN_NODE_TOKEN")
+            except BoxrunError as exc:
                 log.warning("liveness report failed: %s", exc)
             try:
                 await asyncio.wait_for(self._now.wait(), self.interval_s)
@@ -78,17 +76,13 @@ async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
     if not settings.box_name or not settings.node_token:
         log.error("an agent needs BOXRUN_BOX_NAME (--box) and BOXRUN_NODE_TOKEN")
         return 2
-    http = httpx.AsyncClient(
-        base_url=settings.api_url,
-        timeout=httpx.Timeout(10.0),
-        headers={"Authorization": f"Bearer {settings.node_token}"},
-    )
+    agent_client = AgentClient(settings.api_url, settings.node_token, timeout=10.0)
     client = await connect(settings.temporal_address, settings.temporal_namespace)
     workdir = settings.agent_workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     if swept := sweep_stale(workdir):
         log.warning("removed %d workspace(s) left by a previous agent run: %s", len(swept), ", ".join(swept))
-    api = AgentApi(http)
+    api = AgentApi(agent_client)
     activities = BoxActivities(
         sink=api,
         claimer=api,
@@ -101,7 +95,7 @@ async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
             "memory_limit": settings.log_memory_limit_bytes,
         },
     )
-    liveness = Liveness(http, settings.agent_heartbeat_interval_s)
+    liveness = Liveness(agent_client, settings.agent_heartbeat_interval_s)
     reporting = asyncio.create_task(liveness.run())
     queue = box_task_queue(settings.box_name)
     # The SDK sends heartbeats to Temporal at most this often; a cancel arrives with the answer.
@@ -127,5 +121,5 @@ async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
         liveness.stop()
         await asyncio.wait({reporting}, timeout=5)
         reporting.cancel()
-        await http.aclose()
+        await agent_client.aclose()
     return 0

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import sys
 
-import httpx
-
-from boxrun.sse import follow
+from boxrun.client import BoxrunClient, DoneEvent, LogEvent, StateEvent
 
 DEMO_SCRIPT = """\
 import json, os, platform, sys, time
@@ -25,27 +23,23 @@ print("wrote result.json; done")
 
 async def run_demo(api_url: str, token: str, box: str) -> str:
     """Submit the demo job, print its live output, return its final state."""
-    async with httpx.AsyncClient(base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
-        resp = await http.post(
-            "/api/jobs", json={"box": box, "script": DEMO_SCRIPT, "env": {"GREETING": "hi"}, "timeout_s": 120}
-        )
-        resp.raise_for_status()
-        job = resp.json()
-        print(f"\ndemo job {job['id']} on {box}; Temporal UI: {job['temporal_ui_url']}\n", flush=True)
+    async with BoxrunClient(api_url, token) as client:
+        job = await client.submit(box=box, script=DEMO_SCRIPT, env={"GREETING": "hi"}, timeout_s=120)
+        print(f"\ndemo job {job.id} on {box}; Temporal UI: {job.temporal_ui_url}\n", flush=True)
         state = "unknown"
-        async for ev in follow(http, job["id"]):
-            if ev.event == "log":
-                out = sys.stderr if ev.data["stream"] == "stderr" else sys.stdout
-                print(f"  [{ev.data['seq']:>3} {ev.data['stream']}] {ev.data['text']}", file=out, flush=True)
-            elif ev.event == "state":
-                print(f"  -- {ev.data['state']}", flush=True)
-            elif ev.event == "done":
-                state = ev.data["state"]
-        arts = (await http.get(f"/api/jobs/{job['id']}/artifacts")).json()["data"]
-        for art in arts:
+        async for ev in client.follow(job.id):
+            if isinstance(ev, LogEvent):
+                line = ev.line
+                out = sys.stderr if line.stream == "stderr" else sys.stdout
+                print(f"  [{line.seq:>3} {line.stream}] {line.text}", file=out, flush=True)
+            elif isinstance(ev, StateEvent):
+                print(f"  -- {ev.state}", flush=True)
+            elif isinstance(ev, DoneEvent):
+                state = str(ev.state)
+        for art in (await client.artifacts(job.id)).data:
             print(
-                f"  artifact {art['path']} ({art['size']} bytes, sha256 {art['sha256'][:12]}...): "
-                f"{api_url}/api/jobs/{job['id']}/artifacts/{art['path']}"
+                f"  artifact {art.path} ({art.size} bytes, sha256 {art.sha256[:12]}...): "
+                f"{client.artifact_url(job.id, art.path)}"
             )
         print(f"demo job finished: {state}\n", flush=True)
         return state

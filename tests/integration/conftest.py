@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from boxrun.client import BoxrunClient
 from tests.conftest import pid_alive
 
 
@@ -85,7 +86,15 @@ def endpoints(dev_stack: DevStackProcess) -> dict:
 
 @pytest.fixture
 async def api(endpoints: dict) -> AsyncIterator[httpx.AsyncClient]:
+    """A raw HTTP client, for tests that assert statuses and bodies on the wire."""
     async with httpx.AsyncClient(
         base_url=endpoints["api_url"], timeout=30, headers={"Authorization": f"Bearer {endpoints['token']}"}
     ) as client:
         yield client
+
+
+@pytest.fixture
+async def client(endpoints: dict) -> AsyncIterator[BoxrunClient]:
+    """The product's typed client (boxrun.client) on the shared stack."""
+    async with BoxrunClient(endpoints["api_url"], endpoints["token"]) as typed:
+        yield typed

@@ -1,42 +1,40 @@
-"""Submitting jobs to a running stack and waiting for them, for the e2e tests."""
+"""Submitting jobs to a running stack and waiting for them, for the e2e tests: thin helpers over
+the product's client (boxrun.client) on the test's raw `api` httpx client, answering the API's
+JSON as dicts (what the tests compare)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
-from boxrun.constants import TERMINAL_STATES
+from boxrun.client import BoxrunClient
+from boxrun.errors import Unavailable
 from tests.conftest import wait_for
 
 
-async def submit(api: httpx.AsyncClient, script: str, **fields) -> dict:
-    body = {"box": "local-1", "script": script, **fields}
-    resp = await api.post("/api/jobs", json=body)
-    assert resp.status_code == 201, resp.text
-    return resp.json()
+async def submit(api: httpx.AsyncClient, script: str, **fields: Any) -> dict:
+    job = await BoxrunClient.over(api).submit(**{"box": "local-1", "script": script, **fields})
+    return job.model_dump(mode="json")
 
 
 async def wait_terminal(api: httpx.AsyncClient, job_id: str, timeout: float = 60) -> dict:
-    async def done():
-        job = (await api.get(f"/api/jobs/{job_id}")).json()
-        return job if job["state"] in TERMINAL_STATES else None
+    client = BoxrunClient.over(api)
+
+    async def done() -> dict | None:
+        job = await client.get(job_id)
+        return job.model_dump(mode="json") if job.state.terminal else None
 
     return await wait_for(done, timeout=timeout, interval=0.05, what=f"job {job_id} to end")
 
 
 async def replay(api: httpx.AsyncClient, job_id: str, page: int = 1000) -> list[dict]:
-    lines: list[dict] = []
-    while True:
-        got = (
-            await api.get(f"/api/jobs/{job_id}/logs", params={"after": lines[-1]["seq"] if lines else 0, "limit": page})
-        ).json()["data"]
-        lines += got
-        if len(got) < page:
-            return lines
+    return [line.model_dump(mode="json") async for line in BoxrunClient.over(api).logs(job_id, page=page)]
 
 
 async def has_lines(api: httpx.AsyncClient, job_id: str, n: int) -> bool:
     """At least n lines of the job are stored (False while the API is unreachable, e.g. restarting)."""
     try:
-        return (await api.get(f"/api/jobs/{job_id}")).json()["log_lines"] >= n
-    except httpx.HTTPError:
+        return (await BoxrunClient.over(api).get(job_id)).log_lines >= n
+    except Unavailable:
         return False

@@ -11,7 +11,7 @@ import uuid
 import httpx
 import pytest
 
-from boxrun.sse import follow
+from boxrun.client import DoneEvent, LogEvent, read_events
 from tests.integration.jobs import replay, submit, wait_terminal
 
 pytestmark = pytest.mark.e2e
@@ -70,26 +70,27 @@ async def test_exit_code_3_fails_the_job(api):
     assert [line["text"] for line in await replay(api, job["id"])] == ["failing on purpose"]
 
 
-async def test_sse_streams_lines_with_seq_ids_then_done(api):
+async def test_sse_streams_lines_with_seq_ids_then_done(api, client):
     job = await submit(api, "import time\nfor i in range(5):\n    print(i, flush=True)\n    time.sleep(0.05)\n")
     seen, final = [], None
     started = time.monotonic()
-    async for ev in follow(api, job["id"]):
-        if ev.event == "log":
-            assert ev.id == str(ev.data["seq"])
-            seen.append(ev.data["text"])
-        elif ev.event == "done":
-            final = ev.data["state"]
+    async for ev in client.follow(job["id"]):
+        if isinstance(ev, LogEvent):
+            seen.append(ev.line.text)
+        elif isinstance(ev, DoneEvent):
+            final = ev.state
     assert seen == ["0", "1", "2", "3", "4"] and final == "completed"
     # woken by NOTIFY, not by the 20 s keepalive tick: the whole follow takes far less than one tick
     assert time.monotonic() - started < 10
     # a follower that resumes after seq 4 (the line "3") gets exactly the rest, then done again
-    resumed = [ev async for ev in follow(api, job["id"], after=4)]
-    assert [ev.data["text"] for ev in resumed if ev.event == "log"] == ["4"]
-    assert resumed[-1].event == "done"
-    # browsers resume with the Last-Event-ID header
+    resumed = [ev async for ev in client.follow(job["id"], after=4)]
+    assert [ev.line.text for ev in resumed if isinstance(ev, LogEvent)] == ["4"]
+    assert isinstance(resumed[-1], DoneEvent)
+    # browsers resume with the Last-Event-ID header; each line's event id is its seq
     async with api.stream("GET", f"/api/jobs/{job['id']}/logs/stream", headers={"Last-Event-ID": "4"}) as resp:
         body = (await resp.aread()).decode()
+        raw = [ev async for ev in read_events(httpx.Response(200, content=body.encode()))]
+    assert [(ev.id, ev.data["seq"]) for ev in raw if ev.event == "log"] == [("5", 5)]
     assert "id: 4\n" not in body and "id: 5\n" in body and "event: done" in body
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from boxrun.sse import read_events
+from boxrun.client import read_events
 from tests.conftest import wait_for
 from tests.integration.faultstack import fault_stack
 from tests.integration.jobs import has_lines, submit, wait_terminal

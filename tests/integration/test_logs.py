@@ -14,7 +14,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from boxrun.client import BoxrunClient
+from boxrun.client import BoxrunClient, LogEvent
 from tests.conftest import wait_for
 from tests.integration.faultstack import fault_stack
 from tests.integration.jobs import has_lines, replay, submit, wait_terminal
@@ -144,7 +144,9 @@ async def test_cli_prints_streams_apart_and_exits_with_the_outcome(api, fs):
 
 
 async def _follow_all(client: BoxrunClient, job_id: str) -> list[dict]:
-    return [ev.data async for ev in client.follow(job_id, retry_s=0.2) if ev.event == "log"]
+    return [
+        ev.line.model_dump(mode="json") async for ev in client.follow(job_id, retry_s=0.2) if isinstance(ev, LogEvent)
+    ]
 
 
 CHATTY = """

@@ -17,9 +17,9 @@ from boxrun.api.live import job_tail as tail_mod
 from boxrun.api.live.follower import Batch, Follower
 from boxrun.api.live.job_tail import Ring, Tails, encode_event, encode_log, ws_message
 from boxrun.api.live.listener import Notifier
+from boxrun.client import read_events
 from boxrun.constants import CHANNEL_LOGS, JobState
 from boxrun.logstore import Line
-from boxrun.sse import read_events
 
 JOB = "6f1c1f0e-0000-4000-8000-000000000001"
 ORG = "org-1"
