@@ -59,7 +59,9 @@ def agent(box: Annotated[str | None, typer.Option(help="this box's name (else BO
     """Run a box agent: a Temporal worker on task queue box.NAME plus liveness reports to the API."""
     from boxrun.agent.main import run_agent
 
-    settings = Settings(**({"box_name": box} if box else {}))
+    settings = Settings()
+    if box:
+        settings = settings.model_copy(update={"box_name": box})
     setup_logging(settings.log_level)
     run_until_signal(lambda stop: run_agent(settings, stop))
 

@@ -135,6 +135,8 @@ class BoxActivities:
     async def _announce(self, pid: int) -> None:
         """Tell the workflow the process is up, so the job shows `running` at once."""
         info = activity.info()
+        if info.workflow_id is None:  # run_job is only ever scheduled by JobWorkflow
+            return
         try:
             handle = activity.client().get_workflow_handle(info.workflow_id, run_id=info.workflow_run_id)
             await handle.signal("started", JobStarted(pid=pid))
