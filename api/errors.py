@@ -5,6 +5,7 @@ every error answer (domain, validation, routing, an unavailable dependency) has 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -12,6 +13,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from boxrun.errors import (
     BoxrunError,
@@ -49,6 +51,7 @@ _CODES = {
     503: "unavailable",
 }
 _DESCRIPTIONS = {
+    400: "the body could not be read as JSON (e.g. it is not UTF-8)",
     401: "missing, unknown, expired or revoked token",
     403: "the caller may not do this",
     404: "no such resource (or not one the caller may see)",
@@ -64,7 +67,7 @@ MAX_MESSAGE = 300
 def status_of(exc: BoxrunError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
-            return STATUS[cls]  # type: ignore[index]
+            return STATUS[cls]
     return status.HTTP_500_INTERNAL_SERVER_ERROR
 
 
@@ -91,6 +94,46 @@ def responses(*codes: int, **described: str) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+
+
+def document_errors(spec: dict[str, Any], *, authenticated: Callable[[str], bool]) -> dict[str, Any]:
+    """Complete an OpenAPI document's error answers, the same way on every operation: 401 where a
+    token is needed, 400/413 where a body is read, 422 where anything is validated, and every
+    4xx/5xx with the ErrorBody schema (FastAPI's own HTTPValidationError is never sent)."""
+    error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for path, item in spec.get("paths", {}).items():
+        for method in _METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            answers: dict[str, Any] = op.setdefault("responses", {})
+            wanted = []
+            if authenticated(path):
+                wanted.append(401)
+            if "requestBody" in op:
+                wanted += [400, 413]
+            if "requestBody" in op or op.get("parameters"):
+                wanted.append(422)
+            for wanted_code in wanted:
+                answers.setdefault(str(wanted_code), {"description": _DESCRIPTIONS[wanted_code]})
+            for code, answer in answers.items():
+                if code[0] in "45":
+                    if code == "422" and answer.get("description") == "Validation Error":  # FastAPI's
+                        answer["description"] = _DESCRIPTIONS[422]
+                    answer["content"] = error_body
+    schemas = spec.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas.setdefault("ErrorBody", ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}"))
+    for name, schema in (
+        ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {}).items()
+    ):
+        schemas.setdefault(name, schema)
+    schemas["ErrorBody"].pop("$defs", None)
+    return spec
+
+
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc) or "body"
 
@@ -102,6 +145,15 @@ def _validation_errors(exc: RequestValidationError) -> list[FieldError]:
         message = str(err.get("msg", "invalid"))
         out.append(FieldError(field=_field(err.get("loc", ())), message=message[:MAX_MESSAGE]))
     return out
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 def install(app: FastAPI) -> None:
@@ -135,9 +187,14 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            # Starlette names the methods of the first route matching the path only; a path
+            # served by several routes (GET and POST /api/jobs) allows the union.
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(exc.status_code, detail, headers=headers)
 
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.OperatorInterventionError)  # shutting down, cannot connect now
