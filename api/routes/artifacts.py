@@ -10,7 +10,7 @@ from fastapi.responses import RedirectResponse
 from boxrun.api.deps import ConnDep, CurrentUser, StorageDep
 from boxrun.api.routes.jobs import NOT_FOUND, load_job
 from boxrun.db import Q
-from boxrun.schemas import ArtifactsPublic
+from boxrun.schemas import ArtifactsPublic, CleanStr
 
 router = APIRouter(prefix="/jobs", tags=["artifacts"])
 
@@ -30,7 +30,7 @@ async def list_artifacts(job_id: str, conn: ConnDep, user: CurrentUser) -> Artif
     responses={307: {"description": "redirect to a presigned GET valid for 5 minutes"}, **NOT_FOUND},
 )
 async def download_artifact(
-    job_id: str, path: str, conn: ConnDep, user: CurrentUser, storage: StorageDep
+    job_id: str, path: CleanStr, conn: ConnDep, user: CurrentUser, storage: StorageDep
 ) -> RedirectResponse:
     row = await load_job(conn, user, job_id)
     art = await conn.fetchrow(Q.get_artifact, user.org_id, row["id"], path)

@@ -12,6 +12,7 @@ from boxrun.api.deps import AdminUser, ConnDep, CurrentUser, SettingsDep, Tempor
 from boxrun.api.to_public import box_public
 from boxrun.db import Q
 from boxrun.schemas import (
+    BigId,
     BoxCreate,
     BoxCreated,
     BoxesPublic,
@@ -19,6 +20,7 @@ from boxrun.schemas import (
     BoxQueuePublic,
     MaintenancePublic,
     MaintenanceSet,
+    Name,
     WindowCreate,
     WindowPublic,
 )
@@ -44,7 +46,7 @@ async def list_boxes(conn: ConnDep, settings: SettingsDep, user: CurrentUser) ->
 
 
 @router.get("/{name}", response_model=BoxPublic, responses=NOT_FOUND)
-async def get_box(name: str, conn: ConnDep, settings: SettingsDep, user: CurrentUser) -> BoxPublic:
+async def get_box(name: Name, conn: ConnDep, settings: SettingsDep, user: CurrentUser) -> BoxPublic:
     return box_public(await load_box(conn, user, name), settings)
 
 
@@ -65,7 +67,7 @@ async def register_box(body: BoxCreate, conn: ConnDep, settings: SettingsDep, us
 
 
 @router.post("/{name}/token", response_model=BoxCreated, responses=NOT_FOUND)
-async def rotate_token(name: str, conn: ConnDep, settings: SettingsDep, user: AdminUser) -> BoxCreated:
+async def rotate_token(name: Name, conn: ConnDep, settings: SettingsDep, user: AdminUser) -> BoxCreated:
     """Mint a new node token for the box; the old one stops working at once."""
     token = mint_token("bxn")
     if await conn.fetchrow(Q.rotate_box_token, user.org_id, name, hash_token(token)) is None:
@@ -74,7 +76,7 @@ async def rotate_token(name: str, conn: ConnDep, settings: SettingsDep, user: Ad
 
 
 @router.get("/{name}/queue", response_model=BoxQueuePublic, responses=NOT_FOUND)
-async def box_queue(name: str, conn: ConnDep, user: CurrentUser) -> BoxQueuePublic:
+async def box_queue(name: Name, conn: ConnDep, user: CurrentUser) -> BoxQueuePublic:
     """The box's current leases and the jobs waiting that it could take, in grant order."""
     box = await load_box(conn, user, name)
     leases = await conn.fetch(Q.box_leases, box["id"])
@@ -88,7 +90,7 @@ async def box_queue(name: str, conn: ConnDep, user: CurrentUser) -> BoxQueuePubl
 
 
 @router.get("/{name}/maintenance", response_model=MaintenancePublic, responses=NOT_FOUND)
-async def get_maintenance(name: str, conn: ConnDep, user: CurrentUser) -> MaintenancePublic:
+async def get_maintenance(name: Name, conn: ConnDep, user: CurrentUser) -> MaintenancePublic:
     box = await load_box(conn, user, name)
     windows = await conn.fetch(Q.box_windows, box["id"])
     rejections = await conn.fetch(Q.box_rejections, box["id"], REJECTIONS_SHOWN)
@@ -101,7 +103,7 @@ async def get_maintenance(name: str, conn: ConnDep, user: CurrentUser) -> Mainte
 
 @router.put("/{name}/maintenance", response_model=MaintenancePublic, responses=NOT_FOUND)
 async def set_maintenance(
-    name: str, body: MaintenanceSet, conn: ConnDep, temporal: TemporalDep, user: AdminUser
+    name: Name, body: MaintenanceSet, conn: ConnDep, temporal: TemporalDep, user: AdminUser
 ) -> MaintenancePublic:
     """Manual maintenance. Running jobs are not stopped; only new dispatches are held back."""
     box = await load_box(conn, user, name)
@@ -129,7 +131,7 @@ async def set_maintenance(
 @router.post(
     "/{name}/maintenance/windows", status_code=status.HTTP_201_CREATED, response_model=WindowPublic, responses=NOT_FOUND
 )
-async def add_window(name: str, body: WindowCreate, conn: ConnDep, user: AdminUser) -> WindowPublic:
+async def add_window(name: Name, body: WindowCreate, conn: ConnDep, user: AdminUser) -> WindowPublic:
     if body.ends_at <= datetime.now(UTC):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "ends_at is in the past")
     box = await load_box(conn, user, name)
@@ -153,7 +155,9 @@ async def add_window(name: str, body: WindowCreate, conn: ConnDep, user: AdminUs
     status_code=status.HTTP_204_NO_CONTENT,
     responses={404: {"description": "no such box or window"}},
 )
-async def delete_window(name: str, window_id: int, conn: ConnDep, temporal: TemporalDep, user: AdminUser) -> Response:
+async def delete_window(
+    name: Name, window_id: BigId, conn: ConnDep, temporal: TemporalDep, user: AdminUser
+) -> Response:
     box = await load_box(conn, user, name)
     if await conn.fetchval(Q.delete_window, box["id"], window_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"box {name} has no window {window_id}")

@@ -12,7 +12,7 @@ from boxrun.api.deps import ConnDep, CurrentUser, SettingsDep, TemporalDep
 from boxrun.api.to_public import job_public
 from boxrun.constants import JobState
 from boxrun.db import Q
-from boxrun.schemas import JobCreate, JobEventsPublic, JobPublic, JobsPublic
+from boxrun.schemas import MAX_BIGINT, JobCreate, JobEventsPublic, JobPublic, JobsPublic, Name
 from boxrun.services.submission import submit_job
 from boxrun.transitions import transition
 
@@ -61,9 +61,9 @@ async def list_jobs(
     settings: SettingsDep,
     user: CurrentUser,
     state: JobState | None = None,
-    box: str | None = None,
+    box: Name | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
 ) -> JobsPublic:
     rows = await conn.fetch(Q.list_jobs, user.org_id, state, box, limit, offset)
     if rows:
