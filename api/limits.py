@@ -31,11 +31,15 @@ LOG_INGEST = re.compile(r"^/api/agent/jobs/[^/]+/logs$")
 AGENT_PREFIX = "/api/agent/"
 
 
+def too_large(limit: int) -> str:
+    return f"a request body here may hold at most {limit} bytes"
+
+
 class BodyTooLarge(StarletteHTTPException):
     """Raised from `receive` when a streamed body passes the limit; api.errors answers it as 413."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the request body is over the limit of {limit} bytes")
+        super().__init__(413, too_large(limit))
 
 
 def needs_token(path: str) -> bool:
@@ -66,7 +70,7 @@ class RequestGuard:
         limit = self.limit_for(path)
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return 413, f"the request body is over the limit of {limit} bytes"
+            return 413, too_large(limit)
         if not needs_token(path):
             return None
         token = _bearer(headers)
@@ -85,7 +89,9 @@ class RequestGuard:
         refused = self.refusal(scope)
         if refused is not None:
             code, reason = refused
-            headers = {"WWW-Authenticate": "Bearer"} if code == 401 else {"Connection": "close"}
+            # No `Connection: close`: the server discards the unread body without buffering it, so
+            # a client still sending gets to read the answer (a reset socket would lose it).
+            headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
             await error_response(code, reason, headers=headers)(scope, receive, send)
             return
 
@@ -112,4 +118,4 @@ class RequestGuard:
         except BodyTooLarge as exc:  # read outside a route (the app's handlers answer it inside one)
             if started:
                 raise
-            await error_response(413, str(exc.detail), headers={"Connection": "close"})(scope, receive, send)
+            await error_response(413, str(exc.detail))(scope, receive, send)
