@@ -79,9 +79,8 @@ def error_response(
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = ErrorBody(
-        detail=detail[: MAX_MESSAGE * 4], code=code or _CODES.get(status_code, "error"), errors=errors or []
-    )
+    text = detail[: MAX_MESSAGE * 4].encode("utf-8", "backslashreplace").decode()  # no lone surrogate
+    body = ErrorBody(detail=text, code=code or _CODES.get(status_code, "error"), errors=errors or [])
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
 
 
@@ -134,16 +133,25 @@ def document_errors(spec: dict[str, Any], *, authenticated: Callable[[str], bool
     return spec
 
 
+MAX_FIELD_PART = 80
+
+
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
-    return ".".join(str(part) for part in loc) or "body"
+    """body.files.<key>.[key]: a dict key is part of the place, so it is shortened (it may be
+    the submitted value at fault) and anything that is not text is escaped."""
+    parts = []
+    for part in loc:
+        text = str(part).encode("utf-8", "backslashreplace").decode()
+        parts.append(text if len(text) <= MAX_FIELD_PART else f"{text[:MAX_FIELD_PART]}...")
+    return ".".join(parts) or "body"
 
 
 def _validation_errors(exc: RequestValidationError) -> list[FieldError]:
     """Each error's place and message, never the submitted value (a 50 MB script is not echoed)."""
     out = []
     for err in exc.errors()[:MAX_FIELD_ERRORS]:
-        message = str(err.get("msg", "invalid"))
-        out.append(FieldError(field=_field(err.get("loc", ())), message=message[:MAX_MESSAGE]))
+        message = str(err.get("msg", "invalid"))[:MAX_MESSAGE].encode("utf-8", "backslashreplace").decode()
+        out.append(FieldError(field=_field(err.get("loc", ())), message=message))
     return out
 
 

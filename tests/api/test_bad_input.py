@@ -62,6 +62,22 @@ async def test_submission_refuses_unstorable_strings_and_wrong_types(api, raw, f
     refused(await post_raw(api, "/api/jobs", raw), 422, field)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"box": "b1", "script": "x", "files": {"\\ud800": "x"}}',
+        '{"box": "b1", "script": "x", "env": {"\\ud800": "x"}}',
+        '{"box": "b1", "script": "x", "env": {"%s": "x"}}' % ("A-" * 400_000),
+        '{"box": "b1", "script": "x", "files": {"%s": "x"}}' % ("a/" * 400_000),
+    ],
+)
+async def test_bad_keys_are_422_and_never_echoed(api, raw):
+    """A key names the field at fault: it is shortened, and a lone surrogate in it escaped."""
+    resp = await post_raw(api, "/api/jobs", raw)
+    body = refused(resp, 422)
+    assert body.errors[0].field.startswith("body.") and len(resp.content) < 2000, resp.text[:300]
+
+
 async def test_exactly_one_target_is_a_422_stated_in_the_schema(api):
     for body in ({"script": "x"}, {"script": "x", "box": "a", "box_group": "g"}):
         refused(await api.post("/api/jobs", json=body, headers=ADMIN), 422, "body")
