@@ -111,7 +111,9 @@ def document_errors(spec: dict[str, Any], *, authenticated: Callable[[str], bool
             if authenticated(path):
                 wanted.append(401)
             if "requestBody" in op:
-                wanted += [400, 413]
+                wanted.append(413)
+                if "application/json" in op["requestBody"].get("content", {}):
+                    wanted.append(400)  # FastAPI's answer to a body it cannot decode
             if "requestBody" in op or op.get("parameters"):
                 wanted.append(422)
             for wanted_code in wanted:

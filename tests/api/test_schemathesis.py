@@ -40,7 +40,7 @@ def config() -> schemathesis.Config:
             "headers": {"Authorization": f"Bearer {ADMIN_TOKEN}"},
             "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none", "mode": "all"},
             "checks": {"enabled": True, "positive_data_acceptance": {"expected-statuses": ACCEPTED}},
-            "phases": {"stateful": {"enabled": False}},  # no links between operations are documented
+            "phases": {"stateful": {"enabled": os.environ.get("BOXRUN_SCHEMATHESIS_STATEFUL") == "1"}},
             "request-timeout": 30,
             "max-failures": 100,
             "operations": [
