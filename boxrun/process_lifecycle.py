@@ -35,7 +35,10 @@ class RedactSecrets(logging.Filter):
     """A handler filter: the record's rendered message (and traceback text) without credentials."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True  # a malformed call: the handler reports it as logging does, not the caller
         clean = redact(message)
         if clean != message:
             record.msg, record.args = clean, None
