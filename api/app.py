@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
+import asyncpg
 from fastapi import APIRouter, FastAPI
 
 from boxrun import __version__
 from boxrun.api import errors
+from boxrun.api.limits import RequestGuard, needs_token
 from boxrun.api.live.job_tail import Tails
 from boxrun.api.live.listener import Notifier
 from boxrun.api.routes import agent, artifacts, boxes, health, jobs, logs
@@ -27,10 +31,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.require_secrets("api_token", "s3_secret_access_key")
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
         async with pool.acquire() as conn:
-            await migrate(conn)
+            await migrate(cast(asyncpg.Connection, conn))
         notifier = Notifier(settings.database_url)
         await notifier.start()
         storage = Storage(settings)
@@ -61,15 +65,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     openapi = app.openapi
 
-    def openapi_with_ingest_schema() -> dict:
+    def openapi_with_ingest_schema() -> dict[str, Any]:
         # the log ingest parses its raw body itself; publish its header's schema all the same
         spec = openapi()
         spec["components"]["schemas"].setdefault(
             "LogBatchHeader", LogBatchHeader.model_json_schema(ref_template="#/components/schemas/{model}")
         )
-        return spec
+        return errors.document_errors(spec, authenticated=needs_token)
 
-    app.openapi = openapi_with_ingest_schema
+    app.openapi = openapi_with_ingest_schema  # type: ignore[method-assign]  # FastAPI's documented hook
 
     errors.install(app)
+    app.add_middleware(RequestGuard, settings=settings)
     return app

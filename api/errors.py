@@ -5,6 +5,7 @@ every error answer (domain, validation, routing, an unavailable dependency) has 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -12,6 +13,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from boxrun.errors import (
     BoxrunError,
@@ -49,6 +51,7 @@ _CODES = {
     503: "unavailable",
 }
 _DESCRIPTIONS = {
+    400: "the body could not be read as JSON (e.g. it is not UTF-8)",
     401: "missing, unknown, expired or revoked token",
     403: "the caller may not do this",
     404: "no such resource (or not one the caller may see)",
@@ -76,9 +79,8 @@ def error_response(
     errors: list[FieldError] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = ErrorBody(
-        detail=detail[: MAX_MESSAGE * 4], code=code or _CODES.get(status_code, "error"), errors=errors or []
-    )
+    text = detail[: MAX_MESSAGE * 4].encode("utf-8", "backslashreplace").decode()  # no lone surrogate
+    body = ErrorBody(detail=text, code=code or _CODES.get(status_code, "error"), errors=errors or [])
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)
 
 
@@ -91,17 +93,77 @@ def responses(*codes: int, **described: str) -> dict[int | str, dict[str, Any]]:
     return out
 
 
+_METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
+
+
+def document_errors(spec: dict[str, Any], *, authenticated: Callable[[str], bool]) -> dict[str, Any]:
+    """Complete an OpenAPI document's error answers, the same way on every operation: 401 where a
+    token is needed, 400/413 where a body is read, 422 where anything is validated, and every
+    4xx/5xx with the ErrorBody schema (FastAPI's own HTTPValidationError is never sent)."""
+    error_body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for path, item in spec.get("paths", {}).items():
+        for method in _METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            answers: dict[str, Any] = op.setdefault("responses", {})
+            wanted = []
+            if authenticated(path):
+                wanted.append(401)
+            if "requestBody" in op:
+                wanted.append(413)
+                if "application/json" in op["requestBody"].get("content", {}):
+                    wanted.append(400)  # FastAPI's answer to a body it cannot decode
+            if "requestBody" in op or op.get("parameters"):
+                wanted.append(422)
+            for wanted_code in wanted:
+                answers.setdefault(str(wanted_code), {"description": _DESCRIPTIONS[wanted_code]})
+            for code, answer in answers.items():
+                if code[0] in "45":
+                    if code == "422" and answer.get("description") == "Validation Error":  # FastAPI's
+                        answer["description"] = _DESCRIPTIONS[422]
+                    answer["content"] = error_body
+    schemas = spec.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas.setdefault("ErrorBody", ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}"))
+    for name, schema in (
+        ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}").get("$defs", {}).items()
+    ):
+        schemas.setdefault(name, schema)
+    schemas["ErrorBody"].pop("$defs", None)
+    return spec
+
+
+MAX_FIELD_PART = 80
+
+
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
-    return ".".join(str(part) for part in loc) or "body"
+    """body.files.<key>.[key]: a dict key is part of the place, so it is shortened (it may be
+    the submitted value at fault) and anything that is not text is escaped."""
+    parts = []
+    for part in loc:
+        text = str(part).encode("utf-8", "backslashreplace").decode()
+        parts.append(text if len(text) <= MAX_FIELD_PART else f"{text[:MAX_FIELD_PART]}...")
+    return ".".join(parts) or "body"
 
 
 def _validation_errors(exc: RequestValidationError) -> list[FieldError]:
     """Each error's place and message, never the submitted value (a 50 MB script is not echoed)."""
     out = []
     for err in exc.errors()[:MAX_FIELD_ERRORS]:
-        message = str(err.get("msg", "invalid"))
-        out.append(FieldError(field=_field(err.get("loc", ())), message=message[:MAX_MESSAGE]))
+        message = str(err.get("msg", "invalid"))[:MAX_MESSAGE].encode("utf-8", "backslashreplace").decode()
+        out.append(FieldError(field=_field(err.get("loc", ())), message=message))
     return out
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 def install(app: FastAPI) -> None:
@@ -135,9 +197,14 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        return error_response(exc.status_code, detail, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            # Starlette names the methods of the first route matching the path only; a path
+            # served by several routes (GET and POST /api/jobs) allows the union.
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(exc.status_code, detail, headers=headers)
 
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.OperatorInterventionError)  # shutting down, cannot connect now

@@ -39,6 +39,7 @@ def api() -> None:
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's loggers go to setup_logging's handlers, which redact tokens
         access_log=False,
     )
     hard_exit(0)

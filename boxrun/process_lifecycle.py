@@ -9,15 +9,55 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 
+REDACTED = "[redacted]"
+# Credentials that can reach a log line: `?token=` in a WebSocket URL (browsers cannot set headers),
+# an Authorization header's value, and a node token (minted as bxn_...) anywhere.
+_SECRETS = (
+    re.compile(r"(?i)(\b[\w-]*token=)[^\s&#\"',;]+"),
+    re.compile(r"(?i)(\b(?:bearer|basic)\s+)[\w.~+/=-]+"),
+    re.compile(r"()\bbxn_[\w-]{8,}"),
+)
+
+
+def redact(text: str) -> str:
+    """`text` with every credential it holds replaced by [redacted]."""
+    for pattern in _SECRETS:
+        text = pattern.sub(rf"\g<1>{REDACTED}", text)
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """A handler filter: the record's rendered message (and traceback text) without credentials."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return True  # a malformed call: the handler reports it as logging does, not the caller
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
 
 def setup_logging(level: str = "INFO") -> None:
+    """Log to stderr through handlers that redact credentials. uvicorn's loggers reach the same
+    handlers when uvicorn is run with log_config=None (see `boxrun api`)."""
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
+            handler.addFilter(RedactSecrets())
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("temporalio").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
 

@@ -3,18 +3,126 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from boxrun.constants import JobState
-from boxrun.workspace_paths import clean_relative_path
+from boxrun.workspace_paths import MAX_PATH_LEN, NORMAL_PATH_PATTERN, clean_relative_path, refuse_unstorable
+
+# ---------------------------------------------------------------- reusable field types
+# Every rule is checked in Python AND stated in the JSON schema, so the OpenAPI document says
+# exactly what is accepted (schemathesis holds the two to each other in tests/api).
+
+MAX_BIGINT = 2**63 - 1  # Postgres bigint: seqs, offsets, ids
+# Characters no Postgres text column can hold (NUL) or that are not Unicode text (lone UTF-16
+# surrogates, which JSON's \ud800 escapes can produce): refused in every string field.
+UNSTORABLE = r"\x00\ud800-\udfff"
+CLEAN_PATTERN = rf"^[^{UNSTORABLE}]*$"
+
+
+@dataclass(frozen=True)
+class SchemaRule:
+    """Adds keywords to a field's JSON schema (a rule checked by a validator, stated for clients)."""
+
+    keywords: tuple[tuple[str, Any], ...]
+
+    def __get_pydantic_json_schema__(self, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        schema.update(dict(self.keywords))
+        return schema
+
+
+def rule(**keywords: Any) -> SchemaRule:
+    return SchemaRule(tuple(keywords.items()))
+
+
+def _clean(value: str) -> str:
+    refuse_unstorable(value)
+    return value
+
+
+# A string without NUL or lone surrogates: the base of every free-text field.
+CleanStr = Annotated[str, AfterValidator(_clean), rule(pattern=CLEAN_PATTERN)]
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
-Capability = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s,]+$")]
+Capability = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=128, pattern=r"^[^\s,]+$"),
+    AfterValidator(_clean),
+    rule(pattern=rf"^[^\s,{UNSTORABLE}]+$"),
+]
+ENV_NAME_PATTERN = r"^(?!BOXRUN_)[A-Za-z_][A-Za-z0-9_]*$"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+BigInt = Annotated[int, Field(ge=0, le=MAX_BIGINT)]
+BigId = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
+
+# Instants: RFC 3339 with an explicit offset, years 1970..8999 (every such instant fits Postgres'
+# timestamptz and Python's datetime in every timezone). Only strings: a bare number is no date.
+TIMESTAMP_PATTERN = (
+    r"^(19[7-9][0-9]|[2-8][0-9]{3})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+_TIMESTAMP = re.compile(TIMESTAMP_PATTERN)
+
+
+def _timestamp_text(value: Any) -> Any:
+    if isinstance(value, datetime):  # from Python callers, not from the wire
+        return value
+    if not isinstance(value, str) or not _TIMESTAMP.match(value):
+        raise ValueError("must be an RFC 3339 date-time with a timezone, years 1970..8999 (e.g. 2026-11-22T10:00:00Z)")
+    return datetime.fromisoformat(value.upper())  # the pattern admits nothing fromisoformat refuses
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("needs a timezone (e.g. 2026-11-22T10:00:00Z)")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range") from None
+
+
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_timestamp_text),
+    AfterValidator(_aware),
+    rule(pattern=TIMESTAMP_PATTERN),
+]
+
+
+def _normal_path(raw: str) -> str:
+    cleaned = clean_relative_path(raw)
+    if cleaned != raw:
+        raise ValueError(f"path {raw[:80]!r} is not in normal form: write {cleaned[:80]!r}")
+    return raw
+
+
+# A file in the job's workspace: relative, normalised ('a/b.txt', not './a//b.txt'), no '..'.
+WorkspacePath = Annotated[
+    str, AfterValidator(_normal_path), rule(pattern=NORMAL_PATH_PATTERN, minLength=1, maxLength=MAX_PATH_LEN)
+]
+# Dict keys: the rules go to the object's propertyNames (pydantic would state a key's pattern as
+# patternProperties, which lets any other key through).
+_FileKey = Annotated[str, AfterValidator(_normal_path)]
+_FILE_KEYS = rule(propertyNames={"pattern": NORMAL_PATH_PATTERN, "minLength": 1, "maxLength": MAX_PATH_LEN})
+_ENV_KEYS = rule(propertyNames={"pattern": ENV_NAME_PATTERN})
 
 MAX_SCRIPT_BYTES = 256 * 1024
 MAX_SPEC_BYTES = 512 * 1024  # script + files + env; the spec travels in workflow history
@@ -22,21 +130,35 @@ MAX_TIMEOUT_S = 7 * 24 * 3600
 
 
 class JobCreate(BaseModel):
-    """POST /api/jobs body. Exactly one of `box` or `box_group`."""
+    """POST /api/jobs body. Exactly one of `box` or `box_group` (the other absent or null). The
+    script is at most 256 KiB and script + files + env at most 512 KiB, counted in UTF-8 bytes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,  # JSON types as the schema states them: no "5" for 5, no 0 for false
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["box"], "properties": {"box": {"type": "string"}}},
+                {"required": ["box_group"], "properties": {"box_group": {"type": "string"}}},
+            ]
+        },
+    )
 
     box: Name | None = None
     box_group: Name | None = None
     requires: list[Capability] = Field(default_factory=list, max_length=64)
-    script: str = Field(min_length=1)
-    files: dict[str, str] = Field(default_factory=dict, max_length=1000)
-    env: dict[str, str] = Field(default_factory=dict, max_length=500)
+    script: CleanStr = Field(min_length=1, description=f"at most {MAX_SCRIPT_BYTES} bytes as UTF-8")
+    files: Annotated[dict[_FileKey, CleanStr], _FILE_KEYS] = Field(
+        default_factory=dict, max_length=1000, description="workspace path (normalised, relative) -> content"
+    )
+    env: Annotated[dict[str, CleanStr], _ENV_KEYS] = Field(
+        default_factory=dict, max_length=500, description="variable name -> value; the BOXRUN_ prefix is reserved"
+    )
     timeout_s: int = Field(default=3600, ge=1, le=MAX_TIMEOUT_S)
     lock: bool = False
     priority: int = Field(default=0, ge=-1000, le=1000)
     cancel_grace_s: int = Field(default=10, ge=0, le=3600, description="SIGTERM to SIGKILL grace on cancel")
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    idempotency_key: CleanStr | None = Field(default=None, min_length=1, max_length=200)
 
     @field_validator("script")
     @classmethod
@@ -45,27 +167,14 @@ class JobCreate(BaseModel):
             raise ValueError(f"script is larger than {MAX_SCRIPT_BYTES} bytes")
         return v
 
-    @field_validator("files")
-    @classmethod
-    def _file_paths(cls, v: dict[str, str]) -> dict[str, str]:
-        cleaned: dict[str, str] = {}
-        for raw, content in v.items():
-            path = clean_relative_path(raw)
-            if path in cleaned:
-                raise ValueError(f"path {raw!r} names the same file as another entry")
-            cleaned[path] = content
-        return cleaned
-
     @field_validator("env")
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
-        for name, value in v.items():
+        for name in v:
             if not _ENV_NAME.match(name):
-                raise ValueError(f"env name {name!r} is not a valid variable name")
+                raise ValueError(f"env name {name[:80]!r} is not a valid variable name")
             if name.startswith("BOXRUN_"):
-                raise ValueError(f"env name {name!r}: the BOXRUN_ prefix is reserved")
-            if "\x00" in value:
-                raise ValueError(f"env {name!r} contains a NUL byte")
+                raise ValueError(f"env name {name[:80]!r}: the BOXRUN_ prefix is reserved")
         return v
 
     @field_validator("requires")
@@ -156,7 +265,7 @@ class ArtifactsPublic(BaseModel):
 
 
 class BoxCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: Name
     groups: list[Name] = Field(default_factory=list, max_length=64)
@@ -188,35 +297,37 @@ class BoxCreated(BaseModel):
 
 
 class AgentHeartbeat(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    agent_version: str = Field(max_length=64)
+    agent_version: CleanStr = Field(max_length=64)
     draining: bool = False
 
 
 class MaintenanceSet(BaseModel):
     """Manual maintenance: on opens a window without an end, off ends every open window now."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     on: bool
-    reason: str = Field(default="manual", min_length=1, max_length=500)
+    reason: CleanStr = Field(default="manual", min_length=1, max_length=500)
 
 
 class WindowCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A maintenance window: `ends_at` after `starts_at`, and not in the past."""
 
-    starts_at: datetime
-    ends_at: datetime
-    reason: str = Field(min_length=1, max_length=500)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    @model_validator(mode="after")
-    def _ordered(self) -> WindowCreate:
-        if self.starts_at.tzinfo is None or self.ends_at.tzinfo is None:
-            raise ValueError("starts_at and ends_at need a timezone (e.g. 2026-11-22T10:00:00Z)")
-        if self.ends_at <= self.starts_at:
-            raise ValueError("ends_at must be after starts_at")
-        return self
+    starts_at: Timestamp
+    ends_at: Timestamp = Field(description="after starts_at, and not in the past")
+    reason: CleanStr = Field(min_length=1, max_length=500)
+
+    @field_validator("ends_at")
+    @classmethod
+    def _after_start(cls, v: datetime, info: ValidationInfo) -> datetime:
+        starts_at = info.data.get("starts_at")
+        if starts_at is not None and v <= starts_at:
+            raise ValueError("must be after starts_at")
+        return v
 
 
 class WindowPublic(BaseModel):
@@ -257,7 +368,7 @@ class BoxQueuePublic(BaseModel):
     waiting: list[WaiterPublic] = Field(description="jobs that could take this box, in grant order")
 
 
-MAX_SEQ = 2**63 - 1  # seqs are Postgres bigints
+MAX_SEQ = MAX_BIGINT  # seqs are Postgres bigints
 # when a line was read, unix seconds: finite and before year 10000 (every line must render as a date)
 LogTime = Annotated[float, Field(ge=0, lt=253402300800, allow_inf_nan=False)]
 LogRun = tuple[Annotated[int, Field(ge=1)], Literal["stdout", "stderr", "output", "system"], LogTime]

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # Bootstrap admin token; jobs submitted with it are owned by api_token_owner.
     api_token: str = _PLACEHOLDER
     api_token_owner: str = "admin"
+    # Request bodies over this are refused with 413 before they are read (and before auth);
+    # the agents' log ingest has its own, larger bound.
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    max_log_batch_bytes: int = Field(default=16 << 20, ge=1024)
     box_offline_after_s: float = Field(default=15.0, gt=0)
     # Idle SSE/WebSocket followers re-check the job this often (FastAPI also sends keepalive comments).
     sse_keepalive_s: float = Field(default=20.0, gt=0)

@@ -1,0 +1,121 @@
+"""The request guard: an ASGI middleware that answers before any route (so before FastAPI reads and
+parses a body) when a request is over the body limit (413) or carries no usable credentials (401).
+
+Order, for HTTP requests:
+1. A declared Content-Length over the route's limit: 413 at once, nothing read, before auth.
+2. A protected route (everything under /api but the public ones) without a bearer token, or on a
+   user route with a token that names no user: 401 at once, the body unread. Node tokens (the
+   /api/agent routes) are looked up in Postgres by their dependency, which runs before the log
+   ingest reads its body.
+3. A body sent without Content-Length (chunked) is counted while the app reads it; past the limit
+   the read raises BodyTooLarge, a 413.
+
+The limit is `max_body_bytes` (1 MiB by default) and `max_log_batch_bytes` (16 MiB) for the agent's
+log ingest. WebSocket connections authenticate themselves (`?token=` or the header).
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from boxrun.api.auth import user_for_token
+from boxrun.api.errors import error_response
+from boxrun.settings import Settings
+
+PUBLIC = frozenset({"/api/health"})
+LOG_INGEST = re.compile(r"^/api/agent/jobs/[^/]+/logs$")
+AGENT_PREFIX = "/api/agent/"
+
+
+def too_large(limit: int) -> str:
+    return f"a request body here may hold at most {limit} bytes"
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from `receive` when a streamed body passes the limit; api.errors answers it as 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, too_large(limit))
+
+
+def needs_token(path: str) -> bool:
+    """Every route under /api but the public ones."""
+    return path.startswith("/api/") and path not in PUBLIC
+
+
+def _bearer(headers: Headers) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+class RequestGuard:
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def limit_for(self, path: str) -> int:
+        if LOG_INGEST.match(path):
+            return self.settings.max_log_batch_bytes
+        return self.settings.max_body_bytes
+
+    def refusal(self, scope: Scope) -> tuple[int, str] | None:
+        """(status, reason) if the request is refused before the app sees it."""
+        headers = Headers(scope=scope)
+        path: str = scope["path"]
+        limit = self.limit_for(path)
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return 413, too_large(limit)
+        if not needs_token(path):
+            return None
+        token = _bearer(headers)
+        if token is None:
+            return 401, "missing bearer token"
+        if not path.startswith(AGENT_PREFIX):
+            settings = self.settings
+            if user_for_token(token, admin_token=settings.api_token, admin_name=settings.api_token_owner) is None:
+                return 401, "invalid token"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refused = self.refusal(scope)
+        if refused is not None:
+            code, reason = refused
+            # No `Connection: close`: the server discards the unread body without buffering it, so
+            # a client still sending gets to read the answer (a reset socket would lose it).
+            headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+            await error_response(code, reason, headers=headers)(scope, receive, send)
+            return
+
+        limit = self.limit_for(scope["path"])
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, watched_send)
+        except BodyTooLarge as exc:  # read outside a route (the app's handlers answer it inside one)
+            if started:
+                raise
+            await error_response(413, str(exc.detail))(scope, receive, send)
