@@ -47,6 +47,8 @@ class Child:
     # is an expected way to stop it (then logged as info, not as a warning)
     stop_timeout: float = 15.0
     kill_expected: bool = False
+    # files the process leaves behind when killed (removed once it has exited)
+    leftovers: list[Path] = field(default_factory=list)
     # how it was started, so it can be started again the same way
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
@@ -89,12 +91,15 @@ class Child:
         """Wait up to `timeout` (default stop_timeout) for the exit, then kill the process."""
         limit = self.stop_timeout if timeout is None else timeout
         try:
-            return self.proc.wait(limit)
+            code = self.proc.wait(limit)
         except subprocess.TimeoutExpired:
             level = logging.INFO if self.kill_expected else logging.WARNING
             log.log(level, "%s did not stop within %.0fs: killed", self.name, limit)
             self.proc.kill()
-        return self.proc.wait(5)
+            code = self.proc.wait(5)
+        for path in self.leftovers:
+            path.unlink(missing_ok=True)
+        return code
 
     def stop(self, timeout: float | None = None) -> int | None:
         self.signal_stop()

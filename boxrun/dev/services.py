@@ -189,6 +189,16 @@ S3_PORTS: dict[str, str] = {
     "s3_volume": "volume.port",
     "s3_volume_grpc": "volume.port.grpc",
 }
+# The Unix sockets weed opens beside these ports, always in /tmp, named after the port; a killed
+# weed leaves them behind, so the stack removes them.
+S3_SOCKETS = {
+    "s3": "s3",
+    "s3-grpc": "s3_grpc",
+    "filer": "s3_filer",
+    "filer-grpc": "s3_filer_grpc",
+    "master-grpc": "s3_master_grpc",
+    "volume-grpc": "s3_volume_grpc",
+}
 # SIGTERM makes the filer wait 15 s for the embedded S3 gateway's metadata stream before it
 # stops; nothing is lost by not waiting: every acknowledged write is already in the volume and
 # filer files (checked: 200 PUTs, SIGKILL at once, all 200 objects and checksums back after a
@@ -272,12 +282,18 @@ def start_s3(root: Path, ports: Mapping[str, int], creds: S3Credentials, log_dir
     it with `s3_ready`."""
     for sub in ("volume", "master"):
         (root / sub).mkdir(parents=True, exist_ok=True)
+    # The master keeps its raft state in master/m<port>; one left by a run on another port (ports
+    # picked free) is never read again: the volume servers report their volumes to the new one.
+    for stale in (root / "master").glob("m[0-9]*"):
+        if stale.name != f"m{ports['s3_master']}":
+            shutil.rmtree(stale, ignore_errors=True)
     identities = root / "identities.json"
     write_identities(identities, creds)
     child = spawn(
         "s3", weed_argv(root, ports, identities), log_dir, env=S3_ENV, stop_timeout=S3_STOP_TIMEOUT_S, cwd=root
     )
     child.kill_expected = True
+    child.leftovers = [Path(f"/tmp/seaweedfs-{kind}-{ports[name]}.sock") for kind, name in S3_SOCKETS.items()]
     return child
 
 
