@@ -23,7 +23,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from boxrun.constants import SEARCH_ATTRIBUTES
 from boxrun.db import connect, migrate
-from boxrun.dev.procs import Child, free_port, wait_ready
+from boxrun.dev.procs import Child, free_port, free_ports, wait_ready
 from boxrun.dev.services import (
     S3_PORTS,
     TEMPORAL_TUNING,
@@ -151,9 +151,7 @@ class S3Server:
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """SeaweedFS started exactly as `boxrun dev` starts it (start_s3, s3_ready), on free ports."""
     root = tmp_path_factory.mktemp("s3")
-    ports = {name: free_port() for name in S3_PORTS}
-    while len(set(ports.values())) < len(ports):
-        ports = {name: free_port() for name in S3_PORTS}
+    ports = free_ports(S3_PORTS)
     creds = S3Credentials.generate()
     child = start_s3(root / "data", ports, creds, root / "logs")
     endpoint = f"http://127.0.0.1:{ports['s3']}"

@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,19 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def free_ports(names: Iterable[str], *, taken: Iterable[int] = ()) -> dict[str, int]:
+    """A distinct free port for each name, none of them in `taken`."""
+    used = set(taken)
+    ports: dict[str, int] = {}
+    for name in names:
+        port = free_port()
+        while port in used:
+            port = free_port()
+        used.add(port)
+        ports[name] = port
+    return ports
 
 
 def port_is_free(port: int) -> bool:

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from boxrun.dev.procs import Child, StartupError, free_port, port_is_free, spawn, stop_together, wait_ready
+from boxrun.dev.procs import Child, StartupError, free_ports, port_is_free, spawn, stop_together, wait_ready
 from boxrun.dev.services import (
     S3_PORTS,
     S3Credentials,
@@ -59,10 +59,7 @@ def resolve_ports(requested: dict[str, int | None] | None, auto: bool) -> dict[s
     for name, default in wanted.items():
         value = (requested or {}).get(name)
         if value == 0 or (value is None and (auto or default == 0)):
-            port = free_port()
-            while port in ports.values():
-                port = free_port()
-            ports[name] = port
+            ports[name] = free_ports([name], taken=ports.values())[name]
         else:
             port = value or default
             if port in ports.values() or not port_is_free(port):
