@@ -28,6 +28,7 @@ from boxrun.dev.services import (
     S3_PORTS,
     TEMPORAL_TUNING,
     S3Credentials,
+    s3_api_url,
     s3_ready,
     start_postgres,
     start_s3,
@@ -154,9 +155,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     ports = free_ports(S3_PORTS)
     creds = S3Credentials.generate()
     child = start_s3(root / "data", ports, creds, root / "logs")
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
-    asyncio.run(wait_ready(child, lambda: s3_ready(endpoint, creds), timeout=60))
-    yield S3Server(endpoint, creds, child)
+    asyncio.run(wait_ready(child, lambda: s3_ready(ports, creds), timeout=60))
+    yield S3Server(s3_api_url(ports), creds, child)
     child.stop()
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 import boto3
+import httpx
 from botocore.client import Config
 
 from boxrun.constants import SEARCH_ATTRIBUTES
@@ -297,13 +298,20 @@ def start_s3(root: Path, ports: Mapping[str, int], creds: S3Credentials, log_dir
     return child
 
 
-async def s3_ready(endpoint: str, creds: S3Credentials) -> bool:
-    """The readiness probe: an authenticated S3 call (ListBuckets) succeeds."""
+def s3_api_url(ports: Mapping[str, int]) -> str:
+    return f"http://127.0.0.1:{ports['s3']}"
 
-    def list_buckets() -> bool:
+
+async def s3_ready(ports: Mapping[str, int], creds: S3Credentials) -> bool:
+    """The readiness probe: an authenticated S3 call (ListBuckets) succeeds, and the master knows
+    the volume server. The gateway answers before that (a restart on kept data: ~2 s earlier), and
+    until then a GET of a stored object fails with 500 InternalError; the volume server's first
+    heartbeat reports all its volumes at once."""
+
+    def list_buckets() -> None:
         client = boto3.client(
             "s3",
-            endpoint_url=endpoint,
+            endpoint_url=s3_api_url(ports),
             region_name="us-east-1",
             aws_access_key_id=creds.access_key,
             aws_secret_access_key=creds.secret_key,
@@ -316,6 +324,9 @@ async def s3_ready(endpoint: str, creds: S3Credentials) -> bool:
             ),
         )
         client.list_buckets()
-        return True
 
-    return await asyncio.to_thread(list_buckets)
+    await asyncio.to_thread(list_buckets)
+    async with httpx.AsyncClient(timeout=2) as http:
+        status = (await http.get(f"http://127.0.0.1:{ports['s3_master']}/dir/status")).json()
+    centers = status["Topology"].get("DataCenters") or []
+    return any(rack.get("DataNodes") for center in centers for rack in center.get("Racks") or [])

@@ -18,6 +18,7 @@ from boxrun.dev.services import (
     S3_PORTS,
     S3Credentials,
     postgres_ready,
+    s3_api_url,
     s3_ready,
     start_postgres,
     start_s3,
@@ -133,7 +134,7 @@ class DevStack:
         temporal = start_temporal(self.dir / "temporal", p["temporal"], p["temporal_ui"], self.log_dir)
         s3 = start_s3(self.dir / "s3", p, s3_creds, self.log_dir)
         self.children += [pg, temporal, s3]
-        s3_url = f"http://127.0.0.1:{p['s3']}"
+        s3_url = s3_api_url(p)
         db_url: dict[str, str] = {}
 
         async def pg_probe() -> bool:
@@ -147,7 +148,7 @@ class DevStack:
         await asyncio.gather(
             wait_ready(pg, pg_probe),
             wait_ready(temporal, temporal_probe, timeout=120),
-            wait_ready(s3, lambda: s3_ready(s3_url, s3_creds)),
+            wait_ready(s3, lambda: s3_ready(p, s3_creds)),
         )
         env = self._base_env(keys["api_token"], db_url["url"], s3_creds)
         # the bucket, as the API and the worker will see it (their settings come from this env)

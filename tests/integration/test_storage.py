@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from boxrun.dev.procs import Child, free_ports, wait_ready
-from boxrun.dev.services import S3_PORTS, S3Credentials, s3_ready, start_s3
+from boxrun.dev.services import S3_PORTS, S3Credentials, s3_api_url, s3_ready, start_s3
 from boxrun.settings import Settings
 from boxrun.storage import Storage, sha256_b64
 from tests.conftest import S3Server
@@ -152,10 +152,13 @@ async def test_objects_and_checksums_survive_a_kill_and_a_restart_on_other_ports
     async def start() -> tuple[Child, Storage]:
         ports = free_ports(S3_PORTS)
         child = start_s3(tmp_path / "data", ports, creds, tmp_path / "logs")
-        endpoint = f"http://127.0.0.1:{ports['s3']}"
-        await wait_ready(child, lambda: s3_ready(endpoint, creds), timeout=60)
+        await wait_ready(child, lambda: s3_ready(ports, creds), timeout=60)
         storage = Storage(
-            Settings(s3_endpoint_url=endpoint, s3_access_key_id=creds.access_key, s3_secret_access_key=creds.secret_key)
+            Settings(
+                s3_endpoint_url=s3_api_url(ports),
+                s3_access_key_id=creds.access_key,
+                s3_secret_access_key=creds.secret_key,
+            )
         )
         await asyncio.to_thread(storage.ensure_bucket)
         return child, storage
