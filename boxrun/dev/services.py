@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import logging
 import os
 import pwd
 import secrets
@@ -27,6 +28,8 @@ from botocore.client import Config
 
 from boxrun.constants import SEARCH_ATTRIBUTES
 from boxrun.dev.procs import Child, spawn
+
+log = logging.getLogger(__name__)
 
 PG_SYSTEM_USER = "embedded_postgres"
 
@@ -288,6 +291,9 @@ def start_s3(root: Path, ports: Mapping[str, int], creds: S3Credentials, log_dir
     for stale in (root / "master").glob("m[0-9]*"):
         if stale.name != f"m{ports['s3_master']}":
             shutil.rmtree(stale, ignore_errors=True)
+    old = root / "recording.jsonl"
+    if old.exists():
+        log.warning("%s is the S3 record of an older boxrun dev (moto); nothing reads it now: delete it", old)
     identities = root / "identities.json"
     write_identities(identities, creds)
     child = spawn(
