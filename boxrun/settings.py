@@ -38,9 +38,10 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     s3_access_key_id: str = "boxrun"
     s3_secret_access_key: str = _PLACEHOLDER
-    # "readback" re-reads every artifact and hashes it (for stores that do not verify
-    # x-amz-checksum-sha256 themselves, e.g. moto); "checksum" trusts the store's check.
-    s3_verify: Literal["readback", "checksum"] = "readback"
+    # How an uploaded artifact is verified (Storage.verify): "checksum" is one HEAD, trusting the
+    # store's check of the signed x-amz-checksum-sha256 at PUT (AWS S3, SeaweedFS, MinIO);
+    # "readback" re-reads every artifact and hashes it (for stores that do not check checksums).
+    s3_verify: Literal["checksum", "readback"] = "checksum"
     presign_expiry_s: int = Field(default=900, ge=30, le=7 * 24 * 3600)
 
     # API.

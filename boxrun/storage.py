@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import boto3
 from botocore.client import Config
@@ -53,12 +53,20 @@ class Storage:
         self.presigner: Any = _client(settings, public) if public else self.client
 
     def ensure_bucket(self) -> None:
+        """Create the bucket unless it exists; the API and the worker both call this at start."""
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except ClientError:
+            return
+        except ClientError as exc:
+            if _error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+                raise  # e.g. 403: wrong credentials, say so rather than try to create it
+        try:
             self.client.create_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _error_code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise  # the other process created it first: fine
 
-    def put(self, key: str, fileobj, sha256_hex: str) -> None:
+    def put(self, key: str, fileobj: IO[bytes], sha256_hex: str) -> None:
         """Upload from the control plane itself (log archives), checksummed."""
         self.client.put_object(Bucket=self.bucket, Key=key, Body=fileobj, ChecksumSHA256=sha256_b64(sha256_hex))
 
@@ -87,19 +95,35 @@ class Storage:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if filename:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
-        return self.presigner.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s or self.expiry_s)
+        url: str = self.presigner.generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=expires_s or self.expiry_s
+        )
+        return url
 
     def verify(self, key: str, size: int, sha256_hex: str) -> Verification:
-        """Check the stored object against the manifest. With verify_mode "readback" the bytes are
-        read back and hashed here, so integrity never rests on the store's own checksum handling."""
+        """Check the stored object against the manifest (size and SHA-256).
+
+        "checksum" (the default): one HEAD with ChecksumMode=ENABLED, no bytes read. The object
+        must have the manifest's size and the store must return a SHA-256 equal to the manifest's.
+        What that proves rests on the store: the only way boxes write is presign_put's URL, which
+        signs x-amz-checksum-sha256 (so the header cannot be dropped or changed without a 403),
+        and a store that checks checksums refuses a body that does not hash to it (400 BadDigest)
+        and keeps the checked value. SeaweedFS and AWS S3 do both (tests/integration/
+        test_storage.py checks SeaweedFS). The stored value is then the hash the store computed
+        of the bytes it received, so a mismatch or a missing checksum fails the artifact. It
+        does not re-detect corruption at rest after the PUT (the store's own job: SeaweedFS keeps
+        a CRC per needle and checks it on read).
+
+        "readback": for stores that do not check or keep checksums (moto, some older gateways):
+        read every byte back and hash it here. Costs a full download per artifact."""
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         except ClientError as exc:
-            return Verification(False, f"object missing: {exc.response.get('Error', {}).get('Code')}")
+            return Verification(False, f"object missing: {_error_code(exc)}")
         if head["ContentLength"] != size:
             return Verification(False, f"size {head['ContentLength']} != {size}")
         stored = head.get("ChecksumSHA256")
-        if stored is not None and stored.split("-")[0] != sha256_b64(sha256_hex):
+        if stored is not None and stored != sha256_b64(sha256_hex):
             return Verification(False, "stored checksum differs")
         if self.verify_mode == "checksum":
             return Verification(True) if stored else Verification(False, "store kept no checksum")
@@ -115,3 +139,7 @@ class Storage:
         if read != size or digest.hexdigest() != sha256_hex:
             return Verification(False, "read-back sha256 differs")
         return Verification(True)
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code"))

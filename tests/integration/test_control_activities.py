@@ -1,4 +1,4 @@
-"""Control activities on real PostgreSQL and the S3 API over HTTP (moto server)."""
+"""Control activities on real PostgreSQL and the S3 API over HTTP (SeaweedFS)."""
 
 import hashlib
 
@@ -36,12 +36,16 @@ async def test_artifacts_recorded_only_after_verification(control, conn):
     presigned = await env.run(control.presign_uploads, PresignInput(job_id=job, artifacts=manifest))
     assert [t.key for t in presigned.targets] == [artifact_key(job, "good.txt"), artifact_key(job, "dir/bad.bin")]
     async with httpx.AsyncClient() as http:
-        for target, body in zip(presigned.targets, [good, b"X" * len(bad)]):  # the second upload is corrupted
-            resp = await http.put(target.url, content=body, headers=target.headers)
-            assert resp.status_code == 200
+        assert (await http.put(presigned.targets[0].url, content=good, headers=presigned.targets[0].headers)).is_success
+        # the second upload is corrupted in transit: the store refuses bytes that do not match the signed checksum
+        corrupted = await http.put(
+            presigned.targets[1].url, content=b"X" * len(bad), headers=presigned.targets[1].headers
+        )
+        assert corrupted.status_code == 400 and "<Code>BadDigest</Code>" in corrupted.text
     result = await env.run(control.verify_artifacts, VerifyInput(job_id=job, artifacts=manifest))
     assert result.recorded == 1
     assert len(result.mismatched) == 1 and result.mismatched[0].startswith("dir/bad.bin")
+    assert "object missing" in result.mismatched[0]
     rows = await conn.fetch(Q.list_artifacts, job)
     assert [(r["path"], r["size"], r["sha256"]) for r in rows] == [("good.txt", len(good), manifest[0].sha256)]
 

@@ -1,15 +1,20 @@
-"""`boxrun dev` itself: endpoints.json, a clean stop, and a restart that keeps earlier jobs."""
+"""`boxrun dev` itself: endpoints.json, a clean stop that drains the agents, and a restart that
+keeps earlier jobs, their logs and their artifacts (SeaweedFS keeps objects on disk)."""
 
 from __future__ import annotations
 
 import hashlib
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.conftest import pid_alive
+from boxrun.dev.stack import AGENT_DRAIN_S
+from tests.conftest import pid_alive, wait_for
 from tests.integration.conftest import DevStackProcess
-from tests.integration.jobs import replay, submit, wait_terminal
+from tests.integration.jobs import has_lines, replay, submit, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -18,6 +23,9 @@ import os
 print("persist me")
 open(os.path.join(os.environ["BOXRUN_ARTIFACTS_DIR"], "keep.txt"), "w").write("kept across restarts\\n")
 """
+# running when the stack stops: the first outlives the agent's drain, the second ends within it
+SLEEPER = "import time\nprint('sleeping', flush=True)\ntime.sleep(60)\nprint('never')"
+SHORT = "import time\nprint('started', flush=True)\ntime.sleep(4)\nprint('finished during the drain')"
 
 
 def client(endpoints: dict) -> httpx.AsyncClient:
@@ -27,23 +35,39 @@ def client(endpoints: dict) -> httpx.AsyncClient:
 
 
 async def test_restart_on_the_same_data_dir_keeps_jobs_logs_and_artifacts(private_tmp):
-    first = DevStackProcess(private_tmp / "dev", boxes=1)
+    first = DevStackProcess(private_tmp / "dev", boxes=2)
     try:
         ep = first.endpoints
         assert set(ep) >= {"api_url", "temporal_address", "temporal_ui_url", "s3_endpoint", "token", "boxes"}
-        assert [b["name"] for b in ep["boxes"]] == ["local-1"] and pid_alive(ep["boxes"][0]["pid"])
+        assert [b["name"] for b in ep["boxes"]] == ["local-1", "local-2"] and pid_alive(ep["boxes"][0]["pid"])
         async with client(ep) as api:
             job = await submit(api, SCRIPT)
             assert (await wait_terminal(api, job["id"]))["state"] == "completed"
+            sleeper = await submit(api, SLEEPER)
+            short = await submit(api, SHORT, box="local-2")
+            for running in (sleeper, short):
+                await wait_for(lambda j=running: has_lines(api, j["id"], 1), what=f"job {running['id']} to print")
     finally:
+        stopping = time.monotonic()
         assert first.stop() == 0
+    assert time.monotonic() - stopping < AGENT_DRAIN_S + 30, "the drain is bounded, Ctrl-C stays quick"
     assert not any(pid_alive(pid) for pid in ep["pids"].values()), "Ctrl-C/SIGTERM must stop every child"
+    s3_port = urlsplit(ep["s3_endpoint"]).port
+    assert not Path(f"/tmp/seaweedfs-s3-{s3_port}.sock").exists(), "the killed store's sockets are removed"
 
-    second = DevStackProcess(private_tmp / "dev", boxes=1)
+    second = DevStackProcess(private_tmp / "dev", boxes=2)
     try:
         ep2 = second.endpoints
         assert ep2["token"] == ep["token"]
         async with client(ep2) as api:
+            # stopped mid-run: not lost ("box heartbeat lost") but failed by the agent's drain limit
+            cut = await wait_terminal(api, sleeper["id"])
+            assert (cut["state"], cut["error"]) == ("failed", "agent stopped (drain limit reached)")
+            texts = [line["text"] for line in await replay(api, sleeper["id"])]
+            assert "sleeping" in texts and "never" not in texts
+            drained = await wait_terminal(api, short["id"])
+            assert drained["state"] == "completed", drained
+            assert [line["text"] for line in await replay(api, short["id"])] == ["started", "finished during the drain"]
             again = (await api.get(f"/api/jobs/{job['id']}")).json()
             assert again["state"] == "completed"
             assert [line["text"] for line in await replay(api, job["id"])] == ["persist me"]
