@@ -126,7 +126,7 @@ async def add_window(
     if ends_at <= starts_at:
         raise InvalidInput("ends_at must be after starts_at", field="ends_at")
     if ends_at <= datetime.now(UTC):
-        raise InvalidInput("ends_at is in the past", field="ends_at")
+        raise InvalidInput("ends_at is in the past", field="body.ends_at")
     async with conn.transaction():
         row = await conn.fetchrow(Q.insert_window, user.org_id, box["id"], starts_at, ends_at, reason, user.name)
         assert row is not None  # INSERT ... RETURNING

@@ -155,13 +155,13 @@ async def test_a_window_must_end_after_it_starts_and_in_the_future(
     await make_box("bench-1")
     url = "/api/boxes/bench-1/maintenance/windows"
     backwards = await api.post(url, json={"starts_at": iso(60), "ends_at": iso(30), "reason": "r"})
-    assert_error(backwards, 422, "invalid_input", detail="ends_at must be after starts_at")
+    assert_error(backwards, 422, "invalid_input", detail="must be after starts_at", field="body.ends_at")
     past = await api.post(url, json={"starts_at": iso(-60), "ends_at": iso(-30), "reason": "r"})
-    assert_error(past, 422, "invalid_input", detail="ends_at is in the past", field="ends_at")
+    assert_error(past, 422, "invalid_input", detail="ends_at is in the past", field="body.ends_at")
     naive = await api.post(
         url, json={"starts_at": "2030-01-01T00:00:00", "ends_at": "2030-01-02T00:00:00", "reason": "r"}
     )
-    assert_error(naive, 422, "invalid_input", detail="need a timezone")
+    assert_error(naive, 422, "invalid_input", detail="with a timezone", field="body.starts_at")
 
 
 async def test_a_window_id_out_of_range_is_422_not_a_database_error(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,14 +24,23 @@ def tree_files() -> set[str]:
     return found
 
 
+def source_copy(dest: Path) -> Path:
+    """What the wheel is built from, copied with its symlinks, so no stale build/ dir counts."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, dest / name)
+    linked = [os.readlink(p).removeprefix("../") for p in (ROOT / "boxrun").iterdir() if p.is_symlink()]
+    for name in ["boxrun", *linked]:
+        shutil.copytree(ROOT / name, dest / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
 def test_the_wheel_holds_every_module_of_the_tree(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    (wheel,) = tmp_path.glob("boxrun-*.whl")
+    src = source_copy(tmp_path / "src")
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(src)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    (wheel,) = out.glob("boxrun-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         packed = {n for n in zf.namelist() if n.startswith("boxrun/")}
     expected = tree_files()
