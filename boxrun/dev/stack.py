@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from boxrun.client import BoxrunClient
 from boxrun.dev.procs import Child, StartupError, free_ports, port_is_free, spawn, stop_together, wait_ready
 from boxrun.dev.services import (
     S3_PORTS,
@@ -24,6 +23,7 @@ from boxrun.dev.services import (
     start_s3,
     start_temporal,
 )
+from boxrun.errors import Conflict, NotFound
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect
@@ -160,8 +160,9 @@ class DevStack:
         api_url = env["BOXRUN_API_URL"]
 
         async def api_probe() -> bool:
-            async with httpx.AsyncClient(timeout=2) as http:
-                return (await http.get(f"{api_url}/api/health", headers=_auth(keys["api_token"]))).status_code == 200
+            async with BoxrunClient(api_url, keys["api_token"], timeout=2) as client:
+                await client.health()  # raises while the API is not up yet
+                return True
 
         worker = self._boxrun("worker", ["worker"], env)
         await wait_ready(api, api_probe)
@@ -197,34 +198,30 @@ class DevStack:
         return self.endpoints
 
     async def _register_boxes(self, api_url: str, keys: dict[str, Any], names: list[str]) -> None:
-        async with httpx.AsyncClient(base_url=api_url, headers=_auth(keys["api_token"]), timeout=10) as http:
+        async with BoxrunClient(api_url, keys["api_token"], timeout=10) as client:
             for name in names:
                 if name in keys["node_tokens"]:
-                    got = await http.get(f"/api/boxes/{name}")
-                    if got.status_code == 200:
+                    try:
+                        await client.get_box(name)
                         continue
-                resp = await http.post(
-                    "/api/boxes",
-                    json={
-                        "name": name,
-                        "groups": ["local"],
-                        "capabilities": ["python3", "local"],
-                        "capacity": self.opts.capacity,
-                    },
-                )
-                if resp.status_code == 409:  # known to the database, token lost: mint a new one
-                    resp = await http.post(f"/api/boxes/{name}/token")
-                resp.raise_for_status()
-                keys["node_tokens"][name] = resp.json()["node_token"]
+                    except NotFound:
+                        pass  # a fresh database: register it again
+                try:
+                    created = await client.register_box(
+                        name=name, groups=["local"], capabilities=["python3", "local"], capacity=self.opts.capacity
+                    )
+                except Conflict:  # known to the database, token lost: mint a new one
+                    created = await client.rotate_token(name)
+                keys["node_tokens"][name] = created.node_token
 
     async def _wait_online(self, api_url: str, token: str, names: list[str], watched: list[Child]) -> None:
         async def all_online() -> bool:
             for child in watched:
                 if not child.alive():
                     raise StartupError(f"{child.name} exited:\n{child.log_tail()}")
-            async with httpx.AsyncClient(timeout=2) as http:
-                boxes = (await http.get(f"{api_url}/api/boxes", headers=_auth(token))).json()["data"]
-            return all(b["status"] == "online" for b in boxes if b["name"] in names)
+            async with BoxrunClient(api_url, token, timeout=2) as client:
+                boxes = (await client.list_boxes()).data
+            return all(b.status == "online" for b in boxes if b.name in names)
 
         for _ in range(600):
             if await all_online():
@@ -248,7 +245,3 @@ class DevStack:
         stop_together(servers)
         stop_together(stores)
         self.children.clear()
-
-
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
