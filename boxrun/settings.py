@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -72,7 +73,10 @@ class Settings(BaseSettings):
 
     # Agent (one box).
     box_name: str | None = None
+    # The box's node token: in a file only the agent's user can read (node_token_file, preferred:
+    # a value in the environment shows in /proc/<pid>/environ to the same user), or the value.
     node_token: str | None = None
+    node_token_file: Path | None = None
     agent_workdir: Path = Path("boxrun-agent")
     agent_python: str = "python3"
     agent_heartbeat_interval_s: float = Field(default=5.0, gt=0)
@@ -95,6 +99,18 @@ class Settings(BaseSettings):
         missing = [f"BOXRUN_{n.upper()}" for n in names if getattr(self, n) == _PLACEHOLDER]
         if missing:
             raise ValueError(f"{', '.join(missing)} must be set outside dev (still {_PLACEHOLDER!r})")
+
+    def resolved_node_token(self) -> str | None:
+        """The node token: read from node_token_file if set (refused if group or others may
+        access the file), else node_token."""
+        if self.node_token_file is None:
+            return self.node_token
+        mode = self.node_token_file.stat().st_mode
+        if mode & 0o077:
+            raise ValueError(
+                f"{self.node_token_file} is open to group or others (mode {stat.S_IMODE(mode):04o}): chmod 600 it"
+            )
+        return self.node_token_file.read_text().strip() or None
 
     def temporal_workflow_url(self, workflow_id: str) -> str:
         base = self.temporal_ui_url.rstrip("/")

@@ -25,9 +25,14 @@ from boxrun.constants import SEARCH_ATTRIBUTES
 from boxrun.db import connect, migrate
 from boxrun.dev.procs import Child, free_port, free_ports, wait_ready
 from boxrun.dev.services import (
+    PG_APP_ROLE,
+    PG_SUPERUSER,
     S3_PORTS,
     TEMPORAL_TUNING,
+    PgPasswords,
     S3Credentials,
+    pg_url,
+    postgres_ready,
     s3_api_url,
     s3_ready,
     start_postgres,
@@ -89,22 +94,35 @@ def private_tmp() -> Iterator[Path]:
 # ---------------------------------------------------------------- PostgreSQL
 
 
+@dataclass(frozen=True)
+class PgServer:
+    """The session's PostgreSQL, started as `boxrun dev` starts it: SCRAM passwords for the
+    superuser and for the application role (which owns every test database, as in the stack)."""
+
+    port: int
+    passwords: PgPasswords
+
+    def admin_url(self, database: str = "postgres") -> str:
+        return pg_url(self.port, PG_SUPERUSER, self.passwords.superuser, database)
+
+    def app_url(self, database: str) -> str:
+        return pg_url(self.port, PG_APP_ROLE, self.passwords.app, database)
+
+
 @pytest.fixture(scope="session")
-def pg_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     # Outside pytest's base temp dir: every pytest session resets that to mode 0700, which would lock
     # the postgres system user out of this session's data dir when a second session starts.
     root = Path(tempfile.mkdtemp(prefix="boxrun-test-pg-"))
-    port = free_port()
-    child = start_postgres(root, port, root / "logs")
+    server = PgServer(free_port(), PgPasswords.generate())
+    child = start_postgres(root, server.port, root / "logs", server.passwords.superuser)
     deadline = time.monotonic() + 30
 
     async def ready() -> None:
         while True:
             try:
-                conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", timeout=2)
-                await conn.execute("CREATE DATABASE boxrun_template")
-                await conn.close()
-                tmpl = await connect(f"postgresql://postgres@127.0.0.1:{port}/boxrun_template")
+                # the template belongs to the application role and is migrated by it, as in the stack
+                tmpl = await connect(await postgres_ready(server.port, server.passwords, "boxrun_template"))
                 await migrate(tmpl)
                 await tmpl.close()
                 return
@@ -114,19 +132,25 @@ def pg_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
                 await asyncio.sleep(0.05)
 
     asyncio.run(ready())
-    yield port
+    yield server
     child.stop()
     shutil.copytree(root / "logs", tmp_path_factory.mktemp("pg-logs"), dirs_exist_ok=True)
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def pg_port(pg_server: PgServer) -> int:
+    return pg_server.port
+
+
 @pytest.fixture
-async def db_url(pg_port: int) -> AsyncIterator[str]:
-    """A database of its own for each test, cloned from the migrated template."""
+async def db_url(pg_server: PgServer) -> AsyncIterator[str]:
+    """A database of its own for each test, cloned from the migrated template, owned by the
+    application role; the URL names that role and its password."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{pg_port}/postgres")
-    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE boxrun_template')
-    yield f"postgresql://postgres@127.0.0.1:{pg_port}/{name}"
+    admin = await asyncpg.connect(pg_server.admin_url())
+    await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE boxrun_template OWNER {PG_APP_ROLE}')
+    yield pg_server.app_url(name)
     await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     await admin.close()
 

@@ -73,10 +73,15 @@ def resolve_python(python: str) -> str:
 
 
 async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
-    if not settings.box_name or not settings.node_token:
-        log.error("an agent needs BOXRUN_BOX_NAME (--box) and BOXRUN_NODE_TOKEN")
+    try:
+        token = settings.resolved_node_token()
+    except (OSError, ValueError) as exc:
+        log.error("cannot read the node token: %s", exc)
         return 2
-    agent_client = AgentClient(settings.api_url, settings.node_token, timeout=10.0)
+    if not settings.box_name or not token:
+        log.error("an agent needs BOXRUN_BOX_NAME (--box) and BOXRUN_NODE_TOKEN_FILE or BOXRUN_NODE_TOKEN")
+        return 2
+    agent_client = AgentClient(settings.api_url, token, timeout=10.0)
     client = await connect(settings.temporal_address, settings.temporal_namespace)
     workdir = settings.agent_workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,7 @@ class Child:
     # how it was started, so it can be started again the same way
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    base_env: dict[str, str] | None = None
     popen_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -89,6 +90,7 @@ class Child:
             self.argv,
             self.log_path.parent,
             env=self.env,
+            base_env=self.base_env,
             stop_signal=self.stop_signal,
             stop_timeout=self.stop_timeout,
             **self.popen_kwargs,
@@ -141,23 +143,31 @@ def spawn(
     log_dir: Path,
     *,
     env: dict[str, str] | None = None,
+    base_env: Mapping[str, str] | None = None,
     stop_signal: int = signal.SIGTERM,
     stop_timeout: float = 15.0,
     **kwargs: Any,
 ) -> Child:
     """Start `argv` with its output in log_dir/NAME.log, in a process group of its own: Ctrl-C in a
     terminal signals the whole foreground group, and the stack, not the terminal, decides the
-    order in which its children stop (agents first, see DevStack.stop)."""
+    order in which its children stop (agents first, see DevStack.stop).
+
+    The environment is `base_env` (default: this process's) plus `env`. Everything the child
+    creates is private to its user (umask 077), and so is its log (mode 0600 in a 0700 dir)."""
     log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.chmod(0o700)
     log_path = log_dir / f"{name}.log"
     kwargs.setdefault("process_group", 0)
-    with open(log_path, "ab") as out:
+    kwargs.setdefault("umask", 0o077)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)  # a log left by an older run may be 0644
+    with os.fdopen(fd, "ab") as out:
         proc = subprocess.Popen(
             argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env={**(os.environ if base_env is None else base_env), **(env or {})},
             **kwargs,
         )
     return Child(
@@ -168,6 +178,7 @@ def spawn(
         stop_timeout=stop_timeout,
         argv=list(argv),
         env=dict(env or {}),
+        base_env=None if base_env is None else dict(base_env),
         popen_kwargs=kwargs,
     )
 

@@ -5,6 +5,9 @@ one directory."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import importlib.util
 import json
 import logging
@@ -20,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import boto3
@@ -78,15 +82,45 @@ def _as_pg_user() -> dict[str, Any]:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically, mode 0600 (readers never see a half-written file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a file left by an earlier attempt
+    tmp.replace(path)
+
+
+def private_dir(path: Path, *, postgres_inside: bool = False) -> None:
+    """Create `path` (mode 0700: only its owner lists, reads or enters it). With `postgres_inside`
+    and running as root, the PostgreSQL system user's group may also enter it (0710, owner root,
+    group that user's): the traversal it needs to reach its own data dir below, nothing more."""
+    path.mkdir(parents=True, exist_ok=True)
+    as_user = _as_pg_user() if postgres_inside else {}
+    if as_user:
+        os.chown(path, -1, as_user["group"])
+    path.chmod(0o710 if as_user else 0o700)
+
+
+def _can_enter(path: Path, uid: int, gid: int) -> bool:
+    st = path.stat()
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
+
+
 def _open_for(path: Path, as_user: dict[str, Any]) -> None:
-    """Let the postgres system user reach `path`: traverse rights on every parent, ownership of it."""
+    """Let the postgres system user reach `path`: ownership of it, and on each parent it cannot
+    enter yet, traversal (o+x: enter, never list or read)."""
     if not as_user:
         return
     os.chown(path, as_user["user"], as_user["group"])
     for parent in path.resolve().parents:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
+        if not _can_enter(parent, as_user["user"], as_user["group"]):
+            parent.chmod(parent.stat().st_mode | stat.S_IXOTH)
     binroot = postgres_bin().parent
     for dirpath, dirnames, filenames in os.walk(binroot):
         for name in dirnames + filenames:
@@ -96,24 +130,81 @@ def _open_for(path: Path, as_user: dict[str, Any]) -> None:
         parent.chmod(parent.stat().st_mode | stat.S_IXOTH)
 
 
-def start_postgres(root: Path, port: int, log_dir: Path) -> Child:
-    data, sock = root / "data", root / "run"
-    as_user = _as_pg_user()
-    root.mkdir(parents=True, exist_ok=True)
-    sock.mkdir(exist_ok=True)
-    _open_for(root, as_user)
-    _open_for(sock, as_user)
-    if not (data / "PG_VERSION").exists():
-        data.mkdir(exist_ok=True)
-        _open_for(data, as_user)
+# ---------------------------------------------------------------- PostgreSQL with passwords
+
+PG_SUPERUSER = "postgres"
+# The role boxrun's API and worker connect as: it owns the boxrun database (and so runs the
+# migrations) but is no superuser and cannot create roles or databases.
+PG_APP_ROLE = "boxrun"
+# What an embedded server accepts: a SCRAM password proof for every role and every database, on
+# loopback TCP and on its Unix socket; nothing is trusted by address or OS user.
+PG_HBA = """\
+# written by boxrun dev: every connection proves a password (SCRAM-SHA-256); nothing is trusted
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+"""
+
+
+@dataclass(frozen=True)
+class PgPasswords:
+    """The embedded server's two passwords: its superuser's (the stack's own setup only) and the
+    application role's (the API and the worker)."""
+
+    superuser: str
+    app: str
+
+    @classmethod
+    def generate(cls) -> PgPasswords:
+        return cls(superuser=secrets.token_urlsafe(24), app=secrets.token_urlsafe(24))
+
+
+def pg_url(port: int, user: str, password: str, database: str) -> str:
+    return f"postgresql://{user}:{quote(password, safe='')}@127.0.0.1:{port}/{database}"
+
+
+def scram_verifier(password: str, *, iterations: int = 4096) -> str:
+    """PostgreSQL's stored form of a SCRAM-SHA-256 password (RFC 5802/7677), computed here so the
+    password itself never reaches the server, its logs or its statistics. `password` is ASCII
+    (generated), for which SASLprep is the identity."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = [base64.b64encode(x).decode() for x in (salt, hashlib.sha256(client_key).digest(), server_key)]
+    return f"SCRAM-SHA-256${iterations}:{b64[0]}${b64[1]}:{b64[2]}"
+
+
+def _trusts(hba: Path) -> bool:
+    """True if pg_hba.conf lets anyone in without a password (data dirs of older `boxrun dev`)."""
+    for line in hba.read_text().splitlines():
+        fields = line.split("#", 1)[0].split()
+        if fields and fields[-1] in ("trust", "peer", "ident"):
+            return True
+    return False
+
+
+def _write_pg_file(path: Path, text: str, as_user: dict[str, Any]) -> None:
+    write_private(path, text)
+    if as_user:
+        os.chown(path, as_user["user"], as_user["group"])
+
+
+def _initdb(data: Path, root: Path, superuser_password: str, as_user: dict[str, Any]) -> None:
+    data.mkdir(exist_ok=True)
+    _open_for(data, as_user)
+    pwfile = root / "initdb.pw"
+    _write_pg_file(pwfile, superuser_password + "\n", as_user)
+    try:
         done = subprocess.run(
             [
                 str(postgres_bin() / "initdb"),
                 "-D",
                 str(data),
-                "--auth=trust",
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
                 "-U",
-                "postgres",
+                PG_SUPERUSER,
                 "-E",
                 "utf8",
                 "--no-instructions",
@@ -123,8 +214,46 @@ def start_postgres(root: Path, port: int, log_dir: Path) -> Child:
             cwd=root,
             **as_user,
         )
-        if done.returncode != 0:
-            raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
+    finally:
+        pwfile.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"initdb failed: {done.stderr.strip()}")
+    _write_pg_file(data / "pg_hba.conf", PG_HBA, as_user)
+
+
+def _require_passwords(data: Path, root: Path, superuser_password: str, as_user: dict[str, Any]) -> None:
+    """Bring a data dir made with --auth=trust (older `boxrun dev`) to password auth: give the
+    superuser its password in single-user mode (the server never listens meanwhile), then
+    replace pg_hba.conf. postgres_ready then creates the application role and hands it the
+    database."""
+    log.warning("%s accepted connections without a password: setting passwords (SCRAM)", data)
+    statement = f"ALTER ROLE {PG_SUPERUSER} WITH PASSWORD '{scram_verifier(superuser_password)}';\n"
+    done = subprocess.run(
+        [str(postgres_bin() / "postgres"), "--single", "-D", str(data), "postgres"],
+        input=statement,
+        capture_output=True,
+        text=True,
+        cwd=root,
+        **as_user,
+    )
+    if done.returncode != 0 or "ERROR" in done.stdout + done.stderr:
+        raise RuntimeError(f"setting the superuser password failed: {(done.stderr or done.stdout).strip()}")
+    _write_pg_file(data / "pg_hba.conf", PG_HBA, as_user)
+
+
+def start_postgres(root: Path, port: int, log_dir: Path, superuser_password: str) -> Child:
+    """PostgreSQL on 127.0.0.1:`port`, data in root/data (created with a password for the
+    superuser, SCRAM for every connection); wait for it with `postgres_ready`."""
+    data, sock = root / "data", root / "run"
+    as_user = _as_pg_user()
+    private_dir(root)
+    private_dir(sock)
+    _open_for(root, as_user)
+    _open_for(sock, as_user)
+    if not (data / "PG_VERSION").exists():
+        _initdb(data, root, superuser_password, as_user)
+    elif _trusts(data / "pg_hba.conf"):
+        _require_passwords(data, root, superuser_password, as_user)
     argv = [
         str(postgres_bin() / "postgres"),
         "-D",
@@ -139,25 +268,69 @@ def start_postgres(root: Path, port: int, log_dir: Path) -> Child:
         "max_connections=300",
         "-c",
         "shared_buffers=128MB",
+        "-c",
+        "password_encryption=scram-sha-256",
     ]
     # SIGINT is PostgreSQL's "fast" shutdown: it does not wait for clients to disconnect.
     return spawn("postgres", argv, log_dir, stop_signal=signal.SIGINT, cwd=root, **as_user)
 
 
-async def postgres_ready(port: int, database: str = "boxrun") -> str:
-    """Wait until the server accepts connections and `database` exists; return its URL."""
-    admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    conn = await asyncpg.connect(admin, timeout=2)
+# Hands every object of an upgraded database (made by the superuser under trust auth) to the
+# application role; tables first (their indexes and owned sequences follow), then what is left.
+_TAKE_OWNERSHIP = f"""
+DO $$
+DECLARE
+    stmt text;
+BEGIN
+    FOR stmt IN
+        SELECT format('ALTER TABLE %s OWNER TO {PG_APP_ROLE}', c.oid::regclass) FROM pg_class c
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+          AND c.relowner <> '{PG_APP_ROLE}'::regrole
+    LOOP EXECUTE stmt; END LOOP;
+    FOR stmt IN
+        SELECT format('ALTER SEQUENCE %s OWNER TO {PG_APP_ROLE}', c.oid::regclass) FROM pg_class c
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'S' AND c.relowner <> '{PG_APP_ROLE}'::regrole
+    LOOP EXECUTE stmt; END LOOP;
+    FOR stmt IN
+        SELECT format('ALTER TYPE %s OWNER TO {PG_APP_ROLE}', t.oid::regtype) FROM pg_type t
+        WHERE t.typnamespace = 'public'::regnamespace AND t.typtype IN ('e', 'd', 'r', 'm')
+          AND t.typowner <> '{PG_APP_ROLE}'::regrole
+    LOOP EXECUTE stmt; END LOOP;
+    FOR stmt IN
+        SELECT format('ALTER ROUTINE %s OWNER TO {PG_APP_ROLE}', p.oid::regprocedure) FROM pg_proc p
+        WHERE p.pronamespace = 'public'::regnamespace AND p.proowner <> '{PG_APP_ROLE}'::regrole
+    LOOP EXECUTE stmt; END LOOP;
+END $$;
+"""
+
+
+async def postgres_ready(port: int, passwords: PgPasswords, database: str = "boxrun") -> str:
+    """Wait until the server accepts the superuser's password; make sure the application role
+    exists with its password and owns `database` and everything in it; return the role's URL."""
+    admin = await asyncpg.connect(pg_url(port, PG_SUPERUSER, passwords.superuser, "postgres"), timeout=2)
     try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
-            await conn.execute(f'CREATE DATABASE "{database}"')  # name is a constant of ours, not input
+        exists = await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", PG_APP_ROLE)
+        # role and database names are constants of ours; the verifier is base64 and '$:' only
+        await admin.execute(
+            f"{'ALTER' if exists else 'CREATE'} ROLE {PG_APP_ROLE} WITH LOGIN NOSUPERUSER NOCREATEDB"
+            f" NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{scram_verifier(passwords.app)}'"
+        )
+        if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
+            await admin.execute(f'ALTER DATABASE "{database}" OWNER TO {PG_APP_ROLE}')
+        else:
+            await admin.execute(f'CREATE DATABASE "{database}" OWNER {PG_APP_ROLE}')
     finally:
-        await conn.close()
-    return f"postgresql://postgres@127.0.0.1:{port}/{database}"
+        await admin.close()
+    db = await asyncpg.connect(pg_url(port, PG_SUPERUSER, passwords.superuser, database), timeout=2)
+    try:
+        await db.execute(_TAKE_OWNERSHIP)
+    finally:
+        await db.close()
+    return pg_url(port, PG_APP_ROLE, passwords.app, database)
 
 
 def start_temporal(root: Path, port: int, ui_port: int, log_dir: Path) -> Child:
-    root.mkdir(parents=True, exist_ok=True)
+    private_dir(root)
     argv = [
         temporal_binary(),
         "server",
@@ -246,12 +419,7 @@ def write_identities(path: Path, creds: S3Credentials) -> None:
             }
         ]
     }
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=2)
-    os.chmod(tmp, 0o600)  # O_CREAT's mode does not apply to a file left by an earlier attempt
-    tmp.replace(path)
+    write_private(path, json.dumps(doc, indent=2))
 
 
 def weed_argv(root: Path, ports: Mapping[str, int], identities: Path) -> list[str]:
@@ -284,8 +452,9 @@ def weed_argv(root: Path, ports: Mapping[str, int], identities: Path) -> list[st
 def start_s3(root: Path, ports: Mapping[str, int], creds: S3Credentials, log_dir: Path) -> Child:
     """SeaweedFS as the S3 API, objects on disk under `root` (they outlive restarts). Wait for
     it with `s3_ready`."""
+    private_dir(root)
     for sub in ("volume", "master"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+        private_dir(root / sub)
     # The master keeps its raft state in master/m<port>; one left by a run on another port (ports
     # picked free) is never read again: the volume servers report their volumes to the new one.
     for stale in (root / "master").glob("m[0-9]*"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import sys
 from dataclasses import dataclass
@@ -15,13 +16,16 @@ from boxrun.client import BoxrunClient
 from boxrun.dev.procs import Child, StartupError, free_ports, port_is_free, spawn, stop_together, wait_ready
 from boxrun.dev.services import (
     S3_PORTS,
+    PgPasswords,
     S3Credentials,
     postgres_ready,
+    private_dir,
     s3_api_url,
     s3_ready,
     start_postgres,
     start_s3,
     start_temporal,
+    write_private,
 )
 from boxrun.errors import Conflict, NotFound
 from boxrun.settings import Settings
@@ -39,6 +43,13 @@ INTERNAL_PORTS = [name for name in S3_PORTS if name not in DEFAULT_PORTS]
 # not slow; the stack waits this plus AGENT_STOP_MARGIN_S for the agents before anything else stops.
 AGENT_DRAIN_S = 10.0
 AGENT_STOP_MARGIN_S = 15.0
+# What an agent gets of the stack's settings: where the API is and its own tunables; never the
+# admin token, the database URL or the S3 keys (its node token comes in a file, see _agent_env).
+# BOXRUN_TEMPORAL_ADDRESS only until the agent is an HTTP-only client of the API (issue 9).
+AGENT_SETTINGS = {"BOXRUN_ENVIRONMENT", "BOXRUN_API_URL", "BOXRUN_TEMPORAL_ADDRESS", "PYTHONUNBUFFERED"}
+AGENT_SETTING_PREFIXES = ("BOXRUN_AGENT_", "BOXRUN_LOG_")
+# Never inherited by an agent (and so by its jobs) from the environment `boxrun dev` runs in.
+NOT_FOR_AGENTS = ("BOXRUN_", "AWS_", "PG")
 
 
 @dataclass
@@ -90,13 +101,27 @@ class DevStack:
         if "s3" not in data:  # also for a data dir from before the S3 store had an identity
             creds = S3Credentials.generate()
             data["s3"] = {"access_key": creds.access_key, "secret_key": creds.secret_key}
+        if "postgres" not in data:  # also for a data dir from before Postgres had passwords
+            pw = PgPasswords.generate()
+            data["postgres"] = {"superuser_password": pw.superuser, "app_password": pw.app}
         return data
 
     def _save_secrets(self, data: dict[str, Any]) -> None:
-        tmp = self.secrets_path.with_name("secrets.json.tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.chmod(0o600)
-        tmp.replace(self.secrets_path)
+        write_private(self.secrets_path, json.dumps(data, indent=2))
+
+    def _close_data_dir(self) -> None:
+        """Only the user running the stack reads anything in it: the dir 0700 (0710 as root, the
+        PostgreSQL system user's group entering to reach its data dir), what an older run left
+        at the top closed too (dirs 0700, files 0600, logs 0600)."""
+        private_dir(self.dir, postgres_inside=True)
+        for entry in self.dir.iterdir():
+            if entry.name == "postgres" or entry.is_symlink():
+                continue  # the PostgreSQL system user's own (start_postgres)
+            entry.chmod(0o700 if entry.is_dir() else 0o600)
+        if self.log_dir.is_dir():
+            for log_file in self.log_dir.iterdir():
+                if log_file.is_file() and not log_file.is_symlink():
+                    log_file.chmod(0o600)
 
     def _base_env(self, token: str, db_url: str, s3: S3Credentials) -> dict[str, str]:
         p = self.ports
@@ -119,18 +144,41 @@ class DevStack:
             **(self.opts.env or {}),
         }
 
-    def _boxrun(self, name: str, args: list[str], env: dict[str, str]) -> Child:
-        child = spawn(name, [sys.executable, "-m", "boxrun.cli", *args], self.log_dir, env=env)
+    def token_file(self, box: str) -> Path:
+        """The box's node token, in a file of its own (0600) in a dir of its own (0700)."""
+        return self.dir / "agents" / box / "node-token"
+
+    def _agent_env(self, env: dict[str, str], box: str, token: str) -> tuple[dict[str, str], dict[str, str]]:
+        """(inherited, own) environment of one agent: the stack's environment without any secret,
+        and the agent's settings with its node token as a file, never as a value."""
+        path = self.token_file(box)
+        private_dir(path.parent.parent)
+        private_dir(path.parent)
+        write_private(path, token + "\n")
+        own = {k: v for k, v in env.items() if k in AGENT_SETTINGS or k.startswith(AGENT_SETTING_PREFIXES)}
+        own |= {
+            "BOXRUN_BOX_NAME": box,
+            "BOXRUN_NODE_TOKEN_FILE": str(path),
+            "BOXRUN_AGENT_WORKDIR": str(self.dir / "boxes" / box),
+        }
+        if self.opts.agent_python:
+            own["BOXRUN_AGENT_PYTHON"] = self.opts.agent_python
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(NOT_FOR_AGENTS)}
+        return inherited, own
+
+    def _boxrun(self, name: str, args: list[str], env: dict[str, str], base_env: dict[str, str] | None = None) -> Child:
+        child = spawn(name, [sys.executable, "-m", "boxrun.cli", *args], self.log_dir, env=env, base_env=base_env)
         self.children.append(child)
         return child
 
     async def start(self) -> dict[str, Any]:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self._close_data_dir()
         p = self.ports
         keys = self._secrets()
-        self._save_secrets(keys)  # before S3 starts with the identity, so it is never lost
+        self._save_secrets(keys)  # before S3 and Postgres start with them, so they are never lost
         s3_creds = S3Credentials(keys["s3"]["access_key"], keys["s3"]["secret_key"])
-        pg = start_postgres(self.dir / "postgres", p["postgres"], self.log_dir)
+        pg_passwords = PgPasswords(keys["postgres"]["superuser_password"], keys["postgres"]["app_password"])
+        pg = start_postgres(self.dir / "postgres", p["postgres"], self.log_dir, pg_passwords.superuser)
         temporal = start_temporal(self.dir / "temporal", p["temporal"], p["temporal_ui"], self.log_dir)
         s3 = start_s3(self.dir / "s3", p, s3_creds, self.log_dir)
         self.children += [pg, temporal, s3]
@@ -138,7 +186,7 @@ class DevStack:
         db_url: dict[str, str] = {}
 
         async def pg_probe() -> bool:
-            db_url["url"] = await postgres_ready(p["postgres"])
+            db_url["url"] = await postgres_ready(p["postgres"], pg_passwords)
             return True
 
         async def temporal_probe() -> bool:
@@ -171,15 +219,8 @@ class DevStack:
         self._save_secrets(keys)
         agents = []
         for name in names:
-            agent_env = {
-                **{k: v for k, v in env.items() if not k.startswith("BOXRUN_S3_")},  # boxes use presigned URLs
-                "BOXRUN_BOX_NAME": name,
-                "BOXRUN_NODE_TOKEN": keys["node_tokens"][name],
-                "BOXRUN_AGENT_WORKDIR": str(self.dir / "boxes" / name),
-            }
-            if self.opts.agent_python:
-                agent_env["BOXRUN_AGENT_PYTHON"] = self.opts.agent_python
-            agents.append(self._boxrun(f"agent-{name}", ["agent", "--box", name], agent_env))
+            inherited, own = self._agent_env(env, name, keys["node_tokens"][name])
+            agents.append(self._boxrun(f"agent-{name}", ["agent", "--box", name], own, base_env=inherited))
         await self._wait_online(api_url, keys["api_token"], names, [worker, *agents])
 
         self.endpoints = {
@@ -192,9 +233,8 @@ class DevStack:
             "data_dir": str(self.dir),
             "pids": {c.name: c.pid for c in self.children},
         }
-        tmp = self.dir / "endpoints.json.tmp"
-        tmp.write_text(json.dumps(self.endpoints, indent=2))
-        tmp.replace(self.dir / "endpoints.json")  # readers never see a half-written file
+        # what the user reads to reach the stack, the admin token included: 0600 like secrets.json
+        write_private(self.dir / "endpoints.json", json.dumps(self.endpoints, indent=2))
         return self.endpoints
 
     async def _register_boxes(self, api_url: str, keys: dict[str, Any], names: list[str]) -> None:

@@ -57,12 +57,19 @@ class FaultStack:
 
 @asynccontextmanager
 async def fault_stack(
-    log_dir: Path, *, boxes: int = 2, capacity: int = 1, env: dict[str, str] | None = None
+    log_dir: Path,
+    *,
+    boxes: int = 2,
+    capacity: int = 1,
+    env: dict[str, str] | None = None,
+    data_dir: Path | None = None,
 ) -> AsyncIterator[FaultStack]:
     """The stack's data lives in its own directory under the system temp dir (pytest's base temp
     dir is reset to mode 0700 by every pytest session, which would lock the postgres system user
-    out of a data dir below it); its logs are copied to `log_dir` at the end."""
-    data_dir = Path(tempfile.mkdtemp(prefix="boxrun-test-")) / "dev"
+    out of a data dir below it); its logs are copied to `log_dir` at the end. A `data_dir` given
+    (e.g. one an older version left) is used as it is and left to the caller to remove."""
+    own = data_dir is None
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="boxrun-test-")) / "dev"
     options = StackOptions(data_dir=data_dir, boxes=boxes, capacity=capacity, env={**FAST, **(env or {})})
     stack = DevStack(options, resolve_ports(None, auto=True))
     try:
@@ -71,4 +78,5 @@ async def fault_stack(
     finally:
         stack.stop()
         shutil.copytree(data_dir / "logs", log_dir / "stack-logs", dirs_exist_ok=True)
-        shutil.rmtree(data_dir.parent, ignore_errors=True)
+        if own:
+            shutil.rmtree(data_dir.parent, ignore_errors=True)

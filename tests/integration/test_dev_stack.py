@@ -4,6 +4,8 @@ keeps earlier jobs, their logs and their artifacts (SeaweedFS keeps objects on d
 from __future__ import annotations
 
 import hashlib
+import json
+import stat
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -40,6 +42,14 @@ async def test_restart_on_the_same_data_dir_keeps_jobs_logs_and_artifacts(privat
         ep = first.endpoints
         assert set(ep) >= {"api_url", "temporal_address", "temporal_ui_url", "s3_endpoint", "token", "boxes"}
         assert [b["name"] for b in ep["boxes"]] == ["local-1", "local-2"] and pid_alive(ep["boxes"][0]["pid"])
+        data_dir = private_tmp / "dev"
+        modes = {name: stat.S_IMODE((data_dir / name).stat().st_mode) for name in ("secrets.json", "endpoints.json")}
+        assert modes == {"secrets.json": 0o600, "endpoints.json": 0o600}, "tokens and passwords: the user's only"
+        assert stat.S_IMODE(data_dir.stat().st_mode) & 0o007 == 0
+        assert set(json.loads((data_dir / "secrets.json").read_text())["postgres"]) == {
+            "superuser_password",
+            "app_password",
+        }
         async with client(ep) as api:
             job = await submit(api, SCRIPT)
             assert (await wait_terminal(api, job["id"]))["state"] == "completed"

@@ -59,11 +59,11 @@ async def test_a_big_batch_is_stored_in_pieces_and_read_back_from_anywhere(conn)
         assert all(x.stream == ("stdout" if x.seq <= 7_000 else "stderr") for x in got)
 
 
-async def test_migration_0004_keeps_array_chunks(pg_port, monkeypatch):
+async def test_migration_0004_keeps_array_chunks(pg_server, monkeypatch):
     name = f"m_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{pg_port}/postgres")
+    admin = await asyncpg.connect(pg_server.admin_url())
     await admin.execute(f'CREATE DATABASE "{name}"')
-    conn = await connect(f"postgresql://postgres@127.0.0.1:{pg_port}/{name}")
+    conn = await connect(pg_server.admin_url(name))
     try:
         every = migrations._migrations()
         monkeypatch.setattr(migrations, "_migrations", lambda: [m for m in every if m[0] < 4])
