@@ -48,8 +48,24 @@ AGENT_STOP_MARGIN_S = 15.0
 # BOXRUN_TEMPORAL_ADDRESS only until the agent is an HTTP-only client of the API (issue 9).
 AGENT_SETTINGS = {"BOXRUN_ENVIRONMENT", "BOXRUN_API_URL", "BOXRUN_TEMPORAL_ADDRESS", "PYTHONUNBUFFERED"}
 AGENT_SETTING_PREFIXES = ("BOXRUN_AGENT_", "BOXRUN_LOG_")
-# Never inherited by an agent (and so by its jobs) from the environment `boxrun dev` runs in.
-NOT_FOR_AGENTS = ("BOXRUN_", "AWS_", "PG")
+# What an agent (and so each of its jobs) inherits of the environment `boxrun dev` runs in: what
+# finding programs, the locale and Python need, never the rest (a shell's tokens, keys, PGPASSWORD).
+AGENT_INHERITS = {
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+}
+AGENT_INHERITS_PREFIXES = ("LC_", "PYENV_")
 
 
 @dataclass
@@ -149,8 +165,9 @@ class DevStack:
         return self.dir / "agents" / box / "node-token"
 
     def _agent_env(self, env: dict[str, str], box: str, token: str) -> tuple[dict[str, str], dict[str, str]]:
-        """(inherited, own) environment of one agent: the stack's environment without any secret,
-        and the agent's settings with its node token as a file, never as a value."""
+        """(inherited, own) environment of one agent: the few variables it needs of the stack's
+        environment (AGENT_INHERITS), and its own settings with its node token as a file, never as
+        a value."""
         path = self.token_file(box)
         private_dir(path.parent.parent)
         private_dir(path.parent)
@@ -163,7 +180,9 @@ class DevStack:
         }
         if self.opts.agent_python:
             own["BOXRUN_AGENT_PYTHON"] = self.opts.agent_python
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith(NOT_FOR_AGENTS)}
+        inherited = {
+            k: v for k, v in os.environ.items() if k in AGENT_INHERITS or k.startswith(AGENT_INHERITS_PREFIXES)
+        }
         return inherited, own
 
     def _boxrun(self, name: str, args: list[str], env: dict[str, str], base_env: dict[str, str] | None = None) -> Child:

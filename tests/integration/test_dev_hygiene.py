@@ -38,7 +38,12 @@ print(" ".join(f"{k}={v}" for k, v in sorted(os.environ.items())))
 # Run as another user: prints the paths it could read (a file) or list (a directory).
 PROBE = 'for p; do if [ -d "$p" ]; then ls "$p" >/dev/null 2>&1 && echo "$p"; else cat "$p" >/dev/null 2>&1 && echo "$p"; fi; done'
 # In the test process's own environment: `boxrun dev` must not hand these down to agents.
-INHERITED_SECRETS = {"AWS_SECRET_ACCESS_KEY": "leak-aws", "PGPASSWORD": "leak-pg", "BOXRUN_API_TOKEN": "leak-bxa"}
+INHERITED_SECRETS = {
+    "AWS_SECRET_ACCESS_KEY": "leak-aws",
+    "PGPASSWORD": "leak-pg",
+    "BOXRUN_API_TOKEN": "leak-bxa",
+    "GITHUB_TOKEN": "leak-gh",
+}
 
 
 def make_old_data_dir(stack_dir: Path) -> None:
