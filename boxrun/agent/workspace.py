@@ -231,7 +231,11 @@ class Workspace:
         opened relative to their parent's fd without following links, and the file is re-checked
         (regular, one link, owned by `uid` (default: the owner of artifacts/), `size` if given).
         Raises ArtifactRefused (with the reason) or OSError. The caller closes the file."""
-        if clean_relative_path(path) != path:
+        try:
+            normal = clean_relative_path(path) == path
+        except ValueError:
+            normal = False
+        if not normal:
             raise ArtifactRefused(f"{path!r} is not a normal relative path")
         parent, _, name = path.rpartition("/")
         top = os.open(self.artifacts, _DIR_FLAGS)
