@@ -11,7 +11,6 @@ as the environment of a process that may run as root.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -74,8 +73,8 @@ class JobProcess:
         env_fd = -1
         try:
             env = {**env, **(user.env() if user else {}), "BOXRUN_LOG_FD": str(write_fd)}
-            env_fd = _memfd(json.dumps(env).encode())
-            cmd = [python, "-I", "-u", str(where / "supervisor.py"), "--env-fd", str(env_fd)]
+            env_fd = _memfd(_environ_bytes(env))
+            cmd = [python, "-I", "-S", "-u", str(where / "supervisor.py"), "--env-fd", str(env_fd)]
             cmd += ["--watch", str(os.getpid())]
             if user is not None:
                 cmd += ["--uid", str(user.uid), "--gid", str(user.gid)]
@@ -172,6 +171,16 @@ class JobProcess:
             os.kill(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _environ_bytes(env: Mapping[str, str]) -> bytes:
+    """`env` as /proc/PID/environ holds it: KEY=VALUE entries, each ended by NUL."""
+    out = bytearray()
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise ValueError(f"invalid environment variable {key[:80]!r}")
+        out += os.fsencode(key) + b"=" + os.fsencode(value) + b"\0"
+    return bytes(out)
 
 
 def _memfd(data: bytes) -> int:

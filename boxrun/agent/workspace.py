@@ -15,6 +15,7 @@ job's user, special files and names the store cannot take are refused with a rea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from boxrun.agent.jobusers import JobUser
+from boxrun.agent.supervisor import descendants
 from boxrun.messages import ArtifactEntry, JobSpec
 from boxrun.workspace_paths import MAX_PATH_LEN, clean_relative_path
 
@@ -328,16 +330,32 @@ def _unlock(path: str) -> None:
 
 def sweep_stale(base: Path) -> list[str]:
     """At agent start: kill process groups left by jobs of a previous agent run (their jobs have
-    already failed with "box heartbeat lost") and remove their workspaces. Returns the job ids."""
+    already failed with "box heartbeat lost"), with every descendant of their leader (the job's
+    supervisor), and remove their workspaces. Returns the job ids. (Supervisors kill their jobs
+    when the agent dies; this is the backstop. With slot users, SlotUsers.kill_leftovers() too.)"""
     swept: list[str] = []
     jobs = base.resolve() / "jobs"
     if not jobs.is_dir():
         return swept
     for root in jobs.iterdir():
         try:
-            os.killpg(int((root / "pgid").read_text()), signal.SIGKILL)
+            pgid = int((root / "pgid").read_text())
         except (OSError, ValueError):
-            pass  # no pgid recorded, or that group is gone already
+            pgid = 0  # no pgid recorded
+        if pgid > 1:
+            below = descendants(pgid) if _is_supervisor(pgid) else []  # not a pid reused since
+            with contextlib.suppress(OSError):  # that group is gone already
+                os.killpg(pgid, signal.SIGKILL)
+            for pid in below:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
         swept.append(root.name)
     return swept
+
+
+def _is_supervisor(pid: int) -> bool:
+    try:
+        return b"supervisor.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

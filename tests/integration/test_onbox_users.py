@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -69,14 +70,12 @@ def test_slot_users_are_distinct_unprivileged_and_reused(slots):
 
 
 def test_the_start_up_check_names_what_the_job_user_cannot_reach(slots, tmp_path, workdir):
-    import sys
-
     user = slots.user_for_slot(0)
     closed = tmp_path / "closed"  # under pytest's 0700 directory: other users cannot enter
     runtime = prepare_runtime(closed)
     with pytest.raises(JobUserError, match=f"job user {user.name}.*cannot run jobs.*Permission denied.*o\\+x"):
         check_job_user_can_run(JOB_PYTHON, user, runtime=runtime, workdir=closed)
-    if sys.executable.startswith("/root/"):  # this venv's interpreter, under root's 0700 home
+    if os.path.realpath(sys.executable).startswith("/root/"):  # this venv's interpreter, under root's 0700 home
         with pytest.raises(JobUserError, match=f"cannot run {sys.executable}: .*Permission denied"):
             check_job_user_can_run(sys.executable, user, runtime=prepare_runtime(workdir), workdir=workdir)
     with pytest.raises(JobUserError, match="cannot run /nonexistent/python3"):
@@ -211,4 +210,19 @@ open(os.path.join(art, "bad\\nname"), "w").write("lf")
         assert fh.read() == b"good"
     job.ws.remove()
     assert not job.ws.root.exists()
+    slots.release(slot)
+
+
+@pytest.mark.skipif(
+    not os.path.realpath(sys.executable).startswith("/root/"), reason="needs an interpreter the job user cannot reach"
+)
+async def test_a_job_its_user_cannot_start_fails_with_the_reason(slots, workdir):
+    """The supervisor (root) runs, the job's exec as the slot user is refused: exit 127, reason on stderr."""
+    slot = slots.acquire()
+    job = Job(workdir, "job-x", "print('never')", user=slot.user, runtime=prepare_runtime(workdir))
+    await job.start()
+    assert await job.finish() == 127
+    assert job.lines() == [
+        ("stderr", f"boxrun: could not start the job: [Errno 13] Permission denied: '{sys.executable}'")
+    ]
     slots.release(slot)

@@ -243,3 +243,19 @@ async def test_asyncio_child_watcher_still_sees_the_exit(tmp_path):
         await job.start()
     codes = await asyncio.gather(*(job.finish() for job in jobs))
     assert codes == [0, 1] and [job.lines() for job in jobs] == [[("stdout", "0")], [("stdout", "1")]]
+
+
+async def test_sweep_kills_a_leftover_supervisor_and_everything_below_it(tmp_path):
+    from boxrun.agent.workspace import sweep_stale
+
+    pidfile = tmp_path / "escaped.pid"
+    job = Job(tmp_path, "js", DOUBLE_FORK + "import time\ntime.sleep(300)\n", env={"ESCAPE_PIDFILE": str(pidfile)})
+    supervisor = await job.start()
+    job.ws.record_pgid(supervisor)
+    await wait_for(lambda: job.sink.lines, what="the job to print")
+    escaped = int(pidfile.read_text())
+    assert sweep_stale(tmp_path) == ["js"]
+    await wait_for(lambda: not pid_alive(escaped), timeout=5, what="the escaped process to die in the sweep")
+    assert await job.proc.wait(5) == -signal.SIGKILL and not job.ws.root.exists()
+    await job.proc.finish_output()
+    await job.pump.close()
