@@ -151,13 +151,16 @@ def prepare_runtime(workdir: Path) -> Path:
     `<workdir>/runtime/` (0755) gets fresh copies of bootstrap.py and supervisor.py (0644), so
     they are reachable whatever the permissions of the place boxrun is installed in;
     `<workdir>/jobs/` is 0711 (traversable, not listable: a job cannot list other jobs' ids). Both
-    are owned by the agent's user and writable by it only."""
+    are owned by the agent's user and writable by it only; a workdir it creates is 0711 too (an
+    existing one keeps its mode: check_job_user_can_run says if it is closed to the job users)."""
     workdir = workdir.resolve()
     runtime, jobs = workdir / "runtime", workdir / "jobs"
-    for path, mode in ((workdir, None), (runtime, 0o755), (jobs, 0o711)):
-        path.mkdir(parents=True, exist_ok=True)
-        if mode is not None:
-            os.chmod(path, mode)
+    if not workdir.exists():
+        workdir.mkdir(parents=True)
+        os.chmod(workdir, 0o711)  # ours: traversable for the job users, not listable
+    for path, mode in ((runtime, 0o755), (jobs, 0o711)):
+        path.mkdir(exist_ok=True)
+        os.chmod(path, mode)
     for name in RUNTIME_FILES:
         tmp = runtime / f".{name}.tmp"
         shutil.copyfile(PACKAGE_RUNTIME / name, tmp)

@@ -111,7 +111,8 @@ class Workspace:
         """create() from a script and inline text files ({path: content}) instead of a JobSpec.
         Files written later (downloads: file_target) need a hand_over(user) before the job starts."""
         self.remove()
-        self.root.mkdir(parents=True)
+        self.root.parent.mkdir(mode=0o711, parents=True, exist_ok=True)  # jobs/: not listable
+        self.root.mkdir()
         os.chmod(self.root, 0o710 if user else 0o700)
         if user is not None:
             os.chown(self.root, -1, user.gid)
