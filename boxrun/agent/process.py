@@ -40,7 +40,7 @@ def child_env(base: Mapping[str, str], job_env: Mapping[str, str], extra: Mappin
 
 
 class JobProcess:
-    """One job's process group: python3 bootstrap.py script.py, output into a LogPump."""
+    """One job: its supervisor running python3 bootstrap.py script.py, output into a LogPump."""
 
     def __init__(self, pump: LogPump) -> None:
         self.pump = pump
