@@ -11,10 +11,10 @@ Stdlib only, Linux, Python >= 3.7: it runs under the box's python3, started by t
   (a memfd the agent filled) and closes it: the job's environment never becomes the environment of
   a process that may run as root (an LD_PRELOAD or PYTHONPATH there would run code with its
   privileges).
-- It starts ARGV (python3 bootstrap.py script.py) in a new session, as user U / group G when given
-  (supplementary groups dropped), with the job's environment; then it lets go of the job's output
-  pipes (stdout, stderr and $BOXRUN_LOG_FD), so the agent's readers see EOF as soon as the job's
-  last process is gone.
+- It starts ARGV (python3 bootstrap.py script.py) in a new session, umask 077, as user U / group G
+  when given (supplementary groups dropped), with the job's environment; then it lets go of the
+  job's output pipes (stdout, stderr and $BOXRUN_LOG_FD), so the agent's readers see EOF as soon
+  as the job's last process is gone.
 - SIGTERM (and SIGINT, SIGHUP) is forwarded to the job's process group; SIGUSR1 means "kill
   everything now".
 - When the job's main process exits, when it is told to kill, or when its parent (the agent,
@@ -90,6 +90,7 @@ class Supervisor:
         for sig in (signal.SIGPIPE, signal.SIGXFSZ):
             signal.signal(sig, signal.SIG_DFL)  # Python ignores them; the job starts with defaults
         os.setsid()
+        os.umask(0o077)  # what the job creates in shared places (/tmp, /dev/shm) is its own
         if self.gid is not None:
             os.setgroups([])
             os.setgid(self.gid)
