@@ -18,7 +18,11 @@ A third stream, `output`, carries structured results: the script does
 stream "output" (a str is sent as it is, one line per line).
 
 If the agent dies (even by SIGKILL), a watcher thread notices the parent change within 0.2 s and
-kills the job's whole process group: a job never runs on without its agent.
+kills the job's whole process group: a job never runs on without its agent. (The agent starts the
+bootstrap through supervisor.py, which watches the agent too and kills every descendant.)
+
+An uncaught exception prints its traceback from the script's first frame on (none of the
+bootstrap's or runpy's frames), through sys.excepthook, and exits 1 as Python would.
 """
 
 import atexit
@@ -198,9 +202,34 @@ def main() -> None:
     sys.path.insert(0, os.getcwd())
     try:
         runpy.run_path(script, run_name="__main__")
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        _report(exc)
     finally:
         _flush_all()
         _drain_raw()
+
+
+_OWN_FILES = {os.path.abspath(__file__), os.path.abspath(runpy.__file__ or ""), "<frozen runpy>"}
+
+
+def _report(exc: BaseException) -> None:
+    """Print `exc` as Python would for the script itself, then end like Python: exit 1 (killed by
+    SIGINT for a KeyboardInterrupt)."""
+    tb = exc.__traceback__
+    while tb is not None and (
+        tb.tb_frame.f_code.co_filename in _OWN_FILES or os.path.abspath(tb.tb_frame.f_code.co_filename) in _OWN_FILES
+    ):
+        tb = tb.tb_next
+    exc.__traceback__ = tb
+    sys.excepthook(type(exc), exc, tb)
+    if isinstance(exc, KeyboardInterrupt):
+        _flush_all()
+        _drain_raw()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,33 @@
-"""Spawning a job's process group on the box, reading its output, and killing it."""
+"""Spawning a job on the box under its supervisor, reading its output, and killing it.
+
+The agent starts `python3 -I supervisor.py ... -- python3 -u bootstrap.py script.py`: the supervisor
+(boxrun/agent/supervisor.py) is the job's child subreaper; it starts the bootstrap in a session of
+its own, as the job's user when one is given, forwards SIGTERM to the job's process group and, when
+the job ends or is killed, SIGKILLs every process the job left (double-forked ones included) before
+it exits with the job's status. The job's environment reaches the supervisor through a memfd, never
+as the environment of a process that may run as root.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 from collections.abc import Mapping
 from pathlib import Path
 
+from boxrun.agent.jobusers import JobUser
 from boxrun.agent.lines import FrameDecoder, LineFramer
 from boxrun.agent.logpump import LogPump
 
 BOOTSTRAP = Path(__file__).with_name("bootstrap.py")
+SUPERVISOR = Path(__file__).with_name("supervisor.py")
 _READ = 1 << 16
 # After the main process exits, how long stray writers may keep the pipes open.
 DRAIN_S = 5.0
+# After asking the supervisor to kill everything, how long before it is killed itself.
+KILL_WAIT_S = 5.0
 
 
 def child_env(base: Mapping[str, str], job_env: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
@@ -27,7 +40,7 @@ def child_env(base: Mapping[str, str], job_env: Mapping[str, str], extra: Mappin
 
 
 class JobProcess:
-    """One job's process group: python3 bootstrap.py script.py, output into a LogPump."""
+    """One job: its supervisor running python3 bootstrap.py script.py, output into a LogPump."""
 
     def __init__(self, pump: LogPump) -> None:
         self.pump = pump
@@ -38,28 +51,51 @@ class JobProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    async def spawn(self, python: str, script: Path, cwd: Path, env: dict[str, str]) -> int:
+    async def spawn(
+        self,
+        python: str,
+        script: Path,
+        cwd: Path,
+        env: dict[str, str],
+        *,
+        user: JobUser | None = None,
+        runtime: Path | None = None,
+    ) -> int:
+        """Start the job; returns the supervisor's pid (what `signal_group` and `wait` act on).
+
+        `user`: the OS user the job runs as (the agent must be root); None runs it as the agent's
+        own user. `runtime`: a directory holding bootstrap.py and supervisor.py that `user` can
+        read (jobusers.prepare_runtime); None uses the installed package's copies. `env` is the
+        job's whole environment (child_env + Workspace.env()); USER/LOGNAME follow `user`."""
+        where = runtime or BOOTSTRAP.parent
+        python = shutil.which(python) or python  # resolved with the agent's PATH, not the job's
         read_fd, write_fd = os.pipe()
+        env_fd = -1
         try:
-            env = {**env, "BOXRUN_LOG_FD": str(write_fd)}
+            env = {**env, **(user.env() if user else {}), "BOXRUN_LOG_FD": str(write_fd)}
+            env_fd = _memfd(_environ_bytes(env))
+            cmd = [python, "-I", "-S", "-u", str(where / "supervisor.py"), "--env-fd", str(env_fd)]
+            cmd += ["--watch", str(os.getpid())]
+            if user is not None:
+                cmd += ["--uid", str(user.uid), "--gid", str(user.gid)]
+            cmd += ["--", python, "-u", str(where / "bootstrap.py"), str(script)]
             self.proc = await asyncio.create_subprocess_exec(
-                python,
-                "-u",
-                str(BOOTSTRAP),
-                str(script),
+                *cmd,
                 cwd=cwd,
-                env=env,
+                env={"PATH": os.environ.get("PATH", os.defpath)},  # not the job's: see _memfd
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                pass_fds=(write_fd,),
-                start_new_session=True,  # its own process group
+                pass_fds=(write_fd, env_fd),
+                start_new_session=True,  # the supervisor's own session; the job gets another
             )
         except BaseException:
             os.close(read_fd)
             raise
         finally:
             os.close(write_fd)
+            if env_fd >= 0:
+                os.close(env_fd)
         out, err = self._framer("stdout"), self._framer("stderr")
         framed = FrameDecoder(
             {b"o": self._framer("stdout"), b"e": self._framer("stderr"), b"u": self._framer("output")}
@@ -102,7 +138,7 @@ class JobProcess:
             return None
 
     async def finish_output(self) -> None:
-        """After the main process exits: kill stragglers in its group, then read the pipes dry."""
+        """After the supervisor exits (it kills what the job left): read the pipes dry."""
         self.signal_group(signal.SIGKILL)
         done, pending = await asyncio.wait(self._readers, timeout=DRAIN_S)
         for task in pending:
@@ -111,19 +147,51 @@ class JobProcess:
             task.result()
 
     async def terminate(self, grace_s: float) -> int:
-        """SIGTERM the whole group, SIGKILL it after `grace_s`; returns the exit status."""
+        """SIGTERM the job's group, kill everything after `grace_s`; returns the exit status."""
         assert self.proc is not None
         self.signal_group(signal.SIGTERM)
         code = await self.wait(grace_s)
         if code is None:
             self.signal_group(signal.SIGKILL)
+            code = await self.wait(KILL_WAIT_S)
+        if code is None:  # the supervisor does not answer: kill it (the bootstrap follows its parent)
+            self._signal(signal.SIGKILL)
             code = await self.proc.wait()
         return code
 
     def signal_group(self, sig: int) -> None:
-        if self.proc is None:
-            return
+        """SIGTERM: to the job's process group (through its supervisor). SIGKILL: the supervisor
+        SIGKILLs every process of the job, then exits. Anything else goes to the supervisor."""
+        self._signal(signal.SIGUSR1 if sig == signal.SIGKILL else sig)
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return  # gone (and reaped: its pid may belong to another process by now)
         try:
-            os.killpg(self.proc.pid, sig)
+            os.kill(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
-            pass  # the group is already gone
+            pass
+
+
+def _environ_bytes(env: Mapping[str, str]) -> bytes:
+    """`env` as /proc/PID/environ holds it: KEY=VALUE entries, each ended by NUL."""
+    out = bytearray()
+    for key, value in env.items():
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            raise ValueError(f"invalid environment variable {key[:80]!r}")
+        out += os.fsencode(key) + b"=" + os.fsencode(value) + b"\0"
+    return bytes(out)
+
+
+def _memfd(data: bytes) -> int:
+    """An anonymous file holding `data`, positioned at its start (closed on exec unless passed)."""
+    fd = os.memfd_create("boxrun-job-env", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
