@@ -27,7 +27,11 @@ async def _never_reason(conn: Conn, job: asyncpg.Record, boxes: list[asyncpg.Rec
     # An empty target: say whether a box was deleted from under the job (the audit log keeps
     # each deletion; this runs once, when the job ends unschedulable).
     deleted = await conn.fetchrow(
-        Q.last_box_deletion, job["org_id"], job["box_name"], job["box_group"], job["created_at"]
+        Q.last_box_deletion,
+        job["org_id"],
+        f"box:{job['box_name']}" if job["box_name"] is not None else None,
+        job["box_group"],
+        job["created_at"],
     )
     gone = f"box {deleted['subject'].removeprefix('box:')} was deleted" if deleted is not None else None
     if job["box_name"] is not None:

@@ -12,9 +12,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     GetJsonSchemaHandler,
     StringConstraints,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -150,6 +152,26 @@ class FrozenFileRef(BaseModel):
     sha256: str
 
 
+def _file_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict | FileRef):
+        return "upload"
+    return None
+
+
+# A job file: its text inline (a string), or a reference to an upload (an object). Errors name
+# the kind: body.files.<path>.text, body.files.<path>.upload.sha256.
+JobFile = Annotated[
+    Annotated[CleanStr, Tag("text")] | Annotated[FileRef, Tag("upload")],
+    Discriminator(
+        _file_kind,
+        custom_error_type="file_kind",
+        custom_error_message="a file is its text (a string) or an upload reference ({sha256, size})",
+    ),
+]
+
+
 class UploadPublic(BaseModel):
     """POST /api/files answer: reference the bytes in a job's `files` with exactly this object."""
 
@@ -176,7 +198,7 @@ class JobCreate(BaseModel):
     box_group: Name | None = None
     requires: list[Capability] = Field(default_factory=list, max_length=64)
     script: CleanStr = Field(min_length=1, description=f"at most {MAX_SCRIPT_BYTES} bytes as UTF-8")
-    files: Annotated[dict[_FileKey, CleanStr | FileRef], _FILE_KEYS] = Field(
+    files: Annotated[dict[_FileKey, JobFile], _FILE_KEYS] = Field(
         default_factory=dict,
         max_length=1000,
         description=(
