@@ -262,10 +262,11 @@ class JobCreate(BaseModel):
 
     def frozen_spec(self, file_refs: dict[str, FrozenFileRef] | None = None) -> dict[str, Any]:
         """What the job row keeps as its immutable spec (re-runs start from it): `files` holds the
-        inline texts, `file_refs` the uploads (their storage keys, resolved at submission)."""
+        inline texts, `file_refs` (if any) the uploads (their storage keys, resolved at submission)."""
         spec = self.model_dump(exclude={"idempotency_key", "files"})
         spec["files"] = self.inline_files()
-        spec["file_refs"] = {path: ref.model_dump() for path, ref in sorted((file_refs or {}).items())}
+        if file_refs:  # absent when there are none: such a spec hashes as it did before uploads existed
+            spec["file_refs"] = {path: ref.model_dump() for path, ref in sorted(file_refs.items())}
         return spec
 
     @classmethod
@@ -344,13 +345,23 @@ class ArtifactsPublic(BaseModel):
     count: int = Field(description="artifacts of the job in all (data is one page of them, by path)")
 
 
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's "integer" admits 2.0; strict pydantic would not. Whole floats become ints."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Capacity = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_whole_number)]
+
+
 class BoxCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: Name
     groups: list[Name] = Field(default_factory=list, max_length=64)
     capabilities: list[Capability] = Field(default_factory=list, max_length=256)
-    capacity: int = Field(default=1, ge=1, le=1000)
+    capacity: Capacity = 1
 
 
 class BoxUpdate(BaseModel):
@@ -361,7 +372,7 @@ class BoxUpdate(BaseModel):
 
     groups: list[Name] | None = Field(default=None, max_length=64)
     capabilities: list[Capability] | None = Field(default=None, max_length=256)
-    capacity: int | None = Field(default=None, ge=1, le=1000)
+    capacity: Capacity | None = None
 
 
 class BoxPublic(BaseModel):

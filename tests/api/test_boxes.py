@@ -195,6 +195,8 @@ async def test_patch_replaces_given_fields_keeps_the_rest_and_is_audited(
     assert same.status_code == 200 and same.json() == box
     assert (await api.patch("/api/boxes/bench-1", json={})).json() == box
     assert [a[0] for a in await audit(db)].count("box.update") == 1
+    whole = await api.patch("/api/boxes/bench-1", json={"capacity": 4.0})  # a JSON Schema integer
+    assert whole.status_code == 200 and whole.json()["capacity"] == 4
     cleared = await api.patch("/api/boxes/bench-1", json={"groups": []})
     assert cleared.status_code == 200 and cleared.json()["groups"] == []
 
@@ -210,6 +212,7 @@ async def test_patch_validates_its_body_like_register(
         ({"capacity": 1001}, "body.capacity"),
         ({"capacity": 2**63}, "body.capacity"),
         ({"capacity": "2"}, "body.capacity"),
+        ({"capacity": 2.5}, "body.capacity"),
         ({"capacity": True}, "body.capacity"),
         ({"groups": ["bad name"]}, "body.groups.0"),
         ({"groups": ["g\x00"]}, "body.groups.0"),
