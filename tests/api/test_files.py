@@ -54,6 +54,11 @@ async def test_an_upload_is_stored_by_org_and_sha256_and_is_idempotent(api: http
     assert await asyncio.to_thread(stored, app, key) == BINARY
     again = await upload(api, BINARY)
     assert again.status_code == 201 and again.json() == resp.json()
+    big = bytes(range(256)) * (9 << 12)  # 9 MiB: over the 1 MiB JSON body limit and the in-memory spool
+    assert len(big) > app.state.settings.max_body_bytes
+    resp = await upload(api, big)
+    assert resp.status_code == 201, resp.text
+    assert await asyncio.to_thread(stored, app, f"uploads/{DEFAULT_ORG}/{sha(big)}") == big
     empty = await upload(api, b"")
     assert empty.status_code == 201 and empty.json() == {"sha256": sha(b""), "size": 0}
 
