@@ -16,7 +16,7 @@ from boxrun.api import errors
 from boxrun.api.limits import RequestGuard, needs_token
 from boxrun.api.live.job_tail import Tails
 from boxrun.api.live.listener import Notifier
-from boxrun.api.routes import agent, artifacts, boxes, health, jobs, logs
+from boxrun.api.routes import agent, artifacts, boxes, files, health, jobs, logs
 from boxrun.db import create_pool, migrate
 from boxrun.schemas import LogBatchHeader
 from boxrun.settings import Settings, get_settings
@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Run scripts on a fleet of remote boxes; every job is a durable Temporal workflow.",
     )
     api = APIRouter(prefix="/api")
-    for module in (jobs, logs, artifacts, boxes, agent, health):
+    for module in (jobs, logs, artifacts, files, boxes, agent, health):
         api.include_router(module.router)
     app.include_router(api)
 

@@ -10,8 +10,9 @@ Order, for HTTP requests:
 3. A body sent without Content-Length (chunked) is counted while the app reads it; past the limit
    the read raises BodyTooLarge, a 413.
 
-The limit is `max_body_bytes` (1 MiB by default) and `max_log_batch_bytes` (16 MiB) for the agent's
-log ingest. WebSocket connections authenticate themselves (`?token=` or the header).
+The limit is `max_body_bytes` (1 MiB by default), `max_log_batch_bytes` (16 MiB) for the agent's
+log ingest and `max_job_files_bytes` (1 GiB) for an upload (POST /api/files, a raw body streamed to
+storage, never held in memory). WebSocket connections authenticate themselves (`?token=` or the header).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from boxrun.settings import Settings
 PUBLIC = frozenset({"/api/health"})
 LOG_INGEST = re.compile(r"^/api/agent/jobs/[^/]+/logs$")
 AGENT_PREFIX = "/api/agent/"
+UPLOAD = "/api/files"
 
 
 def too_large(limit: int) -> str:
@@ -61,6 +63,8 @@ class RequestGuard:
     def limit_for(self, path: str) -> int:
         if LOG_INGEST.match(path):
             return self.settings.max_log_batch_bytes
+        if path == UPLOAD:
+            return self.settings.max_job_files_bytes
         return self.settings.max_body_bytes
 
     def refusal(self, scope: Scope) -> tuple[int, str] | None:

@@ -21,14 +21,27 @@ def _missing(requires: list[str], capabilities: list[str]) -> list[str]:
     return sorted(set(requires) - set(capabilities))
 
 
-def _never_reason(job: asyncpg.Record, boxes: list[asyncpg.Record], requires: list[str]) -> str:
+async def _never_reason(conn: Conn, job: asyncpg.Record, boxes: list[asyncpg.Record], requires: list[str]) -> str:
     if job["box_name"] is not None and boxes:
         return f"box {job['box_name']} lacks capabilities {_missing(requires, boxes[0]['capabilities'])}"
+    # An empty target: say whether a box was deleted from under the job (the audit log keeps
+    # each deletion; this runs once, when the job ends unschedulable).
+    deleted = await conn.fetchrow(
+        Q.last_box_deletion,
+        job["org_id"],
+        f"box:{job['box_name']}" if job["box_name"] is not None else None,
+        job["box_group"],
+        job["created_at"],
+    )
+    gone = f"box {deleted['subject'].removeprefix('box:')} was deleted" if deleted is not None else None
     if job["box_name"] is not None:
-        return f"box {job['box_name']} does not exist"
-    if boxes:
-        return f"no box in group {job['box_group']} has all of {requires}"
-    return f"group {job['box_group']} has no boxes"
+        return gone or f"box {job['box_name']} does not exist"
+    why = (
+        f"no box in group {job['box_group']} has all of {requires}"
+        if boxes
+        else f"group {job['box_group']} has no boxes"
+    )
+    return f"{why} ({gone})" if gone else why
 
 
 async def acquire(conn: Conn, job_id: str, *, offline_after_s: float = 15.0) -> AcquireResult:
@@ -57,7 +70,7 @@ async def acquire(conn: Conn, job_id: str, *, offline_after_s: float = 15.0) -> 
         requires = list(job["requires"])
         fitting = [b for b in boxes if not _missing(requires, b["capabilities"])]
         if not fitting:
-            return AcquireResult(unschedulable_reason=_never_reason(job, boxes, requires))
+            return AcquireResult(unschedulable_reason=await _never_reason(conn, job, boxes, requires))
 
         reasons: set[str] = set()
         window_ends: list[datetime] = []

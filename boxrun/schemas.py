@@ -12,9 +12,11 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     GetJsonSchemaHandler,
     StringConstraints,
+    Tag,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -125,8 +127,56 @@ _FILE_KEYS = rule(propertyNames={"pattern": NORMAL_PATH_PATTERN, "minLength": 1,
 _ENV_KEYS = rule(propertyNames={"pattern": ENV_NAME_PATTERN})
 
 MAX_SCRIPT_BYTES = 256 * 1024
-MAX_SPEC_BYTES = 512 * 1024  # script + files + env; the spec travels in workflow history
+MAX_SPEC_BYTES = 512 * 1024  # script + env (files have their own total: max_job_files_bytes)
 MAX_TIMEOUT_S = 7 * 24 * 3600
+
+
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
+
+
+class FileRef(BaseModel):
+    """A job file whose bytes were uploaded with POST /api/files: named by its SHA-256 and size."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    sha256: Sha256 = Field(description="lower-case hex SHA-256 of the bytes, as POST /api/files answered it")
+    size: int = Field(ge=0, le=MAX_BIGINT, description="bytes")
+
+
+class FrozenFileRef(BaseModel):
+    """An uploaded file as the frozen spec keeps it (`file_refs`): its object key in storage."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+def _file_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict | FileRef):
+        return "upload"
+    return None
+
+
+# A job file: its text inline (a string), or a reference to an upload (an object). Errors name
+# the kind: body.files.<path>.text, body.files.<path>.upload.sha256.
+JobFile = Annotated[
+    Annotated[CleanStr, Tag("text")] | Annotated[FileRef, Tag("upload")],
+    Discriminator(
+        _file_kind,
+        custom_error_type="file_kind",
+        custom_error_message="a file is its text (a string) or an upload reference ({sha256, size})",
+    ),
+]
+
+
+class UploadPublic(BaseModel):
+    """POST /api/files answer: reference the bytes in a job's `files` with exactly this object."""
+
+    sha256: str
+    size: int
 
 
 class JobCreate(BaseModel):
@@ -148,8 +198,14 @@ class JobCreate(BaseModel):
     box_group: Name | None = None
     requires: list[Capability] = Field(default_factory=list, max_length=64)
     script: CleanStr = Field(min_length=1, description=f"at most {MAX_SCRIPT_BYTES} bytes as UTF-8")
-    files: Annotated[dict[_FileKey, CleanStr], _FILE_KEYS] = Field(
-        default_factory=dict, max_length=1000, description="workspace path (normalised, relative) -> content"
+    files: Annotated[dict[_FileKey, JobFile], _FILE_KEYS] = Field(
+        default_factory=dict,
+        max_length=1000,
+        description=(
+            "workspace path (normalised, relative) -> its UTF-8 text, or a reference to bytes uploaded "
+            "with POST /api/files ({sha256, size}); all files together at most max_job_files_bytes "
+            "(1 GiB by default)"
+        ),
     )
     env: Annotated[dict[str, CleanStr], _ENV_KEYS] = Field(
         default_factory=dict, max_length=500, description="variable name -> value; the BOXRUN_ prefix is reserved"
@@ -187,15 +243,39 @@ class JobCreate(BaseModel):
         if (self.box is None) == (self.box_group is None):
             raise ValueError("give exactly one of 'box' or 'box_group'")
         size = len(self.script.encode())
-        size += sum(len(k.encode()) + len(c.encode()) for k, c in self.files.items())
         size += sum(len(k.encode()) + len(c.encode()) for k, c in self.env.items())
         if size > MAX_SPEC_BYTES:
-            raise ValueError(f"script + files + env is {size} bytes, over the {MAX_SPEC_BYTES} byte limit")
+            raise ValueError(f"script + env is {size} bytes, over the {MAX_SPEC_BYTES} byte limit")
         return self
 
-    def frozen_spec(self) -> dict[str, Any]:
-        """What the job row keeps as its immutable spec (re-runs start from it)."""
-        return self.model_dump(exclude={"idempotency_key"})
+    def inline_files(self) -> dict[str, str]:
+        return {path: f for path, f in self.files.items() if isinstance(f, str)}
+
+    def file_references(self) -> dict[str, FileRef]:
+        return {path: f for path, f in self.files.items() if isinstance(f, FileRef)}
+
+    def files_bytes(self) -> int:
+        """What the job's files weigh: inline texts in UTF-8 plus the referenced uploads."""
+        return sum(len(c.encode()) for c in self.inline_files().values()) + sum(
+            r.size for r in self.file_references().values()
+        )
+
+    def frozen_spec(self, file_refs: dict[str, FrozenFileRef] | None = None) -> dict[str, Any]:
+        """What the job row keeps as its immutable spec (re-runs start from it): `files` holds the
+        inline texts, `file_refs` (if any) the uploads (their storage keys, resolved at submission)."""
+        spec = self.model_dump(exclude={"idempotency_key", "files"})
+        spec["files"] = self.inline_files()
+        if file_refs:  # absent when there are none: such a spec hashes as it did before uploads existed
+            spec["file_refs"] = {path: ref.model_dump() for path, ref in sorted(file_refs.items())}
+        return spec
+
+    @classmethod
+    def from_frozen(cls, spec: dict[str, Any]) -> JobCreate:
+        """The submission a frozen spec came from (for a re-run): its file_refs back as references."""
+        body = {k: v for k, v in spec.items() if k != "file_refs"}
+        refs = {path: {"sha256": r["sha256"], "size": r["size"]} for path, r in (spec.get("file_refs") or {}).items()}
+        body["files"] = {**body.get("files", {}), **refs}
+        return cls.model_validate(body)
 
 
 class ArchivePublic(BaseModel):
@@ -262,6 +342,17 @@ class ArtifactPublic(BaseModel):
 
 class ArtifactsPublic(BaseModel):
     data: list[ArtifactPublic]
+    count: int = Field(description="artifacts of the job in all (data is one page of them, by path)")
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's "integer" admits 2.0; strict pydantic would not. Whole floats become ints."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Capacity = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_whole_number)]
 
 
 class BoxCreate(BaseModel):
@@ -270,7 +361,18 @@ class BoxCreate(BaseModel):
     name: Name
     groups: list[Name] = Field(default_factory=list, max_length=64)
     capabilities: list[Capability] = Field(default_factory=list, max_length=256)
-    capacity: int = Field(default=1, ge=1, le=1000)
+    capacity: Capacity = 1
+
+
+class BoxUpdate(BaseModel):
+    """PATCH /api/boxes/{name}: each field given replaces the box's; absent or null keeps it.
+    Running jobs are never stopped (a smaller capacity only holds back new grants)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    groups: list[Name] | None = Field(default=None, max_length=64)
+    capabilities: list[Capability] | None = Field(default=None, max_length=256)
+    capacity: Capacity | None = None
 
 
 class BoxPublic(BaseModel):

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # the agents' log ingest has its own, larger bound.
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     max_log_batch_bytes: int = Field(default=16 << 20, ge=1024)
+    # A job's files (inline texts and uploads together) weigh at most this; it also bounds one
+    # upload's body (POST /api/files), the one route allowed more than max_body_bytes.
+    max_job_files_bytes: int = Field(default=1 << 30, ge=1024)
     box_offline_after_s: float = Field(default=15.0, gt=0)
     # Idle SSE/WebSocket followers re-check the job this often (FastAPI also sends keepalive comments).
     sse_keepalive_s: float = Field(default=20.0, gt=0)

@@ -1,4 +1,4 @@
-"""Object storage over the S3 API: presigned PUT/GET and artifact verification."""
+"""Object storage over the S3 API: presigned PUT/GET, uploads and HEADs, artifact verification."""
 
 from __future__ import annotations
 
@@ -67,8 +67,20 @@ class Storage:
                 raise  # the other process created it first: fine
 
     def put(self, key: str, fileobj: IO[bytes], sha256_hex: str) -> None:
-        """Upload from the control plane itself (log archives), checksummed."""
+        """Upload from the control plane itself (log archives, POST /api/files), checksummed: the
+        store refuses bytes that do not hash to `sha256_hex`."""
         self.client.put_object(Bucket=self.bucket, Key=key, Body=fileobj, ChecksumSHA256=sha256_b64(sha256_hex))
+
+    def head(self, key: str) -> int | None:
+        """The object's size, or None if there is no such object."""
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        size: int = head["ContentLength"]
+        return size
 
     def presign_put(self, key: str, size: int, sha256_hex: str) -> tuple[str, dict[str, str]]:
         """A PUT URL bound to the object's length and SHA-256; returns (url, headers to send)."""

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
 from fastapi.responses import RedirectResponse
 
 from boxrun.api.deps import ConnDep, CurrentUser, StorageDep
 from boxrun.api.errors import responses
 from boxrun.api.to_public import artifact_public
 from boxrun.db import Q
-from boxrun.schemas import ArtifactsPublic
+from boxrun.schemas import MAX_SEQ, ArtifactsPublic
 from boxrun.services.downloads import artifact_url
 from boxrun.services.jobs import load_job
 
@@ -19,9 +21,18 @@ router = APIRouter(prefix="/jobs", tags=["artifacts"])
 @router.get(
     "/{job_id}/artifacts", response_model=ArtifactsPublic, responses=responses(401, 404, 422, e404="no such job")
 )
-async def list_artifacts(job_id: str, conn: ConnDep, user: CurrentUser) -> ArtifactsPublic:
+async def list_artifacts(
+    job_id: str,
+    conn: ConnDep,
+    user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+) -> ArtifactsPublic:
+    """The job's verified artifacts, by path, a page at a time; `count` is how many it has in all."""
     row = await load_job(conn, user, job_id)
-    return ArtifactsPublic(data=[artifact_public(r) for r in await conn.fetch(Q.list_artifacts, row["id"])])
+    page = await conn.fetch(Q.list_artifacts_page, row["id"], limit, offset)
+    total: int = await conn.fetchval(Q.count_artifacts, row["id"])
+    return ArtifactsPublic(data=[artifact_public(r) for r in page], count=total)
 
 
 @router.get(

@@ -17,6 +17,7 @@ from boxrun.schemas import (
     BoxesPublic,
     BoxPublic,
     BoxQueuePublic,
+    BoxUpdate,
     MaintenancePublic,
     MaintenanceSet,
     WindowCreate,
@@ -50,6 +51,32 @@ async def get_box(name: str, conn: ConnDep, settings: SettingsDep, user: Current
 async def register_box(body: BoxCreate, conn: ConnDep, settings: SettingsDep, user: AdminUser) -> BoxCreated:
     row, token = await boxes.register_box(conn, user, body)
     return BoxCreated(box=box_public(row, settings), node_token=token)
+
+
+@router.patch(
+    "/{name}",
+    response_model=BoxPublic,
+    responses=responses(401, 403, 404, 422, e404=BOX_404),
+)
+async def update_box(
+    name: str, body: BoxUpdate, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep, user: AdminUser
+) -> BoxPublic:
+    """Replace the box's groups, capabilities or capacity (a field absent or null keeps its value).
+    Running jobs are not stopped; waiting jobs are woken to try the box again."""
+    return box_public(await boxes.update_box(conn, temporal, user, name, body), settings)
+
+
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=responses(401, 403, 404, 409, 422, e404=BOX_404, e409="a job holds a lease on the box"),
+)
+async def delete_box(name: str, conn: ConnDep, temporal: TemporalDep, user: AdminUser) -> Response:
+    """Delete the box and its node token. Refused while a job holds a lease on it. Jobs that ran
+    on it keep showing its name; jobs waiting for it end `unschedulable` ("box NAME was deleted")
+    unless their group has another box for them."""
+    await boxes.delete_box(conn, temporal, user, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/{name}/token", response_model=BoxCreated, responses=responses(401, 403, 404, 422, e404=BOX_404))

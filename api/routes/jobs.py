@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from boxrun.api.deps import ConnDep, CurrentUser, SettingsDep, TemporalDep
+from boxrun.api.deps import ConnDep, CurrentUser, SettingsDep, StorageDep, TemporalDep
 from boxrun.api.errors import responses
 from boxrun.api.to_public import job_event_public, job_public
 from boxrun.constants import JobState
@@ -32,14 +32,20 @@ JOB_404 = "no such job"
             422,
             503,
             e409="idempotency key reused with a different spec",
-            e422="invalid body, or a box that does not exist",
+            e422="invalid body, a box that does not exist, an upload not found, or files over the total",
         ),
     },
 )
 async def create_job(
-    body: JobCreate, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep, user: CurrentUser, response: Response
+    body: JobCreate,
+    conn: ConnDep,
+    temporal: TemporalDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    user: CurrentUser,
+    response: Response,
 ) -> JobPublic:
-    job_id, created = await submit_job(conn, temporal, settings, user, body)
+    job_id, created = await submit_job(conn, temporal, settings, user, body, storage=storage)
     if not created:
         response.status_code = status.HTTP_200_OK
     return job_public(await jobs.load_job(conn, user, job_id), settings)
@@ -95,8 +101,8 @@ async def cancel_job(
     responses=responses(401, 404, 422, 503, e404=JOB_404, e422="the frozen spec names a box that no longer exists"),
 )
 async def rerun_job(
-    job_id: str, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep, user: CurrentUser
+    job_id: str, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep, storage: StorageDep, user: CurrentUser
 ) -> JobPublic:
     """A new job from the original's frozen spec, linked by `rerun_of`. Retries are never automatic."""
-    new_id = await jobs.rerun_job(conn, temporal, settings, user, job_id)
+    new_id = await jobs.rerun_job(conn, temporal, settings, storage, user, job_id)
     return job_public(await jobs.load_job(conn, user, new_id), settings)

@@ -1,13 +1,17 @@
-"""Boxes: register, rotate a node token, maintenance on/off and windows (each audited, and
-waking the jobs that wait when a box can take work again), and the agent's liveness report."""
+"""Boxes: register, update, delete, rotate a node token, maintenance on/off and windows (each
+audited, and waking the jobs that wait when a box can take work again, or can never take theirs),
+and the agent's liveness report."""
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from boxrun.db import Q
 from boxrun.errors import Conflict, InvalidInput, NotFound
@@ -15,6 +19,7 @@ from boxrun.schemas import (
     NAME_PATTERN,
     BoxCreate,
     BoxQueuePublic,
+    BoxUpdate,
     LeasePublic,
     MaintenancePublic,
     RejectionPublic,
@@ -23,6 +28,8 @@ from boxrun.schemas import (
 )
 from boxrun.services.identity import NodeBox, User, hash_token, mint_token
 from boxrun.services.wakeups import wake_waiters
+
+log = logging.getLogger(__name__)
 
 REJECTIONS_SHOWN = 50
 _NAME = re.compile(NAME_PATTERN)
@@ -64,6 +71,84 @@ async def rotate_token(conn: asyncpg.Connection, user: User, name: str) -> tuple
             raise NotFound(f"box {name} not found")  # deleted since load_box
         await conn.execute(Q.audit, user.org_id, user.name, "box.token_rotated", f"box:{name}", {})
     return await load_box(conn, user, name), token
+
+
+async def update_box(
+    conn: asyncpg.Connection, temporal: Client, user: User, name: str, body: BoxUpdate
+) -> asyncpg.Record:
+    """Replace the box's groups, capabilities or capacity (a field absent or null is kept),
+    audited as `box.update` with what changed. Running jobs are never stopped. A change that lets
+    the box take more (capacity up, a group or capability added) wakes the jobs waiting for it;
+    one that takes something away wakes those that waited for it before (so a job that can no
+    longer go anywhere ends unschedulable now, not at its next periodic re-check)."""
+    box = await load_box(conn, user, name)
+    async with conn.transaction():
+        old = await conn.fetchrow(Q.lock_box_by_name, user.org_id, box["name"])
+        if old is None:
+            raise NotFound(f"box {name} not found")  # deleted since load_box
+        changes: dict[str, Any] = {}
+        for field in ("groups", "capabilities", "capacity"):
+            new = getattr(body, field)
+            before = old[field] if field == "capacity" else sorted(old[field])
+            if new is not None and (new if field == "capacity" else sorted(new)) != before:
+                changes[field] = {"from": old[field] if field == "capacity" else list(old[field]), "to": new}
+        if not changes:
+            return box
+        losing = (body.capacity is not None and body.capacity < old["capacity"]) or any(
+            getattr(body, f) is not None and set(old[f]) - set(getattr(body, f)) for f in ("groups", "capabilities")
+        )
+        gaining = (body.capacity is not None and body.capacity > old["capacity"]) or any(
+            getattr(body, f) is not None and set(getattr(body, f)) - set(old[f]) for f in ("groups", "capabilities")
+        )
+        before_ids = [str(r["id"]) for r in await conn.fetch(Q.all_waiters_for_box, old["id"])] if losing else []
+        row = await conn.fetchrow(Q.update_box, old["id"], body.groups, body.capabilities, body.capacity)
+        assert row is not None  # locked above
+        await conn.execute(Q.audit, user.org_id, user.name, "box.update", f"box:{name}", changes)
+    await _wake(temporal, before_ids)
+    if gaining:
+        await wake_waiters(conn, temporal, old["id"], row["capacity"])
+    return await load_box(conn, user, name)
+
+
+async def delete_box(conn: asyncpg.Connection, temporal: Client, user: User, name: str) -> None:
+    """Delete the box (its node token stops working at once), audited as `box.delete`.
+
+    Conflict while a job holds a lease on it. Jobs that ran on it keep its name (jobs.
+    deleted_box_name); the jobs waiting for it are woken, and each one's next placement finds
+    the box gone: a job that named it, or whose group has no other box for it, ends
+    `unschedulable` ("box NAME was deleted"); the others keep waiting for their group."""
+    box = await load_box(conn, user, name)
+    async with conn.transaction():
+        row = await conn.fetchrow(Q.lock_box_by_name, user.org_id, box["name"])
+        if row is None:
+            raise NotFound(f"box {name} not found")  # deleted since load_box
+        leases = await conn.fetch(Q.box_leases, row["id"])
+        if leases:
+            held = ", ".join(str(r["job_id"]) for r in leases[:5])
+            raise Conflict(
+                f"box {name} is in use: {len(leases)} job(s) hold a lease on it ({held}); "
+                "cancel them or wait for them to end, then delete it"
+            )
+        waiting = [str(r["id"]) for r in await conn.fetch(Q.all_waiters_for_box, row["id"])]
+        await conn.execute(Q.keep_deleted_box_name, row["id"], row["name"])
+        await conn.fetchval(Q.delete_box, row["id"])
+        detail = {
+            "groups": list(row["groups"]),
+            "capabilities": list(row["capabilities"]),
+            "capacity": row["capacity"],
+            "waiting_jobs": len(waiting),
+        }
+        await conn.execute(Q.audit, user.org_id, user.name, "box.delete", f"box:{name}", detail)
+    await _wake(temporal, waiting)
+
+
+async def _wake(temporal: Client, job_ids: list[str]) -> None:
+    """Signal these jobs' workflows to try placement again now."""
+    for job_id in job_ids:
+        try:
+            await temporal.get_workflow_handle(job_id).signal("wake")
+        except RPCError as exc:  # the workflow ended meanwhile (or is not started yet: the reaper's)
+            log.info("could not wake job %s: %s", job_id, exc)
 
 
 async def queue_of(conn: asyncpg.Connection, user: User, name: str) -> BoxQueuePublic:

@@ -17,6 +17,7 @@ from boxrun.schemas import JobCreate
 from boxrun.services.identity import User
 from boxrun.services.submission import submit_job
 from boxrun.settings import Settings
+from boxrun.storage import Storage
 from boxrun.transitions import transition
 
 log = logging.getLogger(__name__)
@@ -63,15 +64,17 @@ async def cancel_job(conn: asyncpg.Connection, temporal: Client, user: User, job
     return await load_job(conn, user, jid)
 
 
-async def rerun_job(conn: asyncpg.Connection, temporal: Client, settings: Settings, user: User, job_id: str) -> str:
+async def rerun_job(
+    conn: asyncpg.Connection, temporal: Client, settings: Settings, storage: Storage, user: User, job_id: str
+) -> str:
     """A new job from the original's frozen spec, linked by `rerun_of`; returns its id.
     Retries are never automatic. InvalidInput if the spec names a box that no longer exists."""
     row = await load_job(conn, user, job_id)
     try:
-        body = JobCreate.model_validate(row["spec"])
+        body = JobCreate.from_frozen(row["spec"])
     except ValidationError as exc:  # rules tightened since the job was frozen
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "spec"
         raise InvalidInput(f"the frozen spec no longer passes validation: {first['msg']}", field=field) from None
-    new_id, _ = await submit_job(conn, temporal, settings, user, body, rerun_of=str(row["id"]))
+    new_id, _ = await submit_job(conn, temporal, settings, user, body, storage=storage, rerun_of=str(row["id"]))
     return new_id

@@ -15,9 +15,11 @@ from temporalio.service import RPCError
 from boxrun.db import Q
 from boxrun.errors import Conflict, InvalidInput, Unavailable
 from boxrun.schemas import JobCreate
+from boxrun.services.files import resolve_file_refs
 from boxrun.services.identity import User
 from boxrun.services.workflow_start import job_spec, start_job_workflow
 from boxrun.settings import Settings
+from boxrun.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +35,18 @@ async def submit_job(
     user: User,
     body: JobCreate,
     *,
+    storage: Storage,
     rerun_of: str | None = None,
 ) -> tuple[str, bool]:
     """Returns (job id, created). A repeated idempotency key returns the first job (created=False).
 
-    InvalidInput(field="box") for a box that does not exist; Conflict for an idempotency key
-    used before with another spec; Unavailable if Temporal refuses the start (nothing is kept)."""
+    InvalidInput(field="box") for a box that does not exist; InvalidInput naming the file for a
+    referenced upload that is not in storage (with that size), or files over max_job_files_bytes
+    in all; Conflict for an idempotency key used before with another spec; Unavailable if Temporal
+    (or storage) refuses (nothing is kept)."""
     if body.box is not None and await conn.fetchrow(Q.get_box, user.org_id, body.box) is None:
         raise InvalidInput(f"box {body.box!r} does not exist", field="box")
-    spec = body.frozen_spec()
+    spec = body.frozen_spec(await resolve_file_refs(storage, settings, user, body))
     digest = spec_hash(spec)
     if body.idempotency_key is not None:
         existing = await _by_key(conn, user, body.idempotency_key, digest)

@@ -50,7 +50,7 @@ async def post_raw(api: httpx.AsyncClient, url: str, raw: str, headers: dict[str
         ('{"box": "b1", "script": "x", "env": {"A": "\\u0000"}}', "body.env.A"),
         ('{"box": "b1", "script": "x", "env": {"A": "\\udfff"}}', "body.env.A"),
         ('{"box": "b1", "script": "x", "files": {"a\\u0000b": "x"}}', "body.files.a\x00b.[key]"),
-        ('{"box": "b1", "script": "x", "files": {"a": "\\ud800"}}', "body.files.a"),
+        ('{"box": "b1", "script": "x", "files": {"a": "\\ud800"}}', "body.files.a.text"),
         ('{"box": "b1", "script": "x", "files": {"./a": "x"}}', "body.files../a.[key]"),
         ('{"box": "b1", "script": "x", "requires": ["gpu\\u0000"]}', "body.requires.0"),
         ('{"box": "b1", "script": "x", "idempotency_key": "k\\u0000"}', "body.idempotency_key"),

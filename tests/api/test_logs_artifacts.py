@@ -59,12 +59,12 @@ async def test_archive_is_404_until_there_is_one_then_a_redirect(
 
 async def test_artifacts_list_download_and_unknown_is_404(api: httpx.AsyncClient, db: asyncpg.Connection) -> None:
     job_id = await ended_job(api, db)
-    assert (await api.get(f"/api/jobs/{job_id}/artifacts")).json() == {"data": []}
+    assert (await api.get(f"/api/jobs/{job_id}/artifacts")).json() == {"data": [], "count": 0}
     await db.execute(Q.insert_artifact, job_id, DEFAULT_ORG, "out/report.txt", f"art/{job_id}/r", 5, "cd" * 32)
 
     listed = await api.get(f"/api/jobs/{job_id}/artifacts")
     assert listed.status_code == 200
-    assert listed.json() == {"data": [{"path": "out/report.txt", "size": 5, "sha256": "cd" * 32}]}
+    assert listed.json() == {"data": [{"path": "out/report.txt", "size": 5, "sha256": "cd" * 32}], "count": 1}
     resp = await api.get(f"/api/jobs/{job_id}/artifacts/out/report.txt")
     assert resp.status_code == 307, resp.text
     assert f"art/{job_id}/r" in resp.headers["location"]
@@ -72,3 +72,27 @@ async def test_artifacts_list_download_and_unknown_is_404(api: httpx.AsyncClient
     for path in ("out/other.txt", "out/report.txt%00", "%00"):
         missing = await api.get(f"/api/jobs/{job_id}/artifacts/{path}")
         assert_error(missing, 404, "not_found", detail="has no artifact")
+
+
+async def test_artifacts_are_listed_a_page_at_a_time_by_path(api: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    job_id = await ended_job(api, db)
+    paths = [f"out/{i:04d}.txt" for i in range(250)]
+    await db.executemany(
+        Q.insert_artifact, [(job_id, DEFAULT_ORG, p, f"art/{job_id}/{p}", 1, "cd" * 32) for p in reversed(paths)]
+    )
+    url = f"/api/jobs/{job_id}/artifacts"
+    first = (await api.get(url)).json()
+    assert first["count"] == 250 and [a["path"] for a in first["data"]] == paths[:100]  # default limit 100
+    page = (await api.get(url, params={"limit": 1000, "offset": 240})).json()
+    assert page["count"] == 250 and [a["path"] for a in page["data"]] == paths[240:]
+    past = (await api.get(url, params={"offset": 2**63 - 1})).json()
+    assert past == {"data": [], "count": 250}
+    for params, field in (
+        ({"limit": 0}, "query.limit"),
+        ({"limit": 1001}, "query.limit"),
+        ({"offset": -1}, "query.offset"),
+        ({"offset": 2**63}, "query.offset"),
+        ({"limit": "x"}, "query.limit"),
+    ):
+        assert_error(await api.get(url, params=params), 422, "invalid_input", field=field)
+    assert_error(await api.get("/api/jobs/00000000-0000-0000-0000-000000000000/artifacts"), 404, "not_found")

@@ -5,10 +5,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from boxrun.constants import JobState
+from boxrun.constants import DEFAULT_ORG, JobState
 from boxrun.db import Q, connect
-from boxrun.errors import InvalidTransition
+from boxrun.errors import Conflict, InvalidTransition
 from boxrun.placement import acquire, finish, release
+from boxrun.services import boxes
+from boxrun.services.identity import User
 from boxrun.transitions import transition
 from tests.integration.helpers import add_box, add_job, state_of
 
@@ -225,3 +227,56 @@ async def test_finish_on_an_ended_job_keeps_its_state_and_frees_a_leftover_lease
     assert await active_leases(conn) == 0
     again = await finish(conn, job, JobState.FAILED)
     assert (again.state, again.released) == (JobState.CANCELLED, False)
+
+
+ADMIN = User(name="admin", org_id=DEFAULT_ORG, role="admin")
+
+
+async def test_a_job_whose_named_box_was_deleted_ends_unschedulable_saying_so(conn, temporal_client):
+    await add_box(conn, "b1")
+    ran = await add_job(conn, box="b1")
+    assert (await acquire(conn, ran)).box == "b1"
+    waiting = await add_job(conn, box="b1")
+    assert (await acquire(conn, waiting)).wait_reason == "busy"
+    with pytest.raises(Conflict, match=f"box b1 is in use: 1 job\\(s\\) hold a lease on it \\({ran}\\)"):
+        await boxes.delete_box(conn, temporal_client, ADMIN, "b1")
+    await finish(conn, ran, JobState.FAILED, error="x")
+
+    await boxes.delete_box(conn, temporal_client, ADMIN, "b1")  # the waiter has no workflow: logged
+    assert await conn.fetchval("SELECT count(*) FROM boxes") == 0
+    got = await acquire(conn, waiting)
+    assert got.unschedulable_reason == "box b1 was deleted"
+    # the job that ran there keeps showing the box's name
+    assert (await conn.fetchrow(Q.get_job, DEFAULT_ORG, ran))["box"] == "b1"
+    # a box that never existed is still told apart (a row written past the API's own check)
+    stray = await add_job(conn, box="never")
+    assert (await acquire(conn, stray)).unschedulable_reason == "box never does not exist"
+
+
+async def test_a_group_whose_boxes_were_deleted_says_which_and_others_keep_waiting(conn, temporal_client):
+    await add_box(conn, "a1", groups=["g"])
+    await add_box(conn, "a2", groups=["g", "h"])
+    holder = await add_job(conn, group="h")
+    assert (await acquire(conn, holder)).box == "a2"
+    h_waiter = await add_job(conn, group="h")
+    assert (await acquire(conn, h_waiter)).wait_reason == "busy"
+    g_job = await add_job(conn, group="g")
+    assert (await acquire(conn, g_job)).box == "a1"
+    await finish(conn, g_job, JobState.FAILED, error="x")
+
+    await boxes.delete_box(conn, temporal_client, ADMIN, "a1")
+    # group g still has a2 (busy): its jobs keep waiting
+    later_g = await add_job(conn, group="g")
+    assert (await acquire(conn, later_g)).wait_reason == "busy"
+    await finish(conn, holder, JobState.FAILED, error="x")
+    await boxes.delete_box(conn, temporal_client, ADMIN, "a2")
+    assert (await acquire(conn, h_waiter)).unschedulable_reason == "group h has no boxes (box a2 was deleted)"
+    assert (await acquire(conn, later_g)).unschedulable_reason == "group g has no boxes (box a2 was deleted)"
+    for job in (h_waiter, later_g):  # what their workflows do with that answer
+        await finish(conn, job, JobState.UNSCHEDULABLE, error="gone")
+    # history keeps each box's name; a new box may take a deleted one's name
+    assert (await conn.fetchrow(Q.get_job, DEFAULT_ORG, g_job))["box"] == "a1"
+    await add_box(conn, "a1", groups=["g"])
+    assert (await conn.fetchrow(Q.get_job, DEFAULT_ORG, g_job))["box"] == "a1"
+    fresh = await add_job(conn, group="g")
+    assert (await acquire(conn, fresh)).box == "a1"

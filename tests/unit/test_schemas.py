@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from boxrun.constants import ALLOWED_FROM, TERMINAL_STATES, JobState
-from boxrun.schemas import MAX_SPEC_BYTES, JobCreate
+from boxrun.schemas import MAX_SPEC_BYTES, FrozenFileRef, JobCreate
 from boxrun.workspace_paths import clean_relative_path
 
 
@@ -65,8 +65,25 @@ def test_unknown_fields_and_bad_types_are_refused():
 
 
 def test_spec_size_is_bounded():
-    with pytest.raises(ValidationError, match="byte limit"):
-        make(files={f"f{i}": "x" * 100_000 for i in range(MAX_SPEC_BYTES // 100_000 + 1)})
+    with pytest.raises(ValidationError, match="script \\+ env is"):
+        make(env={f"V{i}": "x" * 100_000 for i in range(MAX_SPEC_BYTES // 100_000 + 1)})
+    # files have their own total (max_job_files_bytes, checked at submission), not this one
+    files = {f"f{i}": "x" * 100_000 for i in range(MAX_SPEC_BYTES // 100_000 + 1)}
+    assert make(files=files).files_bytes() == len(files) * 100_000
+
+
+def test_files_are_inline_text_or_upload_references():
+    ref = {"sha256": "ab" * 32, "size": 3}
+    body = make(files={"cfg.txt": "text", "fw.bin": ref})
+    assert body.inline_files() == {"cfg.txt": "text"}
+    assert body.file_references()["fw.bin"].size == 3
+    frozen = {"key": "uploads/default/" + "ab" * 32, **ref}
+    spec = body.frozen_spec({"fw.bin": FrozenFileRef(**frozen)})
+    assert spec["files"] == {"cfg.txt": "text"} and spec["file_refs"] == {"fw.bin": frozen}
+    assert JobCreate.from_frozen(spec) == body.model_copy(update={"idempotency_key": None})
+    for bad in ({"sha256": "AB" * 32, "size": 3}, {"sha256": "ab" * 32, "size": -1}, {"sha256": "ab" * 32}):
+        with pytest.raises(ValidationError):
+            make(files={"fw.bin": bad})
 
 
 def test_requires_deduplicated_and_sorted():

@@ -9,3 +9,9 @@ SELECT path, size, sha256 FROM artifacts WHERE job_id = $1 ORDER BY path;
 -- name: get_artifact
 SELECT a.path, a.key, a.size, a.sha256 FROM artifacts a
 WHERE a.org_id = $1 AND a.job_id = $2 AND a.path = $3;
+
+-- name: list_artifacts_page
+SELECT path, size, sha256 FROM artifacts WHERE job_id = $1 ORDER BY path LIMIT $2 OFFSET $3;
+
+-- name: count_artifacts
+SELECT count(*) FROM artifacts WHERE job_id = $1;

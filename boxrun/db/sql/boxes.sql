@@ -55,3 +55,39 @@ ORDER BY starts_at;
 -- name: box_rejections
 SELECT r.job_id, r.window_id, r.at FROM placement_rejections r
 WHERE r.box_id = $1 ORDER BY r.id DESC LIMIT $2;
+
+-- The box row locked for a change or a delete (acquire() locks target boxes the same way, so a
+-- grant and a delete of one box serialise).
+-- name: lock_box_by_name
+SELECT * FROM boxes WHERE org_id = $1 AND name = $2 FOR UPDATE;
+
+-- $2..$4: NULL keeps the value.
+-- name: update_box
+UPDATE boxes SET groups = COALESCE($2, groups), capabilities = COALESCE($3, capabilities),
+                 capacity = COALESCE($4, capacity)
+WHERE id = $1
+RETURNING *;
+
+-- Jobs placed on box $1 keep its name for display once it is gone (box_id becomes NULL).
+-- name: keep_deleted_box_name
+UPDATE jobs SET deleted_box_name = $2 WHERE box_id = $1;
+
+-- name: delete_box
+DELETE FROM boxes WHERE id = $1 RETURNING id;
+
+-- Every job waiting for box $1 (any of them may have nowhere else to go once it is deleted).
+-- name: all_waiters_for_box
+SELECT w.id FROM jobs w, boxes b
+WHERE b.id = $1 AND w.state IN ('queued', 'waiting_for_box') AND w.org_id = b.org_id
+  AND (w.box_name = b.name OR w.box_group = ANY(b.groups))
+ORDER BY w.priority DESC, w.created_at, w.id;
+
+-- The latest deletion of box $2 (its audit subject, 'box:NAME') or, with $3, of a box that was
+-- in group $3, since $4: placement names it when a job finds its box or group empty.
+-- name: last_box_deletion
+SELECT subject, detail, at FROM audit_log
+WHERE org_id = $1 AND action = 'box.delete' AND at >= $4
+  AND (($2::text IS NOT NULL AND subject = $2)
+       OR ($3::text IS NOT NULL AND detail -> 'groups' ? $3))
+ORDER BY id DESC
+LIMIT 1;
