@@ -1,0 +1,260 @@
+"""The box boundary of issue 9: dispatch, cancel -> SIGTERM, agent RSS, one API with many idle agents.
+
+    python -m bench.boundary [--jobs 30] [--cancel-jobs 20] [--idle-agents 1000] [--idle-window-s 30]
+                             [--json] [--keep] [--quick]
+
+One private in-process `DevStack` (`boxrun.dev.stack`, 1 box `local-1` of capacity 1, every port
+picked free, data in a temporary directory), stopped at the end even on error. Parts, in order:
+
+1. dispatch: --jobs sequential jobs `{"box": "local-1", "script": "import time; print(repr(time.time()))"}`.
+   - dispatch = the instant the script's first line executed (the time it prints) minus the
+     `ActivityTaskScheduled` event time of `run_job` in the job's Temporal history (the workflow
+     asked for the box's work -> the user's code runs: offer, long-poll wake-up, claim, bundle,
+     workspace, process start);
+   - submit -> completed = perf_counter from just before POST /api/jobs to the first
+     GET /api/jobs/{id} (every 5 ms) answering `completed`;
+   - next to N runs of a bare one-activity Temporal workflow against the same dev server
+     (`bench.latency.bench_bare`, sandboxed, in-process worker).
+2. cancel -> SIGTERM: `bench.lifecycle.bench_cancel` (a job that records when SIGTERM reaches it;
+   the cancel is POSTed at a random 0.2-0.7 s after it is ready; sample = SIGTERM instant - the
+   instant just before the POST).
+3. agent RSS: VmRSS of the `boxrun agent` process after the stack has idled 5 s (and its peak, VmHWM).
+4. idle agents: --idle-agents boxes are registered (group `sim`, so they take no real job), each
+   opens its agent session, then holds the agents' long-poll `GET /api/agent/events?wait=25`
+   continuously on its own keep-alive connection (a minimal HTTP/1.1 client on asyncio streams,
+   so the bench itself stays cheap). With all of them connected: the API process's RSS and its
+   CPU seconds over --idle-window-s (from /proc/<pid>/stat), and the dispatch part again with
+   --jobs // 3 jobs, to show dispatch latency is unchanged.
+
+--quick (CI) runs every part tiny (3 jobs, 1 cancel, 20 idle agents, 3 s window) and fails on any
+problem: it checks the bench and what it measures work; its figures mean little.
+
+Server and job instants share the host clock. Percentiles by nearest rank (value at 1-based rank
+ceil(p/100*n)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+import traceback
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bench.common import TERMINAL, ProductProblem, hard_exit, run_parts
+from bench.latency import bench_bare
+from bench.lifecycle import Api, bench_cancel, log, pct, private_stack
+from boxrun.temporal import connect
+
+DISPATCH_SCRIPT = "import time; print(repr(time.time()))"
+TICK = 100  # os.sysconf("SC_CLK_TCK") on Linux
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A /proc/<pid>/status field in KiB (VmRSS, VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise ProductProblem(f"process {pid} has no {key}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+# --------------------------------------------------------------------------- 1. dispatch
+
+
+async def scheduled_at(temporal, job_id: str) -> float:
+    """When the workflow scheduled run_job (the ActivityTaskScheduled event's time)."""
+    history = await temporal.get_workflow_handle(job_id).fetch_history()
+    for event in history.events:
+        attrs = event.activity_task_scheduled_event_attributes
+        if event.HasField("activity_task_scheduled_event_attributes") and attrs.activity_type.name == "run_job":
+            return event.event_time.ToDatetime().timestamp()
+    raise ProductProblem(f"job {job_id}: no run_job in its history")
+
+
+async def bench_dispatch(api: Api, temporal, jobs: int, warmup: int) -> dict:
+    dispatch, submit_done = [], []
+    for i in range(warmup + jobs):
+        t0 = time.perf_counter()
+        job_id = await api.submit({"box": "local-1", "script": DISPATCH_SCRIPT, "timeout_s": 60})
+        while (job := await api.job(job_id)).state not in TERMINAL:
+            await asyncio.sleep(0.005)
+        elapsed = time.perf_counter() - t0
+        if job.state != "completed":
+            raise ProductProblem(f"dispatch job ended {job.state}; {await api.evidence(job_id)}")
+        lines = (await api.client.log_page(job_id, after=0, limit=10)).data
+        printed = float(next(ln.text for ln in lines if ln.stream == "stdout"))
+        if i < warmup:
+            continue
+        dispatch.append(printed - await scheduled_at(temporal, job_id))
+        submit_done.append(elapsed)
+    return {"dispatch_ms": pct(dispatch, 1000), "submit_to_completed_ms": pct(submit_done, 1000)}
+
+
+# --------------------------------------------------------------------------- 4. idle agents
+
+
+class IdleAgent:
+    """One simulated agent: its session, then one long-poll after another on a keep-alive connection."""
+
+    def __init__(self, host: str, port: int, token: str) -> None:
+        self.host, self.port, self.token = host, port, token
+        self.session = ""
+        self.polls = 0
+        self.ready = asyncio.Event()
+
+    async def _request(self, reader, writer, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.token}\r\n"
+            f"X-Boxrun-Session: {self.session}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        await writer.drain()
+        status_line = await reader.readline()
+        length = 0
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        return int(status_line.split()[1]), await reader.readexactly(length)
+
+    async def run(self, wait_s: float) -> None:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            status, body = await self._request(
+                reader, writer, "POST", "/api/agent/session", json.dumps({"agent_version": "sim", "slots": 1}).encode()
+            )
+            if status != 201:
+                raise ProductProblem(f"session refused: {status} {body[:200]!r}")
+            self.session = json.loads(body)["session"]
+            while True:
+                self.ready.set()
+                status, body = await self._request(reader, writer, "GET", f"/api/agent/events?wait={wait_s:g}")
+                if status != 200:
+                    raise ProductProblem(f"long-poll answered {status} {body[:200]!r}")
+                self.polls += 1
+        finally:
+            writer.close()
+
+
+async def bench_idle_agents(stack, api: Api, temporal, count: int, window_s: float, jobs: int) -> dict:
+    api_pid = stack.child("api").pid
+    rss_before = proc_status(api_pid, "VmRSS")
+    url = urlsplit(stack.endpoints["api_url"])
+    agents = []
+    for i in range(count):
+        created = await api.client.register_box(name=f"sim-{i:04d}", groups=["sim"], capacity=1)
+        agents.append(IdleAgent(url.hostname or "127.0.0.1", url.port or 80, created.node_token))
+    t_connect = time.perf_counter()
+    tasks = [asyncio.create_task(a.run(25)) for a in agents]
+    try:
+        waiting = [asyncio.create_task(a.ready.wait()) for a in agents]
+        done, _ = await asyncio.wait([*waiting, *tasks], timeout=300, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and task.exception():
+                raise task.exception()  # type: ignore[misc]
+        connected_s = time.perf_counter() - t_connect
+        log(f"idle agents: {count} connected in {connected_s:.1f}s")
+        await asyncio.sleep(2)  # let the last sessions settle into their long-polls
+        cpu0, t0 = cpu_seconds(api_pid), time.perf_counter()
+        polls0 = sum(a.polls for a in agents)
+        await asyncio.sleep(window_s)
+        cpu = cpu_seconds(api_pid) - cpu0
+        span = time.perf_counter() - t0
+        polls = sum(a.polls for a in agents) - polls0
+        rss_idle = proc_status(api_pid, "VmRSS")
+        with_agents = await bench_dispatch(api, temporal, jobs, 1)
+        failed = [t for t in tasks if t.done()]
+        if failed:
+            raise ProductProblem(f"{len(failed)} simulated agents stopped: {failed[0].exception()!r}")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "agents": count,
+        "connect_all_s": round(connected_s, 1),
+        "api_rss_mib_before": round(rss_before / 1024, 1),
+        "api_rss_mib_with_agents": round(rss_idle / 1024, 1),
+        "api_cpu_s_per_s_idle": round(cpu / span, 3),
+        "long_polls_answered_per_s": round(polls / span, 1),
+        "window_s": round(span, 1),
+        "dispatch_with_agents": with_agents,
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+async def run(args: argparse.Namespace, root: Path) -> dict:
+    quick = args.quick
+    jobs, cancels = (3, 1) if quick else (args.jobs, args.cancel_jobs)
+    idle, window = (20, 3.0) if quick else (args.idle_agents, args.idle_window_s)
+    work = root / "work"
+    work.mkdir()
+    work.chmod(0o1777)  # jobs may run as the box's slot users (agent as root): they write here too
+    result: dict = {"errors": {}}
+    async with private_stack(root, "boundary", boxes=1) as (stack, endpoints):
+        api = Api(endpoints)
+        temporal = await connect(endpoints["temporal_address"])
+        try:
+            result["dispatch"] = await bench_dispatch(api, temporal, jobs, 1 if quick else 3)
+            bare = await bench_bare(endpoints["temporal_address"], jobs, 1 if quick else 3, True)
+            result["bare_workflow_ms"] = pct(bare, 1000)
+            log(
+                f"dispatch p50 {result['dispatch']['dispatch_ms'].get('p50')} ms, bare {result['bare_workflow_ms']['p50']} ms"
+            )
+            result["cancel"] = await bench_cancel(api, "local-1", cancels, 0 if quick else 2, work, random.Random(3))
+            await asyncio.sleep(5)
+            agent_pid = stack.child("agent-local-1").pid
+            result["agent_rss_mib"] = {
+                "idle": round(proc_status(agent_pid, "VmRSS") / 1024, 1),
+                "peak": round(proc_status(agent_pid, "VmHWM") / 1024, 1),
+            }
+            result["idle_agents"] = await bench_idle_agents(stack, api, temporal, idle, window, max(3, jobs // 3))
+        except Exception as exc:
+            traceback.print_exc()
+            result["errors"]["run"] = f"{type(exc).__name__}: {exc}"
+        finally:
+            await api.close()
+    if result.get("cancel", {}).get("problems"):
+        result["errors"]["cancel"] = "; ".join(result["cancel"]["problems"])
+    return result
+
+
+def render(r: dict) -> str:
+    out = ["boxrun box boundary (bench/boundary.py)"]
+    for key in ("dispatch", "bare_workflow_ms", "agent_rss_mib", "idle_agents"):
+        if key in r:
+            out.append(f"{key}: {json.dumps(r[key])}")
+    if "cancel" in r:
+        out.append(f"cancel -> SIGTERM ms: {json.dumps(r['cancel']['cancel_to_sigterm_ms'])}")
+    out.append(
+        f"errors: {r['errors'] or 'none'}; load {r['machine']['loadavg_at_start']} -> {r['machine']['loadavg_at_end']}"
+    )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.boundary", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=30)
+    parser.add_argument("--cancel-jobs", type=int, default=20)
+    parser.add_argument("--idle-agents", type=int, default=1000)
+    parser.add_argument("--idle-window-s", type=float, default=30.0)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="tiny run for CI")
+    args = parser.parse_args(argv)
+    return run_parts("boxrun-bench-boundary-", args, run, render, lambda r: bool(r["errors"]))
+
+
+if __name__ == "__main__":
+    hard_exit(main())
