@@ -56,8 +56,14 @@ def worker() -> None:
 
 
 @app.command()
-def agent(box: Annotated[str | None, typer.Option(help="this box's name (else BOXRUN_BOX_NAME)")] = None) -> None:
-    """Run a box agent: a Temporal worker on task queue box.NAME plus liveness reports to the API."""
+def agent(
+    box: Annotated[
+        str | None, typer.Option(help="this box's name, checked against the node token's (else BOXRUN_BOX_NAME)")
+    ] = None,
+) -> None:
+    """Run a box agent: an HTTP client of the API (BOXRUN_API_URL) that takes this box's jobs.
+
+    The node token comes from BOXRUN_NODE_TOKEN_FILE (mode 0600) or BOXRUN_NODE_TOKEN, never argv."""
     from boxrun.agent.main import run_agent
 
     settings = Settings()

@@ -41,6 +41,10 @@ AGENT_DRAIN_S = 10.0
 AGENT_STOP_MARGIN_S = 15.0
 
 
+# Settings an agent never gets (boxes use presigned URLs and the API, nothing else).
+AGENT_WITHOUT = ("BOXRUN_S3_", "BOXRUN_DATABASE_", "BOXRUN_TEMPORAL_")
+
+
 @dataclass
 class StackOptions:
     data_dir: Path
@@ -172,7 +176,8 @@ class DevStack:
         agents = []
         for name in names:
             agent_env = {
-                **{k: v for k, v in env.items() if not k.startswith("BOXRUN_S3_")},  # boxes use presigned URLs
+                # an agent speaks only to the API: no storage, database or Temporal address, no admin token
+                **{k: v for k, v in env.items() if not k.startswith(AGENT_WITHOUT) and k != "BOXRUN_API_TOKEN"},
                 "BOXRUN_BOX_NAME": name,
                 "BOXRUN_NODE_TOKEN": keys["node_tokens"][name],
                 "BOXRUN_AGENT_WORKDIR": str(self.dir / "boxes" / name),
