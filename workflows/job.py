@@ -187,7 +187,9 @@ class JobWorkflow:
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         try:
-            result: RunJobResult = await run
+            # shielded: a workflow cancel lands here as CancelledError (below), not as a cancel the
+            # SDK would pass to run_job silently, so the box is told at once
+            result: RunJobResult = await asyncio.shield(run)
         except ActivityError as exc:
             return self._run_failure(exc)
         except asyncio.CancelledError:
