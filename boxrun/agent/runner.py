@@ -170,7 +170,7 @@ class JobRunner:
                 return
             except BoxrunError as exc:  # API unreachable: keep the job running and try again
                 log.warning("progress of job %s not delivered: %s", job.job_id, exc)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, 1.0)
             await asyncio.sleep(delay)
 
     async def _download(self, bundle: JobBundle, ws: Workspace) -> str | None:
@@ -249,15 +249,18 @@ class JobRunner:
         """The result, retried through an API outage; a job the control plane already ended is
         not an error here (409/404)."""
         try:
-            await _retrying(lambda: self.client.result(job.job_id, report), forever=True)
+            # retried at least every 0.5 s: after a Temporal outage the result must land before
+            # the restarted server fires the heartbeat timeout of a job that in fact finished
+            await _retrying(lambda: self.client.result(job.job_id, report), forever=True, max_delay_s=0.5)
         except (Conflict, NotFound) as exc:
             log.warning("result of job %s not taken: %s", job.job_id, exc)
         except BoxrunError as exc:
             log.error("result of job %s refused: %s", job.job_id, exc)
 
 
-async def _retrying(call: Any, *, forever: bool = False, attempts: int = 30) -> Any:
-    """Retry a call while the API is unavailable (with back-off); other errors raise."""
+async def _retrying(call: Any, *, forever: bool = False, attempts: int = 30, max_delay_s: float = 5.0) -> Any:
+    """Retry a call while the API (or Temporal behind it) is unavailable, with back-off up to
+    max_delay_s; other errors raise."""
     delay = 0.2
     n = 0
     while True:
@@ -268,7 +271,7 @@ async def _retrying(call: Any, *, forever: bool = False, attempts: int = 30) -> 
             if not forever and n >= attempts:
                 raise
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, max_delay_s)
 
 
 async def _close_quietly(pump: LogPump) -> None:

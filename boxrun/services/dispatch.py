@@ -9,6 +9,7 @@ import logging
 import time
 import unicodedata
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 # NOTIFY channel; payload {"box_id": N, "job_id": "...", "kind": "offer"|"cancel"}.
 CHANNEL_DISPATCH = "boxrun_dispatch"
 MAX_ARTIFACT_NAME_BYTES = 1024
+# A Temporal call on an agent's request gives up after this (the agent retries): an outage must
+# not hold the agent's requests, and the API's connections, for the SDK's whole retry budget.
+RPC_TIMEOUT = timedelta(seconds=3)
 JOB_CANCELLED = "JobCancelled"
 
 
@@ -109,7 +113,10 @@ async def claim(conn: Conn, temporal: Client, storage: Storage, box: NodeBox, jo
             row = await _own_dispatch(conn, box, jid)
             raise Conflict(f"job {jid} may not start on {box.name} now ({_why_not(row)})")
         await transition(conn, jid, JobState.RUNNING, detail={"box": box.name})
-    await _relay(temporal, token, jid)
+    try:  # restart the heartbeat clock now; the first progress report relays one anyway
+        await _relay(temporal, token, jid)
+    except (Conflict, Unavailable) as exc:
+        log.warning("heartbeat at the claim of job %s not relayed: %s", jid, exc)
     return JobClaimed(job_id=jid, bundle=await bundle(conn, storage, box, jid))
 
 
@@ -149,9 +156,9 @@ async def _relay(temporal: Client, token: bytes, job_id: str, details: Any = Non
     handle = temporal.get_async_activity_handle(task_token=token)
     try:
         if details is None:
-            await handle.heartbeat()
+            await handle.heartbeat(rpc_timeout=RPC_TIMEOUT)
         else:
-            await handle.heartbeat(details)
+            await handle.heartbeat(details, rpc_timeout=RPC_TIMEOUT)
     except AsyncActivityCancelledError:
         return True
     except RPCError as exc:
@@ -271,13 +278,15 @@ async def report_result(conn: Conn, temporal: Client, box: NodeBox, job_id: str,
     try:
         if report.cancelled:
             try:
-                await handle.report_cancellation()
+                await handle.report_cancellation(rpc_timeout=RPC_TIMEOUT)
             except RPCError as exc:
                 if exc.status == RPCStatusCode.NOT_FOUND:
                     raise
-                await handle.fail(ApplicationError("cancelled", type=JOB_CANCELLED, non_retryable=True))
+                await handle.fail(
+                    ApplicationError("cancelled", type=JOB_CANCELLED, non_retryable=True), rpc_timeout=RPC_TIMEOUT
+                )
         else:
-            await handle.complete(result)
+            await handle.complete(result, rpc_timeout=RPC_TIMEOUT)
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise Unavailable(f"the workflow engine did not take the result: {exc.message}") from exc

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from boxrun.agent.activities import BoxActivities
+from boxrun.activities.dispatch import DispatchActivities
 from boxrun.temporal import connect
 from tests.conftest import pid_alive, wait_for
 from tests.integration.faultstack import FAST, FaultStack, fault_stack
@@ -27,7 +27,7 @@ from tests.integration.jobs import replay, submit, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
-RUN_JOB = BoxActivities.run_job.__name__  # its activity name (activity.defn names it so)
+RUN_JOB = DispatchActivities.run_job.__name__  # its activity name (activity.defn names it so)
 
 HEARTBEAT_TIMEOUT_S = float(FAST["BOXRUN_ACTIVITY_HEARTBEAT_TIMEOUT_S"])
 # The bound for "box heartbeat lost": heartbeat_timeout + a small margin.
