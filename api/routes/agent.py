@@ -41,15 +41,35 @@ SESSION_HEADER = "X-Boxrun-Session"
 Session = Annotated[str | None, Header(alias=SESSION_HEADER, description="the id POST /agent/session answered")]
 
 
-async def _pooled_box(creds: Credentials, pool: PoolDep) -> NodeBox:
-    """CurrentBox for the long-poll: the connection goes back to the pool before the wait."""
+def relay_cache(request: Request) -> dispatch.RelayCache:
+    """This process's memory of running jobs' task tokens (see dispatch.RelayCache)."""
+    cache: dispatch.RelayCache | None = getattr(request.app.state, "relay_cache", None)
+    if cache is None:
+        cache = request.app.state.relay_cache = dispatch.RelayCache()
+    return cache
+
+
+async def _pooled_box(creds: Credentials, pool: PoolDep, request: Request) -> NodeBox:
+    """CurrentBox without holding a connection for the request (the long-poll waits without one),
+    answered from this process's memory of the token while Postgres is unreachable."""
     if creds is None:
         raise Unauthorized("missing node token")
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(Q.box_by_token_hash, hash_token(creds.credentials))
+    digest = hash_token(creds.credentials)
+    cache = relay_cache(request)
+    try:
+        async with pool.acquire() as conn:
+            row = await conn.fetchrow(Q.box_by_token_hash, digest)
+    except dispatch.DB_DOWN:
+        known = cache.boxes.get(digest)
+        if known is None:
+            raise
+        return known
     if row is None:
+        cache.boxes.pop(digest, None)
         raise Unauthorized("invalid node token")
-    return NodeBox(id=row["id"], name=row["name"], org_id=row["org_id"])
+    box = NodeBox(id=row["id"], name=row["name"], org_id=row["org_id"])
+    cache.boxes[digest] = box
+    return box
 
 
 PooledBox = Annotated[NodeBox, Depends(_pooled_box)]
@@ -161,12 +181,25 @@ async def get_bundle(job_id: str, box: CurrentBox, conn: ConnDep, storage: Stora
     responses=responses(401, 404, 409, 422, e404=_JOB_404, e409="the job is not running here (ended)"),
 )
 async def progress(
-    job_id: str, body: JobProgress, box: CurrentBox, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep
+    job_id: str,
+    body: JobProgress,
+    box: PooledBox,
+    pool: PoolDep,
+    request: Request,
+    temporal: TemporalDep,
+    settings: SettingsDep,
 ) -> ProgressAck:
     """The box is alive and the job runs; relayed to Temporal as an activity heartbeat at most
-    every heartbeat_timeout/3. `cancel: true` if the job is being cancelled."""
+    every heartbeat_timeout/3 (also while Postgres is unreachable, for jobs this API process
+    relayed for before). `cancel: true` if the job is being cancelled."""
     relay_every = settings.activity_heartbeat_timeout_s / 3
-    return ProgressAck(cancel=await dispatch.progress(conn, temporal, box, job_id, body, relay_every_s=relay_every))
+    cache = relay_cache(request)
+    try:
+        async with pool.acquire() as conn:
+            cancel = await dispatch.progress(conn, temporal, box, job_id, body, relay_every_s=relay_every, cache=cache)
+    except dispatch.DB_DOWN:
+        cancel = await dispatch.progress_without_db(cache, temporal, box, job_id, body, relay_every_s=relay_every)
+    return ProgressAck(cancel=cancel)
 
 
 @router.post(

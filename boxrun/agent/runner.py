@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_GRACE_S = 5.0
 MANIFEST_PAGE = 1000
+UPLOADS_IN_FLIGHT = 8
 DRAIN_LIMIT = "agent stopped (drain limit reached)"
 
 
@@ -65,6 +66,7 @@ class JobRunner:
         self.progress_s = progress_s
         self.pump_options = pump_options or {}
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(60.0))
+        self._uploads = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
 
     async def run(self, job: RunningJob, bundle: JobBundle) -> JobResultReport:
         """Run a claimed job to its end and report the result; the workspace is removed whatever
@@ -222,8 +224,10 @@ class JobRunner:
             except BoxrunError as exc:
                 report.error = report.error or f"artifact manifest refused: {exc}"
                 return
-            for target in answer.targets:
-                problem = await self._put(ws.artifacts / target.path, target.url, target.headers)
+            problems = await asyncio.gather(
+                *(self._put(ws.artifacts / t.path, t.url, t.headers) for t in answer.targets)
+            )
+            for target, problem in zip(answer.targets, problems, strict=True):
                 if problem is None:
                     report.uploaded_count += 1
                 elif len(failures) < 20:
@@ -231,6 +235,11 @@ class JobRunner:
         report.upload_failures = failures
 
     async def _put(self, path: Path, url: str, headers: dict[str, str]) -> str | None:
+        async with self._uploads:
+            return await self._put_once(path, url, headers)
+
+    async def _put_once(self, path: Path, url: str, headers: dict[str, str]) -> str | None:
+        problem = "not tried"
         for attempt in range(3):
             try:
                 with path.open("rb") as fh:

@@ -150,6 +150,44 @@ async def bundle(conn: Conn, storage: Storage, box: NodeBox, job_id: str) -> Job
 
 # -- progress ---------------------------------------------------------------------------------
 
+# What keeps a running job's heartbeat alive while Postgres is unreachable: this API process
+# remembers, per job it relayed for, the box and the task token (and each box's token hash).
+DB_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError, asyncpg.InterfaceError)
+
+
+class RelayCache:
+    """Per API process: job -> (box id, task token, last relay time); token hash -> box."""
+
+    def __init__(self, max_jobs: int = 100_000) -> None:
+        self.jobs: dict[str, tuple[int, bytes, float]] = {}
+        self.boxes: dict[str, NodeBox] = {}
+        self.max_jobs = max_jobs
+
+    def remember(self, job_id: str, box_id: int, token: bytes, relayed: bool) -> None:
+        if len(self.jobs) >= self.max_jobs:
+            self.jobs.pop(next(iter(self.jobs)))
+        last = time.monotonic() if relayed else self.jobs.get(job_id, (0, b"", 0.0))[2]
+        self.jobs[job_id] = (box_id, token, last)
+
+    def forget(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+
+
+async def progress_without_db(
+    cache: RelayCache, temporal: Client, box: NodeBox, job_id: str, body: JobProgress, *, relay_every_s: float
+) -> bool:
+    """Postgres is down: relay the heartbeat from what this process remembers (Unavailable if it
+    remembers nothing of this job), so a database restart does not fail running jobs."""
+    jid = parse_job_id(job_id)
+    known = cache.jobs.get(jid)
+    if known is None or known[0] != box.id:
+        raise Unavailable("database unavailable, retry shortly")
+    box_id, token, last = known
+    if time.monotonic() - last < relay_every_s:
+        return False
+    cache.remember(jid, box_id, token, relayed=True)
+    return await _relay(temporal, token, jid, {"log_seq": body.log_seq})
+
 
 async def _relay(temporal: Client, token: bytes, job_id: str, details: Any = None) -> bool:
     """One activity heartbeat through the async handle; True if Temporal says it is cancelled."""
@@ -169,15 +207,26 @@ async def _relay(temporal: Client, token: bytes, job_id: str, details: Any = Non
 
 
 async def progress(
-    conn: Conn, temporal: Client, box: NodeBox, job_id: str, body: JobProgress, *, relay_every_s: float
+    conn: Conn,
+    temporal: Client,
+    box: NodeBox,
+    job_id: str,
+    body: JobProgress,
+    *,
+    relay_every_s: float,
+    cache: RelayCache | None = None,
 ) -> bool:
     """Record a progress report; relay a heartbeat to Temporal at most every relay_every_s.
     Returns whether the job is being cancelled."""
     jid = parse_job_id(job_id)
     row = await conn.fetchrow(Q.dispatch_progress, jid, box.id, relay_every_s)
     if row is None:
+        if cache is not None:
+            cache.forget(jid)
         own = await _own_dispatch(conn, box, jid)
         raise Conflict(f"job {jid} is not running on {box.name} ({own['state']})")
+    if cache is not None:
+        cache.remember(jid, box.id, row["task_token"], relayed=bool(row["relay"]))
     cancel = bool(row["cancel"])
     if body.pid is not None:
         await _record_pid(conn, jid, body.pid)
