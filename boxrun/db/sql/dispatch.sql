@@ -45,12 +45,15 @@ WHERE job_id = $1 AND result_at IS NULL
 RETURNING box_id, claimed_at IS NOT NULL AS claimed;
 
 -- A progress report; returns the task token when a heartbeat is due to Temporal ($3 s since the last).
+-- One clock reading for the whole statement (clock_timestamp() changes between calls).
 -- name: dispatch_progress
-UPDATE dispatches SET last_heartbeat_at = clock_timestamp(),
-    relayed_at = CASE WHEN relayed_at IS NULL OR relayed_at < clock_timestamp() - make_interval(secs => $3)
-                      THEN clock_timestamp() ELSE relayed_at END
-WHERE job_id = $1 AND box_id = $2 AND claimed_at IS NOT NULL AND result_at IS NULL
-RETURNING task_token, relayed_at = last_heartbeat_at AS relay, cancel_requested_at IS NOT NULL AS cancel;
+WITH now AS (SELECT clock_timestamp() AS t)
+UPDATE dispatches d SET last_heartbeat_at = now.t,
+    relayed_at = CASE WHEN d.relayed_at IS NULL OR d.relayed_at < now.t - make_interval(secs => $3)
+                      THEN now.t ELSE d.relayed_at END
+FROM now
+WHERE d.job_id = $1 AND d.box_id = $2 AND d.claimed_at IS NOT NULL AND d.result_at IS NULL
+RETURNING d.task_token, d.relayed_at = now.t AS relay, d.cancel_requested_at IS NOT NULL AS cancel;
 
 -- name: dispatch_result
 UPDATE dispatches SET result_at = clock_timestamp()
