@@ -102,7 +102,7 @@ async def open_session(body: AgentSessionCreate, box: CurrentBox, conn: ConnDep,
     return AgentSession(session=session)
 
 
-@router.get("/events", response_model=AgentEvents, responses=responses(401, 409, e409="stale session"))
+@router.get("/events", response_model=AgentEvents, responses=responses(401, 409, 422, e409="stale session"))
 async def events(
     box: PooledBox,
     pool: PoolDep,
@@ -158,7 +158,9 @@ _JOB_404 = "no such job for this box (another box's job does not exist for this 
 @router.post(
     "/jobs/{job_id}/claim",
     response_model=JobClaimed,
-    responses=responses(401, 404, 409, e404=_JOB_404, e409="the job may not start now (expired, cancelled, claimed)"),
+    responses=responses(
+        401, 404, 409, 422, e404=_JOB_404, e409="the job may not start now (expired, cancelled, claimed)"
+    ),
 )
 async def claim_job(
     job_id: str, box: CurrentBox, conn: ConnDep, temporal: TemporalDep, storage: StorageDep, session: Session = None
@@ -169,7 +171,7 @@ async def claim_job(
     return await dispatch.claim(conn, temporal, storage, box, job_id)
 
 
-@router.get("/jobs/{job_id}/bundle", response_model=JobBundle, responses=responses(401, 404, e404=_JOB_404))
+@router.get("/jobs/{job_id}/bundle", response_model=JobBundle, responses=responses(401, 404, 422, e404=_JOB_404))
 async def get_bundle(job_id: str, box: CurrentBox, conn: ConnDep, storage: StorageDep) -> JobBundle:
     """The bundle again, while the job is claimed by this box (for an agent that lost the claim's answer)."""
     return await dispatch.bundle(conn, storage, box, job_id)

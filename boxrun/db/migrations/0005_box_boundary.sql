@@ -30,7 +30,9 @@ CREATE TABLE artifact_manifest (
     PRIMARY KEY (job_id, path)
 );
 
-ALTER TABLE jobs ADD COLUMN queue_timeout_s integer NOT NULL DEFAULT 86400;
+-- The job ends unschedulable if no box takes it within this; part of the frozen spec.
+ALTER TABLE jobs ADD COLUMN queue_timeout_s integer NOT NULL
+    GENERATED ALWAYS AS (COALESCE((spec ->> 'queue_timeout_s')::integer, 86400)) STORED;
 
 -- The agent process holding the box's token right now (one live session per box).
 ALTER TABLE boxes ADD COLUMN agent_session uuid;

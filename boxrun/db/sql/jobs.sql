@@ -1,9 +1,7 @@
 -- name: insert_job
--- queue_timeout_s is read from the frozen spec (86400 when it has none).
 INSERT INTO jobs (id, org_id, owner, box_name, box_group, requires, spec, spec_hash,
-                  timeout_s, lock, priority, idempotency_key, cancel_grace_s, rerun_of, queue_timeout_s)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-        COALESCE(($7::jsonb ->> 'queue_timeout_s')::integer, 86400))
+                  timeout_s, lock, priority, idempotency_key, cancel_grace_s, rerun_of)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 RETURNING *;
 
 -- name: insert_first_event
