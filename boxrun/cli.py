@@ -41,6 +41,9 @@ def api() -> None:
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's loggers go to setup_logging's handlers, which redact tokens
         access_log=False,
+        # agents' long-polls (up to 25 s) and log followers never end by themselves: on SIGTERM
+        # give other requests 3 s, then close them (agents and followers reconnect and resume)
+        timeout_graceful_shutdown=3,
     )
     hard_exit(0)
 
