@@ -47,6 +47,9 @@ class RunningJob:
         self.ended = asyncio.Event()  # the API says the job is over (409/404 on progress)
         self.pid: int | None = None
 
+    def interruptions(self) -> dict[str, asyncio.Event]:
+        return {"cancel": self.cancel, "stop": self.stop, "ended": self.ended}
+
 
 class JobRunner:
     def __init__(
@@ -128,17 +131,35 @@ class JobRunner:
             report.error = report.error or str(exc)
         report.log_seq = pump.acked
         if why in ("exit", "timeout"):
-            await self._artifacts(job, ws, report)
+            await self._artifacts_unless_stopped(job, ws, report)
         return report, pump
+
+    async def _artifacts_unless_stopped(self, job: RunningJob, ws: Workspace, report: JobResultReport) -> None:
+        """Uploads, abandoned at once if the job is cancelled, stopped or ended meanwhile (a hung
+        store must not hold a cancel)."""
+        upload = asyncio.create_task(self._artifacts(job, ws, report))
+        signals = {why: asyncio.create_task(event.wait()) for why, event in job.interruptions().items()}
+        try:
+            done, _ = await asyncio.wait({upload, *signals.values()}, return_when="FIRST_COMPLETED")
+        finally:
+            for waiting in signals.values():
+                waiting.cancel()
+        if upload in done:
+            upload.result()
+            return
+        upload.cancel()
+        await asyncio.gather(upload, return_exceptions=True)
+        if signals["cancel"] in done:
+            report.cancelled = True
+        elif signals["stop"] in done:
+            report.error = DRAIN_LIMIT
+        else:
+            report.error = "the control plane ended the job"
 
     async def _supervise(self, job: RunningJob, proc: JobProcess, spec: JobSpec) -> tuple[int, str]:
         """Wait for the process, a cancel, the drain limit, the end from the control plane or the
         timeout, whichever comes first; kill the group if it is not the process's own exit."""
-        waits = {
-            "cancel": asyncio.create_task(job.cancel.wait()),
-            "stop": asyncio.create_task(job.stop.wait()),
-            "ended": asyncio.create_task(job.ended.wait()),
-        }
+        waits = {why: asyncio.create_task(event.wait()) for why, event in job.interruptions().items()}
         exited = asyncio.create_task(proc.wait(None))
         try:
             done, _ = await asyncio.wait(

@@ -288,3 +288,24 @@ def test_sweep_kills_leftover_groups_and_removes_workspaces(tmp_path):
     ws.record_pgid(proc.pid)
     assert sweep_stale(tmp_path) == ["old-job"]
     assert proc.wait(5) == -9 and not ws.root.exists()
+
+
+async def test_cancel_during_a_hung_upload_is_reported_at_once(tmp_path, api):
+    """The store hangs (a PUT never answers): a cancel still ends the job, reported cancelled."""
+    hung = asyncio.Event()
+
+    async def never_answers(request: httpx.Request) -> httpx.Response:
+        hung.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(never_answers))
+    runner = JobRunner(api, workdir=tmp_path / "agent", python=sys.executable, progress_s=0.05, http=http)  # type: ignore[arg-type]
+    job = RunningJob("job-1")
+    script = "import os\nopen(os.path.join(os.environ['BOXRUN_ARTIFACTS_DIR'], 'r.bin'), 'wb').write(b'x')"
+    task = asyncio.create_task(runner.run(job, bundle(script)))
+    await asyncio.wait_for(hung.wait(), 15)
+    job.cancel.set()
+    report = await asyncio.wait_for(task, 5)
+    assert report.cancelled and report.exit_code == 0 and api.results == [report]
+    assert not Workspace.for_job(runner.workdir, "job-1").root.exists()
