@@ -11,7 +11,7 @@ Order, for HTTP requests:
    the read raises BodyTooLarge, a 413.
 
 The limit is `max_body_bytes` (1 MiB by default) and `max_log_batch_bytes` (16 MiB) for the agent's
-log ingest. WebSocket connections authenticate themselves (`?token=` or the header).
+log ingest and artifact manifest pages. WebSocket connections authenticate themselves (`?token=` or the header).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from boxrun.api.errors import error_response
 from boxrun.settings import Settings
 
 PUBLIC = frozenset({"/api/health"})
-LOG_INGEST = re.compile(r"^/api/agent/jobs/[^/]+/logs$")
+# the agent's log batches, and its artifact manifest pages (1,000 names of up to 8 KiB each)
+LOG_INGEST = re.compile(r"^/api/agent/jobs/[^/]+/(logs|artifacts)$")
 AGENT_PREFIX = "/api/agent/"
 
 
