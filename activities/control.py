@@ -1,12 +1,8 @@
-"""Control-plane activities: every job state change, lease, presign and verification."""
+"""Control-plane activities: every job state change, lease, cancel push, verification and archive."""
 
 from __future__ import annotations
 
 import asyncio
-import gzip
-import hashlib
-import json
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,8 +11,7 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from boxrun import logstore
-from boxrun.constants import LOG_ARCHIVE_KEY, artifact_key
+from boxrun.constants import artifact_key
 from boxrun.db import Q
 from boxrun.errors import InvalidTransition, NotFound
 from boxrun.messages import (
@@ -24,19 +19,24 @@ from boxrun.messages import (
     AcquireResult,
     ArchiveInput,
     ArchiveResult,
+    CancelInput,
     FinishInput,
-    PresignInput,
-    PresignResult,
     ReleaseResult,
     TransitionInput,
     TransitionResult,
-    UploadTarget,
     VerifyInput,
     VerifyResult,
 )
 from boxrun.placement import acquire, finish
+from boxrun.services.archive import write_archive
+from boxrun.services.dispatch import request_cancel
 from boxrun.storage import Storage
 from boxrun.transitions import transition
+
+# Manifest rows read per page, HEADs in flight at once, failed names listed in the job's error.
+VERIFY_PAGE = 1000
+VERIFY_CONCURRENCY = 16
+MAX_NAMED = 20
 
 
 def _permanent(exc: Exception) -> ApplicationError:
@@ -67,15 +67,16 @@ class ControlActivities:
         self.pool = pool
         self.storage = storage
         self.offline_after_s = offline_after_s
+        self._verify_slots = asyncio.Semaphore(VERIFY_CONCURRENCY)
 
     def all(self) -> list[Callable[..., Awaitable[Any]]]:
         return [
             self.acquire_box,
             self.record_transition,
             self.finish_job,
-            self.presign_uploads,
             self.verify_artifacts,
             self.archive_logs,
+            self.request_cancel,
         ]
 
     @activity.defn
@@ -115,53 +116,57 @@ class ControlActivities:
     @activity.defn
     async def archive_logs(self, inp: ArchiveInput) -> ArchiveResult:
         """Write the whole transcript to storage as gzip JSON lines (idempotent: same key, same bytes)."""
-        key = LOG_ARCHIVE_KEY.format(job_id=inp.job_id)
-        with tempfile.SpooledTemporaryFile(max_size=8 << 20) as raw:
-            lines = 0
-            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-                async with self.pool.acquire() as conn:
-                    async for line in logstore.read_all(conn, inp.job_id):
-                        gz.write(json.dumps(line.public(), ensure_ascii=False).encode() + b"\n")
-                        lines += 1
-                        if lines % 20_000 == 0:
-                            activity.heartbeat(lines)
-            if lines == 0:
-                return ArchiveResult()
-            size = raw.tell()
-            raw.seek(0)
-            digest = hashlib.sha256()
-            for chunk in iter(lambda: raw.read(1 << 20), b""):
-                digest.update(chunk)
-            raw.seek(0)
-            async with _heartbeating():
-                await asyncio.to_thread(self.storage.put, key, raw, digest.hexdigest())
-        async with self.pool.acquire() as conn:
-            await conn.execute(Q.set_log_archive, inp.job_id, key, size, digest.hexdigest())
+        async with _heartbeating():
+            key, lines, size = await write_archive(self.pool, self.storage, inp.job_id, on_progress=activity.heartbeat)
         return ArchiveResult(key=key, lines=lines, size=size)
 
     @activity.defn
-    async def presign_uploads(self, inp: PresignInput) -> PresignResult:
-        targets = []
-        for entry in inp.artifacts:
-            key = artifact_key(inp.job_id, entry.path)
-            url, headers = self.storage.presign_put(key, entry.size, entry.sha256)
-            targets.append(UploadTarget(path=entry.path, key=key, url=url, headers=headers))
-        return PresignResult(targets=targets)
+    async def request_cancel(self, inp: CancelInput) -> bool:
+        """Record the cancel on the job's dispatch and push it to the box holding it (NOTIFY)."""
+        async with self.pool.acquire() as conn:
+            return await request_cancel(conn, inp.job_id)
 
     @activity.defn
     async def verify_artifacts(self, inp: VerifyInput) -> VerifyResult:
-        """Record an artifact only once storage holds exactly the bytes the box hashed."""
+        """Read the manifest from Postgres page by page and record an artifact only once storage
+        holds exactly the bytes the box hashed. Names refused at the manifest are listed too."""
         mismatched: list[str] = []
+        refused: list[str] = []
+        failed = 0
         recorded = 0
+        after = ""
         async with self.pool.acquire() as conn, _heartbeating():
             org_id = await conn.fetchval(Q.job_org, inp.job_id)
-            for entry in inp.artifacts:
-                key = artifact_key(inp.job_id, entry.path)
-                check = await asyncio.to_thread(self.storage.verify, key, entry.size, entry.sha256)
-                if not check.ok:
-                    activity.logger.warning("artifact %s of job %s rejected: %s", entry.path, inp.job_id, check.reason)
-                    mismatched.append(f"{entry.path} ({check.reason})")
-                    continue
-                await conn.execute(Q.insert_artifact, inp.job_id, org_id, entry.path, key, entry.size, entry.sha256)
-                recorded += 1
-        return VerifyResult(recorded=recorded, mismatched=mismatched)
+            while page := await conn.fetch(Q.manifest_page, inp.job_id, after, VERIFY_PAGE):
+                after = page[-1]["path"]
+                pending = [r for r in page if r["status"] != "refused"]
+                for r in page:
+                    if r["status"] == "refused":
+                        failed += 1
+                        if len(refused) < MAX_NAMED:
+                            refused.append(f"{r['path']} ({r['reason']})")
+                checks = await asyncio.gather(
+                    *(self._verify_one(inp.job_id, r["path"], r["size"], r["sha256"]) for r in pending)
+                )
+                for r, reason in zip(pending, checks, strict=True):
+                    key = artifact_key(inp.job_id, r["path"])
+                    if reason is not None:
+                        failed += 1
+                        if len(mismatched) < MAX_NAMED:
+                            mismatched.append(f"{r['path']} ({reason})")
+                        continue
+                    async with conn.transaction():
+                        await conn.execute(
+                            Q.insert_artifact, inp.job_id, org_id, r["path"], key, r["size"], r["sha256"]
+                        )
+                        await conn.execute(Q.mark_manifest, inp.job_id, r["path"], "uploaded", None)
+                    recorded += 1
+        return VerifyResult(recorded=recorded, mismatched=mismatched, refused=refused, failed_total=failed)
+
+    async def _verify_one(self, job_id: str, path: str, size: int, sha256: str) -> str | None:
+        async with self._verify_slots:
+            check = await asyncio.to_thread(self.storage.verify, artifact_key(job_id, path), size, sha256)
+        if check.ok:
+            return None
+        activity.logger.warning("artifact %s of job %s rejected: %s", path, job_id, check.reason)
+        return check.reason or "not stored as the manifest says"

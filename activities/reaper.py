@@ -12,7 +12,7 @@ from boxrun.constants import TERMINAL_STATES, JobState
 from boxrun.db import Q
 from boxrun.messages import ReapResult
 from boxrun.placement import finish, release
-from boxrun.services.workflow_start import job_spec, start_job_workflow
+from boxrun.services.workflow_start import job_input, start_job_workflow
 from boxrun.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class ReaperActivities:
                 except RPCError as exc:
                     if exc.status != RPCStatusCode.NOT_FOUND:
                         raise
-                await start_job_workflow(client, job_spec(row, self.settings))
+                await start_job_workflow(client, job_input(row, self.settings))
                 log.warning("started the missing workflow of queued job %s", row["id"])
                 result.workflows_started += 1
         for job_id in wake:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI
 from boxrun import __version__
 from boxrun.api import errors
 from boxrun.api.limits import RequestGuard, needs_token
+from boxrun.api.live.dispatch import DispatchHub
 from boxrun.api.live.job_tail import Tails
 from boxrun.api.live.listener import Notifier
 from boxrun.api.routes import agent, artifacts, boxes, files, health, jobs, logs
@@ -37,11 +38,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await migrate(cast(asyncpg.Connection, conn))
         notifier = Notifier(settings.database_url)
         await notifier.start()
+        dispatch_hub = DispatchHub(settings.database_url)  # the agents' long-polls
+        await dispatch_hub.start()
         storage = Storage(settings)
         await asyncio.to_thread(storage.ensure_bucket)
         app.state.settings = settings
         app.state.pool = pool
         app.state.notifier = notifier
+        app.state.dispatch_hub = dispatch_hub
         app.state.tails = Tails(notifier)  # the shared reader of each followed job
         app.state.storage = storage
         app.state.temporal = await connect(settings.temporal_address, settings.temporal_namespace)
@@ -50,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.tails.close()
             await notifier.stop()
+            await dispatch_hub.stop()
             await pool.close()
 
     app = FastAPI(

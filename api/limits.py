@@ -11,8 +11,9 @@ Order, for HTTP requests:
    the read raises BodyTooLarge, a 413.
 
 The limit is `max_body_bytes` (1 MiB by default), `max_log_batch_bytes` (16 MiB) for the agent's
-log ingest and `max_job_files_bytes` (1 GiB) for an upload (POST /api/files, a raw body streamed to
-storage, never held in memory). WebSocket connections authenticate themselves (`?token=` or the header).
+log ingest and artifact manifest pages, and `max_job_files_bytes` (1 GiB) for an upload
+(POST /api/files, a raw body streamed to storage, never held in memory). WebSocket connections
+authenticate themselves (`?token=` or the header).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from boxrun.api.errors import error_response
 from boxrun.settings import Settings
 
 PUBLIC = frozenset({"/api/health"})
-LOG_INGEST = re.compile(r"^/api/agent/jobs/[^/]+/logs$")
+# the agent's log batches, and its artifact manifest pages (1,000 names of up to 8 KiB each)
+LOG_INGEST = re.compile(r"^/api/agent/jobs/[^/]+/(logs|artifacts)$")
 AGENT_PREFIX = "/api/agent/"
 UPLOAD = "/api/files"
 

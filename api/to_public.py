@@ -23,6 +23,7 @@ def job_public(row: asyncpg.Record, settings: Settings) -> JobPublic:
         priority=row["priority"],
         timeout_s=row["timeout_s"],
         cancel_grace_s=row["cancel_grace_s"],
+        queue_timeout_s=row["queue_timeout_s"],
         rerun_of=str(row["rerun_of"]) if row["rerun_of"] else None,
         log_lines=row["log_seq"],
         log_archive=(

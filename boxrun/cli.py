@@ -41,6 +41,9 @@ def api() -> None:
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's loggers go to setup_logging's handlers, which redact tokens
         access_log=False,
+        # agents' long-polls (up to 25 s) and log followers never end by themselves: on SIGTERM
+        # give other requests 3 s, then close them (agents and followers reconnect and resume)
+        timeout_graceful_shutdown=3,
     )
     hard_exit(0)
 
@@ -56,8 +59,14 @@ def worker() -> None:
 
 
 @app.command()
-def agent(box: Annotated[str | None, typer.Option(help="this box's name (else BOXRUN_BOX_NAME)")] = None) -> None:
-    """Run a box agent: a Temporal worker on task queue box.NAME plus liveness reports to the API."""
+def agent(
+    box: Annotated[
+        str | None, typer.Option(help="this box's name, checked against the node token's (else BOXRUN_BOX_NAME)")
+    ] = None,
+) -> None:
+    """Run a box agent: an HTTP client of the API (BOXRUN_API_URL) that takes this box's jobs.
+
+    The node token comes from BOXRUN_NODE_TOKEN_FILE (mode 0600) or BOXRUN_NODE_TOKEN, never argv."""
     from boxrun.agent.main import run_agent
 
     settings = Settings()

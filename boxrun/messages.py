@@ -7,29 +7,38 @@ from pydantic import BaseModel, Field
 from boxrun.constants import JobState
 
 
-class JobSpec(BaseModel):
-    """The frozen job spec, as the workflow and the box see it."""
+class JobInput(BaseModel):
+    """The job workflow's input: it names the job and carries what the workflow itself needs.
+    No script, files or env: those stay in Postgres and reach only the box that claims the job."""
 
     job_id: str
+    spec_hash: str
     owner: str
     box: str | None
     box_group: str | None
-    requires: list[str] = Field(default_factory=list)
-    script: str
-    files: dict[str, str] = Field(default_factory=dict)
-    env: dict[str, str] = Field(default_factory=dict)
     timeout_s: int
-    lock: bool = False
-    priority: int = 0
-    heartbeat_timeout_s: float = 15.0
+    # The job ends unschedulable if no box takes it within this.
+    queue_timeout_s: float = 86400.0
     # SIGTERM -> SIGKILL grace when the job is cancelled.
     cancel_grace_s: float = 10.0
-    # How long run_job may sit in the box's task queue before the job fails (box never picked it up).
-    dispatch_timeout_s: float = 60.0
+    heartbeat_timeout_s: float = 15.0
+    # How long an offered job may wait for its box to claim it (the box's agent is gone past it).
+    claim_timeout_s: float = 60.0
     # Short control steps as local activities (settings.local_control_activities at submission).
     local_control: bool = False
     # How often a waiting job re-checks for a box if no wake-up signal reaches it.
     wait_poll_s: float = 30.0
+
+
+class JobSpec(BaseModel):
+    """A job as the box runs it, built by the agent from the bundle it claimed (never a Temporal payload)."""
+
+    job_id: str
+    script: str
+    files: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_s: int
+    cancel_grace_s: float = 10.0
 
 
 class JobOutcome(BaseModel):
@@ -92,7 +101,8 @@ class ReleaseResult(BaseModel):
 
 
 class RunJobInput(BaseModel):
-    spec: JobSpec
+    job_id: str
+    box: str
 
 
 class ArtifactEntry(BaseModel):
@@ -102,53 +112,33 @@ class ArtifactEntry(BaseModel):
 
 
 class RunJobResult(BaseModel):
+    """What the box reported, with the manifest's counts: small whatever the number of artifacts."""
+
     exit_code: int | None
     timed_out: bool = False
     error: str | None = None
     pid: int | None = None
     log_lines: int = 0
-    artifacts: list[ArtifactEntry] = Field(default_factory=list)
+    # Manifest entries to verify in storage, their bytes, and names the API refused.
+    artifacts: int = 0
+    artifact_bytes: int = 0
+    refused: int = 0
 
 
-class UploadTarget(BaseModel):
-    path: str
-    key: str
-    url: str
-    headers: dict[str, str]
-
-
-class PresignInput(BaseModel):
+class CancelInput(BaseModel):
     job_id: str
-    artifacts: list[ArtifactEntry]
-
-
-class PresignResult(BaseModel):
-    targets: list[UploadTarget]
-
-
-class UploadInput(BaseModel):
-    job_id: str
-    targets: list[UploadTarget]
-
-
-class UploadResult(BaseModel):
-    uploaded: int
 
 
 class VerifyInput(BaseModel):
     job_id: str
-    artifacts: list[ArtifactEntry]
 
 
 class VerifyResult(BaseModel):
     recorded: int
+    # Up to 20 "path (reason)" of artifacts not stored as the manifest says, or refused by name.
     mismatched: list[str] = Field(default_factory=list)
-
-
-class JobStarted(BaseModel):
-    """Signal from the box agent: the process is spawned."""
-
-    pid: int
+    refused: list[str] = Field(default_factory=list)
+    failed_total: int = 0
 
 
 class ArchiveInput(BaseModel):

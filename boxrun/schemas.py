@@ -214,6 +214,9 @@ class JobCreate(BaseModel):
     lock: bool = False
     priority: int = Field(default=0, ge=-1000, le=1000)
     cancel_grace_s: int = Field(default=10, ge=0, le=3600, description="SIGTERM to SIGKILL grace on cancel")
+    queue_timeout_s: int = Field(
+        default=86400, ge=1, le=MAX_TIMEOUT_S, description="the job ends unschedulable if no box takes it within this"
+    )
     idempotency_key: CleanStr | None = Field(default=None, min_length=1, max_length=200)
 
     @field_validator("script")
@@ -294,6 +297,7 @@ class JobPublic(BaseModel):
     priority: int
     timeout_s: int
     cancel_grace_s: int
+    queue_timeout_s: int = 86400
     rerun_of: str | None = None
     log_lines: int = Field(description="lines stored so far (the last seq)")
     log_archive: ArchivePublic | None = Field(description="the gzip transcript in storage, once the job ended")
@@ -489,9 +493,115 @@ class LogBatchHeader(BaseModel):
     )
 
 
-class ClaimPublic(BaseModel):
-    job_id: str
+class AgentMe(BaseModel):
+    """API -> agent at start: the box its node token names, and the liveness timings."""
+
     box: str
+    capacity: int
+    heartbeat_interval_s: float
+    heartbeat_timeout_s: float
+
+
+class AgentSessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_version: CleanStr = Field(max_length=64)
+    slots: int = Field(ge=1, le=1000)
+    # The session this agent installation held before (kept in its work dir): lets a restarted
+    # agent take over at once instead of waiting until its predecessor counts as offline.
+    previous_session: str | None = Field(default=None, max_length=64)
+
+
+class AgentSession(BaseModel):
+    session: str
+
+
+class AgentEvent(BaseModel):
+    kind: Literal["offer", "cancel"]
+    job_id: str
+
+
+class AgentEvents(BaseModel):
+    events: list[AgentEvent]
+
+
+class BundleFile(BaseModel):
+    path: str
+    content: str | None = None
+    url: str | None = Field(default=None, description="presigned GET (binary files)")
+    size: int | None = None
+    sha256: str | None = None
+
+
+class JobBundle(BaseModel):
+    """What the box needs to run the job; only ever sent to the box the job is claimed by."""
+
+    script: str
+    env: dict[str, str]
+    files: list[BundleFile]
+    timeout_s: int
+    cancel_grace_s: float
+
+
+class JobClaimed(BaseModel):
+    job_id: str
+    bundle: JobBundle
+
+
+class JobProgress(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pid: int | None = None
+    log_seq: int = Field(default=0, ge=0)
+
+
+class ProgressAck(BaseModel):
+    cancel: bool = Field(description="the job is being cancelled: kill it and report")
+
+
+class ManifestEntry(BaseModel):
+    path: str = Field(max_length=8192)
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+
+
+class ManifestPage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    entries: list[ManifestEntry] = Field(max_length=1000)
+    done: bool = False
+
+
+class UploadTargetPublic(BaseModel):
+    path: str
+    url: str
+    headers: dict[str, str]
+
+
+class RefusedArtifact(BaseModel):
+    path: str
+    reason: str
+
+
+class ManifestAnswer(BaseModel):
+    targets: list[UploadTargetPublic]
+    refused: list[RefusedArtifact]
+
+
+class JobResultReport(BaseModel):
+    """Agent -> API at the end of a job, once every log line is stored and uploads are done."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exit_code: int | None = None
+    timed_out: bool = False
+    cancelled: bool = False
+    error: str | None = Field(default=None, max_length=4000)
+    pid: int | None = None
+    log_seq: int = Field(default=0, ge=0)
+    uploaded_count: int = Field(default=0, ge=0)
+    # Uploads that failed (at most the first 20 are kept); verification finds every missing one.
+    upload_failures: list[RefusedArtifact] = Field(default_factory=list, max_length=20)
 
 
 class LogBatchAck(BaseModel):

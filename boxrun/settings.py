@@ -67,7 +67,15 @@ class Settings(BaseSettings):
 
     # Control worker / job workflow.
     activity_heartbeat_timeout_s: float = Field(default=15.0, gt=0, le=600)
+    # The claim deadline: how long an offered job waits for its box's agent to claim it before
+    # it fails "the box did not claim the job within N s (agent gone?)".
     dispatch_timeout_s: float = Field(default=60.0, gt=0)
+    # Artifacts one job may keep (the manifest lives in Postgres); past it the job fails, saying so.
+    max_artifacts_per_job: int = Field(default=10_000, ge=1)
+    # After a job ended, its box may still deliver the contiguous tail of its log this long.
+    log_tail_grace_s: float = Field(default=60.0, ge=0)
+    # The longest an agent's long-poll for offers and cancels is held open.
+    agent_poll_max_s: float = Field(default=25.0, gt=0, le=300)
     # Run the short Postgres-only control steps (acquire, transition, finish) as local activities
     # inside the workflow worker, saving a server round trip each (see docs/benchmarks.md).
     local_control_activities: bool = False
@@ -83,9 +91,9 @@ class Settings(BaseSettings):
     agent_workdir: Path = Path("boxrun-agent")
     agent_python: str = "python3"
     agent_heartbeat_interval_s: float = Field(default=5.0, gt=0)
-    # The agent heartbeats its running activity to Temporal this often; a cancel reaches the box
-    # with the next heartbeat's answer, so this bounds cancel latency.
-    agent_activity_heartbeat_s: float = Field(default=0.5, gt=0)
+    # The agent reports each running job's progress this often (the API relays a Temporal
+    # heartbeat at most every heartbeat_timeout/3; cancels are pushed, not polled).
+    agent_activity_heartbeat_s: float = Field(default=1.0, gt=0)
     # On SIGTERM the agent takes no new job and lets the running one finish for this long.
     agent_drain_s: float = Field(default=60.0, ge=0)
     # Bounds of one log batch (agent -> API); the API refuses bodies over 16 MiB.

@@ -1,4 +1,4 @@
-"""`boxrun worker`: the control-plane Temporal worker (all workflows + control activities)."""
+"""`boxrun worker`: the control-plane Temporal worker (all workflows, control and dispatch activities)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import timedelta
 from temporalio.worker import Worker
 
 from boxrun.activities.control import ControlActivities
+from boxrun.activities.dispatch import DispatchActivities
 from boxrun.activities.reaper import ReaperActivities
 from boxrun.constants import CONTROL_TASK_QUEUE
 from boxrun.db import create_pool, migrate
@@ -32,13 +33,15 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
         storage = Storage(settings)
         await asyncio.to_thread(storage.ensure_bucket)
         activities = ControlActivities(pool, storage, offline_after_s=settings.box_offline_after_s)
+        dispatch = DispatchActivities(pool, claim_timeout_s=settings.dispatch_timeout_s)
         reaper = ReaperActivities(pool, settings)
         worker = Worker(
             client,
             task_queue=CONTROL_TASK_QUEUE,
             workflows=[JobWorkflow, ReaperWorkflow],
-            activities=[*activities.all(), reaper.reap],
-            max_concurrent_activities=200,
+            activities=[*activities.all(), *dispatch.all(), reaper.reap],
+            # run_job waits here only until its box claims the job (then the API completes it)
+            max_concurrent_activities=1000,
             # a crashed worker's sticky tasks move to the shared queue after 2 s
             sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
         )

@@ -22,20 +22,18 @@ from temporalio.exceptions import (
 
 with workflow.unsafe.imports_passed_through():
     from boxrun.activities.control import ControlActivities
-    from boxrun.agent.activities import BoxActivities
-    from boxrun.constants import JobState, box_task_queue
+    from boxrun.activities.dispatch import DispatchActivities
+    from boxrun.constants import JobState
     from boxrun.messages import (
         AcquireInput,
         ArchiveInput,
+        CancelInput,
         FinishInput,
+        JobInput,
         JobOutcome,
-        JobSpec,
-        JobStarted,
-        PresignInput,
         RunJobInput,
         RunJobResult,
         TransitionInput,
-        UploadInput,
         VerifyInput,
     )
     from boxrun.temporal import BUG_TYPES, KEY_BOX_ID, KEY_JOB_STATE
@@ -53,12 +51,9 @@ Out = TypeVar("Out", bound=BaseModel)
 DB_STEP_TIMEOUT = timedelta(seconds=10)
 DB_STEP_DEADLINE = timedelta(minutes=10)
 DB_STEP_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=5))
-# presign_uploads only signs URLs locally: it is quick, and a failure past a few attempts is a
-# configuration problem that should fail the job rather than hold the box.
-PRESIGN_TIMEOUT = timedelta(seconds=30)
-PRESIGN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=5)
 # verify_artifacts asks storage for each object (a HEAD, or every byte read back where the store
-# checks no checksum), so its bound grows with the bytes: a minute plus 10 MB/s of read-back. It
+# checks no checksum), so its bound grows with the bytes and the count: a minute plus 10 MB/s of
+# read-back plus 50 ms an object. It
 # heartbeats all along, so a dead worker is noticed within VERIFY_HEARTBEAT whatever the size.
 # Verifying again is harmless (recording an artifact is idempotent); three attempts, then the
 # job fails with the error and its box is freed instead of retrying forever under the lease.
@@ -71,18 +66,21 @@ ARCHIVE_HEARTBEAT = timedelta(seconds=60)
 ARCHIVE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2), maximum_interval=timedelta(seconds=60), maximum_attempts=5
 )
-# run_job: a job never runs twice, so exactly one attempt, whatever happens to it.
+# run_job: a job never runs twice, so exactly one attempt, whatever happens to it. It runs on the
+# control worker until the box claims the job, then the API heartbeats and completes it for the box.
 RUN_ONCE = RetryPolicy(maximum_attempts=1)
-# Slack past timeout_s before Temporal itself gives up on run_job: the agent kills the process
-# at timeout_s and reports it; this bound only fires if the box cannot report (partitioned).
+# Slack past claim + timeout_s before Temporal itself gives up on run_job: the agent kills the
+# process at timeout_s, uploads and reports; this bound only fires if the box cannot report.
 RUN_GRACE = timedelta(seconds=30)
-# upload_artifacts: the same bytes to the same presigned keys again is harmless, so it may retry.
-UPLOAD_RETRY = RetryPolicy(maximum_attempts=3, initial_interval=timedelta(seconds=1))
+# request_cancel: one short transaction + NOTIFY, idempotent.
+CANCEL_TIMEOUT = timedelta(seconds=10)
+CANCEL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
 HEARTBEAT_LOST = "box heartbeat lost"
+JOB_CANCELLED = "JobCancelled"
 
 
-def _verify_timeout(total_bytes: int) -> timedelta:
-    return timedelta(seconds=60 + total_bytes / 10_000_000)
+def _verify_timeout(total_bytes: int, count: int = 0) -> timedelta:
+    return timedelta(seconds=60 + total_bytes / 10_000_000 + count * 0.05)
 
 
 def _archive_timeout(lines: int) -> timedelta:
@@ -98,7 +96,6 @@ class JobWorkflow:
     def __init__(self) -> None:
         self._state = JobState.QUEUED
         self._wake = False
-        self._pid: int | None = None
         self._error: str | None = None
         self._local_control = False
         self._log_lines = 0
@@ -108,17 +105,12 @@ class JobWorkflow:
         """A lease was released on a box this job waits for: try to acquire again now."""
         self._wake = True
 
-    @workflow.signal(name="started")
-    def started(self, msg: JobStarted) -> None:
-        """The box agent spawned the job's process."""
-        self._pid = msg.pid
-
     @workflow.query(name="state")
     def state(self) -> str:
         return self._state.value
 
     @workflow.run
-    async def run(self, spec: JobSpec) -> JobOutcome:
+    async def run(self, spec: JobInput) -> JobOutcome:
         self._local_control = spec.local_control
         try:
             box = await self._place(spec)
@@ -150,9 +142,11 @@ class JobWorkflow:
         )
         return self._outcome(spec, exit_code, error)
 
-    async def _place(self, spec: JobSpec) -> str | None:
-        """Lease a box (the grant also moves the job to dispatching); wait while none is free."""
+    async def _place(self, spec: JobInput) -> str | None:
+        """Lease a box (the grant also moves the job to dispatching); wait while none is free,
+        for at most queue_timeout_s (then the job ends unschedulable)."""
         rechecks = 0
+        deadline = workflow.now() + timedelta(seconds=spec.queue_timeout_s)
         while True:
             self._wake = False
             got = await self._db_step(ControlActivities.acquire_box, AcquireInput(job_id=spec.job_id))
@@ -172,54 +166,61 @@ class JobWorkflow:
             rechecks += 1
             if got.retry_after_s is not None:  # a maintenance window ends sooner
                 wait_s = min(wait_s, got.retry_after_s + 0.5)
+            left_s = (deadline - workflow.now()).total_seconds()
+            if left_s <= 0:
+                self._error = f"no box within queue_timeout_s ({spec.queue_timeout_s:g} s)"
+                await self._transition(spec, JobState.UNSCHEDULABLE, error=self._error)
+                return None
+            wait_s = min(wait_s, left_s)
             try:
                 await workflow.wait_condition(lambda: self._wake, timeout=timedelta(seconds=wait_s))
             except builtins.TimeoutError:
                 pass  # a periodic re-check covers a wake-up that could not be delivered
 
-    async def _run_on(self, spec: JobSpec, box: str) -> tuple[JobState, int | None, str | None]:
+    async def _run_on(self, spec: JobInput, box: str) -> tuple[JobState, int | None, str | None]:
         run = workflow.start_activity_method(
-            BoxActivities.run_job,
-            RunJobInput(spec=spec),
-            task_queue=box_task_queue(box),
-            schedule_to_start_timeout=timedelta(seconds=spec.dispatch_timeout_s),
-            start_to_close_timeout=timedelta(seconds=spec.timeout_s) + RUN_GRACE,
+            DispatchActivities.run_job,
+            RunJobInput(job_id=spec.job_id, box=box),
+            start_to_close_timeout=timedelta(seconds=spec.claim_timeout_s + spec.timeout_s) + RUN_GRACE,
             heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_s),
             retry_policy=RUN_ONCE,
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         try:
-            await workflow.wait_condition(lambda: self._pid is not None or run.done())
-            if self._pid is not None:
-                await self._transition(spec, JobState.RUNNING, detail={"pid": self._pid})
-            result: RunJobResult = await run
+            # shielded: a workflow cancel lands here as CancelledError (below), not as a cancel the
+            # SDK would pass to run_job silently, so the box is told at once
+            result: RunJobResult = await asyncio.shield(run)
         except ActivityError as exc:
             return self._run_failure(exc)
         except asyncio.CancelledError:
-            # Cancelled while run_job is queued or running: cancel it and wait until the box
-            # confirms the process group is gone, so the lease is never freed under a live job.
+            # Cancelled while the job is offered or running: cancel run_job, push the cancel to the
+            # box, and wait until it confirms the process group is gone (the lease is never freed
+            # under a live job).
             run.cancel()
+            await workflow.execute_activity_method(
+                ControlActivities.request_cancel,
+                CancelInput(job_id=spec.job_id),
+                start_to_close_timeout=CANCEL_TIMEOUT,
+                retry_policy=CANCEL_RETRY,
+            )
             try:
                 await run
             except (ActivityError, asyncio.CancelledError):
                 pass
             raise
         self._log_lines = result.log_lines
-        if self._state is JobState.DISPATCHING and result.pid is not None:
-            await self._transition(spec, JobState.RUNNING, detail={"pid": result.pid})
-        if result.error is not None and result.pid is None:
-            return JobState.FAILED, None, result.error
-
         artifact_error = None
-        if result.artifacts:
-            artifact_error = await self._store_artifacts(spec, box, result)
+        if result.artifacts or result.refused:
+            artifact_error = await self._verify(spec, result)
         if result.timed_out:
             return JobState.TIMED_OUT, result.exit_code, f"timed out after {spec.timeout_s}s"
+        if result.error is not None:
+            return JobState.FAILED, result.exit_code, result.error
         if artifact_error is not None:
             return JobState.FAILED, result.exit_code, artifact_error
         if result.exit_code == 0:
             return JobState.COMPLETED, 0, None
-        return JobState.FAILED, result.exit_code, result.error or f"exit code {result.exit_code}"
+        return JobState.FAILED, result.exit_code, f"exit code {result.exit_code}"
 
     def _run_failure(self, exc: ActivityError) -> tuple[JobState, int | None, str | None]:
         cause = exc.cause
@@ -228,43 +229,21 @@ class JobWorkflow:
         if isinstance(cause, TimeoutError):
             if cause.type == TimeoutType.HEARTBEAT:
                 return JobState.FAILED, None, HEARTBEAT_LOST
-            if cause.type == TimeoutType.SCHEDULE_TO_START:
-                return JobState.FAILED, None, "the box did not pick up the job in time (agent gone?)"
             return JobState.TIMED_OUT, None, "timed out: the box did not report back"
         if isinstance(cause, ApplicationError):
+            if cause.type == JOB_CANCELLED:
+                return JobState.CANCELLED, None, "cancelled"
             return JobState.FAILED, None, cause.message
         return JobState.FAILED, None, str(cause or exc)
 
-    async def _store_artifacts(self, spec: JobSpec, box: str, result: RunJobResult) -> str | None:
-        """Presign, let the box upload straight to storage, then verify. Returns an error or None."""
-        await self._transition(spec, JobState.UPLOADING_ARTIFACTS, detail={"count": len(result.artifacts)})
-        presigned = await workflow.execute_activity_method(
-            ControlActivities.presign_uploads,
-            PresignInput(job_id=spec.job_id, artifacts=result.artifacts),
-            start_to_close_timeout=PRESIGN_TIMEOUT,
-            retry_policy=PRESIGN_RETRY,
-        )
-        total = sum(a.size for a in result.artifacts)
-        try:
-            await workflow.execute_activity_method(
-                BoxActivities.upload_artifacts,
-                UploadInput(job_id=spec.job_id, targets=presigned.targets),
-                task_queue=box_task_queue(box),
-                # at least 1 MB/s, never under a minute; the box heartbeats all along
-                start_to_close_timeout=timedelta(seconds=60 + total / 1_000_000),
-                heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_s),
-                retry_policy=UPLOAD_RETRY,
-            )
-        except ActivityError as exc:
-            if isinstance(exc.cause, CancelledError):
-                raise asyncio.CancelledError() from exc  # the job was cancelled mid-upload
-            failure = self._run_failure(exc)[2]
-            return f"artifact upload failed: {failure}"
+    async def _verify(self, spec: JobInput, result: RunJobResult) -> str | None:
+        """The box uploaded straight to storage with presigned PUTs: check every manifest entry
+        there and record the good ones. Returns an error naming what failed, or None."""
         try:
             verified = await workflow.execute_activity_method(
                 ControlActivities.verify_artifacts,
-                VerifyInput(job_id=spec.job_id, artifacts=result.artifacts),
-                start_to_close_timeout=_verify_timeout(total),
+                VerifyInput(job_id=spec.job_id),
+                start_to_close_timeout=_verify_timeout(result.artifact_bytes, result.artifacts + result.refused),
                 heartbeat_timeout=VERIFY_HEARTBEAT,
                 retry_policy=VERIFY_RETRY,
             )
@@ -272,11 +251,19 @@ class JobWorkflow:
             if isinstance(exc.cause, CancelledError):
                 raise asyncio.CancelledError() from exc
             return f"artifact verification failed: {exc.cause or exc}"
+        problems = []
+        if verified.refused:
+            problems.append("artifacts refused: " + "\n".join(verified.refused))
         if verified.mismatched:
-            return f"artifact verification failed: {', '.join(verified.mismatched)}"
-        return None
+            problems.append("artifact verification failed: " + ", ".join(verified.mismatched))
+        if not problems:
+            return None
+        shown = len(verified.refused) + len(verified.mismatched)
+        if verified.failed_total > shown:
+            problems.append(f"(and {verified.failed_total - shown} more)")
+        return "\n".join(problems)
 
-    async def _finish(self, spec: JobSpec, state: JobState, exit_code: int | None, error: str | None) -> None:
+    async def _finish(self, spec: JobInput, state: JobState, exit_code: int | None, error: str | None) -> None:
         """Terminal transition + lease release in one activity, then wake whoever waits for the box."""
         released = await self._db_step(
             ControlActivities.finish_job,
@@ -293,7 +280,7 @@ class JobWorkflow:
                 pass  # that job ended meanwhile; its own poll or the next release covers the rest
 
     async def _transition(
-        self, spec: JobSpec, state: JobState, *, error: str | None = None, detail: dict[str, Any] | None = None
+        self, spec: JobInput, state: JobState, *, error: str | None = None, detail: dict[str, Any] | None = None
     ) -> None:
         done = await self._db_step(
             ControlActivities.record_transition,
@@ -328,7 +315,7 @@ class JobWorkflow:
             updates.append(KEY_BOX_ID.value_set(box))
         workflow.upsert_search_attributes(updates)
 
-    def _outcome(self, spec: JobSpec, exit_code: int | None = None, error: str | None = None) -> JobOutcome:
+    def _outcome(self, spec: JobInput, exit_code: int | None = None, error: str | None = None) -> JobOutcome:
         return JobOutcome(job_id=spec.job_id, state=self._state, exit_code=exit_code, error=error or self._error)
 
 

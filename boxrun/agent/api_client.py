@@ -1,5 +1,4 @@
-"""The box agent's view of the API: the log pump's sink and the activities' claimer, over the
-shared client (boxrun.client.AgentClient, node-token auth)."""
+"""The log pump's sink over the shared client (boxrun.client.AgentClient, node-token auth)."""
 
 from __future__ import annotations
 
@@ -18,8 +17,3 @@ class AgentApi:
             return await self._client.send_logs(job_id, first_seq, runs, data)
         except LogBatchRefused as exc:
             raise LogRejected(exc.reason) from exc
-
-    async def claim(self, job_id: str) -> str | None:
-        """Ask whether the job may start here now; None if yes, else the reason it may not.
-        Raises a BoxrunError when the API cannot answer (the caller retries)."""
-        return await self._client.claim(job_id)

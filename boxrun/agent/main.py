@@ -1,40 +1,65 @@
-"""`boxrun agent --box NAME`: a Temporal worker on the box's own task queue, plus liveness to the API.
+"""`boxrun agent [--box NAME]`: a plain HTTP client of the boxrun API, authenticated by its node token.
+
+It opens the box's one live session, reports liveness, long-polls the API for offers and cancels,
+claims offered jobs (the claim's answer carries the bundle) and runs each in a task (JobRunner).
+It holds no Temporal address, no database and no storage credential.
 
 SIGTERM drains: the agent stops taking jobs (and reports `draining`, so placement skips the box),
-keeps heartbeating its running job and lets it finish for up to BOXRUN_AGENT_DRAIN_S, after which
-the job's process group is terminated and the job fails with "agent stopped (drain limit reached)".
+keeps reporting its running jobs and lets them finish for up to BOXRUN_AGENT_DRAIN_S, after which
+their process groups are terminated and the jobs fail with "agent stopped (drain limit reached)".
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import subprocess
-from datetime import timedelta
-
-from temporalio.worker import Worker
+from pathlib import Path
 
 from boxrun import __version__
-from boxrun.agent.activities import BoxActivities
-from boxrun.agent.api_client import AgentApi
+from boxrun.agent.jobusers import JobUser, JobUserError, SlotUsers, check_job_user_can_run, prepare_runtime
+from boxrun.agent.runner import JobRunner, RunningJob
 from boxrun.agent.workspace import sweep_stale
 from boxrun.client import AgentClient
-from boxrun.constants import box_task_queue
-from boxrun.errors import BoxrunError, Unauthorized
+from boxrun.errors import BoxrunError, Conflict, NotFound, Unauthorized, Unavailable
+from boxrun.schemas import AgentEvent, JobBundle
 from boxrun.settings import Settings
-from boxrun.temporal import connect
 
 log = logging.getLogger(__name__)
+
+SESSION_FILE = "agent-session"
+# Each long-poll waits up to this long for an offer or a cancel (the API may cap it lower).
+POLL_WAIT_S = 25.0
+
+
+class TokenError(Exception):
+    """No usable node token: the agent cannot start."""
+
+
+def load_token(settings: Settings) -> str:
+    """The node token, from BOXRUN_NODE_TOKEN_FILE (refused if group or others may read it) or
+    BOXRUN_NODE_TOKEN; never from argv. TokenError says what is wrong."""
+    try:
+        token = settings.resolved_node_token()
+    except (OSError, ValueError) as exc:
+        raise TokenError(f"cannot use the node token file: {exc}") from exc
+    if not token:
+        raise TokenError("an agent needs its node token: BOXRUN_NODE_TOKEN_FILE (mode 0600) or BOXRUN_NODE_TOKEN")
+    return token
 
 
 class Liveness:
     """Reports to the API every interval (and at once when asked); the API marks the box offline
-    when reports stop, and skips it for placement while it is draining."""
+    when reports stop, and skips it for placement while it is draining. A report refused because
+    another agent took the session over stops this agent."""
 
-    def __init__(self, client: AgentClient, interval_s: float) -> None:
+    def __init__(self, client: AgentClient, interval_s: float, lost: asyncio.Event) -> None:
         self.client = client
         self.interval_s = interval_s
         self.draining = False
+        self.lost = lost
         self._now = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -50,14 +75,16 @@ class Liveness:
             self._now.clear()
             try:
                 await self.client.heartbeat(__version__, draining=self.draining)
+            except Conflict as exc:
+                log.error("this agent's session was taken over: %s; stopping", exc)
+                self.lost.set()
+                return
             except Unauthorized:
-                log.error("the API rejects this box's node token (401); check BOXRUN_NODE_TOKEN")
+                log.error("the API rejects this box's node token (401); check the node token")
             except BoxrunError as exc:
                 log.warning("liveness report failed: %s", exc)
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._now.wait(), self.interval_s)
-            except TimeoutError:
-                pass
 
 
 def resolve_python(python: str) -> str:
@@ -72,59 +99,211 @@ def resolve_python(python: str) -> str:
     return done.stdout.strip() or python
 
 
+class Agent:
+    def __init__(self, settings: Settings, client: AgentClient, runner: JobRunner, slots: int) -> None:
+        self.settings = settings
+        self.client = client
+        self.runner = runner
+        self.slots = slots
+        self.jobs: dict[str, RunningJob] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.changed = asyncio.Event()
+        self.draining = False
+
+    async def poll(self, stop: asyncio.Event) -> None:
+        """Long-poll offers and cancels until `stop`; act on each at once."""
+        delay = 0.2
+        while not stop.is_set():
+            poll = asyncio.create_task(self.client.events(POLL_WAIT_S))
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({poll, stopping}, return_when="FIRST_COMPLETED")
+            stopping.cancel()
+            if not poll.done():
+                poll.cancel()
+                await asyncio.gather(poll, return_exceptions=True)
+                return
+            try:
+                events = poll.result()
+            except Conflict as exc:
+                log.error("this agent's session was taken over: %s; stopping", exc)
+                stop.set()
+                return
+            except BoxrunError as exc:
+                log.warning("cannot fetch offers: %s; retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.2
+            acted = False
+            for event in events:
+                acted = await self.on_event(event) or acted
+            if events and not acted:  # only events already handled: wait for a change, not a busy loop
+                self.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), 1.0)
+
+    async def on_event(self, event: AgentEvent) -> bool:
+        running = self.jobs.get(event.job_id)
+        if event.kind == "cancel":
+            if running is None or running.cancel.is_set():
+                return False
+            log.info("job %s cancelled: terminating its process group", event.job_id)
+            running.cancel.set()
+            return True
+        if running is not None or self.draining or len(self.jobs) >= self.slots:
+            return False
+        bundle = await self._claim(event.job_id)
+        if bundle is None:
+            return True
+        job = RunningJob(event.job_id)
+        self.jobs[event.job_id] = job
+        task = asyncio.create_task(self._run(job, bundle), name=f"job-{event.job_id}")
+        self.tasks.add(task)
+        return True
+
+    async def _claim(self, job_id: str) -> JobBundle | None:
+        try:
+            return await self.client.claim(job_id)
+        except (Conflict, NotFound) as exc:
+            log.info("job %s not claimed: %s", job_id, exc)
+            return None
+        except Unavailable as exc:  # the claim may have landed and its answer been lost
+            log.warning("claim of job %s unanswered (%s); asking for its bundle", job_id, exc)
+            with contextlib.suppress(BoxrunError):
+                return await self.client.bundle(job_id)
+            return None
+        except BoxrunError as exc:
+            log.warning("claim of job %s failed: %s", job_id, exc)
+            return None
+
+    async def _run(self, job: RunningJob, bundle: JobBundle) -> None:
+        try:
+            await self.runner.run(job, bundle)
+        except Exception:
+            log.exception("job %s: the agent failed running it", job.job_id)
+        finally:
+            self.jobs.pop(job.job_id, None)
+            current = asyncio.current_task()
+            if current is not None:
+                self.tasks.discard(current)
+            self.changed.set()
+
+    async def drain(self, limit_s: float) -> None:
+        """No new jobs; running ones get `limit_s`, then are stopped and reported failed."""
+        self.draining = True
+        if self.tasks:
+            log.info("agent draining: %d running job(s) get up to %.0fs", len(self.tasks), limit_s)
+            _, pending = await asyncio.wait(set(self.tasks), timeout=limit_s)
+            if pending:
+                for job in self.jobs.values():
+                    job.stop.set()
+                await asyncio.wait(pending, timeout=60)
+
+
+def _previous_session(workdir: Path) -> str | None:
+    try:
+        return (workdir / SESSION_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _keep_session(workdir: Path, session: str) -> None:
+    path = workdir / SESSION_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(session)
+
+
 async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
     try:
-        token = settings.resolved_node_token()
-    except (OSError, ValueError) as exc:
-        log.error("cannot read the node token: %s", exc)
+        token = load_token(settings)
+    except TokenError as exc:
+        log.error("%s", exc)
         return 2
-    if not settings.box_name or not token:
-        log.error("an agent needs BOXRUN_BOX_NAME (--box) and BOXRUN_NODE_TOKEN_FILE or BOXRUN_NODE_TOKEN")
+    client = AgentClient(settings.api_url, token, timeout=30.0)
+    try:
+        return await _serve(settings, client, stop)
+    finally:
+        await client.aclose()
+
+
+async def _serve(settings: Settings, client: AgentClient, stop: asyncio.Event) -> int:
+    delay = 0.2
+    while True:  # the API may start after the agent
+        try:
+            me = await client.me()
+            break
+        except Unauthorized:
+            log.error("the API rejects this node token (401)")
+            return 2
+        except Unavailable as exc:
+            if stop.is_set():
+                return 0
+            log.warning("API not reachable yet: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    if settings.box_name and settings.box_name != me.box:
+        log.error("this node token belongs to box %s, not %s", me.box, settings.box_name)
         return 2
-    agent_client = AgentClient(settings.api_url, token, timeout=10.0)
-    client = await connect(settings.temporal_address, settings.temporal_namespace)
     workdir = settings.agent_workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        session = await client.open_session(__version__, me.capacity, _previous_session(workdir))
+    except Conflict as exc:
+        log.error("refused: %s", exc)
+        return 3
+    _keep_session(workdir, session)
+    # Jobs run as one OS user per slot when the agent is root (boxrun/agent/jobusers.py), else as
+    # the agent's own user; either way that user must reach the interpreter, the bootstrap and
+    # the workspaces: checked now, with what to fix, instead of failing every job.
+    python = resolve_python(settings.agent_python)
+    try:
+        slots = SlotUsers(me.box, me.capacity)
+        slots.kill_leftovers()
+        runtime = prepare_runtime(workdir)
+        users: list[JobUser | None] = [*slots.users] or [None]
+        for user in users:
+            check_job_user_can_run(python, user, runtime=runtime, workdir=workdir)
+    except JobUserError as exc:
+        log.error("jobs could not run on this box: %s", exc)
+        return 2
     if swept := sweep_stale(workdir):
         log.warning("removed %d workspace(s) left by a previous agent run: %s", len(swept), ", ".join(swept))
-    api = AgentApi(agent_client)
-    activities = BoxActivities(
-        sink=api,
-        claimer=api,
+    runner = JobRunner(
+        client,
         workdir=workdir,
-        python=resolve_python(settings.agent_python),
-        heartbeat_s=settings.agent_activity_heartbeat_s,
+        python=python,
+        slots=slots,
+        runtime=runtime,
+        progress_s=settings.agent_activity_heartbeat_s,
         pump_options={
             "max_lines": settings.log_batch_max_lines,
             "max_bytes": settings.log_batch_max_bytes,
             "memory_limit": settings.log_memory_limit_bytes,
         },
     )
-    liveness = Liveness(agent_client, settings.agent_heartbeat_interval_s)
+    agent = Agent(settings, client, runner, me.capacity)
+    lost = asyncio.Event()
+    liveness = Liveness(client, settings.agent_heartbeat_interval_s, lost)
     reporting = asyncio.create_task(liveness.run())
-    queue = box_task_queue(settings.box_name)
-    # The SDK sends heartbeats to Temporal at most this often; a cancel arrives with the answer.
-    throttle = timedelta(seconds=settings.agent_activity_heartbeat_s)
-    worker = Worker(
-        client,
-        task_queue=queue,
-        activities=activities.all(),
-        max_concurrent_activities=100,
-        max_heartbeat_throttle_interval=throttle,
-        default_heartbeat_throttle_interval=throttle,
-        graceful_shutdown_timeout=timedelta(seconds=settings.agent_drain_s),
-    )
+    halt = asyncio.Event()
+
+    async def halt_on(event: asyncio.Event) -> None:
+        await event.wait()
+        halt.set()
+
+    watchers = [asyncio.create_task(halt_on(stop)), asyncio.create_task(halt_on(lost))]
     try:
-        async with worker:
-            log.info("agent for box %s polling %s", settings.box_name, queue)
-            await stop.wait()
-            log.info("agent draining: no new jobs; running ones get up to %.0fs", settings.agent_drain_s)
-            liveness.draining = True
-            liveness.report_now()
+        log.info("agent for box %s (%d slot(s)) polling %s", me.box, me.capacity, settings.api_url)
+        await agent.poll(halt)
+        liveness.draining = True
+        liveness.report_now()
+        await agent.drain(0.0 if lost.is_set() else settings.agent_drain_s)
         log.info("agent stopped")
     finally:
+        for w in watchers:
+            w.cancel()
         liveness.stop()
         await asyncio.wait({reporting}, timeout=5)
         reporting.cancel()
-        await agent_client.aclose()
-    return 0
+    return 3 if lost.is_set() else 0

@@ -1,4 +1,5 @@
-"""AgentClient: the node-token face of the API that a box agent uses (liveness, claim, log batches).
+"""AgentClient: the node-token face of the API that a box agent uses: session, liveness, offers
+and cancels (long-poll), claim + bundle, progress, log batches, artifact manifest, result.
 
 Imports only httpx, pydantic and boxrun's core modules, so a box installs no server dependency."""
 
@@ -8,8 +9,31 @@ from urllib.parse import quote
 
 from boxrun import logbatch
 from boxrun.client.base import Transport, error_from_answer, is_permanent
-from boxrun.errors import BoxrunError, Conflict, Forbidden, NotFound
-from boxrun.schemas import AgentHeartbeat, BoxPublic, LogBatchAck
+from boxrun.errors import BoxrunError
+from boxrun.schemas import (
+    AgentEvent,
+    AgentEvents,
+    AgentHeartbeat,
+    AgentMe,
+    AgentSession,
+    AgentSessionCreate,
+    BoxPublic,
+    JobBundle,
+    JobClaimed,
+    JobProgress,
+    JobResultReport,
+    LogBatchAck,
+    ManifestAnswer,
+    ManifestEntry,
+    ManifestPage,
+    ProgressAck,
+)
+
+SESSION_HEADER = "X-Boxrun-Session"
+
+
+def _job(job_id: str) -> str:
+    return f"/api/agent/jobs/{quote(job_id, safe='')}"
 
 
 class LogBatchRefused(BoxrunError):
@@ -23,20 +47,61 @@ class LogBatchRefused(BoxrunError):
 class AgentClient(Transport):
     """The agent's calls, authenticated with the box's node token."""
 
+    session: str | None = None
+
+    def _session(self) -> dict[str, str]:
+        return {SESSION_HEADER: self.session} if self.session else {}
+
+    async def me(self) -> AgentMe:
+        """The box this node token names."""
+        return await self.call(AgentMe, "GET", "/api/agent/me")
+
+    async def open_session(self, agent_version: str, slots: int, previous: str | None = None) -> str:
+        """Become the box's live agent; Conflict while another agent with this token is live."""
+        body = AgentSessionCreate(agent_version=agent_version, slots=slots, previous_session=previous)
+        got = await self.call(AgentSession, "POST", "/api/agent/session", json=body.model_dump())
+        self.session = got.session
+        return got.session
+
     async def heartbeat(self, agent_version: str, *, draining: bool = False) -> BoxPublic:
         """Liveness: the box is up (and whether it is draining). Answers the box as the API sees it."""
         body = AgentHeartbeat(agent_version=agent_version, draining=draining)
-        return await self.call(BoxPublic, "POST", "/api/agent/heartbeat", json=body.model_dump())
+        return await self.call(
+            BoxPublic, "POST", "/api/agent/heartbeat", json=body.model_dump(), headers=self._session()
+        )
 
-    async def claim(self, job_id: str) -> str | None:
-        """The last check before a job's process starts: None if it may start here now, else the
-        reason it may not (the job is not dispatched to this box, was cancelled, or is unknown).
-        Other errors (API unreachable, token refused) raise; the caller retries."""
-        try:
-            await self.send("POST", f"/api/agent/jobs/{quote(job_id, safe='')}/claim")
-        except (Conflict, Forbidden, NotFound) as refused:
-            return refused.reason
-        return None
+    async def events(self, wait_s: float) -> list[AgentEvent]:
+        """Offers and cancels for this box (long-poll: waits up to wait_s for one)."""
+        got = await self.call(
+            AgentEvents,
+            "GET",
+            "/api/agent/events",
+            params={"wait": wait_s},
+            headers=self._session(),
+            timeout=wait_s + 15,
+        )
+        return got.events
+
+    async def claim(self, job_id: str) -> JobBundle:
+        """Take an offered job; its bundle. Conflict if it may not start, NotFound if not ours."""
+        got = await self.call(JobClaimed, "POST", f"{_job(job_id)}/claim", headers=self._session())
+        return got.bundle
+
+    async def bundle(self, job_id: str) -> JobBundle:
+        return await self.call(JobBundle, "GET", f"{_job(job_id)}/bundle")
+
+    async def progress(self, job_id: str, *, pid: int | None, log_seq: int) -> bool:
+        """The job runs; True if it is being cancelled."""
+        body = JobProgress(pid=pid, log_seq=log_seq)
+        got = await self.call(ProgressAck, "POST", f"{_job(job_id)}/progress", json=body.model_dump())
+        return got.cancel
+
+    async def manifest(self, job_id: str, entries: list[ManifestEntry], *, done: bool) -> ManifestAnswer:
+        body = ManifestPage(entries=entries, done=done)
+        return await self.call(ManifestAnswer, "POST", f"{_job(job_id)}/artifacts", json=body.model_dump())
+
+    async def result(self, job_id: str, report: JobResultReport) -> None:
+        await self.send("POST", f"{_job(job_id)}/result", json=report.model_dump())
 
     async def send_logs(self, job_id: str, first_seq: int, runs: list[tuple[int, str, float]], data: bytes) -> int:
         """One log batch (boxrun.logbatch); returns the highest seq the API holds. LogBatchRefused

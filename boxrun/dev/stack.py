@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +43,12 @@ INTERNAL_PORTS = [name for name in S3_PORTS if name not in DEFAULT_PORTS]
 # it and the job is recorded failed ("agent stopped (drain limit reached)"). Short, so Ctrl-C is
 # not slow; the stack waits this plus AGENT_STOP_MARGIN_S for the agents before anything else stops.
 AGENT_DRAIN_S = 10.0
+SYSTEM_PYTHON = "/usr/bin/python3"
 AGENT_STOP_MARGIN_S = 15.0
 # What an agent gets of the stack's settings: where the API is and its own tunables; never the
-# admin token, the database URL or the S3 keys (its node token comes in a file, see _agent_env).
-# BOXRUN_TEMPORAL_ADDRESS only until the agent is an HTTP-only client of the API (issue 9).
-AGENT_SETTINGS = {"BOXRUN_ENVIRONMENT", "BOXRUN_API_URL", "BOXRUN_TEMPORAL_ADDRESS", "PYTHONUNBUFFERED"}
+# admin token, the database URL, the S3 keys or the Temporal address (an agent speaks only to the
+# API; its node token comes in a file, see _agent_env).
+AGENT_SETTINGS = {"BOXRUN_ENVIRONMENT", "BOXRUN_API_URL", "PYTHONUNBUFFERED"}
 AGENT_SETTING_PREFIXES = ("BOXRUN_AGENT_", "BOXRUN_LOG_")
 # What an agent (and so each of its jobs) inherits of the environment `boxrun dev` runs in: what
 # finding programs, the locale and Python need, never the rest (a shell's tokens, keys, PGPASSWORD).
@@ -139,6 +141,17 @@ class DevStack:
                 if log_file.is_file() and not log_file.is_symlink():
                     log_file.chmod(0o600)
 
+    def _open_agent_dirs(self, names: list[str]) -> None:
+        """As root the agents run jobs as their slot users, who must pass through the stack's dir
+        to their workspaces (DIR/boxes/<box>/jobs/<id>): enter-only (o+x) on DIR, DIR/boxes and
+        each DIR/boxes/<box>, never list or read; everything else in DIR stays 0700/0600."""
+        if os.geteuid() != 0:
+            return
+        self.dir.chmod(stat.S_IMODE(self.dir.stat().st_mode) | stat.S_IXOTH)
+        for path in (self.dir / "boxes", *(self.dir / "boxes" / n for n in names)):
+            path.mkdir(exist_ok=True)
+            path.chmod(0o711)
+
     def _base_env(self, token: str, db_url: str, s3: S3Credentials) -> dict[str, str]:
         p = self.ports
         return {
@@ -178,8 +191,13 @@ class DevStack:
             "BOXRUN_NODE_TOKEN_FILE": str(path),
             "BOXRUN_AGENT_WORKDIR": str(self.dir / "boxes" / box),
         }
-        if self.opts.agent_python:
-            own["BOXRUN_AGENT_PYTHON"] = self.opts.agent_python
+        python = self.opts.agent_python or own.get("BOXRUN_AGENT_PYTHON") or os.environ.get("BOXRUN_AGENT_PYTHON")
+        if python is None and os.geteuid() == 0 and Path(SYSTEM_PYTHON).exists():
+            # as root the agent runs jobs as its slot users, who cannot reach an interpreter under
+            # /root (pyenv, a venv there): the system's python3 is reachable by every user
+            python = SYSTEM_PYTHON
+        if python:
+            own["BOXRUN_AGENT_PYTHON"] = python
         inherited = {
             k: v for k, v in os.environ.items() if k in AGENT_INHERITS or k.startswith(AGENT_INHERITS_PREFIXES)
         }
@@ -237,6 +255,7 @@ class DevStack:
         await self._register_boxes(api_url, keys, names)
         self._save_secrets(keys)
         agents = []
+        self._open_agent_dirs(names)
         for name in names:
             inherited, own = self._agent_env(env, name, keys["node_tokens"][name])
             agents.append(self._boxrun(f"agent-{name}", ["agent", "--box", name], own, base_env=inherited))

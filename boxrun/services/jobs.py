@@ -50,6 +50,9 @@ async def cancel_job(conn: asyncpg.Connection, temporal: Client, user: User, job
     if JobState(row["state"]).terminal:
         raise Conflict(f"job {jid} already ended ({row['state']})")
     await conn.execute(Q.audit, user.org_id, user.name, "job.cancel", f"job:{jid}", {"state": row["state"]})
+    from boxrun.services.dispatch import request_cancel  # dispatch imports this module
+
+    await request_cancel(conn, jid)  # fast path: push it to the box now (the workflow does too)
     try:
         await temporal.get_workflow_handle(jid).cancel()
     except RPCError as exc:

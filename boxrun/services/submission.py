@@ -17,7 +17,7 @@ from boxrun.errors import Conflict, InvalidInput, Unavailable
 from boxrun.schemas import JobCreate
 from boxrun.services.files import resolve_file_refs
 from boxrun.services.identity import User
-from boxrun.services.workflow_start import job_spec, start_job_workflow
+from boxrun.services.workflow_start import job_input, start_job_workflow
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 
@@ -91,7 +91,7 @@ async def submit_job(
     # finds it. If Temporal refuses, the job is withdrawn again: nothing half-written remains.
     # (If this process dies right here, the reaper starts the workflow of the queued row.)
     try:
-        await start_job_workflow(temporal, job_spec(row, settings))
+        await start_job_workflow(temporal, job_input(row, settings))
     except RPCError as exc:
         log.error("could not start the workflow of job %s: %s", job_id, exc)
         await conn.execute(Q.delete_job, job_id)

@@ -9,36 +9,32 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 
 from boxrun.constants import CONTROL_TASK_QUEUE
-from boxrun.messages import JobSpec
+from boxrun.messages import JobInput
 from boxrun.settings import Settings
 from boxrun.temporal import KEY_BOX_ID, KEY_JOB_STATE, KEY_OWNER
 
 WORKFLOW_TASK_TIMEOUT = timedelta(seconds=5)
 
 
-def job_spec(row: asyncpg.Record, settings: Settings) -> JobSpec:
-    frozen = row["spec"]
-    return JobSpec(
+def job_input(row: asyncpg.Record, settings: Settings) -> JobInput:
+    """The workflow's input: the job's name and settings, never its script, files or env."""
+    return JobInput(
         job_id=str(row["id"]),
+        spec_hash=row["spec_hash"],
         owner=row["owner"],
         box=row["box_name"],
         box_group=row["box_group"],
-        requires=list(row["requires"]),
-        script=frozen["script"],
-        files=frozen["files"],
-        env=frozen["env"],
         timeout_s=row["timeout_s"],
-        lock=row["lock"],
-        priority=row["priority"],
+        queue_timeout_s=row["queue_timeout_s"],
         cancel_grace_s=row["cancel_grace_s"],
         heartbeat_timeout_s=settings.activity_heartbeat_timeout_s,
+        claim_timeout_s=settings.dispatch_timeout_s,
         wait_poll_s=settings.wait_poll_interval_s,
-        dispatch_timeout_s=settings.dispatch_timeout_s,
         local_control=settings.local_control_activities,
     )
 
 
-async def start_job_workflow(temporal: Client, spec: JobSpec) -> None:
+async def start_job_workflow(temporal: Client, spec: JobInput) -> None:
     """Workflow id = job id; a second start of the same job is refused by Temporal."""
     await temporal.start_workflow(
         "JobWorkflow",

@@ -1,7 +1,8 @@
-"""/api/agent in-process: liveness, the claim rule and log ingest, as box agents call them."""
+"""/api/agent in-process: session, liveness, offers, the claim rule, logs and artifacts, as agents call them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -12,8 +13,10 @@ from fastapi import FastAPI
 
 from boxrun import logbatch, placement
 from boxrun.constants import JobState
-from boxrun.transitions import transition
+from boxrun.db import Q
+from boxrun.services import dispatch
 from tests.api.helpers import Box, assert_error
+from tests.conftest import wait_for
 
 BATCH = {"content-type": logbatch.MEDIA_TYPE}
 
@@ -21,15 +24,6 @@ BATCH = {"content-type": logbatch.MEDIA_TYPE}
 def batch(first_seq: int, *lines: str) -> bytes:
     data = "".join(f"{line}\n" for line in lines).encode()
     return logbatch.encode(first_seq, [(len(lines), "stdout", time.time())], data)
-
-
-async def placed_job(api: httpx.AsyncClient, db: asyncpg.Connection, box: str) -> str:
-    """A job submitted for `box` and granted a lease on it (state dispatching), as placement does."""
-    resp = await api.post("/api/jobs", json={"script": "echo hi", "box": box})
-    assert resp.status_code == 201, resp.text
-    job_id = str(resp.json()["id"])
-    assert (await placement.acquire(db, job_id)).box == box
-    return job_id
 
 
 async def test_heartbeat_reports_the_box_online(
@@ -57,46 +51,145 @@ async def test_a_box_coming_back_wakes_the_jobs_waiting_for_it(
     assert "wake" in names
 
 
-async def test_claim_of_a_job_dispatching_to_this_box(
+async def offered_job(
+    api: httpx.AsyncClient, db: asyncpg.Connection, box: str, *, claim_s: float = 60, env: dict | None = None
+) -> str:
+    """A placed job offered to `box` as run_job offers it (the task token here is not Temporal's:
+    relaying a heartbeat with it fails, which the claim tolerates)."""
+    resp = await api.post("/api/jobs", json={"script": "echo hi", "box": box, "env": env or {}})
+    assert resp.status_code == 201, resp.text
+    job_id = str(resp.json()["id"])
+    assert (await placement.acquire(db, job_id)).box == box
+    box_id = await db.fetchval("SELECT id FROM boxes WHERE name = $1", box)
+    await db.fetchrow(Q.offer_dispatch, job_id, box_id, b"not-a-task-token", claim_s)
+    return job_id
+
+
+async def session(box: Box) -> dict[str, str]:
+    resp = await box.agent.post("/api/agent/session", json={"agent_version": "t", "slots": 1})
+    assert resp.status_code == 201, resp.text
+    return {"X-Boxrun-Session": resp.json()["session"]}
+
+
+async def test_me_names_the_box_of_the_token(make_box: Callable[..., Awaitable[Box]]) -> None:
+    box = await make_box("bench-1")
+    resp = await box.agent.get("/api/agent/me")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["box"] == "bench-1" and resp.json()["capacity"] == 1
+
+
+async def test_one_live_agent_per_box(make_box: Callable[..., Awaitable[Box]]) -> None:
+    box = await make_box("bench-1", live=False)
+    first = await session(box)
+    await box.agent.post("/api/agent/heartbeat", json={"agent_version": "t"}, headers=first)
+    second = await box.agent.post("/api/agent/session", json={"agent_version": "t", "slots": 1})
+    assert_error(second, 409, "conflict", detail="box bench-1 already has a live agent")
+    # the same installation restarting names its previous session and takes over at once
+    again = await box.agent.post(
+        "/api/agent/session",
+        json={"agent_version": "t", "slots": 1, "previous_session": first["X-Boxrun-Session"]},
+    )
+    assert again.status_code == 201, again.text
+    stale = await box.agent.get("/api/agent/events", params={"wait": 0}, headers=first)
+    assert_error(stale, 409, "conflict", detail="another agent took over")
+    beat = await box.agent.post("/api/agent/heartbeat", json={"agent_version": "t"}, headers=first)
+    assert_error(beat, 409, "conflict")
+
+
+async def test_claim_returns_the_bundle_once_and_the_job_runs(
     api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
 ) -> None:
     box = await make_box("bench-1")
-    job = await placed_job(api, db, "bench-1")
-    resp = await box.agent.post(f"/api/agent/jobs/{job}/claim")
+    headers = await session(box)
+    job = await offered_job(api, db, "bench-1", env={"DB_PASSWORD": "s3cret"})
+    events = await box.agent.get("/api/agent/events", params={"wait": 5}, headers=headers)
+    assert events.json() == {"events": [{"kind": "offer", "job_id": job}]}, "a pending offer answers at once"
+    resp = await box.agent.post(f"/api/agent/jobs/{job}/claim", headers=headers)
     assert resp.status_code == 200, resp.text
-    assert resp.json() == {"job_id": job, "box": "bench-1"}
+    assert resp.json() == {
+        "job_id": job,
+        "bundle": {
+            "script": "echo hi",
+            "env": {"DB_PASSWORD": "s3cret"},
+            "files": [],
+            "timeout_s": 3600,
+            "cancel_grace_s": 10.0,
+        },
+    }
+    assert (await api.get(f"/api/jobs/{job}")).json()["state"] == "running"
+    again = await box.agent.post(f"/api/agent/jobs/{job}/claim", headers=headers)
+    assert_error(again, 409, "conflict", detail="already claimed")
+    bundle = await box.agent.get(f"/api/agent/jobs/{job}/bundle")
+    assert bundle.status_code == 200 and bundle.json()["env"] == {"DB_PASSWORD": "s3cret"}
+    assert (await box.agent.get("/api/agent/events", params={"wait": 0}, headers=headers)).json() == {"events": []}
 
 
-async def test_claim_refusals_404_403_409(
+async def test_another_boxs_job_does_not_exist_for_this_token(
     api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
 ) -> None:
     a = await make_box("bench-a")
-    await make_box("bench-b")
-    on_b = await placed_job(api, db, "bench-b")
+    b = await make_box("bench-b")
+    a_session = await session(a)
+    on_b = await offered_job(api, db, "bench-b")
+    for job_id in (str(uuid.uuid4()), "not-a-uuid", on_b):
+        assert_error(await a.agent.post(f"/api/agent/jobs/{job_id}/claim", headers=a_session), 404, "not_found")
+    assert (await b.agent.post(f"/api/agent/jobs/{on_b}/claim", headers=await session(b))).status_code == 200
+    # claimed by B: for A's token it still does not exist, whatever A asks
+    assert_error(await a.agent.get(f"/api/agent/jobs/{on_b}/bundle"), 404, "not_found")
+    assert_error(await a.agent.post(f"/api/agent/jobs/{on_b}/progress", json={"log_seq": 0}), 404, "not_found")
+    assert_error(
+        await a.agent.post(f"/api/agent/jobs/{on_b}/logs", content=batch(1, "forged"), headers=BATCH), 404, "not_found"
+    )
+    assert_error(await a.agent.post(f"/api/agent/jobs/{on_b}/artifacts", json={"entries": []}), 404, "not_found")
+    assert_error(await a.agent.post(f"/api/agent/jobs/{on_b}/result", json={"exit_code": 0}), 404, "not_found")
+    assert (await a.agent.get("/api/agent/events", params={"wait": 0}, headers=a_session)).json() == {"events": []}
 
-    for job_id in (str(uuid.uuid4()), "not-a-uuid"):
-        assert_error(await a.agent.post(f"/api/agent/jobs/{job_id}/claim"), 404, "not_found", detail="not found")
 
-    forbidden = await a.agent.post(f"/api/agent/jobs/{on_b}/claim")
-    assert_error(forbidden, 403, "forbidden", detail=f"job {on_b} is not placed on box bench-a")
+async def test_claim_after_the_deadline_or_a_cancel_is_409(
+    api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    box = await make_box("bench-1")
+    headers = await session(box)
+    late = await offered_job(api, db, "bench-1", claim_s=0)
+    assert_error(
+        await box.agent.post(f"/api/agent/jobs/{late}/claim", headers=headers), 409, "conflict", detail="deadline"
+    )
+    await placement.finish(db, late, JobState.FAILED, error="x")
+    cancelled = await offered_job(api, db, "bench-1")
+    await dispatch.request_cancel(db, cancelled)
+    refused = await box.agent.post(f"/api/agent/jobs/{cancelled}/claim", headers=headers)
+    assert_error(refused, 409, "conflict", detail="cancelled")
 
-    on_a = await placed_job(api, db, "bench-a")
-    async with db.transaction():
-        await transition(db, on_a, JobState.CANCELLED, error="cancelled")
-    await placement.release(db, on_a)
-    late = await a.agent.post(f"/api/agent/jobs/{on_a}/claim")
-    assert_error(late, 409, "conflict", detail="is cancelled")
 
-    queued = (await api.post("/api/jobs", json={"script": "x", "box": "bench-a"})).json()["id"]
-    not_yet = await a.agent.post(f"/api/agent/jobs/{queued}/claim")
-    assert_error(not_yet, 409, "conflict", detail=f"job {queued} is queued and not leased to bench-a")
+async def test_events_long_poll_wakes_on_notify(
+    app: FastAPI, api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    box = await make_box("bench-1")
+    headers = await session(box)
+    started = time.monotonic()
+    empty = await box.agent.get("/api/agent/events", params={"wait": 0.3}, headers=headers)
+    assert empty.json() == {"events": []} and time.monotonic() - started >= 0.3
+    poll = asyncio.create_task(box.agent.get("/api/agent/events", params={"wait": 20}, headers=headers))
+    await wait_for(lambda: app.state.dispatch_hub.waiting_boxes == 1, what="the long-poll to wait")
+    job = await offered_job(api, db, "bench-1")
+    await dispatch.notify(db, await db.fetchval("SELECT id FROM boxes WHERE name = 'bench-1'"), job, "offer")
+    got = await asyncio.wait_for(poll, 5)
+    assert got.json() == {"events": [{"kind": "offer", "job_id": job}]}
+    assert time.monotonic() - started < 10
+
+
+async def claimed_job(api: httpx.AsyncClient, db: asyncpg.Connection, box: Box) -> str:
+    job = await offered_job(api, db, box.name)
+    resp = await box.agent.post(f"/api/agent/jobs/{job}/claim", headers=await session(box))
+    assert resp.status_code == 200, resp.text
+    return job
 
 
 async def test_log_ingest_stores_lines_idempotently_and_they_read_back(
     api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
 ) -> None:
     box = await make_box("bench-1")
-    job = await placed_job(api, db, "bench-1")
+    job = await claimed_job(api, db, box)
     url = f"/api/agent/jobs/{job}/logs"
     first = await box.agent.post(url, content=batch(1, "one", "two"), headers=BATCH)
     assert first.status_code == 200, first.text
@@ -114,21 +207,18 @@ async def test_log_ingest_stores_lines_idempotently_and_they_read_back(
     ]
 
 
-async def test_log_ingest_refusals_403_404_409_413_422(
+async def test_log_ingest_refusals_404_409_413_422(
     api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
 ) -> None:
     a = await make_box("bench-a")
-    await make_box("bench-b")
-    on_a = await placed_job(api, db, "bench-a")
-    on_b = await placed_job(api, db, "bench-b")
+    b = await make_box("bench-b")
+    on_a = await claimed_job(api, db, a)
+    on_b = await claimed_job(api, db, b)
     good = batch(1, "x")
 
-    for job_id in (str(uuid.uuid4()), "nope"):
+    for job_id in (str(uuid.uuid4()), "nope", on_b):
         resp = await a.agent.post(f"/api/agent/jobs/{job_id}/logs", content=good, headers=BATCH)
         assert_error(resp, 404, "not_found", detail="not found")
-
-    other = await a.agent.post(f"/api/agent/jobs/{on_b}/logs", content=good, headers=BATCH)
-    assert_error(other, 403, "forbidden", detail=f"job {on_b} is not placed on box bench-a")
 
     url = f"/api/agent/jobs/{on_a}/logs"
     gap = await a.agent.post(url, content=batch(5, "five"), headers=BATCH)
@@ -139,6 +229,7 @@ async def test_log_ingest_refusals_403_404_409_413_422(
         (b'{"first_seq": 0, "runs": []}\n', "invalid header"),
         (logbatch.encode(1, [(2, "stdout", 1.0)], b"one\n"), "the runs count 2 lines"),
         (logbatch.encode(1, [(1, "stdout", 1.0)], b"\xff\n"), "not valid UTF-8"),
+        (logbatch.encode(1, [(1, "system", 1.0)], b"boxrun: forged\n"), "system stream"),
     ):
         bad = await a.agent.post(url, content=body, headers=BATCH)
         assert_error(bad, 422, "invalid_input", detail=why, field="body")
@@ -153,3 +244,58 @@ async def test_log_ingest_refusals_403_404_409_413_422(
     streamed = await a.agent.post(url, content=chunks(), headers=BATCH)
     assert_error(streamed, 413, "too_large")
     assert (await api.get(f"/api/jobs/{on_a}")).json()["log_lines"] == 0, "nothing stored"
+
+
+async def test_after_the_end_only_a_contiguous_tail_within_the_grace_is_taken(
+    app: FastAPI, api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    box = await make_box("bench-1")
+    job = await claimed_job(api, db, box)
+    url = f"/api/agent/jobs/{job}/logs"
+    assert (await box.agent.post(url, content=batch(1, "one"), headers=BATCH)).status_code == 200
+    await placement.finish(db, job, JobState.FAILED, error="box heartbeat lost")
+    tail = await box.agent.post(url, content=batch(2, "why it failed"), headers=BATCH)
+    assert tail.status_code == 200 and tail.json() == {"stored_through": 2}, "the buffered tail explains the failure"
+    gap = await box.agent.post(url, content=batch(5, "not contiguous"), headers=BATCH)
+    assert_error(gap, 409, "conflict", detail="send from seq 3")
+    app.state.settings = app.state.settings.model_copy(update={"log_tail_grace_s": 0})
+    late = await box.agent.post(url, content=batch(3, "too late"), headers=BATCH)
+    assert_error(late, 409, "conflict", detail="its log is closed")
+    assert (await api.get(f"/api/jobs/{job}")).json()["log_lines"] == 2
+
+
+async def test_manifest_refuses_names_the_store_cannot_take_and_presigns_the_rest(
+    api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    box = await make_box("bench-1")
+    job = await claimed_job(api, db, box)
+    sha = "ab" * 32
+    names = ["good/result.json", "bad\r\nname", "x" * 1025, "../escape", "é" * 600]
+    resp = await box.agent.post(
+        f"/api/agent/jobs/{job}/artifacts",
+        json={"entries": [{"path": n, "size": 2, "sha256": sha} for n in names], "done": True},
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert [t["path"] for t in body["targets"]] == ["good/result.json"]
+    assert body["targets"][0]["headers"]["Content-Length"] == "2"
+    assert {r["path"]: r["reason"] for r in body["refused"]} == {
+        "bad\r\nname": "control characters",
+        "x" * 1025: "over 1024 bytes",
+        "../escape": "path '../escape' must stay inside the workspace (no '..')",
+        "é" * 600: "over 1024 bytes",
+    }
+    assert (await api.get(f"/api/jobs/{job}")).json()["state"] == "uploading_artifacts"
+    rows = await db.fetch("SELECT path, status FROM artifact_manifest WHERE job_id = $1 ORDER BY path", job)
+    assert sorted(r["status"] for r in rows) == ["pending", "refused", "refused", "refused", "refused"]
+
+
+async def test_manifest_past_the_cap_is_413_with_the_reason(
+    app: FastAPI, api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    box = await make_box("bench-1")
+    job = await claimed_job(api, db, box)
+    app.state.settings = app.state.settings.model_copy(update={"max_artifacts_per_job": 2})
+    entries = [{"path": f"f{i}", "size": 1, "sha256": "ab" * 32} for i in range(3)]
+    resp = await box.agent.post(f"/api/agent/jobs/{job}/artifacts", json={"entries": entries})
+    assert_error(resp, 413, "too_large", detail="too many artifacts: a job may keep at most 2")

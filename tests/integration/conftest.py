@@ -66,6 +66,16 @@ class DevStackProcess:
         return code
 
 
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A fresh directory that jobs can write in too: as root the agents run each job as their
+    box's slot user (boxrun/agent/jobusers.py), who cannot enter pytest's 0700 base temp dir."""
+    root = Path(tempfile.mkdtemp(prefix="boxrun-test-jobs-"))
+    root.chmod(0o1777)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStackProcess]:
     # outside pytest's base temp dir, which a second pytest session would reset to mode 0700 (see pg_port)

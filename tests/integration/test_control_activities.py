@@ -1,16 +1,21 @@
 """Control activities on real PostgreSQL and the S3 API over HTTP (SeaweedFS)."""
 
+import asyncio
 import hashlib
 
 import httpx
 import pytest
+from temporalio.activity import _CompleteAsyncError as CompleteAsyncError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from boxrun.activities.control import ControlActivities
+from boxrun.activities.dispatch import DispatchActivities
 from boxrun.constants import JobState, artifact_key
 from boxrun.db import Q, create_pool
-from boxrun.messages import AcquireInput, ArtifactEntry, FinishInput, PresignInput, TransitionInput, VerifyInput
+from boxrun.messages import AcquireInput, ArtifactEntry, FinishInput, RunJobInput, TransitionInput, VerifyInput
 from boxrun.storage import Storage
+from tests.conftest import wait_for
 from tests.integration.helpers import add_box, add_job, state_of
 
 
@@ -27,25 +32,37 @@ def entry(path: str, data: bytes) -> ArtifactEntry:
     return ArtifactEntry(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
+async def add_manifest(conn, job: str, entries: list[ArtifactEntry], status: str = "pending", reason=None) -> None:
+    n = len(entries)
+    await conn.execute(
+        Q.insert_manifest,
+        job,
+        [e.path for e in entries],
+        [e.size for e in entries],
+        [e.sha256 for e in entries],
+        [status] * n,
+        [reason] * n,
+    )
+
+
 async def test_artifacts_recorded_only_after_verification(control, conn):
     await add_box(conn, "b1")
     job = await add_job(conn, box="b1")
     good, bad = b"exact bytes\n" * 100, b"what the box hashed"
     manifest = [entry("good.txt", good), entry("dir/bad.bin", bad)]
-    env = ActivityEnvironment()
-    presigned = await env.run(control.presign_uploads, PresignInput(job_id=job, artifacts=manifest))
-    assert [t.key for t in presigned.targets] == [artifact_key(job, "good.txt"), artifact_key(job, "dir/bad.bin")]
+    await add_manifest(conn, job, manifest)
+    await add_manifest(conn, job, [entry("bad\\nname", b"x")], "refused", "control characters")
+    targets = [control.storage.presign_put(artifact_key(job, e.path), e.size, e.sha256) for e in manifest]
     async with httpx.AsyncClient() as http:
-        assert (await http.put(presigned.targets[0].url, content=good, headers=presigned.targets[0].headers)).is_success
+        assert (await http.put(targets[0][0], content=good, headers=targets[0][1])).is_success
         # the second upload is corrupted in transit: the store refuses bytes that do not match the signed checksum
-        corrupted = await http.put(
-            presigned.targets[1].url, content=b"X" * len(bad), headers=presigned.targets[1].headers
-        )
+        corrupted = await http.put(targets[1][0], content=b"X" * len(bad), headers=targets[1][1])
         assert corrupted.status_code == 400 and "<Code>BadDigest</Code>" in corrupted.text
-    result = await env.run(control.verify_artifacts, VerifyInput(job_id=job, artifacts=manifest))
-    assert result.recorded == 1
+    result = await ActivityEnvironment().run(control.verify_artifacts, VerifyInput(job_id=job))
+    assert result.recorded == 1 and result.failed_total == 2
     assert len(result.mismatched) == 1 and result.mismatched[0].startswith("dir/bad.bin")
     assert "object missing" in result.mismatched[0]
+    assert result.refused == ["bad\\nname (control characters)"]
     rows = await conn.fetch(Q.list_artifacts, job)
     assert [(r["path"], r["size"], r["sha256"]) for r in rows] == [("good.txt", len(good), manifest[0].sha256)]
 
@@ -53,10 +70,41 @@ async def test_artifacts_recorded_only_after_verification(control, conn):
 async def test_missing_object_is_not_recorded(control, conn):
     await add_box(conn, "b1")
     job = await add_job(conn, box="b1")
-    result = await ActivityEnvironment().run(
-        control.verify_artifacts, VerifyInput(job_id=job, artifacts=[entry("never-uploaded", b"x")])
-    )
+    await add_manifest(conn, job, [entry("never-uploaded", b"x")])
+    result = await ActivityEnvironment().run(control.verify_artifacts, VerifyInput(job_id=job))
     assert result.recorded == 0 and "object missing" in result.mismatched[0]
+
+
+async def test_run_job_fails_past_its_claim_deadline_and_a_late_claim_gets_nothing(settings, conn):
+    box_id = await add_box(conn, "b1")
+    job = await add_job(conn, box="b1")
+    pool = await create_pool(settings.database_url, max_size=2)
+    try:
+        dispatch = DispatchActivities(pool, claim_timeout_s=0.5)
+        with pytest.raises(ApplicationError, match=r"the box did not claim the job within 0.5 s \(agent gone\?\)"):
+            await ActivityEnvironment().run(dispatch.run_job, RunJobInput(job_id=job, box="b1"))
+        assert await conn.fetchval(Q.claim_dispatch, job, box_id) is None, "an expired offer cannot be claimed"
+    finally:
+        await pool.close()
+
+
+async def test_run_job_hands_over_to_the_api_once_claimed(settings, conn):
+    box_id = await add_box(conn, "b1")
+    job = await add_job(conn, box="b1")
+    pool = await create_pool(settings.database_url, max_size=2)
+    try:
+        dispatch = DispatchActivities(pool, claim_timeout_s=30)
+        heartbeats: list = []
+        env = ActivityEnvironment()
+        env.on_heartbeat = lambda *d: heartbeats.append(d)
+        running = asyncio.create_task(env.run(dispatch.run_job, RunJobInput(job_id=job, box="b1")))
+        await wait_for(lambda: conn.fetchval("SELECT count(*) FROM dispatches WHERE job_id = $1", job), what="offer")
+        assert await conn.fetchval(Q.claim_dispatch, job, box_id) is not None
+        with pytest.raises(CompleteAsyncError):
+            await asyncio.wait_for(running, 10)
+        assert heartbeats, "run_job heartbeats while it waits for the claim"
+    finally:
+        await pool.close()
 
 
 async def test_finish_releases_the_lease_and_keeps_terminal_states(control, conn):

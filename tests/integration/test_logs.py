@@ -193,7 +193,8 @@ async def test_log_ingest_refuses_bad_batches_with_a_reason(api):
         (logbatch.encode(1, [(1, "stdout", 1.0)], b"\xff\n"), 422, "not valid UTF-8"),
         (logbatch.encode(1, [(1, "pty", 1.0)], b"x\n"), 422, "runs.0.1"),
         (good + b"x" * (16 << 20), 413, "at most"),
-        (good, 403, "not placed on box ingest-probe"),
+        (logbatch.encode(1, [(1, "system", 1.0)], b"boxrun: forged\n"), 422, "written by the control plane only"),
+        (good, 404, "not found"),  # another box's job does not exist for this token
     ]
     for body, code, reason in cases:
         resp = await api.post(url, content=body, headers=probe)

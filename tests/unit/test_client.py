@@ -285,15 +285,15 @@ async def test_mock_agent_log_batch_permanent_refusal_and_retriable_errors() -> 
             assert not isinstance(caught.value, LogBatchRefused)
 
 
-async def test_mock_agent_claim_refusals_are_reasons_other_errors_raise() -> None:
-    for status in (403, 404, 409):
+async def test_mock_agent_claim_answers_the_bundle_refusals_raise() -> None:
+    bundle = {"script": "print(1)", "env": {"A": "1"}, "files": [], "timeout_s": 60, "cancel_grace_s": 10}
+    async with agent_answering(200, {"job_id": JOB, "bundle": bundle}) as agent:
+        got = await agent.claim(JOB)
+        assert (got.script, got.env, got.timeout_s) == ("print(1)", {"A": "1"}, 60)
+    for status, cls in ((404, NotFound), (409, Conflict), (401, Unauthorized)):
         async with agent_answering(status, {"detail": f"refused {status}"}) as agent:
-            assert await agent.claim(JOB) == f"refused {status}"
-    async with agent_answering(200, {"job_id": JOB, "box": "local-1"}) as agent:
-        assert await agent.claim(JOB) is None
-    async with agent_answering(401, {"detail": "unknown token"}) as agent:
-        with pytest.raises(Unauthorized):
-            await agent.claim(JOB)
+            with pytest.raises(cls):
+                await agent.claim(JOB)
 
 
 def test_the_client_needs_no_server_dependency() -> None:

@@ -12,26 +12,21 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
-from boxrun.constants import JobState, box_task_queue
+from boxrun.constants import JobState
 from boxrun.messages import (
     AcquireInput,
     AcquireResult,
     ArchiveInput,
     ArchiveResult,
-    ArtifactEntry,
+    CancelInput,
     FinishInput,
+    JobInput,
     JobOutcome,
-    JobSpec,
-    PresignInput,
-    PresignResult,
     ReleaseResult,
     RunJobInput,
     RunJobResult,
     TransitionInput,
     TransitionResult,
-    UploadInput,
-    UploadResult,
-    UploadTarget,
     VerifyInput,
     VerifyResult,
 )
@@ -46,8 +41,10 @@ class MockControlPlane:
 
     acquire_answers: list[AcquireResult]
     run_result: RunJobResult | None = None
-    run_mode: str = "return"  # return | hang | heartbeat_until_cancelled
+    run_mode: str = "return"  # return | hang | heartbeat_until_cancelled | fail
+    run_error: ApplicationError | None = None
     mismatched: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
     calls: list[tuple[str, object]] = field(default_factory=list)
 
     def names(self) -> list[str]:
@@ -74,17 +71,16 @@ class MockControlPlane:
             self.calls.append(("finish", inp))
             return ReleaseResult(released=True, state=inp.to_state)
 
-        @activity.defn(name="presign_uploads")
-        async def mock_presign_uploads(inp: PresignInput) -> PresignResult:
-            self.calls.append(("presign", inp))
-            return PresignResult(
-                targets=[UploadTarget(path=a.path, key=a.path, url="http://s3/x", headers={}) for a in inp.artifacts]
-            )
-
         @activity.defn(name="verify_artifacts")
         async def mock_verify_artifacts(inp: VerifyInput) -> VerifyResult:
             self.calls.append(("verify", inp))
-            return VerifyResult(recorded=len(inp.artifacts) - len(self.mismatched), mismatched=self.mismatched)
+            failed = len(self.mismatched) + len(self.refused)
+            return VerifyResult(recorded=1, mismatched=self.mismatched, refused=self.refused, failed_total=failed)
+
+        @activity.defn(name="request_cancel")
+        async def mock_request_cancel(inp: CancelInput) -> bool:
+            self.calls.append(("request_cancel", inp))
+            return True
 
         @activity.defn(name="archive_logs")
         async def mock_archive_logs(inp: ArchiveInput) -> ArchiveResult:
@@ -95,12 +91,15 @@ class MockControlPlane:
             mock_acquire_box,
             mock_record_transition,
             mock_finish_job,
-            mock_presign_uploads,
             mock_verify_artifacts,
             mock_archive_logs,
+            mock_request_cancel,
+            self.run_job(),
         ]
 
-    def box(self) -> list:
+    def run_job(self):
+        """DispatchActivities.run_job: offered, claimed, then completed by the API for the box."""
+
         @activity.defn(name="run_job")
         async def mock_run_job(inp: RunJobInput) -> RunJobResult:
             self.calls.append(("run_job", inp))
@@ -110,26 +109,21 @@ class MockControlPlane:
                 while True:
                     activity.heartbeat()
                     await asyncio.sleep(0.1)
+            if self.run_mode == "fail":
+                assert self.run_error is not None
+                raise self.run_error
+            assert self.run_result is not None
             return self.run_result
 
-        @activity.defn(name="upload_artifacts")
-        async def mock_upload_artifacts(inp: UploadInput) -> UploadResult:
-            self.calls.append(("upload", inp))
-            return UploadResult(uploaded=len(inp.targets))
-
-        return [mock_run_job, mock_upload_artifacts]
+        return mock_run_job
 
 
-def job_spec(box: str, **kw) -> JobSpec:
-    return JobSpec(job_id=str(uuid.uuid4()), owner="t", box=box, box_group=None, script="print(1)", timeout_s=60, **kw)
+def job_spec(box: str, **kw) -> JobInput:
+    return JobInput(job_id=str(uuid.uuid4()), spec_hash="h", owner="t", box=box, box_group=None, timeout_s=60, **kw)
 
 
-async def run_workflow(client, task_queue: str, mock: MockControlPlane, spec: JobSpec, *, during=None):
-    box_queue = box_task_queue(spec.box)
-    async with (
-        Worker(client, task_queue=task_queue, workflows=[JobWorkflow], activities=mock.control()),
-        Worker(client, task_queue=box_queue, activities=mock.box()),
-    ):
+async def run_workflow(client, task_queue: str, mock: MockControlPlane, spec: JobInput, *, during=None):
+    async with Worker(client, task_queue=task_queue, workflows=[JobWorkflow], activities=mock.control()):
         handle = await client.start_workflow(JobWorkflow.run, spec, id=spec.job_id, task_queue=task_queue)
         if during is not None:
             await during(handle)
@@ -140,29 +134,20 @@ async def run_workflow(client, task_queue: str, mock: MockControlPlane, spec: Jo
 @pytest.mark.parametrize("local_control", [False, True], ids=["activities", "local-activities"])
 async def test_completed_with_artifacts(temporal_client, task_queue, local_control):
     box = f"b-{uuid.uuid4().hex[:6]}"
-    art = ArtifactEntry(path="r.json", size=2, sha256="ab" * 32)
-    mock = MockControlPlane([AcquireResult(box=box)], RunJobResult(exit_code=0, pid=42, artifacts=[art]))
+    mock = MockControlPlane([AcquireResult(box=box)], RunJobResult(exit_code=0, pid=42, artifacts=1, artifact_bytes=2))
     spec = job_spec(box, local_control=local_control)
     handle, result = await run_workflow(temporal_client, task_queue, mock, spec)
     assert result == JobOutcome(job_id=handle.id, state=JobState.COMPLETED, exit_code=0)
-    assert mock.names() == [
-        "acquire",
-        "run_job",
-        "running",
-        "uploading_artifacts",
-        "presign",
-        "upload",
-        "verify",
-        "finish",
-        "archive",
-    ]
+    # running and uploading_artifacts are recorded by the API (claim, first manifest page)
+    assert mock.names() == ["acquire", "run_job", "verify", "finish", "archive"]
+    assert mock.calls[1][1] == RunJobInput(job_id=spec.job_id, box=box)
     assert mock.finished().to_state == JobState.COMPLETED
     desc = await handle.describe()
     assert desc.typed_search_attributes.get(KEY_JOB_STATE) == "completed"
     history = [e.WhichOneof("attributes") for e in (await handle.fetch_history()).events]
     markers = history.count("marker_recorded_event_attributes")  # local activity results
     scheduled = history.count("activity_task_scheduled_event_attributes")
-    assert (markers, scheduled) == ((4, 5) if local_control else (0, 9))
+    assert (markers, scheduled) == ((2, 3) if local_control else (0, 5))
 
 
 async def test_non_zero_exit_fails_with_exit_code(temporal_client, task_queue):
@@ -170,7 +155,7 @@ async def test_non_zero_exit_fails_with_exit_code(temporal_client, task_queue):
     mock = MockControlPlane([AcquireResult(box=box)], RunJobResult(exit_code=3, pid=7))
     _, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
     assert (result.state, result.exit_code, result.error) == (JobState.FAILED, 3, "exit code 3")
-    assert "presign" not in mock.names()
+    assert "verify" not in mock.names()
 
 
 async def test_waiting_job_is_woken_by_signal_not_by_polling(temporal_client, task_queue):
@@ -213,10 +198,9 @@ async def test_lost_heartbeat_fails_the_job_and_frees_the_box(temporal_client, t
 
 async def test_artifact_mismatch_fails_the_job(temporal_client, task_queue):
     box = f"b-{uuid.uuid4().hex[:6]}"
-    art = ArtifactEntry(path="a.bin", size=1, sha256="00" * 32)
     mock = MockControlPlane(
         [AcquireResult(box=box)],
-        RunJobResult(exit_code=0, pid=3, artifacts=[art]),
+        RunJobResult(exit_code=0, pid=3, artifacts=1, artifact_bytes=1),
         mismatched=["a.bin (read-back sha256 differs)"],
     )
     _, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
@@ -234,15 +218,61 @@ async def test_cancel_while_running_ends_cancelled_and_releases(temporal_client,
     with pytest.raises(WorkflowFailureError):
         await run_workflow(temporal_client, task_queue, mock, job_spec(box), during=cancel_when_running)
     assert mock.finished().to_state == JobState.CANCELLED
+    assert "request_cancel" in mock.names(), "the cancel is pushed to the box, not left to its next heartbeat"
+
+
+async def test_box_confirmed_cancel_as_failure_ends_cancelled(temporal_client, task_queue):
+    """The API answers a box's cancelled report with JobCancelled when Temporal's own cancel had
+    not landed yet: the job ends cancelled all the same."""
+    box = f"b-{uuid.uuid4().hex[:6]}"
+    mock = MockControlPlane(
+        [AcquireResult(box=box)],
+        run_mode="fail",
+        run_error=ApplicationError("cancelled", type="JobCancelled", non_retryable=True),
+    )
+    _, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
+    assert (result.state, result.error) == (JobState.CANCELLED, "cancelled")
+
+
+async def test_claim_deadline_fails_the_job_with_its_reason(temporal_client, task_queue):
+    box = f"b-{uuid.uuid4().hex[:6]}"
+    why = "the box did not claim the job within 60 s (agent gone?)"
+    mock = MockControlPlane(
+        [AcquireResult(box=box)], run_mode="fail", run_error=ApplicationError(why, non_retryable=True)
+    )
+    _, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
+    assert (result.state, result.error) == (JobState.FAILED, why)
+    assert mock.names().count("run_job") == 1
+
+
+async def test_no_box_within_queue_timeout_is_unschedulable(temporal_client, task_queue):
+    mock = MockControlPlane([AcquireResult(wait_reason="box b is offline")])
+    spec = job_spec("b", queue_timeout_s=1, wait_poll_s=0.2)
+    _, result = await asyncio.wait_for(run_workflow(temporal_client, task_queue, mock, spec), 30)
+    assert (result.state, result.error) == (JobState.UNSCHEDULABLE, "no box within queue_timeout_s (1 s)")
+    assert "run_job" not in mock.names() and mock.names()[-1] == "unschedulable"
+
+
+async def test_refused_artifact_names_are_listed_in_the_error(temporal_client, task_queue):
+    box = f"b-{uuid.uuid4().hex[:6]}"
+    mock = MockControlPlane(
+        [AcquireResult(box=box)],
+        RunJobResult(exit_code=0, pid=3, artifacts=1, refused=1),
+        refused=["bad\\nname (control characters)"],
+    )
+    _, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
+    assert result.state == JobState.FAILED
+    assert result.error == "artifacts refused: bad\\nname (control characters)"
 
 
 async def test_a_bug_fails_the_workflow_and_the_job_and_frees_the_box(temporal_client, task_queue):
     """A plain exception in workflow code must fail the workflow, not its task (which Temporal
     would retry forever with the box leased). The bug here: an artifact size so large that the
-    upload timeout overflows timedelta (OverflowError), which the workflow does not expect."""
+    verify timeout overflows timedelta (OverflowError), which the workflow does not expect."""
     box = f"b-{uuid.uuid4().hex[:6]}"
-    art = ArtifactEntry(path="huge.bin", size=10**30, sha256="ab" * 32)
-    mock = MockControlPlane([AcquireResult(box=box)], RunJobResult(exit_code=0, pid=5, artifacts=[art]))
+    mock = MockControlPlane(
+        [AcquireResult(box=box)], RunJobResult(exit_code=0, pid=5, artifacts=1, artifact_bytes=10**30)
+    )
     with pytest.raises(WorkflowFailureError) as failed:
         await asyncio.wait_for(run_workflow(temporal_client, task_queue, mock, job_spec(box)), 30)
     cause = failed.value.cause
@@ -255,12 +285,13 @@ async def test_a_bug_fails_the_workflow_and_the_job_and_frees_the_box(temporal_c
 
 
 async def test_verify_and_archive_bounds_grow_with_the_work(temporal_client, task_queue):
-    """verify_artifacts gets 60 s + 10 MB/s of the artifacts' bytes, archive_logs 60 s + 1 ms a
-    line, each with a heartbeat timeout and a bounded number of attempts (not one 30 s bound)."""
+    """verify_artifacts gets 60 s + 10 MB/s of the artifacts' bytes + 50 ms an artifact,
+    archive_logs 60 s + 1 ms a line, each with a heartbeat timeout and a bounded number of
+    attempts (not one 30 s bound); run_job gets claim + timeout + 30 s and one attempt."""
     box = f"b-{uuid.uuid4().hex[:6]}"
-    art = ArtifactEntry(path="big.bin", size=10 * 10**9, sha256="ab" * 32)  # 10 GB
     mock = MockControlPlane(
-        [AcquireResult(box=box)], RunJobResult(exit_code=0, pid=5, log_lines=600_000, artifacts=[art])
+        [AcquireResult(box=box)],
+        RunJobResult(exit_code=0, pid=5, log_lines=600_000, artifacts=10_000, artifact_bytes=10 * 10**9),
     )
     handle, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
     assert result.state == JobState.COMPLETED
@@ -270,8 +301,11 @@ async def test_verify_and_archive_bounds_grow_with_the_work(temporal_client, tas
         if e.HasField("activity_task_scheduled_event_attributes")
     }
     verify, archive = scheduled["verify_artifacts"], scheduled["archive_logs"]
-    assert verify.start_to_close_timeout.ToSeconds() == 60 + 1_000
+    assert verify.start_to_close_timeout.ToSeconds() == 60 + 1_000 + 500
     assert verify.heartbeat_timeout.ToSeconds() == 30 and verify.retry_policy.maximum_attempts == 3
     assert archive.start_to_close_timeout.ToSeconds() == 60 + 600
     assert archive.heartbeat_timeout.ToSeconds() == 60 and archive.retry_policy.maximum_attempts == 5
     assert scheduled["acquire_box"].start_to_close_timeout.ToSeconds() == 10
+    run = scheduled["run_job"]
+    assert run.start_to_close_timeout.ToSeconds() == 60 + 60 + 30 and run.retry_policy.maximum_attempts == 1
+    assert run.task_queue.name == scheduled["acquire_box"].task_queue.name, "run_job runs on the control worker"

@@ -19,7 +19,7 @@ from boxrun.agent.logpump import LogPump
 from boxrun.agent.process import JobProcess, child_env
 from boxrun.agent.workspace import Workspace
 from tests.conftest import pid_alive, wait_for
-from tests.unit.test_box_activities import MemorySinkFake
+from tests.unit.fakes import MemorySinkFake
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only (prctl, /proc)")
 

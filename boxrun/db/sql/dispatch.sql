@@ -1,0 +1,117 @@
+-- The run_job activity offers the job to its box (idempotent: a retried offer keeps the row).
+-- $1 job, $2 box id, $3 task token, $4 seconds to claim.
+-- name: offer_dispatch
+INSERT INTO dispatches (job_id, org_id, box_id, task_token, claim_deadline)
+SELECT j.id, j.org_id, $2, $3, clock_timestamp() + make_interval(secs => $4) FROM jobs j WHERE j.id = $1
+ON CONFLICT (job_id) DO UPDATE SET task_token = EXCLUDED.task_token
+RETURNING claimed_at, expired_at, claim_deadline;
+
+-- name: dispatch_state
+SELECT claimed_at, expired_at, claim_deadline, claim_deadline <= clock_timestamp() AS overdue
+FROM dispatches WHERE job_id = $1;
+
+-- Not claimed in time (or cancelled before the claim): closes the offer; a claim racing it
+-- waits on the row lock and then matches nothing. Returns a row only if this call expired it.
+-- name: expire_dispatch
+UPDATE dispatches SET expired_at = clock_timestamp()
+WHERE job_id = $1 AND claimed_at IS NULL AND expired_at IS NULL
+RETURNING job_id;
+
+-- The box claims the job: only an open offer to this very box.
+-- name: claim_dispatch
+UPDATE dispatches SET claimed_at = clock_timestamp(), last_heartbeat_at = clock_timestamp()
+WHERE job_id = $1 AND box_id = $2 AND claimed_at IS NULL AND expired_at IS NULL
+  AND cancel_requested_at IS NULL AND claim_deadline > clock_timestamp()
+RETURNING task_token;
+
+-- The job's dispatch as its box sees it; NULL unless dispatched to box $2.
+-- name: box_dispatch
+SELECT d.*, j.state, j.spec, j.timeout_s, j.cancel_grace_s, j.finished_at
+FROM dispatches d JOIN jobs j ON j.id = d.job_id
+WHERE d.job_id = $1 AND d.box_id = $2;
+
+-- Events pending for box $1: open offers, and cancels of jobs it claimed and has not finished.
+-- name: box_events
+SELECT 'offer' AS kind, job_id FROM dispatches
+WHERE box_id = $1 AND claimed_at IS NULL AND expired_at IS NULL AND cancel_requested_at IS NULL
+  AND claim_deadline > clock_timestamp()
+UNION ALL
+SELECT 'cancel' AS kind, job_id FROM dispatches
+WHERE box_id = $1 AND claimed_at IS NOT NULL AND result_at IS NULL AND cancel_requested_at IS NOT NULL;
+
+-- name: request_dispatch_cancel
+UPDATE dispatches SET cancel_requested_at = COALESCE(cancel_requested_at, clock_timestamp())
+WHERE job_id = $1 AND result_at IS NULL
+RETURNING box_id, claimed_at IS NOT NULL AS claimed;
+
+-- A progress report; returns the task token when a heartbeat is due to Temporal ($3 s since the last).
+-- One clock reading for the whole statement (clock_timestamp() changes between calls).
+-- name: dispatch_progress
+WITH now AS (SELECT clock_timestamp() AS t)
+UPDATE dispatches d SET last_heartbeat_at = now.t,
+    relayed_at = CASE WHEN d.relayed_at IS NULL OR d.relayed_at < now.t - make_interval(secs => $3)
+                      THEN now.t ELSE d.relayed_at END
+FROM now
+WHERE d.job_id = $1 AND d.box_id = $2 AND d.claimed_at IS NOT NULL AND d.result_at IS NULL
+RETURNING d.task_token, d.relayed_at = now.t AS relay, d.cancel_requested_at IS NOT NULL AS cancel;
+
+-- name: dispatch_result
+UPDATE dispatches SET result_at = clock_timestamp()
+WHERE job_id = $1 AND box_id = $2 AND claimed_at IS NOT NULL AND result_at IS NULL
+RETURNING task_token;
+
+-- name: manifest_count
+SELECT count(*) FROM artifact_manifest WHERE job_id = $1;
+
+-- name: insert_manifest
+INSERT INTO artifact_manifest (job_id, path, size, sha256, status, reason)
+SELECT $1, e.path, e.size, e.sha256, e.status, e.reason
+FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[]) AS e(path, size, sha256, status, reason)
+ON CONFLICT (job_id, path) DO NOTHING;
+
+-- name: manifest_totals
+SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'refused') AS refused,
+       COALESCE(sum(size) FILTER (WHERE status = 'pending'), 0)::bigint AS pending_bytes
+FROM artifact_manifest WHERE job_id = $1;
+
+-- Keyset pages of a job's manifest ($2 = the last path of the previous page, '' first).
+-- name: manifest_page
+SELECT path, size, sha256, status, reason FROM artifact_manifest
+WHERE job_id = $1 AND path > $2 ORDER BY path LIMIT $3;
+
+-- name: mark_manifest
+UPDATE artifact_manifest SET status = $3, reason = $4 WHERE job_id = $1 AND path = $2;
+
+-- name: open_agent_session
+UPDATE boxes SET agent_session = $2, last_seen_at = clock_timestamp(), agent_version = $3
+WHERE id = $1 AND (agent_session IS NULL OR agent_session = $4 OR last_seen_at IS NULL
+                   OR last_seen_at <= clock_timestamp() - make_interval(secs => $5))
+RETURNING agent_session;
+
+-- name: box_session
+SELECT agent_session, capacity FROM boxes WHERE id = $1;
+
+-- The pid arrives with the first progress report: it joins the detail of the `running` event.
+-- name: record_pid_event
+UPDATE job_events SET detail = detail || $2::jsonb
+WHERE job_id = $1 AND to_state = 'running' AND NOT detail ? 'pid';
+
+-- name: job_log_seq
+SELECT log_seq FROM jobs WHERE id = $1 FOR UPDATE;
+
+-- name: lock_dispatch
+SELECT 1 FROM dispatches WHERE job_id = $1 FOR UPDATE;
+
+-- A job's dispatch to box $2 as the log ingest checks it ($3 = tail grace, s).
+-- name: log_dispatch
+SELECT d.claimed_at, d.result_at, j.state,
+       (j.finished_at IS NOT NULL AND j.finished_at > clock_timestamp() - make_interval(secs => $3)) AS in_grace
+FROM dispatches d JOIN jobs j ON j.id = d.job_id
+WHERE d.job_id = $1 AND d.box_id = $2;
+
+-- name: job_has_archive
+SELECT log_archive_key IS NOT NULL FROM jobs WHERE id = $1;
+
+-- name: box_id_by_name
+SELECT b.id FROM boxes b JOIN jobs j ON j.org_id = b.org_id WHERE j.id = $1 AND b.name = $2;

@@ -1,0 +1,391 @@
+"""The box boundary, control-plane side: offers, claims, progress relayed to Temporal, the artifact
+manifest, results, cancels and agent sessions. A node token reaches only its own box's jobs:
+every other job does not exist for it (NotFound)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import unicodedata
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+from temporalio.client import AsyncActivityCancelledError, Client
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from boxrun import logstore
+from boxrun.constants import JobState, artifact_key
+from boxrun.db import Conn, Q
+from boxrun.errors import Conflict, NotFound, TooLarge, Unavailable
+from boxrun.logbatch import Batch
+from boxrun.messages import RunJobResult
+from boxrun.schemas import (
+    AgentEvent,
+    BundleFile,
+    JobBundle,
+    JobClaimed,
+    JobProgress,
+    JobResultReport,
+    ManifestAnswer,
+    ManifestPage,
+    RefusedArtifact,
+    UploadTargetPublic,
+)
+from boxrun.services.identity import NodeBox
+from boxrun.services.jobs import parse_job_id
+from boxrun.storage import Storage
+from boxrun.transitions import transition
+from boxrun.workspace_paths import clean_relative_path
+
+log = logging.getLogger(__name__)
+
+# NOTIFY channel; payload {"box_id": N, "job_id": "...", "kind": "offer"|"cancel"}.
+CHANNEL_DISPATCH = "boxrun_dispatch"
+MAX_ARTIFACT_NAME_BYTES = 1024
+# A Temporal call on an agent's request gives up after this (the agent retries): an outage must
+# not hold the agent's requests, and the API's connections, for the SDK's whole retry budget.
+RPC_TIMEOUT = timedelta(seconds=3)
+JOB_CANCELLED = "JobCancelled"
+
+
+async def notify(conn: Conn, box_id: int, job_id: str, kind: str) -> None:
+    payload = json.dumps({"box_id": box_id, "job_id": str(job_id), "kind": kind})
+    await conn.execute(Q.notify, CHANNEL_DISPATCH, payload)
+
+
+# -- sessions ---------------------------------------------------------------------------------
+
+
+async def open_session(
+    conn: Conn, box: NodeBox, agent_version: str, previous: str | None, *, offline_after_s: float
+) -> str:
+    """One live agent per box. Conflict while another agent reported within offline_after_s
+    (unless this agent names the session it held before)."""
+    session = uuid.uuid4()
+    prev: uuid.UUID | None = None
+    if previous:
+        try:
+            prev = uuid.UUID(previous)
+        except ValueError:
+            prev = None
+    got = await conn.fetchval(Q.open_agent_session, box.id, session, agent_version, prev, offline_after_s)
+    if got is None:
+        current = await conn.fetchval(Q.box_session, box.id)
+        raise Conflict(f"box {box.name} already has a live agent (session {current})")
+    return str(session)
+
+
+async def check_session(conn: Conn, box: NodeBox, session: str | None) -> None:
+    """Conflict unless `session` is the box's current agent session."""
+    row = await conn.fetchrow(Q.box_session, box.id)
+    current = None if row is None else row["agent_session"]
+    if session is None or current is None or str(current) != session:
+        raise Conflict(f"session {session} is not the live agent session of box {box.name}; another agent took over")
+
+
+# -- events, claim, bundle --------------------------------------------------------------------
+
+
+async def pending_events(conn: Conn, box: NodeBox) -> list[AgentEvent]:
+    rows = await conn.fetch(Q.box_events, box.id)
+    return [AgentEvent(kind=r["kind"], job_id=str(r["job_id"])) for r in rows]
+
+
+async def _own_dispatch(conn: Conn, box: NodeBox, job_id: str) -> asyncpg.Record:
+    """The job's dispatch if it is dispatched to `box`; NotFound otherwise (whoever owns it)."""
+    row: asyncpg.Record | None = await conn.fetchrow(Q.box_dispatch, job_id, box.id)
+    if row is None:
+        raise NotFound(f"job {job_id} not found")
+    return row
+
+
+async def claim(conn: Conn, temporal: Client, storage: Storage, box: NodeBox, job_id: str) -> JobClaimed:
+    """The box takes the job: in one transaction the open offer to this box becomes claimed and
+    the job `running`. Conflict if it may not start (expired, cancelled, already claimed)."""
+    jid = parse_job_id(job_id)
+    async with conn.transaction():
+        token = await conn.fetchval(Q.claim_dispatch, jid, box.id)
+        if token is None:
+            row = await _own_dispatch(conn, box, jid)
+            raise Conflict(f"job {jid} may not start on {box.name} now ({_why_not(row)})")
+        await transition(conn, jid, JobState.RUNNING, detail={"box": box.name})
+    try:  # restart the heartbeat clock now; the first progress report relays one anyway
+        await _relay(temporal, token, jid)
+    except (Conflict, Unavailable) as exc:
+        log.warning("heartbeat at the claim of job %s not relayed: %s", jid, exc)
+    return JobClaimed(job_id=jid, bundle=await bundle(conn, storage, box, jid))
+
+
+def _why_not(row: asyncpg.Record) -> str:
+    if row["claimed_at"] is not None:
+        return "already claimed"
+    if row["cancel_requested_at"] is not None:
+        return "cancelled"
+    return "the claim deadline passed"
+
+
+async def bundle(conn: Conn, storage: Storage, box: NodeBox, job_id: str) -> JobBundle:
+    """Script, env and files of a job claimed by `box` (and not finished): NotFound otherwise."""
+    jid = parse_job_id(job_id)
+    row = await _own_dispatch(conn, box, jid)
+    if row["claimed_at"] is None or row["result_at"] is not None:
+        raise NotFound(f"job {jid} not found")
+    spec: dict[str, Any] = row["spec"]
+    files = [BundleFile(path=p, content=c) for p, c in sorted((spec.get("files") or {}).items())]
+    for path, ref in sorted((spec.get("file_refs") or {}).items()):
+        url = storage.presign_get(ref["key"], expires_s=600)
+        files.append(BundleFile(path=path, url=url, size=ref["size"], sha256=ref["sha256"]))
+    return JobBundle(
+        script=spec["script"],
+        env=spec.get("env") or {},
+        files=files,
+        timeout_s=row["timeout_s"],
+        cancel_grace_s=float(row["cancel_grace_s"]),
+    )
+
+
+# -- progress ---------------------------------------------------------------------------------
+
+# What keeps a running job's heartbeat alive while Postgres is unreachable: this API process
+# remembers, per job it relayed for, the box and the task token (and each box's token hash).
+DB_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError, asyncpg.InterfaceError)
+
+
+class RelayCache:
+    """Per API process: job -> (box id, task token, last relay time); token hash -> box."""
+
+    def __init__(self, max_jobs: int = 100_000) -> None:
+        self.jobs: dict[str, tuple[int, bytes, float]] = {}
+        self.boxes: dict[str, NodeBox] = {}
+        self.max_jobs = max_jobs
+
+    def remember(self, job_id: str, box_id: int, token: bytes, relayed: bool) -> None:
+        if len(self.jobs) >= self.max_jobs:
+            self.jobs.pop(next(iter(self.jobs)))
+        last = time.monotonic() if relayed else self.jobs.get(job_id, (0, b"", 0.0))[2]
+        self.jobs[job_id] = (box_id, token, last)
+
+    def forget(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+
+
+async def progress_without_db(
+    cache: RelayCache, temporal: Client, box: NodeBox, job_id: str, body: JobProgress, *, relay_every_s: float
+) -> bool:
+    """Postgres is down: relay the heartbeat from what this process remembers (Unavailable if it
+    remembers nothing of this job), so a database restart does not fail running jobs."""
+    jid = parse_job_id(job_id)
+    known = cache.jobs.get(jid)
+    if known is None or known[0] != box.id:
+        raise Unavailable("database unavailable, retry shortly")
+    box_id, token, last = known
+    if time.monotonic() - last < relay_every_s:
+        return False
+    cache.remember(jid, box_id, token, relayed=True)
+    return await _relay(temporal, token, jid, {"log_seq": body.log_seq})
+
+
+async def _relay(temporal: Client, token: bytes, job_id: str, details: Any = None) -> bool:
+    """One activity heartbeat through the async handle; True if Temporal says it is cancelled."""
+    handle = temporal.get_async_activity_handle(task_token=token)
+    try:
+        if details is None:
+            await handle.heartbeat(rpc_timeout=RPC_TIMEOUT)
+        else:
+            await handle.heartbeat(details, rpc_timeout=RPC_TIMEOUT)
+    except AsyncActivityCancelledError:
+        return True
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise Conflict(f"job {job_id} already ended on the control plane") from exc
+        raise Unavailable(f"the workflow engine did not take the heartbeat: {exc.message}") from exc
+    return False
+
+
+async def progress(
+    conn: Conn,
+    temporal: Client,
+    box: NodeBox,
+    job_id: str,
+    body: JobProgress,
+    *,
+    relay_every_s: float,
+    cache: RelayCache | None = None,
+) -> bool:
+    """Record a progress report; relay a heartbeat to Temporal at most every relay_every_s.
+    Returns whether the job is being cancelled."""
+    jid = parse_job_id(job_id)
+    row = await conn.fetchrow(Q.dispatch_progress, jid, box.id, relay_every_s)
+    if row is None:
+        if cache is not None:
+            cache.forget(jid)
+        own = await _own_dispatch(conn, box, jid)
+        raise Conflict(f"job {jid} is not running on {box.name} ({own['state']})")
+    if cache is not None:
+        cache.remember(jid, box.id, row["task_token"], relayed=bool(row["relay"]))
+    cancel = bool(row["cancel"])
+    if body.pid is not None:
+        await _record_pid(conn, jid, body.pid)
+    if row["relay"]:
+        cancel = await _relay(temporal, row["task_token"], jid, {"log_seq": body.log_seq}) or cancel
+    return cancel
+
+
+async def _record_pid(conn: Conn, job_id: str, pid: int) -> None:
+    await conn.execute(Q.record_pid_event, job_id, {"pid": pid})
+
+
+# -- artifacts --------------------------------------------------------------------------------
+
+
+def artifact_name_problem(path: str) -> str | None:
+    """Why the store cannot take this artifact name, or None."""
+    if any(unicodedata.category(ch) == "Cc" for ch in path):
+        return "control characters"
+    try:
+        size = len(path.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "not valid Unicode"
+    if size > MAX_ARTIFACT_NAME_BYTES:
+        return f"over {MAX_ARTIFACT_NAME_BYTES} bytes"
+    try:
+        if clean_relative_path(path) != path:
+            return "not a normal relative path"
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+async def record_manifest(
+    conn: Conn, storage: Storage, box: NodeBox, job_id: str, page: ManifestPage, *, max_artifacts: int
+) -> ManifestAnswer:
+    """Store a page of the manifest; presign a PUT for each valid name. TooLarge past the cap."""
+    jid = parse_job_id(job_id)
+    async with conn.transaction():
+        row = await _own_dispatch(conn, box, jid)
+        if row["claimed_at"] is None or row["result_at"] is not None:
+            raise Conflict(f"job {jid} is not running on {box.name}")
+        await conn.execute(Q.lock_dispatch, jid)
+        have: int = await conn.fetchval(Q.manifest_count, jid)
+        if have + len(page.entries) > max_artifacts:
+            raise TooLarge(f"too many artifacts: a job may keep at most {max_artifacts} (max_artifacts_per_job)")
+        if JobState(row["state"]) is JobState.RUNNING:
+            await transition(conn, jid, JobState.UPLOADING_ARTIFACTS, detail={"box": box.name})
+        targets: list[UploadTargetPublic] = []
+        refused: list[RefusedArtifact] = []
+        cols: tuple[list[Any], ...] = ([], [], [], [], [])
+        for entry in page.entries:
+            problem = artifact_name_problem(entry.path)
+            path = entry.path
+            if problem is not None:
+                # store a printable form of the name: Postgres takes no NUL, the error must be readable
+                path = entry.path.encode("unicode_escape").decode("ascii")[:2000]
+                refused.append(RefusedArtifact(path=entry.path, reason=problem))
+            else:
+                url, headers = storage.presign_put(artifact_key(jid, entry.path), entry.size, entry.sha256)
+                targets.append(UploadTargetPublic(path=entry.path, url=url, headers=headers))
+            for col, value in zip(
+                cols,
+                (path, entry.size, entry.sha256, "refused" if problem else "pending", problem),
+                strict=True,
+            ):
+                col.append(value)
+        await conn.execute(Q.insert_manifest, jid, *cols)
+    return ManifestAnswer(targets=targets, refused=refused)
+
+
+# -- result -----------------------------------------------------------------------------------
+
+
+async def report_result(conn: Conn, temporal: Client, box: NodeBox, job_id: str, report: JobResultReport) -> None:
+    """Complete the job's run_job activity with the box's report (idempotent: a repeat after
+    success is a no-op). Conflict if the control plane already ended the job."""
+    jid = parse_job_id(job_id)
+    row = await _own_dispatch(conn, box, jid)
+    if row["claimed_at"] is None:
+        raise Conflict(f"job {jid} was never claimed by {box.name}")
+    if row["result_at"] is not None:
+        return
+    await _system_lines(conn, jid, report)
+    if report.upload_failures:
+        # what the box refused itself (links, hard links, foreign files, unstorable names): listed
+        # with the API's own refusals; an entry already in the manifest keeps its row (a failed
+        # upload shows as missing when it is verified)
+        paths = [f.path for f in report.upload_failures]
+        await conn.execute(
+            Q.insert_manifest,
+            jid,
+            paths,
+            [0] * len(paths),
+            [""] * len(paths),
+            ["refused"] * len(paths),
+            [f.reason for f in report.upload_failures],
+        )
+    totals: asyncpg.Record | None = await conn.fetchrow(Q.manifest_totals, jid)
+    assert totals is not None  # an aggregate always answers one row
+    result = RunJobResult(
+        exit_code=report.exit_code,
+        timed_out=report.timed_out,
+        error=report.error,
+        pid=report.pid,
+        log_lines=report.log_seq,
+        artifacts=totals["pending"],
+        artifact_bytes=totals["pending_bytes"],
+        refused=totals["refused"],
+    )
+    handle = temporal.get_async_activity_handle(task_token=row["task_token"])
+    try:
+        if report.cancelled:
+            try:
+                await handle.report_cancellation(rpc_timeout=RPC_TIMEOUT)
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    raise
+                await handle.fail(
+                    ApplicationError("cancelled", type=JOB_CANCELLED, non_retryable=True), rpc_timeout=RPC_TIMEOUT
+                )
+        else:
+            await handle.complete(result, rpc_timeout=RPC_TIMEOUT)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise Unavailable(f"the workflow engine did not take the result: {exc.message}") from exc
+        await conn.execute(Q.dispatch_result, jid, box.id)
+        raise Conflict(f"job {jid} already ended on the control plane") from exc
+    await conn.execute(Q.dispatch_result, jid, box.id)
+
+
+async def _system_lines(conn: Conn, job_id: str, report: JobResultReport) -> None:
+    """The control plane's own lines that explain how the process ended (the box cannot write
+    the system stream). Written once: only while the box's last line is the last stored."""
+    text = None
+    if report.timed_out:
+        text = "boxrun: timed out; process group killed"
+    elif report.cancelled:
+        text = "boxrun: job cancelled; process group terminated"
+    elif report.error and report.error.startswith("agent stopped"):
+        text = f"boxrun: {report.error}; process group terminated"
+    if text is None:
+        return
+    async with conn.transaction():
+        head = await conn.fetchval(Q.job_log_seq, job_id)
+        if head != report.log_seq:
+            return
+        batch = Batch(first_seq=head + 1, runs=[(1, "system", time.time())], data=text.encode() + b"\n")
+        await logstore.append(conn, job_id, batch)
+
+
+# -- cancel -----------------------------------------------------------------------------------
+
+
+async def request_cancel(conn: Conn, job_id: str) -> bool:
+    """Record a cancel for the job's dispatch and push it to its box. True if a box holds it."""
+    async with conn.transaction():
+        row = await conn.fetchrow(Q.request_dispatch_cancel, job_id)
+        if row is None:
+            return False
+        await notify(conn, row["box_id"], job_id, "cancel")
+    return bool(row["claimed"])
