@@ -315,7 +315,7 @@ async def report_result(conn: Conn, temporal: Client, box: NodeBox, job_id: str,
         # what the box refused itself (links, hard links, foreign files, unstorable names): listed
         # with the API's own refusals; an entry already in the manifest keeps its row (a failed
         # upload shows as missing when it is verified)
-        paths = [f.path for f in report.upload_failures]
+        paths = [f.path.encode("unicode_escape").decode("ascii")[:2000] for f in report.upload_failures]
         await conn.execute(
             Q.insert_manifest,
             jid,

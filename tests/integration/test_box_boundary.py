@@ -87,13 +87,20 @@ open(os.path.join(out, "bad\\r\\nname.txt"), "w").write("crlf")
 deep = os.path.join(out, *(["d" * 200] * 6))
 os.makedirs(deep)
 open(os.path.join(deep, "long.txt"), "w").write("over 1024 bytes")
+os.symlink("/etc/passwd", os.path.join(out, "passwd-link"))
+open("mine.txt", "w").write("hard")
+os.link("mine.txt", os.path.join(out, "hard.txt"))
 """
     job = await submit(api, script)
     done = await wait_terminal(api, job["id"], timeout=60)
     assert (done["state"], done["exit_code"]) == ("failed", 0), done
     assert done["error"].startswith("artifacts refused: ")
-    assert "bad\\r\\nname.txt (control characters)" in done["error"]
-    assert "long.txt (over 1024 bytes)" in done["error"]
+    # refused on the box itself (links, hard links, unstorable names), listed readable; the API
+    # refuses the same names again should a box send them (tests/api/test_agent.py)
+    assert "bad\\r\\nname.txt (control characters in the name)" in done["error"]
+    assert "/ (name longer than 1,024 bytes (UTF-8)" in done["error"]
+    assert "passwd-link (symbolic link (not followed))" in done["error"]
+    assert "hard.txt (hard link (2 names for one file))" in done["error"]
     body = (await api.get(f"/api/jobs/{job['id']}/artifacts")).json()
     assert [a["path"] for a in body["data"]] == ["ok.txt"], "every other artifact is still uploaded and recorded"
     got = await api.get(f"/api/jobs/{job['id']}/artifacts/ok.txt")
