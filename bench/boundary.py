@@ -156,11 +156,14 @@ async def bench_idle_agents(stack, api: Api, temporal, count: int, window_s: flo
     t_connect = time.perf_counter()
     tasks = [asyncio.create_task(a.run(25)) for a in agents]
     try:
-        waiting = [asyncio.create_task(a.ready.wait()) for a in agents]
-        done, _ = await asyncio.wait([*waiting, *tasks], timeout=300, return_when=asyncio.FIRST_EXCEPTION)
+        all_ready = asyncio.ensure_future(asyncio.gather(*(a.ready.wait() for a in agents)))
+        done, _ = await asyncio.wait({all_ready, *tasks}, timeout=300, return_when=asyncio.FIRST_COMPLETED)
         for task in tasks:
-            if task.done() and task.exception():
-                raise task.exception()  # type: ignore[misc]
+            if task in done:  # an agent stopped before all were connected
+                raise ProductProblem(f"a simulated agent stopped: {task.exception()!r}")
+        if all_ready not in done:
+            all_ready.cancel()
+            raise ProductProblem(f"not all {count} simulated agents connected within 300 s")
         connected_s = time.perf_counter() - t_connect
         log(f"idle agents: {count} connected in {connected_s:.1f}s")
         await asyncio.sleep(2)  # let the last sessions settle into their long-polls
@@ -237,9 +240,8 @@ def render(r: dict) -> str:
             out.append(f"{key}: {json.dumps(r[key])}")
     if "cancel" in r:
         out.append(f"cancel -> SIGTERM ms: {json.dumps(r['cancel']['cancel_to_sigterm_ms'])}")
-    out.append(
-        f"errors: {r['errors'] or 'none'}; load {r['machine']['loadavg_at_start']} -> {r['machine']['loadavg_at_end']}"
-    )
+    out.append(f"errors: {r['errors'] or 'none'}")
+    out.append(f"machine: {json.dumps(r['machine'])}")
     return "\n".join(out)
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("bench", ["bench.latency", "bench.lifecycle", "bench.logs"])
+@pytest.mark.parametrize("bench", ["bench.latency", "bench.lifecycle", "bench.logs", "bench.boundary"])
 def test_bench_quick_mode_runs_clean(bench: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", bench, "--quick"],
