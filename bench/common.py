@@ -162,6 +162,7 @@ def run_parts(
     raised or `failed(result)`."""
     facts = machine()
     root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o711)  # the slot users jobs run as pass through to the work dirs below (never list)
     t0 = time.perf_counter()
     code = 1
     try:

@@ -308,6 +308,7 @@ async def latency_run(endpoints: dict, work: Path, lines: int, interval_s: float
 async def bench_latency(root: Path, args: argparse.Namespace) -> dict:
     work = root / "latency-work"
     work.mkdir()
+    work.chmod(0o1777)  # jobs may run as the box's slot users (agent as root): they write here too
     async with stack_for(root, "latency", args) as (stack, endpoints, quiet):
         load0 = loadavg()
         cpu = CpuMeter(stack)
@@ -392,6 +393,7 @@ async def verify_throughput(client: BoxrunClient, job_id: str, lines: int, line_
 async def bench_throughput(root: Path, args: argparse.Namespace) -> dict:
     work = root / "throughput-work"
     work.mkdir()
+    work.chmod(0o1777)  # jobs may run as the box's slot users (agent as root): they write here too
     go, stamps = work / "go", work / "stamps"
     lines, line_bytes = args.throughput_lines, args.line_bytes
     async with stack_for(root, "throughput", args) as (stack, endpoints, quiet):
@@ -711,6 +713,7 @@ async def fanout_run(stack: DevStack, endpoints: dict, work: Path, followers: in
 async def bench_fanout(root: Path, args: argparse.Namespace) -> dict:
     work = root / "fanout-work"
     work.mkdir()
+    work.chmod(0o1777)  # jobs may run as the box's slot users (agent as root): they write here too
     sizes = [int(x) for x in str(args.followers).split(",")]
     async with stack_for(root, "fanout", args) as (stack, endpoints, quiet):
         runs = []
