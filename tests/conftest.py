@@ -85,8 +85,9 @@ def pid_alive(pid: int) -> bool:
 @pytest.fixture
 def private_tmp() -> Iterator[Path]:
     """A temporary directory outside pytest's base temp dir, for data the postgres system user
-    reads: a second pytest session resets that base dir to mode 0700."""
+    reads and files jobs use (a second pytest session resets that base dir to mode 0700)."""
     root = Path(tempfile.mkdtemp(prefix="boxrun-test-"))
+    root.chmod(0o1777)  # jobs (as root: the box's slot users) read and write files here too
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
