@@ -71,7 +71,9 @@ def test_slot_users_are_distinct_unprivileged_and_reused(slots):
 
 def test_the_start_up_check_names_what_the_job_user_cannot_reach(slots, tmp_path, workdir):
     user = slots.user_for_slot(0)
-    closed = tmp_path / "closed"  # under pytest's 0700 directory: other users cannot enter
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    closed.chmod(0o700)  # other users cannot enter it
     runtime = prepare_runtime(closed)
     with pytest.raises(JobUserError, match=f"job user {user.name}.*cannot run jobs.*Permission denied.*o\\+x"):
         check_job_user_can_run(JOB_PYTHON, user, runtime=runtime, workdir=closed)
