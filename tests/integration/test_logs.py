@@ -39,7 +39,9 @@ def expected_interleaved() -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 async def fs(tmp_path_factory):
-    env = {"BOXRUN_SSE_KEEPALIVE_S": "0.3"}
+    # The restart test keeps the API away for its restart time, which on a loaded 2-core machine can
+    # pass the fault stack's 4 s heartbeat timeout: these tests are about logs, so the default bound.
+    env = {"BOXRUN_SSE_KEEPALIVE_S": "0.3", "BOXRUN_ACTIVITY_HEARTBEAT_TIMEOUT_S": "15"}
     async with fault_stack(tmp_path_factory.mktemp("logs") / "dev", boxes=2, env=env) as stack:
         yield stack
 
