@@ -13,6 +13,7 @@ from fastapi import APIRouter, FastAPI
 
 from boxrun import __version__
 from boxrun.api import errors
+from boxrun.api.auth import ensure_bootstrap
 from boxrun.api.limits import RequestGuard, needs_token
 from boxrun.api.live.dispatch import DispatchHub
 from boxrun.api.live.job_tail import Tails
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
         async with pool.acquire() as conn:
             await migrate(cast(asyncpg.Connection, conn))
+            await ensure_bootstrap(conn, settings)
         notifier = Notifier(settings.database_url)
         await notifier.start()
         dispatch_hub = DispatchHub(settings.database_url)  # the agents' long-polls

@@ -1,16 +1,43 @@
-"""Bearer-token authentication: user tokens for the API, node tokens for box agents."""
+"""Bearer-token authentication: user API tokens (looked up on every request, so a revoked token
+or a disabled user is refused at once) and the bootstrap user the settings token belongs to."""
 
 from __future__ import annotations
 
-import hmac
+from boxrun.db import Conn, Q
+from boxrun.errors import Unauthorized
+from boxrun.services.identity import NodeBox, Role, User, hash_token, mint_token
+from boxrun.settings import Settings
 
-from boxrun.constants import DEFAULT_ORG
-from boxrun.services.identity import NodeBox, User, hash_token, mint_token
+__all__ = ["USER_SCOPE_KEY", "NodeBox", "Role", "User", "authenticate", "ensure_bootstrap", "hash_token", "mint_token"]
 
-__all__ = ["NodeBox", "User", "hash_token", "mint_token", "user_for_token"]
+USER_TOKEN_PREFIX = "brt"
+# Where RequestGuard leaves the user it authenticated (before the body is read) for the route.
+USER_SCOPE_KEY = "boxrun.user"
 
 
-def user_for_token(token: str, *, admin_token: str, admin_name: str) -> User | None:
-    if hmac.compare_digest(token.encode(), admin_token.encode()):
-        return User(name=admin_name, org_id=DEFAULT_ORG, role="admin")
-    return None
+async def authenticate(conn: Conn, token: str) -> User:
+    """The user `token` belongs to; Unauthorized saying why if it is not valid now."""
+    row = await conn.fetchrow(Q.user_for_token_hash, hash_token(token))
+    if row is None:
+        raise Unauthorized("invalid token")
+    if row["revoked_at"] is not None:
+        raise Unauthorized("token revoked")
+    if row["expired"]:
+        raise Unauthorized("token expired")
+    if row["disabled_at"] is not None:
+        raise Unauthorized(f"user {row['name']} is disabled")
+    return User(
+        name=row["name"],
+        org_id=row["org_id"],
+        role=Role(row["role"]),
+        platform_admin=row["platform_admin"],
+        token_id=row["token_id"],
+    )
+
+
+async def ensure_bootstrap(conn: Conn, settings: Settings) -> None:
+    """Make sure the settings token works: its user (platform admin, admin of org `default`) and
+    the token row `tok_bootstrap` holding its hash."""
+    async with conn.transaction():
+        await conn.execute(Q.ensure_bootstrap_user, settings.api_token_owner)
+        await conn.execute(Q.ensure_bootstrap_token, settings.api_token_owner, hash_token(settings.api_token))

@@ -1,8 +1,9 @@
-"""Annotated dependency aliases: SettingsDep, ConnDep, TemporalDep, StorageDep, CurrentUser, CurrentBox."""
+"""Annotated dependency aliases: SettingsDep, ConnDep, TemporalDep, StorageDep; who calls (CurrentUser,
+Operator, AdminUser, PlatformAdmin, CurrentBox)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 import asyncpg
@@ -10,7 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
-from boxrun.api.auth import NodeBox, User, hash_token, user_for_token
+from boxrun.api.auth import USER_SCOPE_KEY, NodeBox, Role, User, authenticate, hash_token
 from boxrun.api.live.job_tail import Tails
 from boxrun.db import Q
 from boxrun.errors import Forbidden, Unauthorized
@@ -60,18 +61,29 @@ TailsDep = Annotated[Tails, Depends(_tails)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-def _current_user(creds: Credentials, settings: SettingsDep) -> User:
+async def _current_user(request: Request, creds: Credentials) -> User:
     if creds is None:
         raise Unauthorized("missing bearer token")
-    user = user_for_token(creds.credentials, admin_token=settings.api_token, admin_name=settings.api_token_owner)
-    if user is None:
-        raise Unauthorized("invalid token")
-    return user
+    known: User | None = request.scope.get(USER_SCOPE_KEY)  # RequestGuard checked it already
+    if known is not None:
+        return known
+    # one short query on a pooled connection: a stream never pins a connection for its auth
+    async with request.app.state.pool.acquire() as conn:
+        return await authenticate(conn, creds.credentials)
 
 
-def _admin(user: Annotated[User, Depends(_current_user)]) -> User:
-    if user.role != "admin":
-        raise Forbidden("admin role required")
+def _at_least(role: Role) -> Callable[[User], User]:
+    def check(user: Annotated[User, Depends(_current_user)]) -> User:
+        if not user.role.includes(role):
+            raise Forbidden(f"this needs the {role.value} role (you are {user.role.value} in org {user.org_id})")
+        return user
+
+    return check
+
+
+def _platform_admin(user: Annotated[User, Depends(_current_user)]) -> User:
+    if not user.platform_admin:
+        raise Forbidden("this needs a platform admin")
     return user
 
 
@@ -84,6 +96,11 @@ async def _current_box(creds: Credentials, conn: ConnDep) -> NodeBox:
     return NodeBox(id=row["id"], name=row["name"], org_id=row["org_id"])
 
 
-CurrentUser = Annotated[User, Depends(_current_user)]
-AdminUser = Annotated[User, Depends(_admin)]
+# Who may call a route, by role in the caller's org (docs/access.md has the matrix). Anything of
+# another org is 404 to everyone, platform admins included; a role too low for an action is 403.
+CurrentUser = Annotated[User, Depends(_current_user)]  # any role: reads
+Viewer = CurrentUser
+Operator = Annotated[User, Depends(_at_least(Role.OPERATOR))]  # submits; cancels/reruns own jobs
+AdminUser = Annotated[User, Depends(_at_least(Role.ADMIN))]  # everything in its org
+PlatformAdmin = Annotated[User, Depends(_platform_admin)]  # orgs; users and tokens of any org
 CurrentBox = Annotated[NodeBox, Depends(_current_box)]

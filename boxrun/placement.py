@@ -29,11 +29,11 @@ async def _never_reason(conn: Conn, job: asyncpg.Record, boxes: list[asyncpg.Rec
     deleted = await conn.fetchrow(
         Q.last_box_deletion,
         job["org_id"],
-        f"box:{job['box_name']}" if job["box_name"] is not None else None,
+        job["box_name"],
         job["box_group"],
         job["created_at"],
     )
-    gone = f"box {deleted['subject'].removeprefix('box:')} was deleted" if deleted is not None else None
+    gone = f"box {deleted['box']} was deleted" if deleted is not None else None
     if job["box_name"] is not None:
         return gone or f"box {job['box_name']} does not exist"
     why = (

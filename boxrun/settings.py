@@ -20,7 +20,12 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # Postgres (the app database; Temporal keeps its own).
+    # The API and the worker connect as database_url's role (a runtime role: data rights only,
+    # never UPDATE or DELETE on the audit log). database_owner_url names the role that owns the
+    # schema; whoever has it runs the migrations (`boxrun migrate`, the dev stack) and grants the
+    # runtime role its rights. Unset, the runtime role migrates (and owns) the schema itself.
     database_url: str = "postgresql://postgres@127.0.0.1:5432/boxrun"
+    database_owner_url: str | None = None
     db_pool_min: int = 1
     db_pool_max: int = 10
 
@@ -44,14 +49,21 @@ class Settings(BaseSettings):
     # "readback" re-reads every artifact and hashes it (for stores that do not check checksums).
     s3_verify: Literal["checksum", "readback"] = "checksum"
     presign_expiry_s: int = Field(default=900, ge=30, le=7 * 24 * 3600)
+    # Download redirects (artifacts, transcripts) handed to people are minted per request and
+    # live this long, so a revoked token's past links soon stop working too.
+    download_url_ttl_s: int = Field(default=60, ge=1, le=3600)
 
     # API.
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_url: str = "http://127.0.0.1:8000"
-    # Bootstrap admin token; jobs submitted with it are owned by api_token_owner.
+    # The bootstrap token: the API makes sure user api_token_owner exists (platform admin, admin
+    # of org `default`) and that this token is one of theirs. Every other token is minted by the API.
     api_token: str = _PLACEHOLDER
     api_token_owner: str = "admin"
+    # Open SSE/WebSocket streams re-check their token this often (one query per API process for
+    # all of them): a revoked token or disabled user loses its streams within this bound.
+    auth_recheck_s: float = Field(default=2.0, gt=0, le=60)
     # Request bodies over this are refused with 413 before they are read (and before auth);
     # the agents' log ingest has its own, larger bound.
     max_body_bytes: int = Field(default=1 << 20, ge=1024)

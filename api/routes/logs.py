@@ -12,13 +12,13 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.types import Send
 
 from boxrun import logstore
-from boxrun.api.auth import user_for_token
+from boxrun.api.auth import authenticate
 from boxrun.api.deps import ConnDep, CurrentUser, PoolDep, SettingsDep, StorageDep, TailsDep
 from boxrun.api.errors import responses
 from boxrun.api.live.follower import Follower
 from boxrun.api.live.job_tail import encode_event
 from boxrun.db import Q
-from boxrun.errors import InvalidInput, NotFound
+from boxrun.errors import InvalidInput, NotFound, Unauthorized
 from boxrun.schemas import MAX_SEQ, LogsPublic
 from boxrun.services.downloads import archive_url
 from boxrun.services.jobs import load_job, parse_job_id
@@ -172,9 +172,14 @@ async def ws_logs(
     settings = app.state.settings
     header = websocket.headers.get("authorization", "")
     bearer = header[7:] if header.lower().startswith("bearer ") else token
-    user = bearer and user_for_token(bearer, admin_token=settings.api_token, admin_name=settings.api_token_owner)
-    if not user:
-        await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason="missing or invalid token")
+    if not bearer:
+        await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason="missing bearer token")
+        return
+    try:
+        async with app.state.pool.acquire() as conn:
+            user = await authenticate(conn, bearer)
+    except Unauthorized as exc:
+        await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=exc.reason)
         return
     try:
         row = await app.state.pool.fetchrow(Q.get_job, user.org_id, parse_job_id(job_id))

@@ -57,7 +57,7 @@ async def register_box(conn: asyncpg.Connection, user: User, body: BoxCreate) ->
         if row is None:
             raise Conflict(f"box {body.name} already exists; rotate its token instead")
         await conn.execute(
-            Q.audit, user.org_id, user.name, "box.register", f"box:{body.name}", {"capacity": body.capacity}
+            Q.audit, user.org_id, user.name, "box.register", None, body.name, {"capacity": body.capacity}
         )
     return row, token
 
@@ -69,7 +69,7 @@ async def rotate_token(conn: asyncpg.Connection, user: User, name: str) -> tuple
     async with conn.transaction():
         if await conn.fetchrow(Q.rotate_box_token, user.org_id, box["name"], hash_token(token)) is None:
             raise NotFound(f"box {name} not found")  # deleted since load_box
-        await conn.execute(Q.audit, user.org_id, user.name, "box.token_rotated", f"box:{name}", {})
+        await conn.execute(Q.audit, user.org_id, user.name, "box.token_rotated", None, name, {})
     return await load_box(conn, user, name), token
 
 
@@ -103,7 +103,7 @@ async def update_box(
         before_ids = [str(r["id"]) for r in await conn.fetch(Q.all_waiters_for_box, old["id"])] if losing else []
         row = await conn.fetchrow(Q.update_box, old["id"], body.groups, body.capabilities, body.capacity)
         assert row is not None  # locked above
-        await conn.execute(Q.audit, user.org_id, user.name, "box.update", f"box:{name}", changes)
+        await conn.execute(Q.audit, user.org_id, user.name, "box.update", None, name, changes)
     await _wake(temporal, before_ids)
     if gaining:
         await wake_waiters(conn, temporal, old["id"], row["capacity"])
@@ -138,7 +138,7 @@ async def delete_box(conn: asyncpg.Connection, temporal: Client, user: User, nam
             "capacity": row["capacity"],
             "waiting_jobs": len(waiting),
         }
-        await conn.execute(Q.audit, user.org_id, user.name, "box.delete", f"box:{name}", detail)
+        await conn.execute(Q.audit, user.org_id, user.name, "box.delete", None, name, detail)
     await _wake(temporal, waiting)
 
 
@@ -197,7 +197,7 @@ async def set_maintenance(
         else:
             await conn.fetch(Q.end_open_windows, box["id"])
         action = f"maintenance.{'on' if on else 'off'}"
-        await conn.execute(Q.audit, user.org_id, user.name, action, f"box:{name}", {"reason": reason})
+        await conn.execute(Q.audit, user.org_id, user.name, action, None, name, {"reason": reason})
     if not on:
         await wake_waiters(conn, temporal, box["id"], box["capacity"])
     return await maintenance_of(conn, user, name)
@@ -220,7 +220,8 @@ async def add_window(
             user.org_id,
             user.name,
             "maintenance.window",
-            f"box:{name}",
+            None,
+            name,
             {"window_id": row["id"], "reason": reason},
         )
     return _window(row)
@@ -234,7 +235,7 @@ async def delete_window(conn: asyncpg.Connection, temporal: Client, user: User, 
         if await conn.fetchval(Q.delete_window, box["id"], window_id) is None:
             raise NotFound(f"box {name} has no window {window_id}")
         await conn.execute(
-            Q.audit, user.org_id, user.name, "maintenance.window_deleted", f"box:{name}", {"window_id": window_id}
+            Q.audit, user.org_id, user.name, "maintenance.window_deleted", None, name, {"window_id": window_id}
         )
     await wake_waiters(conn, temporal, box["id"], box["capacity"])
 

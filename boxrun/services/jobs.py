@@ -49,7 +49,9 @@ async def cancel_job(conn: asyncpg.Connection, temporal: Client, user: User, job
     jid = str(row["id"])
     if JobState(row["state"]).terminal:
         raise Conflict(f"job {jid} already ended ({row['state']})")
-    await conn.execute(Q.audit, user.org_id, user.name, "job.cancel", f"job:{jid}", {"state": row["state"]})
+    await conn.execute(
+        Q.audit, user.org_id, user.name, "job.cancel", row["id"], row["box_name"], {"state": row["state"]}
+    )
     from boxrun.services.dispatch import request_cancel  # dispatch imports this module
 
     await request_cancel(conn, jid)  # fast path: push it to the box now (the workflow does too)

@@ -21,8 +21,8 @@ def iso(delta_s: float) -> str:
 
 
 async def audit(db: asyncpg.Connection) -> list[tuple[str, str, Any]]:
-    rows = await db.fetch("SELECT action, subject, detail FROM audit_log ORDER BY id")
-    return [(r["action"], r["subject"], r["detail"]) for r in rows]
+    rows = await db.fetch("SELECT action, box, detail FROM audit_log ORDER BY id")
+    return [(r["action"], r["box"], r["detail"]) for r in rows]
 
 
 async def signals(app: FastAPI, job_id: str) -> list[str]:
@@ -51,7 +51,7 @@ async def test_register_list_get_and_a_duplicate_name_is_409(api: httpx.AsyncCli
     assert listed["count"] == 1 and listed["data"][0]["name"] == "bench-1"
     got = await api.get("/api/boxes/bench-1")
     assert got.status_code == 200 and got.json()["capabilities"] == ["gpu"]
-    assert [a[:2] for a in await audit(db)] == [("box.register", "box:bench-1")]
+    assert [a[:2] for a in await audit(db)] == [("box.register", "bench-1")]
 
 
 async def test_register_refuses_a_bad_name_with_422(api: httpx.AsyncClient) -> None:
@@ -115,8 +115,8 @@ async def test_maintenance_on_holds_jobs_back_and_off_wakes_them_both_audited(
     assert off.json()["maintenance"] is False and off.json()["windows"] == []
     assert await signals(app, job) == ["wake"], "the waiting job's workflow is woken"
     assert [a[:2] for a in await audit(db)][-2:] == [
-        ("maintenance.on", "box:bench-1"),
-        ("maintenance.off", "box:bench-1"),
+        ("maintenance.on", "bench-1"),
+        ("maintenance.off", "bench-1"),
     ]
 
 
@@ -144,8 +144,8 @@ async def test_windows_add_and_delete_audited_and_delete_wakes(
     assert await signals(app, job) == ["wake"]
     assert (await api.get("/api/boxes/bench-1/maintenance")).json()["windows"] == []
     assert [a[:2] for a in await audit(db)][-2:] == [
-        ("maintenance.window", "box:bench-1"),
-        ("maintenance.window_deleted", "box:bench-1"),
+        ("maintenance.window", "bench-1"),
+        ("maintenance.window_deleted", "bench-1"),
     ]
 
     again = await api.delete(f"/api/boxes/bench-1/maintenance/windows/{window['id']}")
@@ -186,8 +186,8 @@ async def test_patch_replaces_given_fields_keeps_the_rest_and_is_audited(
     assert (box["name"], box["groups"], box["capabilities"], box["capacity"]) == ("bench-1", ["g"], ["gpu", "usb"], 3)
     assert box["status"] == "online"
     assert (await api.get("/api/boxes/bench-1")).json() == box
-    action, subject, detail = (await audit(db))[-1]
-    assert (action, subject) == ("box.update", "box:bench-1")
+    action, name, detail = (await audit(db))[-1]
+    assert (action, name) == ("box.update", "bench-1")
     assert detail == {"capabilities": {"from": [], "to": ["gpu", "usb"]}, "capacity": {"from": 1, "to": 3}}
 
     # null keeps a field; a change to nothing is no change (and not audited)
@@ -306,8 +306,8 @@ async def test_delete_wakes_waiters_to_end_unschedulable_keeps_history_and_kills
     assert (await placement.acquire(db, grouped)).unschedulable_reason == (
         "group g has no boxes (box bench-1 was deleted)"
     )
-    action, subject, detail = (await audit(db))[-1]
-    assert (action, subject) == ("box.delete", "box:bench-1")
+    action, name, detail = (await audit(db))[-1]
+    assert (action, name) == ("box.delete", "bench-1")
     assert detail == {"groups": ["g"], "capabilities": [], "capacity": 1, "waiting_jobs": 2}
     # the job that ran there still shows the box; its node token no longer works
     assert (await api.get(f"/api/jobs/{ran}")).json()["box"] == "bench-1"

@@ -166,8 +166,8 @@ async def test_cancel_asks_the_running_workflow_and_answers_202(
     # no worker runs here: the workflow holds the request, the job is still queued until it acts
     assert resp.json()["id"] == job["id"] and resp.json()["state"] == "queued"
     assert EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED in await history_events(app, job["id"])
-    audit = await db.fetchrow("SELECT actor, action, subject FROM audit_log WHERE action = 'job.cancel'")
-    assert dict(audit) == {"actor": "admin", "action": "job.cancel", "subject": f"job:{job['id']}"}
+    audit = await db.fetchrow("SELECT actor, action, job_id::text FROM audit_log WHERE action = 'job.cancel'")
+    assert dict(audit) == {"actor": "admin", "action": "job.cancel", "job_id": job["id"]}
 
 
 async def test_cancel_without_a_workflow_cancels_the_row_then_a_second_cancel_is_409(

@@ -10,7 +10,7 @@ from boxrun.db import Q, connect
 from boxrun.errors import Conflict, InvalidTransition
 from boxrun.placement import acquire, finish, release
 from boxrun.services import boxes
-from boxrun.services.identity import User
+from boxrun.services.identity import Role, User
 from boxrun.transitions import transition
 from tests.integration.helpers import add_box, add_job, state_of
 
@@ -229,7 +229,7 @@ async def test_finish_on_an_ended_job_keeps_its_state_and_frees_a_leftover_lease
     assert (again.state, again.released) == (JobState.CANCELLED, False)
 
 
-ADMIN = User(name="admin", org_id=DEFAULT_ORG, role="admin")
+ADMIN = User(name="admin", org_id=DEFAULT_ORG, role=Role.ADMIN, platform_admin=True)
 
 
 async def test_a_job_whose_named_box_was_deleted_ends_unschedulable_saying_so(conn, temporal_client):

@@ -82,12 +82,12 @@ WHERE b.id = $1 AND w.state IN ('queued', 'waiting_for_box') AND w.org_id = b.or
   AND (w.box_name = b.name OR w.box_group = ANY(b.groups))
 ORDER BY w.priority DESC, w.created_at, w.id;
 
--- The latest deletion of box $2 (its audit subject, 'box:NAME') or, with $3, of a box that was
+-- The latest deletion of box $2 or, with $3, of a box that was
 -- in group $3, since $4: placement names it when a job finds its box or group empty.
 -- name: last_box_deletion
-SELECT subject, detail, at FROM audit_log
+SELECT box, detail, at FROM audit_log
 WHERE org_id = $1 AND action = 'box.delete' AND at >= $4
-  AND (($2::text IS NOT NULL AND subject = $2)
+  AND (($2::text IS NOT NULL AND box = $2)
        OR ($3::text IS NOT NULL AND detail -> 'groups' ? $3))
 ORDER BY id DESC
 LIMIT 1;
