@@ -17,7 +17,7 @@ from boxrun.api.auth import ensure_bootstrap
 from boxrun.api.limits import RequestGuard, needs_token
 from boxrun.api.live.dispatch import DispatchHub
 from boxrun.api.live.job_tail import Tails
-from boxrun.api.live.listener import Notifier
+from boxrun.api.live.listener import Notifier, PgListener
 from boxrun.api.routes import agent, artifacts, boxes, files, health, jobs, logs
 from boxrun.db import create_pool, migrate
 from boxrun.schemas import LogBatchHeader
@@ -38,10 +38,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async with pool.acquire() as conn:
             await migrate(cast(asyncpg.Connection, conn))
             await ensure_bootstrap(conn, settings)
-        notifier = Notifier(settings.database_url)
-        await notifier.start()
-        dispatch_hub = DispatchHub(settings.database_url)  # the agents' long-polls
-        await dispatch_hub.start()
+        listener = PgListener(settings.database_url)  # one LISTEN connection for every part
+        notifier = Notifier(listener)
+        dispatch_hub = DispatchHub(listener)  # the agents' long-polls
+        await listener.start()
         storage = Storage(settings)
         await asyncio.to_thread(storage.ensure_bucket)
         app.state.settings = settings
@@ -55,8 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.tails.close()
-            await notifier.stop()
-            await dispatch_hub.stop()
+            await listener.stop()
             await pool.close()
 
     app = FastAPI(

@@ -1,5 +1,5 @@
-"""The agents' long-polls: one LISTEN connection per API process on boxrun_dispatch, waking the
-waiting long-poll of the box a NOTIFY names. No database connection is held while a box waits."""
+"""The agents' long-polls: NOTIFYs on boxrun_dispatch (through the API's one LISTEN connection)
+wake the waiting long-poll of the box they name. No database connection is held while a box waits."""
 
 from __future__ import annotations
 
@@ -10,20 +10,17 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterator
 
-import asyncpg
-
-from boxrun.db import connect
+from boxrun.api.live.listener import PgListener
 from boxrun.services.dispatch import CHANNEL_DISPATCH
 
 log = logging.getLogger(__name__)
 
 
 class DispatchHub:
-    def __init__(self, dsn: str) -> None:
-        self._dsn = dsn
+    def __init__(self, listener: PgListener) -> None:
         self._waiters: dict[int, set[asyncio.Event]] = defaultdict(set)
-        self._task: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+        # after a reconnect every waiter re-reads Postgres
+        listener.listen(CHANNEL_DISPATCH, self._on_notify, self._wake_all)
 
     @contextlib.contextmanager
     def watch(self, box_id: int) -> Iterator[asyncio.Event]:
@@ -44,15 +41,6 @@ class DispatchHub:
     def waiting_boxes(self) -> int:
         return len(self._waiters)
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="dispatch-hub")
-        await asyncio.wait_for(self._ready.wait(), 30)
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         try:
             box_id = int(json.loads(str(payload))["box_id"])
@@ -66,23 +54,3 @@ class DispatchHub:
         for waiters in self._waiters.values():
             for event in waiters:
                 event.set()
-
-    async def _run(self) -> None:
-        """Keep the LISTEN up; after a reconnect wake every waiter (they re-read Postgres)."""
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await connect(self._dsn)
-                lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL_DISPATCH, self._on_notify)
-                self._ready.set()
-                self._wake_all()
-                await lost.wait()
-                log.warning("dispatch LISTEN connection lost; reconnecting")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("dispatch LISTEN connection failed (%s); retrying", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    await conn.close()

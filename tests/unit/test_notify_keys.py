@@ -6,7 +6,7 @@ from boxrun.api.live.listener import Notifier
 
 
 def test_a_notification_wakes_subscribers_of_that_job_only():
-    hub = Notifier("postgresql://unused")
+    hub = Notifier()
     job = uuid.uuid4()
     mine, other = hub.subscribe(str(job)), hub.subscribe(str(uuid.uuid4()))
     hub._on_notify(None, 0, "boxrun_logs", str(job))

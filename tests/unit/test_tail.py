@@ -208,7 +208,7 @@ def store(monkeypatch) -> Store:
 
 @pytest.fixture
 def notifier() -> Notifier:
-    return Notifier("postgresql://unused")  # never started: the tests deliver NOTIFYs themselves
+    return Notifier()  # never started: the tests deliver NOTIFYs themselves
 
 
 @pytest.fixture
