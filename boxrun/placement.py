@@ -29,8 +29,9 @@ async def _never_reason(conn: Conn, job: asyncpg.Record, boxes: list[asyncpg.Rec
             Q.closed_target_boxes, job["org_id"], job["box_name"], job["box_group"], job["owner"]
         )
         if closed:  # box access (allowed_users) took the owner's name off every box of the target
-            target = f"box {job['box_name']}" if job["box_name"] is not None else f"group {job['box_group']}"
-            return f"{target} has no box open to {job['owner']} (allowed_users)"
+            if job["box_name"] is not None:
+                return f"box {job['box_name']} is not open to {job['owner']} (allowed_users)"
+            return f"group {job['box_group']} has no box open to {job['owner']} (allowed_users)"
     # An empty target: say whether a box was deleted from under the job (the audit log keeps
     # each deletion; this runs once, when the job ends unschedulable).
     deleted = await conn.fetchrow(
