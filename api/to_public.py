@@ -54,6 +54,7 @@ def box_public(row: asyncpg.Record, settings: Settings) -> BoxPublic:
         last_seen_at=seen,
         agent_version=row["agent_version"],
         created_at=row["created_at"],
+        allowed_users=None if row["allowed_users"] is None else sorted(row["allowed_users"]),
     )
 
 

@@ -24,6 +24,14 @@ def _missing(requires: list[str], capabilities: list[str]) -> list[str]:
 async def _never_reason(conn: Conn, job: asyncpg.Record, boxes: list[asyncpg.Record], requires: list[str]) -> str:
     if job["box_name"] is not None and boxes:
         return f"box {job['box_name']} lacks capabilities {_missing(requires, boxes[0]['capabilities'])}"
+    if not boxes:
+        closed = await conn.fetchval(
+            Q.closed_target_boxes, job["org_id"], job["box_name"], job["box_group"], job["owner"]
+        )
+        if closed:  # box access (allowed_users) took the owner's name off every box of the target
+            if job["box_name"] is not None:
+                return f"box {job['box_name']} is not open to {job['owner']} (allowed_users)"
+            return f"group {job['box_group']} has no box open to {job['owner']} (allowed_users)"
     # An empty target: say whether a box was deleted from under the job (the audit log keeps
     # each deletion; this runs once, when the job ends unschedulable).
     deleted = await conn.fetchrow(
@@ -49,7 +57,8 @@ async def acquire(conn: Conn, job_id: str, *, offline_after_s: float = 15.0) -> 
     reason (busy, maintenance, offline), or report that no box can ever take it. Idempotent: a
     job that already holds a lease gets that box back.
 
-    A box qualifies when it has every required capability, its agent is live (reported within
+    A box qualifies when the job's owner may use it (its allowed_users names them, or is NULL, or
+    the owner is an org admin), it has every required capability, its agent is live (reported within
     `offline_after_s`, not draining), no maintenance window covers now, it has free capacity, no
     exclusive lease is on it (and, for `lock` jobs, no lease at all), and no job that waits longer
     (higher priority first, then FIFO) could use it. The target boxes are locked FOR UPDATE (in id
@@ -66,7 +75,8 @@ async def acquire(conn: Conn, job_id: str, *, offline_after_s: float = 15.0) -> 
         if JobState(job["state"]).terminal:
             return AcquireResult(unschedulable_reason=f"job is already {job['state']}")
 
-        boxes = await conn.fetch(Q.lock_target_boxes, job["org_id"], job["box_name"], job["box_group"])
+        # only boxes the job's owner may use (allowed_users), decided in the query
+        boxes = await conn.fetch(Q.lock_target_boxes, job["org_id"], job["box_name"], job["box_group"], job["owner"])
         requires = list(job["requires"])
         fitting = [b for b in boxes if not _missing(requires, b["capabilities"])]
         if not fitting:

@@ -33,7 +33,9 @@ WindowId = Annotated[int, Path(ge=1, le=MAX_SEQ)]
 
 @router.get("", response_model=BoxesPublic, responses=responses(401))
 async def list_boxes(conn: ConnDep, settings: SettingsDep, user: CurrentUser) -> BoxesPublic:
-    rows = await conn.fetch(Q.list_boxes, user.org_id)
+    """The org's boxes the caller may see: all of them for an org admin; for a viewer or an
+    operator, those whose allowed_users is null or names them."""
+    rows = await conn.fetch(Q.list_boxes, user.org_id, boxes.box_viewer(user))
     return BoxesPublic(data=[box_public(r, settings) for r in rows], count=len(rows))
 
 
@@ -56,13 +58,19 @@ async def register_box(body: BoxCreate, conn: ConnDep, settings: SettingsDep, us
 @router.patch(
     "/{name}",
     response_model=BoxPublic,
-    responses=responses(401, 403, 404, 422, e404=BOX_404),
+    responses=responses(
+        401, 403, 404, 422, e404=BOX_404, e422="invalid body, or allowed_users names someone not a user of the org"
+    ),
 )
 async def update_box(
     name: str, body: BoxUpdate, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep, user: AdminUser
 ) -> BoxPublic:
-    """Replace the box's groups, capabilities or capacity (a field absent or null keeps its value).
-    Running jobs are not stopped; waiting jobs are woken to try the box again."""
+    """Replace the box's groups, capabilities or capacity (a field absent or null keeps its value),
+    or who may use it: `allowed_users` (a list of users of the org; null opens it to the whole
+    org again). To a viewer or operator left out, the box does not exist (not listed, 404, a
+    submission naming it is refused as for an unknown box) and group placement passes it over
+    for their jobs; org admins always see and use it. Running jobs are not stopped; waiting jobs
+    are woken to try the box again."""
     return box_public(await boxes.update_box(conn, temporal, user, name, body), settings)
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
 
-from boxrun.api.deps import CurrentUser, SettingsDep, StorageDep
+from boxrun.api.deps import Operator, SettingsDep, StorageDep
 from boxrun.api.errors import responses
 from boxrun.schemas import SHA256_PATTERN, UploadPublic
 from boxrun.services import files
@@ -32,6 +32,7 @@ UPLOAD_MEDIA_TYPE = "application/octet-stream"
     },
     responses=responses(
         401,
+        403,
         413,
         422,
         503,
@@ -43,7 +44,7 @@ async def upload_file(
     request: Request,
     settings: SettingsDep,
     storage: StorageDep,
-    user: CurrentUser,
+    user: Operator,
     sha256: Annotated[str, Query(pattern=SHA256_PATTERN, description="lower-case hex SHA-256 of the body")],
 ) -> UploadPublic:
     """Store a file's bytes (the raw request body) for jobs of the caller's org to reference:

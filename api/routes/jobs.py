@@ -6,12 +6,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from boxrun.api.deps import ConnDep, CurrentUser, SettingsDep, StorageDep, TemporalDep
+from boxrun.api.deps import ConnDep, CurrentUser, Operator, SettingsDep, StorageDep, TemporalDep
 from boxrun.api.errors import responses
 from boxrun.api.to_public import job_event_public, job_public
 from boxrun.constants import JobState
 from boxrun.db import Q
-from boxrun.schemas import MAX_SEQ, NAME_PATTERN, JobCreate, JobEventsPublic, JobPublic, JobsPublic
+from boxrun.schemas import (
+    MAX_SEQ,
+    NAME_PATTERN,
+    USER_NAME_PATTERN,
+    JobCreate,
+    JobEventsPublic,
+    JobPublic,
+    JobsPublic,
+)
 from boxrun.services import jobs
 from boxrun.services.submission import submit_job
 
@@ -28,11 +36,13 @@ JOB_404 = "no such job"
         200: {"model": JobPublic, "description": "idempotency key seen before: the first job"},
         **responses(
             401,
+            403,
             409,
             422,
             503,
             e409="idempotency key reused with a different spec",
-            e422="invalid body, a box that does not exist, an upload not found, or files over the total",
+            e422="invalid body, a box that does not exist (or that the caller may not see), an upload not "
+            "found, or files over the total",
         ),
     },
 )
@@ -42,9 +52,10 @@ async def create_job(
     temporal: TemporalDep,
     settings: SettingsDep,
     storage: StorageDep,
-    user: CurrentUser,
+    user: Operator,
     response: Response,
 ) -> JobPublic:
+    """Submit a job (operator or admin); its `owner` is the caller."""
     job_id, created = await submit_job(conn, temporal, settings, user, body, storage=storage)
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -60,12 +71,21 @@ async def list_jobs(
     box: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
+    owner: Annotated[
+        str | None,
+        Query(
+            pattern=USER_NAME_PATTERN,
+            description="`me` (the caller) or a user name: only the jobs they submitted",
+        ),
+    ] = None,
 ) -> JobsPublic:
-    rows = await conn.fetch(Q.list_jobs, user.org_id, state, box, limit, offset)
+    """The org's jobs, newest first (every role sees all of them); filter by state, box, owner."""
+    who = user.name if owner == "me" else owner  # a name nobody has matches no job: an empty list
+    rows = await conn.fetch(Q.list_jobs, user.org_id, state, box, limit, offset, who)
     if rows:
         total = rows[0]["total"]
     else:
-        total = await conn.fetchval(Q.count_jobs, user.org_id, state, box)
+        total = await conn.fetchval(Q.count_jobs, user.org_id, state, box, who)
     return JobsPublic(data=[job_public(r, settings) for r in rows], count=total)
 
 
@@ -84,13 +104,24 @@ async def job_events(job_id: str, conn: ConnDep, user: CurrentUser) -> JobEvents
     "/{job_id}/cancel",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
-    responses=responses(401, 404, 409, 422, 503, e404=JOB_404, e409="the job already ended"),
+    responses=responses(
+        401,
+        403,
+        404,
+        409,
+        422,
+        503,
+        e403="not your job (operators cancel only their own)",
+        e404=JOB_404,
+        e409="the job already ended",
+    ),
 )
 async def cancel_job(
-    job_id: str, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep, user: CurrentUser
+    job_id: str, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep, user: Operator
 ) -> JobPublic:
-    """Ask the job's workflow to cancel. A running process gets SIGTERM, then SIGKILL after the
-    job's cancel_grace_s; the job ends `cancelled` and its lease is freed. 202: follow the job."""
+    """Ask the job's workflow to cancel (an operator its own jobs, an admin any job of the org).
+    A running process gets SIGTERM, then SIGKILL after the job's cancel_grace_s; the job ends
+    `cancelled` and its lease is freed. 202: follow the job."""
     return job_public(await jobs.cancel_job(conn, temporal, user, job_id), settings)
 
 
@@ -98,11 +129,21 @@ async def cancel_job(
     "/{job_id}/rerun",
     status_code=status.HTTP_201_CREATED,
     response_model=JobPublic,
-    responses=responses(401, 404, 422, 503, e404=JOB_404, e422="the frozen spec names a box that no longer exists"),
+    responses=responses(
+        401,
+        403,
+        404,
+        422,
+        503,
+        e403="not your job (operators rerun only their own)",
+        e404=JOB_404,
+        e422="the frozen spec names a box that no longer exists (or that the caller may not see)",
+    ),
 )
 async def rerun_job(
-    job_id: str, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep, storage: StorageDep, user: CurrentUser
+    job_id: str, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep, storage: StorageDep, user: Operator
 ) -> JobPublic:
-    """A new job from the original's frozen spec, linked by `rerun_of`. Retries are never automatic."""
+    """A new job from the original's frozen spec, linked by `rerun_of`, owned by the caller (an
+    operator reruns its own jobs, an admin any job of the org). Retries are never automatic."""
     new_id = await jobs.rerun_job(conn, temporal, settings, storage, user, job_id)
     return job_public(await jobs.load_job(conn, user, new_id), settings)

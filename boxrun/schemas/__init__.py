@@ -368,8 +368,14 @@ class BoxCreate(BaseModel):
     capacity: Capacity = 1
 
 
+# User names (a job's owner, a box's allowed_users): lower case, unique across the platform.
+USER_NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,62}$"
+UserName = Annotated[str, StringConstraints(pattern=USER_NAME_PATTERN)]
+
+
 class BoxUpdate(BaseModel):
-    """PATCH /api/boxes/{name}: each field given replaces the box's; absent or null keeps it.
+    """PATCH /api/boxes/{name}: each field given replaces the box's; absent or null keeps it,
+    except `allowed_users`, where null opens the box to the whole org again.
     Running jobs are never stopped (a smaller capacity only holds back new grants)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -377,6 +383,12 @@ class BoxUpdate(BaseModel):
     groups: list[Name] | None = Field(default=None, max_length=64)
     capabilities: list[Capability] | None = Field(default=None, max_length=256)
     capacity: Capacity | None = None
+    allowed_users: list[UserName] | None = Field(
+        default=None,
+        max_length=1000,
+        description="only these users of the org (and its admins) see and use the box; null: everyone "
+        "in the org; absent: unchanged. Each must be a user of the box's org.",
+    )
 
 
 class BoxPublic(BaseModel):
@@ -390,6 +402,9 @@ class BoxPublic(BaseModel):
     last_seen_at: datetime | None
     agent_version: str | None
     created_at: datetime
+    allowed_users: list[str] | None = Field(
+        default=None, description="who of the org (besides its admins) may see and use the box; null: everyone"
+    )
 
 
 class BoxesPublic(BaseModel):

@@ -36,12 +36,19 @@ _NAME = re.compile(NAME_PATTERN)
 NODE_TOKEN_PREFIX = "bxn"
 
 
+def box_viewer(user: User) -> str | None:
+    """Whom box access (allowed_users) applies to: the caller, unless an org admin (who sees and
+    uses every box of the org). The queries take it as their viewer parameter."""
+    return None if user.is_admin else user.name
+
+
 async def load_box(conn: asyncpg.Connection, user: User, name: str) -> asyncpg.Record:
-    """The box row (with `in_maintenance`), if it exists in the caller's org. A string that is
-    not a valid box name cannot name one: NotFound, without asking the database."""
+    """The box row (with `in_maintenance`), if it exists in the caller's org and the caller may
+    see it (a box whose allowed_users leaves a viewer or operator out does not exist for them).
+    A string that is not a valid box name cannot name one: NotFound, without asking the database."""
     row: asyncpg.Record | None = None
     if _NAME.match(name):
-        row = await conn.fetchrow(Q.get_box, user.org_id, name)
+        row = await conn.fetchrow(Q.get_box, user.org_id, name, box_viewer(user))
     if row is None:
         raise NotFound(f"box {name[:80]!r} not found")
     return row
@@ -73,15 +80,44 @@ async def rotate_token(conn: asyncpg.Connection, user: User, name: str) -> tuple
     return await load_box(conn, user, name), token
 
 
+async def _allowed_users(conn: asyncpg.Connection, user: User, body: BoxUpdate) -> list[str] | None:
+    """The new allowed_users, sorted and without repeats; InvalidInput naming a name that is not a
+    user of the caller's org."""
+    if body.allowed_users is None:
+        return None
+    wanted = sorted(set(body.allowed_users))
+    known = {r["name"] for r in await conn.fetch(Q.org_user_names, user.org_id, wanted)}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise InvalidInput(
+            f"allowed_users names {unknown[0]!r}, who is not a user of org {user.org_id}", field="allowed_users"
+        )
+    return wanted
+
+
+def _access_change(old: list[str] | None, new: list[str] | None) -> tuple[bool, bool]:
+    """(losing, gaining): whether a change of allowed_users shuts someone out, lets someone in."""
+    if old is None and new is None:
+        return False, False
+    if old is None:
+        return True, False
+    if new is None:
+        return False, True
+    return bool(set(old) - set(new)), bool(set(new) - set(old))
+
+
 async def update_box(
     conn: asyncpg.Connection, temporal: Client, user: User, name: str, body: BoxUpdate
 ) -> asyncpg.Record:
-    """Replace the box's groups, capabilities or capacity (a field absent or null is kept),
-    audited as `box.update` with what changed. Running jobs are never stopped. A change that lets
-    the box take more (capacity up, a group or capability added) wakes the jobs waiting for it;
-    one that takes something away wakes those that waited for it before (so a job that can no
-    longer go anywhere ends unschedulable now, not at its next periodic re-check)."""
+    """Replace the box's groups, capabilities, capacity (a field absent or null is kept) or
+    allowed_users (null: the whole org), audited as `box.update` with what changed. Running jobs
+    are never stopped. A change that lets the box take more (capacity up, a group or capability
+    added, a user let in) wakes the jobs waiting for it; one that takes something away wakes those
+    that waited for it before (so a job that can no longer go anywhere ends unschedulable now, not
+    at its next periodic re-check)."""
     box = await load_box(conn, user, name)
+    set_access = "allowed_users" in body.model_fields_set
+    allowed = await _allowed_users(conn, user, body) if set_access else None
     async with conn.transaction():
         old = await conn.fetchrow(Q.lock_box_by_name, user.org_id, box["name"])
         if old is None:
@@ -92,16 +128,30 @@ async def update_box(
             before = old[field] if field == "capacity" else sorted(old[field])
             if new is not None and (new if field == "capacity" else sorted(new)) != before:
                 changes[field] = {"from": old[field] if field == "capacity" else list(old[field]), "to": new}
+        old_access = None if old["allowed_users"] is None else sorted(old["allowed_users"])
+        if set_access and allowed != old_access:
+            changes["allowed_users"] = {"from": old_access, "to": allowed}
         if not changes:
             return box
-        losing = (body.capacity is not None and body.capacity < old["capacity"]) or any(
-            getattr(body, f) is not None and set(old[f]) - set(getattr(body, f)) for f in ("groups", "capabilities")
+        access_losing, access_gaining = _access_change(old_access, allowed) if set_access else (False, False)
+        losing = (
+            access_losing
+            or (body.capacity is not None and body.capacity < old["capacity"])
+            or any(
+                getattr(body, f) is not None and set(old[f]) - set(getattr(body, f)) for f in ("groups", "capabilities")
+            )
         )
-        gaining = (body.capacity is not None and body.capacity > old["capacity"]) or any(
-            getattr(body, f) is not None and set(getattr(body, f)) - set(old[f]) for f in ("groups", "capabilities")
+        gaining = (
+            access_gaining
+            or (body.capacity is not None and body.capacity > old["capacity"])
+            or any(
+                getattr(body, f) is not None and set(getattr(body, f)) - set(old[f]) for f in ("groups", "capabilities")
+            )
         )
         before_ids = [str(r["id"]) for r in await conn.fetch(Q.all_waiters_for_box, old["id"])] if losing else []
-        row = await conn.fetchrow(Q.update_box, old["id"], body.groups, body.capabilities, body.capacity)
+        row = await conn.fetchrow(
+            Q.update_box, old["id"], body.groups, body.capabilities, body.capacity, set_access, allowed
+        )
         assert row is not None  # locked above
         await conn.execute(Q.audit, user.org_id, user.name, "box.update", None, name, changes)
     await _wake(temporal, before_ids)

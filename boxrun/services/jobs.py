@@ -12,7 +12,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from boxrun.constants import JobState
 from boxrun.db import Q
-from boxrun.errors import Conflict, InvalidInput, NotFound, Unavailable
+from boxrun.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
 from boxrun.schemas import JobCreate
 from boxrun.services.identity import User
 from boxrun.services.submission import submit_job
@@ -39,13 +39,23 @@ async def load_job(conn: asyncpg.Connection, user: User, job_id: str) -> asyncpg
     return row
 
 
+def check_may_act(user: User, job: asyncpg.Record, verb: str) -> None:
+    """Operators cancel and re-run their own jobs; org admins any job of the org. Forbidden (403,
+    with the reason) otherwise: the job is of the caller's org, so saying it exists leaks nothing.
+    (The route's Operator dependency has already refused viewers.)"""
+    if not user.is_admin and job["owner"] != user.name:
+        raise Forbidden(f"you may {verb} only your own jobs (job {job['id']} belongs to {job['owner']})")
+
+
 async def cancel_job(conn: asyncpg.Connection, temporal: Client, user: User, job_id: str) -> asyncpg.Record:
     """Ask the job's workflow to cancel; returns the job row after the request.
 
     The workflow does the rest (SIGTERM, grace, `cancelled`, lease freed). If no workflow is
     running (it already ended, or never started), the job is cancelled here, in one transaction.
-    Conflict if the job already ended; Unavailable if Temporal cannot take the request."""
+    Forbidden unless the job is the caller's or the caller an org admin; Conflict if the job
+    already ended; Unavailable if Temporal cannot take the request."""
     row = await load_job(conn, user, job_id)
+    check_may_act(user, row, "cancel")
     jid = str(row["id"])
     if JobState(row["state"]).terminal:
         raise Conflict(f"job {jid} already ended ({row['state']})")
@@ -73,8 +83,11 @@ async def rerun_job(
     conn: asyncpg.Connection, temporal: Client, settings: Settings, storage: Storage, user: User, job_id: str
 ) -> str:
     """A new job from the original's frozen spec, linked by `rerun_of`; returns its id.
-    Retries are never automatic. InvalidInput if the spec names a box that no longer exists."""
+    Retries are never automatic; the new job belongs to the caller. Forbidden unless the job is
+    the caller's or the caller an org admin; InvalidInput if the spec names a box that no longer
+    exists (or that the caller may not see)."""
     row = await load_job(conn, user, job_id)
+    check_may_act(user, row, "rerun")
     try:
         body = JobCreate.from_frozen(row["spec"])
     except ValidationError as exc:  # rules tightened since the job was frozen

@@ -40,11 +40,13 @@ async def submit_job(
 ) -> tuple[str, bool]:
     """Returns (job id, created). A repeated idempotency key returns the first job (created=False).
 
-    InvalidInput(field="box") for a box that does not exist; InvalidInput naming the file for a
-    referenced upload that is not in storage (with that size), or files over max_job_files_bytes
-    in all; Conflict for an idempotency key used before with another spec; Unavailable if Temporal
-    (or storage) refuses (nothing is kept)."""
-    if body.box is not None and await conn.fetchrow(Q.get_box, user.org_id, body.box) is None:
+    InvalidInput(field="box") for a box that does not exist or that the user may not see;
+    InvalidInput naming the file for a referenced upload that is not in storage (with that size),
+    or files over max_job_files_bytes in all; Conflict for an idempotency key used before with
+    another spec; Unavailable if Temporal (or storage) refuses (nothing is kept)."""
+    # a box the submitter may not see (allowed_users) is refused exactly as a box that does not exist
+    viewer = None if user.is_admin else user.name
+    if body.box is not None and await conn.fetchrow(Q.get_box, user.org_id, body.box, viewer) is None:
         raise InvalidInput(f"box {body.box!r} does not exist", field="box")
     spec = body.frozen_spec(await resolve_file_refs(storage, settings, user, body))
     digest = spec_hash(spec)

@@ -7,11 +7,14 @@ RETURNING *;
 -- name: rotate_box_token
 UPDATE boxes SET node_token_hash = $3 WHERE org_id = $1 AND name = $2 RETURNING *;
 
+-- Box access: $3 is the viewer or operator asking (NULL for an org admin, who sees every box of
+-- the org). A box whose allowed_users leaves them out does not exist for them.
 -- name: get_box
 SELECT b.*, EXISTS (
     SELECT 1 FROM maintenance_windows w WHERE w.box_id = b.id AND w.starts_at <= clock_timestamp()
       AND (w.ends_at IS NULL OR w.ends_at > clock_timestamp())) AS in_maintenance
-FROM boxes b WHERE b.org_id = $1 AND b.name = $2;
+FROM boxes b WHERE b.org_id = $1 AND b.name = $2
+  AND ($3::text IS NULL OR b.allowed_users IS NULL OR $3 = ANY(b.allowed_users));
 
 -- name: box_by_token_hash
 SELECT * FROM boxes WHERE node_token_hash = $1;
@@ -20,7 +23,9 @@ SELECT * FROM boxes WHERE node_token_hash = $1;
 SELECT b.*, EXISTS (
     SELECT 1 FROM maintenance_windows w WHERE w.box_id = b.id AND w.starts_at <= clock_timestamp()
       AND (w.ends_at IS NULL OR w.ends_at > clock_timestamp())) AS in_maintenance
-FROM boxes b WHERE b.org_id = $1 ORDER BY b.name;
+FROM boxes b WHERE b.org_id = $1
+  AND ($2::text IS NULL OR b.allowed_users IS NULL OR $2 = ANY(b.allowed_users))
+ORDER BY b.name;
 
 
 -- Marks the box seen; `was_live` tells whether it already counted as live ($3 = offline bound, s).
@@ -61,10 +66,11 @@ WHERE r.box_id = $1 ORDER BY r.id DESC LIMIT $2;
 -- name: lock_box_by_name
 SELECT * FROM boxes WHERE org_id = $1 AND name = $2 FOR UPDATE;
 
--- $2..$4: NULL keeps the value.
+-- $2..$4: NULL keeps the value; allowed_users becomes $6 (NULL: the whole org) only when $5.
 -- name: update_box
 UPDATE boxes SET groups = COALESCE($2, groups), capabilities = COALESCE($3, capabilities),
-                 capacity = COALESCE($4, capacity)
+                 capacity = COALESCE($4, capacity),
+                 allowed_users = CASE WHEN $5::boolean THEN $6::text[] ELSE allowed_users END
 WHERE id = $1
 RETURNING *;
 
@@ -91,3 +97,7 @@ WHERE org_id = $1 AND action = 'box.delete' AND at >= $4
        OR ($3::text IS NOT NULL AND detail -> 'groups' ? $3))
 ORDER BY id DESC
 LIMIT 1;
+
+-- Which of the names $2 are users of org $1 (an allowed_users list may name only them).
+-- name: org_user_names
+SELECT name FROM users WHERE org_id = $1 AND name = ANY($2::text[]);

@@ -3,13 +3,25 @@ SELECT l.box_id, b.name AS box FROM leases l JOIN boxes b ON b.id = l.box_id
 WHERE l.job_id = $1 AND l.released_at IS NULL;
 
 -- Boxes a job may be placed on, locked in id order (so concurrent grants serialise without deadlock).
--- $2 box name (or NULL), $3 group (or NULL).
+-- $2 box name (or NULL), $3 group (or NULL), $4 the job's owner. Box access: a box whose
+-- allowed_users leaves the owner out is never a target, unless the owner is an admin of the org
+-- now (checked at every placement, so a change of role or of the list counts at once).
 -- name: lock_target_boxes
-SELECT id, name, groups, capabilities, capacity FROM boxes
-WHERE org_id = $1
-  AND (($2::text IS NOT NULL AND name = $2) OR ($3::text IS NOT NULL AND $3 = ANY(groups)))
-ORDER BY id
-FOR UPDATE;
+SELECT b.id, b.name, b.groups, b.capabilities, b.capacity FROM boxes b, (SELECT $4::text AS owner) w
+WHERE b.org_id = $1
+  AND (($2::text IS NOT NULL AND b.name = $2) OR ($3::text IS NOT NULL AND $3 = ANY(b.groups)))
+  AND (b.allowed_users IS NULL OR w.owner = ANY(b.allowed_users)
+       OR EXISTS (SELECT 1 FROM users u WHERE u.name = w.owner AND u.org_id = b.org_id AND u.role = 'admin'))
+ORDER BY b.id
+FOR UPDATE OF b;
+
+-- The boxes of the job's target that its owner ($4) may not use (placement says so when no box is
+-- left for the job).
+-- name: closed_target_boxes
+SELECT count(*) FROM boxes b
+WHERE b.org_id = $1
+  AND (($2::text IS NOT NULL AND b.name = $2) OR ($3::text IS NOT NULL AND $3 = ANY(b.groups)))
+  AND b.allowed_users IS NOT NULL AND NOT ($4::text = ANY(b.allowed_users));
 
 -- name: box_load
 SELECT count(*) AS active, COALESCE(bool_or(exclusive), false) AS exclusive
@@ -27,11 +39,13 @@ RETURNING box_id;
 -- name: lock_box
 SELECT capacity FROM boxes WHERE id = $1 FOR UPDATE;
 
--- Jobs waiting for a box that could use box $1, in grant order.
+-- Jobs waiting for a box that could use box $1 (their owner may: box access), in grant order.
 -- name: waiters_for_box
 SELECT w.id FROM jobs w, boxes b
 WHERE b.id = $1 AND w.state = 'waiting_for_box' AND w.org_id = b.org_id
   AND (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
+  AND (b.allowed_users IS NULL OR w.owner = ANY(b.allowed_users)
+       OR EXISTS (SELECT 1 FROM users u WHERE u.name = w.owner AND u.org_id = b.org_id AND u.role = 'admin'))
 ORDER BY w.priority DESC, w.created_at, w.id
 LIMIT $2;
 
@@ -52,11 +66,14 @@ WHERE l.released_at IS NULL
 SELECT w.id, w.priority, w.created_at, w.waiting_reason FROM jobs w, boxes b
 WHERE b.id = $1 AND w.state = 'waiting_for_box' AND w.org_id = b.org_id
   AND (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
+  AND (b.allowed_users IS NULL OR w.owner = ANY(b.allowed_users)
+       OR EXISTS (SELECT 1 FROM users u WHERE u.name = w.owner AND u.org_id = b.org_id AND u.role = 'admin'))
 ORDER BY w.priority DESC, w.created_at, w.id;
 
 -- Everything placement needs to know about boxes $1 (ids) for job $2, in one round trip:
 -- the maintenance window covering now, liveness (reported within $3 s, not draining), active
--- leases, an exclusive lease, and whether a job that waits longer could use the box.
+-- leases, an exclusive lease, and whether a job that waits longer could use the box (its owner
+-- allowed on it: a job that may never use the box holds nobody back).
 -- name: box_facts
 SELECT b.id, b.name, b.capacity,
        win.id AS window_id, win.ends_at AS window_ends,
@@ -68,6 +85,8 @@ SELECT b.id, b.name, b.capacity,
            WHERE me.id = $2 AND w.id <> me.id
              AND w.state IN ('queued', 'waiting_for_box') AND w.org_id = b.org_id
              AND (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
+             AND (b.allowed_users IS NULL OR w.owner = ANY(b.allowed_users)
+                  OR EXISTS (SELECT 1 FROM users u WHERE u.name = w.owner AND u.org_id = b.org_id AND u.role = 'admin'))
              AND (w.priority > me.priority
                   OR (w.priority = me.priority AND (w.created_at, w.id) < (me.created_at, me.id)))
        ) AS behind

@@ -1,0 +1,476 @@
+"""Who may call what, generated over every route of the app (HTTP and WebSocket, as app.routes has
+them: the OpenAPI document leaves the WebSocket routes out), so a new route cannot forget it.
+
+ROUTES maps each route to an `Access` row; a route missing from it fails
+test_every_route_is_in_the_table. Then:
+- the role matrix: each route called by the viewer, the operator and the admin of org A, on org
+  A's resources: 403 (code `forbidden`) below the route's minimum role, neither 401 nor 403 at or
+  above it;
+- the cross-org rule: each route with a path parameter called on org A's resources by org B's
+  admin and by the platform admin (who is in org `default`): 404 (the WebSocket closes before it
+  is accepted, reason "... not found"); each agent route with a path parameter called with org
+  B's node token on org A's job: 404; each list route (GET without path parameters) called by
+  them shows none of org A's rows.
+
+The rows of routes that arrive with other branches (users, tokens, orgs, audit, job spec) are
+added at merge: one line each."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Callable, MutableMapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI, routing
+from fastapi.routing import APIRoute, APIWebSocketRoute
+
+from boxrun import logbatch
+from boxrun.constants import JobState
+from boxrun.db import Q
+from boxrun.schemas import JobCreate
+from boxrun.services.identity import Role
+from boxrun.services.submission import spec_hash
+from boxrun.transitions import transition
+from tests.api.conftest import ADMIN_TOKEN, BASE_URL
+from tests.api.helpers import assert_error
+from tests.api.people_fixtures import Person, add_org, add_user
+
+ORG_A, ORG_B = "acme", "beta"
+# Routes FastAPI adds for its own documents: no data behind them.
+DOC_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+PLATFORM_ADMIN = "platform_admin"  # a platform admin only (orgs)
+NODE = "node"  # a box agent's node token only (a user token is 401)
+PUBLIC = "none"  # no token at all
+WS = "WS"  # the "method" of a WebSocket route in ROUTES
+
+
+@dataclass
+class World:
+    """Org A with a user of each role, two boxes (one to delete), a maintenance window and an ended
+    job owned by its operator; org B with an admin and a box (its agent session open)."""
+
+    viewer: Person
+    operator: Person
+    admin: Person
+    b_admin: Person
+    box: str  # org A's box
+    spare_box: str  # org A's box that DELETE may take
+    window_id: int  # a window on `box`
+    job_id: str  # org A's job, owned by the operator, ended (so its streams end)
+    b_box: str
+    b_node_token: str
+    b_session: str
+    artifact: str = "out/a.txt"
+    markers: list[str] = field(default_factory=list)  # strings naming org A's rows
+
+    def by_role(self, role: Role) -> Person:
+        return {Role.VIEWER: self.viewer, Role.OPERATOR: self.operator, Role.ADMIN: self.admin}[role]
+
+
+def _none(w: World) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Access:
+    """One route's row.
+
+    role: the least role of the caller's org that may call it (Role.VIEWER/OPERATOR/ADMIN), or
+        PLATFORM_ADMIN, NODE (agent routes: node token), PUBLIC (no token).
+    params: path parameter -> the World attribute that fills it (org A's resource).
+    send: World -> extra keyword arguments of the request (json=, params=, content=, headers=):
+        a VALID request, so that what a test sees is the access decision, not a 422.
+    platform_reaches_other_orgs: True on the management routes where a platform admin may name
+        any org (users, tokens): the cross-org test then leaves the platform admin out.
+    """
+
+    role: Role | str
+    params: dict[str, str] = field(default_factory=dict)
+    send: Callable[[World], dict[str, Any]] = _none
+    platform_reaches_other_orgs: bool = False
+
+
+JOB = {"job_id": "job_id"}
+BOX = {"name": "box"}
+
+
+def _window(w: World) -> dict[str, Any]:
+    start = datetime.now(UTC) + timedelta(days=1)
+    end = start + timedelta(hours=1)
+    return {"json": {"starts_at": start.isoformat(), "ends_at": end.isoformat(), "reason": "test"}}
+
+
+def _batch(w: World) -> dict[str, Any]:
+    body = logbatch.encode(1, [(1, "stdout", 1795000000.0)], b"hello\n")
+    return {"content": body, "headers": {"Content-Type": logbatch.MEDIA_TYPE}}
+
+
+UPLOAD = b"access test upload"
+
+
+def _upload(w: World) -> dict[str, Any]:
+    return {"content": UPLOAD, "params": {"sha256": hashlib.sha256(UPLOAD).hexdigest()}}
+
+
+def _session(w: World) -> dict[str, str]:
+    return {"X-Boxrun-Session": w.b_session}
+
+
+# (method, path as FastAPI formats it) -> Access. WebSocket routes have the method WS.
+ROUTES: dict[tuple[str, str], Access] = {
+    ("GET", "/api/health"): Access(PUBLIC),
+    # jobs
+    ("POST", "/api/jobs"): Access(Role.OPERATOR, send=lambda w: {"json": {"box": w.box, "script": "echo hi"}}),
+    ("GET", "/api/jobs"): Access(Role.VIEWER),
+    ("GET", "/api/jobs/{job_id}"): Access(Role.VIEWER, JOB),
+    ("GET", "/api/jobs/{job_id}/events"): Access(Role.VIEWER, JOB),
+    ("POST", "/api/jobs/{job_id}/cancel"): Access(Role.OPERATOR, JOB),
+    ("POST", "/api/jobs/{job_id}/rerun"): Access(Role.OPERATOR, JOB),
+    ("GET", "/api/jobs/{job_id}/logs"): Access(Role.VIEWER, JOB),
+    ("GET", "/api/jobs/{job_id}/logs/stream"): Access(Role.VIEWER, JOB),
+    (WS, "/api/jobs/{job_id}/logs/ws"): Access(Role.VIEWER, JOB),
+    ("GET", "/api/jobs/{job_id}/logs/archive"): Access(Role.VIEWER, JOB),
+    ("GET", "/api/jobs/{job_id}/artifacts"): Access(Role.VIEWER, JOB),
+    ("GET", "/api/jobs/{job_id}/artifacts/{path}"): Access(Role.VIEWER, {**JOB, "path": "artifact"}),
+    ("POST", "/api/files"): Access(Role.OPERATOR, send=_upload),
+    # boxes
+    ("GET", "/api/boxes"): Access(Role.VIEWER),
+    ("POST", "/api/boxes"): Access(Role.ADMIN, send=lambda w: {"json": {"name": f"new-{uuid.uuid4().hex[:8]}"}}),
+    ("GET", "/api/boxes/{name}"): Access(Role.VIEWER, BOX),
+    ("PATCH", "/api/boxes/{name}"): Access(Role.ADMIN, BOX, send=lambda w: {"json": {"capacity": 2}}),
+    ("DELETE", "/api/boxes/{name}"): Access(Role.ADMIN, {"name": "spare_box"}),
+    ("POST", "/api/boxes/{name}/token"): Access(Role.ADMIN, BOX),
+    ("GET", "/api/boxes/{name}/queue"): Access(Role.VIEWER, BOX),
+    ("GET", "/api/boxes/{name}/maintenance"): Access(Role.VIEWER, BOX),
+    ("PUT", "/api/boxes/{name}/maintenance"): Access(
+        Role.ADMIN, BOX, send=lambda w: {"json": {"on": True, "reason": "test"}}
+    ),
+    ("POST", "/api/boxes/{name}/maintenance/windows"): Access(Role.ADMIN, BOX, send=_window),
+    ("DELETE", "/api/boxes/{name}/maintenance/windows/{window_id}"): Access(
+        Role.ADMIN, {**BOX, "window_id": "window_id"}
+    ),
+    # the agent side: node tokens only
+    ("GET", "/api/agent/me"): Access(NODE),
+    ("POST", "/api/agent/session"): Access(NODE, send=lambda w: {"json": {"agent_version": "t", "slots": 1}}),
+    ("GET", "/api/agent/events"): Access(NODE),
+    ("POST", "/api/agent/heartbeat"): Access(NODE, send=lambda w: {"json": {"agent_version": "t"}}),
+    ("POST", "/api/agent/jobs/{job_id}/claim"): Access(NODE, JOB, send=lambda w: {"headers": _session(w)}),
+    ("GET", "/api/agent/jobs/{job_id}/bundle"): Access(NODE, JOB),
+    ("POST", "/api/agent/jobs/{job_id}/progress"): Access(NODE, JOB, send=lambda w: {"json": {"log_seq": 0}}),
+    ("POST", "/api/agent/jobs/{job_id}/artifacts"): Access(NODE, JOB, send=lambda w: {"json": {"entries": []}}),
+    ("POST", "/api/agent/jobs/{job_id}/result"): Access(NODE, JOB, send=lambda w: {"json": {"exit_code": 0}}),
+    ("POST", "/api/agent/jobs/{job_id}/logs"): Access(NODE, JOB, send=_batch),
+}
+
+
+def app_routes(app: FastAPI) -> list[tuple[str, str, bool]]:
+    """(method or WS, path, has path parameters) for every route of the app but FastAPI's docs."""
+    out = []
+    for context in routing.iter_route_contexts(app.routes):
+        route, path = context.original_route, context.path_format
+        assert path is not None
+        if path in DOC_PATHS:
+            continue
+        if isinstance(route, APIWebSocketRoute):
+            out.append((WS, path, "{" in path))
+        elif isinstance(route, APIRoute):
+            out.extend((method, path, "{" in path) for method in sorted(route.methods or ()))
+        else:  # a mount or a plain Starlette route: the table cannot know what it serves
+            raise AssertionError(f"route of unexpected kind {type(route).__name__}: {path}")
+    return out
+
+
+def test_every_route_is_in_the_table(app_for_routes: FastAPI) -> None:
+    routes = app_routes(app_for_routes)
+    missing = [f"{m} {p}" for m, p, _ in routes if (m, p) not in ROUTES]
+    assert not missing, f"routes without an Access row in tests/api/test_access.py ROUTES: {missing}"
+    stale = sorted(set(ROUTES) - {(m, p) for m, p, _ in routes})
+    assert not stale, f"ROUTES rows for routes the app does not have: {stale}"
+    assert any(m == WS for m, _, _ in routes), "the WebSocket route is walked too"
+    for (method, path), access in ROUTES.items():
+        names = {part[1:-1] for part in path.split("/") if part.startswith("{")}
+        assert names == set(access.params), f"{method} {path}: params {access.params} do not fill {names}"
+
+
+@pytest.fixture
+def app_for_routes() -> FastAPI:
+    from boxrun.api.app import create_app
+    from boxrun.settings import Settings
+
+    return create_app(Settings())
+
+
+# ---------------------------------------------------------------- the world and the callers
+
+
+async def insert_ended_job(conn: asyncpg.Connection, org: str, owner: str, box: str) -> str:
+    """A job row as submission writes it (no workflow), then cancelled: terminal, so its log
+    streams end at once."""
+    job_id = str(uuid.uuid4())
+    spec = JobCreate(box=box, script="echo hi").frozen_spec()
+    await conn.execute(
+        Q.insert_job, job_id, org, owner, box, None, [], spec, spec_hash(spec), 60, False, 0, None, 10, None
+    )
+    await conn.execute(Q.insert_first_event, org, job_id, {"owner": owner})
+    await transition(conn, job_id, JobState.CANCELLED, error="ended for the access tests")
+    return job_id
+
+
+def client(app: FastAPI, token: str | None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=headers)
+
+
+async def build_world(app: FastAPI, db: asyncpg.Connection) -> World:
+    await add_org(db, ORG_A)
+    await add_org(db, ORG_B)
+    viewer = await add_user(db, "acme-viewer", ORG_A, Role.VIEWER)
+    operator = await add_user(db, "acme-operator", ORG_A, Role.OPERATOR)
+    admin = await add_user(db, "acme-admin", ORG_A, Role.ADMIN)
+    b_admin = await add_user(db, "beta-admin", ORG_B, Role.ADMIN)
+    async with client(app, admin.token) as a, client(app, b_admin.token) as b:
+        for name in ("acme-box", "acme-spare"):
+            assert (await a.post("/api/boxes", json={"name": name, "groups": ["acme-g"]})).status_code == 201
+        start = datetime.now(UTC) + timedelta(days=2)
+        resp = await a.post(
+            "/api/boxes/acme-box/maintenance/windows",
+            json={"starts_at": start.isoformat(), "ends_at": (start + timedelta(hours=1)).isoformat(), "reason": "t"},
+        )
+        assert resp.status_code == 201, resp.text
+        window_id = resp.json()["id"]
+        resp = await b.post("/api/boxes", json={"name": "beta-box"})
+        assert resp.status_code == 201, resp.text
+        b_node_token = resp.json()["node_token"]
+    async with client(app, b_node_token) as agent:
+        resp = await agent.post("/api/agent/session", json={"agent_version": "t", "slots": 1})
+        assert resp.status_code in (200, 201), resp.text
+        b_session = resp.json()["session"]
+    job_id = await insert_ended_job(db, ORG_A, operator.name, "acme-box")
+    markers = [job_id, "acme-box", "acme-spare", viewer.name, operator.name, admin.name]
+    return World(
+        viewer=viewer,
+        operator=operator,
+        admin=admin,
+        b_admin=b_admin,
+        box="acme-box",
+        spare_box="acme-spare",
+        window_id=window_id,
+        job_id=job_id,
+        b_box="beta-box",
+        b_node_token=b_node_token,
+        b_session=b_session,
+        markers=markers,
+    )
+
+
+@pytest.fixture
+async def world(app: FastAPI, db: asyncpg.Connection) -> World:
+    return await build_world(app, db)
+
+
+def fill(path: str, access: Access, w: World) -> str:
+    for name, attr in access.params.items():
+        path = path.replace(f"{{{name}}}", str(getattr(w, attr)))
+    return path
+
+
+@dataclass
+class WsOutcome:
+    accepted: bool
+    close_code: int | None
+    close_reason: str
+    messages: list[str]
+
+
+async def ws_call(app: FastAPI, path: str, token: str, timeout_s: float = 10.0) -> WsOutcome:
+    """Drive the app's WebSocket route as an ASGI server would (httpx has no WebSocket client):
+    connect, collect what the route sends until it closes (or the deadline), then disconnect."""
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "scheme": "ws",
+        "http_version": "1.1",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"boxrun.test"), (b"authorization", f"Bearer {token}".encode())],
+        "client": ("127.0.0.1", 1),
+        "server": ("boxrun.test", 80),
+        "subprotocols": [],
+        "state": {},
+    }
+    incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await incoming.put({"type": "websocket.connect"})
+    out = WsOutcome(accepted=False, close_code=None, close_reason="", messages=[])
+    closed = asyncio.Event()
+
+    async def receive() -> MutableMapping[str, Any]:
+        return await incoming.get()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "websocket.accept":
+            out.accepted = True
+        elif message["type"] == "websocket.send":
+            out.messages.append(message.get("text") or "")
+        elif message["type"] == "websocket.close":
+            out.close_code, out.close_reason = message.get("code", 1000), message.get("reason") or ""
+            closed.set()
+
+    task = asyncio.create_task(app(scope, receive, send))
+    try:
+        async with asyncio.timeout(timeout_s):
+            await closed.wait()
+    except TimeoutError:
+        pass
+    await incoming.put({"type": "websocket.disconnect", "code": 1000})
+    task.cancel()
+    with suppress(asyncio.CancelledError):  # cancelled above, if it was still streaming
+        await task
+    return out
+
+
+async def call(app: FastAPI, method: str, path: str, access: Access, w: World, token: str) -> httpx.Response:
+    async with client(app, token) as c:
+        return await c.request(method, fill(path, access, w), **access.send(w))
+
+
+# ---------------------------------------------------------------- the role matrix
+
+USER_ROLES = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
+
+
+async def test_role_matrix_over_every_route(app: FastAPI, world: World) -> None:
+    seen = 0
+    for method, path, _ in app_routes(app):
+        access = ROUTES[(method, path)]
+        for role in USER_ROLES:
+            person = world.by_role(role)
+            where = f"{role.value} on {method} {path}"
+            if method == WS:
+                outcome = await ws_call(app, fill(path, access, world), person.token)
+                assert isinstance(access.role, Role), where
+                assert outcome.accepted, f"{where}: closed {outcome.close_code} {outcome.close_reason}"
+                continue
+            resp = await call(app, method, path, access, world, person.token)
+            if access.role == PUBLIC:
+                assert resp.status_code not in (401, 403), f"{where}: {resp.status_code} {resp.text}"
+            elif access.role == NODE:
+                assert_error(resp, 401, "unauthorized")  # a user token is no node token
+            elif access.role == PLATFORM_ADMIN or (isinstance(access.role, Role) and not role.includes(access.role)):
+                try:
+                    assert_error(resp, 403, "forbidden")
+                except AssertionError as exc:
+                    raise AssertionError(f"{where}: {exc}") from None
+            else:
+                assert resp.status_code not in (401, 403), f"{where}: {resp.status_code} {resp.text}"
+                assert resp.status_code < 500, f"{where}: {resp.status_code} {resp.text}"
+            seen += 1
+    assert seen >= 3 * 30
+
+
+async def test_a_role_too_low_is_403_with_the_reason(app: FastAPI, world: World) -> None:
+    async with client(app, world.viewer.token) as viewer:
+        resp = await viewer.post("/api/jobs", json={"box": world.box, "script": "echo"})
+    assert_error(resp, 403, "forbidden", detail="needs the operator role")
+    async with client(app, world.operator.token) as operator:
+        resp = await operator.delete(f"/api/boxes/{world.spare_box}")
+    assert_error(resp, 403, "forbidden", detail="needs the admin role")
+
+
+async def test_an_operator_cancels_and_reruns_only_its_own_jobs(
+    app: FastAPI, world: World, db: asyncpg.Connection
+) -> None:
+    await add_user(db, "acme-op2", ORG_A, Role.OPERATOR)
+    theirs = await insert_ended_job(db, ORG_A, "acme-op2", world.box)
+    async with client(app, world.operator.token) as operator, client(app, world.admin.token) as admin:
+        for verb in ("cancel", "rerun"):
+            resp = await operator.post(f"/api/jobs/{theirs}/{verb}")
+            assert_error(resp, 403, "forbidden", detail=f"you may {verb} only your own jobs")
+        # its own: the rerun is a new job that belongs to it
+        resp = await operator.post(f"/api/jobs/{world.job_id}/rerun")
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["owner"] == world.operator.name
+        # the admin may act on any job of the org; the rerun belongs to the admin
+        resp = await admin.post(f"/api/jobs/{theirs}/rerun")
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["owner"] == world.admin.name
+        rerun_of_theirs = resp.json()["id"]
+        assert_error(await admin.post(f"/api/jobs/{theirs}/cancel"), 409, "conflict")  # allowed; it ended
+        # a live job of someone else: the admin cancels it
+        resp = await admin.post(f"/api/jobs/{rerun_of_theirs}/cancel")
+        assert resp.status_code == 202, resp.text
+
+
+async def test_owner_filter(app: FastAPI, world: World, db: asyncpg.Connection) -> None:
+    await add_user(db, "acme-op2", ORG_A, Role.OPERATOR)
+    theirs = await insert_ended_job(db, ORG_A, "acme-op2", world.box)
+    async with client(app, world.operator.token) as operator, client(app, world.viewer.token) as viewer:
+        mine = (await operator.get("/api/jobs", params={"owner": "me"})).json()
+        assert [j["id"] for j in mine["data"]] == [world.job_id] and mine["count"] == 1
+        named = (await viewer.get("/api/jobs", params={"owner": "acme-op2"})).json()
+        assert [j["id"] for j in named["data"]] == [theirs] and named["count"] == 1
+        assert (await viewer.get("/api/jobs", params={"owner": "me"})).json() == {"data": [], "count": 0}
+        everyone = (await viewer.get("/api/jobs")).json()
+        assert {j["id"] for j in everyone["data"]} == {world.job_id, theirs}
+        nobody = await viewer.get("/api/jobs", params={"owner": "no-such-user"})
+        assert nobody.status_code == 200 and nobody.json() == {"data": [], "count": 0}
+        for bad in ("Bad Name", "-x", "x" * 64, ""):
+            assert_error(
+                await viewer.get("/api/jobs", params={"owner": bad}), 422, "invalid_input", field="query.owner"
+            )
+
+
+# ---------------------------------------------------------------- another org: 404
+
+
+async def test_another_orgs_resources_are_404_on_every_route(app: FastAPI, world: World) -> None:
+    outsiders = [("org B's admin", world.b_admin.token, False), ("the platform admin", ADMIN_TOKEN, True)]
+    checked = 0
+    for method, path, has_params in app_routes(app):
+        access = ROUTES[(method, path)]
+        if not has_params:
+            continue
+        if access.role == NODE:
+            callers = [("org B's node token", world.b_node_token, False)]
+        else:
+            callers = [c for c in outsiders if not (c[2] and access.platform_reaches_other_orgs)]
+        for who, token, _ in callers:
+            where = f"{who} on {method} {path}"
+            if method == WS:
+                outcome = await ws_call(app, fill(path, access, world), token)
+                assert not outcome.accepted, where
+                assert outcome.close_code == 1008 and "not found" in outcome.close_reason, (where, outcome)
+            else:
+                resp = await call(app, method, path, access, world, token)
+                try:
+                    assert_error(resp, 404, "not_found")
+                except AssertionError as exc:
+                    raise AssertionError(f"{where}: {exc}") from None
+            checked += 1
+    assert checked >= 2 * 18 + 6, checked
+
+
+async def test_list_routes_never_show_another_orgs_rows(app: FastAPI, world: World) -> None:
+    for method, path, has_params in app_routes(app):
+        access = ROUTES[(method, path)]
+        if method != "GET" or has_params or access.role in (PUBLIC, NODE):
+            continue
+        for token in (world.b_admin.token, ADMIN_TOKEN):
+            resp = await call(app, method, path, access, world, token)
+            assert resp.status_code == 200, f"{method} {path}: {resp.status_code} {resp.text}"
+            leaked = [m for m in world.markers if m in resp.text]
+            assert not leaked, f"{method} {path} shows org A's {leaked}"
+    # and org A's own admin does see them (the markers would catch a leak)
+    async with client(app, world.admin.token) as admin:
+        assert world.job_id in (await admin.get("/api/jobs")).text
+        assert world.box in (await admin.get("/api/boxes")).text
