@@ -6,9 +6,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, cast
+from typing import Any
 
-import asyncpg
 from fastapi import APIRouter, FastAPI
 
 from boxrun import __version__
@@ -18,8 +17,8 @@ from boxrun.api.limits import RequestGuard, needs_token
 from boxrun.api.live.dispatch import DispatchHub
 from boxrun.api.live.job_tail import Tails
 from boxrun.api.live.listener import Notifier, PgListener
-from boxrun.api.routes import agent, artifacts, boxes, files, health, jobs, logs
-from boxrun.db import create_pool, migrate
+from boxrun.api.routes import agent, artifacts, audit, boxes, files, health, job_spec, jobs, logs
+from boxrun.db import create_pool, migrate_for
 from boxrun.schemas import LogBatchHeader
 from boxrun.settings import Settings, get_settings
 from boxrun.storage import Storage
@@ -34,9 +33,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await migrate_for(settings.database_url, settings.database_owner_url)
         pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
         async with pool.acquire() as conn:
-            await migrate(cast(asyncpg.Connection, conn))
             await ensure_bootstrap(conn, settings)
         listener = PgListener(settings.database_url)  # one LISTEN connection for every part
         notifier = Notifier(listener)
@@ -65,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Run scripts on a fleet of remote boxes; every job is a durable Temporal workflow.",
     )
     api = APIRouter(prefix="/api")
-    for module in (jobs, logs, artifacts, files, boxes, agent, health):
+    for module in (jobs, job_spec, logs, artifacts, files, boxes, agent, health, audit):
         api.include_router(module.router)
     app.include_router(api)
 

@@ -78,19 +78,15 @@ def agent(
 
 @app.command()
 def migrate() -> None:
-    """Apply database migrations (the api and worker also do this at start)."""
-    from boxrun.db import connect
-    from boxrun.db import migrate as apply
+    """Apply database migrations (the api and worker also do this at start): as the role of
+    BOXRUN_DATABASE_OWNER_URL if set, granting BOXRUN_DATABASE_URL's role its runtime rights."""
+    from boxrun.db import migrate_for
 
     settings = Settings()
     setup_logging(settings.log_level)
 
     async def main() -> None:
-        conn = await connect(settings.database_url)
-        try:
-            applied = await apply(conn)
-        finally:
-            await conn.close()
+        applied = await migrate_for(settings.database_url, settings.database_owner_url)
         typer.echo(f"applied: {', '.join(applied) or 'nothing (up to date)'}")
 
     asyncio.run(main())

@@ -47,6 +47,7 @@ class Storage:
         self.bucket = settings.s3_bucket
         self.verify_mode = settings.s3_verify
         self.expiry_s = settings.presign_expiry_s
+        self.download_ttl_s = settings.download_url_ttl_s  # links handed to people (downloads.py)
         self.client: Any = _client(settings, settings.s3_endpoint_url)
         # Presigned URLs are used by boxes and browsers: sign them for the host those reach.
         public = settings.s3_public_endpoint_url

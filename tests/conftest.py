@@ -26,6 +26,7 @@ from boxrun.db import connect, migrate
 from boxrun.dev.procs import Child, free_port, free_ports, wait_ready
 from boxrun.dev.services import (
     PG_APP_ROLE,
+    PG_RUNTIME_ROLE,
     PG_SUPERUSER,
     S3_PORTS,
     TEMPORAL_TUNING,
@@ -98,7 +99,8 @@ def private_tmp() -> Iterator[Path]:
 @dataclass(frozen=True)
 class PgServer:
     """The session's PostgreSQL, started as `boxrun dev` starts it: SCRAM passwords for the
-    superuser and for the application role (which owns every test database, as in the stack)."""
+    superuser, the application role (which owns every test database and its schema, as in the
+    stack) and the runtime role (what the API and the worker connect as)."""
 
     port: int
     passwords: PgPasswords
@@ -108,6 +110,9 @@ class PgServer:
 
     def app_url(self, database: str) -> str:
         return pg_url(self.port, PG_APP_ROLE, self.passwords.app, database)
+
+    def runtime_url(self, database: str) -> str:
+        return pg_url(self.port, PG_RUNTIME_ROLE, self.passwords.runtime, database)
 
 
 @pytest.fixture(scope="session")
@@ -122,9 +127,10 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
     async def ready() -> None:
         while True:
             try:
-                # the template belongs to the application role and is migrated by it, as in the stack
+                # the template belongs to the application role and is migrated by it, which grants
+                # the runtime role its rights, as in the stack (clones keep the grants)
                 tmpl = await connect(await postgres_ready(server.port, server.passwords, "boxrun_template"))
-                await migrate(tmpl)
+                await migrate(tmpl, runtime_role=PG_RUNTIME_ROLE)
                 await tmpl.close()
                 return
             except (OSError, asyncpg.CannotConnectNowError):
@@ -145,15 +151,28 @@ def pg_port(pg_server: PgServer) -> int:
 
 
 @pytest.fixture
-async def db_url(pg_server: PgServer) -> AsyncIterator[str]:
+async def db_name(pg_server: PgServer) -> AsyncIterator[str]:
     """A database of its own for each test, cloned from the migrated template, owned by the
-    application role; the URL names that role and its password."""
+    application role."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = await asyncpg.connect(pg_server.admin_url())
     await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE boxrun_template OWNER {PG_APP_ROLE}')
-    yield pg_server.app_url(name)
+    yield name
     await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     await admin.close()
+
+
+@pytest.fixture
+def db_url(pg_server: PgServer, db_name: str) -> str:
+    """The test database as the runtime role (what the API and the worker use in production):
+    data rights only, no UPDATE, DELETE or TRUNCATE on the audit log."""
+    return pg_server.runtime_url(db_name)
+
+
+@pytest.fixture
+def db_owner_url(pg_server: PgServer, db_name: str) -> str:
+    """The test database as its owner (the role migrations run as)."""
+    return pg_server.app_url(db_name)
 
 
 @pytest.fixture

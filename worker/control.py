@@ -12,7 +12,7 @@ from boxrun.activities.control import ControlActivities
 from boxrun.activities.dispatch import DispatchActivities
 from boxrun.activities.reaper import ReaperActivities
 from boxrun.constants import CONTROL_TASK_QUEUE
-from boxrun.db import create_pool, migrate
+from boxrun.db import create_pool, migrate_for
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect, ensure_search_attributes
@@ -26,10 +26,9 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
     settings.require_secrets("s3_secret_access_key")
     client = await connect(settings.temporal_address, settings.temporal_namespace)
     await ensure_search_attributes(client)
+    await migrate_for(settings.database_url, settings.database_owner_url)
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
     try:
-        async with pool.acquire() as conn:
-            await migrate(conn)
         storage = Storage(settings)
         await asyncio.to_thread(storage.ensure_bucket)
         activities = ControlActivities(pool, storage, offline_after_s=settings.box_offline_after_s)

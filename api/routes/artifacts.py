@@ -1,4 +1,4 @@
-"""Artifacts: the verified manifest and short-lived download links."""
+"""Artifacts: the verified manifest and short-lived, audited download links."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ async def list_artifacts(
     status_code=status.HTTP_307_TEMPORARY_REDIRECT,
     response_class=RedirectResponse,
     responses={
-        307: {"description": "redirect to a presigned GET valid for 5 minutes"},
+        307: {
+            "description": "redirect to a presigned GET minted for this request (download_url_ttl_s, 60 s by default)"
+        },
         **responses(401, 404, 422, e404="no such job, or no such artifact"),
     },
 )

@@ -6,11 +6,11 @@ import json
 
 import asyncpg
 
-from boxrun.db.migrate import migrate
+from boxrun.db.migrate import migrate, migrate_for
 from boxrun.db.queries import Q
 from boxrun.db.types import Conn
 
-__all__ = ["Q", "Conn", "connect", "create_pool", "migrate"]
+__all__ = ["Q", "Conn", "connect", "create_pool", "migrate", "migrate_for"]
 
 
 async def _init(conn: asyncpg.Connection) -> None:

@@ -133,9 +133,12 @@ def _open_for(path: Path, as_user: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- PostgreSQL with passwords
 
 PG_SUPERUSER = "postgres"
-# The role boxrun's API and worker connect as: it owns the boxrun database (and so runs the
-# migrations) but is no superuser and cannot create roles or databases.
+# The role that owns the boxrun database and its schema (the stack runs the migrations as it); no
+# superuser, it cannot create roles or databases.
 PG_APP_ROLE = "boxrun"
+# The runtime role boxrun's API and worker connect as: data rights only, granted by the owner at
+# each migration (boxrun.db.migrate), and never UPDATE, DELETE or TRUNCATE on the audit log.
+PG_RUNTIME_ROLE = "boxrun_app"
 # What an embedded server accepts: a SCRAM password proof for every role and every database, on
 # loopback TCP and on its Unix socket; nothing is trusted by address or OS user.
 PG_HBA = """\
@@ -148,15 +151,18 @@ host all all ::1/128 scram-sha-256
 
 @dataclass(frozen=True)
 class PgPasswords:
-    """The embedded server's two passwords: its superuser's (the stack's own setup only) and the
-    application role's (the API and the worker)."""
+    """The embedded server's three passwords: its superuser's (the stack's own setup only), the
+    owning application role's (migrations) and the runtime role's (the API and the worker)."""
 
     superuser: str
     app: str
+    runtime: str
 
     @classmethod
     def generate(cls) -> PgPasswords:
-        return cls(superuser=secrets.token_urlsafe(24), app=secrets.token_urlsafe(24))
+        return cls(
+            superuser=secrets.token_urlsafe(24), app=secrets.token_urlsafe(24), runtime=secrets.token_urlsafe(24)
+        )
 
 
 def pg_url(port: int, user: str, password: str, database: str) -> str:
@@ -306,15 +312,18 @@ END $$;
 
 async def postgres_ready(port: int, passwords: PgPasswords, database: str = "boxrun") -> str:
     """Wait until the server accepts the superuser's password; make sure the application role
-    exists with its password and owns `database` and everything in it; return the role's URL."""
+    exists with its password and owns `database` and everything in it, and the runtime role
+    exists with its own password (it gets its rights from the migration); return the owning
+    application role's URL."""
     admin = await asyncpg.connect(pg_url(port, PG_SUPERUSER, passwords.superuser, "postgres"), timeout=2)
     try:
-        exists = await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", PG_APP_ROLE)
-        # role and database names are constants of ours; the verifier is base64 and '$:' only
-        await admin.execute(
-            f"{'ALTER' if exists else 'CREATE'} ROLE {PG_APP_ROLE} WITH LOGIN NOSUPERUSER NOCREATEDB"
-            f" NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{scram_verifier(passwords.app)}'"
-        )
+        for role, password in ((PG_APP_ROLE, passwords.app), (PG_RUNTIME_ROLE, passwords.runtime)):
+            exists = await admin.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+            # role and database names are constants of ours; the verifier is base64 and '$:' only
+            await admin.execute(
+                f"{'ALTER' if exists else 'CREATE'} ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB"
+                f" NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '{scram_verifier(password)}'"
+            )
         if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database):
             await admin.execute(f'ALTER DATABASE "{database}" OWNER TO {PG_APP_ROLE}')
         else:

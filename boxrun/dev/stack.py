@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from boxrun.client import BoxrunClient
+from boxrun.db import migrate_for
 from boxrun.dev.procs import Child, StartupError, free_ports, port_is_free, spawn, stop_together, wait_ready
 from boxrun.dev.services import (
+    PG_RUNTIME_ROLE,
     S3_PORTS,
     PgPasswords,
     S3Credentials,
+    pg_url,
     postgres_ready,
     private_dir,
     s3_api_url,
@@ -122,6 +125,8 @@ class DevStack:
         if "postgres" not in data:  # also for a data dir from before Postgres had passwords
             pw = PgPasswords.generate()
             data["postgres"] = {"superuser_password": pw.superuser, "app_password": pw.app}
+        # also for a data dir from before the API and the worker had a runtime role of their own
+        data["postgres"].setdefault("runtime_password", secrets.token_urlsafe(24))
         return data
 
     def _save_secrets(self, data: dict[str, Any]) -> None:
@@ -214,7 +219,8 @@ class DevStack:
         keys = self._secrets()
         self._save_secrets(keys)  # before S3 and Postgres start with them, so they are never lost
         s3_creds = S3Credentials(keys["s3"]["access_key"], keys["s3"]["secret_key"])
-        pg_passwords = PgPasswords(keys["postgres"]["superuser_password"], keys["postgres"]["app_password"])
+        pg_keys = keys["postgres"]
+        pg_passwords = PgPasswords(pg_keys["superuser_password"], pg_keys["app_password"], pg_keys["runtime_password"])
         pg = start_postgres(self.dir / "postgres", p["postgres"], self.log_dir, pg_passwords.superuser)
         temporal = start_temporal(self.dir / "temporal", p["temporal"], p["temporal_ui"], self.log_dir)
         s3 = start_s3(self.dir / "s3", p, s3_creds, self.log_dir)
@@ -223,7 +229,8 @@ class DevStack:
         db_url: dict[str, str] = {}
 
         async def pg_probe() -> bool:
-            db_url["url"] = await postgres_ready(p["postgres"], pg_passwords)
+            db_url["owner"] = await postgres_ready(p["postgres"], pg_passwords)
+            db_url["url"] = pg_url(p["postgres"], PG_RUNTIME_ROLE, pg_passwords.runtime, "boxrun")
             return True
 
         async def temporal_probe() -> bool:
@@ -235,6 +242,9 @@ class DevStack:
             wait_ready(temporal, temporal_probe, timeout=120),
             wait_ready(s3, lambda: s3_ready(p, s3_creds)),
         )
+        # the stack migrates as the owner and grants the runtime role its rights; the API and the
+        # worker get the runtime role only (their own migration check then only reads)
+        await migrate_for(db_url["url"], db_url["owner"])
         env = self._base_env(keys["api_token"], db_url["url"], s3_creds)
         # the bucket, as the API and the worker will see it (their settings come from this env)
         storage_settings = Settings(

@@ -21,7 +21,10 @@ def iso(delta_s: float) -> str:
 
 
 async def audit(db: asyncpg.Connection) -> list[tuple[str, str, Any]]:
-    rows = await db.fetch("SELECT action, box, detail FROM audit_log ORDER BY id")
+    # the rows the box and maintenance routes write (job transitions and leases are recorded too)
+    rows = await db.fetch(
+        "SELECT action, box, detail FROM audit_log WHERE action ~ '^(box|maintenance)[.]' ORDER BY id"
+    )
     return [(r["action"], r["box"], r["detail"]) for r in rows]
 
 

@@ -22,7 +22,7 @@ import pytest
 from boxrun.db import connect, migrate
 from boxrun.dev import services
 from boxrun.dev.procs import free_port, spawn
-from boxrun.dev.services import PG_APP_ROLE, PG_SUPERUSER, pg_url
+from boxrun.dev.services import PG_APP_ROLE, PG_RUNTIME_ROLE, PG_SUPERUSER, pg_url
 from tests.conftest import wait_for
 from tests.integration.faultstack import fault_stack
 from tests.integration.jobs import replay, submit, wait_terminal
@@ -140,6 +140,7 @@ async def test_an_old_trust_data_dir_starts_with_passwords_and_nothing_leaks(tmp
                 "node token": secrets["node_tokens"]["local-1"],
                 "superuser password": pg["superuser_password"],
                 "app password": pg["app_password"],
+                "runtime password": pg["runtime_password"],
                 "S3 secret": secrets["s3"]["secret_key"],
                 **INHERITED_SECRETS,
             }
@@ -173,7 +174,7 @@ async def test_an_old_trust_data_dir_starts_with_passwords_and_nothing_leaks(tmp
             hba = (stack_dir / "postgres" / "data" / "pg_hba.conf").read_text().splitlines()
             assert {line.split()[-1] for line in hba if line and not line.startswith("#")} == {"scram-sha-256"}
             app_url = fs.child("api").env["BOXRUN_DATABASE_URL"]
-            assert app_url == pg_url(port, PG_APP_ROLE, pg["app_password"], "boxrun")
+            assert app_url == pg_url(port, PG_RUNTIME_ROLE, pg["runtime_password"], "boxrun")
             app = await asyncpg.connect(app_url)
             try:
                 assert (

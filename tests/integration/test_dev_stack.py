@@ -49,6 +49,7 @@ async def test_restart_on_the_same_data_dir_keeps_jobs_logs_and_artifacts(privat
         assert set(json.loads((data_dir / "secrets.json").read_text())["postgres"]) == {
             "superuser_password",
             "app_password",
+            "runtime_password",
         }
         async with client(ep) as api:
             job = await submit(api, SCRIPT)
