@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from boxrun.schemas import CleanStr
 from boxrun.services.identity import Role
@@ -83,10 +93,18 @@ class UserUpdate(BaseModel):
     """Change a user's role, or disable (or enable again) the user: at least one of the two. A
     disabled user's every token is refused (401) and their open streams close."""
 
-    model_config = ConfigDict(extra="forbid", strict=False)
+    model_config = ConfigDict(extra="forbid", strict=False, json_schema_extra={"minProperties": 1})
 
-    role: Role | None = None
-    disabled: bool | None = Field(default=None, strict=True)
+    # absent keeps the value; null is not a value here (the schema says so too)
+    role: Role | SkipJsonSchema[None] = None
+    disabled: StrictBool | SkipJsonSchema[None] = None
+
+    @field_validator("role", "disabled", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("may not be null: leave it out to keep the value")
+        return value
 
     @model_validator(mode="after")
     def _something(self) -> UserUpdate:
