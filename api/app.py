@@ -15,9 +15,10 @@ from boxrun.api import errors
 from boxrun.api.auth import ensure_bootstrap
 from boxrun.api.limits import RequestGuard, needs_token
 from boxrun.api.live.dispatch import DispatchHub
+from boxrun.api.live.guard import StreamGuard
 from boxrun.api.live.job_tail import Tails
 from boxrun.api.live.listener import Notifier, PgListener
-from boxrun.api.routes import agent, artifacts, audit, boxes, files, health, job_spec, jobs, logs
+from boxrun.api.routes import agent, artifacts, audit, boxes, files, health, job_spec, jobs, logs, people
 from boxrun.db import create_pool, migrate_for
 from boxrun.schemas import LogBatchHeader
 from boxrun.settings import Settings, get_settings
@@ -49,10 +50,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.dispatch_hub = dispatch_hub
         app.state.tails = Tails(notifier)  # the shared reader of each followed job
         app.state.storage = storage
+        # one task re-checks the tokens of every open log stream (SSE, WebSocket)
+        app.state.stream_guard = stream_guard = StreamGuard(pool, settings.auth_recheck_s)
+        stream_guard.start()
         app.state.temporal = await connect(settings.temporal_address, settings.temporal_namespace)
         try:
             yield
         finally:
+            await stream_guard.stop()
             app.state.tails.close()
             await listener.stop()
             await pool.close()
@@ -64,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Run scripts on a fleet of remote boxes; every job is a durable Temporal workflow.",
     )
     api = APIRouter(prefix="/api")
-    for module in (jobs, job_spec, logs, artifacts, files, boxes, agent, health, audit):
+    for module in (jobs, job_spec, logs, artifacts, files, boxes, people, audit, agent, health):
         api.include_router(module.router)
     app.include_router(api)
 

@@ -1,16 +1,27 @@
 """Bearer-token authentication: user API tokens (looked up on every request, so a revoked token
-or a disabled user is refused at once) and the bootstrap user the settings token belongs to."""
+or a disabled user is refused at once; a token's last_used_at is written at most once a minute)
+and the bootstrap user the settings token belongs to."""
 
 from __future__ import annotations
 
 from boxrun.db import Conn, Q
 from boxrun.errors import Unauthorized
 from boxrun.services.identity import NodeBox, Role, User, hash_token, mint_token
+from boxrun.services.people import USER_TOKEN_PREFIX
 from boxrun.settings import Settings
 
-__all__ = ["USER_SCOPE_KEY", "NodeBox", "Role", "User", "authenticate", "ensure_bootstrap", "hash_token", "mint_token"]
+__all__ = [
+    "USER_SCOPE_KEY",
+    "USER_TOKEN_PREFIX",
+    "NodeBox",
+    "Role",
+    "User",
+    "authenticate",
+    "ensure_bootstrap",
+    "hash_token",
+    "mint_token",
+]
 
-USER_TOKEN_PREFIX = "brt"
 # Where RequestGuard leaves the user it authenticated (before the body is read) for the route.
 USER_SCOPE_KEY = "boxrun.user"
 
@@ -26,6 +37,8 @@ async def authenticate(conn: Conn, token: str) -> User:
         raise Unauthorized("token expired")
     if row["disabled_at"] is not None:
         raise Unauthorized(f"user {row['name']} is disabled")
+    if row["touch"]:  # last_used_at is older than a minute: one write, not one per request
+        await conn.execute(Q.touch_token, row["token_id"])
     return User(
         name=row["name"],
         org_id=row["org_id"],

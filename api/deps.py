@@ -1,5 +1,5 @@
-"""Annotated dependency aliases: SettingsDep, ConnDep, TemporalDep, StorageDep; who calls (CurrentUser,
-Operator, AdminUser, PlatformAdmin, CurrentBox)."""
+"""Annotated dependency aliases: SettingsDep, ConnDep, TemporalDep, StorageDep, StreamGuardDep; who
+calls (CurrentUser, Operator, AdminUser, UserAdmin, PlatformAdmin, CurrentBox)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
 from boxrun.api.auth import USER_SCOPE_KEY, NodeBox, Role, User, authenticate, hash_token
+from boxrun.api.live.guard import StreamGuard
 from boxrun.api.live.job_tail import Tails
 from boxrun.db import Q
 from boxrun.errors import Forbidden, Unauthorized
@@ -51,6 +52,11 @@ def _tails(request: Request) -> Tails:
     return tails
 
 
+def _stream_guard(request: Request) -> StreamGuard:
+    guard: StreamGuard = request.app.state.stream_guard
+    return guard
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ConnDep = Annotated[asyncpg.Connection, Depends(_conn)]
 # For long-lived requests (log followers): take a connection per query, never hold one.
@@ -58,6 +64,7 @@ PoolDep = Annotated[asyncpg.Pool, Depends(_pool)]
 TemporalDep = Annotated[Client, Depends(_temporal)]
 StorageDep = Annotated[Storage, Depends(_storage)]
 TailsDep = Annotated[Tails, Depends(_tails)]
+StreamGuardDep = Annotated[StreamGuard, Depends(_stream_guard)]
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
@@ -87,6 +94,12 @@ def _platform_admin(user: Annotated[User, Depends(_current_user)]) -> User:
     return user
 
 
+def _user_admin(user: Annotated[User, Depends(_current_user)]) -> User:
+    if not (user.is_admin or user.platform_admin):
+        raise Forbidden(f"this needs the admin role (you are {user.role.value} in org {user.org_id})")
+    return user
+
+
 async def _current_box(creds: Credentials, conn: ConnDep) -> NodeBox:
     if creds is None:
         raise Unauthorized("missing node token")
@@ -102,5 +115,7 @@ CurrentUser = Annotated[User, Depends(_current_user)]  # any role: reads
 Viewer = CurrentUser
 Operator = Annotated[User, Depends(_at_least(Role.OPERATOR))]  # submits; cancels/reruns own jobs
 AdminUser = Annotated[User, Depends(_at_least(Role.ADMIN))]  # everything in its org
+# users of its org (an org admin) or of any org (a platform admin); services check which org
+UserAdmin = Annotated[User, Depends(_user_admin)]
 PlatformAdmin = Annotated[User, Depends(_platform_admin)]  # orgs; users and tokens of any org
 CurrentBox = Annotated[NodeBox, Depends(_current_box)]

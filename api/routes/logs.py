@@ -13,9 +13,10 @@ from starlette.types import Send
 
 from boxrun import logstore
 from boxrun.api.auth import authenticate
-from boxrun.api.deps import ConnDep, CurrentUser, PoolDep, SettingsDep, StorageDep, TailsDep
+from boxrun.api.deps import ConnDep, CurrentUser, PoolDep, SettingsDep, StorageDep, StreamGuardDep, TailsDep
 from boxrun.api.errors import responses
 from boxrun.api.live.follower import Follower
+from boxrun.api.live.guard import StreamGuard, Watch
 from boxrun.api.live.job_tail import encode_event
 from boxrun.db import Q
 from boxrun.errors import InvalidInput, NotFound, Unauthorized
@@ -26,6 +27,9 @@ from boxrun.services.jobs import load_job, parse_job_id
 router = APIRouter(prefix="/jobs", tags=["logs"])
 
 JOB_404 = "no such job"
+# WebSocket close code when the stream's token stops being valid (4000-4999: the application's;
+# 4401 reads as HTTP's 401)
+WS_TOKEN_REVOKED = 4401
 
 
 @router.get("/{job_id}/logs", response_model=LogsPublic, responses=responses(401, 404, 422, e404=JOB_404))
@@ -59,15 +63,21 @@ class EventStream(StreamingResponse):
 
     A write the client has not taken within stall_s (the server writes only once the client has
     read what is pending) is abandoned: the stream ends with `event: dropped` and `resume_after`,
-    the last seq written, if the client takes that within another stall_s."""
+    the last seq written, if the client takes that within another stall_s.
+
+    The stream is registered with the stream guard under the token it was opened with: when that
+    token is revoked or expires, or its user is disabled, the stream ends with `event: revoked`
+    {"reason"} (written if the client takes it within stall_s)."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, follower: Follower) -> None:
+    def __init__(self, follower: Follower, *, guard: StreamGuard | None = None, token_id: str | None = None) -> None:
         # the batches are written by stream_response below, not through StreamingResponse's body
         super().__init__((), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.follower = follower
         self.batches = follower.batches()
+        self.guard = guard
+        self.token_id = token_id
 
     async def stream_response(self, send: Send) -> None:
         follower = self.follower
@@ -75,31 +85,50 @@ class EventStream(StreamingResponse):
         writer = asyncio.current_task()
         assert writer is not None  # a response is always sent from a task
         follower.writer = writer
+        watch = _watch(self.guard, self.token_id, writer)
+        written = follower.cursor
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            written = follower.cursor
             async for batch in self.batches:
                 follower.writing_since = loop.time()
                 try:
                     await send({"type": "http.response.body", "body": batch.sse(), "more_body": True})
                 except asyncio.CancelledError:
-                    if not follower.is_stalled:
+                    if not follower.is_stalled or (watch is not None and watch.reason is not None):
                         raise
                     writer.uncancel()  # cancelled by the tail's watchdog, not by a disconnect
-                    await self._dropped(send, written)
+                    await self._last(send, "dropped", {"reason": "follower too slow", "resume_after": written})
                     return
                 follower.writing_since = None
                 written = follower.cursor
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if watch is None or watch.reason is None:
+                raise
+            writer.uncancel()  # cancelled by the stream guard: the token is no longer valid
+            await self._last(send, "revoked", {"reason": watch.reason})
         finally:
+            if watch is not None:
+                watch.close()
             follower.writing_since = follower.writer = None
             follower.close()
 
-    async def _dropped(self, send: Send, resume_after: int) -> None:
-        body = encode_event("dropped", {"reason": "follower too slow", "resume_after": resume_after})
+    async def _last(self, send: Send, event: str, data: dict[str, Any]) -> None:
         with suppress(TimeoutError):
             async with asyncio.timeout(self.follower.stall_s):
-                await send({"type": "http.response.body", "body": body, "more_body": False})
+                await send({"type": "http.response.body", "body": encode_event(event, data), "more_body": False})
+
+
+def _watch(guard: StreamGuard | None, token_id: str | None, task: asyncio.Task[Any]) -> Watch | None:
+    """Register a stream's task with the guard: a revocation cancels the task (which then ends
+    the stream saying why). None for a stream without a token id (built in tests)."""
+    if guard is None or token_id is None:
+        return None
+
+    def revoked(reason: str) -> None:
+        task.cancel(f"stream closed: {reason}")
+
+    return guard.watch(token_id, revoked)
 
 
 # The route returns an EventStream itself; this documents it as FastAPI documents an SSE route.
@@ -136,6 +165,7 @@ async def stream_logs(
     pool: PoolDep,
     tails: TailsDep,
     settings: SettingsDep,
+    guard: StreamGuardDep,
     user: CurrentUser,
     after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     last_event_id: Annotated[str | None, Header()] = None,
@@ -143,7 +173,9 @@ async def stream_logs(
     """`event: log` per line (id = seq), `event: state` on each change, a keepalive comment when
     idle, then `event: done` with the final state, and the server closes. Resume with the
     Last-Event-ID header (or ?after=SEQ). A follower that stalls is sent `event: dropped` with
-    `resume_after` and closed."""
+    `resume_after` and closed. When the token the stream was opened with is revoked or expires,
+    or its user is disabled, the stream ends within `auth_recheck_s` with `event: revoked`
+    {"reason"}."""
     async with pool.acquire() as conn:
         row = await load_job(cast(asyncpg.Connection, conn), user, job_id)  # a pooled connection proxies one
     follower = Follower(
@@ -156,7 +188,7 @@ async def stream_logs(
         stall_s=settings.follower_stall_s,
         log_head=row["log_seq"],
     )
-    return EventStream(follower)
+    return EventStream(follower, guard=guard, token_id=user.token_id)
 
 
 @router.websocket("/{job_id}/logs/ws")
@@ -167,7 +199,9 @@ async def ws_logs(
     token: str | None = None,
 ) -> None:
     """The same events as the SSE stream, one JSON message each: {"event", "id", "data"}.
-    Authenticate with the Authorization header or ?token= (browsers cannot set headers)."""
+    Authenticate with the Authorization header or ?token= (browsers cannot set headers). When the
+    token is revoked or expires, or its user is disabled, the server closes with code 4401 and
+    the reason within `auth_recheck_s`."""
     app = websocket.app
     settings = app.state.settings
     header = websocket.headers.get("authorization", "")
@@ -200,6 +234,9 @@ async def ws_logs(
         joined=False,
         log_head=row["log_seq"],
     )
+    task = asyncio.current_task()
+    assert task is not None
+    watch = _watch(app.state.stream_guard, user.token_id, task)
     try:
         async for batch in follower.batches():
             for message in batch.ws():
@@ -208,7 +245,16 @@ async def ws_logs(
         await websocket.close()
     except (WebSocketDisconnect, TimeoutError):
         pass  # the client left, or stalled: it resumes with ?after=
+    except asyncio.CancelledError:
+        if watch is None or watch.reason is None:
+            raise
+        task.uncancel()  # cancelled by the stream guard: the token is no longer valid
+        with suppress(WebSocketDisconnect, TimeoutError, RuntimeError):
+            async with asyncio.timeout(settings.follower_stall_s):
+                await websocket.close(code=WS_TOKEN_REVOKED, reason=watch.reason)
     finally:
+        if watch is not None:
+            watch.close()
         follower.close()
 
 

@@ -13,7 +13,13 @@ from boxrun.api.app import create_app
 from boxrun.settings import Settings
 from tests.api.helpers import Box, assert_error
 
-SAMPLE = {"job_id": str(uuid.uuid4()), "name": "somebox", "window_id": "1", "path": "out/a.txt"}
+SAMPLE = {
+    "job_id": str(uuid.uuid4()),
+    "name": "somebox",
+    "window_id": "1",
+    "path": "out/a.txt",
+    "token_id": "tok_0123456789ab",
+}
 
 
 def _secured() -> list[tuple[str, str, bool]]:
