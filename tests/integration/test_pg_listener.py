@@ -22,7 +22,9 @@ async def test_one_connection_serves_every_channel_and_comes_back(db_url: str, c
     await listener.start()
     try:
         assert reconnects == {"a": 1, "b": 1}
-        backends = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+        backends = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        )
         assert len(backends) == 1, "one connection for both channels"
         await conn.execute("SELECT pg_notify('chan_a', 'one'), pg_notify('chan_b', 'two')")
         await wait_for(lambda: len(got) == 2, timeout=10, what="both notifications")
@@ -43,4 +45,8 @@ def _count(counts: dict[str, int], key: str) -> None:
 
 
 async def _listening(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"))
+    return bool(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        )
+    )
