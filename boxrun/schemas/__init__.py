@@ -230,7 +230,7 @@ class JobCreate(BaseModel):
     @classmethod
     def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
         for name in v:
-            if not _ENV_NAME.match(name):
+            if not _ENV_NAME.fullmatch(name):
                 raise ValueError(f"env name {name[:80]!r} is not a valid variable name")
             if name.startswith("BOXRUN_"):
                 raise ValueError(f"env name {name[:80]!r}: the BOXRUN_ prefix is reserved")

@@ -34,7 +34,7 @@ SELECT i.id,
        CASE WHEN t.id IS NULL THEN 'invalid token'
             WHEN t.revoked_at IS NOT NULL THEN 'token revoked'
             WHEN t.expires_at <= now() THEN 'token expired'
-            ELSE 'user ' || u.name || ' is disabled' END AS reason
+            ELSE concat('user ', u.name, ' is disabled') END AS reason
 FROM unnest($1::text[]) AS i (id)
 LEFT JOIN api_tokens t ON t.id = i.id
 LEFT JOIN users u ON u.name = t.user_name
