@@ -219,6 +219,8 @@ def _check_expressions(step: _Step) -> None:
 def _substitute(value: Any, chosen: dict[str, str], where: str) -> Any:
     """`value` with every `${{ matrix.AXIS }}` replaced (depth is bounded by the loader)."""
     if isinstance(value, str):
+        if "${{" not in value:
+            return value
         return _EXPRESSION.sub(lambda m: chosen[m.group(1).strip().removeprefix(".")], value)
     if isinstance(value, list):
         return [_substitute(item, chosen, where) for item in value]
@@ -332,6 +334,8 @@ def _expanded(
                 f"or substitute the matrix value (`{spec.from_}[axis=${{{{ matrix.axis }}}}]`){step.note}",
             )
         source = names[0]
+        if source == step.name:
+            raise refuse(field_name(where, "from"), f"a step cannot take its own artifacts as inputs{step.note}")
         if source not in ancestors:
             raise refuse(
                 field_name(where, "from"),

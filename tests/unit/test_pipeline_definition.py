@@ -427,7 +427,7 @@ def test_inputs_from_an_ancestor_through_needs():
             "steps.a.inputs.0.from",
             "not an ancestor",
         ),
-        ({"a": step(inputs=[{"from": "a", "path": "f"}])}, "steps.a.inputs.0.from", "not an ancestor"),
+        ({"a": step(inputs=[{"from": "a", "path": "f"}])}, "steps.a.inputs.0.from", "its own artifacts"),
         ({"a": step(inputs=[{"from": "nope", "path": "f"}])}, "steps.a.inputs.0.from", "unknown step 'nope'"),
         (
             {"t": step(matrix={"v": ["1", "2"]}), "r": step(needs=["t"], inputs=[{"from": "t", "path": "f"}])},
