@@ -4,7 +4,8 @@ bounded in depth, every string storable."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 from boxrun.pipelines.spec import field_name, refuse, shown
@@ -12,6 +13,7 @@ from boxrun.pipelines.yamlload import MAX_DEPTH, YamlError, load_yaml
 from boxrun.workspace_paths import refuse_unstorable
 
 Kind = Literal["json", "yaml"]
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def load_document(raw: bytes, kind: Kind) -> Any:
@@ -28,7 +30,7 @@ def load_document(raw: bytes, kind: Kind) -> Any:
             raise refuse("body", f"invalid YAML: {exc}") from None
     else:
         document = _load_json(text)
-    _check_values(document)
+    _check_values(document, escapes="\\" in text)
     return document
 
 
@@ -76,21 +78,47 @@ def walk(document: Any) -> Iterator[tuple[tuple[str, ...], Any]]:
             stack.extend((place + (str(i),), v) for i, v in reversed(list(enumerate(value))))
 
 
-def _check_values(document: Any) -> None:
+def _check_values(document: Any, *, escapes: bool) -> None:
     """What the loaders leave to us: nesting depth, a JSON key given twice, a NUL or lone UTF-16
-    surrogate in any string or key (no field takes one; Postgres could not store it)."""
-    for place, value in walk(document):
-        if len(place) > MAX_DEPTH:
-            raise refuse(field_name(*place[:4]) or "body", f"the document nests more than {MAX_DEPTH} levels deep")
-        texts: list[str] = []
-        if isinstance(value, str):
-            texts.append(value)
-        elif isinstance(value, dict):
+    surrogate in any string or key (no field takes one; Postgres could not store it). Neither
+    can come from UTF-8 text but through a backslash escape, so without `escapes` in the text
+    the strings are not looked at. Iterative; a place is only spelled out for an error."""
+    Link = tuple[Any, Any] | None  # (parent link, key or index): the path, built only on error
+
+    def place(link: Link) -> str:
+        parts: list[str] = []
+        while link is not None:
+            link, key = link
+            parts.append(str(key))
+        return field_name(*reversed(parts)) or "body"
+
+    def storable(text: str, link: Link) -> None:
+        if _UNSTORABLE.search(text) is None:  # the common case, without encoding each string
+            return
+        try:
+            refuse_unstorable(text)
+        except ValueError as exc:
+            raise refuse(place(link), str(exc)) from None
+
+    stack: list[tuple[Any, int, Link]] = [(document, 1, None)]
+    while stack:
+        value, depth, link = stack.pop()
+        if depth > MAX_DEPTH:
+            raise refuse(place(link), f"the document nests more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
             if isinstance(value, _JsonObject) and value.duplicate is not None:
-                raise refuse(field_name(*place) or "body", f"duplicate key {shown(value.duplicate)}")
-            texts.extend(value)
-        for text in texts:
-            try:
-                refuse_unstorable(text)
-            except ValueError as exc:
-                raise refuse(field_name(*place) or "body", str(exc)) from None
+                raise refuse(place(link), f"duplicate key {shown(value.duplicate)}")
+            items: Iterable[tuple[Any, Any]] = value.items()
+        elif isinstance(value, list):
+            items = enumerate(value)
+        else:
+            if escapes and isinstance(value, str):
+                storable(value, link)
+            continue
+        for key, item in items:
+            if escapes and isinstance(value, dict):
+                storable(key, link)
+            if isinstance(item, dict | list):
+                stack.append((item, depth + 1, (link, key)))
+            elif escapes and isinstance(item, str):
+                storable(item, (link, key))

@@ -709,3 +709,22 @@ def test_nul_and_lone_surrogates_are_refused_anywhere():
 def test_yaml_multiple_documents_are_refused():
     err = refused("steps: {a: {box: b, script: x}}\n---\nsteps: {}\n")
     assert "single document" in err.reason and "line 2" in err.reason
+
+
+def test_ancestry_through_a_long_chain():
+    steps = {f"s{i}": step(needs=[f"s{i - 1}"] if i else []) for i in range(MAX_STEPS)}
+    steps[f"s{MAX_STEPS - 1}"]["inputs"] = [{"from": "s0", "path": "first.bin"}]
+    p = parse_json({"steps": steps})
+    assert names(p) == list(steps) and p.steps[-1].inputs[0].from_step == "s0"
+    steps["s0"]["inputs"] = [{"from": f"s{MAX_STEPS - 1}", "path": "last.bin"}]
+    assert "not an ancestor" in refused({"steps": steps}).reason
+
+
+def test_yaml_control_characters_are_refused():
+    err = refused(b'steps: {a: {box: b, script: "x\x07"}}\n', YAML)
+    assert err.field == "body" and "invalid YAML" in err.reason
+
+
+def test_yaml_escapes_cannot_smuggle_a_nul():
+    err = refused('steps: {a: {box: b, script: "x\\0y"}}\n')
+    assert err.field == "steps.a.script" and "NUL" in err.reason
