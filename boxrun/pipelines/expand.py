@@ -89,6 +89,7 @@ def expand(
         raise refuse("steps", f"the pipeline expands to {total} steps, over the limit of {MAX_STEPS}")
 
     concrete: dict[str, _Concrete] = {}
+    text = 0  # bytes of script, env and inline files so far
     groups: dict[str, list[str]] = {}  # a defined step's name -> its concrete steps' names
     for step in defined:
         groups[step.name] = []
@@ -103,7 +104,15 @@ def expand(
                         field_name("steps", step.name, "matrix"),
                         f"the step name {shown(concrete_name)} is longer than {MAX_CONCRETE_NAME} characters",
                     )
-            concrete[concrete_name] = _build(step, concrete_name, len(concrete), chosen, env)
+            built = _build(step, concrete_name, len(concrete), chosen, env)
+            text += _text_bytes(built.job)
+            if text > MAX_EXPANDED_TEXT_BYTES:  # checked as it grows: memory stays bounded too
+                raise refuse(
+                    "steps",
+                    f"the expanded steps hold more than {MAX_EXPANDED_TEXT_BYTES} bytes of script, env and "
+                    "inline files (a matrix repeats them for every combination)",
+                )
+            concrete[concrete_name] = built
             groups[step.name].append(concrete_name)
 
     for each in concrete.values():
@@ -118,13 +127,6 @@ def expand(
             bits |= ancestors[need] | (1 << concrete[need].position)
         ancestors[each.name] = bits
     expanded = [_expanded(each, concrete, groups, ancestors[each.name]) for each in order]
-    text = sum(_text_bytes(s.job) for s in expanded)
-    if text > MAX_EXPANDED_TEXT_BYTES:
-        raise refuse(
-            "steps",
-            f"the expanded steps hold {text} bytes of script, env and inline files, "
-            f"over the limit of {MAX_EXPANDED_TEXT_BYTES} (a matrix repeats them for every combination)",
-        )
     return ExpandedPipeline(name=name, timeout_s=timeout_s, steps=expanded)
 
 
@@ -133,7 +135,7 @@ def expand(
 
 def _read_step(name: str, body: dict[str, Any]) -> _Step:
     where = field_name("steps", name)
-    if not _STEP_NAME.match(name):
+    if not _STEP_NAME.fullmatch(name):
         raise refuse(
             where,
             f"a step name matches {STEP_NAME_PATTERN} (lower-case letters, digits, '-' and '_', "
@@ -161,7 +163,7 @@ def _read_matrix(where: str, matrix: Any) -> list[tuple[str, list[str]]]:
     axes = []
     for axis, values in matrix.items():
         place = field_name(where, axis)
-        if not _AXIS.match(axis):
+        if not _AXIS.fullmatch(axis):
             raise refuse(place, f"an axis name matches {AXIS_PATTERN}")
         if not isinstance(values, list) or not values:
             raise refuse(place, "an axis is a non-empty list of values")
@@ -175,7 +177,7 @@ def _read_matrix(where: str, matrix: Any) -> list[tuple[str, list[str]]]:
                     field_name(place, str(index)),
                     'a matrix value is a string, an integer or a boolean (write a decimal such as 3.3 as "3.3")',
                 )
-            if not _MATRIX_VALUE.match(text):
+            if not _MATRIX_VALUE.fullmatch(text):
                 raise refuse(
                     field_name(place, str(index)),
                     f"{shown(text)}: a matrix value matches {MATRIX_VALUE_PATTERN} (it becomes part of step names)",
@@ -209,7 +211,7 @@ def _check_expressions(step: _Step) -> None:
         texts = [value] if isinstance(value, str) else list(value) if isinstance(value, dict) else []
         for text in texts:
             for match in _EXPRESSION.finditer(text):
-                reference = _AXIS_REFERENCE.match(match.group(1))
+                reference = _AXIS_REFERENCE.fullmatch(match.group(1))
                 where = field_name("steps", step.name, *place)
                 if reference is None:
                     raise refuse(where, f"{shown(match.group(0))}: write ${{{{ matrix.AXIS }}}}")

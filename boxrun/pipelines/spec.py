@@ -95,7 +95,7 @@ class PipelineDefinition(BaseModel):
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
         for name in env:
-            if not _ENV_NAME.match(name):
+            if not _ENV_NAME.fullmatch(name):
                 raise ValueError(f"env name {shown(name)} is not a valid variable name")
             if name.startswith("BOXRUN_"):
                 raise ValueError(f"env name {shown(name)}: the BOXRUN_ prefix is reserved")

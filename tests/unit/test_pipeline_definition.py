@@ -362,7 +362,7 @@ def test_an_overlong_expanded_name_is_refused():
 def test_matrix_repeating_a_large_script_is_bounded():
     script = "x" * 200_000
     err = refused({"steps": {"m": step(script=script, matrix={"i": list(range(100))})}})
-    assert err.field == "steps" and "over the limit of" in err.reason
+    assert err.field == "steps" and "more than 16777216 bytes of script, env and inline files" in err.reason
 
 
 # ---------------------------------------------------------------- the graph
@@ -728,3 +728,15 @@ def test_yaml_control_characters_are_refused():
 def test_yaml_escapes_cannot_smuggle_a_nul():
     err = refused('steps: {a: {box: b, script: "x\\0y"}}\n')
     assert err.field == "steps.a.script" and "NUL" in err.reason
+
+
+@pytest.mark.parametrize(
+    "doc, field",
+    [
+        ({"steps": {"build\n": step()}}, "steps.build\n"),
+        ({"steps": {"m": step(matrix={"v\n": ["1"]})}}, "steps.m.matrix.v\n"),
+        ({"steps": {"m": step(matrix={"v": ["1\n"]})}}, "steps.m.matrix.v.0"),
+    ],
+)
+def test_a_trailing_newline_does_not_slip_through_a_pattern(doc, field):
+    assert refused(doc).field == field
