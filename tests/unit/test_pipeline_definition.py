@@ -5,6 +5,8 @@ import textwrap
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from boxrun.errors import InvalidInput
 from boxrun.pipelines.definition import media_kind, parse_definition
@@ -740,3 +742,66 @@ def test_yaml_escapes_cannot_smuggle_a_nul():
 )
 def test_a_trailing_newline_does_not_slip_through_a_pattern(doc, field):
     assert refused(doc).field == field
+
+
+# ---------------------------------------------------------------- any input: a pipeline or a 422
+
+_REFS = ["a", "b", "t", "t[v=1]", "t[v=${{ matrix.v }}]", "${{ matrix.v }}", "nope"]
+_KEYS = st.sampled_from(["name", "timeout_s", "env", "steps", "box", "script", "needs", "inputs", "retry", "when"])
+_KEYS = st.one_of(_KEYS, st.sampled_from(["matrix", "from", "path", "on", "exit_codes", "A", "x/y", *_REFS]))
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 100_000),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=12),
+    st.sampled_from([*_REFS, "always", "failed", "x/y"]),
+)
+_ANY = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_KEYS, inner, max_size=5)),
+    max_leaves=30,
+)
+_STEP = st.fixed_dictionaries(
+    {"box": st.just("b"), "script": st.just("x")},
+    optional={
+        "needs": st.lists(st.sampled_from(_REFS), max_size=3),
+        "matrix": st.dictionaries(
+            st.sampled_from(["v", "w"]),
+            st.lists(st.sampled_from(["1", "2", 3, True]), min_size=1, max_size=3, unique=True),
+            min_size=1,
+        ),
+        "inputs": st.lists(
+            st.fixed_dictionaries({"from": st.sampled_from(_REFS), "path": st.sampled_from(["f", "g/h"])}), max_size=2
+        ),
+        "when": st.sampled_from(["always", "on_failure", "on_success"]),
+        "env": st.dictionaries(
+            st.sampled_from(["A", "B"]), st.sampled_from(["x", "${{ matrix.v }}", "${{ matrix.w }}"])
+        ),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(_ANY, st.booleans())
+def test_any_document_is_a_pipeline_or_a_422(doc, as_yaml):
+    import yaml
+
+    raw, content_type = (yaml.safe_dump(doc).encode(), YAML) if as_yaml else (json.dumps(doc).encode(), JSON)
+    try:
+        parse_definition(raw, content_type)
+    except InvalidInput as exc:
+        assert exc.field and exc.reason.startswith(f"{exc.field}: ")
+
+
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(st.dictionaries(st.sampled_from(["a", "b", "t"]), _STEP, min_size=1))
+def test_any_graph_is_ordered_or_a_422(steps):
+    try:
+        p = parse_json({"steps": steps})
+    except InvalidInput:
+        return
+    placed: set[str] = set()
+    for s in p.steps:  # needs and input sources always come first
+        assert set(s.needs) <= placed and {i.from_step for i in s.inputs} <= placed
+        placed.add(s.name)
