@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from boxrun.pipelines.spec import field_name, refuse, shown
@@ -63,19 +63,6 @@ def _load_json(text: str) -> Any:
         raise refuse("body", f"the document nests more than {MAX_DEPTH} levels deep") from None
     except ValueError as exc:  # NaN, Infinity, an integer of more than 4300 digits
         raise refuse("body", f"invalid JSON: {str(exc)[:200]}") from None
-
-
-def walk(document: Any) -> Iterator[tuple[tuple[str, ...], Any]]:
-    """Every value of `document` with its place (keys and list indexes), depth first in document
-    order; iterative, so no document can exhaust the stack."""
-    stack: list[tuple[tuple[str, ...], Any]] = [((), document)]
-    while stack:
-        place, value = stack.pop()
-        yield place, value
-        if isinstance(value, dict):
-            stack.extend((place + (str(k),), v) for k, v in reversed(value.items()))
-        elif isinstance(value, list):
-            stack.extend((place + (str(i),), v) for i, v in reversed(list(enumerate(value))))
 
 
 def _check_values(document: Any, *, escapes: bool) -> None:

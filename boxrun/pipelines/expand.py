@@ -9,10 +9,10 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from boxrun.pipelines.document import walk
 from boxrun.pipelines.model import (
     MAX_MATRIX_COMBINATIONS,
     MAX_STEPS,
@@ -202,46 +202,77 @@ def _matrix_text(value: Any) -> str | None:
 
 
 def _check_expressions(step: _Step) -> None:
-    """Each `${{ matrix... }}` in the step (values and keys, the matrix itself aside) names one of
-    its axes, so a typo is a 422 rather than text a script receives."""
+    """Each `${{ matrix... }}` where the step substitutes names one of its axes, so a typo is a
+    422 rather than text a script receives. (Elsewhere such text fails the field's own rules.)"""
     if "${{" not in json.dumps(step.body):  # most steps: nothing to look for
         return
     axes = [axis for axis, _ in step.axes]
-    for place, value in walk(step.body):
-        texts = [value] if isinstance(value, str) else list(value) if isinstance(value, dict) else []
-        for text in texts:
-            for match in _EXPRESSION.finditer(text):
-                reference = _AXIS_REFERENCE.fullmatch(match.group(1))
-                where = field_name("steps", step.name, *place)
-                if reference is None:
-                    raise refuse(where, f"{shown(match.group(0))}: write ${{{{ matrix.AXIS }}}}")
-                if not axes:
-                    raise refuse(where, f"{shown(match.group(0))}: this step has no matrix")
-                if reference.group(1) not in axes:
-                    raise refuse(
-                        where,
-                        f"{shown(match.group(0))} names no axis of the step's matrix "
-                        f"(axes: {', '.join(axes)}){suggest(reference.group(1), axes)}",
-                    )
+
+    def check(text: str, place: tuple[str, ...]) -> str:
+        for match in _EXPRESSION.finditer(text):
+            reference = _AXIS_REFERENCE.fullmatch(match.group(1))
+            where = field_name("steps", step.name, *place)
+            if reference is None:
+                raise refuse(where, f"{shown(match.group(0))}: write ${{{{ matrix.AXIS }}}}")
+            if not axes:
+                raise refuse(where, f"{shown(match.group(0))}: this step has no matrix")
+            if reference.group(1) not in axes:
+                raise refuse(
+                    where,
+                    f"{shown(match.group(0))} names no axis of the step's matrix "
+                    f"(axes: {', '.join(axes)}){suggest(reference.group(1), axes)}",
+                )
+        return text
+
+    _render(step.body, check, field_name("steps", step.name))
+
+
+def _render(body: dict[str, Any], render: Callable[[str, tuple[str, ...]], str], where: str) -> dict[str, Any]:
+    """`body` with `render(text, place)` applied to each string matrix values are substituted in
+    (SUBSTITUTED); anything of another shape is left for validation to refuse."""
+    out = dict(body)
+
+    def each(value: Any, place: tuple[str, ...]) -> Any:
+        return render(value, place) if isinstance(value, str) else value
+
+    for key in ("box", "box_group", "script"):
+        out[key] = each(out.get(key), (key,))
+    for key in ("requires", "needs"):
+        if isinstance(out.get(key), list):
+            out[key] = [each(item, (key, str(i))) for i, item in enumerate(out[key])]
+    if isinstance(out.get("env"), dict):
+        out["env"] = {name: each(value, ("env", name)) for name, value in out["env"].items()}
+    if isinstance(out.get("files"), dict):
+        files: dict[str, Any] = {}
+        for path, content in out["files"].items():
+            rendered = render(path, ("files", path))
+            if rendered in files:
+                raise refuse(
+                    field_name(where, "files"), f"two paths become {shown(rendered)} once the matrix is substituted"
+                )
+            files[rendered] = each(content, ("files", path))
+        out["files"] = files
+    if isinstance(out.get("inputs"), list):
+        out["inputs"] = [
+            {k: each(v, ("inputs", str(i), k)) for k, v in item.items()} if isinstance(item, dict) else item
+            for i, item in enumerate(out["inputs"])
+        ]
+    return {k: v for k, v in out.items() if k in body}
 
 
 # ---------------------------------------------------------------- one concrete step
 
 
-def _substitute(value: Any, chosen: dict[str, str], where: str) -> Any:
-    """`value` with every `${{ matrix.AXIS }}` replaced (depth is bounded by the loader)."""
-    if isinstance(value, str):
-        if "${{" not in value:
-            return value
-        return _EXPRESSION.sub(lambda m: chosen[m.group(1).strip().removeprefix(".")], value)
-    if isinstance(value, list):
-        return [_substitute(item, chosen, where) for item in value]
-    if isinstance(value, dict):
-        out = {_substitute(k, chosen, where): _substitute(v, chosen, where) for k, v in value.items()}
-        if len(out) < len(value):
-            raise refuse(where, "two keys become the same once the matrix values are substituted")
-        return out
-    return value
+def _substitute(body: dict[str, Any], chosen: dict[str, str], where: str) -> dict[str, Any]:
+    """`body` with every `${{ matrix.AXIS }}` (checked before) replaced by its value in `chosen`."""
+
+    def value_of(match: re.Match[str]) -> str:
+        return chosen[match.group(1).strip().removeprefix(".")]
+
+    def render(text: str, _place: tuple[str, ...]) -> str:
+        return _EXPRESSION.sub(value_of, text) if "${{" in text else text
+
+    return _render(body, render, where)
 
 
 def _build(step: _Step, name: str, position: int, chosen: dict[str, str], env: dict[str, str]) -> _Concrete:

@@ -347,7 +347,7 @@ def test_matrix_in_the_pipeline_env_is_refused():
 
 def test_substitution_that_merges_two_keys_is_refused():
     err = refused({"steps": {"m": step(matrix={"v": ["1"]}, files={"f${{ matrix.v }}": "a", "f1": "b"})}})
-    assert err.field == "steps.m" and "two keys" in err.reason
+    assert err.field == "steps.m.files" and "two paths become 'f1'" in err.reason
 
 
 def test_a_job_error_in_a_matrix_step_names_the_combination():
@@ -805,3 +805,15 @@ def test_any_graph_is_ordered_or_a_422(steps):
     for s in p.steps:  # needs and input sources always come first
         assert set(s.needs) <= placed and {i.from_step for i in s.inputs} <= placed
         placed.add(s.name)
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (step(matrix={"w": ["always"]}, when="${{ matrix.w }}"), "steps.m.when"),
+        (step(matrix={"n": ["A"]}, env={"V_${{ matrix.n }}": "x"}), "steps.m.env"),
+        (step(matrix={"n": ["1"]}, retry={"on": ["${{ matrix.n }}"]}), "steps.m.retry.on.0"),
+    ],
+)
+def test_matrix_values_are_substituted_only_where_documented(body, field):
+    assert refused({"steps": {"m": body}}).field == field
