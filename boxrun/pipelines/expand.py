@@ -21,13 +21,21 @@ from boxrun.pipelines.model import (
     StepInput,
     When,
 )
-from boxrun.pipelines.spec import STEP_KEYS, StepDefinition, field_name, refuse, shown, suggest, validate
+from boxrun.pipelines.spec import (
+    AXIS_PATTERN,
+    MATRIX_VALUE_PATTERN,
+    MAX_AXES,
+    STEP_KEYS,
+    STEP_NAME_PATTERN,
+    StepDefinition,
+    field_name,
+    refuse,
+    shown,
+    suggest,
+    validate,
+)
 from boxrun.schemas import JobCreate
 
-STEP_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-AXIS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,31}$"
-MATRIX_VALUE_PATTERN = r"^[A-Za-z0-9_.:+@-]{1,64}$"  # no '[', ']', ',' or '=': names stay unambiguous
-MAX_AXES = 8
 MAX_CONCRETE_NAME = 200  # `test[voltage=3.0,board=f4]`
 MAX_EXPANDED_TEXT_BYTES = 16 << 20  # script + env + inline files over all concrete steps
 

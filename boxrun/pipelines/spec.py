@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from boxrun.errors import InvalidInput
 from boxrun.pipelines.model import DEFAULT_PIPELINE_TIMEOUT_S, RetryOn, RetrySpec, When
-from boxrun.schemas import CleanStr, JobCreate, WorkspacePath
+from boxrun.schemas import CLEAN_PATTERN, ENV_NAME_PATTERN, CleanStr, JobCreate, WorkspacePath
 
 MAX_PIPELINE_TIMEOUT_S = 30 * 24 * 3600
 MAX_PIPELINE_NAME = 200
@@ -20,6 +20,10 @@ MAX_INPUTS = 100  # per step
 MAX_REF = 300  # a `needs` or `inputs.from` entry (a concrete step name is at most 200)
 MAX_ENV = 500  # as a job's env
 SHOWN = 80  # characters of a submitted value (or key) an error message may repeat
+STEP_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+AXIS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,31}$"
+MATRIX_VALUE_PATTERN = r"^[A-Za-z0-9_.:+@-]{1,64}$"  # no '[', ']', ',' or '=': names stay unambiguous
+MAX_AXES = 8
 
 PIPELINE_KEYS = ("name", "timeout_s", "env", "steps")
 STEP_KEYS = ("needs", "inputs", "retry", "when", "allow_failure", "matrix")
@@ -147,3 +151,121 @@ class StepDefinition(BaseModel):
     retry: RetryDefinition | None = None
     when: When = When.ON_SUCCESS
     allow_failure: bool = False
+
+
+# ---------------------------------------------------------------- the definition as JSON Schema
+
+# Job fields whose strings matrix values are substituted in: their patterns and maximum lengths
+# hold only after substitution, so the schema leaves those out (a `${{ matrix.arch }}` in a
+# box_group is not a box name yet).
+_SUBSTITUTED_JOB_FIELDS = ("box", "box_group", "requires", "files")
+
+
+def _loosen(schema: Any) -> None:
+    """Drop every `pattern` but the no-NUL one and every `maxLength` inside `schema`, in place."""
+    if isinstance(schema, dict):
+        if schema.get("pattern") not in (None, CLEAN_PATTERN):
+            del schema["pattern"]
+        schema.pop("maxLength", None)
+        for value in schema.values():
+            _loosen(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            _loosen(item)
+
+
+def definition_json_schema(ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """A pipeline definition as JSON Schema (draft 2020-12, as OpenAPI 3.1 takes it), for a
+    route's requestBody in JSON and YAML alike. It states keys, types, enums and bounds, and is
+    a superset of what parse_definition accepts: strings matrix values are substituted in carry
+    no pattern or maximum length, and what a schema cannot say (needs that exist, no cycle,
+    inputs from ancestors, limits after expansion, retry intervals in order) is checked beyond
+    it. So every body the schema refuses, parse_definition refuses too (a property test holds
+    the two to it). Shared schemas are under `$defs`, referenced with `ref_template`."""
+    job = JobCreate.model_json_schema(ref_template=ref_template)
+    retry = RetryDefinition.model_json_schema(ref_template=ref_template)
+    defs: dict[str, Any] = {**job.pop("$defs", {}), **retry.pop("$defs", {})}
+    properties = job["properties"]
+    properties.pop("idempotency_key", None)
+    for name in _SUBSTITUTED_JOB_FIELDS:
+        _loosen(properties[name])
+    text = {"type": "string", "minLength": 1}
+    properties.update(
+        {
+            "needs": {
+                "type": "array",
+                "items": text,
+                "maxItems": 500,
+                "description": "steps that must end first: a step's name (a matrix step: all of it) "
+                "or one combination's (`test[voltage=3.0]`)",
+            },
+            "inputs": {
+                "type": "array",
+                "maxItems": MAX_INPUTS,
+                "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["from", "path"],
+                    "properties": {"from": text, "path": text, "dest": {"anyOf": [text, {"type": "null"}]}},
+                },
+                "description": "artifacts of an ancestor step, placed at `dest` (default: `path`)",
+            },
+            "retry": {"anyOf": [{"$ref": ref_template.format(model="RetryDefinition")}, {"type": "null"}]},
+            "when": {"type": "string", "enum": [w.value for w in When], "default": When.ON_SUCCESS.value},
+            "allow_failure": {"type": "boolean", "default": False},
+            "matrix": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": MAX_AXES,
+                "propertyNames": {"pattern": AXIS_PATTERN},
+                "additionalProperties": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "anyOf": [
+                            {"type": "string", "pattern": MATRIX_VALUE_PATTERN},
+                            {"type": "integer"},
+                            {"type": "boolean"},
+                        ]
+                    },
+                },
+                "description": "axis -> values; one step per combination, named `step[axis=value,...]`",
+            },
+        }
+    )
+    for name in ("script", "env"):  # substituted too, but only their no-NUL pattern is stated
+        properties[name].pop("maxLength", None)
+    job["title"] = "PipelineStep"
+    job["description"] = "A step: a job's fields (but idempotency_key) and the pipeline's. See docs/pipelines.md."
+    defs["PipelineStep"] = job
+    defs["RetryDefinition"] = retry
+    return {
+        "title": "PipelineDefinition",
+        "description": "A pipeline definition, sent as JSON or YAML. See docs/pipelines.md.",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["steps"],
+        "properties": {
+            "name": {"anyOf": [{"type": "string", "minLength": 1, "maxLength": MAX_PIPELINE_NAME}, {"type": "null"}]},
+            "timeout_s": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_PIPELINE_TIMEOUT_S,
+                "default": DEFAULT_PIPELINE_TIMEOUT_S,
+            },
+            "env": {
+                "type": "object",
+                "maxProperties": MAX_ENV,
+                "propertyNames": {"pattern": ENV_NAME_PATTERN},
+                "additionalProperties": {"type": "string", "pattern": CLEAN_PATTERN},
+            },
+            "steps": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 500,
+                "propertyNames": {"pattern": STEP_NAME_PATTERN},
+                "additionalProperties": {"$ref": ref_template.format(model="PipelineStep")},
+            },
+        },
+        "$defs": defs,
+    }

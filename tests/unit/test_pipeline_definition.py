@@ -1,5 +1,6 @@
 """Pipeline definitions: parsing (JSON and YAML), every 422, matrix expansion, ordering."""
 
+import functools
 import json
 import textwrap
 import time
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from boxrun.errors import InvalidInput
 from boxrun.pipelines.definition import media_kind, parse_definition
 from boxrun.pipelines.model import MAX_MATRIX_COMBINATIONS, MAX_STEPS, RetryOn, When
+from boxrun.pipelines.spec import definition_json_schema
 from boxrun.pipelines.yamlload import MAX_ALIAS_NODES
 
 YAML = "application/yaml"
@@ -817,3 +819,72 @@ def test_any_graph_is_ordered_or_a_422(steps):
 )
 def test_matrix_values_are_substituted_only_where_documented(body, field):
     assert refused({"steps": {"m": body}}).field == field
+
+
+# ---------------------------------------------------------------- the JSON Schema
+
+
+@functools.cache
+def _schema_validator():
+    """definition_json_schema() compiled by jsonschema_rs, whose Rust regexes take no surrogate
+    ranges: `\\ud800-\\udfff` is cut from the patterns (the parser refuses surrogates anyway)."""
+    import jsonschema_rs
+
+    text = json.dumps(definition_json_schema()).replace("\\\\ud800-\\\\udfff", "")
+    return jsonschema_rs.validator_for(json.loads(text))
+
+
+def test_the_schema_takes_the_issues_example_and_substitutions():
+    import yaml
+
+    validator = _schema_validator()
+    doc = yaml.safe_load(ISSUE_EXAMPLE)
+    doc["steps"]["flash"]["retry"]["on"] = doc["steps"]["flash"]["retry"].pop(True)
+    assert validator.is_valid(doc)
+    substituted = step(
+        box=None,
+        box_group="builders-${{ matrix.arch }}",
+        requires=["cc-${{ matrix.arch }}"],
+        files={"${{ matrix.arch }}/cfg.txt": "x"},
+        matrix={"arch": ["arm", "x86"]},
+        inputs=[{"from": "a", "path": "${{ matrix.arch }}/fw.bin", "dest": None}],
+        needs=["a"],
+    )
+    assert validator.is_valid({"steps": {"a": step(), "b": substituted}})
+    parse_json({"steps": {"a": step(), "b": substituted}})
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {},
+        {"steps": {}},
+        {"steps": {"Bad": step()}},
+        {"steps": {"a": step()}, "stpes": {}},
+        {"steps": {"a": step(scirpt="x")}},
+        {"steps": {"a": step(idempotency_key="k")}},
+        {"steps": {"a": step(when="sometimes")}},
+        {"steps": {"a": step(box_group="g")}},
+        {"steps": {"a": {"script": "x"}}},
+        {"steps": {"a": step(matrix={"v": [3.5]})}},
+        {"steps": {"a": step(matrix={"v": ["a b"]})}},
+        {"steps": {"a": step(retry={"on": ["crashed"]})}},
+        {"steps": {"a": step(env={"BOXRUN_X": "1"})}},
+        {"steps": {"a": step()}, "timeout_s": 0},
+    ],
+)
+def test_what_the_schema_refuses_the_parser_refuses(doc):
+    assert not _schema_validator().is_valid(doc)
+    refused(doc)
+
+
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.one_of(_ANY, st.dictionaries(st.sampled_from(["a", "b", "t"]), _STEP, min_size=1).map(lambda s: {"steps": s}))
+)
+def test_what_the_parser_accepts_the_schema_accepts(doc):
+    try:
+        parse_json(doc)
+    except InvalidInput:
+        return
+    assert _schema_validator().is_valid(doc)
