@@ -322,3 +322,65 @@ async def test_the_pipeline_timeout_stops_it_and_ends_it_timed_out(env: Env, tmp
     with pytest.raises(WorkflowFailureError) as err:
         await handle.result()
     assert isinstance(err.value.cause, ApplicationError) and err.value.cause.type == "PipelineTimedOut"
+
+
+# Leaves one file per run in $RUNS (named after the step and the process), then waits for $GATE if given.
+COUNTED = """
+import os, pathlib, time
+pathlib.Path(os.environ["RUNS"], f"{os.environ['STEP']}.{os.getpid()}").touch()
+gate = os.environ.get("GATE")
+while gate and not os.path.exists(gate):
+    time.sleep(0.02)
+print("done", flush=True)
+"""
+
+
+def counted_diamond(runs: Path, gate: Path) -> ExpandedPipeline:
+    def counted(name: str, needs: list[str], **env: str) -> ExpandedStep:
+        return step(name, COUNTED, needs=needs, env={"RUNS": str(runs), "STEP": name, **env})
+
+    return ExpandedPipeline(
+        steps=[
+            counted("a", [], GATE=str(gate)),
+            counted("b", ["a"]),
+            counted("c", ["a"]),
+            counted("d", ["b", "c"]),
+        ]
+    )
+
+
+async def assert_each_step_ran_once(env: Env, pid: str, runs: Path) -> None:
+    assert sorted(p.name.split(".")[0] for p in runs.iterdir()) == ["a", "b", "c", "d"]
+    for name in "abcd":
+        jobs = await env.jobs(pid, name)
+        assert [(j["attempt"], j["state"]) for j in jobs] == [(1, "completed")], name
+
+
+async def test_control_worker_killed_mid_pipeline_completes_and_no_step_job_runs_twice(
+    fs: FaultStack, env: Env, tmp_path: Path
+) -> None:
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    runs.mkdir()
+    runs.chmod(0o1777)
+    pid = await env.create(counted_diamond(runs, gate))
+    await wait_for(lambda: any(runs.iterdir()), timeout=60, what="step a to run")
+    fs.kill("worker")
+    gate.touch()  # a finishes on its box while no control worker runs
+    fs.start("worker")
+    row = await env.wait_end(pid, timeout=120)
+    assert row["state"] == "completed", row
+    await assert_each_step_ran_once(env, pid, runs)
+
+
+async def test_temporal_restart_mid_pipeline_completes(fs: FaultStack, env: Env, tmp_path: Path) -> None:
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    runs.mkdir()
+    runs.chmod(0o1777)
+    pid = await env.create(counted_diamond(runs, gate))
+    await wait_for(lambda: any(runs.iterdir()), timeout=60, what="step a to run")
+    fs.stop("temporal")
+    gate.touch()
+    fs.start("temporal")
+    row = await env.wait_end(pid, timeout=120)
+    assert row["state"] == "completed", row
+    await assert_each_step_ran_once(env, pid, runs)
