@@ -295,6 +295,7 @@ async def test_cancel_mid_pipeline_cancels_running_and_pending_steps_and_runs_al
     assert (await env.jobs(pid, "cleanup"))[0]["state"] == "completed"
     # Temporal: the job's and the pipeline's workflows end cancelled
     assert await env.status(str(long_job["id"])) == WorkflowExecutionStatus.CANCELED
+    assert await env.status(f"{pid}/long") == WorkflowExecutionStatus.CANCELED
     assert await env.status(pid) == WorkflowExecutionStatus.CANCELED
     events = await env.events(pid)
     assert events.index(("cleanup", "completed")) < events.index((None, "cancelled"))
@@ -322,6 +323,38 @@ async def test_the_pipeline_timeout_stops_it_and_ends_it_timed_out(env: Env, tmp
     with pytest.raises(WorkflowFailureError) as err:
         await handle.result()
     assert isinstance(err.value.cause, ApplicationError) and err.value.cause.type == "PipelineTimedOut"
+
+
+async def test_a_rerun_reuses_completed_steps_jobs_and_their_artifacts(env: Env, tmp_path: Path) -> None:
+    counter = tmp_path / "counter"
+    flaky = {"COUNTER": str(counter)}
+    p = ExpandedPipeline(
+        steps=[
+            step("build", ARTIFACT),
+            step(
+                "flash",
+                FLAKY.replace("n < 2", "n < 1"),  # fails on its first run only
+                needs=["build"],
+                env=flaky,
+                inputs=[StepInput(from_step="build", path="fw.bin", dest="fw.bin")],
+            ),
+        ]
+    )
+    first = await env.create(p)
+    assert (await env.wait_end(first))["state"] == "failed"
+    build = (await env.steps(first))["build"]
+    again = await env.create(p, rerun_of=first, reuse={"build": str(build["job_id"])})
+    row = await env.wait_end(again)
+    assert (row["state"], row["rerun_of"]) == ("completed", uuid.UUID(first)), row
+    steps = await env.steps(again)
+    assert (steps["build"]["state"], steps["build"]["job_id"], steps["build"]["reused_from"]) == (
+        "completed",
+        build["job_id"],
+        uuid.UUID(first),
+    )
+    assert await env.jobs(again, "build") == []  # not run again
+    spec = (await env.jobs(again, "flash"))[0]["spec"]
+    assert [i["job_id"] for i in spec["inputs"]] == [str(build["job_id"])]
 
 
 # Leaves one file per run in $RUNS (named after the step and the process), then waits for $GATE if given.
