@@ -175,6 +175,17 @@ class ReaperInput(BaseModel):
 # Postgres (pipeline_steps.spec, then the attempt's job row).
 
 
+class RetryPolicyInput(BaseModel):
+    """A step's RetrySpec (boxrun.pipelines.model) as the workflows carry it."""
+
+    max_attempts: int = 3
+    initial_interval_s: float = 1.0
+    backoff_coefficient: float = 2.0
+    max_interval_s: float | None = None
+    on: list[str] = Field(default_factory=lambda: ["failed", "timed_out"])
+    exit_codes: list[int] | None = None
+
+
 class PipelineStepRef(BaseModel):
     """What the pipeline workflow needs of a step to run the DAG."""
 
@@ -185,17 +196,6 @@ class PipelineStepRef(BaseModel):
     retry: RetryPolicyInput | None = None
     # rerun only_failed: this step is not run again, its earlier job stands (completed)
     reuse_job_id: str | None = None
-
-
-class RetryPolicyInput(BaseModel):
-    """A step's RetrySpec (boxrun.pipelines.model) as the workflows carry it."""
-
-    max_attempts: int = 3
-    initial_interval_s: float = 1.0
-    backoff_coefficient: float = 2.0
-    max_interval_s: float | None = None
-    on: list[str] = Field(default_factory=lambda: ["failed", "timed_out"])
-    exit_codes: list[int] | None = None
 
 
 class PipelineInput(BaseModel):
@@ -254,6 +254,3 @@ class RecordPipelineInput(BaseModel):
     pipeline_id: str
     state: PipelineState
     error: str | None = None
-
-
-PipelineStepRef.model_rebuild()

@@ -98,6 +98,15 @@ class Env:
         )
         return [(r["step"], r["state"]) for r in rows]
 
+    async def dump(self, pid: str) -> list[dict[str, Any]]:
+        """Every job of the pipeline, for an assertion's message."""
+        rows = await self.conn.fetch(
+            "SELECT step, attempt, state, exit_code, error, error_kind, started_at, finished_at FROM jobs "
+            "WHERE pipeline_id = $1 ORDER BY created_at",
+            uuid.UUID(pid),
+        )
+        return [dict(r) for r in rows]
+
     async def status(self, workflow_id: str) -> WorkflowExecutionStatus | None:
         return (await self.temporal.get_workflow_handle(workflow_id).describe()).status
 
@@ -313,8 +322,7 @@ async def test_the_pipeline_timeout_stops_it_and_ends_it_timed_out(env: Env, tmp
     t0 = time.monotonic()
     pid = await env.create(p)
     row = await env.wait_end(pid, timeout=60)
-    jobs = await env.conn.fetch("SELECT step, state, error FROM jobs WHERE pipeline_id = $1", uuid.UUID(pid))
-    assert row["state"] == "timed_out", (row["error"], [dict(j) for j in jobs])
+    assert row["state"] == "timed_out", (row["error"], await env.dump(pid))
     assert started.exists()
     assert 3 <= time.monotonic() - t0 < 40
     states = {n: s["state"] for n, s in (await env.steps(pid)).items()}
@@ -345,7 +353,7 @@ async def test_a_rerun_reuses_completed_steps_jobs_and_their_artifacts(env: Env,
     build = (await env.steps(first))["build"]
     again = await env.create(p, rerun_of=first, reuse={"build": str(build["job_id"])})
     row = await env.wait_end(again)
-    assert (row["state"], row["rerun_of"]) == ("completed", uuid.UUID(first)), row
+    assert (row["state"], row["rerun_of"]) == ("completed", uuid.UUID(first)), (row["error"], await env.dump(again))
     steps = await env.steps(again)
     assert (steps["build"]["state"], steps["build"]["job_id"], steps["build"]["reused_from"]) == (
         "completed",
