@@ -109,7 +109,9 @@ class ControlActivities:
         """Terminal transition + lease release in one transaction (terminal states absorb)."""
         async with self.pool.acquire() as conn:
             try:
-                return await finish(conn, inp.job_id, inp.to_state, exit_code=inp.exit_code, error=inp.error)
+                return await finish(
+                    conn, inp.job_id, inp.to_state, exit_code=inp.exit_code, error=inp.error, error_kind=inp.error_kind
+                )
             except (NotFound, InvalidTransition, ValueError) as exc:
                 raise _permanent(exc) from exc
 

@@ -51,6 +51,8 @@ class ReaperActivities:
                 result.jobs_ended += 1
             # 3. queued jobs whose workflow never started (the API died between commit and start)
             for row in await conn.fetch(Q.stale_queued_jobs, 30.0):
+                if row["pipeline_id"] is not None:
+                    continue  # a pipeline step's job: its StepWorkflow starts (or ends) it
                 try:
                     await client.get_workflow_handle(str(row["id"])).describe()
                     continue

@@ -13,11 +13,13 @@ DEFAULT_ORG = "default"
 SA_JOB_STATE = "JobState"
 SA_BOX_ID = "BoxId"
 SA_OWNER = "Owner"
-SEARCH_ATTRIBUTES = (SA_JOB_STATE, SA_BOX_ID, SA_OWNER)
+SA_PIPELINE_ID = "PipelineId"  # on a pipeline's workflow, its step workflows and every step job
+SEARCH_ATTRIBUTES = (SA_JOB_STATE, SA_BOX_ID, SA_OWNER, SA_PIPELINE_ID)
 
 # Postgres NOTIFY channels.
 CHANNEL_LOGS = "boxrun_logs"
 CHANNEL_JOBS = "boxrun_jobs"
+CHANNEL_PIPELINES = "boxrun_pipelines"  # payload {"pipeline_id", "event_id", "step", "state"}
 
 ARTIFACT_KEY_PREFIX = "jobs/{job_id}/files_out/"
 LOG_ARCHIVE_KEY = "jobs/{job_id}/logs.jsonl.gz"
@@ -67,3 +69,44 @@ ALLOWED_FROM: dict[JobState, tuple[JobState, ...]] = {
     JobState.TIMED_OUT: (JobState.DISPATCHING, JobState.RUNNING, JobState.UPLOADING_ARTIFACTS),
     JobState.UNSCHEDULABLE: (JobState.QUEUED, JobState.WAITING_FOR_BOX),
 }
+
+
+class PipelineState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (PipelineState.QUEUED, PipelineState.RUNNING)
+
+
+class StepState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (StepState.PENDING, StepState.RUNNING)
+
+
+class ErrorKind(StrEnum):
+    """Why a job did not complete (jobs.error_kind), beside the human `error`."""
+
+    EXIT_CODE = "exit_code"
+    HEARTBEAT_LOST = "heartbeat_lost"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    UNSCHEDULABLE = "unschedulable"
+    CLAIM_TIMEOUT = "claim_timeout"
+    ARTIFACTS = "artifacts"
+    INPUT_MISSING = "input_missing"
+    INTERNAL = "internal"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from boxrun.constants import JobState
+from boxrun.constants import JobState, PipelineState, StepState
 
 
 class JobInput(BaseModel):
@@ -42,10 +42,14 @@ class JobSpec(BaseModel):
 
 
 class JobOutcome(BaseModel):
+    """A job workflow's result; a job that did not complete also ends its workflow failed (or
+    cancelled), with this outcome as the failure's details."""
+
     job_id: str
     state: JobState
     exit_code: int | None = None
     error: str | None = None
+    error_kind: str | None = None  # boxrun.constants.ErrorKind, None for a completed job
 
 
 class TransitionInput(BaseModel):
@@ -90,6 +94,7 @@ class FinishInput(BaseModel):
     to_state: JobState
     exit_code: int | None = None
     error: str | None = None
+    error_kind: str | None = None  # boxrun.constants.ErrorKind
 
 
 class ReleaseResult(BaseModel):
@@ -164,3 +169,88 @@ class ReaperInput(BaseModel):
     interval_s: float = Field(gt=0)
     # Continue as new after this long, so one run's history stays small.
     run_for_s: float = Field(default=3600.0, gt=0)
+
+
+# -- Pipelines. No script, env or file content in any of these: a step's job spec stays in
+# Postgres (pipeline_steps.spec, then the attempt's job row).
+
+
+class RetryPolicyInput(BaseModel):
+    """A step's RetrySpec (boxrun.pipelines.model) as the workflows carry it."""
+
+    max_attempts: int = 3
+    initial_interval_s: float = 1.0
+    backoff_coefficient: float = 2.0
+    max_interval_s: float | None = None
+    on: list[str] = Field(default_factory=lambda: ["failed", "timed_out"])
+    exit_codes: list[int] | None = None
+
+
+class PipelineStepRef(BaseModel):
+    """What the pipeline workflow needs of a step to run the DAG."""
+
+    name: str
+    needs: list[str] = Field(default_factory=list)
+    when: str = "on_success"  # boxrun.pipelines.model.When
+    allow_failure: bool = False
+    retry: RetryPolicyInput | None = None
+    # rerun only_failed: this step is not run again, its earlier job stands (completed)
+    reuse_job_id: str | None = None
+
+
+class PipelineInput(BaseModel):
+    pipeline_id: str
+    owner: str
+    timeout_s: float
+    steps: list[PipelineStepRef]
+
+
+class StepWorkflowInput(BaseModel):
+    pipeline_id: str
+    step: str
+    owner: str
+    retry: RetryPolicyInput | None = None
+
+
+class StepResult(BaseModel):
+    """A step's end: its state, and the final attempt's job and outcome (details of a failed
+    step workflow too)."""
+
+    step: str
+    state: StepState
+    job_id: str | None = None
+    attempt: int = 0
+    exit_code: int | None = None
+    error: str | None = None
+    error_kind: str | None = None
+
+
+class PrepareAttemptInput(BaseModel):
+    pipeline_id: str
+    step: str
+    attempt: int
+
+
+class PreparedAttempt(BaseModel):
+    """The attempt's job row exists; `job` is its workflow input, or None when the job already
+    ended before running (`outcome`: a missing input artifact)."""
+
+    job_id: str
+    job: JobInput | None = None
+    outcome: JobOutcome | None = None
+
+
+class RecordStepInput(BaseModel):
+    pipeline_id: str
+    step: str
+    state: StepState
+    job_id: str | None = None
+    attempt: int | None = None
+    error: str | None = None
+    detail: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+class RecordPipelineInput(BaseModel):
+    pipeline_id: str
+    state: PipelineState
+    error: str | None = None

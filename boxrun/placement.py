@@ -145,7 +145,13 @@ async def _wait(conn: Conn, job: asyncpg.Record, reason: str) -> None:
 
 
 async def finish(
-    conn: Conn, job_id: str, state: JobState, *, exit_code: int | None = None, error: str | None = None
+    conn: Conn,
+    job_id: str,
+    state: JobState,
+    *,
+    exit_code: int | None = None,
+    error: str | None = None,
+    error_kind: str | None = None,
 ) -> ReleaseResult:
     """Terminal transition and lease release in one transaction.
 
@@ -165,6 +171,8 @@ async def finish(
             state = current  # absorbing: nothing to change, only a lease left behind to free
         else:
             state, _ = await transition(conn, job_id, state, exit_code=exit_code, error=error)
+            if error_kind is not None:
+                await conn.execute(Q.set_error_kind, job_id, error_kind)
         released = await release(conn, job_id)
     return released.model_copy(update={"state": state})
 

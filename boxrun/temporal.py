@@ -11,13 +11,14 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from boxrun.constants import SA_BOX_ID, SA_JOB_STATE, SA_OWNER, SEARCH_ATTRIBUTES
+from boxrun.constants import SA_BOX_ID, SA_JOB_STATE, SA_OWNER, SA_PIPELINE_ID, SEARCH_ATTRIBUTES
 
 log = logging.getLogger(__name__)
 
 KEY_JOB_STATE = SearchAttributeKey.for_keyword(SA_JOB_STATE)
 KEY_BOX_ID = SearchAttributeKey.for_keyword(SA_BOX_ID)
 KEY_OWNER = SearchAttributeKey.for_keyword(SA_OWNER)
+KEY_PIPELINE_ID = SearchAttributeKey.for_keyword(SA_PIPELINE_ID)
 
 # Exceptions that mean a bug in workflow code. Given as a workflow's failure_exception_types they
 # fail the workflow instead of its task (which Temporal retries forever). Not `Exception`: that
@@ -40,7 +41,7 @@ async def connect(address: str, namespace: str = "default") -> Client:
 
 
 async def ensure_search_attributes(client: Client) -> None:
-    """Register JobState/BoxId/Owner as Keyword attributes if the namespace lacks them
+    """Register JobState/BoxId/Owner/PipelineId as Keyword attributes if the namespace lacks them
     (the dev server registers them at start; a fresh production namespace may not)."""
     listed = await client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=client.namespace)

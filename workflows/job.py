@@ -6,7 +6,7 @@ import asyncio
 import builtins
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel
 from temporalio import workflow
@@ -23,7 +23,7 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     from boxrun.activities.control import ControlActivities
     from boxrun.activities.dispatch import DispatchActivities
-    from boxrun.constants import JobState
+    from boxrun.constants import ErrorKind, JobState
     from boxrun.messages import (
         AcquireInput,
         ArchiveInput,
@@ -33,7 +33,6 @@ with workflow.unsafe.imports_passed_through():
         JobOutcome,
         RunJobInput,
         RunJobResult,
-        TransitionInput,
         VerifyInput,
     )
     from boxrun.temporal import BUG_TYPES, KEY_BOX_ID, KEY_JOB_STATE
@@ -77,6 +76,14 @@ CANCEL_TIMEOUT = timedelta(seconds=10)
 CANCEL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
 HEARTBEAT_LOST = "box heartbeat lost"
 JOB_CANCELLED = "JobCancelled"
+CLAIM_TIMEOUT = "ClaimTimeout"
+# The Temporal failure type a job that did not complete ends its workflow with (non-retryable,
+# the JobOutcome as details), so the Web UI's ExecutionStatus filters agree with JobState.
+FAILURE_TYPES = {
+    JobState.FAILED: "JobFailed",
+    JobState.TIMED_OUT: "JobTimedOut",
+    JobState.UNSCHEDULABLE: "JobUnschedulable",
+}
 
 
 def _verify_timeout(total_bytes: int, count: int = 0) -> timedelta:
@@ -99,6 +106,7 @@ class JobWorkflow:
         self._error: str | None = None
         self._local_control = False
         self._log_lines = 0
+        self._error_kind: ErrorKind | None = None
 
     @workflow.signal(name="wake")
     def wake(self) -> None:
@@ -114,24 +122,25 @@ class JobWorkflow:
         self._local_control = spec.local_control
         try:
             box = await self._place(spec)
-            if box is None:
-                return self._outcome(spec)
-            state, exit_code, error = await self._run_on(spec, box)
+            if box is not None:
+                state, exit_code, error, kind = await self._run_on(spec, box)
         except asyncio.CancelledError:
             # whatever step it hit: end the job cancelled and free any lease it holds
-            await asyncio.shield(self._finish(spec, JobState.CANCELLED, None, "cancelled"))
+            await asyncio.shield(self._finish(spec, JobState.CANCELLED, None, "cancelled", ErrorKind.CANCELLED))
             raise
         except Exception as exc:
             if _is_cancellation(exc):  # the cancel surfaced through an activity it cancelled
-                await self._finish(spec, JobState.CANCELLED, None, "cancelled")
+                await self._finish(spec, JobState.CANCELLED, None, "cancelled", ErrorKind.CANCELLED)
                 raise
             # A bug or a permanent control-plane failure: end the job failed and free the box,
             # then fail this workflow (never its task, which Temporal would retry forever).
-            await self._finish(spec, JobState.FAILED, None, f"internal error: {exc}")
+            await self._finish(spec, JobState.FAILED, None, f"internal error: {exc}", ErrorKind.INTERNAL)
             if isinstance(exc, FailureError):
                 raise
             raise ApplicationError(f"internal error: {exc}", type=type(exc).__name__, non_retryable=True) from exc
-        await self._finish(spec, state, exit_code, error)
+        if box is None:  # unschedulable: ended in _place
+            return self._end(self._outcome(spec))
+        await self._finish(spec, state, exit_code, error, kind)
         # The transcript is complete (run_job returns only once every line is stored): archive it.
         await workflow.execute_activity_method(
             ControlActivities.archive_logs,
@@ -140,7 +149,23 @@ class JobWorkflow:
             heartbeat_timeout=ARCHIVE_HEARTBEAT,
             retry_policy=ARCHIVE_RETRY,
         )
-        return self._outcome(spec, exit_code, error)
+        return self._end(self._outcome(spec, exit_code, error))
+
+    def _end(self, outcome: JobOutcome) -> JobOutcome:
+        """Completed: the outcome is the workflow's result. Otherwise the workflow ends failed
+        (non-retryable, the reason as message, the outcome as details) or cancelled."""
+        if outcome.state == JobState.COMPLETED:
+            return outcome
+        if outcome.state == JobState.CANCELLED:
+            # the job was cancelled (its workflow's cancel, or the box reporting one): the workflow
+            # ends cancelled when a cancel was requested, else failed with a CancelledError
+            raise CancelledError(outcome.error or "cancelled", outcome.model_dump(mode="json"))
+        raise ApplicationError(
+            outcome.error or str(outcome.state),
+            outcome.model_dump(mode="json"),
+            type=FAILURE_TYPES.get(outcome.state, "JobFailed"),
+            non_retryable=True,
+        )
 
     async def _place(self, spec: JobInput) -> str | None:
         """Lease a box (the grant also moves the job to dispatching); wait while none is free,
@@ -156,7 +181,7 @@ class JobWorkflow:
                 return got.box
             if got.unschedulable_reason is not None:
                 self._error = got.unschedulable_reason
-                await self._transition(spec, JobState.UNSCHEDULABLE, error=got.unschedulable_reason)
+                await self._finish(spec, JobState.UNSCHEDULABLE, None, self._error, ErrorKind.UNSCHEDULABLE)
                 return None
             self._set_state(JobState.WAITING_FOR_BOX)
             # The periodic re-check is only a safety net (releases, grants, agents coming back and
@@ -169,7 +194,7 @@ class JobWorkflow:
             left_s = (deadline - workflow.now()).total_seconds()
             if left_s <= 0:
                 self._error = f"no box within queue_timeout_s ({spec.queue_timeout_s:g} s)"
-                await self._transition(spec, JobState.UNSCHEDULABLE, error=self._error)
+                await self._finish(spec, JobState.UNSCHEDULABLE, None, self._error, ErrorKind.UNSCHEDULABLE)
                 return None
             wait_s = min(wait_s, left_s)
             try:
@@ -177,7 +202,7 @@ class JobWorkflow:
             except builtins.TimeoutError:
                 pass  # a periodic re-check covers a wake-up that could not be delivered
 
-    async def _run_on(self, spec: JobInput, box: str) -> tuple[JobState, int | None, str | None]:
+    async def _run_on(self, spec: JobInput, box: str) -> tuple[JobState, int | None, str | None, ErrorKind | None]:
         run = workflow.start_activity_method(
             DispatchActivities.run_job,
             RunJobInput(job_id=spec.job_id, box=box),
@@ -213,28 +238,30 @@ class JobWorkflow:
         if result.artifacts or result.refused:
             artifact_error = await self._verify(spec, result)
         if result.timed_out:
-            return JobState.TIMED_OUT, result.exit_code, f"timed out after {spec.timeout_s}s"
+            return JobState.TIMED_OUT, result.exit_code, f"timed out after {spec.timeout_s}s", ErrorKind.TIMED_OUT
         if result.error is not None:
-            return JobState.FAILED, result.exit_code, result.error
+            return JobState.FAILED, result.exit_code, result.error, ErrorKind.INTERNAL
         if artifact_error is not None:
-            return JobState.FAILED, result.exit_code, artifact_error
+            return JobState.FAILED, result.exit_code, artifact_error, ErrorKind.ARTIFACTS
         if result.exit_code == 0:
-            return JobState.COMPLETED, 0, None
-        return JobState.FAILED, result.exit_code, f"exit code {result.exit_code}"
+            return JobState.COMPLETED, 0, None, None
+        return JobState.FAILED, result.exit_code, f"exit code {result.exit_code}", ErrorKind.EXIT_CODE
 
-    def _run_failure(self, exc: ActivityError) -> tuple[JobState, int | None, str | None]:
+    def _run_failure(self, exc: ActivityError) -> tuple[JobState, int | None, str | None, ErrorKind | None]:
         cause = exc.cause
         if isinstance(cause, CancelledError):  # the workflow was cancelled; the box killed the process
-            return JobState.CANCELLED, None, "cancelled"
+            return JobState.CANCELLED, None, "cancelled", ErrorKind.CANCELLED
         if isinstance(cause, TimeoutError):
             if cause.type == TimeoutType.HEARTBEAT:
-                return JobState.FAILED, None, HEARTBEAT_LOST
-            return JobState.TIMED_OUT, None, "timed out: the box did not report back"
+                return JobState.FAILED, None, HEARTBEAT_LOST, ErrorKind.HEARTBEAT_LOST
+            return JobState.TIMED_OUT, None, "timed out: the box did not report back", ErrorKind.TIMED_OUT
         if isinstance(cause, ApplicationError):
             if cause.type == JOB_CANCELLED:
-                return JobState.CANCELLED, None, "cancelled"
-            return JobState.FAILED, None, cause.message
-        return JobState.FAILED, None, str(cause or exc)
+                return JobState.CANCELLED, None, "cancelled", ErrorKind.CANCELLED
+            if cause.type == CLAIM_TIMEOUT:
+                return JobState.FAILED, None, cause.message, ErrorKind.CLAIM_TIMEOUT
+            return JobState.FAILED, None, cause.message, ErrorKind.INTERNAL
+        return JobState.FAILED, None, str(cause or exc), ErrorKind.INTERNAL
 
     async def _verify(self, spec: JobInput, result: RunJobResult) -> str | None:
         """The box uploaded straight to storage with presigned PUTs: check every manifest entry
@@ -263,11 +290,20 @@ class JobWorkflow:
             problems.append(f"(and {verified.failed_total - shown} more)")
         return "\n".join(problems)
 
-    async def _finish(self, spec: JobInput, state: JobState, exit_code: int | None, error: str | None) -> None:
+    async def _finish(
+        self, spec: JobInput, state: JobState, exit_code: int | None, error: str | None, kind: ErrorKind | None
+    ) -> None:
         """Terminal transition + lease release in one activity, then wake whoever waits for the box."""
+        self._error_kind = kind
         released = await self._db_step(
             ControlActivities.finish_job,
-            FinishInput(job_id=spec.job_id, to_state=state, exit_code=exit_code, error=error),
+            FinishInput(
+                job_id=spec.job_id,
+                to_state=state,
+                exit_code=exit_code,
+                error=error,
+                error_kind=kind.value if kind else None,
+            ),
         )
         self._set_state(released.state or state)
         await self._wake_jobs(released.wake_job_ids)
@@ -278,15 +314,6 @@ class JobWorkflow:
                 await workflow.get_external_workflow_handle(job_id).signal("wake")
             except ApplicationError:
                 pass  # that job ended meanwhile; its own poll or the next release covers the rest
-
-    async def _transition(
-        self, spec: JobInput, state: JobState, *, error: str | None = None, detail: dict[str, Any] | None = None
-    ) -> None:
-        done = await self._db_step(
-            ControlActivities.record_transition,
-            TransitionInput(job_id=spec.job_id, to_state=state, error=error, detail=detail or {}),
-        )
-        self._set_state(done.state)
 
     async def _db_step(self, step: Callable[[ControlActivities, In], Awaitable[Out]], arg: In) -> Out:
         """acquire_box, record_transition or finish_job with the DB_STEP options above: as a local
@@ -316,7 +343,14 @@ class JobWorkflow:
         workflow.upsert_search_attributes(updates)
 
     def _outcome(self, spec: JobInput, exit_code: int | None = None, error: str | None = None) -> JobOutcome:
-        return JobOutcome(job_id=spec.job_id, state=self._state, exit_code=exit_code, error=error or self._error)
+        kind = None if self._state == JobState.COMPLETED else self._error_kind
+        return JobOutcome(
+            job_id=spec.job_id,
+            state=self._state,
+            exit_code=exit_code,
+            error=error or self._error,
+            error_kind=kind.value if kind else None,
+        )
 
 
 def _is_cancellation(exc: BaseException) -> bool:

@@ -23,9 +23,16 @@ from pathlib import Path
 import httpx
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from boxrun.constants import CONTROL_TASK_QUEUE
+from boxrun.constants import CONTROL_TASK_QUEUE, DEFAULT_ORG
+from boxrun.db import connect as db_connect
 from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
 from boxrun.messages import ReaperInput
+from boxrun.pipelines.model import ExpandedPipeline, ExpandedStep, RetrySpec, StepInput, When
+from boxrun.schemas import JobCreate
+from boxrun.services.identity import Role, User
+from boxrun.services.pipelines import attempt_job_id, create_pipeline, step_workflow_id
+from boxrun.settings import Settings
+from boxrun.storage import Storage
 from boxrun.temporal import connect
 from boxrun.workflows import ReaperWorkflow
 from boxrun.workflows.reaper import REAPER_WORKFLOW_ID
@@ -77,6 +84,7 @@ async def cancelled_while_running(api: httpx.AsyncClient) -> str:
 
 async def waiting_then_woken(api: httpx.AsyncClient) -> str:
     gate = Path(tempfile.mkdtemp(prefix="boxrun-record-")) / "go"
+    gate.parent.chmod(0o1777)  # as root, jobs run as the box's slot user: let it see the gate
     holder = await submit(api, f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)\n")
     await wait_for(lambda: state_is(api, holder["id"], "running"), what="holder running")
     waiter = await submit(api, "print('woken')")
@@ -150,6 +158,65 @@ async def record_reaper(client: Client) -> None:
     await client.get_workflow_handle(short.id).terminate("recorded")
 
 
+PIPELINE_FLAKY = """
+import os, pathlib
+p = pathlib.Path(os.environ["COUNTER"])
+n = int(p.read_text()) if p.exists() else 0
+p.write_text(str(n + 1))
+raise SystemExit(75 if n < 1 else 0)
+"""
+# (history file, workflow id) of the pipeline scenario, from its pipeline id
+PIPELINE_HISTORIES = {
+    "pipeline_completed": lambda pid: pid,
+    "pipeline_step_retried": lambda pid: step_workflow_id(pid, "flaky"),
+    "pipeline_step_job": lambda pid: attempt_job_id(pid, "test", 1),
+}
+
+
+async def record_pipeline(stack: DevStack, client: Client) -> None:
+    """A pipeline with an artifact passed down, a step that fails once then passes on its retry,
+    a fan-in and an `always` step, created as the API will (create_pipeline)."""
+    env = stack.child("api").env
+    fields = {k.removeprefix("BOXRUN_").lower(): v for k, v in env.items() if k.startswith("BOXRUN_")}
+    settings = Settings(**{k: v for k, v in fields.items() if k in Settings.model_fields})
+    counter = Path(tempfile.mkdtemp(prefix="boxrun-record-"))
+    counter.chmod(0o1777)
+
+    def step(name: str, script: str, **kw: object) -> ExpandedStep:
+        job = JobCreate(box="local-1", script=script, env=kw.pop("env", {}))  # type: ignore[arg-type]
+        return ExpandedStep(name=name, job=job, **kw)  # type: ignore[arg-type]
+
+    p = ExpandedPipeline(
+        name="recorded",
+        steps=[
+            step("build", ARTIFACT_SCRIPT),
+            step(
+                "flaky",
+                PIPELINE_FLAKY,
+                env={"COUNTER": str(counter / "n")},
+                retry=RetrySpec(max_attempts=3, initial_interval_s=0.5, exit_codes=[75]),
+            ),
+            step(
+                "test",
+                "print('testing')",
+                needs=["build", "flaky"],
+                inputs=[StepInput(from_step="build", path="result.json", dest="result.json")],
+            ),
+            step("report", "print('report')", needs=["test"], when=When.ALWAYS),
+        ],
+    )
+    user = User(name="admin", org_id=DEFAULT_ORG, role=Role.ADMIN, platform_admin=True)
+    conn = await db_connect(env["BOXRUN_DATABASE_URL"])
+    try:
+        pid = await create_pipeline(conn, client, settings, user, p, storage=Storage(settings))
+        await client.get_workflow_handle(pid).result()
+    finally:
+        await conn.close()
+        shutil.rmtree(counter, ignore_errors=True)
+    for name, workflow_id in PIPELINE_HISTORIES.items():
+        await save(client, name, workflow_id(pid))
+
+
 async def record(local: bool) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="boxrun-record-")) / "dev"
     env = {**ENV, "BOXRUN_LOCAL_CONTROL_ACTIVITIES": "true" if local else "false"}
@@ -165,6 +232,7 @@ async def record(local: bool) -> None:
                 job_id = await scenario(api)
                 await save(client, f"job_{name}{'_local' if local else ''}", job_id)
         if not local:
+            await record_pipeline(stack, client)
             await record_reaper(client)
     finally:
         stack.stop()

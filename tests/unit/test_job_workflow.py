@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import Worker
 
 from boxrun.constants import JobState
@@ -122,12 +122,38 @@ def job_spec(box: str, **kw) -> JobInput:
     return JobInput(job_id=str(uuid.uuid4()), spec_hash="h", owner="t", box=box, box_group=None, timeout_s=60, **kw)
 
 
+# The Temporal failure a job that did not complete ends its workflow with (the Web UI's truth).
+FAILURE_TYPE = {
+    JobState.FAILED: "JobFailed",
+    JobState.TIMED_OUT: "JobTimedOut",
+    JobState.UNSCHEDULABLE: "JobUnschedulable",
+}
+
+
 async def run_workflow(client, task_queue: str, mock: MockControlPlane, spec: JobInput, *, during=None):
+    """Runs the workflow to its end; returns (handle, the job's outcome). A job that did not
+    complete ends its workflow failed, non-retryably, with the outcome as the failure's details
+    (checked here), or, cancelled, with a CancelledError."""
     async with Worker(client, task_queue=task_queue, workflows=[JobWorkflow], activities=mock.control()):
         handle = await client.start_workflow(JobWorkflow.run, spec, id=spec.job_id, task_queue=task_queue)
         if during is not None:
             await during(handle)
-        result = await handle.result()
+        try:
+            result = await handle.result()
+        except WorkflowFailureError as exc:
+            cause = exc.cause
+            if not isinstance(cause, (ApplicationError, CancelledError)) or not cause.details:
+                raise
+            result = JobOutcome.model_validate(cause.details[0])
+            if result.state == JobState.CANCELLED:
+                assert isinstance(cause, CancelledError)
+            else:
+                assert isinstance(cause, ApplicationError) and cause.non_retryable
+                assert cause.type == FAILURE_TYPE[result.state] and cause.message == result.error
+            assert (await handle.describe()).status == WorkflowExecutionStatus.FAILED
+        else:
+            assert result.state == JobState.COMPLETED
+            assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
         return handle, result
 
 
@@ -155,6 +181,7 @@ async def test_non_zero_exit_fails_with_exit_code(temporal_client, task_queue):
     mock = MockControlPlane([AcquireResult(box=box)], RunJobResult(exit_code=3, pid=7))
     _, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
     assert (result.state, result.exit_code, result.error) == (JobState.FAILED, 3, "exit code 3")
+    assert result.error_kind == "exit_code" and mock.finished().error_kind == "exit_code"
     assert "verify" not in mock.names()
 
 
@@ -184,7 +211,8 @@ async def test_unschedulable_never_runs(temporal_client, task_queue):
     mock = MockControlPlane([AcquireResult(unschedulable_reason="no box in group lab has all of ['fpga']")])
     _, result = await run_workflow(temporal_client, task_queue, mock, job_spec("unused"))
     assert result.state == JobState.UNSCHEDULABLE and "fpga" in result.error
-    assert mock.names() == ["acquire", "unschedulable"]
+    assert mock.names() == ["acquire", "finish"]
+    assert (mock.finished().to_state, mock.finished().error_kind) == (JobState.UNSCHEDULABLE, "unschedulable")
 
 
 async def test_lost_heartbeat_fails_the_job_and_frees_the_box(temporal_client, task_queue):
@@ -194,6 +222,7 @@ async def test_lost_heartbeat_fails_the_job_and_frees_the_box(temporal_client, t
     assert (result.state, result.error) == (JobState.FAILED, "box heartbeat lost")
     assert mock.names().count("run_job") == 1, "a job is never re-dispatched"
     assert mock.finished().error == "box heartbeat lost"
+    assert result.error_kind == mock.finished().error_kind == "heartbeat_lost"
 
 
 async def test_artifact_mismatch_fails_the_job(temporal_client, task_queue):
@@ -205,6 +234,7 @@ async def test_artifact_mismatch_fails_the_job(temporal_client, task_queue):
     )
     _, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
     assert result.state == JobState.FAILED and result.error.startswith("artifact verification failed: a.bin")
+    assert result.error_kind == "artifacts"
 
 
 async def test_cancel_while_running_ends_cancelled_and_releases(temporal_client, task_queue):
@@ -217,7 +247,9 @@ async def test_cancel_while_running_ends_cancelled_and_releases(temporal_client,
 
     with pytest.raises(WorkflowFailureError):
         await run_workflow(temporal_client, task_queue, mock, job_spec(box), during=cancel_when_running)
-    assert mock.finished().to_state == JobState.CANCELLED
+    assert (mock.finished().to_state, mock.finished().error_kind) == (JobState.CANCELLED, "cancelled")
+    desc = await temporal_client.get_workflow_handle(mock.finished().job_id).describe()
+    assert desc.status == WorkflowExecutionStatus.CANCELED
     assert "request_cancel" in mock.names(), "the cancel is pushed to the box, not left to its next heartbeat"
 
 
@@ -238,10 +270,12 @@ async def test_claim_deadline_fails_the_job_with_its_reason(temporal_client, tas
     box = f"b-{uuid.uuid4().hex[:6]}"
     why = "the box did not claim the job within 60 s (agent gone?)"
     mock = MockControlPlane(
-        [AcquireResult(box=box)], run_mode="fail", run_error=ApplicationError(why, non_retryable=True)
+        [AcquireResult(box=box)],
+        run_mode="fail",
+        run_error=ApplicationError(why, type="ClaimTimeout", non_retryable=True),  # as DispatchActivities raises it
     )
     _, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box))
-    assert (result.state, result.error) == (JobState.FAILED, why)
+    assert (result.state, result.error, result.error_kind) == (JobState.FAILED, why, "claim_timeout")
     assert mock.names().count("run_job") == 1
 
 
@@ -250,7 +284,8 @@ async def test_no_box_within_queue_timeout_is_unschedulable(temporal_client, tas
     spec = job_spec("b", queue_timeout_s=1, wait_poll_s=0.2)
     _, result = await asyncio.wait_for(run_workflow(temporal_client, task_queue, mock, spec), 30)
     assert (result.state, result.error) == (JobState.UNSCHEDULABLE, "no box within queue_timeout_s (1 s)")
-    assert "run_job" not in mock.names() and mock.names()[-1] == "unschedulable"
+    assert "run_job" not in mock.names() and mock.names()[-1] == "finish"
+    assert mock.finished().to_state == JobState.UNSCHEDULABLE
 
 
 async def test_refused_artifact_names_are_listed_in_the_error(temporal_client, task_queue):
@@ -279,6 +314,7 @@ async def test_a_bug_fails_the_workflow_and_the_job_and_frees_the_box(temporal_c
     assert isinstance(cause, ApplicationError) and cause.type == "OverflowError" and cause.non_retryable
     finished = mock.finished()
     assert finished.to_state == JobState.FAILED and finished.error.startswith("internal error:")
+    assert finished.error_kind == "internal"
     assert mock.names().count("finish") == 1 and "archive" not in mock.names()
     desc = await temporal_client.get_workflow_handle(finished.job_id).describe()
     assert desc.status == WorkflowExecutionStatus.FAILED

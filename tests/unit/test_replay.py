@@ -14,8 +14,8 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from boxrun.workflows import JobWorkflow, ReaperWorkflow
-from tests.histories.record import LOCAL_SCENARIOS, SCENARIOS
+from boxrun.workflows import JobWorkflow, PipelineWorkflow, ReaperWorkflow, StepWorkflow
+from tests.histories.record import LOCAL_SCENARIOS, PIPELINE_HISTORIES, SCENARIOS
 
 HISTORIES = Path(__file__).parent.parent / "histories"
 EXPECTED = {
@@ -23,6 +23,7 @@ EXPECTED = {
     *(f"job_{name}_local" for name in LOCAL_SCENARIOS),
     "reaper_running",
     "reaper_continued_as_new",
+    *PIPELINE_HISTORIES,
 }
 
 
@@ -33,5 +34,7 @@ def test_every_recorded_scenario_is_there():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 async def test_history_replays_on_current_code(name: str):
     history = WorkflowHistory.from_json(name, (HISTORIES / f"{name}.json").read_text())
-    replayer = Replayer(workflows=[JobWorkflow, ReaperWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[JobWorkflow, ReaperWorkflow, PipelineWorkflow, StepWorkflow], data_converter=pydantic_data_converter
+    )
     await replayer.replay_workflow(history)  # raises on non-determinism or a workflow task failure

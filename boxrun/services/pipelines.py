@@ -1,0 +1,335 @@
+"""Pipelines: accepting one (rows + PipelineWorkflow), cancelling one, and the Postgres side of
+the pipeline activities (state changes with their events and NOTIFY, an attempt's job row)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from typing import Any
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from boxrun.constants import CHANNEL_PIPELINES, CONTROL_TASK_QUEUE, ErrorKind, JobState, PipelineState, StepState
+from boxrun.db import Conn, Q
+from boxrun.errors import Conflict, InvalidInput, NotFound, Unavailable
+from boxrun.messages import (
+    JobOutcome,
+    PipelineInput,
+    PipelineStepRef,
+    PreparedAttempt,
+    RecordPipelineInput,
+    RecordStepInput,
+    RetryPolicyInput,
+)
+from boxrun.pipelines.model import ExpandedPipeline, ExpandedStep
+from boxrun.services.files import resolve_file_refs
+from boxrun.services.identity import User
+from boxrun.services.submission import spec_hash
+from boxrun.services.workflow_start import WORKFLOW_TASK_TIMEOUT, job_input
+from boxrun.settings import Settings
+from boxrun.storage import Storage
+from boxrun.temporal import KEY_OWNER, KEY_PIPELINE_ID
+from boxrun.transitions import transition
+
+log = logging.getLogger(__name__)
+
+# An attempt's job id is uuid5(this, "<pipeline_id>/<step>/<attempt>"): the same attempt always
+# names the same job, so a replayed or retried activity never makes a second one.
+ATTEMPT_NAMESPACE = uuid.UUID("6f1b7c1e-3f7a-5b8e-9d2a-0c4e5f6a7b80")
+# Steps whose uploaded files are checked in storage at once while a pipeline is accepted.
+RESOLVE_CONCURRENCY = 8
+
+
+def attempt_job_id(pipeline_id: str, step: str, attempt: int) -> str:
+    return str(uuid.uuid5(ATTEMPT_NAMESPACE, f"{pipeline_id}/{step}/{attempt}"))
+
+
+def step_workflow_id(pipeline_id: str, step: str) -> str:
+    return f"{pipeline_id}/{step}"
+
+
+def retry_input(step: ExpandedStep) -> RetryPolicyInput | None:
+    if step.retry is None:
+        return None
+    return RetryPolicyInput.model_validate(step.retry.model_dump(mode="json"))
+
+
+async def create_pipeline(
+    conn: asyncpg.Connection,
+    temporal: Client,
+    settings: Settings,
+    user: User,
+    p: ExpandedPipeline,
+    *,
+    storage: Storage,
+    rerun_of: str | None = None,
+    reuse: dict[str, str] | None = None,
+) -> str:
+    """Store the pipeline and its steps in one transaction, then start its PipelineWorkflow;
+    returns the pipeline id. `reuse` (rerun only_failed): step name -> the job of an earlier run
+    that stands for it (the step is stored completed and does not run again).
+
+    InvalidInput naming the step for a box that does not exist or an uploaded file that is not in
+    storage; Unavailable if Temporal refuses (the rows are removed again: nothing half-written)."""
+    reuse = reuse or {}
+    for step in p.steps:
+        box = step.job.box
+        if box is not None and await conn.fetchrow(Q.get_box, user.org_id, box) is None:
+            raise InvalidInput(f"step {step.name!r}: box {box!r} does not exist", field=f"steps.{step.name}.box")
+    gate = asyncio.Semaphore(RESOLVE_CONCURRENCY)
+
+    async def frozen(step: ExpandedStep) -> dict[str, Any]:
+        async with gate:
+            try:
+                refs = await resolve_file_refs(storage, settings, user, step.job)
+            except InvalidInput as exc:
+                field = (exc.field or "files").removeprefix("body.")
+                raise InvalidInput(f"step {step.name!r}: {exc}", field=f"steps.{step.name}.{field}") from exc
+        return {
+            "job": step.job.frozen_spec(refs),
+            "inputs": [i.model_dump(mode="json") for i in step.inputs],
+            "retry": step.retry.model_dump(mode="json") if step.retry else None,
+            "when": step.when.value,
+            "allow_failure": step.allow_failure,
+        }
+
+    step_specs = await asyncio.gather(*(frozen(s) for s in p.steps))
+    spec = p.model_dump(mode="json")
+    pipeline_id = str(uuid.uuid4())
+    async with conn.transaction():
+        await conn.execute(
+            Q.insert_pipeline,
+            pipeline_id,
+            user.org_id,
+            user.name,
+            p.name,
+            spec,
+            spec_hash(spec),
+            p.timeout_s,
+            rerun_of,
+        )
+        await conn.executemany(
+            Q.insert_pipeline_step,
+            [
+                (
+                    pipeline_id,
+                    s.name,
+                    i,
+                    s.needs,
+                    StepState.COMPLETED.value if s.name in reuse else StepState.PENDING.value,
+                    step_specs[i],
+                    reuse.get(s.name),
+                    rerun_of if s.name in reuse else None,
+                )
+                for i, s in enumerate(p.steps)
+            ],
+        )
+        detail: dict[str, Any] = {"owner": user.name, **({"rerun_of": rerun_of} if rerun_of else {})}
+        await _event(conn, pipeline_id, user.org_id, None, PipelineState.QUEUED, detail)
+
+    inp = PipelineInput(
+        pipeline_id=pipeline_id,
+        owner=user.name,
+        timeout_s=p.timeout_s,
+        steps=[
+            PipelineStepRef(
+                name=s.name,
+                needs=s.needs,
+                when=s.when.value,
+                allow_failure=s.allow_failure,
+                retry=retry_input(s),
+                reuse_job_id=reuse.get(s.name),
+            )
+            for s in p.steps
+        ],
+    )
+    try:
+        await temporal.start_workflow(
+            "PipelineWorkflow",
+            inp,
+            id=pipeline_id,
+            task_queue=CONTROL_TASK_QUEUE,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            task_timeout=WORKFLOW_TASK_TIMEOUT,
+            search_attributes=TypedSearchAttributes(
+                [SearchAttributePair(KEY_PIPELINE_ID, pipeline_id), SearchAttributePair(KEY_OWNER, user.name)]
+            ),
+        )
+    except RPCError as exc:
+        log.error("could not start the workflow of pipeline %s: %s", pipeline_id, exc)
+        await conn.execute(Q.delete_pipeline, pipeline_id)
+        raise Unavailable("the workflow engine is unavailable; pipeline not accepted") from exc
+    return pipeline_id
+
+
+async def load_pipeline(conn: Conn, user: User, pipeline_id: str) -> asyncpg.Record:
+    """The pipeline in the caller's org; NotFound otherwise (another org's pipeline too)."""
+    try:
+        pid = uuid.UUID(pipeline_id)
+    except ValueError:
+        raise NotFound(f"pipeline {pipeline_id[:80]} does not exist") from None
+    row = await conn.fetchrow(Q.get_pipeline, user.org_id, pid)
+    if row is None:
+        raise NotFound(f"pipeline {pipeline_id} does not exist")
+    return row
+
+
+async def cancel_pipeline(conn: asyncpg.Connection, temporal: Client, user: User, pipeline_id: str) -> None:
+    """Ask the pipeline's workflow to cancel: running step jobs are cancelled (SIGTERM, grace,
+    SIGKILL), pending steps end cancelled, `when: always` steps still run. A pipeline without a
+    running workflow is cancelled here. Conflict if it already ended; Unavailable if Temporal
+    cannot take the request."""
+    row = await load_pipeline(conn, user, pipeline_id)
+    pid = str(row["id"])
+    if PipelineState(row["state"]).terminal:
+        raise Conflict(f"pipeline {pid} already ended ({row['state']})")
+    try:
+        await temporal.get_workflow_handle(pid).cancel()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise Unavailable(f"the workflow engine refused the cancel: {exc.message}") from exc
+        log.info("pipeline %s has no running workflow; cancelling the rows themselves", pid)
+        async with conn.transaction():
+            for step in await conn.fetch(Q.pipeline_steps, row["id"]):
+                if not StepState(step["state"]).terminal:
+                    await record_step(
+                        conn, RecordStepInput(pipeline_id=pid, step=step["name"], state=StepState.CANCELLED)
+                    )
+            await record_pipeline(conn, RecordPipelineInput(pipeline_id=pid, state=PipelineState.CANCELLED))
+
+
+# -- The activities' Postgres side.
+
+
+async def _event(
+    conn: Conn, pipeline_id: str, org_id: str, step: str | None, state: str, detail: dict[str, Any]
+) -> None:
+    event_id = await conn.fetchval(Q.insert_pipeline_event, pipeline_id, org_id, step, state, detail)
+    payload = {"pipeline_id": pipeline_id, "event_id": event_id, "step": step, "state": state}
+    await conn.execute(Q.notify, CHANNEL_PIPELINES, json.dumps(payload))
+
+
+async def record_pipeline(conn: Conn, inp: RecordPipelineInput) -> bool:
+    """Move the pipeline to inp.state (terminal states absorb) with its event; True if it moved."""
+    async with conn.transaction():
+        org_id = await conn.fetchval(
+            Q.set_pipeline_state, inp.pipeline_id, inp.state.value, inp.error, inp.state.terminal
+        )
+        if org_id is None:
+            return False
+        detail = {"error": inp.error} if inp.error else {}
+        await _event(conn, inp.pipeline_id, org_id, None, inp.state.value, detail)
+    return True
+
+
+async def record_step(conn: Conn, inp: RecordStepInput) -> bool:
+    """Move a step to inp.state (a new attempt's job while running counts as a change; terminal
+    states absorb) with its event; True if it moved."""
+    async with conn.transaction():
+        org_id = await conn.fetchval(
+            Q.set_step_state,
+            inp.pipeline_id,
+            inp.step,
+            inp.state.value,
+            inp.job_id,
+            inp.attempt,
+            inp.error,
+            inp.state.terminal,
+        )
+        if org_id is None:
+            return False
+        detail: dict[str, Any] = {k: v for k, v in inp.detail.items() if v is not None}
+        for key, value in (("job_id", inp.job_id), ("attempt", inp.attempt), ("error", inp.error)):
+            if value is not None:
+                detail[key] = value
+        await _event(conn, inp.pipeline_id, org_id, inp.step, inp.state.value, detail)
+    return True
+
+
+async def prepare_attempt(conn: Conn, settings: Settings, pipeline_id: str, step: str, attempt: int) -> PreparedAttempt:
+    """The attempt's job row (idempotent: its id is derived from pipeline, step and attempt),
+    built from the step's frozen spec with each input resolved to the upstream step's final job
+    and artifact. A missing input: the job is stored failed (error_kind input_missing) and not
+    run. The step is marked running with this attempt's job."""
+    job_id = attempt_job_id(pipeline_id, step, attempt)
+    row = await conn.fetchrow(Q.pipeline_step_for_attempt, pipeline_id, step)
+    if row is None:
+        raise NotFound(f"pipeline {pipeline_id} has no step {step!r}")
+    job = dict(row["spec"]["job"])
+    resolved, missing = await _resolve_inputs(conn, pipeline_id, row["spec"].get("inputs") or [])
+    if resolved:
+        job["inputs"] = resolved
+    async with conn.transaction():
+        inserted = await conn.fetchrow(
+            Q.insert_attempt_job,
+            job_id,
+            row["org_id"],
+            row["owner"],
+            job.get("box"),
+            job.get("box_group"),
+            job.get("requires") or [],
+            job,
+            spec_hash(job),
+            job["timeout_s"],
+            job.get("lock", False),
+            job.get("priority", 0),
+            job.get("cancel_grace_s", 10),
+            pipeline_id,
+            step,
+            attempt,
+        )
+        if inserted is not None:
+            detail = {"owner": row["owner"], "pipeline_id": pipeline_id, "step": step, "attempt": attempt}
+            await conn.execute(Q.insert_first_event, row["org_id"], job_id, detail)
+            if missing is not None:
+                await transition(conn, job_id, JobState.FAILED, error=missing)
+                await conn.execute(Q.set_error_kind, job_id, ErrorKind.INPUT_MISSING.value)
+        await record_step(
+            conn,
+            RecordStepInput(
+                pipeline_id=pipeline_id, step=step, state=StepState.RUNNING, job_id=job_id, attempt=attempt
+            ),
+        )
+    current = await conn.fetchrow(Q.job_row, job_id)
+    assert current is not None
+    state = JobState(current["state"])
+    if state.terminal:  # ended before it ran (a missing input)
+        outcome = JobOutcome(
+            job_id=job_id,
+            state=state,
+            exit_code=current["exit_code"],
+            error=current["error"],
+            error_kind=current["error_kind"],
+        )
+        return PreparedAttempt(job_id=job_id, outcome=outcome)
+    return PreparedAttempt(job_id=job_id, job=job_input(current, settings))
+
+
+async def _resolve_inputs(
+    conn: Conn, pipeline_id: str, inputs: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Each input as {job_id, path, dest, sha256, size}, and the first missing one named (or None)."""
+    resolved: list[dict[str, Any]] = []
+    for inp in inputs:
+        source, path = inp["from_step"], inp["path"]
+        up = await conn.fetchrow(Q.step_final_job, pipeline_id, source)
+        if up is None or up["job_id"] is None or up["state"] != StepState.COMPLETED:
+            return resolved, f"input {path!r} from step {source!r} is missing: that step did not complete"
+        art = await conn.fetchrow(Q.job_artifact_any_org, up["job_id"], path)
+        if art is None:
+            return resolved, f"input {path!r} from step {source!r} is missing: job {up['job_id']} has no such artifact"
+        resolved.append(
+            {
+                "job_id": str(up["job_id"]),
+                "path": path,
+                "dest": inp["dest"],
+                "sha256": art["sha256"],
+                "size": art["size"],
+            }
+        )
+    return resolved, None
