@@ -46,9 +46,7 @@ def test_exactly_one_target():
         JobCreate(script="x", box="a", box_group="g")
 
 
-@pytest.mark.parametrize(
-    "env", [{"1BAD": "x"}, {"A-B": "x"}, {"A\n": "x"}, {"BOXRUN_JOB_ID": "x"}, {"OK": "a\x00b"}]
-)
+@pytest.mark.parametrize("env", [{"1BAD": "x"}, {"A-B": "x"}, {"A\n": "x"}, {"BOXRUN_JOB_ID": "x"}, {"OK": "a\x00b"}])
 def test_bad_env_is_refused(env):
     with pytest.raises(ValidationError) as exc:
         make(env=env)
