@@ -129,7 +129,8 @@ def _why_not(row: asyncpg.Record) -> str:
 
 
 async def bundle(conn: Conn, storage: Storage, box: NodeBox, job_id: str) -> JobBundle:
-    """Script, env and files of a job claimed by `box` (and not finished): NotFound otherwise."""
+    """Script, env and files of a job claimed by `box` (and not finished): NotFound otherwise.
+    Files are inline text, uploaded files and, for a pipeline step, its inputs (presigned GETs)."""
     jid = parse_job_id(job_id)
     row = await _own_dispatch(conn, box, jid)
     if row["claimed_at"] is None or row["result_at"] is not None:
@@ -139,6 +140,11 @@ async def bundle(conn: Conn, storage: Storage, box: NodeBox, job_id: str) -> Job
     for path, ref in sorted((spec.get("file_refs") or {}).items()):
         url = storage.presign_get(ref["key"], expires_s=600)
         files.append(BundleFile(path=path, url=url, size=ref["size"], sha256=ref["sha256"]))
+    # a pipeline step's inputs: upstream artifacts, downloaded and SHA-256-checked by the box at
+    # `dest` before the script starts, like uploaded files
+    for inp in spec.get("inputs") or []:
+        url = storage.presign_get(artifact_key(inp["job_id"], inp["path"]), expires_s=600)
+        files.append(BundleFile(path=inp["dest"], url=url, size=inp["size"], sha256=inp["sha256"]))
     return JobBundle(
         script=spec["script"],
         env=spec.get("env") or {},
