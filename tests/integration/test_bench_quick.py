@@ -14,7 +14,9 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("bench", ["bench.latency", "bench.lifecycle", "bench.logs", "bench.boundary"])
+@pytest.mark.parametrize(
+    "bench", ["bench.latency", "bench.lifecycle", "bench.logs", "bench.boundary", "bench.pipelines"]
+)
 def test_bench_quick_mode_runs_clean(bench: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", bench, "--quick"],
