@@ -80,9 +80,11 @@ async def create_pipeline(
     InvalidInput naming the step for a box that does not exist or an uploaded file that is not in
     storage; Unavailable if Temporal refuses (the rows are removed again: nothing half-written)."""
     reuse = reuse or {}
+    # a box the submitter may not see (allowed_users) is refused exactly as a box that does not exist
+    viewer = None if user.is_admin else user.name
     for step in p.steps:
         box = step.job.box
-        if box is not None and await conn.fetchrow(Q.get_box, user.org_id, box) is None:
+        if box is not None and await conn.fetchrow(Q.get_box, user.org_id, box, viewer) is None:
             raise InvalidInput(f"step {step.name!r}: box {box!r} does not exist", field=f"steps.{step.name}.box")
     gate = asyncio.Semaphore(RESOLVE_CONCURRENCY)
 
