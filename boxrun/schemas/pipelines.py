@@ -60,7 +60,7 @@ class PipelinesPublic(BaseModel):
 
 
 class PipelineRerun(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     only_failed: bool = Field(
         default=False,
