@@ -44,6 +44,10 @@ def job_public(row: asyncpg.Record, settings: Settings) -> JobPublic:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         temporal_ui_url=settings.temporal_workflow_url(job_id),
+        pipeline_id=str(row["pipeline_id"]) if row["pipeline_id"] else None,
+        step=row["step"],
+        attempt=row["attempt"],
+        error_kind=row["error_kind"],
     )
 
 

@@ -321,6 +321,11 @@ async def test_jobs_filter_by_pipeline(api: httpx.AsyncClient, app: FastAPI, db:
     plain = (await api.post("/api/jobs", json={"box": pbox, "script": "echo"})).json()
     listed = (await api.get("/api/jobs", params={"pipeline_id": p["id"]})).json()
     assert {j["id"] for j in listed["data"]} == {one.job_id, two.job_id} and listed["count"] == 2
+    assert sorted((j["pipeline_id"], j["step"], j["attempt"]) for j in listed["data"]) == [
+        (p["id"], "build", 1),
+        (p["id"], "build", 2),
+    ]
+    assert (await api.get(f"/api/jobs/{plain['id']}")).json()["pipeline_id"] is None
     everyone = (await api.get("/api/jobs")).json()
     assert plain["id"] in {j["id"] for j in everyone["data"]} and everyone["count"] == 4
     nobody = await api.get("/api/jobs", params={"pipeline_id": str(uuid.uuid4())})
