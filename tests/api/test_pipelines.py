@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from typing import Any
 
 import asyncpg
@@ -17,14 +17,19 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from temporalio.client import WorkflowExecutionStatus
+from temporalio.worker import Worker
 
-from boxrun.constants import PipelineState, StepState
+from boxrun.activities.control import ControlActivities
+from boxrun.activities.dispatch import DispatchActivities
+from boxrun.activities.pipeline import PipelineActivities
+from boxrun.constants import CONTROL_TASK_QUEUE, PipelineState, StepState
 from boxrun.db import Q
 from boxrun.messages import RecordPipelineInput, RecordStepInput
 from boxrun.pipelines.definition import parse_definition
 from boxrun.services.identity import Role
 from boxrun.services.pipelines import prepare_attempt, record_pipeline, record_step
 from boxrun.services.submission import spec_hash
+from boxrun.workflows import JobWorkflow, PipelineWorkflow, StepWorkflow
 from tests.api.conftest import ADMIN_TOKEN
 from tests.api.helpers import assert_error
 from tests.api.people_fixtures import add_user
@@ -601,3 +606,80 @@ async def test_events_stream_of_a_revoked_token_ends_with_revoked(
     events, _ = parse_sse(resp.text)
     assert events[-1] == {"event": "revoked", "data": {"reason": "token revoked"}}
     assert guard.open_streams == 0 and not app.state.pipeline_hub._watches
+
+
+# ---------------------------------------------------------------- with the real engine
+
+
+@pytest.fixture
+async def control_worker(app: FastAPI) -> AsyncIterator[None]:
+    """The control worker's workflows and activities, in-process on the app's pool and Temporal
+    client (as `boxrun worker` builds them); no agent runs, so a job never starts on a box."""
+    pool, settings = app.state.pool, app.state.settings
+    control = ControlActivities(pool, app.state.storage, offline_after_s=settings.box_offline_after_s)
+    dispatch = DispatchActivities(pool, claim_timeout_s=settings.dispatch_timeout_s)
+    pipeline = PipelineActivities(pool, settings)
+    async with Worker(
+        app.state.temporal,
+        task_queue=CONTROL_TASK_QUEUE,
+        workflows=[JobWorkflow, PipelineWorkflow, StepWorkflow],
+        activities=[*control.all(), *dispatch.all(), *pipeline.all()],
+    ):
+        yield
+
+
+async def test_a_pipeline_the_engine_fails_streams_to_done(
+    api: httpx.AsyncClient, app: FastAPI, control_worker: None
+) -> None:
+    """No box could ever run the first step: its job ends unschedulable, the step fails, the
+    `always` step after it too, and the pipeline fails; the stream follows it to `done`."""
+    body = {
+        "steps": {
+            "a": {"box_group": "nobody-has-this", "script": "true"},
+            "cleanup": {"box_group": "nobody-has-this", "needs": ["a"], "when": "always", "script": "true"},
+            "after": {"box_group": "nobody-has-this", "needs": ["a"], "script": "true"},
+        }
+    }
+    p = await submit(api, body)
+    async with asyncio.timeout(60):
+        resp = await api.get(f"/api/pipelines/{p['id']}/events")
+    events, _ = parse_sse(resp.text)
+    assert events[-1]["event"] == "done" and events[-1]["data"]["state"] == "failed", events
+    changes = [(e["data"]["step"], e["data"]["state"]) for e in events[:-1]]
+    assert changes[0] == (None, "queued") and changes[-1] == (None, "failed")
+    assert ("a", "failed") in changes and ("cleanup", "failed") in changes and ("after", "skipped") in changes
+    got = (await api.get(f"/api/pipelines/{p['id']}")).json()
+    steps = {s["name"]: s for s in got["steps"]}
+    assert [a["state"] for a in steps["a"]["attempts"]] == ["unschedulable"]
+    assert steps["after"]["attempts"] == [] and got["finished_at"] is not None
+    jobs = (await api.get("/api/jobs", params={"pipeline_id": p["id"]})).json()
+    assert sorted(j["step"] for j in jobs["data"]) == ["a", "cleanup"]
+    desc = await app.state.temporal.get_workflow_handle(p["id"]).describe()
+    assert desc.status == WorkflowExecutionStatus.FAILED
+
+
+async def test_cancel_through_the_engine(api: httpx.AsyncClient, app: FastAPI, pbox: str, control_worker: None) -> None:
+    """A step waiting for its box (in maintenance) is cancelled with the pipeline; the stream
+    ends `done` cancelled."""
+    resp = await api.put(f"/api/boxes/{pbox}/maintenance", json={"on": True, "reason": "test"})
+    assert resp.status_code == 200, resp.text
+    p = await submit(
+        api, {"steps": {"a": {"box": pbox, "script": "true"}, "b": {"box": pbox, "needs": ["a"], "script": "true"}}}
+    )
+
+    async def waiting() -> bool:
+        got = (await api.get(f"/api/pipelines/{p['id']}")).json()
+        attempts = got["steps"][0]["attempts"]
+        return bool(attempts) and attempts[0]["state"] == "waiting_for_box"
+
+    await wait_for(waiting, timeout=30, what="step a's job waiting for its box")
+    resp = await api.post(f"/api/pipelines/{p['id']}/cancel")
+    assert resp.status_code == 202, resp.text
+    async with asyncio.timeout(60):
+        events, _ = parse_sse((await api.get(f"/api/pipelines/{p['id']}/events")).text)
+    assert events[-1] == {"event": "done", "data": {"state": "cancelled", "error": events[-1]["data"]["error"]}}
+    got = (await api.get(f"/api/pipelines/{p['id']}")).json()
+    assert {s["name"]: s["state"] for s in got["steps"]} == {"a": "cancelled", "b": "cancelled"}
+    assert got["steps"][0]["attempts"][0]["state"] == "cancelled"
+    desc = await app.state.temporal.get_workflow_handle(p["id"]).describe()
+    assert desc.status == WorkflowExecutionStatus.CANCELED
