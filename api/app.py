@@ -18,7 +18,8 @@ from boxrun.api.live.dispatch import DispatchHub
 from boxrun.api.live.guard import StreamGuard
 from boxrun.api.live.job_tail import Tails
 from boxrun.api.live.listener import Notifier, PgListener
-from boxrun.api.routes import agent, artifacts, audit, boxes, files, health, job_spec, jobs, logs, people
+from boxrun.api.live.pipelines import PipelineHub
+from boxrun.api.routes import agent, artifacts, audit, boxes, files, health, job_spec, jobs, logs, people, pipelines
 from boxrun.db import create_pool, migrate_for
 from boxrun.schemas import LogBatchHeader
 from boxrun.settings import Settings, get_settings
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         listener = PgListener(settings.database_url)  # one LISTEN connection for every part
         notifier = Notifier(listener)
         dispatch_hub = DispatchHub(listener)  # the agents' long-polls
+        app.state.pipeline_hub = PipelineHub(listener)  # the pipeline event streams
         await listener.start()
         storage = Storage(settings)
         await asyncio.to_thread(storage.ensure_bucket)
@@ -69,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Run scripts on a fleet of remote boxes; every job is a durable Temporal workflow.",
     )
     api = APIRouter(prefix="/api")
-    for module in (jobs, job_spec, logs, artifacts, files, boxes, people, audit, agent, health):
+    for module in (jobs, job_spec, logs, artifacts, files, boxes, people, audit, agent, pipelines, health):
         api.include_router(module.router)
     app.include_router(api)
 
@@ -81,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         spec["components"]["schemas"].setdefault(
             "LogBatchHeader", LogBatchHeader.model_json_schema(ref_template="#/components/schemas/{model}")
         )
+        for name, schema in pipelines.DEFINITION_SCHEMAS.items():  # POST /api/pipelines parses its body itself
+            spec["components"]["schemas"].setdefault(name, schema)
         return errors.document_errors(spec, authenticated=needs_token)
 
     app.openapi = openapi_with_ingest_schema  # type: ignore[method-assign]  # FastAPI's documented hook

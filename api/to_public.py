@@ -7,6 +7,13 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from boxrun.schemas import ArtifactPublic, BoxPublic, JobEventPublic, JobPublic
+from boxrun.schemas.pipelines import (
+    AttemptPublic,
+    PipelineEventPublic,
+    PipelinePublic,
+    PipelineSummary,
+    StepPublic,
+)
 from boxrun.settings import Settings
 
 
@@ -37,6 +44,10 @@ def job_public(row: asyncpg.Record, settings: Settings) -> JobPublic:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         temporal_ui_url=settings.temporal_workflow_url(job_id),
+        pipeline_id=str(row["pipeline_id"]) if row["pipeline_id"] else None,
+        step=row["step"],
+        attempt=row["attempt"],
+        error_kind=row["error_kind"],
     )
 
 
@@ -66,3 +77,59 @@ def job_event_public(row: asyncpg.Record) -> JobEventPublic:
 
 def artifact_public(row: asyncpg.Record) -> ArtifactPublic:
     return ArtifactPublic(path=row["path"], size=row["size"], sha256=row["sha256"])
+
+
+def pipeline_summary(row: asyncpg.Record, settings: Settings) -> PipelineSummary:
+    pipeline_id = str(row["id"])
+    return PipelineSummary(
+        id=pipeline_id,
+        name=row["name"],
+        state=row["state"],
+        owner=row["owner"],
+        error=row["error"],
+        rerun_of=str(row["rerun_of"]) if row["rerun_of"] else None,
+        timeout_s=row["timeout_s"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        temporal_ui_url=settings.temporal_workflow_url(pipeline_id),
+    )
+
+
+def pipeline_public(
+    row: asyncpg.Record, steps: list[asyncpg.Record], attempts: list[asyncpg.Record], settings: Settings
+) -> PipelinePublic:
+    """`attempts`: the pipeline's jobs (pipeline_step_attempts), grouped here under their step."""
+    by_step: dict[str, list[AttemptPublic]] = {}
+    for job in attempts:
+        by_step.setdefault(job["step"], []).append(
+            AttemptPublic(
+                attempt=job["attempt"],
+                job_id=str(job["id"]),
+                state=job["state"],
+                exit_code=job["exit_code"],
+                error=job["error"],
+                error_kind=job["error_kind"],
+            )
+        )
+    return PipelinePublic(
+        **pipeline_summary(row, settings).model_dump(),
+        steps=[
+            StepPublic(
+                name=s["name"],
+                state=s["state"],
+                needs=list(s["needs"]),
+                attempts=by_step.get(s["name"], []),
+                job_id=str(s["job_id"]) if s["job_id"] else None,
+                reused_from=str(s["reused_from"]) if s["reused_from"] else None,
+                error=s["error"],
+            )
+            for s in steps
+        ],
+    )
+
+
+def pipeline_event_public(row: asyncpg.Record) -> PipelineEventPublic:
+    return PipelineEventPublic(
+        id=row["id"], step=row["step"], state=row["state"], at=row["at"], detail=row["detail"] or {}
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
@@ -78,14 +79,18 @@ async def list_jobs(
             description="`me` (the caller) or a user name: only the jobs they submitted",
         ),
     ] = None,
+    pipeline_id: Annotated[
+        uuid.UUID | None, Query(description="only the jobs of this pipeline's steps (every attempt)")
+    ] = None,
 ) -> JobsPublic:
-    """The org's jobs, newest first (every role sees all of them); filter by state, box, owner."""
+    """The org's jobs, newest first (every role sees all of them); filter by state, box, owner,
+    pipeline."""
     who = user.name if owner == "me" else owner  # a name nobody has matches no job: an empty list
-    rows = await conn.fetch(Q.list_jobs, user.org_id, state, box, limit, offset, who)
+    rows = await conn.fetch(Q.list_jobs, user.org_id, state, box, limit, offset, who, pipeline_id)
     if rows:
         total = rows[0]["total"]
     else:
-        total = await conn.fetchval(Q.count_jobs, user.org_id, state, box, who)
+        total = await conn.fetchval(Q.count_jobs, user.org_id, state, box, who, pipeline_id)
     return JobsPublic(data=[job_public(r, settings) for r in rows], count=total)
 
 

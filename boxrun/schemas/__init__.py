@@ -309,6 +309,14 @@ class JobPublic(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     temporal_ui_url: str
+    pipeline_id: str | None = Field(default=None, description="a pipeline step's attempt: its pipeline")
+    step: str | None = Field(default=None, description="a pipeline step's attempt: the step")
+    attempt: int | None = Field(default=None, description="a pipeline step's attempt: its number (1, 2, ...)")
+    error_kind: str | None = Field(
+        default=None,
+        description="the structured cause beside `error`: exit_code, heartbeat_lost, timed_out, cancelled, "
+        "unschedulable, claim_timeout, artifacts, input_missing, internal",
+    )
 
 
 class JobsPublic(BaseModel):

@@ -1,5 +1,7 @@
 """Pipelines: accepting one (rows + PipelineWorkflow), cancelling one, and the Postgres side of
-the pipeline activities (state changes with their events and NOTIFY, an attempt's job row)."""
+the pipeline activities (state changes with their events and NOTIFY, an attempt's job row); for
+the REST face: listing, a pipeline with its steps and attempts, and the caller's submit, cancel
+and rerun (role checks and audit rows around the engine-facing functions)."""
 
 from __future__ import annotations
 
@@ -10,13 +12,14 @@ import uuid
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from boxrun.constants import CHANNEL_PIPELINES, CONTROL_TASK_QUEUE, ErrorKind, JobState, PipelineState, StepState
 from boxrun.db import Conn, Q
-from boxrun.errors import Conflict, InvalidInput, NotFound, Unavailable
+from boxrun.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
 from boxrun.messages import (
     JobOutcome,
     PipelineInput,
@@ -77,9 +80,11 @@ async def create_pipeline(
     InvalidInput naming the step for a box that does not exist or an uploaded file that is not in
     storage; Unavailable if Temporal refuses (the rows are removed again: nothing half-written)."""
     reuse = reuse or {}
+    # a box the submitter may not see (allowed_users) is refused exactly as a box that does not exist
+    viewer = None if user.is_admin else user.name
     for step in p.steps:
         box = step.job.box
-        if box is not None and await conn.fetchrow(Q.get_box, user.org_id, box) is None:
+        if box is not None and await conn.fetchrow(Q.get_box, user.org_id, box, viewer) is None:
             raise InvalidInput(f"step {step.name!r}: box {box!r} does not exist", field=f"steps.{step.name}.box")
     gate = asyncio.Semaphore(RESOLVE_CONCURRENCY)
 
@@ -333,3 +338,115 @@ async def _resolve_inputs(
             }
         )
     return resolved, None
+
+
+# -- The REST face: what a caller may do, with its audit row.
+
+
+def check_may_act(user: User, pipeline: asyncpg.Record, verb: str) -> None:
+    """Operators cancel and re-run their own pipelines; org admins any pipeline of the org.
+    Forbidden (403, with the reason) otherwise. (The route's Operator dependency refused viewers.)"""
+    if not user.is_admin and pipeline["owner"] != user.name:
+        raise Forbidden(
+            f"you may {verb} only your own pipelines (pipeline {pipeline['id']} belongs to {pipeline['owner']})"
+        )
+
+
+async def submit_pipeline(
+    conn: asyncpg.Connection, temporal: Client, settings: Settings, storage: Storage, user: User, p: ExpandedPipeline
+) -> str:
+    """create_pipeline for a caller, with its `pipeline.create` audit row; returns the id."""
+    pipeline_id = await create_pipeline(conn, temporal, settings, user, p, storage=storage)
+    detail = {"pipeline_id": pipeline_id, "name": p.name, "steps": len(p.steps)}
+    await conn.execute(Q.audit, user.org_id, user.name, "pipeline.create", None, None, detail)
+    return pipeline_id
+
+
+async def cancel_pipeline_as(conn: asyncpg.Connection, temporal: Client, user: User, pipeline_id: str) -> str:
+    """cancel_pipeline for a caller who may (own pipeline, or an admin), with its
+    `pipeline.cancel` audit row; returns the pipeline id. Conflict if it already ended."""
+    row = await load_pipeline(conn, user, pipeline_id)
+    check_may_act(user, row, "cancel")
+    pid = str(row["id"])
+    if PipelineState(row["state"]).terminal:
+        raise Conflict(f"pipeline {pid} already ended ({row['state']})")
+    await conn.execute(
+        Q.audit, user.org_id, user.name, "pipeline.cancel", None, None, {"pipeline_id": pid, "state": row["state"]}
+    )
+    await cancel_pipeline(conn, temporal, user, pid)
+    return pid
+
+
+def steps_to_rerun(steps: list[asyncpg.Record], only_failed: bool) -> set[str]:
+    """The steps a rerun runs again: all of them, or (only_failed) each step that did not
+    complete and every step that needs one of those (transitively: a completed `when: always`
+    step after a failed one runs again too, with the new upstream outcome). `steps` are in
+    topological order."""
+    if not only_failed:
+        return {s["name"] for s in steps}
+    again: set[str] = set()
+    for s in steps:
+        if s["state"] != StepState.COMPLETED or s["job_id"] is None or again.intersection(s["needs"]):
+            again.add(s["name"])
+    return again
+
+
+async def rerun_pipeline(
+    conn: asyncpg.Connection,
+    temporal: Client,
+    settings: Settings,
+    storage: Storage,
+    user: User,
+    pipeline_id: str,
+    *,
+    only_failed: bool,
+) -> str:
+    """A new pipeline from the original's stored definition, linked by `rerun_of`, owned by the
+    caller; with only_failed, the steps that completed (and need nothing rerun) are not run
+    again: their jobs and artifacts stand for them. Forbidden unless the pipeline is the
+    caller's or the caller an org admin; Conflict if only_failed and nothing is left to rerun;
+    InvalidInput if the stored definition no longer passes validation (or names a box that no
+    longer exists)."""
+    row = await load_pipeline(conn, user, pipeline_id)
+    check_may_act(user, row, "rerun")
+    pid = str(row["id"])
+    try:
+        p = ExpandedPipeline.model_validate(row["spec"])
+    except ValidationError as exc:  # rules tightened since the pipeline was stored
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "spec"
+        raise InvalidInput(f"the stored definition no longer passes validation: {first['msg']}", field=field) from None
+    reuse: dict[str, str] = {}
+    if only_failed:
+        if not PipelineState(row["state"]).terminal:
+            raise Conflict(f"pipeline {pid} is still {row['state']}: rerun only_failed once it ended")
+        steps = await conn.fetch(Q.pipeline_steps, row["id"])
+        again = steps_to_rerun(steps, only_failed=True)
+        if not again:
+            raise Conflict(f"pipeline {pid}: every step completed; nothing to rerun (only_failed)")
+        reuse = {s["name"]: str(s["job_id"]) for s in steps if s["name"] not in again}
+    new_id = await create_pipeline(conn, temporal, settings, user, p, storage=storage, rerun_of=pid, reuse=reuse)
+    detail = {"pipeline_id": pid, "new_pipeline_id": new_id, "only_failed": only_failed, "reused": sorted(reuse)}
+    await conn.execute(Q.audit, user.org_id, user.name, "pipeline.rerun", None, None, detail)
+    return new_id
+
+
+async def pipeline_view(
+    conn: Conn, user: User, pipeline_id: str
+) -> tuple[asyncpg.Record, list[asyncpg.Record], list[asyncpg.Record]]:
+    """The pipeline of the caller's org (NotFound otherwise), its steps in order, and the jobs of
+    its attempts (by step, then attempt)."""
+    row = await load_pipeline(conn, user, pipeline_id)
+    steps = await conn.fetch(Q.pipeline_steps, row["id"])
+    attempts = await conn.fetch(Q.pipeline_step_attempts, row["id"])
+    return row, steps, attempts
+
+
+async def list_pipelines(
+    conn: Conn, user: User, state: PipelineState | None, limit: int, offset: int
+) -> tuple[list[asyncpg.Record], int]:
+    """A page of the org's pipelines, newest first, and how many match in all."""
+    rows = await conn.fetch(Q.list_pipelines, user.org_id, state, limit, offset)
+    if rows:
+        return rows, rows[0]["total"]
+    return [], await conn.fetchval(Q.count_pipelines, user.org_id, state)

@@ -30,7 +30,7 @@ async def app(settings: Settings, temporal_env: WorkflowEnvironment) -> AsyncIte
         yield app
         # Leave no workflow behind on the shared dev server: this test's database goes away.
         temporal = app.state.temporal
-        for job_id in await app.state.pool.fetch("SELECT id FROM jobs"):
+        for job_id in await app.state.pool.fetch("SELECT id FROM jobs UNION ALL SELECT id FROM pipelines"):
             try:
                 await temporal.get_workflow_handle(str(job_id["id"])).terminate("test over")
             except RPCError:

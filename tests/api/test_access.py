@@ -33,15 +33,18 @@ from fastapi import FastAPI, routing
 from fastapi.routing import APIRoute, APIWebSocketRoute
 
 from boxrun import logbatch
-from boxrun.constants import JobState
+from boxrun.constants import JobState, PipelineState, StepState
 from boxrun.db import Q
+from boxrun.messages import RecordPipelineInput, RecordStepInput
 from boxrun.schemas import JobCreate
 from boxrun.services.identity import Role
+from boxrun.services.pipelines import record_pipeline, record_step
 from boxrun.services.submission import spec_hash
 from boxrun.transitions import transition
 from tests.api.conftest import ADMIN_TOKEN, BASE_URL
 from tests.api.helpers import assert_error
 from tests.api.people_fixtures import Person, add_org, add_token, add_user
+from tests.api.test_pipelines import stored_pipeline
 
 ORG_A, ORG_B = "acme", "beta"
 # Routes FastAPI adds for its own documents: no data behind them.
@@ -72,6 +75,7 @@ class World:
     viewer_name: str  # org A's viewer, by name (path parameter)
     admin_name: str
     spare_token_id: str  # a second token of org A's admin, that DELETE may revoke
+    pipeline_id: str  # org A's pipeline, owned by the operator, ended (so its event stream ends)
     artifact: str = "out/a.txt"
     markers: list[str] = field(default_factory=list)  # strings naming org A's rows
 
@@ -103,6 +107,7 @@ class Access:
 
 
 JOB = {"job_id": "job_id"}
+PIPELINE = {"pipeline_id": "pipeline_id"}
 BOX = {"name": "box"}
 
 
@@ -169,6 +174,17 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/api/jobs/{job_id}/artifacts/{path}"): Access(Role.VIEWER, {**JOB, "path": "artifact"}),
     ("POST", "/api/files"): Access(Role.OPERATOR, send=_upload),
     ("GET", "/api/jobs/{job_id}/spec"): Access(Role.VIEWER, JOB),
+    # pipelines
+    ("POST", "/api/pipelines"): Access(
+        Role.OPERATOR, send=lambda w: {"json": {"steps": {"a": {"box": w.box, "script": "echo hi"}}}}
+    ),
+    ("GET", "/api/pipelines"): Access(Role.VIEWER),
+    ("GET", "/api/pipelines/{pipeline_id}"): Access(Role.VIEWER, PIPELINE),
+    ("POST", "/api/pipelines/{pipeline_id}/cancel"): Access(Role.OPERATOR, PIPELINE),
+    ("POST", "/api/pipelines/{pipeline_id}/rerun"): Access(
+        Role.OPERATOR, PIPELINE, send=lambda w: {"json": {"only_failed": False}}
+    ),
+    ("GET", "/api/pipelines/{pipeline_id}/events"): Access(Role.VIEWER, PIPELINE),
     # the audit trail
     ("GET", "/api/audit"): Access(Role.ADMIN),
     # boxes
@@ -254,6 +270,15 @@ async def insert_ended_job(conn: asyncpg.Connection, org: str, owner: str, box: 
     return job_id
 
 
+async def insert_ended_pipeline(conn: asyncpg.Connection, org: str, owner: str, box: str) -> str:
+    """A pipeline's rows as create_pipeline writes them (no workflow), then cancelled: terminal,
+    so its event stream ends at once."""
+    pipeline_id = await stored_pipeline(conn, org, owner, box)
+    await record_step(conn, RecordStepInput(pipeline_id=pipeline_id, step="a", state=StepState.CANCELLED))
+    await record_pipeline(conn, RecordPipelineInput(pipeline_id=pipeline_id, state=PipelineState.CANCELLED))
+    return pipeline_id
+
+
 def client(app: FastAPI, token: str | None) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=headers)
@@ -285,7 +310,8 @@ async def build_world(app: FastAPI, db: asyncpg.Connection) -> World:
         b_session = resp.json()["session"]
     job_id = await insert_ended_job(db, ORG_A, operator.name, "acme-box")
     spare_token_id, _ = await add_token(db, admin.name, label="spare")
-    markers = [job_id, "acme-box", "acme-spare", viewer.name, operator.name, admin.name]
+    pipeline_id = await insert_ended_pipeline(db, ORG_A, operator.name, "acme-box")
+    markers = [job_id, pipeline_id, "acme-box", "acme-spare", viewer.name, operator.name, admin.name]
     return World(
         viewer=viewer,
         operator=operator,
@@ -302,6 +328,7 @@ async def build_world(app: FastAPI, db: asyncpg.Connection) -> World:
         viewer_name=viewer.name,
         admin_name=admin.name,
         spare_token_id=spare_token_id,
+        pipeline_id=pipeline_id,
     )
 
 
@@ -444,6 +471,31 @@ async def test_an_operator_cancels_and_reruns_only_its_own_jobs(
         assert resp.status_code == 202, resp.text
 
 
+async def test_an_operator_cancels_and_reruns_only_its_own_pipelines(
+    app: FastAPI, world: World, db: asyncpg.Connection
+) -> None:
+    await add_user(db, "acme-op2", ORG_A, Role.OPERATOR)
+    theirs = await stored_pipeline(db, ORG_A, "acme-op2", world.box)
+    async with client(app, world.operator.token) as operator, client(app, world.admin.token) as admin:
+        for verb in ("cancel", "rerun"):
+            resp = await operator.post(f"/api/pipelines/{theirs}/{verb}")
+            assert_error(resp, 403, "forbidden", detail=f"you may {verb} only your own pipelines")
+        # its own: the rerun is a new pipeline that belongs to it
+        resp = await operator.post(f"/api/pipelines/{world.pipeline_id}/rerun", json={"only_failed": True})
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["owner"] == world.operator.name and resp.json()["rerun_of"] == world.pipeline_id
+        # the admin may act on any pipeline of the org; the rerun belongs to the admin
+        resp = await admin.post(f"/api/pipelines/{theirs}/rerun")
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["owner"] == world.admin.name
+        resp = await admin.post(f"/api/pipelines/{theirs}/cancel")  # no workflow: the rows are cancelled
+        assert resp.status_code == 202 and resp.json()["state"] == "cancelled", resp.text
+    # another org's pipeline filters org B's jobs to nothing
+    async with client(app, world.b_admin.token) as b:
+        resp = await b.get("/api/jobs", params={"pipeline_id": world.pipeline_id})
+        assert resp.status_code == 200 and resp.json() == {"data": [], "count": 0}
+
+
 async def test_owner_filter(app: FastAPI, world: World, db: asyncpg.Connection) -> None:
     await add_user(db, "acme-op2", ORG_A, Role.OPERATOR)
     theirs = await insert_ended_job(db, ORG_A, "acme-op2", world.box)
@@ -508,4 +560,5 @@ async def test_list_routes_never_show_another_orgs_rows(app: FastAPI, world: Wor
     # and org A's own admin does see them (the markers would catch a leak)
     async with client(app, world.admin.token) as admin:
         assert world.job_id in (await admin.get("/api/jobs")).text
+        assert world.pipeline_id in (await admin.get("/api/pipelines")).text
         assert world.box in (await admin.get("/api/boxes")).text

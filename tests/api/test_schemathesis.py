@@ -28,7 +28,9 @@ MAX_EXAMPLES = int(os.environ.get("BOXRUN_SCHEMATHESIS_EXAMPLES", "12"))
 # follows a job's log until the job ends; no job ends here (no agent runs), so a request would
 # never complete. Their refusals (422 cursors, 404, 401) are covered by tests/integration/test_logs.py
 # and the request guard's 401 by tests/api/test_bad_input.py.
-NEVER_ENDING = ["/api/jobs/{job_id}/logs/stream"]
+# The same for a pipeline's event stream: no pipeline ends here (no worker runs its workflow);
+# tests/api/test_pipelines.py covers its ending, resuming and refusals.
+NEVER_ENDING = ["/api/jobs/{job_id}/logs/stream", "/api/pipelines/{pipeline_id}/events"]
 
 
 # The agents' log batch is raw bytes (a JSON header line, then the lines): sent as generated.
@@ -72,6 +74,15 @@ def config() -> schemathesis.Config:
                     # refused with 422 naming allowed_users.
                     "include-path": "/api/boxes/{name}",
                     "include-method": "PATCH",
+                    "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "422"]}},
+                },
+                {
+                    # A pipeline definition's rules go beyond JSON Schema (definition_json_schema
+                    # states what it can): needs that name existing steps, no cycle, inputs from
+                    # ancestors, the limits after matrix expansion, boxes that exist. A generated
+                    # definition is mostly refused with 422 naming the rule it breaks.
+                    "include-path": "/api/pipelines",
+                    "include-method": "POST",
                     "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "422"]}},
                 },
                 {

@@ -17,7 +17,7 @@ SELECT j.*, COALESCE(b.name, j.deleted_box_name, j.box_name) AS box
 FROM jobs j LEFT JOIN boxes b ON b.id = j.box_id
 WHERE j.org_id = $1 AND j.id = $2;
 
--- $2 state, $3 box, $6 owner: NULL matches every job.
+-- $2 state, $3 box, $6 owner, $7 pipeline: NULL matches every job.
 -- name: list_jobs
 SELECT j.*, COALESCE(b.name, j.deleted_box_name, j.box_name) AS box, count(*) OVER () AS total
 FROM jobs j LEFT JOIN boxes b ON b.id = j.box_id
@@ -25,6 +25,7 @@ WHERE j.org_id = $1
   AND ($2::job_state IS NULL OR j.state = $2)
   AND ($3::text IS NULL OR COALESCE(b.name, j.deleted_box_name, j.box_name) = $3)
   AND ($6::text IS NULL OR j.owner = $6)
+  AND ($7::uuid IS NULL OR j.pipeline_id = $7)
 ORDER BY j.created_at DESC, j.id DESC
 LIMIT $4 OFFSET $5;
 
@@ -34,7 +35,8 @@ FROM jobs j LEFT JOIN boxes b ON b.id = j.box_id
 WHERE j.org_id = $1
   AND ($2::job_state IS NULL OR j.state = $2)
   AND ($3::text IS NULL OR COALESCE(b.name, j.deleted_box_name, j.box_name) = $3)
-  AND ($4::text IS NULL OR j.owner = $4);
+  AND ($4::text IS NULL OR j.owner = $4)
+  AND ($5::uuid IS NULL OR j.pipeline_id = $5);
 
 -- name: job_events
 SELECT from_state, to_state, at, detail FROM job_events

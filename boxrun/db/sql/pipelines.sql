@@ -79,3 +79,16 @@ SELECT * FROM jobs WHERE id = $1;
 
 -- name: set_error_kind
 UPDATE jobs SET error_kind = $2 WHERE id = $1 AND error_kind IS NULL;
+
+-- The REST face. $2 state: NULL matches every pipeline.
+-- name: list_pipelines
+SELECT p.*, count(*) OVER () AS total FROM pipelines p
+WHERE p.org_id = $1 AND ($2::pipeline_state IS NULL OR p.state = $2)
+ORDER BY p.created_at DESC, p.id DESC
+LIMIT $3 OFFSET $4;
+
+-- name: count_pipelines
+SELECT count(*) FROM pipelines WHERE org_id = $1 AND ($2::pipeline_state IS NULL OR state = $2);
+
+-- name: pipeline_state
+SELECT state, error FROM pipelines WHERE id = $1;
