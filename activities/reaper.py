@@ -6,12 +6,14 @@ import logging
 
 import asyncpg
 from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from boxrun.constants import TERMINAL_STATES, JobState
-from boxrun.db import Q
+from boxrun.constants import TERMINAL_STATES, JobState, PipelineState
+from boxrun.db import Conn, Q
 from boxrun.messages import ReapResult
 from boxrun.placement import finish, release
+from boxrun.services.pipelines import end_rows, start_pipeline_workflow, stored_input
 from boxrun.services.workflow_start import job_input, start_job_workflow
 from boxrun.settings import Settings
 
@@ -62,9 +64,31 @@ class ReaperActivities:
                 await start_job_workflow(client, job_input(row, self.settings))
                 log.warning("started the missing workflow of queued job %s", row["id"])
                 result.workflows_started += 1
+            # 4. pipelines whose workflow never started, or closed before recording an end
+            await self._reap_pipelines(conn, client, result)
         for job_id in wake:
             try:
                 await client.get_workflow_handle(job_id).signal("wake")
             except RPCError as exc:
                 log.info("could not wake job %s: %s", job_id, exc)
         return result
+
+    async def _reap_pipelines(self, conn: Conn, client: Client, result: ReapResult) -> None:
+        for row in await conn.fetch(Q.stale_active_pipelines, 30.0):
+            pid = str(row["id"])
+            try:
+                status = (await client.get_workflow_handle(pid).describe()).status
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                await start_pipeline_workflow(client, stored_input(row, await conn.fetch(Q.pipeline_steps, row["id"])))
+                log.warning("started the missing workflow of pipeline %s", pid)
+                result.workflows_started += 1
+                continue
+            if status == WorkflowExecutionStatus.RUNNING:
+                continue
+            name = status.name.lower() if status else "closed"
+            ended = PipelineState.CANCELLED if status == WorkflowExecutionStatus.CANCELED else PipelineState.FAILED
+            await end_rows(conn, pid, ended, f"workflow {name} before the pipeline ended")
+            log.warning("reaped pipeline %s (workflow %s): now %s", pid, name, ended.value)
+            result.pipelines_ended += 1

@@ -160,6 +160,7 @@ class ReapResult(BaseModel):
     leases_freed: int = 0
     jobs_ended: int = 0
     workflows_started: int = 0
+    pipelines_ended: int = 0
 
 
 class ReaperInput(BaseModel):

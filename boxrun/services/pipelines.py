@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 from pydantic import ValidationError
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -137,9 +137,20 @@ async def create_pipeline(
         detail: dict[str, Any] = {"owner": user.name, **({"rerun_of": rerun_of} if rerun_of else {})}
         await _event(conn, pipeline_id, user.org_id, None, PipelineState.QUEUED, detail)
 
-    inp = PipelineInput(
+    try:
+        await start_pipeline_workflow(temporal, pipeline_input(pipeline_id, user.name, p, reuse))
+    except RPCError as exc:
+        log.error("could not start the workflow of pipeline %s: %s", pipeline_id, exc)
+        await conn.execute(Q.delete_pipeline, pipeline_id)
+        raise Unavailable("the workflow engine is unavailable; pipeline not accepted") from exc
+    return pipeline_id
+
+
+def pipeline_input(pipeline_id: str, owner: str, p: ExpandedPipeline, reuse: dict[str, str]) -> PipelineInput:
+    """The PipelineWorkflow's input: names, needs and rules of the steps, never their scripts."""
+    return PipelineInput(
         pipeline_id=pipeline_id,
-        owner=user.name,
+        owner=owner,
         timeout_s=p.timeout_s,
         steps=[
             PipelineStepRef(
@@ -153,23 +164,39 @@ async def create_pipeline(
             for s in p.steps
         ],
     )
-    try:
-        await temporal.start_workflow(
-            "PipelineWorkflow",
-            inp,
-            id=pipeline_id,
-            task_queue=CONTROL_TASK_QUEUE,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            task_timeout=WORKFLOW_TASK_TIMEOUT,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(KEY_PIPELINE_ID, pipeline_id), SearchAttributePair(KEY_OWNER, user.name)]
-            ),
-        )
-    except RPCError as exc:
-        log.error("could not start the workflow of pipeline %s: %s", pipeline_id, exc)
-        await conn.execute(Q.delete_pipeline, pipeline_id)
-        raise Unavailable("the workflow engine is unavailable; pipeline not accepted") from exc
-    return pipeline_id
+
+
+def stored_input(row: asyncpg.Record, steps: list[asyncpg.Record]) -> PipelineInput:
+    """The input of a stored pipeline (the reaper starts a workflow a crash missed from it)."""
+    reuse = {s["name"]: str(s["job_id"]) for s in steps if s["reused_from"] is not None and s["job_id"] is not None}
+    return pipeline_input(str(row["id"]), row["owner"], ExpandedPipeline.model_validate(row["spec"]), reuse)
+
+
+async def start_pipeline_workflow(temporal: Client, inp: PipelineInput) -> None:
+    """Workflow id = pipeline id; a second start of the same pipeline is refused by Temporal."""
+    await temporal.start_workflow(
+        "PipelineWorkflow",
+        inp,
+        id=inp.pipeline_id,
+        task_queue=CONTROL_TASK_QUEUE,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        task_timeout=WORKFLOW_TASK_TIMEOUT,
+        search_attributes=TypedSearchAttributes(
+            [SearchAttributePair(KEY_PIPELINE_ID, inp.pipeline_id), SearchAttributePair(KEY_OWNER, inp.owner)]
+        ),
+    )
+
+
+async def end_rows(conn: Conn, pipeline_id: str, state: PipelineState, error: str | None = None) -> None:
+    """End a pipeline whose workflow is gone (never started, or closed before it recorded an
+    end): every step not ended is cancelled, the pipeline moves to `state`."""
+    async with conn.transaction():
+        for step in await conn.fetch(Q.pipeline_steps, uuid.UUID(pipeline_id)):
+            if not StepState(step["state"]).terminal:
+                await record_step(
+                    conn, RecordStepInput(pipeline_id=pipeline_id, step=step["name"], state=StepState.CANCELLED)
+                )
+        await record_pipeline(conn, RecordPipelineInput(pipeline_id=pipeline_id, state=state, error=error))
 
 
 async def load_pipeline(conn: Conn, user: User, pipeline_id: str) -> asyncpg.Record:
@@ -193,19 +220,17 @@ async def cancel_pipeline(conn: asyncpg.Connection, temporal: Client, user: User
     pid = str(row["id"])
     if PipelineState(row["state"]).terminal:
         raise Conflict(f"pipeline {pid} already ended ({row['state']})")
+    handle = temporal.get_workflow_handle(pid)
     try:
-        await temporal.get_workflow_handle(pid).cancel()
+        # a cancel request to a workflow that already closed is accepted and does nothing
+        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            await handle.cancel()
+            return
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise Unavailable(f"the workflow engine refused the cancel: {exc.message}") from exc
-        log.info("pipeline %s has no running workflow; cancelling the rows themselves", pid)
-        async with conn.transaction():
-            for step in await conn.fetch(Q.pipeline_steps, row["id"]):
-                if not StepState(step["state"]).terminal:
-                    await record_step(
-                        conn, RecordStepInput(pipeline_id=pid, step=step["name"], state=StepState.CANCELLED)
-                    )
-            await record_pipeline(conn, RecordPipelineInput(pipeline_id=pid, state=PipelineState.CANCELLED))
+    log.info("pipeline %s has no running workflow; cancelling the rows themselves", pid)
+    await end_rows(conn, pid, PipelineState.CANCELLED)
 
 
 # -- The activities' Postgres side.

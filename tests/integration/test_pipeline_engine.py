@@ -425,3 +425,59 @@ async def test_temporal_restart_mid_pipeline_completes(fs: FaultStack, env: Env,
     row = await env.wait_end(pid, timeout=120)
     assert row["state"] == "completed", row
     await assert_each_step_ran_once(env, pid, runs)
+
+
+async def _backdate(env: Env, pid: str) -> None:
+    """Make the pipeline look older than the reaper's 30 s grace (its sweep runs every 3 s here)."""
+    await env.conn.execute(
+        "UPDATE pipelines SET created_at = created_at - interval '1 minute' WHERE id = $1", uuid.UUID(pid)
+    )
+
+
+async def test_the_reaper_starts_the_workflow_of_a_pipeline_whose_start_a_crash_missed(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boxrun.services.pipelines as pipelines
+
+    async def crashed(*_: Any) -> None:  # fault injection: the API died between commit and start
+        return None
+
+    monkeypatch.setattr(pipelines, "start_pipeline_workflow", crashed)
+    pid = await env.create(ExpandedPipeline(steps=[step("a"), step("b", needs=["a"])]))
+    monkeypatch.undo()
+    await _backdate(env, pid)
+    row = await env.wait_end(pid)
+    assert row["state"] == "completed", await env.dump(pid)
+    assert [len(await env.jobs(pid, s)) for s in ("a", "b")] == [1, 1]
+
+
+async def test_a_pipeline_whose_workflow_was_terminated_is_ended_by_cancel_and_by_the_reaper(
+    env: Env, tmp_path: Path
+) -> None:
+    started = tmp_path / "started"
+    # cancel after an outside terminate: the rows end cancelled (Temporal accepts a cancel of a
+    # closed workflow and does nothing, so the service looks first)
+    pid = await env.create(ExpandedPipeline(steps=[step("long", LONG, env={"STARTED": str(started)})]))
+    await wait_for(started.exists, timeout=60, what="the step to start")
+    await env.temporal.get_workflow_handle(pid).terminate(reason="pressed in the Web UI")
+    await cancel_pipeline(env.conn, env.temporal, ADMIN, pid)
+    row = await env.wait_end(pid, timeout=10)
+    assert row["state"] == "cancelled" and (await env.steps(pid))["long"]["state"] == "cancelled"
+
+    # nobody cancels: the reaper ends it failed, naming why
+    started.unlink()
+    pid = await env.create(ExpandedPipeline(steps=[step("long", LONG, env={"STARTED": str(started)})]))
+    await wait_for(started.exists, timeout=60, what="the step to start")
+    await env.temporal.get_workflow_handle(pid).terminate(reason="pressed in the Web UI")
+    await _backdate(env, pid)
+    row = await env.wait_end(pid, timeout=30)
+    assert (row["state"], row["error"]) == ("failed", "workflow terminated before the pipeline ended")
+    assert (await env.steps(pid))["long"]["state"] == "cancelled"
+    # the step's job (its workflow terminated with its parent) is ended by the job reaper
+    job = (await env.jobs(pid, "long"))[0]
+    await wait_for(lambda: _job_ended(env, job["id"]), timeout=30, what="the terminated step's job to be reaped")
+
+
+async def _job_ended(env: Env, job_id: uuid.UUID) -> bool:
+    state = await env.conn.fetchval("SELECT state FROM jobs WHERE id = $1", job_id)
+    return state in ("failed", "cancelled")

@@ -32,7 +32,7 @@ def tour_blocks() -> list[str]:
 
 def test_the_tour_has_its_blocks():
     blocks = tour_blocks()
-    assert len(blocks) == 2 and blocks[0].startswith("EP=~/.local/share/boxrun/dev/endpoints.json\n")
+    assert len(blocks) == 3 and blocks[0].startswith("EP=~/.local/share/boxrun/dev/endpoints.json\n")
 
 
 async def test_the_readme_tour_runs_word_for_word(tmp_path: Path) -> None:
@@ -63,11 +63,17 @@ async def _tour(tmp_path: Path, home: Path) -> None:
         out = done.stdout
         assert "gain=3" in out, "the job printed its file (the replay and the live stream show it)"
         assert '"name":"olga"' in out.replace(" ", "") and '"role":"operator"' in out.replace(" ", "")
-        assert "token revoked" in out, "the last call, with the revoked token, is refused"
+        assert "token revoked" in out, "the call with the revoked token is refused"
+        assert "event: done" in out and '"state":"completed"' in out.replace(" ", "")
         async with fs.api() as api:
             jobs = (await api.get("/api/jobs", params={"owner": "olga"})).json()["data"]
             assert [j["owner"] for j in jobs] == ["olga"]
             assert (await wait_terminal(api, jobs[0]["id"], timeout=60))["state"] == "completed"
             assert (await api.get("/api/boxes/local-2")).json()["allowed_users"] == ["olga"]
+            pipelines = (await api.get("/api/pipelines")).json()["data"]
+            assert [(p["name"], p["state"]) for p in pipelines] == [("build-and-test", "completed")]
+            test_job = (await api.get("/api/jobs", params={"pipeline_id": pipelines[0]["id"]})).json()["data"][0]
+            lines = (await api.get(f"/api/jobs/{test_job['id']}/logs")).json()["data"]
+            assert [line["text"] for line in lines] == ["8 bytes of firmware"]
             audit = (await api.get("/api/audit", params={"action": "artifact.download"})).json()["data"]
             assert [a["detail"]["path"] for a in audit] == ["out.txt"]

@@ -20,9 +20,19 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.temporal.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-BOXRUN_SERVICES = {"api": "api", "worker": "worker", "agent": "agent"}  # service -> `boxrun` subcommand
-INFRA_SERVICES = ("temporal", "temporal-db", "temporal-ui", "temporal-admin-tools", "app-db", "minio", "minio-init")
-ONE_SHOTS = ("temporal-admin-tools", "minio-init")
+# service -> `boxrun` subcommand
+BOXRUN_SERVICES = {"api": "api", "worker": "worker", "agent": "agent", "migrate": "migrate"}
+INFRA_SERVICES = (
+    "temporal",
+    "temporal-db",
+    "temporal-ui",
+    "temporal-admin-tools",
+    "app-db",
+    "app-db-init",
+    "minio",
+    "minio-init",
+)
+ONE_SHOTS = ("temporal-admin-tools", "minio-init", "app-db-init", "migrate")
 # Stateful services and where their data lives.
 DATA_DIRS = {"temporal-db": "/var/lib/postgresql/data", "app-db": "/var/lib/postgresql/data", "minio": "/data"}
 
@@ -173,7 +183,7 @@ def test_depends_on_targets_exist_with_sensible_conditions(services: dict) -> No
     assert seen
     for name in ("api", "worker"):
         deps = services[name]["depends_on"]
-        assert deps["app-db"]["condition"] == "service_healthy"
+        assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["temporal"]["condition"] == "service_healthy"
         assert deps["temporal-admin-tools"]["condition"] == "service_completed_successfully"
 
@@ -242,6 +252,18 @@ def test_secrets_are_interpolated_never_literal(services: dict) -> None:
             assert m and m["op"] == ":?", f"{name}.{key} must fail fast when unset (${{VAR:?...}})"
     for name in ("minio", "app-db", "temporal-db"):
         assert any(":?" in (v or "") for k, v in env_of(services[name]).items() if SECRET_NAME.search(k)), name
+
+
+def test_api_and_worker_connect_as_the_runtime_role_and_only_migrate_owns_the_schema(services: dict) -> None:
+    """The audit log is append-only to the role the api and worker use (docs/audit.md): they get
+    the runtime role's URL, and only the migrate one-shot gets the owner's."""
+    owner = urlsplit(interpolate(env_of(services["migrate"])["BOXRUN_DATABASE_OWNER_URL"])).username
+    assert owner == env_of(services["app-db"])["POSTGRES_USER"]
+    for name in ("api", "worker"):
+        env = env_of(services[name])
+        assert "BOXRUN_DATABASE_OWNER_URL" not in env, name
+        assert urlsplit(interpolate(env["BOXRUN_DATABASE_URL"])).username not in (owner, None), name
+    assert [n for n, svc in services.items() if "BOXRUN_DATABASE_OWNER_URL" in env_of(svc)] == ["migrate"]
 
 
 def test_agent_holds_no_control_plane_secrets(services: dict) -> None:

@@ -92,3 +92,10 @@ SELECT count(*) FROM pipelines WHERE org_id = $1 AND ($2::pipeline_state IS NULL
 
 -- name: pipeline_state
 SELECT state, error FROM pipelines WHERE id = $1;
+
+-- name: stale_active_pipelines
+-- Pipelines not ended, older than $1 s: the reaper checks that each has a running workflow.
+SELECT * FROM pipelines
+WHERE state IN ('queued', 'running') AND created_at < clock_timestamp() - make_interval(secs => $1)
+ORDER BY created_at
+LIMIT 500;
