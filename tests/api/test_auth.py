@@ -19,6 +19,7 @@ SAMPLE = {
     "window_id": "1",
     "path": "out/a.txt",
     "token_id": "tok_0123456789ab",
+    "pipeline_id": str(uuid.uuid4()),
 }
 
 
