@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import suppress
+from typing import Any
 
 import asyncpg
 
@@ -117,3 +118,15 @@ class StreamGuard:
             with suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+
+
+def watch_task(guard: StreamGuard | None, token_id: str | None, task: asyncio.Task[Any]) -> Watch | None:
+    """Register a stream's task with the guard: a revocation cancels the task (which then ends
+    the stream saying why). None for a stream without a token id (built in tests)."""
+    if guard is None or token_id is None:
+        return None
+
+    def revoked(reason: str) -> None:
+        task.cancel(f"stream closed: {reason}")
+
+    return guard.watch(token_id, revoked)

@@ -36,7 +36,9 @@ async def list_audit(
         Query(pattern=ACTION_PATTERN, max_length=100, description="exact (`job.cancel`) or a prefix (`job.*`)"),
     ] = None,
     box: Annotated[str | None, Query(pattern=NAME_PATTERN)] = None,
-    since: Annotated[Timestamp | None, Query(description="rows at or after (RFC 3339 with a timezone)")] = None,
+    since: Annotated[
+        Timestamp | None, Query(description="rows at or after (RFC 3339 with a timezone); not after `until` (422)")
+    ] = None,
     until: Annotated[Timestamp | None, Query(description="rows before (RFC 3339 with a timezone)")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_LIMIT)] = 100,
     cursor: Annotated[str | None, Query(pattern=CURSOR_PATTERN, description="next_cursor of the page before")] = None,

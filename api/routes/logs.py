@@ -16,10 +16,11 @@ from boxrun.api.auth import authenticate
 from boxrun.api.deps import ConnDep, CurrentUser, PoolDep, SettingsDep, StorageDep, StreamGuardDep, TailsDep
 from boxrun.api.errors import responses
 from boxrun.api.live.follower import Follower
-from boxrun.api.live.guard import StreamGuard, Watch
+from boxrun.api.live.guard import StreamGuard, watch_task
 from boxrun.api.live.job_tail import encode_event
+from boxrun.api.sse import SSE_DOC, resume_cursor
 from boxrun.db import Q
-from boxrun.errors import InvalidInput, NotFound, Unauthorized
+from boxrun.errors import NotFound, Unauthorized
 from boxrun.schemas import MAX_SEQ, LogsPublic
 from boxrun.services.downloads import archive_url
 from boxrun.services.jobs import load_job, parse_job_id
@@ -43,19 +44,6 @@ async def get_logs(
     row = await load_job(conn, user, job_id)
     lines = await logstore.read(conn, row["id"], after, limit)
     return LogsPublic(data=[line.public() for line in lines])
-
-
-def _cursor(after: int | None, last_event_id: str | None) -> int:
-    if after is not None:
-        return after
-    if last_event_id is None or last_event_id == "":
-        return 0
-    if not (last_event_id.isascii() and last_event_id.isdigit() and int(last_event_id) <= MAX_SEQ):
-        raise InvalidInput(
-            f"Last-Event-ID must be the seq of a line (0..{MAX_SEQ}), not {last_event_id[:40]!r}",
-            field="header.last-event-id",
-        )
-    return int(last_event_id)
 
 
 class EventStream(StreamingResponse):
@@ -85,7 +73,7 @@ class EventStream(StreamingResponse):
         writer = asyncio.current_task()
         assert writer is not None  # a response is always sent from a task
         follower.writer = writer
-        watch = _watch(self.guard, self.token_id, writer)
+        watch = watch_task(self.guard, self.token_id, writer)
         written = follower.cursor
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -119,39 +107,6 @@ class EventStream(StreamingResponse):
                 await send({"type": "http.response.body", "body": encode_event(event, data), "more_body": False})
 
 
-def _watch(guard: StreamGuard | None, token_id: str | None, task: asyncio.Task[Any]) -> Watch | None:
-    """Register a stream's task with the guard: a revocation cancels the task (which then ends
-    the stream saying why). None for a stream without a token id (built in tests)."""
-    if guard is None or token_id is None:
-        return None
-
-    def revoked(reason: str) -> None:
-        task.cancel(f"stream closed: {reason}")
-
-    return guard.watch(token_id, revoked)
-
-
-# The route returns an EventStream itself; this documents it as FastAPI documents an SSE route.
-SSE_DOC: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Successful Response",
-        "content": {
-            "text/event-stream": {
-                "itemSchema": {
-                    "type": "object",
-                    "properties": {
-                        "data": {"type": "string"},
-                        "event": {"type": "string"},
-                        "id": {"type": "string"},
-                        "retry": {"type": "integer", "minimum": 0},
-                    },
-                }
-            }
-        },
-    }
-}
-
-
 @router.get(
     "/{job_id}/logs/stream",
     response_class=StreamingResponse,
@@ -183,7 +138,7 @@ async def stream_logs(
         pool,
         user.org_id,
         row["id"],
-        after=_cursor(after, last_event_id),
+        after=resume_cursor(after, last_event_id, of="the seq of a line"),
         keepalive_s=settings.sse_keepalive_s,
         stall_s=settings.follower_stall_s,
         log_head=row["log_seq"],
@@ -236,7 +191,7 @@ async def ws_logs(
     )
     task = asyncio.current_task()
     assert task is not None
-    watch = _watch(app.state.stream_guard, user.token_id, task)
+    watch = watch_task(app.state.stream_guard, user.token_id, task)
     try:
         async for batch in follower.batches():
             for message in batch.ws():

@@ -23,10 +23,10 @@ from boxrun.api.deps import (
     TemporalDep,
 )
 from boxrun.api.errors import responses
-from boxrun.api.live.guard import StreamGuard
+from boxrun.api.live.guard import StreamGuard, watch_task
 from boxrun.api.live.job_tail import encode_event
 from boxrun.api.live.pipelines import PipelineHub
-from boxrun.api.routes.logs import SSE_DOC
+from boxrun.api.sse import SSE_DOC, resume_cursor
 from boxrun.api.to_public import pipeline_event_public, pipeline_public, pipeline_summary
 from boxrun.constants import PipelineState
 from boxrun.db import Q
@@ -210,19 +210,6 @@ async def rerun_pipeline(
     return await _load(conn, settings, user, new_id)
 
 
-def _cursor(after: int | None, last_event_id: str | None) -> int:
-    if after is not None:
-        return after
-    if last_event_id is None or last_event_id == "":
-        return 0
-    if not (last_event_id.isascii() and last_event_id.isdigit() and int(last_event_id) <= MAX_SEQ):
-        raise InvalidInput(
-            f"Last-Event-ID must be the id of an event (0..{MAX_SEQ}), not {last_event_id[:40]!r}",
-            field="header.last-event-id",
-        )
-    return int(last_event_id)
-
-
 class PipelineEventStream(StreamingResponse):
     """A pipeline's events as Server-Sent Events: replay after the cursor, then follow (woken by
     NOTIFY, re-reading Postgres), a keepalive comment when idle, `event: done` once the pipeline
@@ -286,13 +273,7 @@ class PipelineEventStream(StreamingResponse):
     async def stream_response(self, send: Send) -> None:
         writer = asyncio.current_task()
         assert writer is not None  # a response is always sent from a task
-        watch = None
-        if self.guard is not None and self.token_id is not None:
-
-            def revoked(reason: str) -> None:
-                writer.cancel(f"stream closed: {reason}")
-
-            watch = self.guard.watch(self.token_id, revoked)
+        watch = watch_task(self.guard, self.token_id, writer)
         woken = self.hub.watch(self.pipeline_id)  # before the first read: nothing slips between
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -341,7 +322,7 @@ async def pipeline_events(
     Last-Event-ID header (or ?after=ID). When the token the stream was opened with is revoked or
     expires, or its user is disabled, the stream ends within `auth_recheck_s` with
     `event: revoked` {"reason"}."""
-    cursor = _cursor(after, last_event_id)
+    cursor = resume_cursor(after, last_event_id, of="the id of an event")
     async with pool.acquire() as conn:
         row = await service.load_pipeline(cast(asyncpg.Connection, conn), user, pipeline_id)
     return PipelineEventStream(

@@ -654,8 +654,7 @@ async def test_a_pipeline_the_engine_fails_streams_to_done(
     assert steps["after"]["attempts"] == [] and got["finished_at"] is not None
     jobs = (await api.get("/api/jobs", params={"pipeline_id": p["id"]})).json()
     assert sorted(j["step"] for j in jobs["data"]) == ["a", "cleanup"]
-    desc = await app.state.temporal.get_workflow_handle(p["id"]).describe()
-    assert desc.status == WorkflowExecutionStatus.FAILED
+    await _workflow_ends(app, p["id"], WorkflowExecutionStatus.FAILED)
 
 
 async def test_cancel_through_the_engine(api: httpx.AsyncClient, app: FastAPI, pbox: str, control_worker: None) -> None:
@@ -681,5 +680,14 @@ async def test_cancel_through_the_engine(api: httpx.AsyncClient, app: FastAPI, p
     got = (await api.get(f"/api/pipelines/{p['id']}")).json()
     assert {s["name"]: s["state"] for s in got["steps"]} == {"a": "cancelled", "b": "cancelled"}
     assert got["steps"][0]["attempts"][0]["state"] == "cancelled"
-    desc = await app.state.temporal.get_workflow_handle(p["id"]).describe()
-    assert desc.status == WorkflowExecutionStatus.CANCELED
+    await _workflow_ends(app, p["id"], WorkflowExecutionStatus.CANCELED)
+
+
+async def _workflow_ends(app: FastAPI, workflow_id: str, status: WorkflowExecutionStatus) -> None:
+    """The pipeline records its end before its workflow returns: wait for the workflow to close."""
+
+    async def closed() -> WorkflowExecutionStatus | None:
+        got = (await app.state.temporal.get_workflow_handle(workflow_id).describe()).status
+        return got if got != WorkflowExecutionStatus.RUNNING else None
+
+    assert await wait_for(closed, timeout=30, what=f"workflow {workflow_id} to close") == status

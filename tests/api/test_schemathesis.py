@@ -86,6 +86,14 @@ def config() -> schemathesis.Config:
                     "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "422"]}},
                 },
                 {
+                    # The audit's `since` must not be after its `until`: the description states
+                    # it, JSON Schema cannot (it compares two parameters), so a generated pair is
+                    # sometimes refused with 422 naming since.
+                    "include-path": "/api/audit",
+                    "include-method": "GET",
+                    "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "422"]}},
+                },
+                {
                     # A job's transcript is archived when the job ends: until then its archive is
                     # 404 (documented), which the stateful phase takes for a lost resource.
                     "include-path": "/api/jobs/{job_id}/logs/archive",
