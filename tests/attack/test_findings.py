@@ -1,0 +1,140 @@
+"""Attack findings against issues 10 (people, roles, tokens, audit) and 11 (pipelines).
+
+Each test asserts a promise of the issues or the docs and FAILS while the hole exists. They run
+in-process like tests/api (real Postgres, Temporal dev server, S3)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import httpx
+from fastapi import FastAPI
+
+from boxrun.constants import JobState, StepState
+from boxrun.db import connect
+from boxrun.messages import RecordStepInput
+from boxrun.services.pipelines import prepare_attempt, record_step
+from boxrun.transitions import transition
+
+# ---------------------------------------------------------------- helpers
+
+
+async def _submit(api: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    resp = await api.post("/api/pipelines", json=body)
+    assert resp.status_code == 201, resp.text
+    out: dict[str, Any] = resp.json()
+    return out
+
+
+async def _add_artifact(db: asyncpg.Connection, job_id: str, path: str, sha256: str, size: int) -> None:
+    await db.execute(
+        "INSERT INTO artifacts (job_id, org_id, path, key, size, sha256) VALUES ($1, 'default', $2, $3, $4, $5)",
+        uuid.UUID(job_id),
+        path,
+        f"artifacts/{job_id}/{path}",
+        size,
+        sha256,
+    )
+
+
+async def _step_job_with_inputs(api: httpx.AsyncClient, app: FastAPI, db: asyncpg.Connection) -> str:
+    """A two-step pipeline whose second step takes the first's artifact as an input (dest
+    `in/fw.bin`); drives the first step to completed as the engine would and prepares the second
+    step's attempt (its job row, with the input resolved). Returns that job's id."""
+    p = await _submit(
+        api,
+        {
+            "steps": {
+                "build": {"box": "abox", "script": "echo fw > fw.bin"},
+                "flash": {
+                    "box": "abox",
+                    "needs": ["build"],
+                    "inputs": [{"from": "build", "path": "fw.bin", "dest": "in/fw.bin"}],
+                    "script": "cat in/fw.bin",
+                },
+            }
+        },
+    )
+    pid, settings = p["id"], app.state.settings
+    await app.state.temporal.get_workflow_handle(pid).terminate("driven by the test")
+    build = (await prepare_attempt(db, settings, pid, "build", 1)).job_id
+    await _add_artifact(db, build, "fw.bin", "ab" * 32, 3)
+    await record_step(
+        db, RecordStepInput(pipeline_id=pid, step="build", state=StepState.COMPLETED, job_id=build, attempt=1)
+    )
+    flash = await prepare_attempt(db, settings, pid, "flash", 1)
+    assert flash.outcome is None, flash  # the input resolved: the job is queued to run
+    return flash.job_id
+
+
+# ---------------------------------------------------------------- F1: audit rows suppressed by the runtime role
+
+
+async def test_runtime_role_cannot_commit_a_transition_that_leaves_no_audit_row(
+    api: httpx.AsyncClient, db: asyncpg.Connection, db_url: str, make_box: Callable[..., Any]
+) -> None:
+    """docs/audit.md: the trail is written by triggers "in the writer's transaction (... one that
+    commits always has one), so no code path can forget them", and the runtime role "holds only
+    data rights". But the trigger functions name `audit_log` unqualified and run with the
+    caller's search_path, where pg_temp comes first: the runtime role (boxrun_app) may CREATE
+    TEMP TABLE audit_log, after which every job transition it commits writes its audit row into
+    its own throw-away temp table. (The same shadow even makes `DROP TRIGGER
+    audit_log_append_only ON audit_log` answer "does not exist".)"""
+    await make_box("abox")
+    job = (await api.post("/api/jobs", json={"box": "abox", "script": "true"})).json()
+    rogue = await connect(db_url)  # the runtime role, as the API and the worker connect
+    try:
+        assert await rogue.fetchval("SELECT current_user") == "boxrun_app"
+        try:
+            await rogue.execute("CREATE TEMP TABLE audit_log (LIKE public.audit_log INCLUDING DEFAULTS)")
+        except asyncpg.InsufficientPrivilegeError:
+            pass  # the fix may take TEMP away from the runtime role: then nothing is shadowed
+        await transition(rogue, job["id"], JobState.CANCELLED, error="cancelled without a trace")
+    finally:
+        await rogue.close()
+    assert await db.fetchval("SELECT state::text FROM jobs WHERE id = $1", uuid.UUID(job["id"])) == "cancelled"
+    rows = await db.fetch(
+        "SELECT actor FROM audit_log WHERE job_id = $1 AND action = 'job.cancelled'", uuid.UUID(job["id"])
+    )
+    assert len(rows) == 1, "a committed transition of the runtime role left no row in public.audit_log"
+
+
+# ---------------------------------------------------------------- F2: a step job with inputs cannot be rerun
+
+
+async def test_a_pipeline_step_job_with_inputs_can_be_rerun(
+    api: httpx.AsyncClient, app: FastAPI, db: asyncpg.Connection, make_box: Callable[..., Any]
+) -> None:
+    """Issue 11: "Each step attempt is an ordinary boxrun job"; issue 10: operators rerun their
+    own jobs, admins any job (POST /api/jobs/{id}/rerun → 201). A step attempt that took inputs
+    is refused: its frozen spec holds the resolved `inputs`, which JobCreate.from_frozen does not
+    accept (422 "the frozen spec no longer passes validation: Extra inputs are not permitted")."""
+    await make_box("abox")
+    job_id = await _step_job_with_inputs(api, app, db)
+    resp = await api.post(f"/api/jobs/{job_id}/rerun")
+    assert resp.status_code == 201, resp.text
+
+
+# ---------------------------------------------------------------- F3: the spec hides a step job's inputs
+
+
+async def test_the_spec_of_a_step_job_shows_the_inputs_it_ran_with(
+    api: httpx.AsyncClient, app: FastAPI, db: asyncpg.Connection, make_box: Callable[..., Any]
+) -> None:
+    """Issue 10: GET /api/jobs/{id}/spec "returns what the job ran: script, env, files (path,
+    size, sha256) ... so two runs can be diffed". A step job's inputs are files the box places
+    in the workspace (SHA-256-checked) before the script starts, and they are in the frozen spec
+    and its spec_hash, but the spec route shows neither their paths nor their sha256: two
+    attempts fed different artifacts show identical specs with different hashes."""
+    await make_box("abox")
+    job_id = await _step_job_with_inputs(api, app, db)
+    resp = await api.get(f"/api/jobs/{job_id}/spec")
+    assert resp.status_code == 200, resp.text
+    spec = resp.json()
+    shown = {f["path"]: f for f in spec["files"]}
+    listed_inputs = spec.get("inputs") or []
+    assert "in/fw.bin" in shown or any(i.get("dest") == "in/fw.bin" for i in listed_inputs), spec
+    assert "ab" * 32 in str(spec), "the input's sha256 is not shown"
