@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import httpx
 from fastapi import FastAPI
+from temporalio.service import RPCError, RPCStatusCode
 
 from boxrun.constants import JobState, StepState
 from boxrun.db import connect
@@ -138,3 +139,41 @@ async def test_the_spec_of_a_step_job_shows_the_inputs_it_ran_with(
     listed_inputs = spec.get("inputs") or []
     assert "in/fw.bin" in shown or any(i.get("dest") == "in/fw.bin" for i in listed_inputs), spec
     assert "ab" * 32 in str(spec), "the input's sha256 is not shown"
+
+
+# ---------------------------------------------------------------- F4: an audit row for a cancel that did not happen
+
+
+class _UnavailableHandle:
+    async def describe(self) -> Any:
+        raise RPCError("temporal is down (test)", RPCStatusCode.UNAVAILABLE, b"")
+
+    async def cancel(self) -> None:
+        raise RPCError("temporal is down (test)", RPCStatusCode.UNAVAILABLE, b"")
+
+
+class _UnavailableTemporal:
+    def get_workflow_handle(self, workflow_id: str) -> _UnavailableHandle:
+        return _UnavailableHandle()
+
+
+async def test_a_pipeline_cancel_refused_with_503_leaves_no_cancel_audit_row(
+    api: httpx.AsyncClient, app: FastAPI, db: asyncpg.Connection, make_box: Callable[..., Any]
+) -> None:
+    """docs/audit.md: the services write their rows "through Q.audit in their own transaction"
+    (docs/people.md: "in the same transaction as the change"). cancel_pipeline_as writes
+    `pipeline.cancel` on autocommit BEFORE asking Temporal; when Temporal refuses, the caller
+    gets 503 (nothing was cancelled, the pipeline runs on) while the trail says they cancelled
+    it. (`job.cancel` in services/jobs.cancel_job has the same order.)"""
+    await make_box("abox")
+    p = await _submit(api, {"steps": {"a": {"box": "abox", "script": "true"}}})
+    real = app.state.temporal
+    app.state.temporal = _UnavailableTemporal()
+    try:
+        resp = await api.post(f"/api/pipelines/{p['id']}/cancel")
+    finally:
+        app.state.temporal = real
+    assert resp.status_code == 503, resp.text
+    assert (await api.get(f"/api/pipelines/{p['id']}")).json()["state"] == "queued"
+    rows = await db.fetch("SELECT detail FROM audit_log WHERE action = 'pipeline.cancel'")
+    assert rows == [], f"the trail records a cancel that was refused: {[dict(r) for r in rows]}"
