@@ -17,6 +17,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from boxrun.constants import JobState, StepState
 from boxrun.db import connect
 from boxrun.messages import RecordStepInput
+from boxrun.process_lifecycle import redact
+from boxrun.services.identity import mint_token
+from boxrun.services.people import USER_TOKEN_PREFIX
 from boxrun.services.pipelines import prepare_attempt, record_step
 from boxrun.transitions import transition
 
@@ -177,3 +180,25 @@ async def test_a_pipeline_cancel_refused_with_503_leaves_no_cancel_audit_row(
     assert (await api.get(f"/api/pipelines/{p['id']}")).json()["state"] == "queued"
     rows = await db.fetch("SELECT detail FROM audit_log WHERE action = 'pipeline.cancel'")
     assert rows == [], f"the trail records a cancel that was refused: {[dict(r) for r in rows]}"
+
+
+# ---------------------------------------------------------------- F5: user API tokens are not redacted from logs
+
+
+def test_a_user_api_token_in_a_log_line_is_redacted() -> None:
+    """docs/architecture.md: "No token in any log line: every handler setup_logging installs
+    redacts ...token=... query values, Bearer/Basic credentials and node tokens (bxn_...)
+    anywhere". Issue 10 added user API tokens (`brt_<43 chars>`, docs/people.md), but the
+    filter still only knows node tokens: a user token outside a header or `token=` (a secret
+    pasted where the token id goes, `DELETE /api/tokens/brt_...`, logged by uvicorn's access log
+    and by the 404's path; a token in an error message or traceback) reaches the log in clear."""
+    secret = mint_token(USER_TOKEN_PREFIX)
+    node = mint_token("bxn")
+    lines = [
+        f'127.0.0.1:5000 - "DELETE /api/tokens/{secret} HTTP/1.1" 404',
+        f"could not use {secret} for the request",
+        f"could not use {node} for the request",  # a node token: redacted today
+    ]
+    for line in lines:
+        clean = redact(line)
+        assert secret not in clean and node not in clean, clean
