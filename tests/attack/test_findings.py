@@ -22,6 +22,11 @@ from boxrun.services.identity import mint_token
 from boxrun.services.people import USER_TOKEN_PREFIX
 from boxrun.services.pipelines import prepare_attempt, record_step
 from boxrun.transitions import transition
+from boxrun.services.identity import Role
+from tests.api.conftest import _client
+from tests.api.people_fixtures import add_user
+from tests.api.test_pipelines import control_worker  # noqa: F401
+from tests.conftest import wait_for
 
 # ---------------------------------------------------------------- helpers
 
@@ -202,3 +207,38 @@ def test_a_user_api_token_in_a_log_line_is_redacted() -> None:
     for line in lines:
         clean = redact(line)
         assert secret not in clean and node not in clean, clean
+
+
+# ---------------------------------------------------------------- F6: a step job cancelled with its pipeline names no one
+
+
+async def test_a_step_job_cancelled_with_its_pipeline_names_who_cancelled_it_in_its_trail(
+    api: httpx.AsyncClient, app: FastAPI, db: asyncpg.Connection, make_box: Callable[..., Any], control_worker: None
+) -> None:
+    """Issue 10: the audit log is filtered "by the failing job's ID" and records "cancel and
+    rerun (who)". A step job cancelled because olga cancelled its pipeline has, under
+    `GET /api/audit?job_id=<that job>`, only `job.cancelled` by `system`: the `pipeline.cancel`
+    row that names olga has no job_id and is not found from the job (a job cancelled directly
+    has `job.cancel` by its canceller under its id)."""
+    olga = await add_user(db, "olga", "default", Role.OPERATOR)
+    await make_box("abox")
+    resp = await api.put("/api/boxes/abox/maintenance", json={"on": True, "reason": "hold the step"})
+    assert resp.status_code == 200, resp.text
+    async with _client(app, olga.token) as o:
+        p = await _submit(o, {"steps": {"a": {"box": "abox", "script": "true"}}})
+
+        async def waiting() -> str | None:
+            attempts = (await o.get(f"/api/pipelines/{p['id']}")).json()["steps"][0]["attempts"]
+            return attempts[0]["job_id"] if attempts and attempts[0]["state"] == "waiting_for_box" else None
+
+        job_id = await wait_for(waiting, timeout=30, what="the step's job waiting for its box")
+        assert (await o.post(f"/api/pipelines/{p['id']}/cancel")).status_code == 202
+
+        async def cancelled() -> bool:
+            return (await o.get(f"/api/jobs/{job_id}")).json()["state"] == "cancelled"
+
+        await wait_for(cancelled, timeout=30, what="the step job cancelled")
+    trail = (await api.get("/api/audit", params={"job_id": job_id, "limit": 1000})).json()["data"]
+    assert "olga" in {r["actor"] for r in trail if r["action"] != "job.queued"}, [
+        (r["action"], r["actor"]) for r in trail
+    ]
