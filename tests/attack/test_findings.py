@@ -18,14 +18,12 @@ from boxrun.constants import JobState, StepState
 from boxrun.db import connect
 from boxrun.messages import RecordStepInput
 from boxrun.process_lifecycle import redact
-from boxrun.services.identity import mint_token
+from boxrun.services.identity import Role, mint_token
 from boxrun.services.people import USER_TOKEN_PREFIX
 from boxrun.services.pipelines import prepare_attempt, record_step
 from boxrun.transitions import transition
-from boxrun.services.identity import Role
 from tests.api.conftest import _client
 from tests.api.people_fixtures import add_user
-from tests.api.test_pipelines import control_worker  # noqa: F401
 from tests.conftest import wait_for
 
 # ---------------------------------------------------------------- helpers
