@@ -240,3 +240,19 @@ async def test_a_step_job_cancelled_with_its_pipeline_names_who_cancelled_it_in_
     assert "olga" in {r["actor"] for r in trail if r["action"] != "job.queued"}, [
         (r["action"], r["actor"]) for r in trail
     ]
+
+
+# ---------------------------------------------------------------- F7: a YAML control character: no line and column
+
+
+async def test_invalid_yaml_with_a_control_character_names_line_and_column(api: httpx.AsyncClient) -> None:
+    """Issue 11: "Bad definitions → 422 naming the problem: ... invalid YAML (with line and
+    column)". A control character (a BEL, a NUL) in the YAML is a 422 whose reason says
+    `in "<unicode string>", position 37` (PyYAML's ReaderError, a character offset) and repeats
+    "invalid YAML: invalid YAML:", instead of the line and column every other YAML error gives."""
+    body = b"steps:\n  a: {box: b, script: x}\n  c: \x07\n"
+    resp = await api.post("/api/pipelines", content=body, headers={"Content-Type": "application/yaml"})
+    assert resp.status_code == 422, resp.text
+    detail = resp.json()["detail"]
+    assert "line 3" in detail and "column" in detail, detail
+    assert "invalid YAML: invalid YAML" not in detail, detail
