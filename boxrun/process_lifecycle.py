@@ -16,11 +16,11 @@ from collections.abc import Awaitable, Callable
 
 REDACTED = "[redacted]"
 # Credentials that can reach a log line: `?token=` in a WebSocket URL (browsers cannot set headers),
-# an Authorization header's value, and a node token (minted as bxn_...) anywhere.
+# an Authorization header's value, and a node token (bxn_...) or user API token (brt_...) anywhere.
 _SECRETS = (
     re.compile(r"(?i)(\b[\w-]*token=)[^\s&#\"',;]+"),
     re.compile(r"(?i)(\b(?:bearer|basic)\s+)[\w.~+/=-]+"),
-    re.compile(r"()\bbxn_[\w-]{8,}"),
+    re.compile(r"()\b(?:bxn|brt)_[\w-]{8,}"),
 )
 
 

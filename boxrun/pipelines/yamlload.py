@@ -203,8 +203,12 @@ def load_yaml(text: str) -> Any:
         if mark is None:
             raise YamlError(problem) from None
         raise YamlError(problem, mark.line + 1, mark.column + 1) from None
-    except yaml.YAMLError as exc:  # a reader error (a character YAML does not allow), ...
-        raise YamlError(f"invalid YAML: {str(exc)[:200]}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: at an offset
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        raise YamlError(f"character {exc.character!r} is not allowed in YAML", line, column) from None
+    except yaml.YAMLError as exc:
+        raise YamlError(str(exc)[:200]) from None
     except RecursionError:  # the pure-Python parser on a deeply nested document
         raise YamlError(f"the document nests more than {MAX_DEPTH} levels deep") from None
     finally:

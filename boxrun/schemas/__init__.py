@@ -274,8 +274,10 @@ class JobCreate(BaseModel):
 
     @classmethod
     def from_frozen(cls, spec: dict[str, Any]) -> JobCreate:
-        """The submission a frozen spec came from (for a re-run): its file_refs back as references."""
-        body = {k: v for k, v in spec.items() if k != "file_refs"}
+        """The submission a frozen spec came from (for a re-run): its file_refs back as references.
+        A pipeline step job's resolved `inputs` are not a submission field (the re-run carries them
+        over as they are: services.jobs.rerun_job)."""
+        body = {k: v for k, v in spec.items() if k not in ("file_refs", "inputs")}
         refs = {path: {"sha256": r["sha256"], "size": r["size"]} for path, r in (spec.get("file_refs") or {}).items()}
         body["files"] = {**body.get("files", {}), **refs}
         return cls.model_validate(body)

@@ -36,6 +36,9 @@ class SpecFilePublic(BaseModel):
     path: str
     size: int = Field(description="bytes")
     sha256: str
+    # a pipeline step's input: the upstream job and artifact path it was resolved to
+    from_job_id: str | None = None
+    from_path: str | None = None
 
 
 class SpecSettingsPublic(BaseModel):

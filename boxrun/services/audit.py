@@ -105,13 +105,22 @@ def shown_env(env: dict[str, str]) -> dict[str, str]:
 
 def spec_files(spec: dict[str, Any]) -> list[dict[str, Any]]:
     """Every workspace file of a frozen spec, by path: inline texts hashed as their UTF-8 bytes
-    (what the box writes), uploads as recorded at submission."""
+    (what the box writes), uploads as recorded at submission, and a pipeline step's inputs (the
+    upstream artifacts it was given, with the job and path they came from)."""
     files = {
         path: {"path": path, "size": len(text.encode()), "sha256": hashlib.sha256(text.encode()).hexdigest()}
         for path, text in (spec.get("files") or {}).items()
     }
     for path, ref in (spec.get("file_refs") or {}).items():
         files[path] = {"path": path, "size": ref["size"], "sha256": ref["sha256"]}
+    for inp in spec.get("inputs") or []:
+        files[inp["dest"]] = {
+            "path": inp["dest"],
+            "size": inp["size"],
+            "sha256": inp["sha256"],
+            "from_job_id": inp["job_id"],
+            "from_path": inp["path"],
+        }
     return [files[path] for path in sorted(files)]
 
 

@@ -94,5 +94,7 @@ async def rerun_job(
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "spec"
         raise InvalidInput(f"the frozen spec no longer passes validation: {first['msg']}", field=field) from None
-    new_id, _ = await submit_job(conn, temporal, settings, user, body, storage=storage, rerun_of=str(row["id"]))
+    new_id, _ = await submit_job(
+        conn, temporal, settings, user, body, storage=storage, rerun_of=str(row["id"]), inputs=row["spec"].get("inputs")
+    )
     return new_id

@@ -395,10 +395,17 @@ async def cancel_pipeline_as(conn: asyncpg.Connection, temporal: Client, user: U
     pid = str(row["id"])
     if PipelineState(row["state"]).terminal:
         raise Conflict(f"pipeline {pid} already ended ({row['state']})")
-    await conn.execute(
-        Q.audit, user.org_id, user.name, "pipeline.cancel", None, None, {"pipeline_id": pid, "state": row["state"]}
-    )
+    live = await conn.fetch(Q.pipeline_live_jobs, row["id"])
     await cancel_pipeline(conn, temporal, user, pid)
+    # recorded once the request is taken (a 503 leaves no row); each step job it cancels names
+    # the canceller in its own trail too, so `GET /api/audit?job_id=` shows who it was
+    async with conn.transaction():
+        await conn.execute(
+            Q.audit, user.org_id, user.name, "pipeline.cancel", None, None, {"pipeline_id": pid, "state": row["state"]}
+        )
+        for job in live:
+            detail = {"state": job["state"], "via": "pipeline.cancel", "pipeline_id": pid}
+            await conn.execute(Q.audit, user.org_id, user.name, "job.cancel", job["id"], job["box_name"], detail)
     return pid
 
 

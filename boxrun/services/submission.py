@@ -37,6 +37,7 @@ async def submit_job(
     *,
     storage: Storage,
     rerun_of: str | None = None,
+    inputs: list[dict[str, Any]] | None = None,
 ) -> tuple[str, bool]:
     """Returns (job id, created). A repeated idempotency key returns the first job (created=False).
 
@@ -49,6 +50,8 @@ async def submit_job(
     if body.box is not None and await conn.fetchrow(Q.get_box, user.org_id, body.box, viewer) is None:
         raise InvalidInput(f"box {body.box!r} does not exist", field="box")
     spec = body.frozen_spec(await resolve_file_refs(storage, settings, user, body))
+    if inputs:  # a re-run of a pipeline step job: the upstream artifacts it was given, as resolved
+        spec["inputs"] = inputs
     digest = spec_hash(spec)
     if body.idempotency_key is not None:
         existing = await _by_key(conn, user, body.idempotency_key, digest)

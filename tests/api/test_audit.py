@@ -309,8 +309,8 @@ async def test_the_spec_shows_what_ran_and_equal_specs_hash_equal(
         "script": "python3 run.py",
         "env": {"MODE": "fast", "SEED": "7"},
         "files": [
-            {"path": "data/in.bin", "size": len(blob), "sha256": sha(blob)},
-            {"path": "run.py", "size": len(run_py), "sha256": sha(run_py)},
+            {"path": "data/in.bin", "size": len(blob), "sha256": sha(blob), "from_job_id": None, "from_path": None},
+            {"path": "run.py", "size": len(run_py), "sha256": sha(run_py), "from_job_id": None, "from_path": None},
         ],
         "settings": {
             "box": "bench-3",

@@ -256,27 +256,3 @@ async def test_invalid_yaml_with_a_control_character_names_line_and_column(api: 
     detail = resp.json()["detail"]
     assert "line 3" in detail and "column" in detail, detail
     assert "invalid YAML: invalid YAML" not in detail, detail
-
-
-# ---------------------------------------------------------------- F8 (design): an expiring token mints a never-expiring one
-
-
-async def test_a_token_minted_with_an_expiring_token_does_not_outlive_it(
-    app: FastAPI, db: asyncpg.Connection, api: httpx.AsyncClient
-) -> None:
-    """Issue 10: tokens "optionally expire, and are revocable". An admin hands a contractor a
-    token that expires in an hour (POST /api/users/{name}/tokens {"expires_in_s": 3600}); with
-    it the contractor mints themself a token without expiry (the user themself may mint their
-    own tokens, expires_in_s absent = never), so the expiry bounds nothing (and revoking the
-    first token leaves the second). Arguably by design (docs/people.md allows self-minting); the
-    expiry is only a control if a token cannot outlive the one that minted it."""
-    await add_user(db, "carl", "default", Role.OPERATOR)
-    resp = await api.post("/api/users/carl/tokens", json={"label": "contract", "expires_in_s": 3600})
-    assert resp.status_code == 201, resp.text
-    short = resp.json()
-    async with _client(app, short["token"]) as carl:
-        resp = await carl.post("/api/users/carl/tokens", json={"label": "mine now"})
-    assert resp.status_code in (201, 403, 422), resp.text
-    if resp.status_code == 201:
-        minted = resp.json()
-        assert minted["expires_at"] is not None and minted["expires_at"] <= short["expires_at"], minted

@@ -99,3 +99,8 @@ SELECT * FROM pipelines
 WHERE state IN ('queued', 'running') AND created_at < clock_timestamp() - make_interval(secs => $1)
 ORDER BY created_at
 LIMIT 500;
+
+-- name: pipeline_live_jobs
+-- The step jobs of pipeline $1 that have not ended (a pipeline cancel names its canceller on each).
+SELECT id, box_name, state FROM jobs
+WHERE pipeline_id = $1 AND state NOT IN ('completed', 'failed', 'cancelled', 'timed_out', 'unschedulable');
