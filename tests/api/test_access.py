@@ -48,7 +48,7 @@ from tests.api.test_pipelines import stored_pipeline
 
 ORG_A, ORG_B = "acme", "beta"
 # Routes FastAPI adds for its own documents: no data behind them.
-DOC_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+DOC_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/docs/assets"}
 
 PLATFORM_ADMIN = "platform_admin"  # a platform admin only (orgs)
 NODE = "node"  # a box agent's node token only (a user token is 401)
@@ -168,6 +168,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/api/jobs/{job_id}/rerun"): Access(Role.OPERATOR, JOB),
     ("GET", "/api/jobs/{job_id}/logs"): Access(Role.VIEWER, JOB),
     ("GET", "/api/jobs/{job_id}/logs/stream"): Access(Role.VIEWER, JOB),
+    ("GET", "/api/jobs/{job_id}/logs.txt"): Access(Role.VIEWER, JOB),
     (WS, "/api/jobs/{job_id}/logs/ws"): Access(Role.VIEWER, JOB),
     ("GET", "/api/jobs/{job_id}/logs/archive"): Access(Role.VIEWER, JOB),
     ("GET", "/api/jobs/{job_id}/artifacts"): Access(Role.VIEWER, JOB),
