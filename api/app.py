@@ -154,6 +154,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         for name, schema in pipelines.DEFINITION_SCHEMAS.items():  # POST /api/pipelines parses its body itself
             spec["components"]["schemas"].setdefault(name, schema)
+        for path, item in spec["paths"].items():  # reject_unknown_query: any /api route may answer 422
+            for op in item.values():
+                if path.startswith("/api/") and isinstance(op, dict) and "responses" in op:
+                    op["responses"].setdefault(
+                        "422", {"description": "invalid input (an unknown query parameter): `errors` names it"}
+                    )
         return errors.document_errors(spec, authenticated=needs_token)
 
     app.openapi = openapi_with_ingest_schema  # type: ignore[method-assign]  # FastAPI's documented hook
