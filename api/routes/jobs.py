@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
@@ -23,6 +22,7 @@ from boxrun.schemas import (
     JobEventsPublic,
     JobPublic,
     JobsPublic,
+    Timestamp,
 )
 from boxrun.services import jobs
 from boxrun.services.submission import submit_job
@@ -86,11 +86,11 @@ async def list_jobs(
         uuid.UUID | None, Query(description="only the jobs of this pipeline's steps (every attempt)")
     ] = None,
     since: Annotated[
-        datetime | None,
-        Query(description="only jobs created at or after this time (ISO 8601; without a zone: UTC)"),
+        Timestamp | None,
+        Query(description="only jobs created at or after this time (RFC 3339 with a timezone); not after `until`"),
     ] = None,
     until: Annotated[
-        datetime | None, Query(description="only jobs created before this time (ISO 8601; without a zone: UTC)")
+        Timestamp | None, Query(description="only jobs created before this time (RFC 3339 with a timezone)")
     ] = None,
     label: Annotated[
         list[str] | None,
@@ -112,7 +112,6 @@ async def list_jobs(
     pipeline, creation time and labels. Page with `limit` and `offset`, or with `cursor`: each answer's
     `next_cursor` (null on the last page) continues after its last job, unaffected by jobs submitted
     meanwhile."""
-    since, until = utc(since), utc(until)
     if since is not None and until is not None and since > until:
         raise InvalidInput("since is after until", field="query.since")
     after_at, after_id = (None, None)
@@ -136,11 +135,6 @@ async def list_jobs(
     if rows and offset + len(rows) < remaining:
         next_cursor = jobs.encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
     return JobsPublic(data=[job_public(r, settings) for r in rows], count=total, next_cursor=next_cursor)
-
-
-def utc(when: datetime | None) -> datetime | None:
-    """A query's time without a zone is UTC."""
-    return when.replace(tzinfo=UTC) if when is not None and when.tzinfo is None else when
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=responses(401, 404, 422, e404=JOB_404))
