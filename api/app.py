@@ -6,9 +6,15 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, WebSocketException, status
+from fastapi.dependencies.models import Dependant
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.requests import HTTPConnection
 
 from boxrun import __version__
 from boxrun.api import errors
@@ -21,12 +27,72 @@ from boxrun.api.live.listener import Notifier, PgListener
 from boxrun.api.live.pipelines import PipelineHub
 from boxrun.api.routes import agent, artifacts, audit, boxes, files, health, job_spec, jobs, logs, people, pipelines
 from boxrun.db import create_pool, migrate_for
+from boxrun.errors import InvalidInput
 from boxrun.schemas import LogBatchHeader
 from boxrun.settings import Settings, get_settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect
 
 log = logging.getLogger(__name__)
+
+# Swagger UI's JS and CSS, shipped in the package (docs_assets/README.md): /docs needs no network
+DOCS_ASSETS = Path(__file__).resolve().parent / "docs_assets"
+DOCS_ASSETS_URL = "/docs/assets"
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}
+
+
+def query_names(dependant: Dependant) -> frozenset[str]:
+    """The query parameters a route declares, its dependencies' included (by their alias)."""
+    names: set[str] = set()
+    todo = [dependant]
+    while todo:
+        current = todo.pop()
+        names.update(field.alias for field in current.query_params)
+        todo.extend(current.dependencies)
+    return frozenset(names)
+
+
+async def reject_unknown_query(connection: HTTPConnection) -> None:
+    """Every /api route: a query parameter the route does not declare is a 422 naming it (a typo
+    such as `?ownr=me` would otherwise be ignored and answer as if no filter was given). Runs
+    before the route's own parameters and dependencies; a WebSocket closes with 1008 instead."""
+    route = connection.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _QUERY_NAMES.get(id(route))
+    if known is None:
+        known = _QUERY_NAMES[id(route)] = query_names(dependant)
+    unknown = sorted({name for name in connection.query_params if name not in known})
+    if not unknown:
+        return
+    names = ", ".join(repr(n[:80]) for n in unknown[:5])
+    allowed = ", ".join(sorted(known)) or "none"
+    reason = f"unknown query parameter {names} (this route takes: {allowed})"
+    if connection.scope["type"] == "websocket":
+        raise WebSocketException(code=status.WS_1008_POLICY_VIOLATION, reason=reason[:120])
+    raise InvalidInput(reason, field=f"query.{unknown[0][:80]}")
+
+
+def install_docs(app: FastAPI) -> None:
+    """/docs: Swagger UI over /openapi.json, its assets served from the package."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon-32x32.png",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -69,8 +135,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         description="Run scripts on a fleet of remote boxes; every job is a durable Temporal workflow.",
+        docs_url=None,  # served below from the package's own copy of Swagger UI, not a CDN
+        redoc_url=None,  # ReDoc loads from a CDN only; /docs is the one browsable document
     )
-    api = APIRouter(prefix="/api")
+    install_docs(app)
+    api = APIRouter(prefix="/api", dependencies=[Depends(reject_unknown_query)])
     for module in (jobs, job_spec, logs, artifacts, files, boxes, people, audit, agent, pipelines, health):
         api.include_router(module.router)
     app.include_router(api)
@@ -85,6 +154,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         for name, schema in pipelines.DEFINITION_SCHEMAS.items():  # POST /api/pipelines parses its body itself
             spec["components"]["schemas"].setdefault(name, schema)
+        for path, item in spec["paths"].items():  # reject_unknown_query: any /api route may answer 422
+            for op in item.values():
+                if path.startswith("/api/") and isinstance(op, dict) and "responses" in op:
+                    op["responses"].setdefault(
+                        "422", {"description": "invalid input (an unknown query parameter): `errors` names it"}
+                    )
         return errors.document_errors(spec, authenticated=needs_token)
 
     app.openapi = openapi_with_ingest_schema  # type: ignore[method-assign]  # FastAPI's documented hook

@@ -32,6 +32,7 @@ def job_public(row: asyncpg.Record, settings: Settings) -> JobPublic:
         cancel_grace_s=row["cancel_grace_s"],
         queue_timeout_s=row["queue_timeout_s"],
         rerun_of=str(row["rerun_of"]) if row["rerun_of"] else None,
+        labels=row["labels"],
         log_lines=row["log_seq"],
         log_archive=(
             {"size": row["log_archive_size"], "sha256": row["log_archive_sha256"]} if row["log_archive_key"] else None

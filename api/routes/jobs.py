@@ -12,7 +12,9 @@ from boxrun.api.errors import responses
 from boxrun.api.to_public import job_event_public, job_public
 from boxrun.constants import JobState
 from boxrun.db import Q
+from boxrun.errors import InvalidInput
 from boxrun.schemas import (
+    MAX_LABELS,
     MAX_SEQ,
     NAME_PATTERN,
     USER_NAME_PATTERN,
@@ -20,6 +22,7 @@ from boxrun.schemas import (
     JobEventsPublic,
     JobPublic,
     JobsPublic,
+    Timestamp,
 )
 from boxrun.services import jobs
 from boxrun.services.submission import submit_job
@@ -82,16 +85,56 @@ async def list_jobs(
     pipeline_id: Annotated[
         uuid.UUID | None, Query(description="only the jobs of this pipeline's steps (every attempt)")
     ] = None,
+    since: Annotated[
+        Timestamp | None,
+        Query(description="only jobs created at or after this time (RFC 3339 with a timezone); not after `until`"),
+    ] = None,
+    until: Annotated[
+        Timestamp | None, Query(description="only jobs created before this time (RFC 3339 with a timezone)")
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        Query(
+            max_length=MAX_LABELS,
+            description="`key:value`, repeatable: only jobs carrying every label given",
+        ),
+    ] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="`next_cursor` of the page before: the page after it (with offset 0); newest first, "
+            "stable while jobs are added",
+        ),
+    ] = None,
 ) -> JobsPublic:
     """The org's jobs, newest first (every role sees all of them); filter by state, box, owner,
-    pipeline."""
+    pipeline, creation time and labels. Page with `limit` and `offset`, or with `cursor`: each answer's
+    `next_cursor` (null on the last page) continues after its last job, unaffected by jobs submitted
+    meanwhile."""
+    if since is not None and until is not None and since > until:
+        raise InvalidInput("since is after until", field="query.since")
+    after_at, after_id = (None, None)
+    if cursor is not None:
+        if offset:
+            raise InvalidInput("give cursor or offset, not both", field="query.offset")
+        after_at, after_id = jobs.decode_cursor(cursor)
+    wanted = jobs.parse_label_filters(label or [])
+    if wanted is None:  # one key asked with two values: no job carries both
+        return JobsPublic(data=[], count=0)
+    labels = wanted or None
     who = user.name if owner == "me" else owner  # a name nobody has matches no job: an empty list
-    rows = await conn.fetch(Q.list_jobs, user.org_id, state, box, limit, offset, who, pipeline_id)
-    if rows:
-        total = rows[0]["total"]
+    filters = (who, pipeline_id, since, until, labels)
+    rows = await conn.fetch(Q.list_jobs, user.org_id, state, box, limit, offset, *filters, after_at, after_id)
+    remaining = rows[0]["total"] if rows else 0  # rows matching after the cursor (or all of them)
+    if rows and cursor is None:
+        total = remaining
     else:
-        total = await conn.fetchval(Q.count_jobs, user.org_id, state, box, who, pipeline_id)
-    return JobsPublic(data=[job_public(r, settings) for r in rows], count=total)
+        total = await conn.fetchval(Q.count_jobs, user.org_id, state, box, *filters)
+    next_cursor = None
+    if rows and offset + len(rows) < remaining:
+        next_cursor = jobs.encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
+    return JobsPublic(data=[job_public(r, settings) for r in rows], count=total, next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=responses(401, 404, 422, e404=JOB_404))

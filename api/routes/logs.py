@@ -1,10 +1,12 @@
-"""Logs: paged replay, live Server-Sent Events and WebSocket, and the compressed archive."""
+"""Logs: paged replay (one stream, the tail), the plain-text transcript, live Server-Sent Events
+and WebSocket, and the compressed archive."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from contextlib import suppress
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 import asyncpg
 from fastapi import APIRouter, Header, Query, WebSocket, WebSocketDisconnect, status
@@ -20,8 +22,9 @@ from boxrun.api.live.guard import StreamGuard, watch_task
 from boxrun.api.live.job_tail import encode_event
 from boxrun.api.sse import SSE_DOC, resume_cursor
 from boxrun.db import Q
-from boxrun.errors import NotFound, Unauthorized
+from boxrun.errors import InvalidInput, NotFound, Unauthorized
 from boxrun.schemas import MAX_SEQ, LogsPublic
+from boxrun.services.audit import record
 from boxrun.services.downloads import archive_url
 from boxrun.services.jobs import load_job, parse_job_id
 
@@ -33,6 +36,10 @@ JOB_404 = "no such job"
 WS_TOKEN_REVOKED = 4401
 
 
+Stream = Literal["stdout", "stderr", "output", "system"]
+STREAM_DOC = "only the lines of this stream (`output`: what the job wrote to $BOXRUN_OUTPUT; `system`: boxrun's own)"
+
+
 @router.get("/{job_id}/logs", response_model=LogsPublic, responses=responses(401, 404, 422, e404=JOB_404))
 async def get_logs(
     job_id: str,
@@ -40,10 +47,70 @@ async def get_logs(
     user: CurrentUser,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ)] = 0,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    stream: Annotated[Stream | None, Query(description=STREAM_DOC)] = None,
+    tail: Annotated[
+        int | None,
+        Query(ge=1, le=10_000, description="the last N lines stored (of `stream`, when given), instead of a page"),
+    ] = None,
 ) -> LogsPublic:
+    """A page of the job's lines in seq order: those after `after`, at most `limit`; or, with `tail`,
+    the last `tail` lines (then `after` and `limit` must be left out). Seqs count every stream, so
+    the seqs of one stream's lines have gaps."""
     row = await load_job(conn, user, job_id)
-    lines = await logstore.read(conn, row["id"], after, limit)
+    if tail is not None:
+        if after or limit != 1000:
+            raise InvalidInput("give tail, or after/limit, not both", field="query.tail")
+        lines = await logstore.tail(conn, row["id"], tail, stream)
+    elif stream is not None:
+        lines = await logstore.read_stream(conn, row["id"], stream, after, limit)
+    else:
+        lines = await logstore.read(conn, row["id"], after, limit)
     return LogsPublic(data=[line.public() for line in lines])
+
+
+@router.get(
+    "/{job_id}/logs.txt",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "the transcript so far as text, one line per log line (streamed)",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        **responses(401, 404, 422, e404=JOB_404),
+    },
+)
+async def logs_text(
+    job_id: str,
+    pool: PoolDep,
+    user: CurrentUser,
+    stream: Annotated[Stream | None, Query(description=STREAM_DOC)] = None,
+) -> StreamingResponse:
+    """The job's transcript as plain UTF-8 text (`Content-Disposition: attachment;
+    filename=<job>.log`): every line stored so far, of every stream or of `stream`, each ended by a
+    newline, without seq, time or stream. Sent as it is read from the database, a few chunks at a
+    time. Audited as `transcript.download`."""
+    async with pool.acquire() as conn:
+        row = await load_job(cast(asyncpg.Connection, conn), user, job_id)
+        await record(
+            cast(asyncpg.Connection, conn),
+            user,
+            "transcript.download",
+            job_id=str(row["id"]),
+            box=row["box"],
+            format="text",
+            stream=stream,
+        )
+
+    async def body() -> AsyncIterator[bytes]:
+        async with pool.acquire() as conn:
+            async for piece in logstore.transcript(conn, row["id"], stream):
+                yield piece
+
+    return StreamingResponse(
+        body(),
+        media_type="text/plain; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{row["id"]}.log"', "Cache-Control": "no-store"},
+    )
 
 
 class EventStream(StreamingResponse):

@@ -72,6 +72,10 @@ Capability = Annotated[
 ]
 ENV_NAME_PATTERN = r"^(?!BOXRUN_)[A-Za-z_][A-Za-z0-9_]*$"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+LABEL_KEY_PATTERN = r"^[a-z][a-z0-9_.-]{0,62}$"
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
+MAX_LABELS = 32
+MAX_LABEL_VALUE = 200
 BigInt = Annotated[int, Field(ge=0, le=MAX_BIGINT)]
 BigId = Annotated[int, Field(ge=1, le=MAX_BIGINT)]
 
@@ -125,6 +129,7 @@ WorkspacePath = Annotated[
 _FileKey = Annotated[str, AfterValidator(_normal_path)]
 _FILE_KEYS = rule(propertyNames={"pattern": NORMAL_PATH_PATTERN, "minLength": 1, "maxLength": MAX_PATH_LEN})
 _ENV_KEYS = rule(propertyNames={"pattern": ENV_NAME_PATTERN})
+_LABEL_KEYS = rule(propertyNames={"pattern": LABEL_KEY_PATTERN})
 
 MAX_SCRIPT_BYTES = 256 * 1024
 MAX_SPEC_BYTES = 512 * 1024  # script + env (files have their own total: max_job_files_bytes)
@@ -218,6 +223,20 @@ class JobCreate(BaseModel):
         default=86400, ge=1, le=MAX_TIMEOUT_S, description="the job ends unschedulable if no box takes it within this"
     )
     idempotency_key: CleanStr | None = Field(default=None, min_length=1, max_length=200)
+    labels: Annotated[dict[str, Annotated[CleanStr, Field(max_length=MAX_LABEL_VALUE)]], _LABEL_KEYS] = Field(
+        default_factory=dict,
+        max_length=MAX_LABELS,
+        description=f"up to {MAX_LABELS} `key: value` strings (key `{LABEL_KEY_PATTERN}`, value at most "
+        f"{MAX_LABEL_VALUE} characters); list jobs by them with `GET /api/jobs?label=key:value`",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _label_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not _LABEL_KEY.fullmatch(key):
+                raise ValueError(f"label key {key[:80]!r} does not match {LABEL_KEY_PATTERN}")
+        return dict(sorted(v.items()))
 
     @field_validator("script")
     @classmethod
@@ -267,6 +286,8 @@ class JobCreate(BaseModel):
         """What the job row keeps as its immutable spec (re-runs start from it): `files` holds the
         inline texts, `file_refs` (if any) the uploads (their storage keys, resolved at submission)."""
         spec = self.model_dump(exclude={"idempotency_key", "files"})
+        if not spec["labels"]:  # absent when there are none: such a spec hashes as it did before labels
+            del spec["labels"]
         spec["files"] = self.inline_files()
         if file_refs:  # absent when there are none: such a spec hashes as it did before uploads existed
             spec["file_refs"] = {path: ref.model_dump() for path, ref in sorted(file_refs.items())}
@@ -301,6 +322,7 @@ class JobPublic(BaseModel):
     cancel_grace_s: int
     queue_timeout_s: int = 86400
     rerun_of: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict, description="the `key: value` labels given at submission")
     log_lines: int = Field(description="lines stored so far (the last seq)")
     log_archive: ArchivePublic | None = Field(description="the gzip transcript in storage, once the job ended")
     exit_code: int | None
@@ -323,7 +345,12 @@ class JobPublic(BaseModel):
 
 class JobsPublic(BaseModel):
     data: list[JobPublic]
-    count: int
+    count: int = Field(description="jobs matching the filters in all (data is one page of them)")
+    next_cursor: str | None = Field(
+        default=None,
+        description="opaque: pass it as `?cursor=` for the page after this one (newest first, stable "
+        "while jobs are added); null on the last page",
+    )
 
 
 class JobEventPublic(BaseModel):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import re
 import uuid
+from datetime import UTC, datetime
 
 import asyncpg
 from pydantic import ValidationError
@@ -13,7 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from boxrun.constants import JobState
 from boxrun.db import Q
 from boxrun.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
-from boxrun.schemas import JobCreate
+from boxrun.schemas import LABEL_KEY_PATTERN, MAX_LABEL_VALUE, MAX_LABELS, JobCreate
 from boxrun.services.identity import User
 from boxrun.services.submission import submit_job
 from boxrun.settings import Settings
@@ -29,6 +33,47 @@ def parse_job_id(job_id: str) -> str:
         return str(uuid.UUID(job_id))
     except ValueError:
         raise NotFound(f"job {job_id[:80]!r} not found") from None
+
+
+def encode_cursor(created_at: datetime, job_id: uuid.UUID | str) -> str:
+    """The list position after a job: opaque to clients (base64url of its creation time and id)."""
+    raw = f"{created_at.astimezone(UTC).isoformat()}|{job_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """(created_at, id) of a cursor from encode_cursor; InvalidInput (field query.cursor) otherwise."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, _, job_id = raw.partition("|")
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError("naive time")
+        return when, uuid.UUID(job_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidInput("not a cursor this API gave (pass next_cursor as it came)", field="query.cursor") from None
+
+
+def parse_label_filters(labels: list[str]) -> dict[str, str] | None:
+    """`key:value` filters as the containment the list query takes; None if a key is asked with two
+    different values (no job matches). InvalidInput (field query.label) on a malformed one."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidInput(f"at most {MAX_LABELS} label filters", field="query.label")
+    wanted: dict[str, str] = {}
+    conflict = False
+    for item in labels:
+        key, sep, value = item.partition(":")
+        if not sep or not re.fullmatch(LABEL_KEY_PATTERN, key):
+            raise InvalidInput(
+                f"label filter {item[:80]!r} is not key:value with a key matching {LABEL_KEY_PATTERN}",
+                field="query.label",
+            )
+        if len(value) > MAX_LABEL_VALUE:
+            raise InvalidInput(f"label value longer than {MAX_LABEL_VALUE} characters", field="query.label")
+        if wanted.get(key, value) != value:
+            conflict = True
+        wanted[key] = value
+    return None if conflict else wanted
 
 
 async def load_job(conn: asyncpg.Connection, user: User, job_id: str) -> asyncpg.Record:

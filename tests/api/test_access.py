@@ -48,7 +48,7 @@ from tests.api.test_pipelines import stored_pipeline
 
 ORG_A, ORG_B = "acme", "beta"
 # Routes FastAPI adds for its own documents: no data behind them.
-DOC_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+DOC_PATHS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/docs/assets/{path}"}
 
 PLATFORM_ADMIN = "platform_admin"  # a platform admin only (orgs)
 NODE = "node"  # a box agent's node token only (a user token is 401)
@@ -168,6 +168,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/api/jobs/{job_id}/rerun"): Access(Role.OPERATOR, JOB),
     ("GET", "/api/jobs/{job_id}/logs"): Access(Role.VIEWER, JOB),
     ("GET", "/api/jobs/{job_id}/logs/stream"): Access(Role.VIEWER, JOB),
+    ("GET", "/api/jobs/{job_id}/logs.txt"): Access(Role.VIEWER, JOB),
     (WS, "/api/jobs/{job_id}/logs/ws"): Access(Role.VIEWER, JOB),
     ("GET", "/api/jobs/{job_id}/logs/archive"): Access(Role.VIEWER, JOB),
     ("GET", "/api/jobs/{job_id}/artifacts"): Access(Role.VIEWER, JOB),
@@ -493,7 +494,7 @@ async def test_an_operator_cancels_and_reruns_only_its_own_pipelines(
     # another org's pipeline filters org B's jobs to nothing
     async with client(app, world.b_admin.token) as b:
         resp = await b.get("/api/jobs", params={"pipeline_id": world.pipeline_id})
-        assert resp.status_code == 200 and resp.json() == {"data": [], "count": 0}
+        assert resp.status_code == 200 and resp.json() == {"data": [], "count": 0, "next_cursor": None}
 
 
 async def test_owner_filter(app: FastAPI, world: World, db: asyncpg.Connection) -> None:
@@ -504,11 +505,12 @@ async def test_owner_filter(app: FastAPI, world: World, db: asyncpg.Connection) 
         assert [j["id"] for j in mine["data"]] == [world.job_id] and mine["count"] == 1
         named = (await viewer.get("/api/jobs", params={"owner": "acme-op2"})).json()
         assert [j["id"] for j in named["data"]] == [theirs] and named["count"] == 1
-        assert (await viewer.get("/api/jobs", params={"owner": "me"})).json() == {"data": [], "count": 0}
+        mine = (await viewer.get("/api/jobs", params={"owner": "me"})).json()
+        assert mine == {"data": [], "count": 0, "next_cursor": None}
         everyone = (await viewer.get("/api/jobs")).json()
         assert {j["id"] for j in everyone["data"]} == {world.job_id, theirs}
         nobody = await viewer.get("/api/jobs", params={"owner": "no-such-user"})
-        assert nobody.status_code == 200 and nobody.json() == {"data": [], "count": 0}
+        assert nobody.status_code == 200 and nobody.json() == {"data": [], "count": 0, "next_cursor": None}
         for bad in ("Bad Name", "-x", "x" * 64, ""):
             assert_error(
                 await viewer.get("/api/jobs", params={"owner": bad}), 422, "invalid_input", field="query.owner"

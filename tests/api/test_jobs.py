@@ -118,7 +118,7 @@ async def test_get_list_and_events(api: httpx.AsyncClient, make_box: Callable[..
     by_box = (await api.get("/api/jobs", params={"box": "bench-1", "state": "queued"})).json()
     assert by_box["count"] == 1 and by_box["data"][0]["id"] == a["id"]
     empty = (await api.get("/api/jobs", params={"offset": 10})).json()
-    assert empty == {"data": [], "count": 2}
+    assert empty == {"data": [], "count": 2, "next_cursor": None}
 
     events = await api.get(f"/api/jobs/{a['id']}/events")
     assert events.status_code == 200

@@ -17,7 +17,9 @@ SELECT j.*, COALESCE(b.name, j.deleted_box_name, j.box_name) AS box
 FROM jobs j LEFT JOIN boxes b ON b.id = j.box_id
 WHERE j.org_id = $1 AND j.id = $2;
 
--- $2 state, $3 box, $6 owner, $7 pipeline: NULL matches every job.
+-- $2 state, $3 box, $6 owner, $7 pipeline, $8 since, $9 until (created_at in [since, until)),
+-- $10 labels (all must match), $11/$12 cursor (created_at, id of the last job of the page before):
+-- NULL matches every job. `total` counts the jobs after the cursor.
 -- name: list_jobs
 SELECT j.*, COALESCE(b.name, j.deleted_box_name, j.box_name) AS box, count(*) OVER () AS total
 FROM jobs j LEFT JOIN boxes b ON b.id = j.box_id
@@ -26,9 +28,14 @@ WHERE j.org_id = $1
   AND ($3::text IS NULL OR COALESCE(b.name, j.deleted_box_name, j.box_name) = $3)
   AND ($6::text IS NULL OR j.owner = $6)
   AND ($7::uuid IS NULL OR j.pipeline_id = $7)
+  AND ($8::timestamptz IS NULL OR j.created_at >= $8)
+  AND ($9::timestamptz IS NULL OR j.created_at < $9)
+  AND ($10::jsonb IS NULL OR j.labels @> $10)
+  AND ($11::timestamptz IS NULL OR (j.created_at, j.id) < ($11, $12::uuid))
 ORDER BY j.created_at DESC, j.id DESC
 LIMIT $4 OFFSET $5;
 
+-- The same filters as list_jobs, without the cursor.
 -- name: count_jobs
 SELECT count(*)
 FROM jobs j LEFT JOIN boxes b ON b.id = j.box_id
@@ -36,7 +43,10 @@ WHERE j.org_id = $1
   AND ($2::job_state IS NULL OR j.state = $2)
   AND ($3::text IS NULL OR COALESCE(b.name, j.deleted_box_name, j.box_name) = $3)
   AND ($4::text IS NULL OR j.owner = $4)
-  AND ($5::uuid IS NULL OR j.pipeline_id = $5);
+  AND ($5::uuid IS NULL OR j.pipeline_id = $5)
+  AND ($6::timestamptz IS NULL OR j.created_at >= $6)
+  AND ($7::timestamptz IS NULL OR j.created_at < $7)
+  AND ($8::jsonb IS NULL OR j.labels @> $8);
 
 -- name: job_events
 SELECT from_state, to_state, at, detail FROM job_events

@@ -19,3 +19,24 @@ UPDATE jobs SET log_archive_key = $2, log_archive_size = $3, log_archive_sha256 
 
 -- name: log_archive
 SELECT log_archive_key, log_archive_size, log_archive_sha256, log_seq FROM jobs WHERE org_id = $1 AND id = $2;
+
+-- Up to $4 chunks holding lines after $2 with at least one line of stream $3, in order.
+-- name: stream_chunks_after
+SELECT first_seq, last_seq, run_lines, run_streams, run_ts, data FROM log_chunks
+WHERE job_id = $1 AND last_seq > $2 AND $3 = ANY(run_streams)
+ORDER BY first_seq
+LIMIT $4;
+
+-- Up to $4 chunks starting before line $2 (with a line of stream $3, when given), newest first.
+-- name: chunks_before
+SELECT first_seq, last_seq, run_lines, run_streams, run_ts, data FROM log_chunks
+WHERE job_id = $1 AND first_seq < $2 AND ($3::text IS NULL OR $3 = ANY(run_streams))
+ORDER BY first_seq DESC
+LIMIT $4;
+
+-- Up to $3 chunks' raw text (each line ended by "\n") after line $2, in order: the transcript.
+-- name: chunk_data_after
+SELECT last_seq, data FROM log_chunks
+WHERE job_id = $1 AND last_seq > $2
+ORDER BY first_seq
+LIMIT $3;
