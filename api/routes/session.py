@@ -37,7 +37,10 @@ class SessionCreate(BaseModel):
 
 class SessionPublic(BaseModel):
     user: MePublic
-    csrf_token: str = Field(description="send it in the X-CSRF-Token header on every state-changing request")
+    csrf_token: str | None = Field(
+        description="send it in the X-CSRF-Token header on every state-changing request; null when the "
+        "request came with a bearer token (no session, no CSRF)"
+    )
     expires_at: datetime | None = None
 
 
@@ -74,13 +77,11 @@ async def sign_in(body: SessionCreate, request: Request, response: Response, con
     return SessionPublic(user=_me(user), csrf_token=csrf, expires_at=expires_at)
 
 
-@router.get("", response_model=SessionPublic, responses=responses(401, e401="no valid session cookie"))
+@router.get("", response_model=SessionPublic, responses=responses(401, e401="no valid session cookie or token"))
 async def current_session(request: Request, user: CurrentUser) -> SessionPublic:
     """Who the session cookie names, and its CSRF token (the page asks after a reload)."""
     session: Session | None = request.scope.get(SESSION_SCOPE_KEY)
-    if session is None:
-        raise Unauthorized("this request carries no session cookie (bearer tokens have no session)")
-    return SessionPublic(user=_me(user), csrf_token=session.csrf)
+    return SessionPublic(user=_me(user), csrf_token=session.csrf if session is not None else None)
 
 
 @router.delete(
@@ -90,7 +91,7 @@ async def current_session(request: Request, user: CurrentUser) -> SessionPublic:
     responses=responses(401, 403, e403="missing or wrong X-CSRF-Token header"),
 )
 async def sign_out(request: Request, conn: ConnDep, user: CurrentUser) -> Response:  # noqa: ARG001
-    """Sign out: the session row is deleted and the cookie cleared."""
+    """Sign out: the session row is deleted and the cookie cleared (with a bearer token: nothing to do)."""
     session: Session | None = request.scope.get(SESSION_SCOPE_KEY)
     if session is not None:
         await conn.execute(Q.delete_session, session.id)

@@ -19,7 +19,7 @@ def tree_files() -> set[str]:
         dirnames[:] = [d for d in dirnames if d != "__pycache__"]
         rel = Path(dirpath).relative_to(ROOT)
         for name in filenames:
-            if name.endswith((".py", ".sql", ".typed")):
+            if name.endswith((".py", ".sql", ".typed")) or rel.as_posix() == "boxrun/api/ui":  # + the dashboard
                 found.add((rel / name).as_posix())
     return found
 
