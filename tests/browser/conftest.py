@@ -23,7 +23,7 @@ __all__ = ["anon", "api", "app", "as_token", "base_url", "db", "make_box", "user
 
 
 @pytest.fixture
-async def browser(base_url: str) -> AsyncIterator[Browser]:  # noqa: ARG001  # closed before the server stops
+async def browser(base_url: str) -> AsyncIterator[Browser]:  # closed before the server stops
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.fail("Debian's chromium is not installed (apt-get install -y chromium; .ci/run does it)")
