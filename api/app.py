@@ -25,7 +25,21 @@ from boxrun.api.live.guard import StreamGuard
 from boxrun.api.live.job_tail import Tails
 from boxrun.api.live.listener import Notifier, PgListener
 from boxrun.api.live.pipelines import PipelineHub
-from boxrun.api.routes import agent, artifacts, audit, boxes, files, health, job_spec, jobs, logs, people, pipelines
+from boxrun.api.routes import (
+    agent,
+    artifacts,
+    audit,
+    boxes,
+    files,
+    health,
+    job_spec,
+    jobs,
+    logs,
+    people,
+    pipelines,
+    session,
+    ui,
+)
 from boxrun.db import create_pool, migrate_for
 from boxrun.errors import InvalidInput
 from boxrun.schemas import LogBatchHeader
@@ -140,9 +154,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_docs(app)
     api = APIRouter(prefix="/api", dependencies=[Depends(reject_unknown_query)])
-    for module in (jobs, job_spec, logs, artifacts, files, boxes, people, audit, agent, pipelines, health):
+    for module in (jobs, job_spec, logs, artifacts, files, boxes, people, audit, agent, pipelines, health, session):
         api.include_router(module.router)
     app.include_router(api)
+    ui.mount(app)  # the dashboard, /ui/
 
     openapi = app.openapi
 

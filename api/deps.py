@@ -69,11 +69,11 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 async def _current_user(request: Request, creds: Credentials) -> User:
-    if creds is None:
-        raise Unauthorized("missing bearer token")
-    known: User | None = request.scope.get(USER_SCOPE_KEY)  # RequestGuard checked it already
+    known: User | None = request.scope.get(USER_SCOPE_KEY)  # RequestGuard checked it (token or session)
     if known is not None:
         return known
+    if creds is None:
+        raise Unauthorized("missing bearer token")
     # one short query on a pooled connection: a stream never pins a connection for its auth
     async with request.app.state.pool.acquire() as conn:
         return await authenticate(conn, creds.credentials)

@@ -14,17 +14,25 @@ The limit is `max_body_bytes` (1 MiB by default), `max_log_batch_bytes` (16 MiB)
 log ingest and artifact manifest pages, and `max_job_files_bytes` (1 GiB) for an upload
 (POST /api/files, a raw body streamed to storage, never held in memory). WebSocket connections
 authenticate themselves (`?token=` or the header).
+
+The dashboard authenticates by cookie instead: a request without a bearer token but with the
+`boxrun_session` cookie is checked against its session row (the session, then its token and
+user: api/auth.py). A state-changing request (any method but GET, HEAD, OPTIONS) authenticated so
+must carry the session's CSRF token in `X-CSRF-Token`, or it is refused 403 before the route:
+the cookie is SameSite=Strict already, the header is the second lock. `POST /api/session` (sign
+in, with a token in the body) is public; a bearer token always wins over a cookie.
 """
 
 from __future__ import annotations
 
+import hmac
 import re
 
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from boxrun.api.auth import USER_SCOPE_KEY, authenticate
+from boxrun.api.auth import SESSION_SCOPE_KEY, USER_SCOPE_KEY, authenticate, authenticate_session
 from boxrun.api.errors import error_response
 from boxrun.errors import Unauthorized
 from boxrun.settings import Settings
@@ -34,6 +42,10 @@ PUBLIC = frozenset({"/api/health"})
 LOG_INGEST = re.compile(r"^/api/agent/jobs/[^/]+/(logs|artifacts)$")
 AGENT_PREFIX = "/api/agent/"
 UPLOAD = "/api/files"
+SESSION_PATH = "/api/session"
+SESSION_COOKIE = "boxrun_session"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def too_large(limit: int) -> str:
@@ -58,6 +70,15 @@ def _bearer(headers: Headers) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
+def _cookie(headers: Headers, name: str) -> str | None:
+    for header in headers.getlist("cookie"):
+        for part in header.split(";"):
+            key, _, value = part.strip().partition("=")
+            if key == name and value:
+                return value
+    return None
+
+
 class RequestGuard:
     def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
         self.app = app
@@ -79,17 +100,35 @@ class RequestGuard:
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return 413, too_large(limit)
-        if not needs_token(path):
+        if not needs_token(path) or (path == SESSION_PATH and scope["method"] == "POST"):
             return None
         token = _bearer(headers)
         if token is None:
-            return 401, "missing bearer token"
+            secret = _cookie(headers, SESSION_COOKIE)
+            if secret is None or path.startswith(AGENT_PREFIX):
+                return 401, "missing bearer token"
+            return await self.session_refusal(scope, headers, secret)
         if not path.startswith(AGENT_PREFIX):
             try:
                 async with scope["app"].state.pool.acquire() as conn:
                     scope[USER_SCOPE_KEY] = await authenticate(conn, token)
             except Unauthorized as exc:
                 return 401, exc.reason
+        return None
+
+    async def session_refusal(self, scope: Scope, headers: Headers, secret: str) -> tuple[int, str] | None:
+        """Authenticate a dashboard request by its session cookie; CSRF header on state changes."""
+        try:
+            async with scope["app"].state.pool.acquire() as conn:
+                user, session = await authenticate_session(conn, secret)
+        except Unauthorized as exc:
+            return 401, exc.reason
+        if scope["method"] not in SAFE_METHODS:
+            sent = headers.get(CSRF_HEADER, "")
+            if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
+                return 403, "missing or wrong X-CSRF-Token header (a session's state changes need it)"
+        scope[USER_SCOPE_KEY] = user
+        scope[SESSION_SCOPE_KEY] = session
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -159,6 +159,10 @@ ROUTES: dict[tuple[str, str], Access] = {
         Role.ADMIN, {"token_id": "spare_token_id"}, platform_reaches_other_orgs=True
     ),
     ("GET", "/api/me"): Access(Role.VIEWER),
+    # dashboard sessions (sign-in takes the token in the body)
+    ("POST", "/api/session"): Access(PUBLIC, send=lambda w: {"json": {"token": w.viewer.token}}),
+    ("GET", "/api/session"): Access(Role.VIEWER),
+    ("DELETE", "/api/session"): Access(Role.VIEWER),
     # jobs
     ("POST", "/api/jobs"): Access(Role.OPERATOR, send=lambda w: {"json": {"box": w.box, "script": "echo hi"}}),
     ("GET", "/api/jobs"): Access(Role.VIEWER),
@@ -224,8 +228,8 @@ def app_routes(app: FastAPI) -> list[tuple[str, str, bool]]:
     for context in routing.iter_route_contexts(app.routes):
         route, path = context.original_route, context.path_format
         assert path is not None
-        if path in DOC_PATHS:
-            continue
+        if path in DOC_PATHS or path == "/" or path.startswith("/ui/"):
+            continue  # the dashboard's static pages (tests/browser), not the API
         if isinstance(route, APIWebSocketRoute):
             out.append((WS, path, "{" in path))
         elif isinstance(route, APIRoute):

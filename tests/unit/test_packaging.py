@@ -19,7 +19,8 @@ def tree_files() -> set[str]:
         dirnames[:] = [d for d in dirnames if d != "__pycache__"]
         rel = Path(dirpath).relative_to(ROOT)
         for name in filenames:
-            if name.endswith((".py", ".sql", ".typed")) or "docs_assets" in rel.parts:  # /docs's Swagger UI
+            # /docs's Swagger UI and the dashboard ship as package data
+            if name.endswith((".py", ".sql", ".typed")) or "docs_assets" in rel.parts or rel.as_posix() == "boxrun/api/ui":
                 found.add((rel / name).as_posix())
     return found
 

@@ -1,0 +1,81 @@
+// The dashboard's shell: sign-in, the header, and the router (one page per URL hash).
+import { api, setSession, me } from "./api.js";
+import { h, errorBox } from "./ui.js";
+import { jobsPage } from "./jobs.js";
+import { jobPage } from "./job.js";
+import { newJobPage } from "./newjob.js";
+import { boxesPage } from "./boxes.js";
+import { pipelinesPage, pipelinePage } from "./pipelines.js";
+import { auditPage } from "./audit.js";
+
+const ROUTES = [
+  [/^#\/jobs\/([^/]+)$/, jobPage, "jobs"],
+  [/^#\/jobs$/, jobsPage, "jobs"],
+  [/^#\/new$/, newJobPage, "new"],
+  [/^#\/boxes$/, boxesPage, "boxes"],
+  [/^#\/pipelines\/([^/]+)$/, pipelinePage, "pipelines"],
+  [/^#\/pipelines$/, pipelinesPage, "pipelines"],
+  [/^#\/audit$/, auditPage, "audit"],
+];
+
+const main = document.getElementById("app");
+let leave = null; // the current page's cleanup (close its streams and timers)
+
+function signInPage(reason) {
+  document.getElementById("top").hidden = true;
+  const token = h("input", { type: "password", name: "token", id: "token", autocomplete: "current-password", required: true, placeholder: "brt_…" });
+  const msg = h("div");
+  if (reason) msg.append(h("p", { class: "muted" }, reason));
+  const form = h("form", { id: "signin", onsubmit: async (ev) => {
+      ev.preventDefault();
+      msg.replaceChildren();
+      try {
+        setSession(await api("/api/session", { method: "POST", body: { token: token.value } }));
+        token.value = "";
+        if (!location.hash || location.hash === "#/signin") location.hash = "#/jobs";
+        route();
+      } catch (err) { msg.append(errorBox(err)); }
+    } },
+    h("label", {}, "API token", token),
+    h("button", { class: "primary", type: "submit" }, "Sign in"),
+  );
+  main.replaceChildren(h("div", { class: "card signin" },
+    h("h1", {}, "Sign in to boxrun"),
+    h("p", { class: "muted" }, "Paste an API token (an admin mints one with POST /api/users/{name}/tokens). The browser keeps only a session cookie."),
+    form, msg));
+  token.focus();
+}
+
+async function route() {
+  if (leave) { leave(); leave = null; }
+  if (!me) {
+    try { setSession(await api("/api/session")); } catch { signInPage(); return; }
+  }
+  document.getElementById("top").hidden = false;
+  document.getElementById("who").textContent = `${me.name} · ${me.role} · ${me.org}`;
+  const hash = location.hash || "#/jobs";
+  for (const [re, page, nav] of ROUTES) {
+    const m = hash.match(re);
+    if (!m) continue;
+    for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === nav);
+    main.replaceChildren(h("p", { class: "muted" }, "Loading…"));
+    try { leave = (await page(main, ...m.slice(1).map(decodeURIComponent))) || null; }
+    catch (err) { main.replaceChildren(errorBox(err)); }
+    return;
+  }
+  location.hash = "#/jobs";
+}
+
+document.getElementById("signout").addEventListener("click", async () => {
+  try { await api("/api/session", { method: "DELETE" }); } catch { /* signed out either way */ }
+  setSession(null);
+  if (leave) { leave(); leave = null; }
+  signInPage("Signed out.");
+});
+window.addEventListener("boxrun:signed-out", (ev) => {
+  setSession(null);
+  if (leave) { leave(); leave = null; }
+  signInPage(`Signed out: ${ev.detail}`);
+});
+window.addEventListener("hashchange", route);
+route();
