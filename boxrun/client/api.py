@@ -387,6 +387,7 @@ class BoxrunClient(Transport):
         failing_since: float | None = None
         while True:
             problem: Unavailable
+            connected = False
             try:
                 async with self.http.stream(
                     "GET",
@@ -401,7 +402,7 @@ class BoxrunClient(Transport):
                             raise error
                         problem = error
                     else:
-                        failing_since = None
+                        connected, failing_since = True, None
                         problem = Unavailable(f"the event stream of pipeline {pipeline_id} ended without `done`")
                         async for ev in read_events(resp):
                             if ev.event == "revoked":
@@ -417,7 +418,8 @@ class BoxrunClient(Transport):
             failing_since = failing_since or now
             if now - failing_since > reconnect_for_s:
                 raise problem
-            await asyncio.sleep(retry_s)
+            if not connected:  # a stream that broke is resumed at once, a refused connect later
+                await asyncio.sleep(retry_s)
 
     # ------------------------------------------------------------------ people
 
