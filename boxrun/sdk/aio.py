@@ -12,10 +12,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
+from pydantic_core import to_json
 
 from boxrun.client import BoxrunClient, DoneEvent, LogEvent
 from boxrun.client.api import LOG_PAGE
@@ -60,6 +62,18 @@ class IntegrityError(BoxrunError):
     """A downloaded artifact does not hash to the SHA-256 the API recorded (the file is removed)."""
 
     code = "integrity"
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _build(model: type[M], fields: Mapping[str, Any]) -> M:
+    """`model` from `fields` read as the API reads its body (JSON: "viewer" is a Role), or
+    InvalidInput naming the field."""
+    try:
+        return model.model_validate_json(to_json(dict(fields)))
+    except PydanticValidationError as exc:
+        raise _refused(exc) from None
 
 
 def _refused(exc: PydanticValidationError) -> InvalidInput:
@@ -300,14 +314,11 @@ class Jobs(_Handle):
         ):
             if value is not None:
                 fields[key] = value
-        inline: dict[str, str | FileRef] = {dest: c for dest, c in (files or {}).items() if isinstance(c, str)}
-        try:  # the API's own rules, checked before any upload
-            JobCreate(**fields, files=inline)
-        except PydanticValidationError as exc:
-            raise _refused(exc) from None
+        inline = {dest: c for dest, c in (files or {}).items() if isinstance(c, str)}
+        _build(JobCreate, {**fields, "files": inline})  # the API's own rules, checked before any upload
         if files:
             fields["files"] = {dest: await self._file(dest, content) for dest, content in files.items()}
-        body = JobCreate(**fields).model_dump(mode="json", exclude_unset=True)
+        body = _build(JobCreate, fields).model_dump(mode="json", exclude_unset=True)
         if labels:  # sent as given: the API checks them (older APIs without labels refuse the field)
             body["labels"] = dict(labels)
         job = await self._client.api.call(JobPublic, "POST", "/api/jobs", json=body)
@@ -552,10 +563,7 @@ class Boxes(_Handle):
 
     async def register(self, name: str, **fields: Any) -> BoxCreated:
         """Register a box (admin); the answer holds its node token, shown this once."""
-        try:
-            spec = BoxCreate(name=name, **fields)
-        except PydanticValidationError as exc:
-            raise _refused(exc) from None
+        spec = _build(BoxCreate, {"name": name, **fields})
         return await self._client.api.register_box(spec)
 
     async def rotate_token(self, name: str) -> BoxCreated:
@@ -575,18 +583,12 @@ class Users(_Handle):
         return (await self._client.api.list_users(org=org)).data
 
     async def create(self, name: str, role: str, *, org: str | None = None) -> UserCreated:
-        try:
-            spec = UserCreate.model_validate({"name": name, "role": role, "org": org})
-        except PydanticValidationError as exc:
-            raise _refused(exc) from None
+        spec = _build(UserCreate, {"name": name, "role": role, **({"org": org} if org else {})})
         return await self._client.api.create_user(spec)
 
     async def update(self, name: str, *, role: str | None = None, disabled: bool | None = None) -> UserPublic:
         fields = {k: v for k, v in (("role", role), ("disabled", disabled)) if v is not None}
-        try:
-            spec = UserUpdate.model_validate(fields)
-        except PydanticValidationError as exc:
-            raise _refused(exc) from None
+        spec = _build(UserUpdate, fields)
         return await self._client.api.update_user(name, spec)
 
     async def disable(self, name: str) -> UserPublic:
@@ -608,10 +610,7 @@ class Tokens(_Handle):
     ) -> TokenCreated:
         """A new token for `user` (yourself by default); its secret is in the answer, this once."""
         name = user or (await self._client.api.me()).name
-        try:
-            spec = TokenCreate(label=label, expires_in_s=expires_in_s)
-        except PydanticValidationError as exc:
-            raise _refused(exc) from None
+        spec = _build(TokenCreate, {"label": label, **({"expires_in_s": expires_in_s} if expires_in_s else {})})
         return await self._client.api.create_token(name, spec)
 
     async def revoke(self, token_id: str) -> None:
