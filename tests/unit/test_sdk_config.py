@@ -65,7 +65,12 @@ def test_arguments_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BOXRUN_TOKEN", "env-tok")
     save_profile("http://profile.test", "profile-tok")
     got = resolve("http://arg.test/", "arg-tok")
-    assert (got.url, got.token, got.url_from, got.token_from) == ("http://arg.test", "arg-tok", "arguments", "arguments")
+    assert (got.url, got.token, got.url_from, got.token_from) == (
+        "http://arg.test",
+        "arg-tok",
+        "arguments",
+        "arguments",
+    )
 
 
 def test_environment_before_profile(monkeypatch: pytest.MonkeyPatch) -> None:
