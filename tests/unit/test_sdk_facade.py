@@ -449,3 +449,11 @@ def test_pipeline_follow_resumes_and_wait_ends(mock_api: MockApi) -> None:
         assert events == [("a", "running"), ("a", "completed"), (None, "completed")]
         assert calls == ["0", "1"] and p.ok and p.step("a").job_id == "job-9"
         assert p.wait(timeout=5).ok
+
+
+def test_offset_pages_give_a_job_once_when_jobs_arrive_meanwhile(client, mock_api: MockApi) -> None:
+    mock_api.cursor_api = False
+    jobs = client.jobs.list(page_size=3)
+    first = [next(jobs).id for _ in range(3)]
+    mock_api.listing.insert(0, job_json("newer", "queued"))  # newest first: the rest shift by one
+    assert first + [j.id for j in jobs] == [f"j{i:02d}" for i in range(7)]
