@@ -118,7 +118,7 @@ def test_a_job_from_submit_to_download(client: Client, tmp_path: Path) -> None:
     arts = {a.path: a for a in job.artifacts()}
     assert set(arts) == {"report.txt", "data/dump.bin"}
     seen: list[int] = []
-    got = job.download("data/dump.bin", to=tmp_path / "out", progress=lambda done, total: seen.append(done))
+    got = job.download("data/dump.bin", to=f"{tmp_path}/out/", progress=lambda done, total: seen.append(done))
     assert got == tmp_path / "out" / "dump.bin"
     assert got.read_bytes() == bytes(range(256)) * 8192
     assert hashlib.sha256(got.read_bytes()).hexdigest() == arts["data/dump.bin"].sha256
