@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -13,9 +14,9 @@ from pydantic import ValidationError
 
 from boxrun.client.base import DEFAULT_TIMEOUT_S, Transport, error_from_answer, unreachable
 from boxrun.client.credentials import resolve
-from boxrun.client.sse import DoneEvent, DroppedEvent, FollowEvent, LogEvent, read_events, typed
-from boxrun.constants import JobState
-from boxrun.errors import InvalidInput, Unavailable
+from boxrun.client.sse import DoneEvent, DroppedEvent, Event, FollowEvent, LogEvent, read_events, typed
+from boxrun.constants import JobState, PipelineState
+from boxrun.errors import InvalidInput, Unauthorized, Unavailable
 from boxrun.schemas import (
     ArtifactsPublic,
     BoxCreate,
@@ -31,9 +32,23 @@ from boxrun.schemas import (
     LogLinePublic,
     LogsPublic,
     MaintenancePublic,
+    UploadPublic,
     WindowCreate,
     WindowPublic,
 )
+from boxrun.schemas.audit import AuditPublic, JobSpecPublic
+from boxrun.schemas.people import (
+    MePublic,
+    TokenCreate,
+    TokenCreated,
+    TokensPublic,
+    UserCreate,
+    UserCreated,
+    UserPublic,
+    UsersPublic,
+    UserUpdate,
+)
+from boxrun.schemas.pipelines import PipelinePublic, PipelinesPublic
 
 LOG_PAGE = 5000  # lines per GET .../logs page (the API allows up to 10 000)
 STREAM_CONNECT_S = 10.0
@@ -88,15 +103,85 @@ class BoxrunClient(Transport):
         return await self.call(JobPublic, "GET", f"/api/jobs/{_seg(job_id)}")
 
     async def list_jobs(
-        self, *, state: JobState | str | None = None, box: str | None = None, limit: int = 50, offset: int = 0
+        self,
+        *,
+        state: JobState | str | None = None,
+        box: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        owner: str | None = None,
+        pipeline_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        labels: dict[str, str] | None = None,
+        cursor: str | None = None,
     ) -> JobsPublic:
-        """One page of jobs, newest first; `count` is the total that match."""
-        params: dict[str, Any] = {"limit": limit, "offset": offset}
-        if state is not None:
-            params["state"] = str(state)
-        if box is not None:
-            params["box"] = box
-        return await self.call(JobsPublic, "GET", "/api/jobs", params=params)
+        """One page of jobs, newest first; `count` is the total that match. `cursor` (the
+        answer's `next_cursor`, where the API gives one) continues instead of `offset`."""
+        return JobsPublic.model_validate(
+            await self.list_jobs_raw(
+                state=state,
+                box=box,
+                limit=limit,
+                offset=offset,
+                owner=owner,
+                pipeline_id=pipeline_id,
+                since=since,
+                until=until,
+                labels=labels,
+                cursor=cursor,
+            )
+        )
+
+    async def list_jobs_raw(
+        self,
+        *,
+        state: JobState | str | None = None,
+        box: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        owner: str | None = None,
+        pipeline_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        labels: dict[str, str] | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """GET /api/jobs as its JSON object (it may carry fields newer than this client's models,
+        such as `next_cursor`)."""
+        params: list[tuple[str, str | int]] = [("limit", limit)]
+        if cursor is not None:
+            params.append(("cursor", cursor))
+        elif offset:
+            params.append(("offset", offset))
+        for key, value in (("state", state), ("box", box), ("owner", owner), ("pipeline_id", pipeline_id)):
+            if value is not None:
+                params.append((key, str(value)))
+        for key, when in (("since", since), ("until", until)):
+            if when is not None:
+                params.append((key, when.isoformat()))
+        for key, value in (labels or {}).items():
+            params.append(("label", f"{key}:{value}"))
+        resp = await self.send("GET", "/api/jobs", params=params)
+        got: dict[str, Any] = resp.json()
+        return got
+
+    async def spec(self, job_id: str) -> JobSpecPublic:
+        """The job's frozen spec as it ran (script, files with SHA-256, env names, settings)."""
+        return await self.call(JobSpecPublic, "GET", f"/api/jobs/{_seg(job_id)}/spec")
+
+    async def upload(self, content: bytes | AsyncIterable[bytes], *, sha256: str) -> UploadPublic:
+        """Store a file's bytes (POST /api/files) for a job's `files` to reference; `sha256` is
+        the hex SHA-256 of the bytes (the API refuses a body that does not hash to it)."""
+        return await self.call(
+            UploadPublic,
+            "POST",
+            "/api/files",
+            params={"sha256": sha256},
+            content=content,
+            headers={"content-type": "application/octet-stream"},
+            timeout=httpx.Timeout(STREAM_CONNECT_S, read=None, write=None),
+        )
 
     async def cancel(self, job_id: str) -> JobPublic:
         """Ask the job to stop (Conflict if it already ended); follow it to see it end."""
@@ -125,10 +210,17 @@ class BoxrunClient(Transport):
 
     # ------------------------------------------------------------------ logs
 
-    async def log_page(self, job_id: str, *, after: int = 0, limit: int = LOG_PAGE) -> LogsPublic:
-        return await self.call(
-            LogsPublic, "GET", f"/api/jobs/{_seg(job_id)}/logs", params={"after": after, "limit": limit}
-        )
+    async def log_page(
+        self, job_id: str, *, after: int = 0, limit: int = LOG_PAGE, stream: str | None = None, tail: int | None = None
+    ) -> LogsPublic:
+        """One page of stored lines after seq `after`; `stream` (stdout, stderr, output, system)
+        and `tail` (the last N lines) are sent only when given."""
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        if stream is not None:
+            params["stream"] = stream
+        if tail is not None:
+            params["tail"] = tail
+        return await self.call(LogsPublic, "GET", f"/api/jobs/{_seg(job_id)}/logs", params=params)
 
     async def logs(self, job_id: str, *, after: int = 0, page: int = LOG_PAGE) -> AsyncIterator[LogLinePublic]:
         """Every stored line after seq `after`, page by page."""
@@ -197,8 +289,10 @@ class BoxrunClient(Transport):
 
     # ------------------------------------------------------------------ artifacts
 
-    async def artifacts(self, job_id: str) -> ArtifactsPublic:
-        return await self.call(ArtifactsPublic, "GET", f"/api/jobs/{_seg(job_id)}/artifacts")
+    async def artifacts(self, job_id: str, *, limit: int = 100, offset: int = 0) -> ArtifactsPublic:
+        """One page of the job's artifacts, by path; `count` is how many there are in all."""
+        params = {"limit": limit, "offset": offset}
+        return await self.call(ArtifactsPublic, "GET", f"/api/jobs/{_seg(job_id)}/artifacts", params=params)
 
     def artifact_url(self, job_id: str, path: str) -> str:
         """The API's download address of an artifact (needs the token; redirects to storage)."""
@@ -253,6 +347,135 @@ class BoxrunClient(Transport):
 
     async def delete_window(self, name: str, window_id: int) -> None:
         await self.send("DELETE", f"/api/boxes/{_seg(name)}/maintenance/windows/{window_id}")
+
+    # ------------------------------------------------------------------ pipelines
+
+    async def submit_pipeline(self, definition: bytes | str, *, media_type: str) -> PipelinePublic:
+        """Submit a pipeline definition as sent: `application/json` or `application/yaml`."""
+        body = definition.encode() if isinstance(definition, str) else definition
+        return await self.call(
+            PipelinePublic, "POST", "/api/pipelines", content=body, headers={"content-type": media_type}
+        )
+
+    async def get_pipeline(self, pipeline_id: str) -> PipelinePublic:
+        return await self.call(PipelinePublic, "GET", f"/api/pipelines/{_seg(pipeline_id)}")
+
+    async def list_pipelines(
+        self, *, state: PipelineState | str | None = None, limit: int = 50, offset: int = 0
+    ) -> PipelinesPublic:
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if state is not None:
+            params["state"] = str(state)
+        return await self.call(PipelinesPublic, "GET", "/api/pipelines", params=params)
+
+    async def cancel_pipeline(self, pipeline_id: str) -> PipelinePublic:
+        return await self.call(PipelinePublic, "POST", f"/api/pipelines/{_seg(pipeline_id)}/cancel")
+
+    async def rerun_pipeline(self, pipeline_id: str, *, only_failed: bool = False) -> PipelinePublic:
+        return await self.call(
+            PipelinePublic, "POST", f"/api/pipelines/{_seg(pipeline_id)}/rerun", json={"only_failed": only_failed}
+        )
+
+    async def pipeline_events(
+        self, pipeline_id: str, *, after: int = 0, retry_s: float = 1.0, reconnect_for_s: float = 60.0
+    ) -> AsyncIterator[Event]:
+        """The pipeline's `step` and `pipeline` events (data: id, step, state, at, detail) until
+        `done` {"state", "error"} (inclusive), resuming with Last-Event-ID after a dropped
+        connection; an error answer other than 5xx is raised at once, Unavailable once
+        reconnecting has failed for reconnect_for_s; a revoked token raises Unauthorized."""
+        path = f"/api/pipelines/{_seg(pipeline_id)}/events"
+        failing_since: float | None = None
+        while True:
+            problem: Unavailable
+            connected = False
+            try:
+                async with self.http.stream(
+                    "GET",
+                    path,
+                    headers={"Last-Event-ID": str(after), "Accept": "text/event-stream"},
+                    timeout=httpx.Timeout(STREAM_CONNECT_S, read=None),
+                ) as resp:
+                    if resp.status_code >= 400:
+                        await resp.aread()
+                        error = error_from_answer(resp)
+                        if not isinstance(error, Unavailable):
+                            raise error
+                        problem = error
+                    else:
+                        connected, failing_since = True, None
+                        problem = Unavailable(f"the event stream of pipeline {pipeline_id} ended without `done`")
+                        async for ev in read_events(resp):
+                            if ev.event == "revoked":
+                                raise Unauthorized(str(ev.data.get("reason", "token no longer valid")))
+                            if ev.id is not None and ev.id.isdigit():
+                                after = int(ev.id)
+                            yield ev
+                            if ev.event == "done":
+                                return
+            except httpx.HTTPError as exc:
+                problem = unreachable(self.http.base_url.join(path), exc)
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if now - failing_since > reconnect_for_s:
+                raise problem
+            if not connected:  # a stream that broke is resumed at once, a refused connect later
+                await asyncio.sleep(retry_s)
+
+    # ------------------------------------------------------------------ people
+
+    async def me(self) -> MePublic:
+        """Who the token names: user, org, role."""
+        return await self.call(MePublic, "GET", "/api/me")
+
+    async def list_users(self, *, org: str | None = None) -> UsersPublic:
+        return await self.call(UsersPublic, "GET", "/api/users", params={"org": org} if org else None)
+
+    async def create_user(self, spec: UserCreate) -> UserCreated:
+        return await self.call(UserCreated, "POST", "/api/users", json=spec.model_dump(mode="json", exclude_none=True))
+
+    async def update_user(self, name: str, spec: UserUpdate) -> UserPublic:
+        return await self.call(
+            UserPublic, "PATCH", f"/api/users/{_seg(name)}", json=spec.model_dump(mode="json", exclude_none=True)
+        )
+
+    async def create_token(self, user: str, spec: TokenCreate) -> TokenCreated:
+        """A new API token for `user` (yourself, or anyone for a user admin); shown this once."""
+        return await self.call(
+            TokenCreated,
+            "POST",
+            f"/api/users/{_seg(user)}/tokens",
+            json=spec.model_dump(mode="json", exclude_none=True),
+        )
+
+    async def list_tokens(self, *, org: str | None = None) -> TokensPublic:
+        return await self.call(TokensPublic, "GET", "/api/tokens", params={"org": org} if org else None)
+
+    async def revoke_token(self, token_id: str) -> None:
+        await self.send("DELETE", f"/api/tokens/{_seg(token_id)}")
+
+    # ------------------------------------------------------------------ audit
+
+    async def audit(
+        self,
+        *,
+        job_id: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        box: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> AuditPublic:
+        """One page of the audit log (admins), newest first; `next_cursor` continues."""
+        params: dict[str, Any] = {"limit": limit}
+        for key, value in (("job_id", job_id), ("actor", actor), ("action", action), ("box", box), ("cursor", cursor)):
+            if value is not None:
+                params[key] = value
+        for key, when in (("since", since), ("until", until)):
+            if when is not None:
+                params[key] = when.isoformat()
+        return await self.call(AuditPublic, "GET", "/api/audit", params=params)
 
     # ------------------------------------------------------------------ health
 

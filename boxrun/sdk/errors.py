@@ -1,0 +1,28 @@
+"""The errors the SDK raises: boxrun's one hierarchy (boxrun.errors), each carrying the API's
+reason (`reason`); InvalidInput (alias ValidationError) names the culprit in `field`."""
+
+from boxrun.errors import (
+    BoxrunError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+    ValidationError,
+)
+from boxrun.sdk.aio import IntegrityError
+
+__all__ = [
+    "BoxrunError",
+    "Conflict",
+    "Forbidden",
+    "IntegrityError",
+    "InvalidInput",
+    "NotFound",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "ValidationError",
+]

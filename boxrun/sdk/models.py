@@ -1,0 +1,50 @@
+"""The models the SDK returns: the API's own pydantic schemas (boxrun.schemas)."""
+
+from boxrun.constants import JobState, PipelineState, StepState
+from boxrun.schemas import (
+    ArtifactPublic,
+    BoxCreated,
+    BoxPublic,
+    BoxQueuePublic,
+    Health,
+    JobEventPublic,
+    JobPublic,
+    LogLinePublic,
+    MaintenancePublic,
+)
+from boxrun.schemas.audit import AuditEntryPublic, JobSpecPublic
+from boxrun.schemas.people import MePublic, TokenCreated, TokenPublic, UserCreated, UserPublic
+from boxrun.schemas.pipelines import (
+    AttemptPublic,
+    PipelineEventPublic,
+    PipelinePublic,
+    PipelineSummary,
+    StepPublic,
+)
+
+__all__ = [
+    "ArtifactPublic",
+    "AttemptPublic",
+    "AuditEntryPublic",
+    "BoxCreated",
+    "BoxPublic",
+    "BoxQueuePublic",
+    "Health",
+    "JobEventPublic",
+    "JobPublic",
+    "JobSpecPublic",
+    "JobState",
+    "LogLinePublic",
+    "MaintenancePublic",
+    "MePublic",
+    "PipelineEventPublic",
+    "PipelinePublic",
+    "PipelineState",
+    "PipelineSummary",
+    "StepState",
+    "StepPublic",
+    "TokenCreated",
+    "TokenPublic",
+    "UserCreated",
+    "UserPublic",
+]
