@@ -20,7 +20,11 @@ def tree_files() -> set[str]:
         rel = Path(dirpath).relative_to(ROOT)
         for name in filenames:
             # /docs's Swagger UI and the dashboard ship as package data
-            if name.endswith((".py", ".sql", ".typed")) or "docs_assets" in rel.parts or rel.as_posix() == "boxrun/api/ui":
+            if (
+                name.endswith((".py", ".sql", ".typed"))
+                or "docs_assets" in rel.parts
+                or rel.as_posix() == "boxrun/api/ui"
+            ):
                 found.add((rel / name).as_posix())
     return found
 
