@@ -42,6 +42,7 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -153,7 +154,7 @@ class DevStack:
         self, data_dir: Path, boxes: int = 1, agent_python: str | None = None, local_control: bool = False
     ) -> None:
         self.data_dir = data_dir
-        self.log_path = data_dir.parent / "dev.log"
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self._log = open(self.log_path, "ab")
         env = dict(os.environ)
         if agent_python:
@@ -193,6 +194,7 @@ class DevStack:
         raise RuntimeError(f"boxrun dev not ready after {timeout}s:\n{self.log_tail()}")
 
     def log_tail(self, chars: int = 3000) -> str:
+        """The end of this stack's log (each stack logs to a file of its own)."""
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def stop(self, timeout: float = 60) -> int | None:
@@ -292,6 +294,25 @@ async def measure(endpoints: dict, args: argparse.Namespace) -> dict:
     }
 
 
+STACK_TRIES = 3
+
+
+def start_stack(root: Path, **options: Any) -> tuple[DevStack, dict]:
+    """A ready stack. `--ports auto` picks free ports and the children bind them a moment later;
+    on a busy machine another process (an outgoing connection's ephemeral port) can take one in
+    between, and the child exits "address already in use": start again on fresh ports."""
+    for attempt in range(1, STACK_TRIES + 1):
+        stack = DevStack(root / f"dev-{attempt}", boxes=1, **options)
+        try:
+            return stack, stack.wait_ready()
+        except RuntimeError as exc:
+            stack.stop()
+            if "address already in use" not in str(exc) or attempt == STACK_TRIES:
+                raise
+            print(f"a port was taken meanwhile; starting the stack again ({exc})", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=50, help="counted runs of each kind (default 50)")
@@ -334,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 1
     try:
         t0 = time.perf_counter()
-        stack = DevStack(root / "dev", boxes=1, agent_python=args.agent_python, local_control=args.local_control)
-        endpoints = stack.wait_ready()
+        stack, endpoints = start_stack(root, agent_python=args.agent_python, local_control=args.local_control)
         print(f"stack ready in {time.perf_counter() - t0:.1f}s; measuring...", file=sys.stderr, flush=True)
         result = asyncio.run(measure(endpoints, args))
         facts["loadavg_at_end"] = loadavg()
