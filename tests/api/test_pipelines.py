@@ -334,7 +334,7 @@ async def test_jobs_filter_by_pipeline(api: httpx.AsyncClient, app: FastAPI, db:
     everyone = (await api.get("/api/jobs")).json()
     assert plain["id"] in {j["id"] for j in everyone["data"]} and everyone["count"] == 4
     nobody = await api.get("/api/jobs", params={"pipeline_id": str(uuid.uuid4())})
-    assert nobody.json() == {"data": [], "count": 0}
+    assert nobody.json() == {"data": [], "count": 0, "next_cursor": None}
     assert_error(
         await api.get("/api/jobs", params={"pipeline_id": "nope"}), 422, "invalid_input", field="query.pipeline_id"
     )
