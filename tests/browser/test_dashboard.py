@@ -172,7 +172,8 @@ async def test_submitting_from_the_form_opens_the_new_job(
     spec = (await api.get(f"/api/jobs/{job_id}/spec")).json()
     assert spec["env"] == {"VOLTAGE": "3.3"}
     sha = hashlib.sha256(firmware.read_bytes()).hexdigest()
-    assert {"path": "fw.bin", "size": 1024, "sha256": sha} in spec["files"]  # uploaded, referenced by hash
+    # uploaded, referenced by hash
+    assert [(f["path"], f["size"], f["sha256"], f["from_job_id"]) for f in spec["files"]] == [("fw.bin", 1024, sha, None)]
 
 
 async def test_boxes_pipelines_and_audit_pages(
