@@ -6,7 +6,7 @@ session's expiry, then everything the token is checked for."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from boxrun.db import Conn, Q
@@ -63,7 +63,7 @@ async def authenticate_session(conn: Conn, secret: str) -> tuple[User, Session]:
         raise Unauthorized("no such session (signed out?)")
     if row["session_expired"]:
         raise Unauthorized("session expired")
-    return _valid_user(row), Session(id=session_id, csrf=row["csrf"])
+    return replace(_valid_user(row), session_id=session_id), Session(id=session_id, csrf=row["csrf"])
 
 
 def _valid_user(row: Any) -> User:

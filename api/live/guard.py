@@ -1,8 +1,9 @@
-"""The stream guard: open streams (SSE and WebSocket log followers; later a dashboard session)
-register the API token they were opened with, and one task per API process re-checks every
-registered token id in ONE query every `auth_recheck_s`. A token revoked or expired since, or
-whose user was disabled, has each of its streams closed through the callback it registered, with
-the reason ("token revoked", "token expired", "user X is disabled").
+"""The stream guard: open streams (SSE and WebSocket log followers, pipeline events) register the
+credential they were opened with (the API token id, and the dashboard session when a cookie
+opened them), and one task per API process re-checks every registered credential in ONE query
+every `auth_recheck_s`. A token revoked or expired since, a user disabled, or a session signed
+out or expired has each of its streams closed through the callback it registered, with the
+reason ("token revoked", "token expired", "user X is disabled", "signed out", "session expired").
 
 Requests check their token on every call (api/auth.py); the guard covers what outlives a request.
 A revocation made through this process (DELETE /api/tokens/{id}, PATCH /api/users/{name}) kicks
@@ -21,17 +22,22 @@ from typing import Any
 import asyncpg
 
 from boxrun.db import Q
+from boxrun.services.identity import User
 
 log = logging.getLogger(__name__)
 
 
+# What a stream was opened with: (token id, dashboard session id or None).
+Credential = tuple[str, str | None]
+
+
 class Watch:
-    """One open stream's registration under a token id. `revoked(reason)` is called at most once,
+    """One open stream's registration under its credential. `revoked(reason)` is called at most once,
     from the guard's task; the stream unregisters with close() (also as a context manager)."""
 
-    def __init__(self, guard: StreamGuard, token_id: str, revoked: Callable[[str], None]) -> None:
+    def __init__(self, guard: StreamGuard, credential: Credential, revoked: Callable[[str], None]) -> None:
         self.guard = guard
-        self.token_id = token_id
+        self.credential = credential
         self.reason: str | None = None  # set when the guard closed the stream
         self._revoked = revoked
 
@@ -54,44 +60,47 @@ class StreamGuard:
     def __init__(self, pool: asyncpg.Pool, interval_s: float) -> None:
         self.pool = pool
         self.interval_s = interval_s
-        self._watches: dict[str, set[Watch]] = {}
+        self._watches: dict[Credential, set[Watch]] = {}
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def watch(self, token_id: str, revoked: Callable[[str], None]) -> Watch:
-        """Register a stream opened with token `token_id`; `revoked(reason)` must end it."""
-        watch = Watch(self, token_id, revoked)
-        self._watches.setdefault(token_id, set()).add(watch)
+    def watch(self, credential: Credential, revoked: Callable[[str], None]) -> Watch:
+        """Register a stream opened with `credential`; `revoked(reason)` must end it."""
+        watch = Watch(self, credential, revoked)
+        self._watches.setdefault(credential, set()).add(watch)
         return watch
 
     def _forget(self, watch: Watch) -> None:
-        held = self._watches.get(watch.token_id)
+        held = self._watches.get(watch.credential)
         if held is not None:
             held.discard(watch)
             if not held:
-                del self._watches[watch.token_id]
+                del self._watches[watch.credential]
 
     @property
     def open_streams(self) -> int:
         return sum(len(w) for w in self._watches.values())
 
     def kick(self) -> None:
-        """Check now rather than at the next tick (after a revocation made in this process)."""
+        """Check now rather than at the next tick (after a revocation or sign-out in this process)."""
         self._kick.set()
 
     async def check(self) -> int:
-        """One round: close the streams of every token no longer valid. Returns how many."""
+        """One round: close the streams of every credential no longer valid. Returns how many."""
         if not self._watches:
             return 0
+        held = list(self._watches)
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(Q.invalid_stream_tokens, list(self._watches))
+            rows = await conn.fetch(
+                Q.invalid_stream_credentials, [token for token, _ in held], [session for _, session in held]
+            )
         closed = 0
         for row in rows:
-            for watch in list(self._watches.pop(row["id"], ())):
+            for watch in list(self._watches.pop((row["token_id"], row["session_id"]), ())):
                 try:
                     watch.fire(row["reason"])
                 except Exception:  # one stream's failure must not keep the others open
-                    log.exception("stream guard: closing a stream of token %s failed", row["id"])
+                    log.exception("stream guard: closing a stream of token %s failed", row["token_id"])
                 closed += 1
         return closed
 
@@ -104,10 +113,10 @@ class StreamGuard:
             try:
                 closed = await self.check()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("stream guard: could not check the open streams' tokens (%s); trying again", exc)
+                log.warning("stream guard: could not check the open streams' credentials (%s); trying again", exc)
                 continue
             if closed:
-                log.info("stream guard: closed %d stream(s) whose token is no longer valid", closed)
+                log.info("stream guard: closed %d stream(s) whose credential is no longer valid", closed)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="stream-guard")
@@ -120,13 +129,14 @@ class StreamGuard:
             self._task = None
 
 
-def watch_task(guard: StreamGuard | None, token_id: str | None, task: asyncio.Task[Any]) -> Watch | None:
-    """Register a stream's task with the guard: a revocation cancels the task (which then ends
-    the stream saying why). None for a stream without a token id (built in tests)."""
-    if guard is None or token_id is None:
+def watch_task(guard: StreamGuard | None, user: User | None, task: asyncio.Task[Any]) -> Watch | None:
+    """Register a stream's task with the guard under the credential `user` came with: a
+    revocation or sign-out cancels the task (which then ends the stream saying why). None for a
+    stream without a token id (built in tests)."""
+    if guard is None or user is None or user.token_id is None:
         return None
 
     def revoked(reason: str) -> None:
         task.cancel(f"stream closed: {reason}")
 
-    return guard.watch(token_id, revoked)
+    return guard.watch((user.token_id, user.session_id), revoked)

@@ -26,6 +26,7 @@ from boxrun.errors import InvalidInput, NotFound, Unauthorized
 from boxrun.schemas import MAX_SEQ, LogsPublic
 from boxrun.services.audit import record
 from boxrun.services.downloads import archive_url
+from boxrun.services.identity import User
 from boxrun.services.jobs import load_job, parse_job_id
 
 router = APIRouter(prefix="/jobs", tags=["logs"])
@@ -126,13 +127,13 @@ class EventStream(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, follower: Follower, *, guard: StreamGuard | None = None, token_id: str | None = None) -> None:
+    def __init__(self, follower: Follower, *, guard: StreamGuard | None = None, user: User | None = None) -> None:
         # the batches are written by stream_response below, not through StreamingResponse's body
         super().__init__((), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.follower = follower
         self.batches = follower.batches()
         self.guard = guard
-        self.token_id = token_id
+        self.user = user
 
     async def stream_response(self, send: Send) -> None:
         follower = self.follower
@@ -140,7 +141,7 @@ class EventStream(StreamingResponse):
         writer = asyncio.current_task()
         assert writer is not None  # a response is always sent from a task
         follower.writer = writer
-        watch = watch_task(self.guard, self.token_id, writer)
+        watch = watch_task(self.guard, self.user, writer)
         written = follower.cursor
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -210,7 +211,7 @@ async def stream_logs(
         stall_s=settings.follower_stall_s,
         log_head=row["log_seq"],
     )
-    return EventStream(follower, guard=guard, token_id=user.token_id)
+    return EventStream(follower, guard=guard, user=user)
 
 
 @router.websocket("/{job_id}/logs/ws")
@@ -258,7 +259,7 @@ async def ws_logs(
     )
     task = asyncio.current_task()
     assert task is not None
-    watch = watch_task(app.state.stream_guard, user.token_id, task)
+    watch = watch_task(app.state.stream_guard, user, task)
     try:
         async for batch in follower.batches():
             for message in batch.ws():

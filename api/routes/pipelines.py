@@ -229,7 +229,7 @@ class PipelineEventStream(StreamingResponse):
         keepalive_s: float,
         stall_s: float,
         guard: StreamGuard | None = None,
-        token_id: str | None = None,
+        user: User | None = None,
     ) -> None:
         super().__init__((), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.pool = pool
@@ -239,7 +239,7 @@ class PipelineEventStream(StreamingResponse):
         self.keepalive_s = keepalive_s
         self.stall_s = stall_s
         self.guard = guard
-        self.token_id = token_id
+        self.user = user
 
     async def _write(self, send: Send, body: bytes, *, more: bool = True) -> None:
         async with asyncio.timeout(self.stall_s):
@@ -273,7 +273,7 @@ class PipelineEventStream(StreamingResponse):
     async def stream_response(self, send: Send) -> None:
         writer = asyncio.current_task()
         assert writer is not None  # a response is always sent from a task
-        watch = watch_task(self.guard, self.token_id, writer)
+        watch = watch_task(self.guard, self.user, writer)
         woken = self.hub.watch(self.pipeline_id)  # before the first read: nothing slips between
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -333,5 +333,5 @@ async def pipeline_events(
         keepalive_s=settings.sse_keepalive_s,
         stall_s=settings.follower_stall_s,
         guard=guard,
-        token_id=user.token_id,
+        user=user,
     )

@@ -2,8 +2,9 @@
 
 The cookie holds a random secret; Postgres keeps only its hash, in a ui_sessions row that hangs
 off the token the session was opened with (a request by cookie is checked as the token would be:
-revoke the token or disable its user and the session is refused at once, and its open log
-streams are closed by the stream guard, which watches the token id). The page reads the session's
+revoke the token or disable its user and the session is refused at once; its open streams are
+closed by the stream guard, which watches the token id and the session, so signing out closes
+them too). The page reads the session's
 CSRF token from the sign-in answer or GET /api/session and sends it in `X-CSRF-Token` on every
 state-changing request (api/limits.py refuses one without it, 403)."""
 
@@ -17,7 +18,7 @@ from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from boxrun.api.auth import SESSION_SCOPE_KEY, Session, authenticate, hash_token
-from boxrun.api.deps import ConnDep, CurrentUser
+from boxrun.api.deps import ConnDep, CurrentUser, StreamGuardDep
 from boxrun.api.errors import responses
 from boxrun.api.limits import SESSION_COOKIE
 from boxrun.db import Q
@@ -90,11 +91,19 @@ async def current_session(request: Request, user: CurrentUser) -> SessionPublic:
     response_class=Response,
     responses=responses(401, 403, e403="missing or wrong X-CSRF-Token header"),
 )
-async def sign_out(request: Request, conn: ConnDep, user: CurrentUser) -> Response:  # noqa: ARG001
-    """Sign out: the session row is deleted and the cookie cleared (with a bearer token: nothing to do)."""
+async def sign_out(
+    request: Request,
+    conn: ConnDep,
+    guard: StreamGuardDep,
+    user: CurrentUser,  # noqa: ARG001
+) -> Response:
+    """Sign out: the session row is deleted and the cookie cleared (with a bearer token: nothing to
+    do). The session's open streams end with `event: revoked` {"reason": "signed out"}: at once on
+    this API process, within `auth_recheck_s` on the others."""
     session: Session | None = request.scope.get(SESSION_SCOPE_KEY)
     if session is not None:
         await conn.execute(Q.delete_session, session.id)
+        guard.kick()
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response

@@ -53,7 +53,9 @@ def parse_definition(raw: bytes, content_type: str) -> ExpandedPipeline:
         )
     document = load_document(raw, kind)
     if not isinstance(document, dict):
-        raise refuse("body", f"a pipeline definition is a mapping (name, timeout_s, env, steps), not {_a(document)}")
+        raise refuse(
+            "body", f"a pipeline definition is a mapping (name, timeout_s, env, labels, steps), not {_a(document)}"
+        )
     check_keys(document, PIPELINE_KEYS, "")
     top = validate(PipelineDefinition, {k: v for k, v in document.items() if k != "steps"}, "")
     steps = document.get("steps")
@@ -64,7 +66,7 @@ def parse_definition(raw: bytes, content_type: str) -> ExpandedPipeline:
         if not isinstance(body, dict):
             raise refuse(where, f"a step is a mapping of its fields, not {_a(body)}")
         check_keys(body, STEP_KEYS + JOB_KEYS, where)
-    return expand(name=top.name, timeout_s=top.timeout_s, env=top.env, steps=steps)
+    return expand(name=top.name, timeout_s=top.timeout_s, env=top.env, labels=top.labels, steps=steps)
 
 
 def _a(value: Any) -> str:

@@ -83,14 +83,21 @@ class _Concrete:
 
 
 def expand(
-    *, name: str | None, timeout_s: int, env: dict[str, str], steps: dict[str, dict[str, Any]]
+    *,
+    name: str | None,
+    timeout_s: int,
+    env: dict[str, str],
+    steps: dict[str, dict[str, Any]],
+    labels: dict[str, str] | None = None,
 ) -> ExpandedPipeline:
     """The concrete pipeline `steps` define (each a mapping whose keys were checked)."""
-    for key, value in env.items():
-        if _EXPRESSION.search(value):
-            raise refuse(
-                field_name("env", key), "${{ matrix.AXIS }} is substituted in steps only, not in the pipeline env"
-            )
+    for top_field, given in (("env", env), ("labels", labels or {})):
+        for key, value in given.items():
+            if _EXPRESSION.search(value):
+                raise refuse(
+                    field_name(top_field, key),
+                    f"${{{{ matrix.AXIS }}}} is substituted in steps only, not in the pipeline {top_field}",
+                )
     defined = [_read_step(step_name, body) for step_name, body in steps.items()]
     total = sum(step.combinations for step in defined)
     if total > MAX_STEPS:
@@ -112,7 +119,7 @@ def expand(
                         field_name("steps", step.name, "matrix"),
                         f"the step name {shown(concrete_name)} is longer than {MAX_CONCRETE_NAME} characters",
                     )
-            built = _build(step, concrete_name, len(concrete), chosen, env)
+            built = _build(step, concrete_name, len(concrete), chosen, env, labels or {})
             text += _text_bytes(built.job)
             if text > MAX_EXPANDED_TEXT_BYTES:  # checked as it grows: memory stays bounded too
                 raise refuse(
@@ -248,8 +255,9 @@ def _render(body: dict[str, Any], render: Callable[[str, tuple[str, ...]], str],
     for key in ("requires", "needs"):
         if isinstance(out.get(key), list):
             out[key] = [each(item, (key, str(i))) for i, item in enumerate(out[key])]
-    if isinstance(out.get("env"), dict):
-        out["env"] = {name: each(value, ("env", name)) for name, value in out["env"].items()}
+    for key in ("env", "labels"):
+        if isinstance(out.get(key), dict):
+            out[key] = {name: each(value, (key, name)) for name, value in out[key].items()}
     if isinstance(out.get("files"), dict):
         files: dict[str, Any] = {}
         for path, content in out["files"].items():
@@ -283,7 +291,9 @@ def _substitute(body: dict[str, Any], chosen: dict[str, str], where: str) -> dic
     return _render(body, render, where)
 
 
-def _build(step: _Step, name: str, position: int, chosen: dict[str, str], env: dict[str, str]) -> _Concrete:
+def _build(
+    step: _Step, name: str, position: int, chosen: dict[str, str], env: dict[str, str], labels: dict[str, str]
+) -> _Concrete:
     where = field_name("steps", step.name)
     note = f" (in {name})" if chosen else ""
     body = _substitute(step.body, chosen, where) if chosen else step.body
@@ -291,6 +301,8 @@ def _build(step: _Step, name: str, position: int, chosen: dict[str, str], env: d
     job = {k: v for k, v in body.items() if k not in STEP_KEYS}
     if env and isinstance(job.get("env", {}), dict):
         job["env"] = {**env, **job.get("env", {})}  # the step's own values win
+    if labels and isinstance(job.get("labels", {}), dict):
+        job["labels"] = {**labels, **job.get("labels", {})}  # the step's own values win
     if definition.when == When.ON_FAILURE and not definition.needs:
         raise refuse(field_name(where, "when"), f"on_failure needs a step to fail: this step needs none{note}")
     return _Concrete(

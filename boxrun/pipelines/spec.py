@@ -12,7 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from boxrun.errors import InvalidInput
 from boxrun.pipelines.model import DEFAULT_PIPELINE_TIMEOUT_S, RetryOn, RetrySpec, When
-from boxrun.schemas import CLEAN_PATTERN, ENV_NAME_PATTERN, CleanStr, JobCreate, WorkspacePath
+from boxrun.schemas import (
+    CLEAN_PATTERN,
+    ENV_NAME_PATTERN,
+    LABEL_KEY_PATTERN,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    CleanStr,
+    JobCreate,
+    WorkspacePath,
+    checked_labels,
+)
 
 MAX_PIPELINE_TIMEOUT_S = 30 * 24 * 3600
 MAX_PIPELINE_NAME = 200
@@ -25,7 +35,7 @@ AXIS_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,31}$"
 MATRIX_VALUE_PATTERN = r"^[A-Za-z0-9_.:+@-]{1,64}$"  # no '[', ']', ',' or '=': names stay unambiguous
 MAX_AXES = 8
 
-PIPELINE_KEYS = ("name", "timeout_s", "env", "steps")
+PIPELINE_KEYS = ("name", "timeout_s", "env", "labels", "steps")
 STEP_KEYS = ("needs", "inputs", "retry", "when", "allow_failure", "matrix")
 # A step takes every job field but the idempotency key (a pipeline's steps are never submitted twice).
 JOB_KEYS = tuple(name for name in JobCreate.model_fields if name != "idempotency_key")
@@ -94,6 +104,15 @@ class PipelineDefinition(BaseModel):
     name: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PIPELINE_NAME)] | None = None
     timeout_s: int = Field(default=DEFAULT_PIPELINE_TIMEOUT_S, ge=1, le=MAX_PIPELINE_TIMEOUT_S)
     env: dict[str, CleanStr] = Field(default_factory=dict, max_length=MAX_ENV)
+    # every step job's labels, under the step's own (the step's value wins)
+    labels: dict[str, Annotated[CleanStr, Field(max_length=MAX_LABEL_VALUE)]] = Field(
+        default_factory=dict, max_length=MAX_LABELS
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
+        return checked_labels(labels)
 
     @field_validator("env")
     @classmethod
@@ -233,7 +252,7 @@ def definition_json_schema(ref_template: str = "#/$defs/{model}") -> dict[str, A
             },
         }
     )
-    for name in ("script", "env"):  # substituted too, but only their no-NUL pattern is stated
+    for name in ("script", "env", "labels"):  # substituted too, but only their no-NUL pattern is stated
         properties[name].pop("maxLength", None)
     job["title"] = "PipelineStep"
     job["description"] = "A step: a job's fields (but idempotency_key) and the pipeline's. See docs/pipelines.md."
@@ -258,6 +277,13 @@ def definition_json_schema(ref_template: str = "#/$defs/{model}") -> dict[str, A
                 "maxProperties": MAX_ENV,
                 "propertyNames": {"pattern": ENV_NAME_PATTERN},
                 "additionalProperties": {"type": "string", "pattern": CLEAN_PATTERN},
+            },
+            "labels": {
+                "type": "object",
+                "maxProperties": MAX_LABELS,
+                "propertyNames": {"pattern": LABEL_KEY_PATTERN},
+                "additionalProperties": {"type": "string", "pattern": CLEAN_PATTERN, "maxLength": MAX_LABEL_VALUE},
+                "description": "labels of every step job, under each step's own `labels` (the step's value wins)",
             },
             "steps": {
                 "type": "object",

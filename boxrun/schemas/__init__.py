@@ -131,6 +131,15 @@ _FILE_KEYS = rule(propertyNames={"pattern": NORMAL_PATH_PATTERN, "minLength": 1,
 _ENV_KEYS = rule(propertyNames={"pattern": ENV_NAME_PATTERN})
 _LABEL_KEYS = rule(propertyNames={"pattern": LABEL_KEY_PATTERN})
 
+
+def checked_labels(labels: dict[str, str]) -> dict[str, str]:
+    """`labels` sorted by key, each key checked against LABEL_KEY_PATTERN (ValueError if not)."""
+    for key in labels:
+        if not _LABEL_KEY.fullmatch(key):
+            raise ValueError(f"label key {key[:80]!r} does not match {LABEL_KEY_PATTERN}")
+    return dict(sorted(labels.items()))
+
+
 MAX_SCRIPT_BYTES = 256 * 1024
 MAX_SPEC_BYTES = 512 * 1024  # script + env (files have their own total: max_job_files_bytes)
 MAX_TIMEOUT_S = 7 * 24 * 3600
@@ -233,10 +242,7 @@ class JobCreate(BaseModel):
     @field_validator("labels")
     @classmethod
     def _label_keys(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
-            if not _LABEL_KEY.fullmatch(key):
-                raise ValueError(f"label key {key[:80]!r} does not match {LABEL_KEY_PATTERN}")
-        return dict(sorted(v.items()))
+        return checked_labels(v)
 
     @field_validator("script")
     @classmethod

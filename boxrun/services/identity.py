@@ -37,6 +37,8 @@ class User:
     platform_admin: bool = False
     # The API token the request came with (None for callers built in tests or by the system).
     token_id: str | None = None
+    # The dashboard session a cookie request came with (the hash of its secret), else None.
+    session_id: str | None = None
 
     @property
     def is_admin(self) -> bool:

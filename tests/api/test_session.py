@@ -1,7 +1,8 @@
 """Dashboard sessions: sign in with a token for an HttpOnly, SameSite=Strict cookie; a request by
 cookie is the token's user; state changes by cookie need the session's CSRF header (403 without);
 sign-out, a revoked token or a disabled user end the session; an SSE stream opened with the cookie
-is closed by the stream guard when the token is revoked. In-process, on the real parts."""
+is closed by the stream guard when the token is revoked, and when that session signs out. In-process,
+on the real parts."""
 
 from __future__ import annotations
 
@@ -164,3 +165,36 @@ async def test_an_sse_stream_opened_with_the_cookie_ends_when_its_token_is_revok
             text, _ = await rest_of(resp)
             assert revoked_event(text) == {"reason": "token revoked"}
     await open_streams(app, 0)
+
+
+async def test_signing_out_ends_that_sessions_streams_and_no_other(
+    app: FastAPI, base_url: str, db: asyncpg.Connection, user_token: Callable
+) -> None:
+    """Two sessions and a bearer stream on one token: signing out of one session closes its stream
+    with "signed out"; the other session's stream and the bearer stream stay open."""
+    job_id = await add_job(db, group="g")  # queued, no workflow: its streams never end by themselves
+    _, token = await user_token("sol")
+    path = f"/api/jobs/{job_id}/logs/stream"
+    async with (
+        httpx.AsyncClient(base_url=base_url, timeout=30) as leaving,
+        httpx.AsyncClient(base_url=base_url, timeout=30) as staying,
+        httpx.AsyncClient(base_url=base_url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as bearer,
+    ):
+        csrf = await _sign_in(leaving, token)
+        await _sign_in(staying, token)
+        async with (
+            leaving.stream("GET", path) as gone,
+            staying.stream("GET", path) as kept,
+            bearer.stream("GET", path) as plain,
+        ):
+            assert (gone.status_code, kept.status_code, plain.status_code) == (200, 200, 200)
+            await open_streams(app, 3)
+            # sign out with a second client holding the same cookie (the first is busy streaming)
+            async with httpx.AsyncClient(base_url=base_url, cookies=leaving.cookies) as same_browser:
+                resp = await same_browser.delete("/api/session", headers={"X-CSRF-Token": csrf})
+                assert resp.status_code == 204, resp.text
+            text, _ = await rest_of(gone)
+            assert revoked_event(text) == {"reason": "signed out"}
+            await open_streams(app, 2)  # the other session's stream and the bearer stream stay
+            assert (await staying.get("/api/me")).status_code == 200
+            assert (await leaving.get("/api/me")).status_code == 401

@@ -173,7 +173,9 @@ async def test_submitting_from_the_form_opens_the_new_job(
     assert spec["env"] == {"VOLTAGE": "3.3"}
     sha = hashlib.sha256(firmware.read_bytes()).hexdigest()
     # uploaded, referenced by hash
-    assert [(f["path"], f["size"], f["sha256"], f["from_job_id"]) for f in spec["files"]] == [("fw.bin", 1024, sha, None)]
+    assert [(f["path"], f["size"], f["sha256"], f["from_job_id"]) for f in spec["files"]] == [
+        ("fw.bin", 1024, sha, None)
+    ]
 
 
 async def test_boxes_pipelines_and_audit_pages(

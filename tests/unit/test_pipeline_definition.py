@@ -159,6 +159,38 @@ def test_pipeline_env_is_merged_under_the_steps_own():
     assert p.steps[0].job.env == {"A": "pipe", "B": "step", "C": "step"}
 
 
+def test_pipeline_labels_are_merged_under_the_steps_own_and_matrix_values_substituted():
+    p = parse_json(
+        {
+            "labels": {"suite": "nightly", "team": "hw"},
+            "steps": {
+                "flash": step(labels={"team": "fw"}),
+                "test": step(matrix={"board": ["a", "b"]}, labels={"board": "${{ matrix.board }}"}),
+            },
+        }
+    )
+    assert {s.name: s.job.labels for s in p.steps} == {
+        "flash": {"suite": "nightly", "team": "fw"},
+        "test[board=a]": {"board": "a", "suite": "nightly", "team": "hw"},
+        "test[board=b]": {"board": "b", "suite": "nightly", "team": "hw"},
+    }
+    assert parse_json({"steps": {"s": step()}}).steps[0].job.labels == {}
+
+
+def test_bad_pipeline_labels_are_refused_naming_the_label():
+    assert refused({"labels": {"Bad Key": "x"}, "steps": {"s": step()}}).field == "labels"
+    assert refused({"labels": {"k": "v" * 201}, "steps": {"s": step()}}).field == "labels.k"
+    assert refused({"labels": {"k": "${{ matrix.v }}"}, "steps": {"m": step(matrix={"v": ["1"]})}}).field == "labels.k"
+    too_many = {f"k{i}": "v" for i in range(33)}
+    assert refused({"labels": too_many, "steps": {"s": step()}}).field == "labels"
+    # merged with the step's own, the total is checked as a job's: 20 + 20 distinct keys > 32
+    merged = {
+        "labels": {f"p{i}": "v" for i in range(20)},
+        "steps": {"s": step(labels={f"s{i}": "v" for i in range(20)})},
+    }
+    assert refused(merged).field == "steps.s.labels"
+
+
 def test_content_types():
     assert media_kind("application/json; charset=utf-8") == "json"
     assert media_kind("application/vnd.boxrun+json") == "json"

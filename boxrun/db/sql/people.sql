@@ -27,18 +27,23 @@ SET user_name = EXCLUDED.user_name,
 UPDATE api_tokens SET last_used_at = now()
 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute');
 
--- name: invalid_stream_tokens
--- Of the token ids $1 held by open streams, those no longer valid, with the reason (one query
--- for every stream of an API process).
-SELECT i.id,
+-- name: invalid_stream_credentials
+-- Of the credentials held by open streams (token ids $1, each with the dashboard session id in
+-- $2 at the same index, or NULL for a bearer token), those no longer valid, with the reason (one
+-- query for every stream of an API process).
+SELECT i.token_id, i.session_id,
        CASE WHEN t.id IS NULL THEN 'invalid token'
             WHEN t.revoked_at IS NOT NULL THEN 'token revoked'
             WHEN t.expires_at <= now() THEN 'token expired'
-            ELSE concat('user ', u.name, ' is disabled') END AS reason
-FROM unnest($1::text[]) AS i (id)
-LEFT JOIN api_tokens t ON t.id = i.id
+            WHEN u.disabled_at IS NOT NULL THEN concat('user ', u.name, ' is disabled')
+            WHEN s.id IS NULL THEN 'signed out'
+            ELSE 'session expired' END AS reason
+FROM unnest($1::text[], $2::text[]) AS i (token_id, session_id)
+LEFT JOIN api_tokens t ON t.id = i.token_id
 LEFT JOIN users u ON u.name = t.user_name
-WHERE t.id IS NULL OR t.revoked_at IS NOT NULL OR t.expires_at <= now() OR u.disabled_at IS NOT NULL;
+LEFT JOIN ui_sessions s ON s.id = i.session_id
+WHERE t.id IS NULL OR t.revoked_at IS NOT NULL OR t.expires_at <= now() OR u.disabled_at IS NOT NULL
+   OR (i.session_id IS NOT NULL AND (s.id IS NULL OR s.expires_at <= now()));
 
 -- name: insert_org
 -- A new org; NULL if the id is taken.
