@@ -273,6 +273,7 @@ class DevStack:
 
         self.endpoints = {
             "api_url": api_url,
+            "dashboard_url": f"{api_url}/ui/",
             "temporal_address": env["BOXRUN_TEMPORAL_ADDRESS"],
             "temporal_ui_url": env["BOXRUN_TEMPORAL_UI_URL"],
             "s3_endpoint": s3_url,

@@ -123,7 +123,7 @@ async def test_list_filters_and_count(api):
     assert page["count"] >= 1 and len(page["data"]) == 1
     assert all(j["box"] == "local-2" and j["state"] == "completed" for j in page["data"])
     none = (await api.get("/api/jobs", params={"box": "no-such-box"})).json()
-    assert none == {"data": [], "count": 0}
+    assert none == {"data": [], "count": 0, "next_cursor": None}
 
 
 async def test_idempotency_key_returns_the_first_job(api):
