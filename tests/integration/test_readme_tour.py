@@ -1,6 +1,7 @@
-"""The README's tour, word for word: its shell blocks run with bash against a whole `boxrun dev`
-stack whose data dir is where the tour looks for it (~/.local/share/boxrun/dev, HOME set to a
-fresh directory)."""
+"""The README's tour, word for word: its bash blocks, and its python blocks fed to the venv's
+python, run in order in one bash script against a whole `boxrun dev` stack whose data dir is where
+the CLI and the SDK look for it (~/.local/share/boxrun/dev, HOME set to a fresh directory, no
+BOXRUN_* variables)."""
 
 from __future__ import annotations
 
@@ -23,16 +24,25 @@ pytestmark = pytest.mark.e2e
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def tour_blocks() -> list[str]:
-    """The bash blocks of the README section 'Submitting your own job'."""
+def tour_blocks() -> list[tuple[str, str]]:
+    """The (language, code) blocks of the README section 'A tour', in order."""
     text = README.read_text()
-    section = text.split("## Submitting your own job", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
+    section = text.split("\n## A tour\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```(bash|python)\n(.*?)```", section, re.DOTALL)
+
+
+def tour_script() -> str:
+    """One bash script: bash blocks as written, each python block as a here-document."""
+    parts = ["set -euo pipefail\n"]
+    for language, code in tour_blocks():
+        parts.append(code if language == "bash" else f"python - <<'TOUR_PYTHON'\n{code}TOUR_PYTHON\n")
+    return "".join(parts)
 
 
 def test_the_tour_has_its_blocks():
     blocks = tour_blocks()
-    assert len(blocks) == 3 and blocks[0].startswith("EP=~/.local/share/boxrun/dev/endpoints.json\n")
+    assert [language for language, _ in blocks] == ["bash", "python", "bash", "bash", "bash"]
+    assert blocks[0][1].startswith("source .venv/bin/activate\n")  # the first example is the CLI
 
 
 async def test_the_readme_tour_runs_word_for_word(tmp_path: Path) -> None:
@@ -45,7 +55,7 @@ async def test_the_readme_tour_runs_word_for_word(tmp_path: Path) -> None:
 
 async def _tour(tmp_path: Path, home: Path) -> None:
     async with fault_stack(tmp_path, boxes=2, data_dir=home / ".local/share/boxrun/dev") as fs:
-        script = "set -euo pipefail\n" + "".join(tour_blocks())
+        script = tour_script()
         # the tour calls .venv/bin/boxrun from the repository root: give it this interpreter's
         work = tmp_path / "tour"
         (work / ".venv").mkdir(parents=True)
@@ -54,24 +64,33 @@ async def _tour(tmp_path: Path, home: Path) -> None:
             subprocess.run,
             ["bash", "-c", script],
             cwd=work,
-            env={**os.environ, "HOME": str(home)},
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("BOXRUN_")}, "HOME": str(home)},
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,
         )
-        assert done.returncode == 0, done.stderr[-3000:]
-        out = done.stdout
-        assert "gain=3" in out, "the job printed its file (the replay and the live stream show it)"
-        assert '"name":"olga"' in out.replace(" ", "") and '"role":"operator"' in out.replace(" ", "")
-        assert "token revoked" in out, "the call with the revoked token is refused"
-        assert "event: done" in out and '"state":"completed"' in out.replace(" ", "")
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        out, err = done.stdout, done.stderr
+        assert "gain=3" in out and "mode: fast" in out, "boxrun run followed the job's output"
+        assert "mode: slow" in out, "boxrun logs --follow printed the detached job's output"
+        assert "stdout gain=5" in out and "stderr to stderr" in out, "the SDK followed its job"
+        assert "exit code 130" in out, "the cancelled job's follow exits 130"
+        assert "hello from olga" in out
+        assert "token revoked" in err and "exit code 125" in out, "the revoked token is refused in one line"
+        assert "Traceback" not in err
         async with fs.api() as api:
             jobs = (await api.get("/api/jobs", params={"owner": "olga"})).json()["data"]
-            assert [j["owner"] for j in jobs] == ["olga"]
-            assert (await wait_terminal(api, jobs[0]["id"], timeout=60))["state"] == "completed"
-            assert (await api.get("/api/boxes/local-2")).json()["allowed_users"] == ["olga"]
+            assert [(j["owner"], j["state"]) for j in jobs] == [("olga", "completed")]
+            cli_jobs = (await api.get("/api/jobs", params={"label": "tour:cli"})).json()["data"]
+            assert [j["state"] for j in cli_jobs] == ["completed"] * 3  # run, run --detach, rerun
+            cancelled = (await api.get("/api/jobs", params={"state": "cancelled"})).json()["data"]
+            assert len(cancelled) == 1 and cancelled[0]["box"] == "local-2"
+            rest = (await api.get("/api/jobs", params={"label": "tour:rest"})).json()["data"]
+            assert (await wait_terminal(api, rest[0]["id"], timeout=60))["state"] == "completed"
             pipelines = (await api.get("/api/pipelines")).json()["data"]
             assert [(p["name"], p["state"]) for p in pipelines] == [("build-and-test", "completed")]
+            steps = (await api.get("/api/jobs", params={"label": "tour:pipeline"})).json()["data"]
+            assert sorted(j["step"] for j in steps) == ["build", "test"]
             test_job = (await api.get("/api/jobs", params={"pipeline_id": pipelines[0]["id"]})).json()["data"][0]
             lines = (await api.get(f"/api/jobs/{test_job['id']}/logs")).json()["data"]
             assert [line["text"] for line in lines] == ["8 bytes of firmware"]
