@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -232,6 +233,25 @@ class BoxrunClient(Transport):
                 return
             after = got[-1].seq
 
+    @asynccontextmanager
+    async def _event_stream(self, path: str, after: int) -> AsyncIterator[AsyncIterator[Event]]:
+        """One connection to a server-sent-events route, resuming after event id `after`: its
+        events. An error answer is raised (Unavailable for a 5xx, which the caller retries), and
+        so is a connection that cannot be made or breaks (Unavailable naming the URL)."""
+        try:
+            async with self.http.stream(
+                "GET",
+                path,
+                headers={"Last-Event-ID": str(after), "Accept": "text/event-stream"},
+                timeout=httpx.Timeout(STREAM_CONNECT_S, read=None),
+            ) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise error_from_answer(resp)
+                yield read_events(resp)
+        except httpx.HTTPError as exc:
+            raise unreachable(self.http.base_url.join(path), exc) from exc
+
     async def follow(
         self, job_id: str, *, after: int = 0, retry_s: float = 1.0, reconnect_for_s: float = 60.0
     ) -> AsyncIterator[FollowEvent]:
@@ -246,38 +266,26 @@ class BoxrunClient(Transport):
             connected = False
             problem: Unavailable
             try:
-                async with self.http.stream(
-                    "GET",
-                    path,
-                    headers={"Last-Event-ID": str(after), "Accept": "text/event-stream"},
-                    timeout=httpx.Timeout(STREAM_CONNECT_S, read=None),
-                ) as resp:
-                    if resp.status_code >= 400:
-                        await resp.aread()
-                        error = error_from_answer(resp)
-                        if not isinstance(error, Unavailable):
-                            raise error
-                        problem = error
-                    else:
-                        connected, failing_since = True, None
-                        problem = Unavailable(f"the log stream of job {job_id} ended without `done`")
-                        async for raw in read_events(resp):
-                            ev = typed(raw)
-                            if ev is None:
-                                continue
-                            if isinstance(ev, DroppedEvent):
-                                problem = Unavailable(f"dropped by the server: {ev.reason}")
-                                ev = DroppedEvent(ev.reason, after)
-                                connected = False  # said so already
-                            elif isinstance(ev, LogEvent):
-                                after = ev.line.seq
-                            yield ev
-                            if isinstance(ev, DoneEvent):
-                                return
-                            if isinstance(ev, DroppedEvent):
-                                break
-            except httpx.HTTPError as exc:
-                problem = unreachable(self.http.base_url.join(path), exc)
+                async with self._event_stream(path, after) as events:
+                    connected, failing_since = True, None
+                    problem = Unavailable(f"the log stream of job {job_id} ended without `done`")
+                    async for raw in events:
+                        ev = typed(raw)
+                        if ev is None:
+                            continue
+                        if isinstance(ev, DroppedEvent):
+                            problem = Unavailable(f"dropped by the server: {ev.reason}")
+                            ev = DroppedEvent(ev.reason, after)
+                            connected = False  # said so already
+                        elif isinstance(ev, LogEvent):
+                            after = ev.line.seq
+                        yield ev
+                        if isinstance(ev, DoneEvent):
+                            return
+                        if isinstance(ev, DroppedEvent):
+                            break
+            except Unavailable as exc:
+                problem = exc
             if connected:
                 yield DroppedEvent(problem.reason, after)
             now = time.monotonic()
@@ -389,31 +397,19 @@ class BoxrunClient(Transport):
             problem: Unavailable
             connected = False
             try:
-                async with self.http.stream(
-                    "GET",
-                    path,
-                    headers={"Last-Event-ID": str(after), "Accept": "text/event-stream"},
-                    timeout=httpx.Timeout(STREAM_CONNECT_S, read=None),
-                ) as resp:
-                    if resp.status_code >= 400:
-                        await resp.aread()
-                        error = error_from_answer(resp)
-                        if not isinstance(error, Unavailable):
-                            raise error
-                        problem = error
-                    else:
-                        connected, failing_since = True, None
-                        problem = Unavailable(f"the event stream of pipeline {pipeline_id} ended without `done`")
-                        async for ev in read_events(resp):
-                            if ev.event == "revoked":
-                                raise Unauthorized(str(ev.data.get("reason", "token no longer valid")))
-                            if ev.id is not None and ev.id.isdigit():
-                                after = int(ev.id)
-                            yield ev
-                            if ev.event == "done":
-                                return
-            except httpx.HTTPError as exc:
-                problem = unreachable(self.http.base_url.join(path), exc)
+                async with self._event_stream(path, after) as events:
+                    connected, failing_since = True, None
+                    problem = Unavailable(f"the event stream of pipeline {pipeline_id} ended without `done`")
+                    async for ev in events:
+                        if ev.event == "revoked":
+                            raise Unauthorized(str(ev.data.get("reason", "token no longer valid")))
+                        if ev.id is not None and ev.id.isdigit():
+                            after = int(ev.id)
+                        yield ev
+                        if ev.event == "done":
+                            return
+            except Unavailable as exc:
+                problem = exc
             now = time.monotonic()
             failing_since = failing_since or now
             if now - failing_since > reconnect_for_s:
