@@ -108,11 +108,21 @@ def test_every_member_the_stub_declares_exists_at_run_time(client: Any) -> None:
 # What mypy must accept (typed, no Any on the way) and what it must refuse: each line that ends in
 # `# E: code` must give exactly that error, and no other line any.
 SNIPPET = """\
+from __future__ import annotations
+
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from boxrun.sdk import Client
 from boxrun.sdk.models import BoxPublic, JobPublic, JobState, LogLinePublic, PipelineSummary, StepPublic
+
+if TYPE_CHECKING:
+    from boxrun.sdk.sync import Job
+
+
+def describe(job: Job) -> str:
+    return f"{job.id} {job.state.value} {job.ok}"
 
 
 def typed(client: Client) -> None:
@@ -128,7 +138,7 @@ def typed(client: Client) -> None:
     boxes: list[BoxPublic] = client.boxes.list()
     pipeline = client.pipelines.get("p")
     step: StepPublic = pipeline.step("build")
-    first: str = pipeline.jobs()[0].id
+    first: str = describe(pipeline.jobs()[0])
     saved: Path = pipeline.job("build").download("out.bin", progress=lambda done, total: None)
     with Client("http://x", "t") as other:
         other.close()
