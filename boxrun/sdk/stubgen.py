@@ -69,7 +69,7 @@ class Renderer:
         self.imports.setdefault(module, set()).add(name)
         return name
 
-    def cls(self, cls: type, shadowed: set[str]) -> str:
+    def cls(self, cls: type, shadowed: collections.abc.Set[str]) -> str:
         if cls is type(None):
             return "None"
         if cls.__module__ == "builtins":
@@ -83,7 +83,7 @@ class Renderer:
             return f"{AIO}.{cls.__qualname__}"
         return self.use(public_module(cls), cls.__qualname__, cls)
 
-    def type(self, tp: Any, *, wrapped: bool, shadowed: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+    def type(self, tp: Any, *, wrapped: bool, shadowed: collections.abc.Set[str] = frozenset()) -> str:
         """`tp` as source; `wrapped`: what sync.wrap does to a value of this type applies (a
         handle becomes its sync face, in a list too)."""
 
@@ -138,9 +138,8 @@ def own_members(cls: type, *, dunders: bool) -> Iterator[tuple[str, Any]]:
     """The class's own public members, in source order (inherited ones stay with their class)."""
     for name, member in vars(cls).items():
         if name.startswith("__") and name.endswith("__"):
-            if dunders and name not in ("__dict__", "__weakref__", "__module__", "__doc__", "__qualname__"):
-                if callable(member):
-                    yield name, member
+            if dunders and callable(member):  # __init__, __enter__, ... (not __dict__, __weakref__)
+                yield name, member
             continue
         if not name.startswith("_") and (callable(member) or isinstance(member, property)):
             yield name, member
@@ -212,9 +211,10 @@ def render_property(name: str, prop: property, r: Renderer, shadowed: set[str]) 
     return ["    @property", head, *doc, "        ..."] if doc else ["    @property", f"{head} ..."]
 
 
-def instance_attributes(cls: type, r: Renderer, shadowed: set[str]) -> list[str]:
+def instance_attributes(cls: type, r: Renderer, shadowed: set[str], *, readonly: bool) -> list[str]:
     """`self.x = ...` in __init__, typed from the parameter, the class called or the function's
-    declared result (private ones left out); read through the sync face, so wrapped."""
+    declared result (private ones left out); read through the sync face, so wrapped, and
+    `readonly` there (Sync refuses to set attributes): properties."""
     init = vars(cls).get("__init__")
     if init is None:
         return []
@@ -245,7 +245,11 @@ def instance_attributes(cls: type, r: Renderer, shadowed: set[str]) -> list[str]
             missed.add(name)
     if missed - set(found):
         raise TypeError(f"{cls.__name__}.{sorted(missed)}: add the type to stubgen.ATTRIBUTE_TYPES")
-    return [f"    {name}: {written}" for name, written in found.items()]
+    if not readonly:
+        return [f"    {name}: {written}" for name, written in found.items()]
+    return [
+        line for name, written in found.items() for line in ("    @property", f"    def {name}(self) -> {written}: ...")
+    ]
 
 
 def _assigned_type(value: ast.expr, module: types.ModuleType, hints: dict[str, Any]) -> Any:
@@ -295,7 +299,7 @@ def render_handle(cls: type, r: Renderer) -> list[str]:
     shadowed = {n for n, _ in members} | set(vars(cls))
     lines = ["@type_check_only", f"class {name}:"]
     lines += docstring(cls, "    ")
-    lines += instance_attributes(cls, r, shadowed)
+    lines += instance_attributes(cls, r, shadowed, readonly=True)
     lines += aio_property(cls)
     for member_name, member in members:
         if isinstance(member, property):
@@ -308,14 +312,13 @@ def render_handle(cls: type, r: Renderer) -> list[str]:
     return lines
 
 
-def render_sync_class(cls: type, r: Renderer, *, bases: str = "", extra: list[str] | None = None) -> list[str]:
+def render_sync_class(cls: type, r: Renderer) -> list[str]:
     """A class of sync.py as it is typed there."""
-    lines = [f"class {cls.__name__}{bases}:"]
+    lines = [f"class {cls.__name__}:"]
     lines += docstring(cls, "    ")
     members = list(own_members(cls, dunders=True))
     shadowed = {n for n, _ in members}
-    lines += instance_attributes(cls, r, shadowed)
-    lines += extra or []
+    lines += instance_attributes(cls, r, shadowed, readonly=False)
     for name, member in members:
         if isinstance(member, property):
             lines += render_property(name, member, r, shadowed)
@@ -332,7 +335,7 @@ def render_client(r: Renderer) -> list[str]:
     shadowed = {n for n, _ in members} | {n for n, _ in own}
     lines = ["class Client:"]
     lines += docstring(sync.Client, "    ")
-    lines += instance_attributes(target, r, shadowed)
+    lines += instance_attributes(target, r, shadowed, readonly=True)
     lines += aio_property(target)
     for name, member in own:
         lines += render_function(name, member, r, shadowed, from_aio=False)

@@ -69,8 +69,8 @@ class Sync:
 class Job:
     """A job: its last known state in `model` (the API's JobPublic; its fields read as attributes:
     `job.state`, `job.exit_code`), and what can be done with it."""
-
-    model: JobPublic
+    @property
+    def model(self) -> JobPublic: ...
     @property
     def aio(self) -> _aio.Job:
         """The async object behind this one."""
@@ -234,8 +234,8 @@ class Jobs:
 @type_check_only
 class Pipeline:
     """A pipeline: its last known state in `model` (the API's PipelinePublic, with its steps)."""
-
-    model: PipelinePublic
+    @property
+    def model(self) -> PipelinePublic: ...
     @property
     def aio(self) -> _aio.Pipeline:
         """The async object behind this one."""
@@ -388,16 +388,24 @@ class Client:
             for line in job.follow():
                 print(line.text)
             print(job.state, job.exit_code)"""
-
-    transport: AsyncBaseTransport | None
-    jobs: Jobs
-    pipelines: Pipelines
-    boxes: Boxes
-    users: Users
-    tokens: Tokens
-    audit: Audit
-    connection: Connection
-    api: BoxrunClient
+    @property
+    def transport(self) -> AsyncBaseTransport | None: ...
+    @property
+    def jobs(self) -> Jobs: ...
+    @property
+    def pipelines(self) -> Pipelines: ...
+    @property
+    def boxes(self) -> Boxes: ...
+    @property
+    def users(self) -> Users: ...
+    @property
+    def tokens(self) -> Tokens: ...
+    @property
+    def audit(self) -> Audit: ...
+    @property
+    def connection(self) -> Connection: ...
+    @property
+    def api(self) -> BoxrunClient: ...
     @property
     def aio(self) -> _aio.AsyncClient:
         """The async object behind this one."""

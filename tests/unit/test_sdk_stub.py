@@ -150,6 +150,7 @@ def wrong(client: Client) -> None:
     client.jobs.sbumit("echo hi")  # E: attr-defined
     client.jobs.submit("echo hi", bxo="local-1")  # E: call-arg
     c: int = client.pipelines.get("p").state  # E: assignment
+    client.jobs.get("x").model = client.jobs.get("y").model  # E: misc
     for job in client.jobs.list():
         job.model.nope  # E: attr-defined
 """
