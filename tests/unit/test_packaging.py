@@ -21,7 +21,7 @@ def tree_files() -> set[str]:
         for name in filenames:
             # /docs's Swagger UI and the dashboard ship as package data
             if (
-                name.endswith((".py", ".sql", ".typed"))
+                name.endswith((".py", ".pyi", ".sql", ".typed"))
                 or "docs_assets" in rel.parts
                 or rel.as_posix() == "boxrun/api/ui"
             ):
