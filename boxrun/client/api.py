@@ -52,6 +52,7 @@ from boxrun.schemas.people import (
 from boxrun.schemas.pipelines import PipelinePublic, PipelinesPublic
 
 LOG_PAGE = 5000  # lines per GET .../logs page (the API allows up to 10 000)
+MAX_TAIL = 10_000  # the most lines one GET .../logs?tail= answers
 STREAM_CONNECT_S = 10.0
 
 
@@ -214,13 +215,11 @@ class BoxrunClient(Transport):
     async def log_page(
         self, job_id: str, *, after: int = 0, limit: int = LOG_PAGE, stream: str | None = None, tail: int | None = None
     ) -> LogsPublic:
-        """One page of stored lines after seq `after`; `stream` (stdout, stderr, output, system)
-        and `tail` (the last N lines) are sent only when given."""
-        params: dict[str, Any] = {"after": after, "limit": limit}
+        """One page of stored lines after seq `after` (of one `stream` when given: stdout, stderr,
+        output, system); with `tail`, the last `tail` lines instead (`after`/`limit` not sent)."""
+        params: dict[str, Any] = {"after": after, "limit": limit} if tail is None else {"tail": tail}
         if stream is not None:
             params["stream"] = stream
-        if tail is not None:
-            params["tail"] = tail
         return await self.call(LogsPublic, "GET", f"/api/jobs/{_seg(job_id)}/logs", params=params)
 
     async def logs(self, job_id: str, *, after: int = 0, page: int = LOG_PAGE) -> AsyncIterator[LogLinePublic]:

@@ -20,7 +20,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import to_json
 
 from boxrun.client import BoxrunClient, DoneEvent, LogEvent
-from boxrun.client.api import LOG_PAGE
+from boxrun.client.api import LOG_PAGE, MAX_TAIL
 from boxrun.client.base import DEFAULT_TIMEOUT_S, error_from_answer, unreachable
 from boxrun.constants import JobState, PipelineState
 from boxrun.errors import BoxrunError, InvalidInput, NotFound
@@ -163,12 +163,15 @@ class Job(_Handle):
     async def logs(self, stream: LogStream | None = None, tail: int | None = None) -> list[LogLinePublic]:
         """The stored lines, oldest first: of one stream only (`stdout`, `stderr`, `output`,
         `system`), and only the last `tail` of them when given."""
-        keep: deque[LogLinePublic] = deque(maxlen=tail)
         if tail == 0:
             return []
+        if tail is not None and tail <= MAX_TAIL:  # one request: the API picks the last lines
+            page = (await self._client.api.log_page(self.id, stream=stream, tail=tail)).data
+            return [line for line in page if stream is None or line.stream == stream][-tail:]
+        keep: deque[LogLinePublic] = deque(maxlen=tail)
         after = 0
         while True:
-            page = (await self._client.api.log_page(self.id, after=after, stream=stream, tail=tail)).data
+            page = (await self._client.api.log_page(self.id, after=after, stream=stream)).data
             keep.extend(line for line in page if stream is None or line.stream == stream)
             if len(page) < LOG_PAGE:
                 return list(keep)
