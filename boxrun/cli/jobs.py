@@ -12,7 +12,7 @@ from boxrun.cli import context
 from boxrun.cli.args import ArgumentError, key_values
 from boxrun.cli.exitcodes import exit_code_for, table_text
 from boxrun.cli.follow import detach_note, follow_job
-from boxrun.cli.output import console, print_fields, print_json, print_table, show_line
+from boxrun.cli.output import console, print_fields, print_json, print_line, print_table
 from boxrun.constants import JobState
 from boxrun.errors import NotFound
 from boxrun.schemas import ArtifactPublic, JobPublic
@@ -119,13 +119,13 @@ def logs(
         handle = await client.jobs.get(job_id)  # NotFound before anything is printed
         lines = await handle.logs(stream=stream, tail=tail) if (tail is not None or not follow) else []
         for line in lines:
-            typer.echo(line.model_dump_json()) if as_json else show_line(line)
+            print_line(line, as_json)
         if not follow:
             await handle.refresh()
             return exit_code_for(handle.model)
         after = lines[-1].seq if lines else (handle.model.log_lines if tail is not None else 0)
         async for line in handle.follow(stream, after=after):
-            typer.echo(line.model_dump_json()) if as_json else show_line(line)
+            print_line(line, as_json)
         return exit_code_for(handle.model)
 
     raise typer.Exit(context.with_client(work, detached=lambda: detach_note(job_id)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 import typer
@@ -42,6 +42,16 @@ def as_json(data: object) -> str:
 
 def print_json(data: object) -> None:
     typer.echo(as_json(data))
+
+
+def answer(data: object, as_json: bool, plain: str | Callable[[], object]) -> None:
+    """The API's JSON of `data` with --json, else the plain text (or what `plain()` prints)."""
+    if as_json:
+        print_json(data)
+    elif isinstance(plain, str):
+        typer.echo(plain)
+    else:
+        plain()
 
 
 def cell(value: object) -> str:
@@ -89,6 +99,14 @@ def show_line(line: LogLinePublic) -> None:
         typer.echo(f"[output] {line.text}")
     else:
         typer.echo(f"[boxrun] {line.text}", err=True)
+
+
+def print_line(line: LogLinePublic, as_json: bool) -> None:
+    """A log line by its stream, or (--json) the API's JSON of it on one line of stdout."""
+    if as_json:
+        typer.echo(line.model_dump_json())
+    else:
+        show_line(line)
 
 
 def notice(text: str) -> None:

@@ -8,7 +8,7 @@ import typer
 
 from boxrun.cli import context
 from boxrun.cli.context import UserCommand, UserGroup
-from boxrun.cli.output import print_json, print_table
+from boxrun.cli.output import answer, print_json, print_table
 from boxrun.schemas.people import Role, TokenCreated, TokenPublic, UserCreated, UserPublic
 from boxrun.sdk.aio import AsyncClient
 
@@ -60,7 +60,7 @@ def users_create(
         return await client.users.create(name, str(role))
 
     made = context.with_client(work)
-    print_json(made) if as_json else typer.echo(f"user {made.name} created ({made.role}, org {made.org})")
+    answer(made, as_json, f"user {made.name} created ({made.role}, org {made.org})")
 
 
 @users_app.command("disable", cls=UserCommand)
@@ -71,7 +71,7 @@ def users_disable(name: USER, as_json: JSON = False) -> None:
         return await client.users.disable(name)
 
     user = context.with_client(work)
-    print_json(user) if as_json else typer.echo(f"user {user.name} disabled")
+    answer(user, as_json, f"user {user.name} disabled")
 
 
 @users_app.command("set-role", cls=UserCommand)
@@ -84,7 +84,7 @@ def users_set_role(
         return await client.users.update(name, role=str(role))
 
     user = context.with_client(work)
-    print_json(user) if as_json else typer.echo(f"user {user.name}: role {user.role}")
+    answer(user, as_json, f"user {user.name}: role {user.role}")
 
 
 def list_tokens(as_json: bool) -> None:

@@ -13,7 +13,7 @@ from rich.table import Table
 from boxrun.cli import context
 from boxrun.cli.context import UserCommand, UserGroup
 from boxrun.cli.exitcodes import pipeline_exit_code, table_text
-from boxrun.cli.output import console, duration, print_fields, print_json, print_table, table
+from boxrun.cli.output import answer, console, duration, print_fields, print_json, print_table, table
 from boxrun.constants import PipelineState
 from boxrun.schemas.pipelines import PipelinePublic, PipelineSummary
 from boxrun.sdk.aio import AsyncClient, Pipeline
@@ -77,7 +77,7 @@ def run(
     async def work(client: AsyncClient) -> int:
         pipe = await client.pipelines.submit(file)
         if not follow:
-            print_json(pipe.model) if as_json else typer.echo(pipe.id)
+            answer(pipe.model, as_json, pipe.id)
             return 0
         await follow_pipeline(pipe, quiet=as_json)
         if as_json:
@@ -113,7 +113,7 @@ def show(pipeline_id: PIPELINE_ID, as_json: JSON = False) -> None:
         return (await client.pipelines.get(pipeline_id)).model
 
     model = context.with_client(work)
-    print_json(model) if as_json else show_pipeline(model)
+    answer(model, as_json, lambda: show_pipeline(model))
 
 
 @app.command("ls", cls=UserCommand)
@@ -143,7 +143,7 @@ def cancel(pipeline_id: PIPELINE_ID, as_json: JSON = False) -> None:
         return (await (await client.pipelines.get(pipeline_id)).cancel()).model
 
     model = context.with_client(work)
-    print_json(model) if as_json else typer.echo(f"pipeline {model.id}: {model.state} (cancel requested)")
+    answer(model, as_json, f"pipeline {model.id}: {model.state} (cancel requested)")
 
 
 @app.command("rerun", cls=UserCommand)
@@ -158,4 +158,4 @@ def rerun(
         return (await (await client.pipelines.get(pipeline_id)).rerun(only_failed=only_failed)).model
 
     model = context.with_client(work)
-    print_json(model) if as_json else typer.echo(model.id)
+    answer(model, as_json, model.id)
