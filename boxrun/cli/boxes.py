@@ -8,12 +8,16 @@ from typing import Annotated
 import typer
 
 from boxrun.cli import context
-from boxrun.cli.context import UserCommand, UserGroup
+from boxrun.cli.context import ShowByDefault, UserCommand
 from boxrun.cli.output import print_fields, print_json, print_table
 from boxrun.schemas import BoxPublic, BoxQueuePublic, MaintenancePublic
 from boxrun.sdk.aio import AsyncClient
 
-app = typer.Typer(cls=UserGroup, no_args_is_help=True, help="One box: show it, switch its maintenance.")
+app = typer.Typer(
+    cls=ShowByDefault,
+    no_args_is_help=True,
+    help="One box: `boxrun box NAME` (or `box show NAME`) shows it; `box maintenance NAME on|off`.",
+)
 JSON = Annotated[bool, typer.Option("--json", help="print the API's JSON")]
 NAME = Annotated[str, typer.Argument(help="the box's name")]
 

@@ -116,3 +116,13 @@ class UserGroup(typer.core.TyperGroup):
             return super().resolve_command(ctx, args)
         except UsageError as exc:
             usage_failed(ctx, exc)
+
+
+class ShowByDefault(UserGroup):
+    """A group whose first argument, when it names no command, is the id of a thing to show:
+    `boxrun box bench-1` is `boxrun box show bench-1`, `boxrun pipeline ID` is `pipeline show ID`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["show", *args]
+        return super().parse_args(ctx, args)

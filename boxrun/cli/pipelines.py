@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.table import Table
 
 from boxrun.cli import context
-from boxrun.cli.context import UserCommand, UserGroup
+from boxrun.cli.context import ShowByDefault, UserCommand
 from boxrun.cli.exitcodes import pipeline_exit_code, table_text
 from boxrun.cli.output import answer, console, duration, print_fields, print_json, print_table, table
 from boxrun.constants import PipelineState
@@ -19,9 +19,9 @@ from boxrun.schemas.pipelines import PipelinePublic, PipelineSummary
 from boxrun.sdk.aio import AsyncClient, Pipeline
 
 app = typer.Typer(
-    cls=UserGroup,
+    cls=ShowByDefault,
     no_args_is_help=True,
-    help="Pipelines: DAGs of steps, each step a job (docs/pipelines.md).",
+    help="Pipelines: DAGs of steps, each step a job (docs/pipelines.md). `boxrun pipeline ID` shows one.",
 )
 JSON = Annotated[bool, typer.Option("--json", help="print the API's JSON")]
 PIPELINE_ID = Annotated[str, typer.Argument(help="the pipeline's id")]

@@ -194,8 +194,16 @@ async def test_logs_and_artifacts_of_a_queued_job(cli: Cli, script: Path) -> Non
 
 async def test_a_missing_job_is_one_line_and_125(cli: Cli) -> None:
     missing = str(uuid.uuid4())
-    for args in (["job", missing], ["logs", missing, "--follow"], ["cancel", missing], ["rerun", missing]):
-        one_line_error(await cli(*args), "not found")
+    for args in (
+        ["job", missing],
+        ["logs", missing, "--follow"],
+        ["cancel", missing],
+        ["rerun", missing],
+        ["pipeline", missing],
+        ["pipeline", "show", missing],
+        ["pipeline", "cancel", missing],
+    ):
+        one_line_error(await cli(*args), missing)  # "job ... not found", "pipeline ... does not exist"
 
 
 async def test_boxes_and_maintenance(cli: Cli, make_box: Callable[..., Awaitable[Box]]) -> None:
@@ -212,6 +220,8 @@ async def test_boxes_and_maintenance(cli: Cli, make_box: Callable[..., Awaitable
     assert off.code == 0 and off.json()["maintenance"] is False
     one_line_error(await cli("box", "maintenance", "bench-1", "maybe"), "maybe")
     one_line_error(await cli("box", "show", "nope-1"), "box", "not found")
+    short = await cli("box", "bench-1", "--json")  # `box NAME` is `box show NAME`
+    assert short.code == 0 and short.json()["name"] == "bench-1" and short.json()["maintenance"] is False
 
 
 async def test_users_and_tokens_and_what_a_viewer_or_a_revoked_token_gets(cli: Cli, script: Path) -> None:
