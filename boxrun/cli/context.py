@@ -7,15 +7,17 @@ event loop) here."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
+import httpx
 import typer
 
 from boxrun.cli.exitcodes import BOXRUN_FAILED, CANCELLED
-from boxrun.errors import BoxrunError, InvalidInput
+from boxrun.errors import BoxrunError, InvalidInput, Unavailable
 from boxrun.sdk.aio import AsyncClient
 
 T = TypeVar("T")
@@ -51,6 +53,31 @@ def fail(reason: str, code: int = BOXRUN_FAILED) -> NoReturn:
     raise typer.Exit(code)
 
 
+def failure_reason(exc: BoxrunError) -> str:
+    """The one line for an error: the API's reason; for an API that did not answer, its address
+    and why in a few words ("cannot reach the boxrun API at http://127.0.0.1:1 (connection refused)")."""
+    cause = exc.__cause__
+    if not isinstance(exc, Unavailable) or not isinstance(cause, httpx.TransportError):
+        return exc.reason
+    why: str | None = None
+    link: BaseException | None = cause
+    for _ in range(12):  # httpx -> httpcore -> OSError -> ConnectionRefusedError(111)
+        if link is None:
+            break
+        if isinstance(link, OSError) and link.errno:
+            why = os.strerror(link.errno) if link.errno > 0 else (link.strerror or str(link))
+            break
+        link = link.__cause__ or link.__context__
+    if why is None:
+        why = "timed out" if isinstance(cause, httpx.TimeoutException) else (str(cause) or type(cause).__name__)
+    try:
+        url = cause.request.url
+        where = f"{url.scheme}://{url.netloc.decode()}"
+    except RuntimeError:  # no request attached
+        return exc.reason
+    return f"cannot reach the boxrun API at {where} ({why[:1].lower()}{why[1:]})"
+
+
 def with_client(work: Callable[[AsyncClient], Awaitable[T]], *, detached: Callable[[], None] | None = None) -> T:
     """Run `work(client)` on a client from the global options; a boxrun error (unreachable API,
     refusal, no credentials) becomes one line and exit 125. Ctrl-C: `detached()` (what to say
@@ -66,7 +93,7 @@ def with_client(work: Callable[[AsyncClient], Awaitable[T]], *, detached: Callab
     try:
         return run_async(main())
     except BoxrunError as exc:
-        fail(exc.reason)
+        fail(failure_reason(exc))
     except KeyboardInterrupt:
         sys.stdout.flush()
         if detached is not None:

@@ -271,7 +271,9 @@ async def test_login_checks_the_token_and_saves_the_profile(cli: Cli, tmp_path: 
 async def test_an_unreachable_api_is_one_line_naming_the_url(cli: Cli, script: Path) -> None:
     url = "http://127.0.0.1:1"
     for args in (["jobs"], ["job", "x"], ["run", str(script), "--box", "b"], ["logs", "x", "--follow"], ["boxes"]):
-        one_line_error(await cli("--url", url, "--token", "t", *args), f"cannot reach the boxrun API at {url}")
+        out = await cli("--url", url, "--token", "t", *args)
+        one_line_error(out)
+        assert out.stderr == f"boxrun: cannot reach the boxrun API at {url} (connection refused)\n"
 
 
 async def test_no_credentials_anywhere_names_the_options(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
