@@ -1,12 +1,11 @@
-"""The `boxrun` command: api, worker, agent, dev, migrate."""
+"""The operator commands: api, worker, agent, migrate, openapi, dev (what runs the service)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import platformdirs
 import typer
@@ -14,18 +13,7 @@ import typer
 from boxrun.process_lifecycle import hard_exit, run_until_signal, setup_logging
 from boxrun.settings import Settings
 
-if TYPE_CHECKING:
-    from boxrun.schemas import JobPublic, LogLinePublic
 
-app = typer.Typer(
-    help="boxrun: run scripts on a fleet of boxes, each job a durable Temporal workflow.",
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode=None,
-)
-
-
-@app.command()
 def api() -> None:
     """Run the REST API (uvicorn) on BOXRUN_API_HOST:BOXRUN_API_PORT."""
     import uvicorn
@@ -48,7 +36,6 @@ def api() -> None:
     hard_exit(0)
 
 
-@app.command()
 def worker() -> None:
     """Run the control-plane Temporal worker (task queue boxrun-control)."""
     from boxrun.worker.control import run_control_worker
@@ -58,7 +45,6 @@ def worker() -> None:
     run_until_signal(lambda stop: run_control_worker(settings, stop))
 
 
-@app.command()
 def agent(
     box: Annotated[
         str | None, typer.Option(help="this box's name, checked against the node token's (else BOXRUN_BOX_NAME)")
@@ -76,7 +62,6 @@ def agent(
     run_until_signal(lambda stop: run_agent(settings, stop))
 
 
-@app.command()
 def migrate() -> None:
     """Apply database migrations (the api and worker also do this at start): as the role of
     BOXRUN_DATABASE_OWNER_URL if set, granting BOXRUN_DATABASE_URL's role its runtime rights."""
@@ -93,73 +78,6 @@ def migrate() -> None:
     hard_exit(0)
 
 
-def exit_code_for(job: JobPublic) -> int:
-    """The CLI's exit status for a job: 0 completed, the script's own code if it failed with one,
-    124 timed out, 130 cancelled, 1 otherwise."""
-    if job.state == "completed":
-        return 0
-    if job.state == "failed" and job.exit_code and 0 < job.exit_code < 256:
-        return job.exit_code
-    return {"timed_out": 124, "cancelled": 130}.get(job.state, 1)
-
-
-def show_line(line: LogLinePublic) -> None:
-    """stdout lines to stdout, stderr lines to stderr, `output` as "[output] ...", the rest
-    (boxrun's notices) as "[boxrun] ..." on stderr."""
-    if line.stream == "stdout":
-        typer.echo(line.text)
-    elif line.stream == "stderr":
-        typer.echo(line.text, err=True)
-    elif line.stream == "output":
-        typer.echo(f"[output] {line.text}")
-    else:
-        typer.echo(f"[boxrun] {line.text}", err=True)
-
-
-@app.command()
-def logs(
-    job_id: Annotated[str, typer.Argument(help="the job's id")],
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False,
-    api_url: Annotated[str | None, typer.Option(help="else BOXRUN_API_URL or the local dev stack")] = None,
-    token: Annotated[str | None, typer.Option(help="else BOXRUN_API_TOKEN or the local dev stack")] = None,
-) -> None:
-    """Print a job's log: stdout lines to stdout, stderr lines to stderr, structured `output` lines
-    as "[output] ..." on stdout, boxrun's notices as "[boxrun] ..." on stderr. Exits with the job's
-    outcome (0 completed, the script's exit code, 124 timed out, 130 cancelled, 1 otherwise); without
-    --follow a job still running exits 0. An API error or an unreachable API: one line, exit 2."""
-    from boxrun.client import BoxrunClient, LogEvent, resolve
-    from boxrun.errors import BoxrunError
-
-    try:
-        url, key = resolve(api_url, token)
-    except ValueError as exc:
-        typer.echo(f"boxrun logs: {exc}", err=True)
-        hard_exit(2)
-
-    async def main() -> int:
-        async with BoxrunClient(url, key) as client:
-            await client.get(job_id)  # NotFound before anything is printed
-            if not follow:
-                async for line in client.logs(job_id):
-                    show_line(line)
-                job = await client.get(job_id)
-                return exit_code_for(job) if job.state.terminal else 0
-            async for ev in client.follow(job_id):
-                if isinstance(ev, LogEvent):
-                    show_line(ev.line)
-            return exit_code_for(await client.get(job_id))
-
-    try:
-        code = asyncio.run(main())
-    except BoxrunError as exc:
-        sys.stdout.flush()
-        typer.echo(f"boxrun logs: {exc.reason}", err=True)
-        code = 2
-    sys.stdout.flush()
-    hard_exit(code)
-
-
-@app.command()
 def openapi() -> None:
     """Print the API's OpenAPI document (docs/openapi.json is this output)."""
     from boxrun.api.app import create_app
@@ -167,7 +85,6 @@ def openapi() -> None:
     typer.echo(json.dumps(create_app(Settings()).openapi(), indent=2, sort_keys=True))
 
 
-@app.command()
 def dev(
     data_dir: Annotated[Path, typer.Option(help="where Postgres, Temporal, S3 and agents keep their data")] = Path(
         platformdirs.user_data_dir("boxrun")
@@ -235,11 +152,3 @@ def dev(
             await asyncio.to_thread(stack.stop)
 
     run_until_signal(main)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

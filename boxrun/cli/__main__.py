@@ -1,0 +1,5 @@
+"""`python -m boxrun.cli`."""
+
+from boxrun.cli import main
+
+main()

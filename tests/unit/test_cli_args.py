@@ -1,0 +1,66 @@
+"""The CLI's compound arguments: --file PATH[:DEST], --env/--label KEY=VALUE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from boxrun.cli.args import ArgumentError, file_spec, file_specs, key_value, key_values
+
+
+def test_key_value_keeps_empty_values_and_later_equals_signs() -> None:
+    assert key_value("A=1", "--env") == ("A", "1")
+    assert key_value("A=", "--env") == ("A", "")
+    assert key_value("URL=a=b", "--env") == ("URL", "a=b")
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [("A", "expected KEY=VALUE"), ("=1", "key is empty"), (" A=1", "spaces"), ("", "expected KEY=VALUE")],
+)
+def test_bad_key_values_name_the_option_and_the_value(raw: str, reason: str) -> None:
+    with pytest.raises(ArgumentError) as err:
+        key_value(raw, "--env")
+    assert str(err.value).startswith(f"--env {raw!r}") and reason in str(err.value)
+
+
+def test_a_key_given_twice_is_refused() -> None:
+    assert key_values(["a=1", "b=2"], "--label") == {"a": "1", "b": "2"}
+    assert key_values(None, "--label") == {}
+    with pytest.raises(ArgumentError, match="'a' given twice"):
+        key_values(["a=1", "a=2"], "--label")
+
+
+def test_file_spec_by_base_name_or_destination(tmp_path: Path) -> None:
+    src = tmp_path / "fw.bin"
+    src.write_bytes(b"x")
+    assert file_spec(str(src)) == (src, "fw.bin")
+    assert file_spec(f"{src}:in/firmware.bin") == (src, "in/firmware.bin")
+
+
+def test_a_path_with_a_colon_that_exists_is_taken_whole(tmp_path: Path) -> None:
+    odd = tmp_path / "a:b.txt"
+    odd.write_text("x")
+    assert file_spec(str(odd)) == (odd, "a:b.txt")
+
+
+@pytest.mark.parametrize("raw", ["", ":dest", "{src}:", "/no/such/file", "/no/such:dest", "{dir}"])
+def test_bad_file_specs(raw: str, tmp_path: Path) -> None:
+    src = tmp_path / "f"
+    src.write_text("x")
+    with pytest.raises(ArgumentError, match="^--file"):
+        file_spec(raw.format(src=src, dir=tmp_path))
+
+
+def test_two_files_to_one_destination_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x").write_text("1")
+    (tmp_path / "b" / "x").write_text("2")
+    assert file_specs([str(tmp_path / "a" / "x"), f"{tmp_path / 'b' / 'x'}:y"]) == {
+        "x": tmp_path / "a" / "x",
+        "y": tmp_path / "b" / "x",
+    }
+    with pytest.raises(ArgumentError, match="already given"):
+        file_specs([str(tmp_path / "a" / "x"), str(tmp_path / "b" / "x")])
