@@ -229,13 +229,13 @@ async def test_a_step_job_cancelled_with_its_pipeline_names_who_cancelled_it_in_
             attempts = (await o.get(f"/api/pipelines/{p['id']}")).json()["steps"][0]["attempts"]
             return attempts[0]["job_id"] if attempts and attempts[0]["state"] == "waiting_for_box" else None
 
-        job_id = await wait_for(waiting, timeout=30, what="the step's job waiting for its box")
+        job_id = await wait_for(waiting, timeout=90, what="the step's job waiting for its box")
         assert (await o.post(f"/api/pipelines/{p['id']}/cancel")).status_code == 202
 
         async def cancelled() -> bool:
             return (await o.get(f"/api/jobs/{job_id}")).json()["state"] == "cancelled"
 
-        await wait_for(cancelled, timeout=30, what="the step job cancelled")
+        await wait_for(cancelled, timeout=90, what="the step job cancelled")
     trail = (await api.get("/api/audit", params={"job_id": job_id, "limit": 1000})).json()["data"]
     assert "olga" in {r["actor"] for r in trail if r["action"] != "job.queued"}, [
         (r["action"], r["actor"]) for r in trail
