@@ -11,7 +11,7 @@ state-changing request (api/limits.py refuses one without it, 403)."""
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Response, status
@@ -63,13 +63,17 @@ async def sign_in(body: SessionCreate, request: Request, response: Response, con
     user = await authenticate(conn, body.token)
     if user.token_id is None:  # every token row has an id; a test-built user has none
         raise Unauthorized("this token cannot open a session")
+    ttl = SESSION_TTL_S
+    token = await conn.fetchrow(Q.get_api_token, user.token_id)
+    if token is not None and token["expires_at"] is not None:  # never longer than its token
+        ttl = max(1, min(ttl, int((token["expires_at"] - datetime.now(UTC)).total_seconds())))
     secret = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(24)
-    expires_at = await conn.fetchval(Q.create_session, hash_token(secret), user.token_id, csrf, float(SESSION_TTL_S))
+    expires_at = await conn.fetchval(Q.create_session, hash_token(secret), user.token_id, csrf, float(ttl))
     response.set_cookie(
         SESSION_COOKIE,
         secret,
-        max_age=SESSION_TTL_S,
+        max_age=ttl,
         path="/",
         httponly=True,
         samesite="strict",
