@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -310,3 +311,30 @@ async def test_step_labels_that_are_not_a_mapping_under_pipeline_labels(
             api, {"labels": {"team": "t"}, "steps": {"a": {"box": "b1", "script": "true", "labels": step_labels}}}
         )
         assert resp.status_code == 422, (step_labels, resp.status_code, resp.text[:300])
+
+
+# ---------------------------------------------------------------- every query parameter of every GET route
+
+NASTY = ["\x00", "a\x00b", "%00", "\x7f" * 3, "x" * 4000, "-1", "9" * 30, "2026-13-45T99:99:99Z", "../..", "'\";--"]
+
+
+async def test_no_query_value_of_any_get_route_is_a_500(app: FastAPI, api: httpx.AsyncClient) -> None:
+    """Every GET route's query parameters (the list filters the dashboard builds from the URL's
+    search string among them) given NUL bytes, huge, negative or malformed values: 2xx or 4xx,
+    never a 500."""
+    job = "00000000-0000-0000-0000-000000000000"
+    spec = app.openapi()
+    failures = []
+    for path, item in spec["paths"].items():
+        op = item.get("get")
+        if op is None or path.endswith("/stream") or path.endswith("/events") or "/agent/" in path:
+            continue  # streams stay open; agent routes take node tokens
+        url = re.sub(r"\{[^}]+\}", job, path)
+        for param in op.get("parameters", []):
+            if param["in"] != "query":
+                continue
+            for value in NASTY:
+                resp = await api.get(url, params={param["name"]: value})
+                if resp.status_code >= 500:
+                    failures.append((path, param["name"], value[:20], resp.status_code))
+    assert not failures, failures
