@@ -385,3 +385,21 @@ async def test_transcript_by_role_org_and_credential(
     assert resp.status_code == 401, resp.text
     after = await db.fetchval("SELECT count(*) FROM audit_log WHERE action = 'transcript.download'")
     assert after == before + 1  # only the viewer's download
+
+
+async def test_login_csrf_a_body_without_content_type_opens_no_session(app: FastAPI, db: asyncpg.Connection) -> None:
+    """A cross-site page can send a "simple" request with NO Content-Type (fetch with a Blob body,
+    mode no-cors). Signing in must need a JSON content type, which a cross-site page can send only
+    after a CORS preflight this API never grants (FastAPI reads no JSON from a typeless body)."""
+    async with _browser(app) as browser:
+        resp = await browser.post("/api/session", content=b'{"token": "test-admin-token"}')
+        assert "content-type" not in resp.request.headers
+        assert resp.status_code in (415, 422), (resp.status_code, resp.text)
+        assert "set-cookie" not in resp.headers
+        ok = await browser.post(
+            "/api/session",
+            content=b'{"token": "test-admin-token"}',
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        assert ok.status_code == 201, ok.text
+    assert await _sessions(db) == 1

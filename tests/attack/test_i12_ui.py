@@ -186,3 +186,16 @@ def test_no_attribute_takes_an_event_handler_or_url_from_data() -> None:
                 if not allowed.match(m.group(0)):
                     bad.append(f"{js.name}:{n}: {m.group(0)}")
     assert not bad, bad
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="/docs is served by api/app.py (install_docs), outside this branch's files: it sends no "
+    "X-Frame-Options/frame-ancestors nor nosniff. Low risk (Swagger UI's 'Try it out' by cookie can "
+    "only read: state changes need the CSRF header it never sends), but it should match /ui/.",
+)
+async def test_docs_cannot_be_framed(browser: httpx.AsyncClient) -> None:
+    resp = await browser.get("/docs")
+    assert resp.headers.get("x-frame-options", "").upper() == "DENY"
+    assert "frame-ancestors 'none'" in resp.headers.get("content-security-policy", "")
+    assert resp.headers.get("x-content-type-options") == "nosniff"
