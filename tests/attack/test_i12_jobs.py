@@ -6,6 +6,7 @@ the field, never a 500, and nothing of another org's."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
@@ -338,3 +339,61 @@ async def test_no_query_value_of_any_get_route_is_a_500(app: FastAPI, api: httpx
                 if resp.status_code >= 500:
                     failures.append((path, param["name"], value[:20], resp.status_code))
     assert not failures, failures
+
+
+@pytest.mark.parametrize(
+    ("labels_yaml", "why"),
+    [
+        ("{on: true}", "a YAML boolean"),
+        ("{n: 1.5}", "a YAML float"),
+        ("{n: ~}", "a YAML null"),
+        ("{b: !!binary AAAA}", "YAML bytes"),
+        ("{x: !!python/object/apply:os.system [id]}", "a Python tag"),
+        ("{x: &a [1, 2], y: *a}", "an alias to a list"),
+        ('{x: "a\\0b"}', "a NUL escape"),
+        ('{x: "\\uD800"}', "a lone surrogate escape"),
+        ("[team, x]", "a sequence"),
+    ],
+)
+async def test_yaml_pipeline_labels_of_the_wrong_kind_are_a_422(
+    api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Any], labels_yaml: str, why: str
+) -> None:
+    await make_box("b1")
+    for where in ("top", "step"):
+        if where == "top":
+            text = f"labels: {labels_yaml}\nsteps:\n  a: {{box: b1, script: 'true'}}\n"
+        else:
+            text = f"steps:\n  a:\n    box: b1\n    script: 'true'\n    labels: {labels_yaml}\n"
+        resp = await api.post("/api/pipelines", content=text, headers={"Content-Type": "application/yaml"})
+        assert resp.status_code in (400, 422), (why, where, resp.status_code, resp.text[:300])
+    assert await db.fetchval("SELECT count(*) FROM pipelines") == 0, why
+
+
+async def test_yaml_dates_and_yes_are_strings_in_labels(
+    api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Any]
+) -> None:
+    """The loader is YAML 1.2's core schema (boxrun/pipelines/yamlload.py): `2026-01-01` and `yes`
+    stay the strings they look like, kept as written (no date or boolean sneaks into a label)."""
+    await make_box("b1")
+    text = "labels: {release: 2026-01-01, on: yes}\nsteps:\n  a: {box: b1, script: 'true'}\n"
+    resp = await api.post("/api/pipelines", content=text, headers={"Content-Type": "application/yaml"})
+    assert resp.status_code == 201, resp.text
+    spec = await db.fetchval("SELECT spec::text FROM pipelines WHERE id = $1", uuid.UUID(resp.json()["id"]))
+    assert '"release": "2026-01-01"' in spec and '"on": "yes"' in spec, spec
+
+
+async def test_a_yaml_alias_bomb_in_labels_is_refused_quickly(
+    api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Any]
+) -> None:
+    await make_box("b1")
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    for i in range(1, 9):
+        prev = chr(ord("a") + i - 1)
+        cur = chr(ord("a") + i)
+        bomb += f"{cur}: &{cur} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+    text = "labels:\n" + "".join("  " + line + "\n" for line in bomb.splitlines()) + "steps:\n  s: {box: b1}\n"
+    resp = await asyncio.wait_for(
+        api.post("/api/pipelines", content=text, headers={"Content-Type": "application/yaml"}), timeout=20
+    )
+    assert resp.status_code in (400, 413, 422), (resp.status_code, resp.text[:300])
+    assert await db.fetchval("SELECT count(*) FROM pipelines") == 0
