@@ -403,3 +403,43 @@ async def test_login_csrf_a_body_without_content_type_opens_no_session(app: Fast
         )
         assert ok.status_code == 201, ok.text
     assert await _sessions(db) == 1
+
+
+async def test_a_websocket_is_not_opened_by_the_session_cookie_alone(
+    app: FastAPI, base_url: str, db: asyncpg.Connection
+) -> None:
+    """Cross-site WebSocket hijacking: browsers send cookies on a WebSocket handshake from any page
+    (no CORS). The log WebSocket must not take the session cookie (only a token), so a page of
+    another site cannot read a signed-in user's logs through it."""
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    job_id = await add_job(db, group="g")
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        await _sign_in(client, ADMIN_TOKEN)
+        cookie = client.cookies[SESSION_COOKIE]
+    url = base_url.replace("http", "ws", 1) + f"/api/jobs/{job_id}/logs/ws"
+    headers = {"Cookie": f"{SESSION_COOKIE}={cookie}", "Origin": "https://evil.example"}
+    with pytest.raises((ConnectionClosed, InvalidStatus)) as refused:
+        async with ws_connect(url, additional_headers=headers) as ws:
+            async with asyncio.timeout(5):
+                await ws.recv()
+    if isinstance(refused.value, ConnectionClosed):
+        assert refused.value.rcvd is not None and refused.value.rcvd.code == 1008, refused.value
+
+
+async def test_an_expired_session_closes_its_stream(
+    app: FastAPI, base_url: str, db: asyncpg.Connection, user_token: Callable
+) -> None:
+    job_id = await add_job(db, group="g")
+    _, token = await user_token("ed")
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        await _sign_in(client, token)
+        cookie = client.cookies[SESSION_COOKIE]
+    async with _cookie_sse(base_url, job_id, cookie) as stream:
+        await open_streams(app, 1)
+        await db.execute("UPDATE ui_sessions SET expires_at = now() - interval '1 second'")
+        app.state.stream_guard.kick()
+        text, _ = await rest_of(stream)
+        assert revoked_event(text) == {"reason": "session expired"}
+    await open_streams(app, 0)
