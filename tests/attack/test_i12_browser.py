@@ -49,6 +49,8 @@ async def test_markup_in_user_content_stays_text_and_the_policy_blocks_nothing_o
     await page.goto(f"{base_url}/ui/#/jobs/{job_id}")
     await expect(page.locator(".error", has_text="onerror")).to_be_visible()  # the error reason, as text
     await page.click("[data-nav=new]")
+    # wait for it: a page still loading when the next is clicked overwrites that one (app.js route())
+    await expect(page.locator("h1", has_text="New job")).to_be_visible()
     await page.click("[data-nav=boxes]")
     await expect(page.locator("#boxes tr[data-box='xbox']")).to_be_visible()
     await page.click("[data-nav=pipelines]")
