@@ -443,3 +443,23 @@ async def test_an_expired_session_closes_its_stream(
         text, _ = await rest_of(stream)
         assert revoked_event(text) == {"reason": "session expired"}
     await open_streams(app, 0)
+
+
+async def test_signing_out_closes_a_pipeline_event_stream_opened_by_cookie(
+    app: FastAPI, base_url: str, api: httpx.AsyncClient, make_box: Callable
+) -> None:
+    from tests.api.test_pipelines import diamond
+
+    await make_box("pbox")
+    pipeline = (await api.post("/api/pipelines", json=diamond())).json()  # no worker: it stays open
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        csrf = await _sign_in(client, ADMIN_TOKEN)
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as streamer:
+            cookie = {"Cookie": f"{SESSION_COOKIE}={client.cookies[SESSION_COOKIE]}"}
+            async with streamer.stream("GET", f"/api/pipelines/{pipeline['id']}/events", headers=cookie) as resp:
+                assert resp.status_code == 200, await resp.aread()
+                await open_streams(app, 1)
+                assert (await client.delete("/api/session", headers={"X-CSRF-Token": csrf})).status_code == 204
+                text, _ = await rest_of(resp)
+                assert revoked_event(text) == {"reason": "signed out"}
+    await open_streams(app, 0)
