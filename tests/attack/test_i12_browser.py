@@ -4,12 +4,13 @@ the Content-Security-Policy of api/routes/ui.py blocks nothing the dashboard its
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 
 import asyncpg
 import httpx
-from playwright.async_api import Browser, ConsoleMessage, expect
+from playwright.async_api import Browser, ConsoleMessage, Route, expect
 
 from tests.api.test_pipelines import diamond
 from tests.browser.conftest import anon, api, app, as_token, base_url, browser, db, make_box, user_token
@@ -61,3 +62,28 @@ async def test_markup_in_user_content_stays_text_and_the_policy_blocks_nothing_o
     assert await page.evaluate("window.__xss") is None
     assert await page.locator("img[src=x]").count() == 0
     assert not violations, violations
+
+
+async def test_a_page_that_loads_slowly_never_covers_the_page_navigated_to_next(
+    browser: Browser, base_url: str, api: httpx.AsyncClient, make_box: Callable
+) -> None:
+    """Open job A's page while its request is slow, then job B's: A's page, loading after B's, must
+    not replace it (the URL would name B while the Cancel button shown acts on A)."""
+    await make_box("xbox")
+    a = (await api.post("/api/jobs", json={"box": "xbox", "script": "echo a"})).json()["id"]
+    b = (await api.post("/api/jobs", json={"box": "xbox", "script": "echo b"})).json()["id"]
+    page = await sign_in(browser, base_url)
+
+    async def slow(route: Route) -> None:
+        await asyncio.sleep(1.5)
+        await route.continue_()
+
+    await page.route(f"**/api/jobs/{a}", slow)
+    await page.goto(f"{base_url}/ui/#/jobs/{a}")
+    await page.wait_for_timeout(200)
+    await page.goto(f"{base_url}/ui/#/jobs/{b}")
+    await expect(page.locator("h1 .mono")).to_have_text(b)
+    await page.wait_for_timeout(2500)  # A's answer has come meanwhile
+    assert page.url.endswith(b)
+    await expect(page.locator("h1 .mono")).to_have_text(b)
+    assert await page.locator("h1 .mono").count() == 1
