@@ -199,3 +199,25 @@ async def test_docs_cannot_be_framed(browser: httpx.AsyncClient) -> None:
     assert resp.headers.get("x-frame-options", "").upper() == "DENY"
     assert "frame-ancestors 'none'" in resp.headers.get("content-security-policy", "")
     assert resp.headers.get("x-content-type-options") == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Range": "bytes=99999999-"},
+        {"Range": "bytes=5-1"},
+        {"Range": "bytes=-0"},
+        {"Range": "bytes=" + ",".join(f"{i}-{i}" for i in range(2000))},
+        {"Range": "bytes=0-0,0-0,0-0,0-0"},
+        {"Range": "pages=1-2"},
+        {"Range": "bytes=\x00"},
+        {"If-None-Match": "\x00" * 10},
+        {"If-Modified-Since": "not a date"},
+        {"If-Modified-Since": "Mon, 01 Jan 99999 00:00:00 GMT"},
+        {"If-Range": "garbage", "Range": "bytes=0-1"},
+    ],
+)
+async def test_odd_conditional_and_range_headers_on_ui_files(browser: httpx.AsyncClient, headers: dict) -> None:
+    resp = await browser.get("/ui/app.js", headers=headers)
+    assert resp.status_code in (200, 206, 304, 400, 416), (headers, resp.status_code)
+    assert len(resp.content) <= 2 * (UI_DIR / "app.js").stat().st_size + 200_000  # no amplification
