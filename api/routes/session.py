@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from boxrun.api.auth import SESSION_SCOPE_KEY, Session, authenticate, hash_token
 from boxrun.api.deps import ConnDep, CurrentUser, StreamGuardDep
 from boxrun.api.errors import responses
-from boxrun.api.limits import SESSION_COOKIE
+from boxrun.api.limits import SECURE_SESSION_COOKIE, session_cookie_name
 from boxrun.db import Q
 from boxrun.errors import Unauthorized
 from boxrun.schemas.people import MePublic
@@ -60,6 +60,7 @@ def _me(user: CurrentUser) -> MePublic:
 async def sign_in(body: SessionCreate, request: Request, response: Response, conn: ConnDep) -> SessionPublic:
     """Sign in with a token: sets the `boxrun_session` cookie (HttpOnly, SameSite=Strict, Secure
     over https, path /) and answers the session's CSRF token."""
+    # (over https the cookie is named __Host-boxrun_session: api/limits.py says why)
     user = await authenticate(conn, body.token)
     if user.token_id is None:  # every token row has an id; a test-built user has none
         raise Unauthorized("this token cannot open a session")
@@ -70,14 +71,15 @@ async def sign_in(body: SessionCreate, request: Request, response: Response, con
     secret = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(24)
     expires_at = await conn.fetchval(Q.create_session, hash_token(secret), user.token_id, csrf, float(ttl))
+    name = session_cookie_name(request.url.scheme)
     response.set_cookie(
-        SESSION_COOKIE,
+        name,
         secret,
         max_age=ttl,
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=name == SECURE_SESSION_COOKIE,
     )
     return SessionPublic(user=_me(user), csrf_token=csrf, expires_at=expires_at)
 
@@ -109,5 +111,6 @@ async def sign_out(
         await conn.execute(Q.delete_session, session.id)
         guard.kick()
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    name = session_cookie_name(request.url.scheme)
+    response.delete_cookie(name, path="/", secure=name == SECURE_SESSION_COOKIE, httponly=True, samesite="strict")
     return response

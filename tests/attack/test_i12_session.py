@@ -463,3 +463,30 @@ async def test_signing_out_closes_a_pipeline_event_stream_opened_by_cookie(
                 text, _ = await rest_of(resp)
                 assert revoked_event(text) == {"reason": "signed out"}
     await open_streams(app, 0)
+
+
+async def test_over_https_a_planted_plain_cookie_is_ignored(app: FastAPI, user_token: Callable) -> None:
+    """Cookie tossing: a sibling subdomain (or a plain-http page of the host) can set a cookie named
+    `boxrun_session` holding the ATTACKER's session, and the victim's dashboard would then act as
+    the attacker (jobs, scripts and files submitted into the attacker's view). Over https the
+    session cookie is `__Host-boxrun_session` (a browser accepts that name only Secure, Path=/,
+    without Domain: no one else can plant it), and the plain name is not read."""
+    _, attackers = await user_token("eve", "operator")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://boxrun.test") as attacker:
+        resp = await attacker.post("/api/session", json={"token": attackers})
+        assert resp.status_code == 201
+        cookie = resp.headers["set-cookie"]
+        assert cookie.startswith(f"__Host-{SESSION_COOKIE}="), cookie
+        flags = {part.strip().lower() for part in cookie.split(";")[1:]}
+        assert {"secure", "path=/", "httponly", "samesite=strict"} <= flags
+        assert not any(f.startswith("domain=") for f in flags)
+        planted = attacker.cookies[f"__Host-{SESSION_COOKIE}"]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://boxrun.test") as victim:
+        resp = await victim.get("/api/me", headers={"Cookie": f"{SESSION_COOKIE}={planted}"})
+        assert resp.status_code == 401, resp.text  # the plantable name means nothing over https
+        csrf = await _sign_in(victim, ADMIN_TOKEN)
+        assert (await victim.get("/api/me")).json()["name"] == "admin"
+        out = await victim.delete("/api/session", headers={"X-CSRF-Token": csrf})
+        assert out.status_code == 204
+        deleted = out.headers["set-cookie"].lower()
+        assert deleted.startswith(f"__host-{SESSION_COOKIE}=") and "secure" in deleted and "max-age=0" in deleted
