@@ -52,11 +52,11 @@ function signInPage(reason) {
 }
 
 async function route() {
-  const nav = ++current;
+  const ticket = ++current;
   if (leave) { leave(); leave = null; }
   if (!me) {
     try { setSession(await api("/api/session")); } catch { signInPage(); return; }
-    if (nav !== current) return; // a later navigation took over meanwhile
+    if (ticket !== current) return; // a later navigation took over meanwhile
   }
   document.getElementById("top").hidden = false;
   document.getElementById("who").textContent = `${me.name} · ${me.role} · ${me.org}`;
@@ -69,7 +69,7 @@ async function route() {
     main.replaceChildren(view);
     try {
       const cleanup = (await page(view, ...m.slice(1).map(decodeURIComponent))) || null;
-      if (nav === current) leave = cleanup;
+      if (ticket === current) leave = cleanup;
       else if (cleanup) cleanup(); // navigated away while it loaded
     } catch (err) { view.replaceChildren(errorBox(err)); }
     return;
