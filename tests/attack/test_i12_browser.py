@@ -87,3 +87,4 @@ async def test_a_page_that_loads_slowly_never_covers_the_page_navigated_to_next(
     assert page.url.endswith(b)
     await expect(page.locator("h1 .mono")).to_have_text(b)
     assert await page.locator("h1 .mono").count() == 1
+    await expect(page.locator("#live")).to_have_text("● live")  # B's log stream stayed open
