@@ -16,10 +16,11 @@ log ingest and artifact manifest pages, and `max_job_files_bytes` (1 GiB) for an
 authenticate themselves (`?token=` or the header).
 
 The dashboard authenticates by cookie instead: a request without a bearer token but with the
-`boxrun_session` cookie is checked against its session row (the session, then its token and
-user: api/auth.py). A state-changing request (any method but GET, HEAD, OPTIONS) authenticated so
-must carry the session's CSRF token in `X-CSRF-Token`, or it is refused 403 before the route:
-the cookie is SameSite=Strict already, the header is the second lock. `POST /api/session` (sign
+`boxrun_session` cookie (`__Host-boxrun_session` over https) is checked against its session row
+(the session, then its token and user: api/auth.py). A state-changing request (any method but
+GET, HEAD, OPTIONS) authenticated so must carry the session's CSRF token in `X-CSRF-Token`, or
+it is refused 403 before the route: the cookie is SameSite=Strict already, the header is the
+second lock. `POST /api/session` (sign
 in, with a token in the body) is public; a bearer token always wins over a cookie.
 """
 
@@ -44,6 +45,17 @@ AGENT_PREFIX = "/api/agent/"
 UPLOAD = "/api/files"
 SESSION_PATH = "/api/session"
 SESSION_COOKIE = "boxrun_session"
+# Over https the cookie's name carries the __Host- prefix: a browser keeps such a cookie only if it
+# is Secure, has Path=/ and no Domain, so neither a sibling subdomain nor a plain-http page can
+# plant one (cookie tossing, which would sign the victim into the attacker's session).
+SECURE_SESSION_COOKIE = f"__Host-{SESSION_COOKIE}"
+
+
+def session_cookie_name(scheme: str) -> str:
+    """The session cookie's name for a request of this URL scheme."""
+    return SECURE_SESSION_COOKIE if scheme in ("https", "wss") else SESSION_COOKIE
+
+
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -104,7 +116,7 @@ class RequestGuard:
             return None
         token = _bearer(headers)
         if token is None:
-            secret = _cookie(headers, SESSION_COOKIE)
+            secret = _cookie(headers, session_cookie_name(scope.get("scheme", "http")))
             if secret is None or path.startswith(AGENT_PREFIX):
                 return 401, "missing bearer token"
             return await self.session_refusal(scope, headers, secret)

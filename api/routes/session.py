@@ -11,7 +11,7 @@ state-changing request (api/limits.py refuses one without it, 403)."""
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Response, status
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from boxrun.api.auth import SESSION_SCOPE_KEY, Session, authenticate, hash_token
 from boxrun.api.deps import ConnDep, CurrentUser, StreamGuardDep
 from boxrun.api.errors import responses
-from boxrun.api.limits import SESSION_COOKIE
+from boxrun.api.limits import SECURE_SESSION_COOKIE, session_cookie_name
 from boxrun.db import Q
 from boxrun.errors import Unauthorized
 from boxrun.schemas.people import MePublic
@@ -60,20 +60,26 @@ def _me(user: CurrentUser) -> MePublic:
 async def sign_in(body: SessionCreate, request: Request, response: Response, conn: ConnDep) -> SessionPublic:
     """Sign in with a token: sets the `boxrun_session` cookie (HttpOnly, SameSite=Strict, Secure
     over https, path /) and answers the session's CSRF token."""
+    # (over https the cookie is named __Host-boxrun_session: api/limits.py says why)
     user = await authenticate(conn, body.token)
     if user.token_id is None:  # every token row has an id; a test-built user has none
         raise Unauthorized("this token cannot open a session")
+    ttl = SESSION_TTL_S
+    token = await conn.fetchrow(Q.get_api_token, user.token_id)
+    if token is not None and token["expires_at"] is not None:  # never longer than its token
+        ttl = max(1, min(ttl, int((token["expires_at"] - datetime.now(UTC)).total_seconds())))
     secret = secrets.token_urlsafe(32)
     csrf = secrets.token_urlsafe(24)
-    expires_at = await conn.fetchval(Q.create_session, hash_token(secret), user.token_id, csrf, float(SESSION_TTL_S))
+    expires_at = await conn.fetchval(Q.create_session, hash_token(secret), user.token_id, csrf, float(ttl))
+    name = session_cookie_name(request.url.scheme)
     response.set_cookie(
-        SESSION_COOKIE,
+        name,
         secret,
-        max_age=SESSION_TTL_S,
+        max_age=ttl,
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=name == SECURE_SESSION_COOKIE,
     )
     return SessionPublic(user=_me(user), csrf_token=csrf, expires_at=expires_at)
 
@@ -105,5 +111,6 @@ async def sign_out(
         await conn.execute(Q.delete_session, session.id)
         guard.kick()
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    name = session_cookie_name(request.url.scheme)
+    response.delete_cookie(name, path="/", secure=name == SECURE_SESSION_COOKIE, httponly=True, samesite="strict")
     return response

@@ -20,8 +20,13 @@ const ROUTES = [
 
 const main = document.getElementById("app");
 let leave = null; // the current page's cleanup (close its streams and timers)
+// Each navigation's number: a page still loading when the next was asked for renders into its own
+// detached view and is closed once loaded, so it never covers the page the URL now names (where
+// a click on Cancel would act on the wrong job).
+let current = 0;
 
 function signInPage(reason) {
+  current++;
   document.getElementById("top").hidden = true;
   const token = h("input", { type: "password", name: "token", id: "token", autocomplete: "current-password", required: true, placeholder: "brt_…" });
   const msg = h("div");
@@ -47,9 +52,11 @@ function signInPage(reason) {
 }
 
 async function route() {
+  const ticket = ++current;
   if (leave) { leave(); leave = null; }
   if (!me) {
     try { setSession(await api("/api/session")); } catch { signInPage(); return; }
+    if (ticket !== current) return; // a later navigation took over meanwhile
   }
   document.getElementById("top").hidden = false;
   document.getElementById("who").textContent = `${me.name} · ${me.role} · ${me.org}`;
@@ -58,9 +65,13 @@ async function route() {
     const m = hash.match(re);
     if (!m) continue;
     for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === nav);
-    main.replaceChildren(h("p", { class: "muted" }, "Loading…"));
-    try { leave = (await page(main, ...m.slice(1).map(decodeURIComponent))) || null; }
-    catch (err) { main.replaceChildren(errorBox(err)); }
+    const view = h("div", { class: "view" }, h("p", { class: "muted" }, "Loading…"));
+    main.replaceChildren(view);
+    try {
+      const cleanup = (await page(view, ...m.slice(1).map(decodeURIComponent))) || null;
+      if (ticket === current) leave = cleanup;
+      else if (cleanup) cleanup(); // navigated away while it loaded
+    } catch (err) { view.replaceChildren(errorBox(err)); }
     return;
   }
   location.hash = "#/jobs";

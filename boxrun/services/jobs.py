@@ -23,6 +23,7 @@ from boxrun.services.submission import submit_job
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 from boxrun.transitions import transition
+from boxrun.workspace_paths import refuse_unstorable
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         when = datetime.fromisoformat(at)
         if when.tzinfo is None:
             raise ValueError("naive time")
-        return when, uuid.UUID(job_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        # in UTC, as encode_cursor wrote it: a forged time that has no UTC instant (year 1 at +14:00,
+        # year 9999 at -23:59) is refused here, not by the database driver (a 500)
+        return when.astimezone(UTC), uuid.UUID(job_id)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
         raise InvalidInput("not a cursor this API gave (pass next_cursor as it came)", field="query.cursor") from None
 
 
@@ -70,6 +73,10 @@ def parse_label_filters(labels: list[str]) -> dict[str, str] | None:
             )
         if len(value) > MAX_LABEL_VALUE:
             raise InvalidInput(f"label value longer than {MAX_LABEL_VALUE} characters", field="query.label")
+        try:  # no label can hold a NUL (nor a jsonb value): a 422, not the database's error
+            refuse_unstorable(value)
+        except ValueError as exc:
+            raise InvalidInput(f"label filter value {exc}", field="query.label") from None
         if wanted.get(key, value) != value:
             conflict = True
         wanted[key] = value
