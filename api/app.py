@@ -52,6 +52,14 @@ log = logging.getLogger(__name__)
 # Swagger UI's JS and CSS, shipped in the package (docs_assets/README.md): /docs needs no network
 DOCS_ASSETS = Path(__file__).resolve().parent / "docs_assets"
 DOCS_ASSETS_URL = "/docs/assets"
+# /docs may not be framed (Swagger UI runs inline scripts, so no script-src policy here; /ui/ has
+# the full policy: api/routes/ui.py).
+DOCS_HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 _QUERY_NAMES: dict[int, frozenset[str]] = {}
 
@@ -95,7 +103,7 @@ def install_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=app.openapi_url or "/openapi.json",
             title=f"{app.title} API",
             oauth2_redirect_url="/docs/oauth2-redirect",
@@ -103,10 +111,14 @@ def install_docs(app: FastAPI) -> None:
             swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon-32x32.png",
         )
+        page.headers.update(DOCS_HEADERS)
+        return page
 
     @app.get("/docs/oauth2-redirect", include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
-        return get_swagger_ui_oauth2_redirect_html()
+        page = get_swagger_ui_oauth2_redirect_html()
+        page.headers.update(DOCS_HEADERS)
+        return page
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -188,12 +188,6 @@ def test_no_attribute_takes_an_event_handler_or_url_from_data() -> None:
     assert not bad, bad
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="/docs is served by api/app.py (install_docs), outside this branch's files: it sends no "
-    "X-Frame-Options/frame-ancestors nor nosniff. Low risk (Swagger UI's 'Try it out' by cookie can "
-    "only read: state changes need the CSRF header it never sends), but it should match /ui/.",
-)
 async def test_docs_cannot_be_framed(browser: httpx.AsyncClient) -> None:
     resp = await browser.get("/docs")
     assert resp.headers.get("x-frame-options", "").upper() == "DENY"
