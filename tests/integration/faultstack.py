@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from boxrun.dev.procs import Child
+from boxrun.dev.procs import Child, StartupError
 from boxrun.dev.stack import DevStack, StackOptions, resolve_ports
 
 # Short bounds so fault tests finish quickly; the defaults are documented in docs/architecture.md.
@@ -55,6 +55,9 @@ class FaultStack:
         )
 
 
+START_TRIES = 3
+
+
 @asynccontextmanager
 async def fault_stack(
     log_dir: Path,
@@ -73,7 +76,17 @@ async def fault_stack(
     options = StackOptions(data_dir=data_dir, boxes=boxes, capacity=capacity, env={**FAST, **(env or {})})
     stack = DevStack(options, resolve_ports(None, auto=True))
     try:
-        await stack.start()
+        for attempt in range(1, START_TRIES + 1):
+            try:
+                await stack.start()
+                break
+            except StartupError as exc:
+                # a free port picked for a child was taken by another process before the child
+                # bound it (other tests and stacks run on this machine): again on fresh ports
+                if "address already in use" not in str(exc) or attempt == START_TRIES:
+                    raise
+                stack.stop()
+                stack = DevStack(options, resolve_ports(None, auto=True))
         yield FaultStack(stack)
     finally:
         stack.stop()
