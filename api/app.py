@@ -123,7 +123,7 @@ def install_docs(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    settings.require_secrets("api_token", "s3_secret_access_key")
+    settings.require_secrets("api_token", "s3_secret_access_key", "secrets_key")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import stat
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from boxrun.secretbox import SecretBox
 
 _PLACEHOLDER = "changethis"
 
@@ -61,6 +64,9 @@ class Settings(BaseSettings):
     # of org `default`) and that this token is one of theirs. Every other token is minted by the API.
     api_token: str = _PLACEHOLDER
     api_token_owner: str = "admin"
+    # Encrypts what boxrun stores and must read back (org secrets, webhook signing secrets): a
+    # Fernet key, or several comma-separated to rotate (the first encrypts). boxrun.secretbox.
+    secrets_key: str = _PLACEHOLDER
     # Open SSE/WebSocket streams re-check their token this often (one query per API process for
     # all of them): a revoked token or disabled user loses its streams within this bound.
     auth_recheck_s: float = Field(default=2.0, gt=0, le=60)
@@ -134,6 +140,12 @@ class Settings(BaseSettings):
                 f"{self.node_token_file} is open to group or others (mode {stat.S_IMODE(mode):04o}): chmod 600 it"
             )
         return self.node_token_file.read_text().strip() or None
+
+    def secret_box(self) -> SecretBox:
+        """The encryption of stored secrets, keyed by secrets_key."""
+        from boxrun.secretbox import SecretBox  # cryptography is a server dependency
+
+        return SecretBox(self.secrets_key)
 
     def temporal_workflow_url(self, workflow_id: str) -> str:
         base = self.temporal_ui_url.rstrip("/")

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
-    settings.require_secrets("s3_secret_access_key")
+    settings.require_secrets("s3_secret_access_key", "secrets_key")
     client = await connect(settings.temporal_address, settings.temporal_namespace)
     await ensure_search_attributes(client)
     await migrate_for(settings.database_url, settings.database_owner_url)

@@ -32,6 +32,7 @@ from boxrun.dev.services import (
     write_private,
 )
 from boxrun.errors import Conflict, NotFound
+from boxrun.secretbox import SecretBox
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect
@@ -119,6 +120,7 @@ class DevStack:
         data = json.loads(self.secrets_path.read_text()) if self.secrets_path.exists() else {}
         data.setdefault("api_token", f"bxa_{secrets.token_urlsafe(32)}")
         data.setdefault("node_tokens", {})
+        data.setdefault("secrets_key", SecretBox.generate_key())  # also for a data dir from before it
         if "s3" not in data:  # also for a data dir from before the S3 store had an identity
             creds = S3Credentials.generate()
             data["s3"] = {"access_key": creds.access_key, "secret_key": creds.secret_key}
@@ -157,7 +159,7 @@ class DevStack:
             path.mkdir(exist_ok=True)
             path.chmod(0o711)
 
-    def _base_env(self, token: str, db_url: str, s3: S3Credentials) -> dict[str, str]:
+    def _base_env(self, token: str, db_url: str, s3: S3Credentials, secrets_key: str) -> dict[str, str]:
         p = self.ports
         return {
             "BOXRUN_ENVIRONMENT": "dev",
@@ -174,6 +176,7 @@ class DevStack:
             "BOXRUN_API_PORT": str(p["api"]),
             "BOXRUN_API_URL": f"http://127.0.0.1:{p['api']}",
             "BOXRUN_API_TOKEN": token,
+            "BOXRUN_SECRETS_KEY": secrets_key,
             "PYTHONUNBUFFERED": "1",
             **(self.opts.env or {}),
         }
@@ -245,7 +248,7 @@ class DevStack:
         # the stack migrates as the owner and grants the runtime role its rights; the API and the
         # worker get the runtime role only (their own migration check then only reads)
         await migrate_for(db_url["url"], db_url["owner"])
-        env = self._base_env(keys["api_token"], db_url["url"], s3_creds)
+        env = self._base_env(keys["api_token"], db_url["url"], s3_creds, keys["secrets_key"])
         # the bucket, as the API and the worker will see it (their settings come from this env)
         storage_settings = Settings(
             s3_endpoint_url=s3_url, s3_access_key_id=s3_creds.access_key, s3_secret_access_key=s3_creds.secret_key
