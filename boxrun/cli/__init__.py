@@ -12,7 +12,7 @@ from boxrun.cli.context import UserCommand
 
 JOBS = "Jobs"
 FLEET = "Pipelines and boxes"
-PEOPLE = "Account, users, tokens and secrets"
+PEOPLE = "Account, users and tokens"
 OPERATOR = "Operator commands"
 
 app = typer.Typer(
