@@ -37,6 +37,7 @@ from boxrun.api.routes import (
     logs,
     people,
     pipelines,
+    secrets,
     session,
     ui,
 )
@@ -168,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix="/api", dependencies=[Depends(reject_unknown_query)])
     for module in (jobs, job_spec, logs, artifacts, files, boxes, people, audit, agent, pipelines, health, session):
         api.include_router(module.router)
+    api.include_router(secrets.router)
     app.include_router(api)
     ui.mount(app)  # the dashboard, /ui/
 

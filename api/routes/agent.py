@@ -159,22 +159,41 @@ _JOB_404 = "no such job for this box (another box's job does not exist for this 
     "/jobs/{job_id}/claim",
     response_model=JobClaimed,
     responses=responses(
-        401, 404, 409, 422, e404=_JOB_404, e409="the job may not start now (expired, cancelled, claimed)"
+        401,
+        404,
+        409,
+        422,
+        e404=_JOB_404,
+        e409="the job may not start now (expired, cancelled, claimed, a secret it refers to is gone)",
     ),
 )
 async def claim_job(
-    job_id: str, box: CurrentBox, conn: ConnDep, temporal: TemporalDep, storage: StorageDep, session: Session = None
+    job_id: str,
+    box: CurrentBox,
+    conn: ConnDep,
+    temporal: TemporalDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    session: Session = None,
 ) -> JobClaimed:
-    """Take an offered job: it becomes `running` and the answer carries its bundle (script, env,
-    files). Only an open offer to this very box can be claimed."""
+    """Take an offered job: it becomes `running` and the answer carries its bundle (script, env
+    with its secrets resolved, files, and `mask`: the secret values the box hides in the job's
+    output). Only an open offer to this very box can be claimed. A secret the job refers to that
+    no longer exists: 409, and the job fails saying so."""
     await dispatch.check_session(conn, box, session)
-    return await dispatch.claim(conn, temporal, storage, box, job_id)
+    return await dispatch.claim(conn, temporal, storage, box, job_id, secret_box=settings.secret_box())
 
 
-@router.get("/jobs/{job_id}/bundle", response_model=JobBundle, responses=responses(401, 404, 422, e404=_JOB_404))
-async def get_bundle(job_id: str, box: CurrentBox, conn: ConnDep, storage: StorageDep) -> JobBundle:
+@router.get(
+    "/jobs/{job_id}/bundle",
+    response_model=JobBundle,
+    responses=responses(401, 404, 409, 422, e404=_JOB_404, e409="a secret the job refers to no longer exists"),
+)
+async def get_bundle(
+    job_id: str, box: CurrentBox, conn: ConnDep, temporal: TemporalDep, storage: StorageDep, settings: SettingsDep
+) -> JobBundle:
     """The bundle again, while the job is claimed by this box (for an agent that lost the claim's answer)."""
-    return await dispatch.bundle(conn, storage, box, job_id)
+    return await dispatch.bundle(conn, temporal, storage, box, job_id, secret_box=settings.secret_box())
 
 
 @router.post(

@@ -2,6 +2,7 @@
 
 Lines arrive as blocks (bytes of whole lines from one read of one stream, see lines.py) and stay
 blocks: a batch is the concatenation of some blocks plus one run (count, stream, time) per block.
+Secret values (the bundle's `mask`) become `***` as a block is added, before anything keeps it.
 Blocks wait in memory up to a bound; past it they go to a spill file in the workspace (in order),
 so a long API outage costs disk, not memory, and never stops the script or loses a line.
 """
@@ -19,6 +20,7 @@ from typing import Protocol
 
 import httpx
 
+from boxrun.agent.mask import Masker
 from boxrun.errors import BoxrunError
 from boxrun.logbatch import nth_newline
 
@@ -108,8 +110,10 @@ class LogPump:
         memory_limit: int = 64 << 20,
         spill_path: Path | None = None,
         linger_s: float = 0.002,
+        mask: Masker | None = None,
     ) -> None:
         self._sink = sink
+        self._mask = mask if mask else None  # the job's secret values (agent/mask.py)
         self._job_id = job_id
         self._max_lines = max_lines
         self._max_bytes = max_bytes
@@ -146,9 +150,12 @@ class LogPump:
 
     def add_block(self, stream: str, data: bytes, lines: int) -> None:
         """`lines` whole lines (valid UTF-8, each ended by b"\\n") read together: they share one
-        timestamp, when the agent read them."""
+        timestamp, when the agent read them. Secret values are masked here, before the lines
+        are kept in memory, spilled or sent."""
         if not lines:
             return
+        if self._mask is not None:
+            data = self._mask.mask(data)
         self._seq += lines
         block = _Block(stream, time.time(), data, lines)
         while block.lines > self._max_lines:

@@ -18,6 +18,7 @@ import httpx
 from boxrun.agent.api_client import AgentApi
 from boxrun.agent.jobusers import JobUser, SlotUsers
 from boxrun.agent.logpump import LogPump, LogRejected
+from boxrun.agent.mask import Masker
 from boxrun.agent.process import JobProcess, child_env
 from boxrun.agent.workspace import ArtifactRefused, Workspace
 from boxrun.client import AgentClient
@@ -119,7 +120,9 @@ class JobRunner:
         if user is not None:
             ws.hand_over(user)  # the downloaded files too, before the job starts
 
-        pump = LogPump(self.sink, job.job_id, spill_path=ws.root / "logs.spill", **self.pump_options)
+        pump = LogPump(
+            self.sink, job.job_id, spill_path=ws.root / "logs.spill", mask=Masker(bundle.mask), **self.pump_options
+        )
         pump.start()
         proc = JobProcess(pump)
         env = child_env(os.environ, spec.env, {"BOXRUN_JOB_ID": job.job_id, **ws.env()})

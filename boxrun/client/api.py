@@ -50,6 +50,7 @@ from boxrun.schemas.people import (
     UserUpdate,
 )
 from boxrun.schemas.pipelines import PipelinePublic, PipelinesPublic
+from boxrun.schemas.secrets import SecretPut, SecretsPublic
 
 LOG_PAGE = 5000  # lines per GET .../logs page (the API allows up to 10 000)
 MAX_TAIL = 10_000  # the most lines one GET .../logs?tail= answers
@@ -477,3 +478,17 @@ class BoxrunClient(Transport):
     async def health(self) -> Health:
         """The API, its database and Temporal; Unavailable if one is down."""
         return await self.call(Health, "GET", "/api/health")
+
+    # ------------------------------------------------------------------ secrets
+
+    async def list_secrets(self) -> SecretsPublic:
+        """Your org's secrets by name (operators and admins): never a value."""
+        return await self.call(SecretsPublic, "GET", "/api/secrets")
+
+    async def put_secret(self, name: str, spec: SecretPut) -> None:
+        """Create or replace secret `name` of your org (admins); the value is never shown again."""
+        await self.send("PUT", f"/api/secrets/{_seg(name)}", json=spec.model_dump(mode="json"))
+
+    async def delete_secret(self, name: str) -> None:
+        """Delete secret `name` of your org (admins)."""
+        await self.send("DELETE", f"/api/secrets/{_seg(name)}")

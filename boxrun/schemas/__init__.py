@@ -599,6 +599,10 @@ class JobBundle(BaseModel):
     files: list[BundleFile]
     timeout_s: int
     cancel_grace_s: float
+    mask: list[str] = Field(
+        default_factory=list,
+        description="the values of the secrets in `env`: the box replaces each in the job's output with ***",
+    )
 
 
 class JobClaimed(BaseModel):

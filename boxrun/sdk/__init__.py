@@ -31,6 +31,7 @@ from boxrun.sdk.aio import (
     Jobs,
     Pipeline,
     Pipelines,
+    Secrets,
     Tokens,
     Users,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "NotFound",
     "Pipeline",
     "Pipelines",
+    "Secrets",
     "TooLarge",
     "Tokens",
     "Unauthorized",

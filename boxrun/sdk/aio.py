@@ -1,5 +1,5 @@
 """The SDK's one implementation (async): AsyncClient, its resources (jobs, pipelines, boxes,
-users, tokens, audit) and the handles they return (Job, Pipeline). `boxrun.sdk.Client` is the
+users, tokens, audit, secrets) and the handles they return (Job, Pipeline). `boxrun.sdk.Client` is the
 same code run from synchronous callers (boxrun.sdk.sync)."""
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from boxrun.schemas.people import (
     UserUpdate,
 )
 from boxrun.schemas.pipelines import PipelineEventPublic, PipelinePublic, PipelineSummary, StepPublic
+from boxrun.schemas.secrets import SecretPublic, SecretPut
 from boxrun.sdk.config import Connection, resolve
 
 CHUNK = 1024 * 1024  # bytes read or written at a time for uploads and downloads
@@ -662,6 +663,27 @@ class Audit(_Handle):
                 return
 
 
+# ---------------------------------------------------------------------------------- secrets
+
+
+class Secrets(_Handle):
+    """`client.secrets`: list names (operators and admins), put and delete (admins). A job's env
+    refers to a secret as `${{ secrets.NAME }}`; its value never comes back from the API."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def list(self) -> list[SecretPublic]:
+        return (await self._client.api.list_secrets()).data
+
+    async def put(self, name: str, value: str) -> None:
+        """Create or replace secret `name` of your org with `value` (at most 64 KiB, no NUL)."""
+        await self._client.api.put_secret(name, _build(SecretPut, {"value": value}))
+
+    async def delete(self, name: str) -> None:
+        await self._client.api.delete_secret(name)
+
+
 # ---------------------------------------------------------------------------------- the client
 
 
@@ -700,6 +722,7 @@ class AsyncClient(_Handle):
         self.users = Users(self)
         self.tokens = Tokens(self)
         self.audit = Audit(self)
+        self.secrets = Secrets(self)
 
     def __repr__(self) -> str:
         return f"<AsyncClient {self.url}>"

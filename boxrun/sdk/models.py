@@ -21,6 +21,7 @@ from boxrun.schemas.pipelines import (
     PipelineSummary,
     StepPublic,
 )
+from boxrun.schemas.secrets import SecretPublic
 
 __all__ = [
     "ArtifactPublic",
@@ -41,6 +42,7 @@ __all__ = [
     "PipelinePublic",
     "PipelineState",
     "PipelineSummary",
+    "SecretPublic",
     "StepState",
     "StepPublic",
     "TokenCreated",

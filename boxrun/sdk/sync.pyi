@@ -32,6 +32,7 @@ from boxrun.schemas import (
 from boxrun.schemas.audit import AuditEntryPublic, JobSpecPublic
 from boxrun.schemas.people import MePublic, TokenCreated, TokenPublic, UserCreated, UserPublic
 from boxrun.schemas.pipelines import PipelineEventPublic, PipelinePublic, PipelineSummary, StepPublic
+from boxrun.schemas.secrets import SecretPublic
 from boxrun.sdk.config import Connection
 
 T = TypeVar("T")
@@ -379,6 +380,20 @@ class Audit:
         """Entries, newest first, page by page."""
         ...
 
+@type_check_only
+class Secrets:
+    """`client.secrets`: list names (operators and admins), put and delete (admins). A job's env
+    refers to a secret as `${{ secrets.NAME }}`; its value never comes back from the API."""
+    @property
+    def aio(self) -> _aio.Secrets:
+        """The async object behind this one."""
+        ...
+    def list(self) -> builtins.list[SecretPublic]: ...
+    def put(self, name: str, value: str) -> None:
+        """Create or replace secret `name` of your org with `value` (at most 64 KiB, no NUL)."""
+        ...
+    def delete(self, name: str) -> None: ...
+
 class Client:
     """The boxrun API from plain (blocking) code: the same resources and methods as AsyncClient,
     without `await`:
@@ -402,6 +417,8 @@ class Client:
     def tokens(self) -> Tokens: ...
     @property
     def audit(self) -> Audit: ...
+    @property
+    def secrets(self) -> Secrets: ...
     @property
     def connection(self) -> Connection: ...
     @property

@@ -97,9 +97,10 @@ async def audit_page(conn: Conn, user: User, filters: AuditFilter, *, limit: int
 
 
 def shown_env(env: dict[str, str]) -> dict[str, str]:
-    """The env as GET /api/jobs/{id}/spec shows it. Today every value is stored as submitted and
-    shown so. The seam for secrets (a later issue): a value that is a secret reference stays the
-    reference here; a secret's value never enters the frozen spec, so it can never be shown."""
+    """The env as GET /api/jobs/{id}/spec shows it: as submitted. A value referring to a secret
+    shows the reference (`${{ secrets.NAME }}`): the frozen spec keeps only the reference, the
+    value is read only into the claiming box's bundle (services/secrets.py), so it can never be
+    shown here."""
     return dict(env)
 
 

@@ -35,8 +35,11 @@ from boxrun.schemas import (
     RefusedArtifact,
     UploadTargetPublic,
 )
+from boxrun.secretbox import SecretBox
+from boxrun.services import secrets
 from boxrun.services.identity import NodeBox
 from boxrun.services.jobs import parse_job_id
+from boxrun.services.secrets import SecretUnavailable
 from boxrun.storage import Storage
 from boxrun.transitions import transition
 from boxrun.workspace_paths import clean_relative_path
@@ -50,6 +53,8 @@ MAX_ARTIFACT_NAME_BYTES = 1024
 # not hold the agent's requests, and the API's connections, for the SDK's whole retry budget.
 RPC_TIMEOUT = timedelta(seconds=3)
 JOB_CANCELLED = "JobCancelled"
+# run_job's failure when a secret the job refers to cannot be resolved at its claim.
+SECRET_UNAVAILABLE = "SecretUnavailable"
 
 
 async def notify(conn: Conn, box_id: int, job_id: str, kind: str) -> None:
@@ -103,21 +108,34 @@ async def _own_dispatch(conn: Conn, box: NodeBox, job_id: str) -> asyncpg.Record
     return row
 
 
-async def claim(conn: Conn, temporal: Client, storage: Storage, box: NodeBox, job_id: str) -> JobClaimed:
-    """The box takes the job: in one transaction the open offer to this box becomes claimed and
-    the job `running`. Conflict if it may not start (expired, cancelled, already claimed)."""
+async def claim(
+    conn: Conn, temporal: Client, storage: Storage, box: NodeBox, job_id: str, *, secret_box: SecretBox
+) -> JobClaimed:
+    """The box takes the job: in one transaction the open offer to this box becomes claimed, the
+    job's secret references are resolved and the job becomes `running`. Conflict if it may not
+    start (expired, cancelled, already claimed), or if a secret it refers to is gone: then the
+    job fails with the reason ("secret NAME no longer exists") and never runs."""
     jid = parse_job_id(job_id)
+    gone: SecretUnavailable | None = None
     async with conn.transaction():
         token = await conn.fetchval(Q.claim_dispatch, jid, box.id)
+        row = await _own_dispatch(conn, box, jid)
         if token is None:
-            row = await _own_dispatch(conn, box, jid)
             raise Conflict(f"job {jid} may not start on {box.name} now ({_why_not(row)})")
-        await transition(conn, jid, JobState.RUNNING, detail={"box": box.name})
+        try:
+            resolved = await secrets.resolve(conn, secret_box, row["org_id"], row["spec"].get("env") or {})
+        except SecretUnavailable as exc:
+            await _end_unresolvable(conn, temporal, box, jid, token, exc)
+            gone = exc
+        else:
+            await transition(conn, jid, JobState.RUNNING, detail={"box": box.name})
+    if gone is not None:
+        raise Conflict(f"job {jid} may not start on {box.name}: {gone.reason}") from gone
     try:  # restart the heartbeat clock now; the first progress report relays one anyway
         await _relay(temporal, token, jid)
     except (Conflict, Unavailable) as exc:
         log.warning("heartbeat at the claim of job %s not relayed: %s", jid, exc)
-    return JobClaimed(job_id=jid, bundle=await bundle(conn, storage, box, jid))
+    return JobClaimed(job_id=jid, bundle=_bundle(storage, row, resolved))
 
 
 def _why_not(row: asyncpg.Record) -> str:
@@ -128,13 +146,45 @@ def _why_not(row: asyncpg.Record) -> str:
     return "the claim deadline passed"
 
 
-async def bundle(conn: Conn, storage: Storage, box: NodeBox, job_id: str) -> JobBundle:
-    """Script, env and files of a job claimed by `box` (and not finished): NotFound otherwise.
-    Files are inline text, uploaded files and, for a pipeline step, its inputs (presigned GETs)."""
+async def _end_unresolvable(
+    conn: Conn, temporal: Client, box: NodeBox, job_id: str, token: bytes, exc: SecretUnavailable
+) -> None:
+    """A claimed job whose secrets cannot be resolved: its run_job fails (non-retryable, the
+    reason names the secret) and the dispatch is closed, in the caller's transaction. If Temporal
+    does not take the failure, Unavailable rolls the claim back (the agent retries)."""
+    handle = temporal.get_async_activity_handle(task_token=token)
+    try:
+        await handle.fail(
+            ApplicationError(exc.reason, type=SECRET_UNAVAILABLE, non_retryable=True), rpc_timeout=RPC_TIMEOUT
+        )
+    except RPCError as rpc:
+        if rpc.status != RPCStatusCode.NOT_FOUND:  # NOT_FOUND: the control plane ended the job already
+            raise Unavailable(f"the workflow engine did not take the failure: {rpc.message}") from rpc
+    await conn.execute(Q.dispatch_result, job_id, box.id)
+    log.warning("job %s on %s not started: %s", job_id, box.name, exc.reason)
+
+
+async def bundle(
+    conn: Conn, temporal: Client, storage: Storage, box: NodeBox, job_id: str, *, secret_box: SecretBox
+) -> JobBundle:
+    """The bundle of a job claimed by `box` (and not finished): NotFound otherwise. A secret
+    deleted since the claim fails the job as at the claim (Conflict)."""
     jid = parse_job_id(job_id)
     row = await _own_dispatch(conn, box, jid)
     if row["claimed_at"] is None or row["result_at"] is not None:
         raise NotFound(f"job {jid} not found")
+    try:
+        resolved = await secrets.resolve(conn, secret_box, row["org_id"], row["spec"].get("env") or {})
+    except SecretUnavailable as exc:
+        async with conn.transaction():
+            await _end_unresolvable(conn, temporal, box, jid, row["task_token"], exc)
+        raise Conflict(f"job {jid} may not run on {box.name}: {exc.reason}") from exc
+    return _bundle(storage, row, resolved)
+
+
+def _bundle(storage: Storage, row: asyncpg.Record, resolved: secrets.Resolved) -> JobBundle:
+    """Script, env (secrets resolved) and files of a claimed job, and the values to mask. Files
+    are inline text, uploaded files and, for a pipeline step, its inputs (presigned GETs)."""
     spec: dict[str, Any] = row["spec"]
     files = [BundleFile(path=p, content=c) for p, c in sorted((spec.get("files") or {}).items())]
     for path, ref in sorted((spec.get("file_refs") or {}).items()):
@@ -147,10 +197,11 @@ async def bundle(conn: Conn, storage: Storage, box: NodeBox, job_id: str) -> Job
         files.append(BundleFile(path=inp["dest"], url=url, size=inp["size"], sha256=inp["sha256"]))
     return JobBundle(
         script=spec["script"],
-        env=spec.get("env") or {},
+        env=resolved.env,
         files=files,
         timeout_s=row["timeout_s"],
         cancel_grace_s=float(row["cancel_grace_s"]),
+        mask=resolved.mask,
     )
 
 

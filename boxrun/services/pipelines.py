@@ -32,6 +32,7 @@ from boxrun.messages import (
 from boxrun.pipelines.model import ExpandedPipeline, ExpandedStep
 from boxrun.services.files import resolve_file_refs
 from boxrun.services.identity import User
+from boxrun.services.secrets import check_references
 from boxrun.services.submission import spec_hash
 from boxrun.services.workflow_start import WORKFLOW_TASK_TIMEOUT, job_input
 from boxrun.settings import Settings
@@ -77,8 +78,9 @@ async def create_pipeline(
     returns the pipeline id. `reuse` (rerun only_failed): step name -> the job of an earlier run
     that stands for it (the step is stored completed and does not run again).
 
-    InvalidInput naming the step for a box that does not exist or an uploaded file that is not in
-    storage; Unavailable if Temporal refuses (the rows are removed again: nothing half-written)."""
+    InvalidInput naming the step for a box that does not exist, a secret reference the org has
+    no secret for, or an uploaded file that is not in storage; Unavailable if Temporal refuses
+    (the rows are removed again: nothing half-written)."""
     reuse = reuse or {}
     # a box the submitter may not see (allowed_users) is refused exactly as a box that does not exist
     viewer = None if user.is_admin else user.name
@@ -86,6 +88,11 @@ async def create_pipeline(
         box = step.job.box
         if box is not None and await conn.fetchrow(Q.get_box, user.org_id, box, viewer) is None:
             raise InvalidInput(f"step {step.name!r}: box {box!r} does not exist", field=f"steps.{step.name}.box")
+        # secret references in a step's env (the pipeline env merged in): as for a job
+        try:
+            await check_references(conn, user.org_id, step.job.env, field=f"steps.{step.name}.env")
+        except InvalidInput as exc:
+            raise InvalidInput(f"step {step.name!r}: {exc}", field=exc.field) from exc
     gate = asyncio.Semaphore(RESOLVE_CONCURRENCY)
 
     async def frozen(step: ExpandedStep) -> dict[str, Any]:

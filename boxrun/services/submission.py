@@ -17,6 +17,7 @@ from boxrun.errors import Conflict, InvalidInput, Unavailable
 from boxrun.schemas import JobCreate
 from boxrun.services.files import resolve_file_refs
 from boxrun.services.identity import User
+from boxrun.services.secrets import check_references
 from boxrun.services.workflow_start import job_input, start_job_workflow
 from boxrun.settings import Settings
 from boxrun.storage import Storage
@@ -42,6 +43,7 @@ async def submit_job(
     """Returns (job id, created). A repeated idempotency key returns the first job (created=False).
 
     InvalidInput(field="box") for a box that does not exist or that the user may not see;
+    InvalidInput(field="env.KEY") for an env value referring to a secret the org does not have;
     InvalidInput naming the file for a referenced upload that is not in storage (with that size),
     or files over max_job_files_bytes in all; Conflict for an idempotency key used before with
     another spec; Unavailable if Temporal (or storage) refuses (nothing is kept)."""
@@ -49,6 +51,9 @@ async def submit_job(
     viewer = None if user.is_admin else user.name
     if body.box is not None and await conn.fetchrow(Q.get_box, user.org_id, body.box, viewer) is None:
         raise InvalidInput(f"box {body.box!r} does not exist", field="box")
+    # `${{ secrets.NAME }}` in an env value: the org must have NAME (the spec keeps the reference;
+    # the value is read only into the bundle of the box that claims the job)
+    await check_references(conn, user.org_id, body.env)
     spec = body.frozen_spec(await resolve_file_refs(storage, settings, user, body))
     if inputs:  # a re-run of a pipeline step job: the upstream artifacts it was given, as resolved
         spec["inputs"] = inputs

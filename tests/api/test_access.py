@@ -77,6 +77,7 @@ class World:
     spare_token_id: str  # a second token of org A's admin, that DELETE may revoke
     pipeline_id: str  # org A's pipeline, owned by the operator, ended (so its event stream ends)
     artifact: str = "out/a.txt"
+    secret_name: str = "ACME_ONLY_SECRET"  # org A's secret (build_world puts it)
     markers: list[str] = field(default_factory=list)  # strings naming org A's rows
 
     def by_role(self, role: Role) -> Person:
@@ -98,12 +99,18 @@ class Access:
         a VALID request, so that what a test sees is the access decision, not a 422.
     platform_reaches_other_orgs: True on the management routes where a platform admin may name
         any org (users, tokens): the cross-org test then leaves the platform admin out.
+    names_in_own_org: True where the path names a resource inside the caller's own org by a name
+        each org chooses (PUT /api/secrets/{name} creates or replaces the caller's org's secret):
+        another org's caller reaches its own org's, never org A's, so instead of a 404 the
+        cross-org test checks that org A's resource is left as it was (then DELETEs what the
+        caller made in its own org, so the route's DELETE still finds nothing of org B's).
     """
 
     role: Role | str
     params: dict[str, str] = field(default_factory=dict)
     send: Callable[[World], dict[str, Any]] = _none
     platform_reaches_other_orgs: bool = False
+    names_in_own_org: bool = False
 
 
 JOB = {"job_id": "job_id"}
@@ -208,6 +215,12 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/api/boxes/{name}/maintenance/windows/{window_id}"): Access(
         Role.ADMIN, {**BOX, "window_id": "window_id"}
     ),
+    # organisation secrets (names only out; operators list, admins put and delete)
+    ("GET", "/api/secrets"): Access(Role.OPERATOR),
+    ("PUT", "/api/secrets/{name}"): Access(
+        Role.ADMIN, {"name": "secret_name"}, send=lambda w: {"json": {"value": "v"}}, names_in_own_org=True
+    ),
+    ("DELETE", "/api/secrets/{name}"): Access(Role.ADMIN, {"name": "secret_name"}),
     # the agent side: node tokens only
     ("GET", "/api/agent/me"): Access(NODE),
     ("POST", "/api/agent/session"): Access(NODE, send=lambda w: {"json": {"agent_version": "t", "slots": 1}}),
@@ -313,10 +326,14 @@ async def build_world(app: FastAPI, db: asyncpg.Connection) -> World:
         resp = await agent.post("/api/agent/session", json={"agent_version": "t", "slots": 1})
         assert resp.status_code in (200, 201), resp.text
         b_session = resp.json()["session"]
+    async with client(app, admin.token) as a:
+        resp = await a.put("/api/secrets/ACME_ONLY_SECRET", json={"value": "acme-only-value"})
+        assert resp.status_code == 204, resp.text
     job_id = await insert_ended_job(db, ORG_A, operator.name, "acme-box")
     spare_token_id, _ = await add_token(db, admin.name, label="spare")
     pipeline_id = await insert_ended_pipeline(db, ORG_A, operator.name, "acme-box")
     markers = [job_id, pipeline_id, "acme-box", "acme-spare", viewer.name, operator.name, admin.name]
+    markers.append("ACME_ONLY_SECRET")
     return World(
         viewer=viewer,
         operator=operator,
@@ -537,6 +554,15 @@ async def test_another_orgs_resources_are_404_on_every_route(app: FastAPI, world
             callers = [c for c in outsiders if not (c[2] and access.platform_reaches_other_orgs)]
         for who, token, _ in callers:
             where = f"{who} on {method} {path}"
+            if access.names_in_own_org:
+                before = await _org_a_rows(app, world)
+                resp = await call(app, method, path, access, world, token)
+                assert resp.status_code < 500, f"{where}: {resp.status_code} {resp.text}"
+                assert await _org_a_rows(app, world) == before, f"{where} changed org A's rows"
+                async with client(app, token) as outsider:  # what it made in its own org goes again
+                    await outsider.delete(fill(path, access, world))
+                checked += 1
+                continue
             if method == WS:
                 outcome = await ws_call(app, fill(path, access, world), token)
                 assert not outcome.accepted, where
@@ -549,6 +575,14 @@ async def test_another_orgs_resources_are_404_on_every_route(app: FastAPI, world
                     raise AssertionError(f"{where}: {exc}") from None
             checked += 1
     assert checked >= 2 * 18 + 6, checked
+
+
+async def _org_a_rows(app: FastAPI, w: World) -> str:
+    """What org A's admin reads of the resources named inside each org (its secrets)."""
+    async with client(app, w.admin.token) as admin:
+        resp = await admin.get("/api/secrets")
+    assert resp.status_code == 200, resp.text
+    return resp.text
 
 
 async def test_list_routes_never_show_another_orgs_rows(app: FastAPI, world: World) -> None:

@@ -114,6 +114,7 @@ async def test_claim_returns_the_bundle_once_and_the_job_runs(
             "files": [],
             "timeout_s": 3600,
             "cancel_grace_s": 10.0,
+            "mask": [],  # no secret referenced (tests/api/test_secrets.py)
         },
     }
     assert (await api.get(f"/api/jobs/{job}")).json()["state"] == "running"

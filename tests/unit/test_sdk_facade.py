@@ -192,7 +192,7 @@ def test_the_facade_is_generated_not_written() -> None:
     (blocking) callable on its sync face, and the sync module defines no resource method."""
     mock = MockApi()
     with Client(URL, "tok", transport=mock.transport()) as c:
-        for resource in ("jobs", "pipelines", "boxes", "users", "tokens", "audit"):
+        for resource in ("jobs", "pipelines", "boxes", "users", "tokens", "audit", "secrets"):
             sync_face = getattr(c, resource)
             assert isinstance(sync_face, Sync)
             async_face = getattr(c.aio, resource)

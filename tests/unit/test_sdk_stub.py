@@ -96,7 +96,10 @@ def test_every_member_the_stub_declares_exists_at_run_time(client: Any) -> None:
         "Client": client,
         "Job": sync.wrap(aio.Job(client.aio, JobPublic.model_validate(job_json())), client._runner),
         "Pipeline": sync.wrap(aio.Pipeline(client.aio, pipeline), client._runner),
-        **{name: getattr(client, name.lower()) for name in ("Jobs", "Pipelines", "Boxes", "Users", "Tokens", "Audit")},
+        **{
+            name: getattr(client, name.lower())
+            for name in ("Jobs", "Pipelines", "Boxes", "Users", "Tokens", "Audit", "Secrets")
+        },
     }
     classes = stub_classes()
     assert set(objects) <= set(classes)
