@@ -39,6 +39,7 @@ from boxrun.api.routes import (
     pipelines,
     session,
     ui,
+    webhooks,
 )
 from boxrun.db import create_pool, migrate_for
 from boxrun.errors import InvalidInput
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = APIRouter(prefix="/api", dependencies=[Depends(reject_unknown_query)])
     for module in (jobs, job_spec, logs, artifacts, files, boxes, people, audit, agent, pipelines, health, session):
         api.include_router(module.router)
+    api.include_router(webhooks.router)
     app.include_router(api)
     ui.mount(app)  # the dashboard, /ui/
 
