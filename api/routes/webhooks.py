@@ -11,11 +11,11 @@ from fastapi import APIRouter, Query, Response, status
 from boxrun.api.deps import AdminUser, ConnDep, SettingsDep, TemporalDep
 from boxrun.api.errors import responses
 from boxrun.schemas.webhooks import (
-    AttemptPublic,
-    DeliveriesPublic,
-    DeliveryPublic,
+    WebhookAttemptPublic,
     WebhookCreate,
     WebhookCreated,
+    WebhookDeliveriesPublic,
+    WebhookDeliveryPublic,
     WebhookPublic,
     WebhooksPublic,
 )
@@ -36,8 +36,8 @@ def _webhook(row: asyncpg.Record) -> WebhookPublic:
     )
 
 
-def _delivery(row: asyncpg.Record, attempts: list[asyncpg.Record]) -> DeliveryPublic:
-    return DeliveryPublic(
+def _delivery(row: asyncpg.Record, attempts: list[asyncpg.Record]) -> WebhookDeliveryPublic:
+    return WebhookDeliveryPublic(
         id=str(row["id"]),
         event=row["event"],
         subject=row["subject"],
@@ -46,7 +46,7 @@ def _delivery(row: asyncpg.Record, attempts: list[asyncpg.Record]) -> DeliveryPu
         finished_at=row["finished_at"],
         error=row["error"],
         attempts=[
-            AttemptPublic(
+            WebhookAttemptPublic(
                 at=a["at"],
                 status_code=a["status_code"],
                 error=a["error"],
@@ -97,7 +97,7 @@ async def delete_webhook(webhook_id: str, conn: ConnDep, user: AdminUser) -> Res
 
 @router.get(
     "/{webhook_id}/deliveries",
-    response_model=DeliveriesPublic,
+    response_model=WebhookDeliveriesPublic,
     responses=responses(401, 403, 404, 422, e404=WEBHOOK_404),
 )
 async def list_deliveries(
@@ -106,24 +106,24 @@ async def list_deliveries(
     user: AdminUser,
     limit: Annotated[int, Query(ge=1, le=webhooks.MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the page before")] = None,
-) -> DeliveriesPublic:
+) -> WebhookDeliveriesPublic:
     """The webhook's deliveries, newest first, each with every attempt (time, HTTP status, error,
     duration, the first KiB of the answer)."""
     rows, attempts, next_cursor = await webhooks.list_deliveries(conn, user, webhook_id, limit=limit, cursor=cursor)
-    return DeliveriesPublic(data=[_delivery(r, attempts[r["id"]]) for r in rows], next_cursor=next_cursor)
+    return WebhookDeliveriesPublic(data=[_delivery(r, attempts[r["id"]]) for r in rows], next_cursor=next_cursor)
 
 
 @router.post(
     "/{webhook_id}/deliveries/{delivery_id}/redeliver",
     status_code=status.HTTP_202_ACCEPTED,
-    response_model=DeliveryPublic,
+    response_model=WebhookDeliveryPublic,
     responses=responses(
         401, 403, 404, 409, e404="no such webhook or delivery", e409="the delivery is still being attempted"
     ),
 )
 async def redeliver(
     webhook_id: str, delivery_id: str, conn: ConnDep, temporal: TemporalDep, user: AdminUser
-) -> DeliveryPublic:
+) -> WebhookDeliveryPublic:
     """Send the delivery again: the same delivery id and body, a fresh signature, retried as the
     first run was. Its attempts so far stay listed."""
     row, attempts = await webhooks.redeliver(conn, temporal, user, webhook_id, delivery_id)

@@ -62,7 +62,7 @@ class WebhooksPublic(BaseModel):
     data: list[WebhookPublic]
 
 
-class AttemptPublic(BaseModel):
+class WebhookAttemptPublic(BaseModel):
     at: datetime
     status_code: int | None = Field(description="the receiver's HTTP status; null: no answer (see error)")
     error: str | None
@@ -70,7 +70,7 @@ class AttemptPublic(BaseModel):
     response: str | None = Field(description="at most 1 KiB of the answer's body, as text")
 
 
-class DeliveryPublic(BaseModel):
+class WebhookDeliveryPublic(BaseModel):
     id: str = Field(description="X-Boxrun-Delivery: the same on every attempt and redelivery")
     event: str
     subject: str = Field(description="the job or pipeline id, or the box name")
@@ -78,9 +78,9 @@ class DeliveryPublic(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     error: str | None = Field(description="why the delivery ended failed")
-    attempts: list[AttemptPublic]
+    attempts: list[WebhookAttemptPublic]
 
 
-class DeliveriesPublic(BaseModel):
-    data: list[DeliveryPublic]
+class WebhookDeliveriesPublic(BaseModel):
+    data: list[WebhookDeliveryPublic]
     next_cursor: str | None = Field(description="pass as ?cursor= for the next (older) page; null: no more")

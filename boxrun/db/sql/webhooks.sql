@@ -92,4 +92,4 @@ WITH now_live AS (
     WHERE f.announce
     RETURNING id
 )
-SELECT (SELECT count(*) FROM flipped) AS flipped, COALESCE(array_agg(id), '{}') AS delivery_ids FROM emitted;
+SELECT (SELECT count(*) FROM flipped) AS flipped, COALESCE(array_agg(id), ARRAY[]::uuid[]) AS delivery_ids FROM emitted;
