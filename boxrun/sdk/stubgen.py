@@ -39,6 +39,7 @@ HANDLES: dict[type, str] = {  # aio class -> its sync name (in the stub)
     aio.Users: "Users",
     aio.Tokens: "Tokens",
     aio.Audit: "Audit",
+    aio.Webhooks: "Webhooks",
     aio.AsyncClient: "Client",
 }
 # instance attributes whose type introspection cannot see (set from an untyped call)

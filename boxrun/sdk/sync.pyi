@@ -32,6 +32,7 @@ from boxrun.schemas import (
 from boxrun.schemas.audit import AuditEntryPublic, JobSpecPublic
 from boxrun.schemas.people import MePublic, TokenCreated, TokenPublic, UserCreated, UserPublic
 from boxrun.schemas.pipelines import PipelineEventPublic, PipelinePublic, PipelineSummary, StepPublic
+from boxrun.schemas.webhooks import WebhookCreated, WebhookDeliveryPublic, WebhookPublic
 from boxrun.sdk.config import Connection
 
 T = TypeVar("T")
@@ -379,6 +380,28 @@ class Audit:
         """Entries, newest first, page by page."""
         ...
 
+@type_check_only
+class Webhooks:
+    """`client.webhooks` (admins): create, list, get, delete, deliveries, redeliver (docs/webhooks.md)."""
+    @property
+    def aio(self) -> _aio.Webhooks:
+        """The async object behind this one."""
+        ...
+    def create(self, url: str, events: builtins.list[str]) -> WebhookCreated:
+        """A webhook of your org; the answer's `secret` (the signing key) is shown this once."""
+        ...
+    def list(self) -> builtins.list[WebhookPublic]: ...
+    def get(self, webhook_id: str) -> WebhookPublic: ...
+    def delete(self, webhook_id: str) -> None: ...
+    def deliveries(
+        self, webhook_id: str, *, limit: int | None = ..., page_size: int = ...
+    ) -> Iterator[WebhookDeliveryPublic]:
+        """The webhook's deliveries, newest first, each with every attempt, page by page."""
+        ...
+    def redeliver(self, webhook_id: str, delivery_id: str) -> WebhookDeliveryPublic:
+        """Send a delivery again: the same delivery id and body, a fresh signature."""
+        ...
+
 class Client:
     """The boxrun API from plain (blocking) code: the same resources and methods as AsyncClient,
     without `await`:
@@ -402,6 +425,8 @@ class Client:
     def tokens(self) -> Tokens: ...
     @property
     def audit(self) -> Audit: ...
+    @property
+    def webhooks(self) -> Webhooks: ...
     @property
     def connection(self) -> Connection: ...
     @property

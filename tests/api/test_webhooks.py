@@ -28,8 +28,10 @@ from boxrun.activities.webhooks import WebhookActivities
 from boxrun.api.app import create_app
 from boxrun.constants import CONTROL_TASK_QUEUE, JobState, PipelineState, StepState
 from boxrun.db import Q
+from boxrun.errors import InvalidInput, NotFound
 from boxrun.messages import DeliveryInput, FinishInput, RecordPipelineInput, RecordStepInput
 from boxrun.schemas import JobCreate
+from boxrun.sdk.aio import AsyncClient
 from boxrun.services.identity import Role
 from boxrun.services.pipelines import record_pipeline, record_step
 from boxrun.services.submission import spec_hash
@@ -38,12 +40,15 @@ from boxrun.settings import Settings
 from boxrun.transitions import transition
 from boxrun.webhook_target import verify
 from boxrun.workflows import WebhookDeliveryWorkflow
+from tests.api import test_cli
 from tests.api.conftest import ADMIN_TOKEN, BASE_URL
 from tests.api.helpers import assert_error
 from tests.api.people_fixtures import add_org, add_user
+from tests.api.test_cli import Cli, one_line_error
 from tests.api.test_pipelines import stored_pipeline
 
 LOOPBACK = "127.0.0.0/8,::1/128"
+cli_fixture = test_cli.cli  # the `cli` fixture: the boxrun CLI on the in-process app
 
 
 # ---------------------------------------------------------------- a real receiver
@@ -445,3 +450,54 @@ async def test_deliveries_page_newest_first(api: httpx.AsyncClient, db: asyncpg.
     assert seen == ["s0", "s1", "s2", "s3", "s4"]
     resp = await api.get(f"/api/webhooks/{hook['id']}/deliveries", params={"cursor": "bogus"})
     assert_error(resp, 422, "invalid_input", field="query.cursor")
+
+
+# ---------------------------------------------------------------- SDK and CLI
+
+
+async def test_sdk_webhooks(app: FastAPI, db: asyncpg.Connection) -> None:
+    async with _client(app, ADMIN_TOKEN) as http, AsyncClient(http=http) as client:
+        made = await client.webhooks.create("http://93.184.216.34/sdk", ["job.failed", "box.offline"])
+        assert made.secret.startswith("whsec_") and made.events == ["job.failed", "box.offline"]
+        assert [w.id for w in await client.webhooks.list()] == [made.id]
+        assert (await client.webhooks.get(made.id)).url == "http://93.184.216.34/sdk"
+        for i in range(3):
+            await db.execute(
+                "INSERT INTO webhook_deliveries (id, webhook_id, org_id, event, subject, state)"
+                " VALUES ($1, $2, 'default', 'box.offline', $3, 'failed')",
+                uuid.uuid4(),
+                uuid.UUID(made.id),
+                f"box-{i}",
+            )
+        got = [d async for d in client.webhooks.deliveries(made.id, page_size=2)]
+        assert len(got) == 3 and {d.subject for d in got} == {"box-0", "box-1", "box-2"}
+        assert len([d async for d in client.webhooks.deliveries(made.id, limit=1)]) == 1
+        with pytest.raises(InvalidInput, match="private address"):
+            await client.webhooks.create("http://10.0.0.1/", ["job.failed"])
+        await client.webhooks.delete(made.id)
+        with pytest.raises(NotFound):
+            await client.webhooks.get(made.id)
+
+
+async def test_cli_webhooks(cli: Cli, db: asyncpg.Connection) -> None:
+    out = await cli("webhooks", "create", "http://93.184.216.34/cli", "--event", "job.failed", "-e", "job.completed")
+    assert out.code == 0, out.stderr
+    secret = out.stdout.strip()
+    assert secret.startswith("whsec_") and "shown this once" in out.stderr
+    (listed,) = (await cli("webhooks", "--json")).json()
+    assert listed["url"] == "http://93.184.216.34/cli" and "secret" not in listed
+    assert secret not in (await cli("webhooks", "ls")).stdout
+    await db.execute(
+        "INSERT INTO webhook_deliveries (id, webhook_id, org_id, event, subject) VALUES ($1, $2, 'default', $3, $4)",
+        uuid.uuid4(),
+        uuid.UUID(listed["id"]),
+        "job.failed",
+        "the-subject",
+    )
+    out = await cli("webhooks", "deliveries", listed["id"])
+    assert out.code == 0 and "the-subject" in out.stdout and "pending" in out.stdout, out
+    assert (await cli("webhooks", "show", listed["id"], "--json")).json() == listed
+    refused = await cli("webhooks", "create", "http://169.254.169.254/", "-e", "job.failed")
+    one_line_error(refused, "link-local")
+    assert (await cli("webhooks", "rm", listed["id"])).code == 0
+    one_line_error(await cli("webhooks", "show", listed["id"]), "not found")

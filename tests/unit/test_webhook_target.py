@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import re
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,3 +106,22 @@ def test_allow_networks_setting() -> None:
     assert [str(n) for n in nets] == ["127.0.0.0/8", "::1/128"]
     with pytest.raises(ValueError, match="not a network"):
         Settings(webhook_allow_networks="127.0.0.0/8,nope")
+
+
+def test_the_receiver_example_of_docs_webhooks_md_works() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "webhooks.md").read_text()
+    match = re.search(r"```python\n(import hashlib.*?)```", text, re.S)
+    assert match is not None
+    namespace: dict[str, Any] = {}
+    exec(compile(match.group(1), "docs/webhooks.md", "exec"), namespace)
+    receive = namespace["receive"]
+    body = b'{"id":"d1","event":"job.failed","created_at":"x","data":{}}'
+    headers = {"X-Boxrun-Signature": sign("whsec_a", int(time.time()), body), "X-Boxrun-Delivery": "d1"}
+    handled: list[Any] = []
+    seen: set[str] = set()
+    assert receive("whsec_a", headers, body, seen, handled.append) == 200
+    assert receive("whsec_a", headers, body, seen, handled.append) == 200  # a retry: acknowledged
+    assert len(handled) == 1
+    assert receive("whsec_b", headers, body, seen, handled.append) == 401
+    stale = {**headers, "X-Boxrun-Signature": sign("whsec_a", int(time.time()) - 400, body)}
+    assert receive("whsec_a", stale, body, seen, handled.append) == 401
