@@ -219,6 +219,11 @@ async def test_a_receiver_failing_twice_gets_three_signed_identical_attempts_the
         assert body["id"] == done["id"] and body["event"] == "job.cancelled"
         shown = (await hooks_api.get(f"/api/jobs/{job_id}")).json()
         assert body["data"] == shown  # the job as GET /api/jobs/{id} shows it
+        # nothing of the webhook in Temporal: the workflow's payloads name the delivery only
+        history = await hooks_app.state.temporal.get_workflow_handle(workflow_id(done["id"])).fetch_history()
+        text = history.to_json()
+        for secret_or_target in (hook["secret"], str(rec.port), rec.got[0].body.decode()[:40]):
+            assert secret_or_target not in text
 
         # a redelivery: a new run of the same delivery (same id, same body, a fresh signature)
         resp = await hooks_api.post(f"/api/webhooks/{hook['id']}/deliveries/{done['id']}/redeliver")
