@@ -59,7 +59,7 @@ async def create_webhook(
     secret = new_secret()
     sealed = settings.secret_box().seal(secret)
     async with conn.transaction():
-        count = await conn.fetchval("SELECT count(*) FROM webhooks WHERE org_id = $1", user.org_id)
+        count = await conn.fetchval(Q.count_webhooks, user.org_id)
         if count >= MAX_WEBHOOKS_PER_ORG:
             raise Conflict(f"org {user.org_id} has {MAX_WEBHOOKS_PER_ORG} webhooks already: delete one first")
         row = await conn.fetchrow(

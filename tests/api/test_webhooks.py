@@ -42,15 +42,13 @@ from boxrun.settings import Settings
 from boxrun.transitions import transition
 from boxrun.webhook_target import verify
 from boxrun.workflows import WebhookDeliveryWorkflow
-from tests.api import test_cli
 from tests.api.conftest import ADMIN_TOKEN, BASE_URL
 from tests.api.helpers import assert_error
 from tests.api.people_fixtures import add_org, add_user
-from tests.api.test_cli import Cli, one_line_error
+from tests.api.test_cli import Cli, cli, one_line_error  # noqa: F401 (cli: the fixture)
 from tests.api.test_pipelines import stored_pipeline
 
 LOOPBACK = "127.0.0.0/8,::1/128"
-cli_fixture = test_cli.cli  # the `cli` fixture: the boxrun CLI on the in-process app
 
 
 # ---------------------------------------------------------------- a real receiver
@@ -488,7 +486,7 @@ async def test_sdk_webhooks(app: FastAPI, db: asyncpg.Connection) -> None:
             await client.webhooks.get(made.id)
 
 
-async def test_cli_webhooks(cli: Cli, db: asyncpg.Connection) -> None:
+async def test_cli_webhooks(cli: Cli, db: asyncpg.Connection) -> None:  # noqa: F811
     out = await cli("webhooks", "create", "http://93.184.216.34/cli", "--event", "job.failed", "-e", "job.completed")
     assert out.code == 0, out.stderr
     secret = out.stdout.strip()

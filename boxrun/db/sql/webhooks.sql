@@ -6,6 +6,9 @@ INSERT INTO webhooks (id, org_id, url, events, secret_sealed, created_by)
 VALUES ($1, $2, $3, $4, $5, $6)
 RETURNING *;
 
+-- name: count_webhooks
+SELECT count(*) FROM webhooks WHERE org_id = $1;
+
 -- name: list_webhooks
 SELECT * FROM webhooks WHERE org_id = $1 ORDER BY created_at, id;
 
