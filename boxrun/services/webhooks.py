@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -46,6 +47,13 @@ def _parse_id(value: str, what: str) -> uuid.UUID:
         raise NotFound(f"{what} {value[:80]!r} not found") from None
 
 
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a URL: what the audit keeps (a path or query may hold the receiver's
+    credentials, and audit rows are kept forever)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def new_secret() -> str:
     return f"whsec_{secrets.token_urlsafe(32)}"
 
@@ -73,7 +81,7 @@ async def create_webhook(
             "webhook.create",
             None,
             None,
-            {"id": str(row["id"]), "url": body.url, "events": list(body.events)},
+            {"id": str(row["id"]), "target": _origin(body.url), "events": list(body.events)},
         )
     return row, secret
 
@@ -99,7 +107,13 @@ async def delete_webhook(conn: asyncpg.Connection, user: User, webhook_id: str) 
         if row is None:
             raise NotFound(f"webhook {webhook_id} not found")
         await conn.execute(
-            Q.audit, user.org_id, user.name, "webhook.delete", None, None, {"id": str(wid), "url": row["url"]}
+            Q.audit,
+            user.org_id,
+            user.name,
+            "webhook.delete",
+            None,
+            None,
+            {"id": str(wid), "target": _origin(row["url"])},
         )
 
 

@@ -279,6 +279,7 @@ async def test_a_failing_receiver_ends_failed_when_the_webhook_is_deleted(
     audit = await db.fetch("SELECT action, detail FROM audit_log WHERE action LIKE 'webhook.%' ORDER BY id")
     assert [a["action"] for a in audit] == ["webhook.create", "webhook.delete"]
     assert all(hook["secret"] not in json.dumps(a["detail"]) for a in audit)
+    assert [a["detail"]["target"] for a in audit] == [f"http://127.0.0.1:{rec.port}"] * 2  # no path or query
 
 
 async def test_a_target_refused_at_delivery_is_an_attempt_with_the_reason(
