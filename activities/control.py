@@ -11,6 +11,7 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from boxrun.activities.webhooks import start_deliveries_after
 from boxrun.constants import artifact_key
 from boxrun.db import Q
 from boxrun.errors import InvalidTransition, NotFound
@@ -109,11 +110,13 @@ class ControlActivities:
         """Terminal transition + lease release in one transaction (terminal states absorb)."""
         async with self.pool.acquire() as conn:
             try:
-                return await finish(
+                done = await finish(
                     conn, inp.job_id, inp.to_state, exit_code=inp.exit_code, error=inp.error, error_kind=inp.error_kind
                 )
             except (NotFound, InvalidTransition, ValueError) as exc:
                 raise _permanent(exc) from exc
+        await start_deliveries_after(self.pool, inp.job_id)  # the job.<state> webhooks, committed with it
+        return done
 
     @activity.defn
     async def archive_logs(self, inp: ArchiveInput) -> ArchiveResult:

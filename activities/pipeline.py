@@ -10,6 +10,7 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from boxrun.activities.webhooks import start_deliveries_after
 from boxrun.errors import InvalidTransition, NotFound
 from boxrun.messages import PrepareAttemptInput, PreparedAttempt, RecordPipelineInput, RecordStepInput
 from boxrun.services import pipelines
@@ -29,7 +30,10 @@ class PipelineActivities:
     @activity.defn
     async def record_pipeline(self, inp: RecordPipelineInput) -> bool:
         async with self.pool.acquire() as conn:
-            return await pipelines.record_pipeline(conn, inp)
+            changed = await pipelines.record_pipeline(conn, inp)
+        if inp.state.terminal:
+            await start_deliveries_after(self.pool, inp.pipeline_id)  # the pipeline.<state> webhooks
+        return changed
 
     @activity.defn
     async def record_step(self, inp: RecordStepInput) -> bool:

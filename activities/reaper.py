@@ -14,6 +14,7 @@ from boxrun.db import Conn, Q
 from boxrun.messages import ReapResult
 from boxrun.placement import finish, release
 from boxrun.services.pipelines import end_rows, start_pipeline_workflow, stored_input
+from boxrun.services.webhooks import start_deliveries, start_deliveries_of
 from boxrun.services.workflow_start import job_input, start_job_workflow
 from boxrun.settings import Settings
 
@@ -49,6 +50,7 @@ class ReaperActivities:
                     continue  # unknown here, or already ended (step 1 frees any lease it kept)
                 done = await finish(conn, wf.id, JobState.FAILED, error=f"workflow {status} before the job ended")
                 log.warning("reaped job %s (workflow %s): now %s", wf.id, status, done.state)
+                await start_deliveries_of(self.pool, client, wf.id)  # its job.failed webhooks
                 wake += done.wake_job_ids
                 result.jobs_ended += 1
             # 3. queued jobs whose workflow never started (the API died between commit and start)
@@ -66,6 +68,9 @@ class ReaperActivities:
                 result.workflows_started += 1
             # 4. pipelines whose workflow never started, or closed before recording an end
             await self._reap_pipelines(conn, client, result)
+            # 5. webhooks: boxes that came online or went offline since the last sweep, and
+            # deliveries a crash left without a workflow (written, not started)
+            await self._sweep_webhooks(conn, client, result)
         for job_id in wake:
             try:
                 await client.get_workflow_handle(job_id).signal("wake")
@@ -92,3 +97,14 @@ class ReaperActivities:
             await end_rows(conn, pid, ended, f"workflow {name} before the pipeline ended")
             log.warning("reaped pipeline %s (workflow %s): now %s", pid, name, ended.value)
             result.pipelines_ended += 1
+
+    async def _sweep_webhooks(self, conn: Conn, client: Client, result: ReapResult) -> None:
+        flips = await conn.fetchrow(Q.box_liveness_flips, self.settings.box_offline_after_s)
+        assert flips is not None  # an aggregate: always one row
+        result.boxes_flipped += flips["flipped"]
+        if flips["delivery_ids"]:
+            await start_deliveries(conn, client, flips["delivery_ids"])
+        stale = [r["id"] for r in await conn.fetch(Q.stale_unstarted_deliveries, self.settings.webhook_start_grace_s)]
+        if stale:
+            result.deliveries_started += await start_deliveries(conn, client, stale)
+            log.warning("started %d webhook deliveries left without a workflow", len(stale))

@@ -40,6 +40,7 @@ from boxrun.api.routes import (
     secrets,
     session,
     ui,
+    webhooks,
 )
 from boxrun.db import create_pool, migrate_for
 from boxrun.errors import InvalidInput
@@ -170,6 +171,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (jobs, job_spec, logs, artifacts, files, boxes, people, audit, agent, pipelines, health, session):
         api.include_router(module.router)
     api.include_router(secrets.router)
+    api.include_router(webhooks.router)
     app.include_router(api)
     ui.mount(app)  # the dashboard, /ui/
 

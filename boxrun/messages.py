@@ -161,6 +161,9 @@ class ReapResult(BaseModel):
     jobs_ended: int = 0
     workflows_started: int = 0
     pipelines_ended: int = 0
+    # webhooks: boxes whose liveness flipped, delivery workflows a crash had left unstarted
+    boxes_flipped: int = 0
+    deliveries_started: int = 0
 
 
 class ReaperInput(BaseModel):
@@ -255,3 +258,23 @@ class RecordPipelineInput(BaseModel):
     pipeline_id: str
     state: PipelineState
     error: str | None = None
+
+
+# Webhooks.
+
+
+class DeliveryInput(BaseModel):
+    """A webhook delivery names its row only: the body, URL and secret stay in Postgres."""
+
+    delivery_id: str
+
+
+class DeliveryResult(BaseModel):
+    status_code: int | None = None
+    # True when the delivery was no longer pending (a duplicate start after it was delivered)
+    skipped: bool = False
+
+
+class GiveUpInput(BaseModel):
+    delivery_id: str
+    error: str

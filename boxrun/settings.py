@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import ipaddress
 import stat
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from boxrun.secretbox import SecretBox
 
 _PLACEHOLDER = "changethis"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(value: str) -> list[IPNetwork]:
+    """A comma-separated CIDR list (webhook_allow_networks); ValueError naming a bad entry."""
+    nets: list[IPNetwork] = []
+    for part in value.split(","):
+        if part := part.strip():
+            try:
+                nets.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise ValueError(f"not a network (CIDR): {part!r}") from None
+    return nets
 
 
 class Settings(BaseSettings):
@@ -100,6 +115,17 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(default=15.0, gt=0)
     wait_poll_interval_s: float = Field(default=30.0, gt=0)
 
+    # Webhooks.
+    # Networks webhook URLs may reach although they are private, loopback, link-local, multicast,
+    # reserved or unspecified (refused otherwise, at creation and at every delivery): CIDRs,
+    # comma-separated. Empty by default; the dev stack allows loopback (127.0.0.0/8,::1/128).
+    webhook_allow_networks: str = ""
+    # One delivery attempt (connect, send, answer) may take this long before it counts as failed.
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    # A delivery written but without a workflow this long (a crash between commit and start) is
+    # started by the reaper's sweep.
+    webhook_start_grace_s: float = Field(default=5.0, ge=0)
+
     # Agent (one box).
     box_name: str | None = None
     # The box's node token: in a file only the agent's user can read (node_token_file, preferred:
@@ -140,6 +166,16 @@ class Settings(BaseSettings):
                 f"{self.node_token_file} is open to group or others (mode {stat.S_IMODE(mode):04o}): chmod 600 it"
             )
         return self.node_token_file.read_text().strip() or None
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    def webhook_networks(self) -> list[IPNetwork]:
+        """webhook_allow_networks, parsed."""
+        return parse_networks(self.webhook_allow_networks)
 
     def secret_box(self) -> SecretBox:
         """The encryption of stored secrets, keyed by secrets_key."""

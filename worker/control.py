@@ -12,13 +12,14 @@ from boxrun.activities.control import ControlActivities
 from boxrun.activities.dispatch import DispatchActivities
 from boxrun.activities.pipeline import PipelineActivities
 from boxrun.activities.reaper import ReaperActivities
+from boxrun.activities.webhooks import WebhookActivities
 from boxrun.constants import CONTROL_TASK_QUEUE
 from boxrun.db import create_pool, migrate_for
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect, ensure_search_attributes
 from boxrun.worker.reaper import ensure_reaper
-from boxrun.workflows import JobWorkflow, PipelineWorkflow, ReaperWorkflow, StepWorkflow
+from boxrun.workflows import JobWorkflow, PipelineWorkflow, ReaperWorkflow, StepWorkflow, WebhookDeliveryWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,12 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
         dispatch = DispatchActivities(pool, claim_timeout_s=settings.dispatch_timeout_s)
         reaper = ReaperActivities(pool, settings)
         pipeline = PipelineActivities(pool, settings)
+        webhooks = WebhookActivities(pool, settings)
         worker = Worker(
             client,
             task_queue=CONTROL_TASK_QUEUE,
-            workflows=[JobWorkflow, ReaperWorkflow, PipelineWorkflow, StepWorkflow],
-            activities=[*activities.all(), *dispatch.all(), *pipeline.all(), reaper.reap],
+            workflows=[JobWorkflow, ReaperWorkflow, PipelineWorkflow, StepWorkflow, WebhookDeliveryWorkflow],
+            activities=[*activities.all(), *dispatch.all(), *pipeline.all(), *webhooks.all(), reaper.reap],
             # run_job waits here only until its box claims the job (then the API completes it)
             max_concurrent_activities=1000,
             # a crashed worker's sticky tasks move to the shared queue after 2 s

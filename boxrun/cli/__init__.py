@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from boxrun.cli import boxes, context, jobs, operator, people, pipelines, run, secrets, session
+from boxrun.cli import webhooks as webhooks_cli
 from boxrun.cli.context import UserCommand
 
 JOBS = "Jobs"
@@ -68,6 +69,7 @@ user(session.login, PEOPLE)
 app.add_typer(people.users_app, name="users", rich_help_panel=PEOPLE)
 app.add_typer(people.tokens_app, name="tokens", rich_help_panel=PEOPLE)
 app.add_typer(secrets.secrets_app, name="secrets", rich_help_panel=PEOPLE)
+app.add_typer(webhooks_cli.app, name="webhooks", rich_help_panel=PEOPLE)
 for command in (operator.api, operator.worker, operator.agent, operator.migrate, operator.openapi, operator.dev):
     app.command(rich_help_panel=OPERATOR)(command)
 

@@ -51,6 +51,14 @@ from boxrun.schemas.people import (
 )
 from boxrun.schemas.pipelines import PipelinePublic, PipelinesPublic
 from boxrun.schemas.secrets import SecretPut, SecretsPublic
+from boxrun.schemas.webhooks import (
+    WebhookCreate,
+    WebhookCreated,
+    WebhookDeliveriesPublic,
+    WebhookDeliveryPublic,
+    WebhookPublic,
+    WebhooksPublic,
+)
 
 LOG_PAGE = 5000  # lines per GET .../logs page (the API allows up to 10 000)
 MAX_TAIL = 10_000  # the most lines one GET .../logs?tail= answers
@@ -492,3 +500,37 @@ class BoxrunClient(Transport):
     async def delete_secret(self, name: str) -> None:
         """Delete secret `name` of your org (admins)."""
         await self.send("DELETE", f"/api/secrets/{_seg(name)}")
+
+    # ------------------------------------------------------------------ webhooks (docs/webhooks.md)
+
+    async def create_webhook(self, spec: WebhookCreate) -> WebhookCreated:
+        """A webhook of your org (admins): its signing `secret` is in this answer only."""
+        return await self.call(WebhookCreated, "POST", "/api/webhooks", json=spec.model_dump(mode="json"))
+
+    async def list_webhooks(self) -> WebhooksPublic:
+        return await self.call(WebhooksPublic, "GET", "/api/webhooks")
+
+    async def get_webhook(self, webhook_id: str) -> WebhookPublic:
+        return await self.call(WebhookPublic, "GET", f"/api/webhooks/{_seg(webhook_id)}")
+
+    async def delete_webhook(self, webhook_id: str) -> None:
+        await self.send("DELETE", f"/api/webhooks/{_seg(webhook_id)}")
+
+    async def webhook_deliveries(
+        self, webhook_id: str, *, limit: int = 50, cursor: str | None = None
+    ) -> WebhookDeliveriesPublic:
+        """One page of the webhook's deliveries, newest first, each with every attempt."""
+        params: dict[str, Any] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        return await self.call(
+            WebhookDeliveriesPublic, "GET", f"/api/webhooks/{_seg(webhook_id)}/deliveries", params=params
+        )
+
+    async def redeliver(self, webhook_id: str, delivery_id: str) -> WebhookDeliveryPublic:
+        """Send a delivery again (same id, same body); Conflict while it is still being attempted."""
+        return await self.call(
+            WebhookDeliveryPublic,
+            "POST",
+            f"/api/webhooks/{_seg(webhook_id)}/deliveries/{_seg(delivery_id)}/redeliver",
+        )

@@ -177,6 +177,7 @@ class DevStack:
             "BOXRUN_API_URL": f"http://127.0.0.1:{p['api']}",
             "BOXRUN_API_TOKEN": token,
             "BOXRUN_SECRETS_KEY": secrets_key,
+            "BOXRUN_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",  # webhooks to receivers on this machine
             "PYTHONUNBUFFERED": "1",
             **(self.opts.env or {}),
         }

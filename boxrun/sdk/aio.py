@@ -1,5 +1,6 @@
 """The SDK's one implementation (async): AsyncClient, its resources (jobs, pipelines, boxes,
-users, tokens, audit, secrets) and the handles they return (Job, Pipeline). `boxrun.sdk.Client` is the
+users, tokens, audit, secrets, webhooks) and the handles they return (Job, Pipeline).
+`boxrun.sdk.Client` is the
 same code run from synchronous callers (boxrun.sdk.sync)."""
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from boxrun.schemas.people import (
 )
 from boxrun.schemas.pipelines import PipelineEventPublic, PipelinePublic, PipelineSummary, StepPublic
 from boxrun.schemas.secrets import SecretPublic, SecretPut
+from boxrun.schemas.webhooks import WebhookCreate, WebhookCreated, WebhookDeliveryPublic, WebhookPublic
 from boxrun.sdk.config import Connection, resolve
 
 CHUNK = 1024 * 1024  # bytes read or written at a time for uploads and downloads
@@ -684,6 +686,51 @@ class Secrets(_Handle):
         await self._client.api.delete_secret(name)
 
 
+# ---------------------------------------------------------------------------------- webhooks
+
+
+class Webhooks(_Handle):
+    """`client.webhooks` (admins): create, list, get, delete, deliveries, redeliver (docs/webhooks.md)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(self, url: str, events: list[str]) -> WebhookCreated:
+        """A webhook of your org; the answer's `secret` (the signing key) is shown this once."""
+        spec = _build(WebhookCreate, {"url": url, "events": events})
+        return await self._client.api.create_webhook(spec)
+
+    async def list(self) -> list[WebhookPublic]:
+        return (await self._client.api.list_webhooks()).data
+
+    async def get(self, webhook_id: str) -> WebhookPublic:
+        return await self._client.api.get_webhook(webhook_id)
+
+    async def delete(self, webhook_id: str) -> None:
+        await self._client.api.delete_webhook(webhook_id)
+
+    async def deliveries(
+        self, webhook_id: str, *, limit: int | None = None, page_size: int = PAGE
+    ) -> AsyncIterator[WebhookDeliveryPublic]:
+        """The webhook's deliveries, newest first, each with every attempt, page by page."""
+        cursor: str | None = None
+        given = 0
+        while True:
+            page = await self._client.api.webhook_deliveries(webhook_id, limit=page_size, cursor=cursor)
+            for delivery in page.data:
+                yield delivery
+                given += 1
+                if limit is not None and given >= limit:
+                    return
+            cursor = page.next_cursor
+            if cursor is None:
+                return
+
+    async def redeliver(self, webhook_id: str, delivery_id: str) -> WebhookDeliveryPublic:
+        """Send a delivery again: the same delivery id and body, a fresh signature."""
+        return await self._client.api.redeliver(webhook_id, delivery_id)
+
+
 # ---------------------------------------------------------------------------------- the client
 
 
@@ -723,6 +770,7 @@ class AsyncClient(_Handle):
         self.tokens = Tokens(self)
         self.audit = Audit(self)
         self.secrets = Secrets(self)
+        self.webhooks = Webhooks(self)
 
     def __repr__(self) -> str:
         return f"<AsyncClient {self.url}>"

@@ -50,3 +50,13 @@ __all__ = [
     "UserCreated",
     "UserPublic",
 ]
+
+# webhooks (docs/webhooks.md)
+from boxrun.schemas.webhooks import (
+    WebhookAttemptPublic,
+    WebhookCreated,
+    WebhookDeliveryPublic,
+    WebhookPublic,
+)
+
+__all__ += ["WebhookAttemptPublic", "WebhookCreated", "WebhookDeliveryPublic", "WebhookPublic"]

@@ -30,9 +30,12 @@ async def app(settings: Settings, temporal_env: WorkflowEnvironment) -> AsyncIte
         yield app
         # Leave no workflow behind on the shared dev server: this test's database goes away.
         temporal = app.state.temporal
-        for job_id in await app.state.pool.fetch("SELECT id FROM jobs UNION ALL SELECT id FROM pipelines"):
+        for row in await app.state.pool.fetch(
+            "SELECT id::text FROM jobs UNION ALL SELECT id::text FROM pipelines"
+            " UNION ALL SELECT 'webhook-' || id FROM webhook_deliveries"
+        ):
             try:
-                await temporal.get_workflow_handle(str(job_id["id"])).terminate("test over")
+                await temporal.get_workflow_handle(row[0]).terminate("test over")
             except RPCError:
                 pass  # never started, or already closed
 

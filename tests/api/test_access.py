@@ -76,6 +76,8 @@ class World:
     admin_name: str
     spare_token_id: str  # a second token of org A's admin, that DELETE may revoke
     pipeline_id: str  # org A's pipeline, owned by the operator, ended (so its event stream ends)
+    webhook_id: str  # org A's webhook
+    delivery_id: str  # a delivery of it
     artifact: str = "out/a.txt"
     secret_name: str = "ACME_ONLY_SECRET"  # org A's secret (build_world puts it)
     markers: list[str] = field(default_factory=list)  # strings naming org A's rows
@@ -116,6 +118,7 @@ class Access:
 JOB = {"job_id": "job_id"}
 PIPELINE = {"pipeline_id": "pipeline_id"}
 BOX = {"name": "box"}
+WEBHOOK = {"webhook_id": "webhook_id"}
 
 
 def _window(w: World) -> dict[str, Any]:
@@ -221,6 +224,17 @@ ROUTES: dict[tuple[str, str], Access] = {
         Role.ADMIN, {"name": "secret_name"}, send=lambda w: {"json": {"value": "v"}}, names_in_own_org=True
     ),
     ("DELETE", "/api/secrets/{name}"): Access(Role.ADMIN, {"name": "secret_name"}),
+    # webhooks: org admins only
+    ("POST", "/api/webhooks"): Access(
+        Role.ADMIN, send=lambda w: {"json": {"url": "http://93.184.216.34/in", "events": ["job.failed"]}}
+    ),
+    ("GET", "/api/webhooks"): Access(Role.ADMIN),
+    ("GET", "/api/webhooks/{webhook_id}"): Access(Role.ADMIN, WEBHOOK),
+    ("DELETE", "/api/webhooks/{webhook_id}"): Access(Role.ADMIN, WEBHOOK),
+    ("GET", "/api/webhooks/{webhook_id}/deliveries"): Access(Role.ADMIN, WEBHOOK),
+    ("POST", "/api/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): Access(
+        Role.ADMIN, {**WEBHOOK, "delivery_id": "delivery_id"}
+    ),
     # the agent side: node tokens only
     ("GET", "/api/agent/me"): Access(NODE),
     ("POST", "/api/agent/session"): Access(NODE, send=lambda w: {"json": {"agent_version": "t", "slots": 1}}),
@@ -332,7 +346,20 @@ async def build_world(app: FastAPI, db: asyncpg.Connection) -> World:
     job_id = await insert_ended_job(db, ORG_A, operator.name, "acme-box")
     spare_token_id, _ = await add_token(db, admin.name, label="spare")
     pipeline_id = await insert_ended_pipeline(db, ORG_A, operator.name, "acme-box")
-    markers = [job_id, pipeline_id, "acme-box", "acme-spare", viewer.name, operator.name, admin.name]
+    async with client(app, admin.token) as a:
+        resp = await a.post("/api/webhooks", json={"url": "http://93.184.216.34/acme", "events": ["job.failed"]})
+        assert resp.status_code == 201, resp.text
+        webhook_id = resp.json()["id"]
+    delivery_id = str(uuid.uuid4())
+    await db.execute(
+        "INSERT INTO webhook_deliveries (id, webhook_id, org_id, event, subject, state)"
+        " VALUES ($1, $2, $3, 'job.failed', $4, 'failed')",
+        uuid.UUID(delivery_id),
+        uuid.UUID(webhook_id),
+        ORG_A,
+        job_id,
+    )
+    markers = [job_id, pipeline_id, "acme-box", "acme-spare", viewer.name, operator.name, admin.name, webhook_id]
     markers.append("ACME_ONLY_SECRET")
     return World(
         viewer=viewer,
@@ -351,6 +378,8 @@ async def build_world(app: FastAPI, db: asyncpg.Connection) -> World:
         admin_name=admin.name,
         spare_token_id=spare_token_id,
         pipeline_id=pipeline_id,
+        webhook_id=webhook_id,
+        delivery_id=delivery_id,
     )
 
 

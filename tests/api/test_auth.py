@@ -20,6 +20,8 @@ SAMPLE = {
     "path": "out/a.txt",
     "token_id": "tok_0123456789ab",
     "pipeline_id": str(uuid.uuid4()),
+    "webhook_id": str(uuid.uuid4()),
+    "delivery_id": str(uuid.uuid4()),
 }
 
 

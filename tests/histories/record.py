@@ -217,7 +217,30 @@ async def record_pipeline(stack: DevStack, client: Client) -> None:
         await save(client, name, workflow_id(pid))
 
 
-async def record(local: bool) -> None:
+WEBHOOK_HISTORY = "webhook_delivered_after_retry"
+
+
+async def record_webhook(api: httpx.AsyncClient, client: Client) -> None:
+    """A job.failed delivery to a receiver on loopback that answers 500, then 200."""
+    from tests.api.test_webhooks import receiver  # the tests' real HTTP receiver
+
+    async with receiver([500]) as rec:
+        resp = await api.post("/api/webhooks", json={"url": rec.url, "events": ["job.failed"]})
+        assert resp.status_code == 201, resp.text
+        hook = resp.json()
+        await failed_exit_code(api)
+        await rec.wait_for(2)
+
+        async def delivered() -> str | None:
+            got = (await api.get(f"/api/webhooks/{hook['id']}/deliveries")).json()["data"]
+            return got[0]["id"] if got and got[0]["state"] == "delivered" else None
+
+        delivery_id = await wait_for(delivered, what="the delivery delivered")
+        await api.delete(f"/api/webhooks/{hook['id']}")
+    await save(client, WEBHOOK_HISTORY, f"webhook-{delivery_id}")
+
+
+async def record(local: bool, *, only_webhook: bool = False) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="boxrun-record-")) / "dev"
     env = {**ENV, "BOXRUN_LOCAL_CONTROL_ACTIVITIES": "true" if local else "false"}
     stack = DevStack(StackOptions(data_dir=data_dir, boxes=1, env=env), resolve_ports(None, auto=True))
@@ -226,12 +249,14 @@ async def record(local: bool) -> None:
         client = await connect(endpoints["temporal_address"])
         headers = {"Authorization": f"Bearer {endpoints['token']}"}
         async with httpx.AsyncClient(base_url=endpoints["api_url"], headers=headers, timeout=30) as api:
+            if not local:
+                await record_webhook(api, client)
             for name, scenario in SCENARIOS.items():
-                if local and name not in LOCAL_SCENARIOS:
+                if only_webhook or (local and name not in LOCAL_SCENARIOS):
                     continue
                 job_id = await scenario(api)
                 await save(client, f"job_{name}{'_local' if local else ''}", job_id)
-        if not local:
+        if not local and not only_webhook:
             await record_pipeline(stack, client)
             await record_reaper(client)
     finally:
@@ -240,6 +265,9 @@ async def record(local: bool) -> None:
 
 
 async def main() -> int:
+    if sys.argv[1:] == ["webhook"]:  # only the webhook delivery's history (a new workflow, the rest unchanged)
+        await record(False, only_webhook=True)
+        return 0
     for old in HERE.glob("*.json"):
         old.unlink()
     for local in (False, True):

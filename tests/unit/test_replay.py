@@ -14,8 +14,8 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from boxrun.workflows import JobWorkflow, PipelineWorkflow, ReaperWorkflow, StepWorkflow
-from tests.histories.record import LOCAL_SCENARIOS, PIPELINE_HISTORIES, SCENARIOS
+from boxrun.workflows import JobWorkflow, PipelineWorkflow, ReaperWorkflow, StepWorkflow, WebhookDeliveryWorkflow
+from tests.histories.record import LOCAL_SCENARIOS, PIPELINE_HISTORIES, SCENARIOS, WEBHOOK_HISTORY
 
 HISTORIES = Path(__file__).parent.parent / "histories"
 EXPECTED = {
@@ -24,6 +24,7 @@ EXPECTED = {
     "reaper_running",
     "reaper_continued_as_new",
     *PIPELINE_HISTORIES,
+    WEBHOOK_HISTORY,
 }
 
 
@@ -35,6 +36,7 @@ def test_every_recorded_scenario_is_there():
 async def test_history_replays_on_current_code(name: str):
     history = WorkflowHistory.from_json(name, (HISTORIES / f"{name}.json").read_text())
     replayer = Replayer(
-        workflows=[JobWorkflow, ReaperWorkflow, PipelineWorkflow, StepWorkflow], data_converter=pydantic_data_converter
+        workflows=[JobWorkflow, ReaperWorkflow, PipelineWorkflow, StepWorkflow, WebhookDeliveryWorkflow],
+        data_converter=pydantic_data_converter,
     )
     await replayer.replay_workflow(history)  # raises on non-determinism or a workflow task failure
