@@ -1,4 +1,5 @@
-"""Fakes for unit tests of the box side (named as fakes: they stand in for the API)."""
+"""Fakes for unit tests (named as fakes: they stand in for the API): the box side's log sink, and
+the JSON a mock API answers for a job."""
 
 from __future__ import annotations
 
@@ -21,3 +22,29 @@ class MemorySinkFake:
     def ordered(self) -> list[tuple[str, str]]:
         assert sorted(self.lines) == list(range(1, len(self.lines) + 1)), "seqs must be contiguous from 1"
         return [(self.lines[s]["stream"], self.lines[s]["text"]) for s in sorted(self.lines)]
+
+
+def job_json(job_id: str = "job-1", state: str = "queued", **fields: Any) -> dict[str, Any]:
+    """A job as GET /api/jobs/{id} answers it, for mock APIs; `fields` override or add keys."""
+    return {
+        "id": job_id,
+        "state": state,
+        "owner": "tester",
+        "box": "local-1",
+        "box_group": None,
+        "requires": [],
+        "lock": False,
+        "priority": 0,
+        "timeout_s": 60,
+        "cancel_grace_s": 10,
+        "log_lines": 0,
+        "log_archive": None,
+        "exit_code": 0 if state == "completed" else None,
+        "error": None,
+        "idempotency_key": None,
+        "created_at": "2026-12-01T10:00:00Z",
+        "started_at": None,
+        "finished_at": None,
+        "temporal_ui_url": "http://ui.test",
+        **fields,
+    }

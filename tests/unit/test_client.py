@@ -31,33 +31,14 @@ from boxrun.errors import (
     Unavailable,
 )
 from boxrun.schemas import JobPublic
+from tests.unit.fakes import job_json as fake_job_json
 
 URL = "http://boxrun.test"
 JOB = "6f1c1d2e-0000-4000-8000-000000000001"
 
 
 def job_json(state: str = "running") -> dict[str, object]:
-    return {
-        "id": JOB,
-        "state": state,
-        "owner": "tester",
-        "box": "local-1",
-        "box_group": None,
-        "requires": [],
-        "lock": False,
-        "priority": 0,
-        "timeout_s": 60,
-        "cancel_grace_s": 10,
-        "log_lines": 0,
-        "log_archive": None,
-        "exit_code": None,
-        "error": None,
-        "idempotency_key": None,
-        "created_at": "2026-12-01T10:00:00Z",
-        "started_at": None,
-        "finished_at": None,
-        "temporal_ui_url": "http://ui.test",
-    }
+    return fake_job_json(JOB, state, exit_code=None)
 
 
 def mock_client(handler: Callable[[httpx.Request], httpx.Response]) -> BoxrunClient:

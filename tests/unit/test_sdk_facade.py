@@ -30,34 +30,14 @@ from boxrun.sdk import (
     aio,
 )
 from boxrun.sdk.sync import Sync
+from tests.unit.fakes import job_json as fake_job_json
 
 URL = "http://boxrun.test"
 STORAGE = "http://storage.test"
 
 
 def job_json(job_id: str, state: str = "queued", **more: Any) -> dict[str, Any]:
-    return {
-        "id": job_id,
-        "state": state,
-        "owner": "tester",
-        "box": "local-1",
-        "box_group": None,
-        "requires": [],
-        "lock": False,
-        "priority": 0,
-        "timeout_s": 60,
-        "cancel_grace_s": 10,
-        "log_lines": 0,
-        "log_archive": None,
-        "exit_code": 0 if state == "completed" else None,
-        "error": None,
-        "idempotency_key": None,
-        "created_at": more.pop("created_at", "2026-12-01T10:00:00Z"),
-        "started_at": None,
-        "finished_at": None,
-        "temporal_ui_url": "http://ui.test",
-        **more,
-    }
+    return fake_job_json(job_id, state, **more)
 
 
 def line(seq: int, stream: str = "stdout") -> dict[str, Any]:

@@ -16,6 +16,7 @@ import pytest
 
 from boxrun.sdk import Client, aio, stubgen, sync
 from boxrun.sdk.models import JobPublic, PipelinePublic
+from tests.unit.fakes import job_json as fake_job_json
 
 ROOT = Path(__file__).resolve().parents[2]
 STUB = ROOT / "boxrun" / "sdk" / "sync.pyi"
@@ -53,29 +54,7 @@ def test_the_stub_declares_what_sync_exports_and_only_type_names_besides() -> No
 
 
 def job_json(job_id: str = "job-1") -> dict[str, Any]:
-    return JobPublic.model_validate(
-        {
-            "id": job_id,
-            "state": "queued",
-            "owner": "tester",
-            "box": "local-1",
-            "box_group": None,
-            "requires": [],
-            "lock": False,
-            "priority": 0,
-            "timeout_s": 60,
-            "cancel_grace_s": 10,
-            "log_lines": 0,
-            "log_archive": None,
-            "exit_code": None,
-            "error": None,
-            "idempotency_key": None,
-            "created_at": "2026-12-01T10:00:00Z",
-            "started_at": None,
-            "finished_at": None,
-            "temporal_ui_url": "http://ui.test",
-        }
-    ).model_dump(mode="json")
+    return JobPublic.model_validate(fake_job_json(job_id)).model_dump(mode="json")
 
 
 @pytest.fixture
