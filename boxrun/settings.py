@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(default=15.0, gt=0)
     wait_poll_interval_s: float = Field(default=30.0, gt=0)
 
+    # Retention and quotas (docs/retention.md).
+    # A job's stored transcript keeps its head and its tail within this many bytes unless its org
+    # sets its own cap (PUT /api/org/quota); the job keeps running past it.
+    transcript_cap_bytes: int = Field(default=1 << 30, ge=64 << 10)
+    # How often the retention schedule (a Temporal Schedule, `boxrun-retention`) runs.
+    retention_interval_s: float = Field(default=3600.0, ge=1)
+
     # Webhooks.
     # Networks webhook URLs may reach although they are private, loopback, link-local, multicast,
     # reserved or unspecified (refused otherwise, at creation and at every delivery): CIDRs,
