@@ -134,13 +134,13 @@ class WebhookActivities:
                         break
             finally:
                 await response.aclose()
-        return response.status_code, kept.decode("utf-8", "replace")
+        return response.status_code, kept.decode("utf-8", "replace").replace("\x00", "\ufffd")  # see _storable
 
     async def _record(
         self, delivery_id: str, status: int | None, error: str | None, took_ms: int, response: str | None
     ) -> None:
         async with self.pool.acquire() as conn:
-            await conn.execute(Q.insert_attempt, delivery_id, status, error, took_ms, response)
+            await conn.execute(Q.insert_attempt, delivery_id, status, _storable(error), took_ms, _storable(response))
 
 
 async def start_deliveries_after(pool: asyncpg.Pool, subject: str) -> None:
@@ -155,6 +155,13 @@ async def start_deliveries_after(pool: asyncpg.Pool, subject: str) -> None:
         await start_deliveries_of(pool, client, subject)
     except (asyncpg.PostgresError, OSError) as exc:
         log.warning("could not start the webhook deliveries of %s (the reaper will): %s", subject, exc)
+
+
+def _storable(text: str | None) -> str | None:
+    """Text a receiver chose (its answer's body, an error quoting what it sent) as Postgres text
+    holds it: no NUL (U+FFFD instead). A NUL would fail the attempt's INSERT: after a 2xx the
+    delivery would never be marked delivered and would be sent again for a day, recorded nowhere."""
+    return None if text is None else text.replace("\x00", "\ufffd")
 
 
 def _ms(began: float) -> int:

@@ -58,6 +58,25 @@ def parse_url(url: str) -> Target:
     return Target(url=url, scheme=parts.scheme, host=host, port=port or (443 if parts.scheme == "https" else 80))
 
 
+# IPv6 prefixes that carry an IPv4 address a router or translator may forward to: 6to4 (2002::/16,
+# the IPv4 address in bits 16..48) and NAT64 (the well-known 64:ff9b::/96 and the local-use
+# 64:ff9b:1::/48, the IPv4 address in the last 32 bits). Such an address is refused when the IPv4
+# address inside it would be: 2002:7f00:1:: is 127.0.0.1 to a 6to4 relay, whatever the Python
+# version's ipaddress tables say of the prefix itself.
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if addr in _SIX_TO_FOUR:
+        return addr.sixtofour
+    if any(addr in net for net in _NAT64):
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr.teredo is not None:
+        return addr.teredo[1]  # the client's address (Teredo is not global anyway)
+    return None
+
+
 def refusal(addr: IPAddress, allow: Sequence[IPNetwork]) -> str | None:
     """What kind of address `addr` is if a delivery may not connect to it ("a private address"),
     else None."""
@@ -65,6 +84,12 @@ def refusal(addr: IPAddress, allow: Sequence[IPNetwork]) -> str | None:
         addr = addr.ipv4_mapped
     if any(addr.version == net.version and addr in net for net in allow):
         return None
+    if isinstance(addr, ipaddress.IPv6Address):
+        inner = _embedded_ipv4(addr)
+        if inner is not None:
+            why = refusal(inner, allow)
+            if why is not None:
+                return f"{why} ({inner}) inside an IPv6 address"
     for kind, bad in (
         ("an unspecified", addr.is_unspecified),
         ("a loopback", addr.is_loopback),
