@@ -221,7 +221,7 @@ async def test_a_resolved_value_appears_nowhere_but_the_claiming_boxs_bundle(
     tables = [r["tablename"] for r in await db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
     assert "jobs" in tables and "secrets" in tables
     for table in tables:
-        rows = await db.fetch(f'SELECT t::text AS row FROM "{table}" t')  # noqa: S608 (names from pg_tables)
+        rows = await db.fetch(f'SELECT t::text AS row FROM "{table}" t')  # (names from pg_tables)
         assert not any(VALUE in r["row"] for r in rows), f"the value in a row of {table}"
     history = await history_bytes(app, job_id)
     assert job_id.encode() in history and VALUE.encode() not in history
