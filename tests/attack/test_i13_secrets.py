@@ -249,3 +249,26 @@ async def test_a_matrix_value_cannot_smuggle_a_reference(
         assert_error(resp, 422, "invalid_input")
         assert VALUE not in resp.text
     assert (await api.get("/api/jobs")).json()["count"] == 0
+
+
+async def test_a_reference_whose_name_comes_from_the_matrix_is_checked_after_expansion(
+    api: httpx.AsyncClient, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    """Decided: `${{ secrets.${{ matrix.n }} }}` is allowed. The name is composed of the pipeline's
+    own text (its env and its matrix, both written by the submitter), so it names nothing the
+    submitter could not have written out; after expansion each step's reference is checked against
+    the org like any other (422 naming the step, nothing written) and frozen as reference text."""
+    await make_box("sbox")
+    await put(api, "DB_PASSWORD", VALUE)
+    await put(api, "API_TOKEN", "t0ken-" + VALUE)
+    step = {"box": "sbox", "script": "true", "env": {"P": "${{ secrets.${{ matrix.n }} }}"}}
+    resp = await api.post("/api/pipelines", json={"steps": {"s": {**step, "matrix": {"n": ["DB_PASSWORD", "NOPE"]}}}})
+    assert_error(resp, 422, "invalid_input", detail="refers to secret NOPE", field="body.steps.s[n=NOPE].env.P")
+    assert (await api.get("/api/jobs")).json()["count"] == 0
+    resp = await api.post(
+        "/api/pipelines", json={"steps": {"s": {**step, "matrix": {"n": ["DB_PASSWORD", "API_TOKEN"]}}}}
+    )
+    assert resp.status_code == 201, resp.text
+    assert VALUE not in resp.text
+    pipeline = await api.get(f"/api/pipelines/{resp.json()['id']}")
+    assert pipeline.status_code == 200 and VALUE not in pipeline.text
