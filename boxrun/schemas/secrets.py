@@ -25,6 +25,8 @@ class SecretPut(BaseModel):
     def _size(cls, v: str) -> str:
         if len(v.encode()) > MAX_SECRET_BYTES:  # the message states the rule, never the value
             raise ValueError(f"a secret value is at most {MAX_SECRET_BYTES} bytes as UTF-8")
+        if not v.strip():  # the box could mask it only by blanking every space of the transcript
+            raise ValueError("a secret value is not only spaces or line breaks")
         return v
 
     def __repr__(self) -> str:  # a value must not reach a log line through a repr

@@ -272,3 +272,13 @@ async def test_a_reference_whose_name_comes_from_the_matrix_is_checked_after_exp
     assert VALUE not in resp.text
     pipeline = await api.get(f"/api/pipelines/{resp.json()['id']}")
     assert pipeline.status_code == 200 and VALUE not in pipeline.text
+
+
+async def test_a_value_of_only_whitespace_is_refused(api: httpx.AsyncClient) -> None:
+    """The box could mask it only by blanking every space of the transcript (and so masks it
+    nowhere): such a value is refused at the PUT, without repeating it."""
+    for value in (" ", "   ", "\t", "\n", " \r\n \t", "\u00a0\u2003"):
+        resp = await api.put("/api/secrets/BLANK", json={"value": value})
+        assert_error(resp, 422, "invalid_input", detail="not only spaces", field="body.value")
+    assert (await api.get("/api/secrets")).json() == {"data": []}
+    await put(api, "PADDED", " x ")  # spaces around something are fine
