@@ -3,6 +3,7 @@ delivery workflows after the change that wrote them committed (docs/webhooks.md)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -26,7 +27,7 @@ from boxrun.messages import DeliveryInput
 from boxrun.schemas.webhooks import WebhookCreate
 from boxrun.services.identity import User
 from boxrun.settings import Settings
-from boxrun.webhook_target import check_url
+from boxrun.webhook_target import TargetRefused, check_url, parse_url
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,14 @@ async def create_webhook(
 ) -> tuple[asyncpg.Record, str]:
     """A new webhook of the caller's org (the route admits admins only) and its signing secret,
     stored sealed and returned this once. The URL is checked here (and again at every delivery)."""
-    await check_url(body.url, settings.webhook_networks())
+    try:
+        # bounded as an attempt is: a name whose DNS never answers must not hold the request
+        async with asyncio.timeout(settings.webhook_timeout_s):
+            await check_url(body.url, settings.webhook_networks())
+    except TimeoutError:
+        raise TargetRefused(
+            f"{parse_url(body.url).host} did not resolve within {settings.webhook_timeout_s:g} s", field="body.url"
+        ) from None
     secret = new_secret()
     sealed = settings.secret_box().seal(secret)
     async with conn.transaction():

@@ -197,6 +197,9 @@ async def test_a_resolved_value_appears_nowhere_but_the_claiming_boxs_bundle(
     done = await box.agent.post(f"/api/agent/jobs/{job_id}/result", json={"exit_code": 0})
     assert done.status_code == 204, done.text
     await ended(api, job_id)
+    # the job is over: its own box cannot fetch the values again either (a token stolen later)
+    late = await box.agent.get(f"/api/agent/jobs/{job_id}/bundle")
+    assert late.status_code in (404, 409) and VALUE not in late.text
 
     seen = []
     for path in (

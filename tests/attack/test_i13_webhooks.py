@@ -19,13 +19,16 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import ActivityEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from boxrun.activities.webhooks import MAX_RESPONSE, WebhookActivities
+from boxrun.api.app import create_app
 from boxrun.constants import JobState
 from boxrun.messages import DeliveryInput
 from boxrun.services.identity import Role
+from boxrun.settings import Settings
 from boxrun.transitions import transition
+from tests.api.conftest import ADMIN_TOKEN
 from tests.api.helpers import assert_error
 from tests.api.people_fixtures import add_org, add_user
 from tests.api.test_webhooks import (  # noqa: F401 (hooks_app, hooks_api: fixtures)
@@ -504,3 +507,28 @@ async def test_another_webhooks_delivery_and_another_orgs_ids_are_404(
     # org A's webhooks and delivery are untouched
     assert len((await hooks_api.get("/api/webhooks")).json()["data"]) == 2
     assert len(await deliveries(hooks_api, b["id"])) == 1
+
+
+async def test_a_name_whose_dns_never_answers_does_not_hold_the_creation(
+    settings: Settings, temporal_env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resolving at creation is bounded by webhook_timeout_s, as an attempt is: 422, not a request
+    (and an executor thread) held for as long as the name's servers care to stall."""
+    real = socket.getaddrinfo
+
+    def stalling(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("stall.boxrun.test", b"stall.boxrun.test"):
+            time.sleep(4)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", stalling)
+    target = temporal_env.client.service_client.config.target_host
+    app = create_app(
+        settings.model_copy(update={"temporal_address": target, "api_token": ADMIN_TOKEN, "webhook_timeout_s": 0.5})
+    )
+    async with app.router.lifespan_context(app), _client(app, ADMIN_TOKEN) as api:
+        began = time.monotonic()
+        resp = await api.post("/api/webhooks", json={"url": "http://stall.boxrun.test/", "events": ["job.failed"]})
+        took = time.monotonic() - began
+    assert_error(resp, 422, "invalid_input", detail="did not resolve within 0.5 s", field="body.url")
+    assert took < 2
