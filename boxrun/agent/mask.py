@@ -71,8 +71,16 @@ class _Pattern:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        n = len(data)
-        border = [0] * (n + 1)  # KMP: border[i] = longest proper border of data[:i]
+        self._analysed = False
+        self.unit = data
+        self.shifts: list[int] = []
+        self.overlaps = False  # two occurrences can overlap
+
+    def _analyse(self) -> None:
+        """The pattern's periods (KMP borders): done once, when it first occurs in the output
+        (O(len) Python steps; most secrets of a job are never printed)."""
+        data, n = self.data, len(self.data)
+        border = [0] * (n + 1)  # border[i] = longest proper border of data[:i]
         k = 0
         for i in range(1, n):
             while k and data[i] != data[k]:
@@ -88,8 +96,8 @@ class _Pattern:
         period = periods[0] if periods else n
         self.unit = data[n - period :]
         self.shifts = sorted((d for d in periods if d % period), reverse=True)
-        self.overlaps = period < n  # two occurrences can overlap
-        self.marks = bytes([_COVERED]) * n
+        self.overlaps = period < n
+        self._analysed = True
 
     def cover(self, data: bytes, covered: bytearray) -> None:
         """Mark every byte of `data` inside an occurrence of the pattern in `covered`."""
@@ -122,8 +130,10 @@ class _Pattern:
         """`data` with the bytes of every occurrence turned into _COVERED. Occurrences of a pattern
         that cannot overlap itself are exactly the ones str.replace finds (in C); the others are
         followed by `cover`."""
+        if not self._analysed:
+            self._analyse()
         if not self.overlaps:
-            return data.replace(self.data, self.marks)
+            return data.replace(self.data, bytes([_COVERED]) * len(self.data))
         covered = bytearray(data)
         self.cover(data, covered)
         return bytes(covered)
