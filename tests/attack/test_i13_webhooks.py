@@ -7,8 +7,10 @@ is missing (docs/webhooks.md)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import time
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -532,3 +534,32 @@ async def test_a_name_whose_dns_never_answers_does_not_hold_the_creation(
         took = time.monotonic() - began
     assert_error(resp, 422, "invalid_input", detail="did not resolve within 0.5 s", field="body.url")
     assert took < 2
+
+
+async def test_a_compressed_answer_is_not_inflated(
+    hooks_app: FastAPI, hooks_api: httpx.AsyncClient, db: asyncpg.Connection  # noqa: F811
+) -> None:
+    """A gzip bomb: a few hundred KiB that inflate to 256 MiB. Decoding even one network read of it
+    costs tens of MiB, per delivery in flight (a thousand activity slots): the answer is asked
+    for uncompressed and kept as received, never inflated."""
+    bomb = gzip.compress(b"\0" * (256 << 20), compresslevel=9)
+    asked: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        asked.append(await read_request(reader))
+        await respond(writer, 200, bomb, extra="Content-Encoding: gzip\r\n")
+
+    async with raw_server(answer) as port:
+        hook = await hook_at(hooks_api, port)
+        delivery = await failed_job_delivery(db)
+        tracemalloc.start()
+        try:
+            result = await attempt(hooks_app, delivery, timeout_s=5.0)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert result.status_code == 200
+    assert peak < 8 << 20, f"{peak >> 20} MiB allocated for one attempt"
+    assert b"accept-encoding: identity\r\n" in asked[0].lower()
+    (done,) = await deliveries(hooks_api, hook["id"])
+    assert done["state"] == "delivered" and len(done["attempts"][0]["response"]) <= MAX_RESPONSE
