@@ -537,7 +537,9 @@ async def test_a_name_whose_dns_never_answers_does_not_hold_the_creation(
 
 
 async def test_a_compressed_answer_is_not_inflated(
-    hooks_app: FastAPI, hooks_api: httpx.AsyncClient, db: asyncpg.Connection  # noqa: F811
+    hooks_app: FastAPI,  # noqa: F811
+    hooks_api: httpx.AsyncClient,  # noqa: F811
+    db: asyncpg.Connection,
 ) -> None:
     """A gzip bomb: a few hundred KiB that inflate to 256 MiB. Decoding even one network read of it
     costs tens of MiB, per delivery in flight (a thousand activity slots): the answer is asked
