@@ -565,3 +565,30 @@ async def test_a_compressed_answer_is_not_inflated(
     assert b"accept-encoding: identity\r\n" in asked[0].lower()
     (done,) = await deliveries(hooks_api, hook["id"])
     assert done["state"] == "delivered" and len(done["attempts"][0]["response"]) <= MAX_RESPONSE
+
+
+async def test_endless_headers_are_bounded(
+    hooks_app: FastAPI,  # noqa: F811
+    hooks_api: httpx.AsyncClient,  # noqa: F811
+    db: asyncpg.Connection,
+) -> None:
+    """A receiver that sends header lines forever: refused by the HTTP parser's bound (or the
+    timeout), an attempt without a status, retried; never an unbounded buffer."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(200_000):
+            writer.write(f"X-Pad-{i}: {'a' * 100}\r\n".encode())
+            await writer.drain()
+
+    async with raw_server(answer) as port:
+        hook = await hook_at(hooks_api, port)
+        delivery = await failed_job_delivery(db)
+        began = time.monotonic()
+        with pytest.raises(ApplicationError) as err:
+            await attempt(hooks_app, delivery, timeout_s=2.0)
+        took = time.monotonic() - began
+    assert err.value.type in ("WebhookUnreachable", "WebhookTimeout") and took < 4
+    (pending,) = await deliveries(hooks_api, hook["id"])
+    assert pending["state"] == "pending" and pending["attempts"][0]["status_code"] is None
