@@ -43,6 +43,11 @@ class Resolved:
     env: dict[str, str]
     mask: list[str]
 
+    def __repr__(self) -> str:  # values must not reach a log line or a traceback through a repr
+        return f"Resolved(env=<{len(self.env)} keys>, mask=<{len(self.mask)} values>)"
+
+    __str__ = __repr__
+
 
 def valid_name(name: str) -> bool:
     return bool(_NAME.match(name))

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from boxrun.agent.lines import LineFramer
 from boxrun.agent.logpump import LogPump
 from boxrun.agent.mask import Masker
+from boxrun.services.secrets import Resolved
 from tests.api.helpers import Box, assert_error
 from tests.api.test_agent import session
 from tests.api.test_secrets import control_worker, ended, history_bytes, offered, put  # noqa: F401 (control_worker)
@@ -285,3 +286,11 @@ async def test_a_value_of_only_whitespace_is_refused(api: httpx.AsyncClient) -> 
         assert_error(resp, 422, "invalid_input", detail="not only spaces", field="body.value")
     assert (await api.get("/api/secrets")).json() == {"data": []}
     await put(api, "PADDED", " x ")  # spaces around something are fine
+
+
+def test_resolved_values_do_not_show_in_a_repr() -> None:
+    """What resolution returns holds the values: an f-string, a log line or a traceback's locals
+    printing it must not print them."""
+    resolved = Resolved(env={"PW": VALUE}, mask=[VALUE])
+    for shown in (repr(resolved), str(resolved), f"{resolved}", repr([resolved])):
+        assert VALUE not in shown
