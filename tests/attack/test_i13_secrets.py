@@ -23,7 +23,9 @@ from boxrun.agent.logpump import LogPump
 from boxrun.agent.mask import Masker
 from boxrun.services.secrets import Resolved
 from tests.api.helpers import Box, assert_error
+from tests.api.people_fixtures import add_org, add_user
 from tests.api.test_agent import session
+from tests.api.test_secrets import client as _client
 from tests.api.test_secrets import control_worker, ended, history_bytes, offered, put  # noqa: F401 (control_worker)
 from tests.unit.test_secret_masking import Sink
 
@@ -294,3 +296,23 @@ def test_resolved_values_do_not_show_in_a_repr() -> None:
     resolved = Resolved(env={"PW": VALUE}, mask=[VALUE])
     for shown in (repr(resolved), str(resolved), f"{resolved}", repr([resolved])):
         assert VALUE not in shown
+
+
+async def test_a_revoked_admin_token_reaches_no_secret_route(
+    app: FastAPI, api: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await add_org(db, "acme")
+    admin = await add_user(db, "acme-admin", "acme", "admin")
+    async with _client(app, admin.token) as acme:
+        await put(acme, "KEEP", VALUE)
+        await db.execute("UPDATE api_tokens SET revoked_at = now() WHERE id = $1", admin.token_id)
+        for method, path, body in (
+            ("GET", "/api/secrets", None),
+            ("PUT", "/api/secrets/KEEP", {"value": "overwritten"}),
+            ("PUT", "/api/secrets/NEW_ONE", {"value": "x"}),
+            ("DELETE", "/api/secrets/KEEP", None),
+        ):
+            resp = await acme.request(method, path, json=body)
+            assert resp.status_code == 401, (method, path, resp.text)
+    rows = await db.fetch("SELECT name, updated_by FROM secrets WHERE org_id = 'acme'")
+    assert [(r["name"], r["updated_by"]) for r in rows] == [("KEEP", "acme-admin")]
