@@ -75,6 +75,8 @@ async def create_webhook(
     secret = new_secret()
     sealed = settings.secret_box().seal(secret)
     async with conn.transaction():
+        # creates of one org in turn: count-then-insert alone lets simultaneous ones all fit
+        await conn.execute(Q.lock_org, user.org_id)
         count = await conn.fetchval(Q.count_webhooks, user.org_id)
         if count >= MAX_WEBHOOKS_PER_ORG:
             raise Conflict(f"org {user.org_id} has {MAX_WEBHOOKS_PER_ORG} webhooks already: delete one first")

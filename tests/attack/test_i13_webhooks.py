@@ -592,3 +592,19 @@ async def test_endless_headers_are_bounded(
     assert err.value.type in ("WebhookUnreachable", "WebhookTimeout") and took < 4
     (pending,) = await deliveries(hooks_api, hook["id"])
     assert pending["state"] == "pending" and pending["attempts"][0]["status_code"] is None
+
+
+async def test_the_per_org_limit_holds_under_concurrent_creates(api: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    """Count-then-insert in READ COMMITTED lets simultaneous creates all see 98 and all insert:
+    the org's row is locked first, so exactly the two that fit get in."""
+    for i in range(98):
+        resp = await api.post("/api/webhooks", json={"url": f"http://93.184.216.34/{i}", "events": ["job.failed"]})
+        assert resp.status_code == 201, resp.text
+    burst = await asyncio.gather(
+        *(
+            api.post("/api/webhooks", json={"url": f"http://93.184.216.34/b{i}", "events": ["job.failed"]})
+            for i in range(12)
+        )
+    )
+    assert sorted(r.status_code for r in burst) == [201] * 2 + [409] * 10
+    assert await db.fetchval("SELECT count(*) FROM webhooks WHERE org_id = 'default'") == 100
