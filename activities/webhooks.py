@@ -106,10 +106,11 @@ class WebhookActivities:
             await conn.execute(Q.end_delivery, inp.delivery_id, "failed", inp.error[:1000])
 
     async def _post(self, target: Target, event: str, delivery_id: str, secret: str, raw: bytes) -> tuple[int, str]:
-        """POST to the first checked address itself (the name is not resolved again behind the
-        check), Host and TLS server name set to the URL's host; no redirects, no proxies; the
-        first MAX_RESPONSE bytes of the answer as sent (not decompressed)."""
-        addr = target.addresses[0]
+        """POST to a checked address itself (the name is not resolved again behind the check),
+        Host and TLS server name set to the URL's host; no redirects, no proxies; the first
+        MAX_RESPONSE bytes of the answer as sent (not decompressed). The addresses are tried in
+        the resolver's order while connecting fails (an IPv6 address first on an IPv4-only
+        worker); once a connection is made, its outcome is the attempt's."""
         url = httpx.URL(target.url)
         headers = {
             "Content-Type": "application/json",
@@ -126,10 +127,16 @@ class WebhookActivities:
         async with httpx.AsyncClient(
             timeout=self.settings.webhook_timeout_s, follow_redirects=False, trust_env=False
         ) as client:
-            request = client.build_request(
-                "POST", url.copy_with(host=str(addr)), content=raw, headers=headers, extensions=extensions
-            )
-            response = await client.send(request, stream=True)
+            for i, addr in enumerate(target.addresses):
+                request = client.build_request(
+                    "POST", url.copy_with(host=str(addr)), content=raw, headers=headers, extensions=extensions
+                )
+                try:
+                    response = await client.send(request, stream=True)
+                    break
+                except httpx.ConnectError:
+                    if i == len(target.addresses) - 1:
+                        raise
             try:
                 kept = b""
                 async for chunk in response.aiter_raw():  # not decoded (Content-Encoding ignored)

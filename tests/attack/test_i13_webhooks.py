@@ -608,3 +608,27 @@ async def test_the_per_org_limit_holds_under_concurrent_creates(api: httpx.Async
     )
     assert sorted(r.status_code for r in burst) == [201] * 2 + [409] * 10
     assert await db.fetchval("SELECT count(*) FROM webhooks WHERE org_id = 'default'") == 100
+
+
+async def test_a_checked_address_that_refuses_is_followed_by_the_next_checked_one(
+    hooks_app: FastAPI,  # noqa: F811
+    hooks_api: httpx.AsyncClient,  # noqa: F811
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name with two addresses, the first refusing connections (an IPv6 address on an IPv4-only
+    worker): the delivery connects to the second, checked as well, not resolved again."""
+    got: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        got.append(await read_request(reader))
+        await respond(writer, 200, b"ok")
+
+    async with raw_server(answer) as port:  # bound to 127.0.0.1 only: 127.0.0.2 refuses
+        asked = fake_dns(monkeypatch, {"two.boxrun.test": [["127.0.0.2", "127.0.0.1"]]})
+        hook = await create_hook(hooks_api, f"http://two.boxrun.test:{port}/", ["job.failed"])
+        delivery = await failed_job_delivery(db)
+        result = await attempt(hooks_app, delivery)
+    assert result.status_code == 200 and len(got) == 1 and asked == {"two.boxrun.test": 2}
+    (done,) = await deliveries(hooks_api, hook["id"])
+    assert done["state"] == "delivered"
