@@ -52,15 +52,17 @@ RETURNING (SELECT bytes FROM old);
 -- stored line after $2 (so a gap of seqs left by the transcript cap is skipped), in order; `more`:
 -- a chunk lies past that window (a short page then means a gap inside it, not the end).
 -- name: chunks_after
+-- (Chunks never overlap: those after $2 start at or after the first of them, which bounds the
+-- primary key range scanned.)
 WITH w AS (
-    SELECT GREATEST($2, first_seq - 1) + $3 AS last FROM log_chunks
+    SELECT first_seq AS first, GREATEST($2, first_seq - 1) + $3 AS last FROM log_chunks
     WHERE job_id = $1 AND last_seq > $2
     ORDER BY last_seq
     LIMIT 1
 )
 SELECT c.first_seq, c.last_seq, c.run_lines, c.run_streams, c.run_ts, c.data,
        EXISTS (SELECT 1 FROM log_chunks m WHERE m.job_id = $1 AND m.first_seq > w.last) AS more
-FROM w JOIN log_chunks c ON c.job_id = $1 AND c.last_seq > $2 AND c.first_seq <= w.last
+FROM w JOIN log_chunks c ON c.job_id = $1 AND c.first_seq BETWEEN w.first AND w.last AND c.last_seq > $2
 ORDER BY c.first_seq;
 
 -- name: set_log_archive
