@@ -120,8 +120,7 @@ class Follower:
                 if self.joined:
                     lines, last = ring.bytes_after(self.cursor)
                 else:
-                    lines = ring.lines_after(self.cursor)
-                    last = self.cursor + len(lines)
+                    lines, last = ring.slice_after(self.cursor)
                 caught_up = last >= ring.head
             else:
                 state, final = tail.state, tail.final  # true of every line the read below returns

@@ -15,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from array import array
+from bisect import bisect_right
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import asyncpg
@@ -80,65 +83,88 @@ def ws_event(event: str, data: Any = None) -> str:
 
 
 class Ring:
-    """The encoded lines `first`..`head` of one job, contiguous; the oldest are evicted once the
-    ring holds more than `max_bytes` (the newest line always stays)."""
+    """The encoded lines of one job read since `head` (the seq it starts after), in seq order; the
+    oldest are evicted once the ring holds more than `max_bytes` (the newest line always stays).
+
+    Seqs may skip: a transcript past its cap has a gap of seqs whose lines were dropped from
+    storage before the tail read them (docs/retention.md). The ring holds every stored line after
+    `floor` (the seq it started after, or the last it evicted), whatever gap lies in between."""
 
     def __init__(self, head: int = 0, *, max_bytes: int | None = None, chunk_bytes: int | None = None) -> None:
         self.max_bytes = RING_BYTES if max_bytes is None else max_bytes
         self.chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
         self.head = head
-        self.first = head + 1  # seq of the oldest line held; head + 1 while empty
+        self.floor = head  # every stored line after this seq (up to head) is in the ring
         self.nbytes = 0
         self._lines: list[bytes | None] = []  # evicted entries become None until compacted away
-        self._start = 0  # index of seq `first` in _lines
+        self._seqs = array("q")  # the seq of each entry of _lines
+        self._start = 0  # index of the oldest line held in _lines
         self._joined: dict[int, tuple[bytes, int]] = {}
 
     def __len__(self) -> int:
-        return self.head - self.first + 1
+        return len(self._lines) - self._start
+
+    @property
+    def first(self) -> int:
+        """The seq of the oldest line held; head + 1 while empty."""
+        return self._seqs[self._start] if len(self) else self.head + 1
 
     def holds(self, cursor: int) -> bool:
         """Every line after `cursor` (up to head) is in the ring."""
-        return cursor >= self.first - 1
+        return cursor >= self.floor
 
-    def append(self, first_seq: int, encoded: list[bytes]) -> None:
-        if first_seq != self.head + 1:
-            raise ValueError(f"ring of head {self.head} cannot take seq {first_seq} next")
+    def append(self, first_seq: int, encoded: list[bytes], *, seqs: Sequence[int] | None = None) -> None:
+        """Lines first_seq.. (contiguous), or lines of `seqs` (increasing, past head: a gap allowed)."""
+        if seqs is None:
+            if first_seq != self.head + 1:
+                raise ValueError(f"ring of head {self.head} cannot take seq {first_seq} next")
+            seqs = range(first_seq, first_seq + len(encoded))
+        elif len(seqs) != len(encoded) or (seqs and seqs[0] <= self.head):
+            raise ValueError(f"ring of head {self.head} cannot take seqs from {seqs[0] if seqs else None}")
         if not encoded:
             return
         self._lines.extend(encoded)
-        self.head += len(encoded)
+        self._seqs.extend(seqs)
+        self.head = seqs[-1]
         self.nbytes += sum(map(len, encoded))
         self._joined.clear()
         lines = self._lines
-        while self.nbytes > self.max_bytes and self.first < self.head:
+        while self.nbytes > self.max_bytes and len(self) > 1:
             evicted = lines[self._start]
             assert evicted is not None  # entries from _start on are all bytes
             self.nbytes -= len(evicted)
             lines[self._start] = None
+            self.floor = self._seqs[self._start]
             self._start += 1
-            self.first += 1
         if self._start > 1024 and self._start * 2 > len(lines):
             del lines[: self._start]
+            del self._seqs[: self._start]
             self._start = 0
 
-    def lines_after(self, cursor: int, *, max_bytes: int | None = None) -> list[bytes]:
+    def slice_after(self, cursor: int, *, max_bytes: int | None = None) -> tuple[list[bytes], int]:
         """The encoded lines after `cursor` (which the ring must hold), oldest first, at most
-        `max_bytes` of them (default chunk_bytes) but at least one."""
+        `max_bytes` of them (default chunk_bytes) but at least one; and the seq of the last of
+        them (`cursor` when none)."""
         if cursor >= self.head:
-            return []
-        if cursor < self.first - 1:
+            return [], cursor
+        if cursor < self.floor:
             raise ValueError(f"seq {cursor + 1} has left the ring (it starts at {self.first})")
         limit = self.chunk_bytes if max_bytes is None else max_bytes
-        i = self._start + cursor + 1 - self.first
+        lines = self._lines
+        i = bisect_right(self._seqs, cursor, self._start)
         if self.nbytes <= limit:
-            return self._lines[i:]  # type: ignore[return-value]  # entries from _start on are all bytes
-        end, size, lines = i, 0, self._lines
+            return lines[i:], self.head  # type: ignore[return-value]  # entries from _start on are all bytes
+        end, size = i, 0
         while end < len(lines):
             size += len(lines[end])  # type: ignore[arg-type]
             if size > limit and end > i:
                 break
             end += 1
-        return lines[i:end]  # type: ignore[return-value]
+        return lines[i:end], self._seqs[end - 1]  # type: ignore[return-value]
+
+    def lines_after(self, cursor: int, *, max_bytes: int | None = None) -> list[bytes]:
+        """slice_after's lines."""
+        return self.slice_after(cursor, max_bytes=max_bytes)[0]
 
     def bytes_after(self, cursor: int) -> tuple[bytes, int]:
         """The wire bytes of the lines after `cursor` (at most chunk_bytes, at least one line)
@@ -146,8 +172,8 @@ class Ring:
         hit = self._joined.get(cursor)
         if hit is not None:
             return hit
-        lines = self.lines_after(cursor)
-        out = (b"".join(lines), cursor + len(lines))
+        lines, last = self.slice_after(cursor)
+        out = (b"".join(lines), last)
         if len(self._joined) < _JOIN_CACHE:
             self._joined[cursor] = out
         return out
@@ -258,7 +284,7 @@ class JobTail:
 
     def _take(self, lines: list[logstore.Line]) -> None:
         if lines:
-            self.ring.append(lines[0].seq, [encode_log(line) for line in lines])
+            self.ring.append(lines[0].seq, [encode_log(line) for line in lines], seqs=[line.seq for line in lines])
 
     async def _read(self) -> bool:
         """One page from head; after a partial page the state, and after a terminal state the rest

@@ -296,7 +296,9 @@ async def ingest_logs(
     first seq and the runs of lines sharing a stream and time, then the lines themselves."""
     jid = parse_job_id(job_id)
     body = await _read_bounded(request, claims.MAX_BATCH_BYTES)
-    stored, late = await claims.ingest_logs(conn, box, jid, body, tail_grace_s=settings.log_tail_grace_s)
+    stored, late = await claims.ingest_logs(
+        conn, box, jid, body, tail_grace_s=settings.log_tail_grace_s, transcript_cap_bytes=settings.transcript_cap_bytes
+    )
     if late:  # a tail after the job ended: refresh the archive the workflow wrote
         background.add_task(claims.refresh_archive, request.app.state.pool, storage, jid)
     return LogBatchAck(stored_through=stored)

@@ -21,7 +21,13 @@ MAX_BATCH_BYTES = 16 << 20
 
 
 async def ingest_logs(
-    conn: asyncpg.Connection, box: NodeBox, job_id: str, body: bytes, *, tail_grace_s: float
+    conn: asyncpg.Connection,
+    box: NodeBox,
+    job_id: str,
+    body: bytes,
+    *,
+    tail_grace_s: float,
+    transcript_cap_bytes: int = logstore.DEFAULT_CAP_BYTES,
 ) -> tuple[int, bool]:
     """Store a batch of a job's lines (boxrun/logbatch.py) sent by `box`; idempotent by seq, so the
     agent may resend after any failure. Returns (the seq every line up to which is stored, whether
@@ -30,7 +36,8 @@ async def ingest_logs(
     NotFound: no such job for this box (it was never dispatched to it). InvalidInput: not a valid
     batch, or a `system` line (that stream belongs to the control plane). Conflict: lines before
     the batch's first seq are missing, or the job ended and this is not a tail delivered within
-    the grace period (before the box's result)."""
+    the grace period (before the box's result). `transcript_cap_bytes`: the deployment's transcript
+    cap (Settings.transcript_cap_bytes), for jobs of orgs without their own."""
     jid = parse_job_id(job_id)
     try:
         batch = logbatch.decode(body)
@@ -45,7 +52,7 @@ async def ingest_logs(
     if ended and (row["result_at"] is not None or not row["in_grace"]):
         raise Conflict(f"job {jid} ended ({row['state']}); its log is closed")
     try:
-        return await logstore.append(conn, jid, batch), ended
+        return await logstore.append(conn, jid, batch, cap_bytes=transcript_cap_bytes), ended
     except logstore.LogGap as gap:
         raise Conflict(f"lines before seq {batch.first_seq} are missing; send from seq {gap.expected}") from gap
 

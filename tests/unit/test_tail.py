@@ -161,6 +161,34 @@ def test_one_write_takes_at_most_a_chunk_of_the_ring_but_always_a_line():
     assert ring.bytes_after(0) == (encoded(1, 1)[0], 1)
 
 
+def test_a_ring_takes_a_gap_of_seqs_and_slices_across_it():
+    """A transcript past its cap (docs/retention.md) has a gap of seqs the tail never read."""
+    ring = Ring(0)
+    before, after = encoded(1, 3), encoded(900, 902)
+    ring.append(1, before + after, seqs=[1, 2, 3, 900, 901, 902])
+    assert (ring.first, ring.head, len(ring)) == (1, 902, 6)
+    assert ring.holds(0) and ring.lines_after(2) == before[2:] + after
+    assert ring.slice_after(3) == (after, 902) and ring.slice_after(500) == (after, 902), "a cursor in the gap"
+    assert ring.bytes_after(3) == (b"".join(after), 902)
+    ring.append(903, encoded(903, 903))  # contiguous again
+    assert ring.slice_after(901) == (encoded(902, 903), 903)
+    with pytest.raises(ValueError, match="cannot take seqs from 903"):
+        ring.append(0, encoded(903, 903), seqs=[903])
+
+
+def test_a_gapped_ring_evicts_by_seq_and_slices_by_bytes():
+    size = len(encode_log(line(101, "x" * 10)))  # three-digit seqs: every line this size
+    ring = Ring(100, max_bytes=3 * size + 1, chunk_bytes=2 * size)
+    ring.append(0, [encode_log(line(i, "x" * 10)) for i in (101, 102)], seqs=[101, 102])
+    ring.append(0, [encode_log(line(i, "x" * 10)) for i in (500, 501, 502)], seqs=[500, 501, 502])
+    assert (ring.first, ring.floor, ring.head, len(ring)) == (500, 102, 502, 3)
+    assert ring.holds(102) and ring.holds(300) and not ring.holds(101), "every line after the last evicted"
+    assert ring.slice_after(102) == ([encode_log(line(i, "x" * 10)) for i in (500, 501)], 501)
+    assert ring.bytes_after(200)[1] == 501 and ring.bytes_after(501)[1] == 502
+    with pytest.raises(ValueError, match="has left the ring"):
+        ring.lines_after(101)
+
+
 # ------------------------------------------------------------------ tail and followers
 
 
