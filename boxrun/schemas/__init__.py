@@ -643,6 +643,7 @@ class ManifestPage(BaseModel):
     done: bool = False
     total_bytes: int | None = Field(
         default=None,
+        strict=True,
         ge=0,
         le=1 << 62,
         description="the first page: the size of every artifact the job will send, so the org's storage quota "
