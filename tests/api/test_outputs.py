@@ -320,3 +320,19 @@ async def test_retention_leaves_orgs_without_a_policy_and_goes_in_bounded_batche
     assert second.by_org[DEFAULT_ORG].transcripts == 1 and not second.by_org[DEFAULT_ORG].more
     assert all(v is not None for v in (await objects(app, theirs)).values())
     assert await rows(db, theirs) == {"log_chunks": 1, "artifacts": 2, "artifact_manifest": 2}
+
+
+async def test_an_archive_that_lands_after_the_delete_goes_on_the_next_retention_run(
+    app: FastAPI, api: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    job_id = await job_with_outputs(app, db)
+    archive = LOG_ARCHIVE_KEY.format(job_id=job_id)
+    assert (await api.delete(f"/api/jobs/{job_id}/outputs")).status_code == 204
+    storage: Storage = app.state.storage
+    # the workflow's archive step, racing the delete, writes the object and its columns afterwards
+    await asyncio.to_thread(storage.put, archive, io.BytesIO(b"late"), hashlib.sha256(b"late").hexdigest())
+    await db.execute(Q.set_log_archive, job_id, archive, 4, hashlib.sha256(b"late").hexdigest())
+    assert_error(await api.get(f"/api/jobs/{job_id}/logs/archive"), 410, "gone")
+    assert (await run_retention(app)).resumed == 1
+    assert await asyncio.to_thread(storage.head, archive) is None
+    assert (await api.get(f"/api/jobs/{job_id}")).json()["log_archive"] is None

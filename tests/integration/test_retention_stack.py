@@ -63,6 +63,11 @@ async def test_the_retention_schedule_deletes_expired_outputs_and_the_quota_refu
             done = await wait_terminal(api, job["id"])
             assert done["state"] == "completed", done
             jid = job["id"]
+
+            async def archived() -> bool:  # the workflow archives the transcript as the job ends
+                return (await api.get(f"/api/jobs/{jid}")).json()["log_archive"] is not None
+
+            await wait_for(archived, timeout=30, what="the transcript archive")
             keys = [LOG_ARCHIVE_KEY.format(job_id=jid), artifact_key(jid, "result.bin")]
             assert None not in await heads(storage, keys), "the archive and the artifact are stored"
             assert (await api.get(f"/api/jobs/{jid}/artifacts")).json()["count"] == 1
