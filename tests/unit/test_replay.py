@@ -14,8 +14,21 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from boxrun.workflows import JobWorkflow, PipelineWorkflow, ReaperWorkflow, StepWorkflow, WebhookDeliveryWorkflow
-from tests.histories.record import LOCAL_SCENARIOS, PIPELINE_HISTORIES, SCENARIOS, WEBHOOK_HISTORY
+from boxrun.workflows import (
+    JobWorkflow,
+    PipelineWorkflow,
+    ReaperWorkflow,
+    RetentionWorkflow,
+    StepWorkflow,
+    WebhookDeliveryWorkflow,
+)
+from tests.histories.record import (
+    LOCAL_SCENARIOS,
+    PIPELINE_HISTORIES,
+    RETENTION_HISTORY,
+    SCENARIOS,
+    WEBHOOK_HISTORY,
+)
 
 HISTORIES = Path(__file__).parent.parent / "histories"
 EXPECTED = {
@@ -25,6 +38,7 @@ EXPECTED = {
     "reaper_continued_as_new",
     *PIPELINE_HISTORIES,
     WEBHOOK_HISTORY,
+    RETENTION_HISTORY,
 }
 
 
@@ -36,7 +50,14 @@ def test_every_recorded_scenario_is_there():
 async def test_history_replays_on_current_code(name: str):
     history = WorkflowHistory.from_json(name, (HISTORIES / f"{name}.json").read_text())
     replayer = Replayer(
-        workflows=[JobWorkflow, ReaperWorkflow, PipelineWorkflow, StepWorkflow, WebhookDeliveryWorkflow],
+        workflows=[
+            JobWorkflow,
+            ReaperWorkflow,
+            PipelineWorkflow,
+            StepWorkflow,
+            WebhookDeliveryWorkflow,
+            RetentionWorkflow,
+        ],
         data_converter=pydantic_data_converter,
     )
     await replayer.replay_workflow(history)  # raises on non-determinism or a workflow task failure
