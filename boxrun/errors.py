@@ -36,6 +36,13 @@ class InvalidTransition(Conflict):
     code = "invalid_transition"
 
 
+class Gone(BoxrunError):
+    """The resource existed and was deleted on purpose (a job's outputs, by a person or by the
+    org's retention); `reason` says who or what deleted it and when."""
+
+    code = "gone"
+
+
 class Unauthorized(BoxrunError):
     """No credentials, or credentials that name nobody (unknown, revoked, expired)."""
 
