@@ -35,6 +35,7 @@ from boxrun.api.routes import (
     job_spec,
     jobs,
     logs,
+    org,
     people,
     pipelines,
     secrets,
@@ -172,6 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api.include_router(module.router)
     api.include_router(secrets.router)
     api.include_router(webhooks.router)
+    api.include_router(org.router)
     app.include_router(api)
     ui.mount(app)  # the dashboard, /ui/
 

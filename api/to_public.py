@@ -49,7 +49,18 @@ def job_public(row: asyncpg.Record, settings: Settings) -> JobPublic:
         step=row["step"],
         attempt=row["attempt"],
         error_kind=row["error_kind"],
+        logs_deleted_at=row.get("logs_deleted_at"),
+        artifacts_deleted_at=row.get("artifacts_deleted_at"),
+        outputs_deleted_at=outputs_deleted_at(row),
     )
+
+
+def outputs_deleted_at(row: asyncpg.Record) -> datetime | None:
+    """Both the transcript and the artifacts gone: the later of the two times."""
+    logs, artifacts = row.get("logs_deleted_at"), row.get("artifacts_deleted_at")
+    if logs is None or artifacts is None:
+        return None
+    return max(logs, artifacts)
 
 
 def box_public(row: asyncpg.Record, settings: Settings) -> BoxPublic:

@@ -83,6 +83,23 @@ class Storage:
         size: int = head["ContentLength"]
         return size
 
+    def delete(self, key: str) -> None:
+        """Delete one object; no error if there is none (deletion is retried after a crash)."""
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object whose key starts with `prefix`, a page (1,000) at a time; returns
+        how many there were. Idempotent: a rerun after a crash deletes what is left."""
+        deleted = 0
+        while True:
+            page = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1000)
+            keys = [item["Key"] for item in page.get("Contents", [])]
+            if not keys:
+                return deleted
+            for key in keys:  # one DELETE each: every S3 store takes it (DeleteObjects needs Content-MD5)
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+            deleted += len(keys)
+
     def presign_put(self, key: str, size: int, sha256_hex: str) -> tuple[str, dict[str, str]]:
         """A PUT URL bound to the object's length and SHA-256; returns (url, headers to send)."""
         checksum = sha256_b64(sha256_hex)

@@ -12,6 +12,7 @@ from boxrun.activities.control import ControlActivities
 from boxrun.activities.dispatch import DispatchActivities
 from boxrun.activities.pipeline import PipelineActivities
 from boxrun.activities.reaper import ReaperActivities
+from boxrun.activities.retention import RetentionActivities
 from boxrun.activities.webhooks import WebhookActivities
 from boxrun.constants import CONTROL_TASK_QUEUE
 from boxrun.db import create_pool, migrate_for
@@ -19,7 +20,15 @@ from boxrun.settings import Settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect, ensure_search_attributes
 from boxrun.worker.reaper import ensure_reaper
-from boxrun.workflows import JobWorkflow, PipelineWorkflow, ReaperWorkflow, StepWorkflow, WebhookDeliveryWorkflow
+from boxrun.worker.retention import ensure_retention_schedule
+from boxrun.workflows import (
+    JobWorkflow,
+    PipelineWorkflow,
+    ReaperWorkflow,
+    RetentionWorkflow,
+    StepWorkflow,
+    WebhookDeliveryWorkflow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +47,26 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
         reaper = ReaperActivities(pool, settings)
         pipeline = PipelineActivities(pool, settings)
         webhooks = WebhookActivities(pool, settings)
+        retention = RetentionActivities(pool, storage)
         worker = Worker(
             client,
             task_queue=CONTROL_TASK_QUEUE,
-            workflows=[JobWorkflow, ReaperWorkflow, PipelineWorkflow, StepWorkflow, WebhookDeliveryWorkflow],
-            activities=[*activities.all(), *dispatch.all(), *pipeline.all(), *webhooks.all(), reaper.reap],
+            workflows=[
+                JobWorkflow,
+                ReaperWorkflow,
+                PipelineWorkflow,
+                StepWorkflow,
+                WebhookDeliveryWorkflow,
+                RetentionWorkflow,
+            ],
+            activities=[
+                *activities.all(),
+                *dispatch.all(),
+                *pipeline.all(),
+                *webhooks.all(),
+                *retention.all(),
+                reaper.reap,
+            ],
             # run_job waits here only until its box claims the job (then the API completes it)
             max_concurrent_activities=1000,
             # a crashed worker's sticky tasks move to the shared queue after 2 s
@@ -50,6 +74,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
         )
         async with worker:
             await ensure_reaper(client, settings.reaper_interval_s)
+            await ensure_retention_schedule(client, settings.retention_interval_s)
             log.info("control worker polling %s", CONTROL_TASK_QUEUE)
             await stop.wait()
             log.info("control worker stopping")

@@ -3,7 +3,15 @@
 from boxrun.workflows.job import JobWorkflow
 from boxrun.workflows.pipeline import PipelineWorkflow
 from boxrun.workflows.reaper import ReaperWorkflow
+from boxrun.workflows.retention import RetentionWorkflow
 from boxrun.workflows.step import StepWorkflow
 from boxrun.workflows.webhooks import WebhookDeliveryWorkflow
 
-__all__ = ["JobWorkflow", "PipelineWorkflow", "ReaperWorkflow", "StepWorkflow", "WebhookDeliveryWorkflow"]
+__all__ = [
+    "JobWorkflow",
+    "PipelineWorkflow",
+    "ReaperWorkflow",
+    "RetentionWorkflow",
+    "StepWorkflow",
+    "WebhookDeliveryWorkflow",
+]

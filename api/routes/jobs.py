@@ -24,7 +24,7 @@ from boxrun.schemas import (
     JobsPublic,
     Timestamp,
 )
-from boxrun.services import jobs
+from boxrun.services import jobs, outputs
 from boxrun.services.submission import submit_job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -195,3 +195,29 @@ async def rerun_job(
     operator reruns its own jobs, an admin any job of the org). Retries are never automatic."""
     new_id = await jobs.rerun_job(conn, temporal, settings, storage, user, job_id)
     return job_public(await jobs.load_job(conn, user, new_id), settings)
+
+
+@router.delete(
+    "/{job_id}/outputs",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=responses(
+        401,
+        403,
+        404,
+        409,
+        422,
+        503,
+        e403="not your job (operators delete only their own jobs' outputs)",
+        e404=JOB_404,
+        e409="the job is still running (or queued, waiting, uploading)",
+        e503="object storage did not answer: the outputs are marked deleted and go on the next retention run",
+    ),
+)
+async def delete_outputs(job_id: str, conn: ConnDep, storage: StorageDep, user: Operator) -> Response:
+    """Delete an ended job's transcript (lines and archive) and its artifacts from Postgres and
+    object storage (its owner, or an org admin). The job and its events stay, with
+    `logs_deleted_at`, `artifacts_deleted_at` and `outputs_deleted_at`; every later read of the
+    transcript or the artifacts answers 410 with who deleted them and when. Again: 204, nothing
+    left. Audited as `job.outputs_delete` (docs/retention.md)."""
+    await outputs.delete_outputs(conn, storage, user, job_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

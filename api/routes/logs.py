@@ -22,26 +22,32 @@ from boxrun.api.live.guard import StreamGuard, watch_task
 from boxrun.api.live.job_tail import encode_event
 from boxrun.api.sse import SSE_DOC, resume_cursor
 from boxrun.db import Q
-from boxrun.errors import InvalidInput, NotFound, Unauthorized
+from boxrun.errors import Gone, InvalidInput, NotFound, Unauthorized
 from boxrun.schemas import MAX_SEQ, LogsPublic
 from boxrun.services.audit import record
 from boxrun.services.downloads import archive_url
 from boxrun.services.identity import User
 from boxrun.services.jobs import load_job, parse_job_id
+from boxrun.services.outputs import check_logs_kept
 
 router = APIRouter(prefix="/jobs", tags=["logs"])
 
 JOB_404 = "no such job"
+GONE_410 = "the transcript was deleted (DELETE .../outputs or the org's retention): `detail` says who or what, and when"
 # WebSocket close code when the stream's token stops being valid (4000-4999: the application's;
 # 4401 reads as HTTP's 401)
 WS_TOKEN_REVOKED = 4401
+# ... and when the transcript was deleted (reads as HTTP's 410; the reason says who and when)
+WS_GONE = 4410
 
 
 Stream = Literal["stdout", "stderr", "output", "system"]
 STREAM_DOC = "only the lines of this stream (`output`: what the job wrote to $BOXRUN_OUTPUT; `system`: boxrun's own)"
 
 
-@router.get("/{job_id}/logs", response_model=LogsPublic, responses=responses(401, 404, 422, e404=JOB_404))
+@router.get(
+    "/{job_id}/logs", response_model=LogsPublic, responses=responses(401, 404, 410, 422, e404=JOB_404, e410=GONE_410)
+)
 async def get_logs(
     job_id: str,
     conn: ConnDep,
@@ -58,6 +64,7 @@ async def get_logs(
     the last `tail` lines (then `after` and `limit` must be left out). Seqs count every stream, so
     the seqs of one stream's lines have gaps."""
     row = await load_job(conn, user, job_id)
+    check_logs_kept(row)
     if tail is not None:
         if after or limit != 1000:
             raise InvalidInput("give tail, or after/limit, not both", field="query.tail")
@@ -77,7 +84,7 @@ async def get_logs(
             "description": "the transcript so far as text, one line per log line (streamed)",
             "content": {"text/plain": {"schema": {"type": "string"}}},
         },
-        **responses(401, 404, 422, e404=JOB_404),
+        **responses(401, 404, 410, 422, e404=JOB_404, e410=GONE_410),
     },
 )
 async def logs_text(
@@ -92,6 +99,7 @@ async def logs_text(
     time. Audited as `transcript.download`."""
     async with pool.acquire() as conn:
         row = await load_job(cast(asyncpg.Connection, conn), user, job_id)
+        check_logs_kept(row)
         await record(
             cast(asyncpg.Connection, conn),
             user,
@@ -180,7 +188,7 @@ class EventStream(StreamingResponse):
     response_class=StreamingResponse,
     responses={
         **SSE_DOC,
-        **responses(401, 404, 422, e404=JOB_404, e422="bad Last-Event-ID or ?after="),
+        **responses(401, 404, 410, 422, e404=JOB_404, e410=GONE_410, e422="bad Last-Event-ID or ?after="),
     },
 )
 async def stream_logs(
@@ -201,6 +209,7 @@ async def stream_logs(
     {"reason"}."""
     async with pool.acquire() as conn:
         row = await load_job(cast(asyncpg.Connection, conn), user, job_id)  # a pooled connection proxies one
+    check_logs_kept(row)
     follower = Follower(
         tails,
         pool,
@@ -246,6 +255,11 @@ async def ws_logs(
         await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=f"job {job_id} not found")
         return
     await websocket.accept()
+    try:
+        check_logs_kept(row)
+    except Gone as exc:  # accepted first, so the client can read why (a close before accept is a 403)
+        await websocket.close(code=WS_GONE, reason=exc.reason[:120])
+        return
     follower = Follower(
         app.state.tails,
         app.state.pool,
@@ -287,7 +301,7 @@ async def ws_logs(
     response_class=RedirectResponse,
     responses={
         307: {"description": "redirect to the gzip JSON-lines transcript (5-minute link)"},
-        **responses(401, 404, 422, e404="no such job, or its transcript is not archived yet"),
+        **responses(401, 404, 410, 422, e404="no such job, or its transcript is not archived yet", e410=GONE_410),
     },
 )
 async def logs_archive(job_id: str, conn: ConnDep, user: CurrentUser, storage: StorageDep) -> RedirectResponse:

@@ -258,8 +258,13 @@ class JobRunner:
                 ManifestEntry(path=e.path, size=e.size, sha256=e.sha256) for e in entries[start : start + MANIFEST_PAGE]
             ]
             done = start + MANIFEST_PAGE >= len(entries)
+            total = sum(e.size for e in entries) if start == 0 else None  # the quota refuses before any upload
             try:
-                answer = await _retrying(lambda page=page, done=done: self.client.manifest(job.job_id, page, done=done))
+                answer = await _retrying(
+                    lambda page=page, done=done, total=total: self.client.manifest(
+                        job.job_id, page, done=done, total_bytes=total
+                    )
+                )
             except TooLarge as exc:
                 report.error = report.error or exc.reason
                 return

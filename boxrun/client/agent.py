@@ -96,9 +96,14 @@ class AgentClient(Transport):
         got = await self.call(ProgressAck, "POST", f"{_job(job_id)}/progress", json=body.model_dump())
         return got.cancel
 
-    async def manifest(self, job_id: str, entries: list[ManifestEntry], *, done: bool) -> ManifestAnswer:
-        body = ManifestPage(entries=entries, done=done)
-        return await self.call(ManifestAnswer, "POST", f"{_job(job_id)}/artifacts", json=body.model_dump())
+    async def manifest(
+        self, job_id: str, entries: list[ManifestEntry], *, done: bool, total_bytes: int | None = None
+    ) -> ManifestAnswer:
+        """A page of the manifest; the first carries `total_bytes` (every artifact's size) for the quota."""
+        body = ManifestPage(entries=entries, done=done, total_bytes=total_bytes)
+        return await self.call(
+            ManifestAnswer, "POST", f"{_job(job_id)}/artifacts", json=body.model_dump(exclude_none=True)
+        )
 
     async def result(self, job_id: str, report: JobResultReport) -> None:
         await self.send("POST", f"{_job(job_id)}/result", json=report.model_dump())

@@ -347,6 +347,15 @@ class JobPublic(BaseModel):
         description="the structured cause beside `error`: exit_code, heartbeat_lost, timed_out, cancelled, "
         "unschedulable, claim_timeout, artifacts, input_missing, internal",
     )
+    logs_deleted_at: datetime | None = Field(
+        default=None, description="when the transcript was deleted (DELETE .../outputs or retention); reads: 410"
+    )
+    artifacts_deleted_at: datetime | None = Field(
+        default=None, description="when the artifacts were deleted (DELETE .../outputs or retention); reads: 410"
+    )
+    outputs_deleted_at: datetime | None = Field(
+        default=None, description="set once both the transcript and the artifacts are gone: the later time"
+    )
 
 
 class JobsPublic(BaseModel):
@@ -632,6 +641,13 @@ class ManifestPage(BaseModel):
 
     entries: list[ManifestEntry] = Field(max_length=1000)
     done: bool = False
+    total_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        le=1 << 62,
+        description="the first page: the size of every artifact the job will send, so the org's storage quota "
+        "refuses the job before anything is uploaded",
+    )
 
 
 class UploadTargetPublic(BaseModel):

@@ -330,6 +330,7 @@ async def record_manifest(
         have: int = await conn.fetchval(Q.manifest_count, jid)
         if have + len(page.entries) > max_artifacts:
             raise TooLarge(f"too many artifacts: a job may keep at most {max_artifacts} (max_artifacts_per_job)")
+        await _check_quota(conn, row["org_id"], jid, page, first=have == 0)
         if JobState(row["state"]) is JobState.RUNNING:
             await transition(conn, jid, JobState.UPLOADING_ARTIFACTS, detail={"box": box.name})
         targets: list[UploadTargetPublic] = []
@@ -353,6 +354,27 @@ async def record_manifest(
                 col.append(value)
         await conn.execute(Q.insert_manifest, jid, *cols)
     return ManifestAnswer(targets=targets, refused=refused)
+
+
+async def _check_quota(conn: Conn, org_id: str, job_id: str, page: ManifestPage, *, first: bool) -> None:
+    """The org's storage quota, in the manifest's transaction (the org's row locked, so two jobs
+    of the org cannot both take the last bytes). The first page is refused if the job's announced
+    `total_bytes` would not fit (nothing is uploaded then); every page if the bytes announced so
+    far would not (a box may announce less than it sends). TooLarge reaches the box, which fails
+    the job with the reason."""
+    quota = await conn.fetchval(Q.lock_org_quota, org_id)
+    if quota is None:
+        return
+    used: int = await conn.fetchval(Q.org_storage_in_use, org_id, job_id)
+    mine: int = await conn.fetchval(Q.manifest_pending_bytes, job_id)
+    needed = mine + sum(e.size for e in page.entries if artifact_name_problem(e.path) is None)
+    if first and page.total_bytes is not None:
+        needed = max(needed, page.total_bytes)
+    if used + needed > quota:
+        raise TooLarge(
+            f"storage quota exceeded: the org keeps {used} bytes, this job's artifacts need {needed} more, "
+            f"the quota is {quota} bytes (PUT /api/org/quota; GET /api/org/usage)"
+        )
 
 
 # -- result -----------------------------------------------------------------------------------

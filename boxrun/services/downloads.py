@@ -13,13 +13,15 @@ from boxrun.errors import NotFound
 from boxrun.services.audit import record
 from boxrun.services.identity import User
 from boxrun.services.jobs import load_job
+from boxrun.services.outputs import check_artifacts_kept, check_logs_kept
 from boxrun.storage import Storage
 
 
 async def artifact_url(conn: asyncpg.Connection, storage: Storage, user: User, job_id: str, path: str) -> str:
     """A presigned GET for one recorded artifact, valid for storage.download_ttl_s; audited as
-    `artifact.download`. NotFound: no such job, or no such artifact."""
+    `artifact.download`. NotFound: no such job, or no such artifact; Gone: the artifacts were deleted."""
     job = await load_job(conn, user, job_id)
+    check_artifacts_kept(job)
     art: asyncpg.Record | None = None
     if "\x00" not in path:  # no stored path holds a NUL; Postgres refuses one in a query
         art = await conn.fetchrow(Q.get_artifact, user.org_id, job["id"], path)
@@ -37,6 +39,7 @@ async def archive_url(conn: asyncpg.Connection, storage: Storage, user: User, jo
     audited as `transcript.download`. NotFound: no such job, or the transcript is not archived
     yet (it is, once the job has ended)."""
     job = await load_job(conn, user, job_id)
+    check_logs_kept(job)
     if job["log_archive_key"] is None:
         raise NotFound(f"job {job['id']} has no archived transcript (yet)")
     url: str = await asyncio.to_thread(

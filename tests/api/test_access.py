@@ -189,6 +189,14 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/api/jobs/{job_id}/artifacts/{path}"): Access(Role.VIEWER, {**JOB, "path": "artifact"}),
     ("POST", "/api/files"): Access(Role.OPERATOR, send=_upload),
     ("GET", "/api/jobs/{job_id}/spec"): Access(Role.VIEWER, JOB),
+    # the job's owner (the operator) or an org admin; the world's job has ended
+    ("DELETE", "/api/jobs/{job_id}/outputs"): Access(Role.OPERATOR, JOB),
+    # the org's keeping policy (docs/retention.md): members read, admins write
+    ("GET", "/api/org/retention"): Access(Role.VIEWER),
+    ("PUT", "/api/org/retention"): Access(Role.ADMIN, send=lambda w: {"json": {"logs_days": 30}}),
+    ("GET", "/api/org/quota"): Access(Role.VIEWER),
+    ("PUT", "/api/org/quota"): Access(Role.ADMIN, send=lambda w: {"json": {"storage_bytes": 1 << 40}}),
+    ("GET", "/api/org/usage"): Access(Role.VIEWER),
     # pipelines
     ("POST", "/api/pipelines"): Access(
         Role.OPERATOR, send=lambda w: {"json": {"steps": {"a": {"box": w.box, "script": "echo hi"}}}}

@@ -26,6 +26,7 @@ class ApiFake:
         self.lines: dict[int, dict] = {}
         self.progress_reports: list[tuple[int | None, int]] = []
         self.pages: list[list] = []
+        self.totals: list[int | None] = []  # total_bytes of each manifest page
         self.results: list = []
         self.cancel_answer = False
         self.progress_error: Exception | None = None
@@ -42,7 +43,8 @@ class ApiFake:
         self.progress_reports.append((pid, log_seq))
         return self.cancel_answer
 
-    async def manifest(self, job_id, entries, *, done) -> ManifestAnswer:
+    async def manifest(self, job_id, entries, *, done, total_bytes=None) -> ManifestAnswer:
+        self.totals.append(total_bytes)
         if self.manifest_error is not None:
             raise self.manifest_error
         self.pages.append(entries)
@@ -130,6 +132,7 @@ with open(os.path.join(art, "r.bin"), "wb") as f:
     assert [(e.path, e.size, e.sha256) for e in api.pages[0]] == [
         ("sub/r.bin", len(data), hashlib.sha256(data).hexdigest())
     ]
+    assert api.totals == [len(data)], "the first page announces every artifact's size (the org's quota)"
     assert storage.objects == {"sub/r.bin": data} and report.uploaded_count == 1
     assert api.progress_reports, "the runner reports progress while the job runs"
     assert not Workspace.for_job(runner.workdir, "job-1").root.exists(), "the workspace is removed after the job"

@@ -23,3 +23,16 @@ ALTER TABLE jobs
 -- Usage sums an org's artifacts; the retention sweep walks ended jobs oldest first.
 CREATE INDEX artifacts_org ON artifacts (org_id);
 CREATE INDEX jobs_finished ON jobs (org_id, finished_at) WHERE finished_at IS NOT NULL;
+
+-- Output deletion is crash-safe (docs/retention.md): the job is marked (*_deleted_at, audited)
+-- and flagged in one transaction, then its objects go, then its rows, then the flag is cleared.
+-- The retention activity finishes any job still flagged (a crash between the steps).
+ALTER TABLE jobs ADD COLUMN outputs_purge_pending boolean NOT NULL DEFAULT false;
+CREATE INDEX jobs_purge_pending ON jobs (id) WHERE outputs_purge_pending;
+
+-- Retention deletes job rows past jobs_days: a rerun made from a deleted job keeps running and
+-- forgets its origin instead of blocking the delete. (job_events, dispatches, the manifest, log
+-- chunks and artifacts already go with their job; audit_log.job_id and pipeline_steps.job_id
+-- carry no foreign key, so the audit trail of a deleted job stays whole.)
+ALTER TABLE jobs DROP CONSTRAINT jobs_rerun_of_fkey,
+    ADD CONSTRAINT jobs_rerun_of_fkey FOREIGN KEY (rerun_of) REFERENCES jobs (id) ON DELETE SET NULL;
