@@ -9,6 +9,7 @@ import { pipelinesPage, pipelinePage } from "./pipelines.js";
 import { auditPage } from "./audit.js";
 import { webhooksPage, webhookPage } from "./webhooks.js";
 import { secretsPage } from "./secrets.js";
+import { orgPage } from "./org.js";
 
 const ROUTES = [
   [/^#\/jobs\/([^/]+)$/, jobPage, "jobs"],
@@ -21,6 +22,7 @@ const ROUTES = [
   [/^#\/webhooks\/([^/]+)$/, webhookPage, "webhooks"],
   [/^#\/webhooks$/, webhooksPage, "webhooks"],
   [/^#\/secrets$/, secretsPage, "secrets"],
+  [/^#\/org$/, orgPage, "org"],
 ];
 
 const main = document.getElementById("app");

@@ -1,17 +1,25 @@
 """The dashboard pages of issue 13 in headless Chromium: webhooks (the secret shown once, deliveries
 with their attempts, Redeliver, delete), secrets (names only; a saved value never in the page),
-and what a viewer or an operator sees of them (no admin buttons, the admin-only entries hidden)."""
+the Org page (retention, quota, usage; read-only for a viewer), Delete outputs on a job's page and
+the API's 410 reason where the transcript and artifacts were, and what a viewer or an operator sees
+of them (no admin buttons, the admin-only entries hidden)."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 import httpx
+from fastapi import FastAPI
 from playwright.async_api import Browser, Dialog, Page, expect
 
+from boxrun.constants import DEFAULT_ORG, artifact_key
+from boxrun.db import Q
+from tests.api.test_org_clients import ended_job
 from tests.browser.test_dashboard import sign_in
 
 SECRET_VALUE = "hunter2-browser-Zq9"
@@ -161,3 +169,110 @@ async def test_a_viewer_sees_no_admin_entries_or_buttons_and_an_operator_only_na
     await expect(page.locator("#secrets tr[data-secret='API_KEY']")).to_be_visible()
     assert await page.locator("button.delete, #save-secret, #secret-value").count() == 0
     assert SECRET_VALUE not in await page.content()
+
+
+# ---------------------------------------------------------------- the Org page
+
+
+async def test_org_page_saves_retention_and_quota_for_an_admin(
+    browser: Browser, base_url: str, api: httpx.AsyncClient, shots: Path
+) -> None:
+    page = await sign_in(browser, base_url)
+    await page.click("[data-nav=org]")
+    await expect(page.locator("#retention-updated")).to_contain_text("kept forever")
+    await expect(page.locator("#retention-logs")).to_have_value("")
+    await page.fill("#retention-logs", "30")
+    await page.fill("#retention-artifacts", "90")
+    await page.click("#save-retention")
+    await expect(page.locator("#notice")).to_contain_text("Retention saved")
+    await expect(page.locator("#retention-updated")).to_contain_text("by admin")
+    got = (await api.get("/api/org/retention")).json()
+    assert (got["logs_days"], got["artifacts_days"], got["jobs_days"]) == (30, 90, None)
+
+    await page.fill("#quota-storage", "10G")
+    await page.fill("#quota-transcript", "1M")
+    await expect(page.locator("#quota")).to_contain_text("= 10.0 GiB")
+    await page.click("#save-quota")
+    await expect(page.locator("#notice")).to_contain_text("Quota saved")
+    got = (await api.get("/api/org/quota")).json()
+    assert (got["storage_bytes"], got["transcript_cap_bytes"]) == (10 << 30, 1 << 20)
+    await expect(page.locator("#usage")).to_contain_text("of 10.0 GiB")
+    await expect(page.locator("#usage .meter")).to_be_visible()
+    await page.screenshot(path=shots / "org.png", full_page=True)
+
+    await page.fill("#quota-storage", "10X")
+    await page.click("#save-quota")
+    await expect(page.get_by_role("alert")).to_contain_text("is not a size")
+    await page.fill("#quota-storage", "")
+    await page.fill("#retention-logs", "0")  # the API's refusal, in its words
+    await page.click("#save-retention")
+    await expect(page.get_by_role("alert")).to_contain_text("logs_days")
+    assert (await api.get("/api/org/retention")).json()["logs_days"] == 30
+    await page.reload()
+    await expect(page.locator("#retention-logs")).to_have_value("30")
+    await expect(page.locator("#quota-storage")).to_have_value("10G")
+    await expect(page.locator("#quota-transcript")).to_have_value("1M")
+
+
+async def test_org_page_is_read_only_for_a_viewer(
+    browser: Browser, base_url: str, api: httpx.AsyncClient, user_token: Callable
+) -> None:
+    assert (await api.put("/api/org/retention", json={"logs_days": 14})).status_code == 200
+    _, viewer = await user_token("vivian", "viewer")
+    page = await sign_in(browser, base_url, viewer)
+    await page.click("[data-nav=org]")
+    await expect(page.locator("#read-only")).to_be_visible()
+    await expect(page.locator("#retention-logs")).to_have_value("14")
+    for field in ("#retention-logs", "#retention-artifacts", "#retention-jobs", "#quota-storage", "#quota-transcript"):
+        await expect(page.locator(field)).to_be_disabled()
+    assert await page.locator("#save-retention, #save-quota").count() == 0
+    await expect(page.locator("#usage")).to_contain_text("no quota")
+
+
+# ---------------------------------------------------------------- a job's outputs
+
+
+async def test_delete_outputs_from_the_job_page_then_the_reason_shows_where_they_were(
+    app: FastAPI,
+    browser: Browser,
+    base_url: str,
+    api: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    user_token: Callable,
+    shots: Path,
+) -> None:
+    job = await ended_job(db)
+    body = b"measured 3.30 V\n"
+    sha = hashlib.sha256(body).hexdigest()
+    app.state.storage.put(artifact_key(job, "report.txt"), io.BytesIO(body), sha)
+    await db.execute(Q.insert_artifact, job, DEFAULT_ORG, "report.txt", artifact_key(job, "report.txt"), len(body), sha)
+    running = await ended_job(db, end=False)
+
+    _, viewer = await user_token("vivian", "viewer")
+    page = await sign_in(browser, base_url, viewer)
+    await page.goto(f"{base_url}/ui/#/jobs/{job}")
+    await expect(page.locator("#artifacts a.artifact")).to_have_text("report.txt")
+    assert await page.locator("#delete-outputs").count() == 0  # not the viewer's to delete
+
+    page = await sign_in(browser, base_url)
+    await page.goto(f"{base_url}/ui/#/jobs/{running}")
+    await expect(page.locator("h1 .badge")).to_have_text("queued")
+    assert await page.locator("#delete-outputs").count() == 0  # not ended yet
+    await page.goto(f"{base_url}/ui/#/jobs/{job}")
+    await expect(page.locator("#log .line")).to_have_count(2)
+    await expect(page.locator("#artifacts a.artifact")).to_have_text("report.txt")
+    asked: list[str] = []
+    accept_next_dialog(page, asked)
+    await page.click("#delete-outputs")
+    await expect(page.locator("#notice")).to_contain_text("Outputs deleted")
+    assert asked and "cannot be undone" in asked[0]
+    await expect(page.locator("#log-gone")).to_contain_text(f"the outputs of job {job} were deleted by admin")
+    await expect(page.locator("#artifacts-gone")).to_contain_text("deleted by admin")
+    await expect(page.locator("#transcript")).to_be_hidden()
+    assert await page.locator("#delete-outputs").count() == 0
+    await page.screenshot(path=shots / "job-outputs-deleted.png", full_page=True)
+    await page.reload()  # from a fresh load too, and no stream is opened for a deleted transcript
+    await expect(page.locator("#log-gone")).to_contain_text("deleted by admin")
+    await expect(page.locator("#artifacts-gone")).to_contain_text("deleted by admin")
+    await expect(page.locator("#live")).to_have_text("")
+    assert (await api.get(f"/api/jobs/{job}/logs")).status_code == 410
