@@ -25,6 +25,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from boxrun.constants import JobState
+from boxrun.schemas.org import MAX_BYTES
 from boxrun.workspace_paths import MAX_PATH_LEN, NORMAL_PATH_PATTERN, clean_relative_path, refuse_unstorable
 
 # ---------------------------------------------------------------- reusable field types
@@ -643,8 +644,9 @@ class ManifestPage(BaseModel):
     done: bool = False
     total_bytes: int | None = Field(
         default=None,
+        strict=True,
         ge=0,
-        le=1 << 62,
+        le=MAX_BYTES,
         description="the first page: the size of every artifact the job will send, so the org's storage quota "
         "refuses the job before anything is uploaded",
     )

@@ -8,7 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_DAYS = 36500
 MIN_TRANSCRIPT_CAP = 64 << 10
-MAX_BYTES = 1 << 62  # fits int64 with room: a sum of sizes never overflows Postgres' bigint
+# 2**53 - 1 (8 PiB): fits int64 with room (a sum of sizes never overflows Postgres' bigint), and
+# every integer up to it is exact in a JSON number read as a double, so a client comparing as
+# floats agrees with the API on what is over the bound (2**62 + 95 reads as 2**62 as a double).
+MAX_BYTES = (1 << 53) - 1
 
 Days = int | None
 

@@ -240,7 +240,32 @@ async def record_webhook(api: httpx.AsyncClient, client: Client) -> None:
     await save(client, WEBHOOK_HISTORY, f"webhook-{delivery_id}")
 
 
-async def record(local: bool, *, only_webhook: bool = False) -> None:
+RETENTION_HISTORY = "retention_run"
+
+
+async def record_retention(api: httpx.AsyncClient, client: Client, stack: DevStack) -> None:
+    """One run of the `boxrun-retention` schedule, triggered, deleting an aged job's outputs."""
+    job_id = await completed_with_artifacts(api)
+    resp = await api.put("/api/org/retention", json={"logs_days": 1, "artifacts_days": 1})
+    assert resp.status_code == 200, resp.text
+    conn = await db_connect(stack.child("api").env["BOXRUN_DATABASE_URL"])
+    try:
+        await conn.execute("UPDATE jobs SET finished_at = finished_at - interval '2 days' WHERE id = $1::uuid", job_id)
+    finally:
+        await conn.close()
+    await client.get_schedule_handle("boxrun-retention").trigger()
+
+    async def finished_run() -> tuple[str, str | None] | None:
+        async for wf in client.list_workflows('WorkflowType = "RetentionWorkflow"'):
+            if wf.status == WorkflowExecutionStatus.COMPLETED:
+                return wf.id, wf.run_id
+        return None
+
+    workflow_id, run_id = await wait_for(finished_run, timeout=60, what="a completed retention run")
+    await save(client, RETENTION_HISTORY, workflow_id, run_id)
+
+
+async def record(local: bool, *, only_webhook: bool = False, only_retention: bool = False) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="boxrun-record-")) / "dev"
     env = {**ENV, "BOXRUN_LOCAL_CONTROL_ACTIVITIES": "true" if local else "false"}
     stack = DevStack(StackOptions(data_dir=data_dir, boxes=1, env=env), resolve_ports(None, auto=True))
@@ -249,8 +274,12 @@ async def record(local: bool, *, only_webhook: bool = False) -> None:
         client = await connect(endpoints["temporal_address"])
         headers = {"Authorization": f"Bearer {endpoints['token']}"}
         async with httpx.AsyncClient(base_url=endpoints["api_url"], headers=headers, timeout=30) as api:
+            if only_retention:
+                await record_retention(api, client, stack)
+                return
             if not local:
                 await record_webhook(api, client)
+                await record_retention(api, client, stack)
             for name, scenario in SCENARIOS.items():
                 if only_webhook or (local and name not in LOCAL_SCENARIOS):
                     continue
@@ -267,6 +296,9 @@ async def record(local: bool, *, only_webhook: bool = False) -> None:
 async def main() -> int:
     if sys.argv[1:] == ["webhook"]:  # only the webhook delivery's history (a new workflow, the rest unchanged)
         await record(False, only_webhook=True)
+        return 0
+    if sys.argv[1:] == ["retention"]:  # only a retention run's history (a new workflow, the rest unchanged)
+        await record(False, only_retention=True)
         return 0
     for old in HERE.glob("*.json"):
         old.unlink()

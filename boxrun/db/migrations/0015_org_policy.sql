@@ -29,6 +29,9 @@ CREATE INDEX jobs_finished ON jobs (org_id, finished_at) WHERE finished_at IS NO
 -- The retention activity finishes any job still flagged (a crash between the steps).
 ALTER TABLE jobs ADD COLUMN outputs_purge_pending boolean NOT NULL DEFAULT false;
 CREATE INDEX jobs_purge_pending ON jobs (id) WHERE outputs_purge_pending;
+-- A transcript deleted while the job's workflow was still archiving it: the archive lands after
+-- the purge; the retention activity deletes it on its next run.
+CREATE INDEX jobs_archive_after_delete ON jobs (id) WHERE logs_deleted_at IS NOT NULL AND log_archive_key IS NOT NULL;
 
 -- Retention deletes job rows past jobs_days: a rerun made from a deleted job keeps running and
 -- forgets its origin instead of blocking the delete. (job_events, dispatches, the manifest, log

@@ -85,9 +85,15 @@ DELETE FROM artifact_manifest WHERE job_id = $1;
 -- name: clear_purge_pending
 UPDATE jobs SET outputs_purge_pending = false WHERE id = $1;
 
--- Jobs marked whose objects or rows a crash left behind.
+-- Jobs marked whose objects or rows a crash left behind, and jobs whose transcript was deleted
+-- while the workflow was still archiving it (the archive landed after the purge).
 -- name: purge_pending_jobs
-SELECT id FROM jobs WHERE outputs_purge_pending ORDER BY id LIMIT $1;
+SELECT id FROM (
+    SELECT id FROM jobs WHERE outputs_purge_pending
+    UNION
+    SELECT id FROM jobs WHERE logs_deleted_at IS NOT NULL AND log_archive_key IS NOT NULL
+) AS left_behind
+ORDER BY id LIMIT $1;
 
 -- Orgs with a retention policy.
 -- name: orgs_with_retention
