@@ -1,5 +1,5 @@
 // The dashboard's shell: sign-in, the header, and the router (one page per URL hash).
-import { api, setSession, me } from "./api.js";
+import { api, setSession, me, atLeast } from "./api.js";
 import { h, errorBox } from "./ui.js";
 import { jobsPage } from "./jobs.js";
 import { jobPage } from "./job.js";
@@ -7,6 +7,9 @@ import { newJobPage } from "./newjob.js";
 import { boxesPage } from "./boxes.js";
 import { pipelinesPage, pipelinePage } from "./pipelines.js";
 import { auditPage } from "./audit.js";
+import { webhooksPage, webhookPage } from "./webhooks.js";
+import { secretsPage } from "./secrets.js";
+import { orgPage } from "./org.js";
 
 const ROUTES = [
   [/^#\/jobs\/([^/]+)$/, jobPage, "jobs"],
@@ -16,6 +19,10 @@ const ROUTES = [
   [/^#\/pipelines\/([^/]+)$/, pipelinePage, "pipelines"],
   [/^#\/pipelines$/, pipelinesPage, "pipelines"],
   [/^#\/audit$/, auditPage, "audit"],
+  [/^#\/webhooks\/([^/]+)$/, webhookPage, "webhooks"],
+  [/^#\/webhooks$/, webhooksPage, "webhooks"],
+  [/^#\/secrets$/, secretsPage, "secrets"],
+  [/^#\/org$/, orgPage, "org"],
 ];
 
 const main = document.getElementById("app");
@@ -60,6 +67,8 @@ async function route() {
   }
   document.getElementById("top").hidden = false;
   document.getElementById("who").textContent = `${me.name} · ${me.role} · ${me.org}`;
+  // entries for pages a role cannot use are hidden (the API refuses them anyway)
+  for (const a of document.querySelectorAll("[data-role]")) a.hidden = !atLeast(a.dataset.role);
   const hash = location.hash || "#/jobs";
   for (const [re, page, nav] of ROUTES) {
     const m = hash.match(re);

@@ -1,6 +1,7 @@
 // Job detail: facts, state timeline, the live log (SSE with the session cookie), artifacts, the
-// frozen spec, Cancel / Run again where the role allows, the Temporal UI link.
-import { api, mayChange } from "./api.js";
+// frozen spec, Cancel / Run again / Delete outputs where the role allows, the Temporal UI link.
+// Outputs deleted (by a person or the org's retention): the API's 410 reason where they were.
+import { api, mayChange, ApiError } from "./api.js";
 import { h, badge, when, duration, size, errorBox, TERMINAL } from "./ui.js";
 import { ansiSpans } from "./ansi.js";
 
@@ -19,6 +20,7 @@ export async function jobPage(main, id) {
   const streamSel = h("select", { id: "stream-filter" }, ["all", "stdout", "stderr", "output", "system"].map((s) => h("option", { value: s }, s)));
   const follow = h("input", { type: "checkbox", id: "autoscroll", checked: true });
   const liveNote = h("span", { class: "muted", id: "live" });
+  const transcript = h("a", { class: "button", id: "transcript", href: `${path}/logs.txt`, download: `${job.id}.log` }, "Download transcript");
   let source = null;
   let refreshing = null;
 
@@ -29,6 +31,9 @@ export async function jobPage(main, id) {
         actions.push(h("button", { class: "danger", id: "cancel", onclick: () => act("cancel") }, "Cancel"));
       }
       if (TERMINAL.has(job.state)) actions.push(h("button", { id: "rerun", onclick: () => act("rerun") }, "Run again"));
+      if (TERMINAL.has(job.state) && !job.outputs_deleted_at) {
+        actions.push(h("button", { class: "danger", id: "delete-outputs", onclick: deleteOutputs }, "Delete outputs"));
+      }
     }
     head.replaceChildren(
       h("h1", { style: "flex:1" }, "Job ", h("span", { class: "mono" }, job.id), " ", badge(job.state)),
@@ -49,7 +54,31 @@ export async function jobPage(main, id) {
       ...(job.waiting_reason ? row("Waiting", job.waiting_reason) : []),
       ...(job.error ? row("Error", h("span", { class: "error" }, job.error)) : []),
       ...(job.rerun_of ? row("Rerun of", h("a", { href: `#/jobs/${job.rerun_of}` }, job.rerun_of)) : []),
+      ...(job.logs_deleted_at ? row("Transcript deleted", when(job.logs_deleted_at)) : []),
+      ...(job.artifacts_deleted_at ? row("Artifacts deleted", when(job.artifacts_deleted_at)) : []),
     );
+    transcript.hidden = Boolean(job.logs_deleted_at);
+  }
+
+  async function deleteOutputs() {
+    if (!confirm(`Delete the transcript and the artifacts of job ${job.id}? This cannot be undone; the job itself stays.`)) return;
+    msg.replaceChildren();
+    try {
+      await api(`${path}/outputs`, { method: "DELETE" });
+      msg.replaceChildren(h("p", { class: "muted", id: "notice" }, "Outputs deleted: the transcript and the artifacts are gone."));
+      await refresh();
+    } catch (err) { msg.replaceChildren(errorBox(err)); }
+  }
+
+  // What went, in the API's own words (410: who or what deleted it, and when)
+  const gone = (err) => { if (err instanceof ApiError && err.status === 410) return err.message; throw err; };
+  const goneNote = (id, reason) => h("p", { class: "muted gone", id }, reason);
+
+  async function showLogGone() {
+    close("");
+    let reason = "The transcript was deleted.";
+    try { await api(`${path}/logs?limit=1`); } catch (err) { reason = gone(err); }
+    log.replaceChildren(goneNote("log-gone", reason));
   }
 
   async function act(what) {
@@ -70,8 +99,10 @@ export async function jobPage(main, id) {
     if (refreshing) return refreshing;
     refreshing = (async () => {
       try {
-        const [j, events, arts] = await Promise.all([api(path), api(`${path}/events`), api(`${path}/artifacts?limit=1000`)]);
+        const [j, events, arts] = await Promise.all([api(path), api(`${path}/events`),
+          api(`${path}/artifacts?limit=1000`).catch((err) => ({ gone: gone(err) }))]);
         job = j; renderHead();
+        if (job.logs_deleted_at && !log.querySelector("#log-gone")) await showLogGone();
         timeline.replaceChildren(...events.data.map((e) => h("li", { dataset: { state: e.to_state } },
           badge(e.to_state), " ", h("span", { class: "muted" }, when(e.at)),
           e.detail && Object.keys(e.detail).length ? h("span", { class: "muted mono" }, " ", JSON.stringify(e.detail)) : "")));
@@ -83,6 +114,7 @@ export async function jobPage(main, id) {
   }
 
   function renderArtifacts(arts) {
+    if (arts.gone) { artifacts.replaceChildren(goneNote("artifacts-gone", arts.gone)); return; }
     if (!arts.data.length) { artifacts.replaceChildren(h("p", { class: "muted" }, TERMINAL.has(job.state) ? "No artifacts." : "None yet.")); return; }
     artifacts.replaceChildren(h("table", {},
       h("thead", {}, h("tr", {}, h("th", {}, "Path"), h("th", { class: "right" }, "Size"), h("th", {}, "SHA-256"))),
@@ -102,6 +134,7 @@ export async function jobPage(main, id) {
   }
 
   function open() {
+    if (job.logs_deleted_at) return; // nothing to follow: refresh() shows why
     // EventSource sends the session cookie (same origin) and resumes with Last-Event-ID itself
     // after a dropped connection; `done` and `revoked` end it for good.
     source = new EventSource(`${path}/logs/stream`);
@@ -150,7 +183,7 @@ export async function jobPage(main, id) {
       h("label", { class: "inline" }, follow, "auto-scroll"),
       liveNote,
       h("span", { style: "flex:1" }),
-      h("a", { class: "button", id: "transcript", href: `${path}/logs.txt`, download: `${job.id}.log` }, "Download transcript")),
+      transcript),
     log,
     h("h2", {}, "Artifacts"), artifacts,
     h("h2", {}, "Spec (frozen at submission)"), spec,

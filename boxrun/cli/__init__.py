@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from boxrun.cli import boxes, context, jobs, operator, people, pipelines, run, secrets, session
+from boxrun.cli import boxes, context, jobs, operator, org, people, pipelines, run, secrets, session
 from boxrun.cli import webhooks as webhooks_cli
 from boxrun.cli.context import UserCommand
 
@@ -62,6 +62,7 @@ user(jobs.cancel, JOBS)
 user(jobs.rerun, JOBS)
 user(jobs.artifacts, JOBS)
 user(jobs.download, JOBS)
+app.add_typer(org.outputs_app, name="outputs", rich_help_panel=JOBS)
 app.add_typer(pipelines.app, name="pipeline", rich_help_panel=FLEET)
 user(boxes.boxes, FLEET)
 app.add_typer(boxes.app, name="box", rich_help_panel=FLEET)
@@ -70,6 +71,7 @@ app.add_typer(people.users_app, name="users", rich_help_panel=PEOPLE)
 app.add_typer(people.tokens_app, name="tokens", rich_help_panel=PEOPLE)
 app.add_typer(secrets.secrets_app, name="secrets", rich_help_panel=PEOPLE)
 app.add_typer(webhooks_cli.app, name="webhooks", rich_help_panel=PEOPLE)
+app.add_typer(org.app, name="org", rich_help_panel=PEOPLE)
 for command in (operator.api, operator.worker, operator.agent, operator.migrate, operator.openapi, operator.dev):
     app.command(rich_help_panel=OPERATOR)(command)
 

@@ -1,7 +1,9 @@
-"""Parsing of the CLI's compound arguments (--file PATH[:DEST], --env K=V, --label K=V)."""
+"""Parsing of the CLI's compound arguments (--file PATH[:DEST], --env K=V, --label K=V) and of
+sizes (10G) and day counts, both of which may be `none`."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -57,3 +59,33 @@ def file_specs(raws: list[str] | None) -> dict[str, Path]:
             raise ArgumentError(f"--file {raw!r}: {dest!r} is already given by another --file")
         found[dest] = source
     return found
+
+
+UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([KMGTP])(?:I?B)?|B)?", re.IGNORECASE | re.ASCII)
+NONE_WORDS = ("none", "off", "null")
+
+
+def size(raw: str, option: str) -> int | None:
+    """A byte count: `1048576`, `512B`, `500M`, `10G`, `1.5T` (K, M, G, T, P are powers of 1024;
+    `10GiB`, `10GB`, `10g` read the same), or `none` (no value: None)."""
+    text = raw.strip()
+    if text.lower() in NONE_WORDS:
+        return None
+    found = SIZE.fullmatch(text)
+    if found is None:
+        raise ArgumentError(f"{option} {raw!r}: expected bytes such as 1048576, 500M, 10G or none")
+    number, unit = found.group(1), (found.group(2) or "").upper()
+    if "." in number and not unit:
+        raise ArgumentError(f"{option} {raw!r}: a byte count is a whole number")
+    return int(float(number) * UNITS[unit]) if "." in number else int(number) * UNITS[unit]
+
+
+def days(raw: str, option: str) -> int | None:
+    """A number of days (`30`), or `none` (kept forever: None)."""
+    text = raw.strip()
+    if text.lower() in NONE_WORDS:
+        return None
+    if not (text.isascii() and text.isdigit()):
+        raise ArgumentError(f"{option} {raw!r}: expected a whole number of days or none")
+    return int(text)

@@ -123,3 +123,15 @@ def duration(start: datetime | None, end: datetime | None, now: datetime | None 
         return "-"
     secs = max(0, int((stop - start).total_seconds()))
     return f"{secs // 60}m{secs % 60:02d}s" if secs >= 60 else f"{secs}s"
+
+
+def human_bytes(n: int | None) -> str:
+    """`10.0 GiB (10737418240 bytes)`-style sizes, shortest first: '512 B', '1.5 MiB', '-' for None."""
+    if n is None:
+        return "-"
+    value, unit = float(n), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            break
+        value /= 1024
+    return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"

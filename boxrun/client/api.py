@@ -38,6 +38,7 @@ from boxrun.schemas import (
     WindowPublic,
 )
 from boxrun.schemas.audit import AuditPublic, JobSpecPublic
+from boxrun.schemas.org import OrgQuota, OrgQuotaPublic, OrgRetention, OrgRetentionPublic, OrgUsage
 from boxrun.schemas.people import (
     MePublic,
     TokenCreate,
@@ -84,7 +85,7 @@ class BoxrunClient(Transport):
             async for ev in client.follow(job.id): ...
 
     An error answer raises the matching `boxrun.errors` class (NotFound, Conflict, Unauthorized,
-    Forbidden, InvalidInput with `field`, TooLarge, Unavailable) with the API's `detail` as its
+    Forbidden, InvalidInput with `field`, TooLarge, Gone, Unavailable) with the API's `detail` as its
     reason; an API that cannot be reached raises Unavailable naming the address tried."""
 
     @classmethod
@@ -201,6 +202,12 @@ class BoxrunClient(Transport):
     async def rerun(self, job_id: str) -> JobPublic:
         """A new job from the job's frozen spec."""
         return await self.call(JobPublic, "POST", f"/api/jobs/{_seg(job_id)}/rerun")
+
+    async def delete_outputs(self, job_id: str) -> None:
+        """Delete the ended job's transcript and artifacts (its owner or an org admin); the job row
+        stays, and reading what went answers Gone with who deleted it and when. Conflict while
+        the job still runs; deleting again is harmless."""
+        await self.send("DELETE", f"/api/jobs/{_seg(job_id)}/outputs")
 
     async def events(self, job_id: str) -> JobEventsPublic:
         """The job's state transitions, oldest first."""
@@ -534,3 +541,26 @@ class BoxrunClient(Transport):
             "POST",
             f"/api/webhooks/{_seg(webhook_id)}/deliveries/{_seg(delivery_id)}/redeliver",
         )
+
+    # ------------------------------------------------------------------ org policy (docs/retention.md)
+
+    async def org_retention(self) -> OrgRetentionPublic:
+        """Days your org keeps transcripts, artifacts and job rows after a job ended (null: forever)."""
+        return await self.call(OrgRetentionPublic, "GET", "/api/org/retention")
+
+    async def set_org_retention(self, spec: OrgRetention) -> OrgRetentionPublic:
+        """Replace your org's retention (admins): a field left null keeps forever."""
+        return await self.call(OrgRetentionPublic, "PUT", "/api/org/retention", json=spec.model_dump(mode="json"))
+
+    async def org_quota(self) -> OrgQuotaPublic:
+        """Your org's storage quota and per-job transcript cap."""
+        return await self.call(OrgQuotaPublic, "GET", "/api/org/quota")
+
+    async def set_org_quota(self, spec: OrgQuota) -> OrgQuotaPublic:
+        """Replace your org's quota (admins): null storage_bytes is no quota, null transcript_cap_bytes
+        the deployment's default cap."""
+        return await self.call(OrgQuotaPublic, "PUT", "/api/org/quota", json=spec.model_dump(mode="json"))
+
+    async def org_usage(self) -> OrgUsage:
+        """What your org keeps now (object storage, which the quota counts, and transcripts)."""
+        return await self.call(OrgUsage, "GET", "/api/org/usage")

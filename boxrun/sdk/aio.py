@@ -1,5 +1,5 @@
 """The SDK's one implementation (async): AsyncClient, its resources (jobs, pipelines, boxes,
-users, tokens, audit, secrets, webhooks) and the handles they return (Job, Pipeline).
+users, tokens, audit, secrets, webhooks, org) and the handles they return (Job, Pipeline).
 `boxrun.sdk.Client` is the
 same code run from synchronous callers (boxrun.sdk.sync)."""
 
@@ -40,6 +40,7 @@ from boxrun.schemas import (
     MaintenancePublic,
 )
 from boxrun.schemas.audit import AuditEntryPublic, JobSpecPublic
+from boxrun.schemas.org import OrgQuota, OrgQuotaPublic, OrgRetention, OrgRetentionPublic, OrgUsage
 from boxrun.schemas.people import (
     MePublic,
     TokenCreate,
@@ -201,6 +202,14 @@ class Job(_Handle):
         """A new job from this one's frozen spec."""
         return Job(self._client, await self._client.api.rerun(self.id))
 
+    async def delete_outputs(self) -> Job:
+        """Delete the transcript and the artifacts of this ended job (its owner or an org admin);
+        the job itself stays. Reading them afterwards raises Gone, whose reason says who deleted
+        them and when. Conflict while the job still runs; again is harmless. Returns this handle,
+        updated (`outputs_deleted_at` set)."""
+        await self._client.api.delete_outputs(self.id)
+        return await self.refresh()
+
     async def events(self) -> list[JobEventPublic]:
         """The state transitions, oldest first."""
         return (await self._client.api.events(self.id)).data
@@ -333,6 +342,10 @@ class Jobs(_Handle):
     async def get(self, job_id: str) -> Job:
         """The job; NotFound if there is none with that id (in your org)."""
         return Job(self._client, await self._client.api.get(job_id))
+
+    async def delete_outputs(self, job_id: str) -> None:
+        """Delete an ended job's transcript and artifacts (as `Job.delete_outputs`)."""
+        await self._client.api.delete_outputs(job_id)
 
     async def list(
         self,
@@ -731,6 +744,48 @@ class Webhooks(_Handle):
         return await self._client.api.redeliver(webhook_id, delivery_id)
 
 
+# ---------------------------------------------------------------------------------- org policy
+
+
+class Org(_Handle):
+    """`client.org`: your org's keeping policy (docs/retention.md): retention and quota (any member
+    reads them, admins set them) and usage."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def retention(self) -> OrgRetentionPublic:
+        """Days after a job ended that its transcript, its artifacts and the job itself are kept
+        (None: forever), and the Temporal Schedule that enforces them."""
+        return await self._client.api.org_retention()
+
+    async def set_retention(
+        self, *, logs_days: int | None = None, artifacts_days: int | None = None, jobs_days: int | None = None
+    ) -> OrgRetentionPublic:
+        """Replace the whole retention policy (admins), as PUT /api/org/retention does: a day count
+        left out (None) keeps that kind forever. To change one, pass the others from `retention()`."""
+        spec = _build(OrgRetention, {"logs_days": logs_days, "artifacts_days": artifacts_days, "jobs_days": jobs_days})
+        return await self._client.api.set_org_retention(spec)
+
+    async def quota(self) -> OrgQuotaPublic:
+        """The storage quota (bytes; None: none) and the per-job transcript cap (None: the
+        deployment's default, `default_transcript_cap_bytes`)."""
+        return await self._client.api.org_quota()
+
+    async def set_quota(
+        self, *, storage_bytes: int | None = None, transcript_cap_bytes: int | None = None
+    ) -> OrgQuotaPublic:
+        """Replace the quota (admins): None storage_bytes is no quota, None transcript_cap_bytes
+        the deployment's default cap (at least 64 KiB when given)."""
+        spec = _build(OrgQuota, {"storage_bytes": storage_bytes, "transcript_cap_bytes": transcript_cap_bytes})
+        return await self._client.api.set_org_quota(spec)
+
+    async def usage(self) -> OrgUsage:
+        """What the org keeps now: `storage_bytes` (artifacts and log archives: what the quota
+        counts) and `transcript_bytes` (lines in Postgres)."""
+        return await self._client.api.org_usage()
+
+
 # ---------------------------------------------------------------------------------- the client
 
 
@@ -771,6 +826,7 @@ class AsyncClient(_Handle):
         self.audit = Audit(self)
         self.secrets = Secrets(self)
         self.webhooks = Webhooks(self)
+        self.org = Org(self)
 
     def __repr__(self) -> str:
         return f"<AsyncClient {self.url}>"

@@ -1,10 +1,12 @@
 """The errors the SDK raises: boxrun's one hierarchy (boxrun.errors), each carrying the API's
-reason (`reason`); InvalidInput (alias ValidationError) names the culprit in `field`."""
+reason (`reason`; for Gone: who or what deleted it, and when); InvalidInput (alias
+ValidationError) names the culprit in `field`."""
 
 from boxrun.errors import (
     BoxrunError,
     Conflict,
     Forbidden,
+    Gone,
     InvalidInput,
     NotFound,
     TooLarge,
@@ -18,6 +20,7 @@ __all__ = [
     "BoxrunError",
     "Conflict",
     "Forbidden",
+    "Gone",
     "IntegrityError",
     "InvalidInput",
     "NotFound",

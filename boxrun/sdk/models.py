@@ -13,6 +13,7 @@ from boxrun.schemas import (
     MaintenancePublic,
 )
 from boxrun.schemas.audit import AuditEntryPublic, JobSpecPublic
+from boxrun.schemas.org import OrgQuotaPublic, OrgRetentionPublic, OrgUsage
 from boxrun.schemas.people import MePublic, TokenCreated, TokenPublic, UserCreated, UserPublic
 from boxrun.schemas.pipelines import (
     AttemptPublic,
@@ -38,6 +39,9 @@ __all__ = [
     "LogLinePublic",
     "MaintenancePublic",
     "MePublic",
+    "OrgQuotaPublic",
+    "OrgRetentionPublic",
+    "OrgUsage",
     "PipelineEventPublic",
     "PipelinePublic",
     "PipelineState",

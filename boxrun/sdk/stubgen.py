@@ -41,6 +41,7 @@ HANDLES: dict[type, str] = {  # aio class -> its sync name (in the stub)
     aio.Audit: "Audit",
     aio.Secrets: "Secrets",
     aio.Webhooks: "Webhooks",
+    aio.Org: "Org",
     aio.AsyncClient: "Client",
 }
 # instance attributes whose type introspection cannot see (set from an untyped call)

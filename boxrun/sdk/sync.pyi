@@ -30,6 +30,7 @@ from boxrun.schemas import (
     MaintenancePublic,
 )
 from boxrun.schemas.audit import AuditEntryPublic, JobSpecPublic
+from boxrun.schemas.org import OrgQuotaPublic, OrgRetentionPublic, OrgUsage
 from boxrun.schemas.people import MePublic, TokenCreated, TokenPublic, UserCreated, UserPublic
 from boxrun.schemas.pipelines import PipelineEventPublic, PipelinePublic, PipelineSummary, StepPublic
 from boxrun.schemas.secrets import SecretPublic
@@ -110,6 +111,12 @@ class Job:
         ...
     def rerun(self) -> Job:
         """A new job from this one's frozen spec."""
+        ...
+    def delete_outputs(self) -> Job:
+        """Delete the transcript and the artifacts of this ended job (its owner or an org admin);
+        the job itself stays. Reading them afterwards raises Gone, whose reason says who deleted
+        them and when. Conflict while the job still runs; again is harmless. Returns this handle,
+        updated (`outputs_deleted_at` set)."""
         ...
     def events(self) -> list[JobEventPublic]:
         """The state transitions, oldest first."""
@@ -217,6 +224,9 @@ class Jobs:
         ...
     def get(self, job_id: str) -> Job:
         """The job; NotFound if there is none with that id (in your org)."""
+        ...
+    def delete_outputs(self, job_id: str) -> None:
+        """Delete an ended job's transcript and artifacts (as `Job.delete_outputs`)."""
         ...
     def list(
         self,
@@ -423,6 +433,37 @@ class Webhooks:
         """Send a delivery again: the same delivery id and body, a fresh signature."""
         ...
 
+@type_check_only
+class Org:
+    """`client.org`: your org's keeping policy (docs/retention.md): retention and quota (any member
+    reads them, admins set them) and usage."""
+    @property
+    def aio(self) -> _aio.Org:
+        """The async object behind this one."""
+        ...
+    def retention(self) -> OrgRetentionPublic:
+        """Days after a job ended that its transcript, its artifacts and the job itself are kept
+        (None: forever), and the Temporal Schedule that enforces them."""
+        ...
+    def set_retention(
+        self, *, logs_days: int | None = ..., artifacts_days: int | None = ..., jobs_days: int | None = ...
+    ) -> OrgRetentionPublic:
+        """Replace the whole retention policy (admins), as PUT /api/org/retention does: a day count
+        left out (None) keeps that kind forever. To change one, pass the others from `retention()`."""
+        ...
+    def quota(self) -> OrgQuotaPublic:
+        """The storage quota (bytes; None: none) and the per-job transcript cap (None: the
+        deployment's default, `default_transcript_cap_bytes`)."""
+        ...
+    def set_quota(self, *, storage_bytes: int | None = ..., transcript_cap_bytes: int | None = ...) -> OrgQuotaPublic:
+        """Replace the quota (admins): None storage_bytes is no quota, None transcript_cap_bytes
+        the deployment's default cap (at least 64 KiB when given)."""
+        ...
+    def usage(self) -> OrgUsage:
+        """What the org keeps now: `storage_bytes` (artifacts and log archives: what the quota
+        counts) and `transcript_bytes` (lines in Postgres)."""
+        ...
+
 class Client:
     """The boxrun API from plain (blocking) code: the same resources and methods as AsyncClient,
     without `await`:
@@ -450,6 +491,8 @@ class Client:
     def secrets(self) -> Secrets: ...
     @property
     def webhooks(self) -> Webhooks: ...
+    @property
+    def org(self) -> Org: ...
     @property
     def connection(self) -> Connection: ...
     @property

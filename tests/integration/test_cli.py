@@ -201,6 +201,28 @@ def test_files_in_and_artifacts_out_checked(env: dict[str, str], tmp_path: Path)
     assert rerun.returncode == 0 and rerun.stdout.splitlines() == [f"sha256 {sha}"], rerun.stderr
 
 
+def test_org_policy_and_outputs_rm(env: dict[str, str], tmp_path: Path) -> None:
+    text = "import os, pathlib\nprint('kept for now', flush=True)\n"
+    text += "pathlib.Path(os.environ['BOXRUN_ARTIFACTS_DIR'], 'r.txt').write_text('r')\n"
+    done = boxrun(env, "run", script(tmp_path, text), "--box", BOX)
+    assert done.returncode == 0, done.stderr
+    job_id = submitted_id(done.stderr.splitlines()[0])
+    quota = boxrun(env, "org", "quota", "--storage", "10G", "--json")
+    assert quota.returncode == 0 and json.loads(quota.stdout)["storage_bytes"] == 10 << 30, quota.stderr
+    usage = json.loads(boxrun(env, "org", "usage", "--json").stdout)
+    assert usage["artifacts"] >= 1 and usage["quota_bytes"] == 10 << 30
+    kept = boxrun(env, "org", "retention", "--logs-days", "30", "--json")
+    assert kept.returncode == 0 and json.loads(kept.stdout)["logs_days"] == 30, kept.stderr
+    removed = boxrun(env, "outputs", "rm", job_id)
+    assert removed.returncode == 0, removed.stderr
+    for args in (("logs", job_id), ("artifacts", job_id), ("download", job_id, "-o", str(tmp_path / "gone"))):
+        gone = boxrun(env, *args)
+        assert gone.returncode == 125 and "deleted by" in gone.stderr and "Traceback" not in gone.stderr, gone
+    assert job_of(env, job_id)["outputs_deleted_at"] is not None
+    for reset in (("org", "quota", "--storage", "none"), ("org", "retention", "--logs-days", "none")):
+        assert boxrun(env, *reset).returncode == 0
+
+
 def pipeline_file(tmp_path: Path, name: str, test_script: str) -> str:
     text = f"""
 name: {name}

@@ -1,4 +1,4 @@
-"""The CLI's compound arguments: --file PATH[:DEST], --env/--label KEY=VALUE."""
+"""The CLI's compound arguments: --file PATH[:DEST], --env/--label KEY=VALUE; sizes and days."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from boxrun.cli.args import ArgumentError, file_spec, file_specs, key_value, key_values
+from boxrun.cli.args import ArgumentError, days, file_spec, file_specs, key_value, key_values, size
+from boxrun.cli.output import human_bytes
 
 
 def test_key_value_keeps_empty_values_and_later_equals_signs() -> None:
@@ -64,3 +65,71 @@ def test_two_files_to_one_destination_are_refused(tmp_path: Path) -> None:
     }
     with pytest.raises(ArgumentError, match="already given"):
         file_specs([str(tmp_path / "a" / "x"), str(tmp_path / "b" / "x")])
+
+
+# ---------------------------------------------------------------- sizes and days (boxrun org)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1048576", 1048576),
+        ("0", 0),
+        ("512B", 512),
+        ("2K", 2048),
+        ("500M", 500 << 20),
+        ("10G", 10 << 30),
+        ("10g", 10 << 30),
+        ("10GiB", 10 << 30),
+        ("10GB", 10 << 30),
+        (" 10 G ", 10 << 30),
+        ("1.5T", 3 << 39),
+        ("2P", 2 << 50),
+        ("none", None),
+        ("NONE", None),
+        ("off", None),
+    ],
+)
+def test_sizes_take_binary_suffixes_and_none(raw: str, expected: int | None) -> None:
+    assert size(raw, "--storage") == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("", "expected bytes"),
+        ("G", "expected bytes"),
+        ("-1", "expected bytes"),
+        ("-1G", "expected bytes"),
+        ("1.5", "whole number"),
+        ("10X", "expected bytes"),
+        ("10iB", "expected bytes"),
+        ("1.2.3G", "expected bytes"),
+        ("\uff11\uff10G", "expected bytes"),  # full-width digits
+        ("10G\x00", "expected bytes"),
+    ],
+)
+def test_bad_sizes_name_the_option_and_the_value(raw: str, reason: str) -> None:
+    with pytest.raises(ArgumentError) as err:
+        size(raw, "--storage")
+    assert str(err.value).startswith(f"--storage {raw!r}") and reason in str(err.value)
+
+
+def test_days_are_whole_numbers_or_none() -> None:
+    assert days("30", "--logs-days") == 30
+    assert days("none", "--logs-days") is None
+    for raw in ("-3", "3.5", "", "thirty", "\u00b2", "1e3"):
+        with pytest.raises(ArgumentError, match="whole number of days or none"):
+            days(raw, "--logs-days")
+
+
+def test_human_bytes() -> None:
+    assert [human_bytes(n) for n in (None, 0, 512, 1536, 10 << 30, 5 << 50, 1 << 62)] == [
+        "-",
+        "0 B",
+        "512 B",
+        "1.5 KiB",
+        "10.0 GiB",
+        "5.0 PiB",
+        "4096.0 PiB",
+    ]
