@@ -72,6 +72,9 @@ async def append(conn: Conn, job_id: str, batch: Batch, *, cap_bytes: int = DEFA
         if batch.last_seq <= head:
             return head
         batch = batch.skip(head + 1 - batch.first_seq)
+        if row["logs_deleted"]:  # deleted outputs stay deleted: a late line is acknowledged only
+            await conn.execute(Q.skip_log_head, job_id, batch.last_seq, len(batch.data))
+            return batch.last_seq
         cap: int = row["cap"]
         rows = []
         for piece in batch.pieces(chunk_bytes(cap)):

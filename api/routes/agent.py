@@ -227,7 +227,14 @@ async def progress(
     "/jobs/{job_id}/artifacts",
     response_model=ManifestAnswer,
     responses=responses(
-        401, 404, 409, 413, 422, e404=_JOB_404, e409="the job is not running here", e413="over max_artifacts_per_job"
+        401,
+        404,
+        409,
+        413,
+        422,
+        e404=_JOB_404,
+        e409="the job is not running here",
+        e413="over max_artifacts_per_job, or the org's storage quota",
     ),
 )
 async def artifacts_page(
@@ -245,10 +252,12 @@ async def artifacts_page(
     status_code=204,
     responses=responses(401, 404, 409, 422, 503, e404=_JOB_404, e409="the control plane already ended the job"),
 )
-async def result(job_id: str, body: JobResultReport, box: CurrentBox, conn: ConnDep, temporal: TemporalDep) -> None:
+async def result(
+    job_id: str, body: JobResultReport, box: CurrentBox, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep
+) -> None:
     """How the job's process ended, after every log line is stored and every upload done:
     completes the job's run_job activity. Idempotent."""
-    await dispatch.report_result(conn, temporal, box, job_id, body)
+    await dispatch.report_result(conn, temporal, box, job_id, body, transcript_cap_bytes=settings.transcript_cap_bytes)
 
 
 @router.post(

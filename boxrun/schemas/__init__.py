@@ -330,7 +330,9 @@ class JobPublic(BaseModel):
     queue_timeout_s: int = 86400
     rerun_of: str | None = None
     labels: dict[str, str] = Field(default_factory=dict, description="the `key: value` labels given at submission")
-    log_lines: int = Field(description="lines stored so far (the last seq)")
+    log_lines: int = Field(
+        description="the last seq received: the lines printed so far (a transcript past its cap keeps fewer)"
+    )
     log_archive: ArchivePublic | None = Field(description="the gzip transcript in storage, once the job ended")
     exit_code: int | None
     error: str | None

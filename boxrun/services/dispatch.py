@@ -380,16 +380,25 @@ async def _check_quota(conn: Conn, org_id: str, job_id: str, page: ManifestPage,
 # -- result -----------------------------------------------------------------------------------
 
 
-async def report_result(conn: Conn, temporal: Client, box: NodeBox, job_id: str, report: JobResultReport) -> None:
+async def report_result(
+    conn: Conn,
+    temporal: Client,
+    box: NodeBox,
+    job_id: str,
+    report: JobResultReport,
+    *,
+    transcript_cap_bytes: int = logstore.DEFAULT_CAP_BYTES,
+) -> None:
     """Complete the job's run_job activity with the box's report (idempotent: a repeat after
-    success is a no-op). Conflict if the control plane already ended the job."""
+    success is a no-op). Conflict if the control plane already ended the job.
+    `transcript_cap_bytes`: the deployment's cap, for the system lines that explain the end."""
     jid = parse_job_id(job_id)
     row = await _own_dispatch(conn, box, jid)
     if row["claimed_at"] is None:
         raise Conflict(f"job {jid} was never claimed by {box.name}")
     if row["result_at"] is not None:
         return
-    await _system_lines(conn, jid, report)
+    await _system_lines(conn, jid, report, transcript_cap_bytes)
     if report.upload_failures:
         # what the box refused itself (links, hard links, foreign files, unstorable names): listed
         # with the API's own refusals; an entry already in the manifest keeps its row (a failed
@@ -437,7 +446,7 @@ async def report_result(conn: Conn, temporal: Client, box: NodeBox, job_id: str,
     await conn.execute(Q.dispatch_result, jid, box.id)
 
 
-async def _system_lines(conn: Conn, job_id: str, report: JobResultReport) -> None:
+async def _system_lines(conn: Conn, job_id: str, report: JobResultReport, transcript_cap_bytes: int) -> None:
     """The control plane's own lines that explain how the process ended (the box cannot write
     the system stream). Written once: only while the box's last line is the last stored."""
     text = None
@@ -454,7 +463,7 @@ async def _system_lines(conn: Conn, job_id: str, report: JobResultReport) -> Non
         if head != report.log_seq:
             return
         batch = Batch(first_seq=head + 1, runs=[(1, "system", time.time())], data=text.encode() + b"\n")
-        await logstore.append(conn, job_id, batch)
+        await logstore.append(conn, job_id, batch, cap_bytes=transcript_cap_bytes)
 
 
 # -- cancel -----------------------------------------------------------------------------------

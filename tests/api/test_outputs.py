@@ -336,3 +336,20 @@ async def test_an_archive_that_lands_after_the_delete_goes_on_the_next_retention
     assert (await run_retention(app)).resumed == 1
     assert await asyncio.to_thread(storage.head, archive) is None
     assert (await api.get(f"/api/jobs/{job_id}")).json()["log_archive"] is None
+
+
+async def test_lines_a_box_sends_after_the_delete_are_acknowledged_and_never_stored(
+    app: FastAPI, api: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """A box may deliver its last lines within log_tail_grace_s of the job's end: after DELETE
+    .../outputs they are taken (the box does not resend forever) but no chunk is written."""
+    job_id = await job_with_outputs(app, db)
+    assert (await api.delete(f"/api/jobs/{job_id}/outputs")).status_code == 204
+    head = await logstore.append(db, job_id, Batch(4, [(2, "stderr", 1_800_000_001.0)], b"late\nlater\n"))
+    assert head == 5
+    assert await rows(db, job_id) == {"log_chunks": 0, "artifacts": 0, "artifact_manifest": 0}
+    assert await db.fetchval("SELECT log_seq FROM jobs WHERE id = $1", uuid.UUID(job_id)) == 5
+    assert (await api.get(f"/api/jobs/{job_id}/logs")).status_code == 410
+    # a resend of the same lines is still a no-op
+    assert await logstore.append(db, job_id, Batch(4, [(2, "stderr", 1_800_000_001.0)], b"late\nlater\n")) == 5
+    assert await rows(db, job_id) == {"log_chunks": 0, "artifacts": 0, "artifact_manifest": 0}

@@ -2,7 +2,7 @@
 -- org's own, else $2 (Settings.transcript_cap_bytes). See 0016_transcript_cap.sql.
 -- name: lock_log_head
 SELECT j.log_seq, j.log_head_seq, j.log_stored_bytes, j.log_dropped_lines, j.log_dropped_bytes,
-       COALESCE(o.transcript_cap_bytes, $2::bigint) AS cap
+       j.logs_deleted_at IS NOT NULL AS logs_deleted, COALESCE(o.transcript_cap_bytes, $2::bigint) AS cap
 FROM jobs j JOIN orgs o ON o.id = j.org_id
 WHERE j.id = $1
 FOR UPDATE OF j;
@@ -12,6 +12,11 @@ INSERT INTO log_chunks (job_id, first_seq, last_seq, run_lines, run_streams, run
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8);
 
 -- $3: bytes received; $4: bytes held now; $5-$7: the cap's head, dropped lines and bytes.
+-- Lines of a job whose transcript was deleted (a box's last lines arriving after DELETE
+-- .../outputs or retention): acknowledged, never stored.
+-- name: skip_log_head
+UPDATE jobs SET log_seq = $2, log_bytes = log_bytes + $3 WHERE id = $1;
+
 -- name: advance_log_head
 UPDATE jobs SET log_seq = $2, log_bytes = log_bytes + $3, log_stored_bytes = $4,
                 log_head_seq = $5, log_dropped_lines = $6, log_dropped_bytes = $7
