@@ -21,6 +21,7 @@ from boxrun.agent.logpump import LogPump, LogRejected
 from boxrun.agent.mask import Masker
 from boxrun.agent.process import JobProcess, child_env
 from boxrun.agent.workspace import ArtifactRefused, Workspace
+from boxrun.agent.workspace import RefusedArtifact as RefusedPath
 from boxrun.client import AgentClient
 from boxrun.errors import BoxrunError, Conflict, NotFound, TooLarge, Unavailable
 from boxrun.messages import JobSpec
@@ -120,9 +121,8 @@ class JobRunner:
         if user is not None:
             ws.hand_over(user)  # the downloaded files too, before the job starts
 
-        pump = LogPump(
-            self.sink, job.job_id, spill_path=ws.root / "logs.spill", mask=Masker(bundle.mask), **self.pump_options
-        )
+        masker = Masker(bundle.mask)
+        pump = LogPump(self.sink, job.job_id, spill_path=ws.root / "logs.spill", mask=masker, **self.pump_options)
         pump.start()
         proc = JobProcess(pump)
         env = child_env(os.environ, spec.env, {"BOXRUN_JOB_ID": job.job_id, **ws.env()})
@@ -150,13 +150,16 @@ class JobRunner:
             report.error = report.error or str(exc)
         report.log_seq = pump.acked
         if why in ("exit", "timeout"):
-            await self._artifacts_unless_stopped(job, ws, report)
+            await self._artifacts_unless_stopped(job, ws, report, masker)
+        _mask_report(report, masker)
         return report, pump
 
-    async def _artifacts_unless_stopped(self, job: RunningJob, ws: Workspace, report: JobResultReport) -> None:
+    async def _artifacts_unless_stopped(
+        self, job: RunningJob, ws: Workspace, report: JobResultReport, masker: Masker | None = None
+    ) -> None:
         """Uploads, abandoned at once if the job is cancelled, stopped or ended meanwhile (a hung
         store must not hold a cancel)."""
-        upload = asyncio.create_task(self._artifacts(job, ws, report))
+        upload = asyncio.create_task(self._artifacts(job, ws, report, masker))
         signals = {why: asyncio.create_task(event.wait()) for why, event in job.interruptions().items()}
         try:
             done, _ = await asyncio.wait({upload, *signals.values()}, return_when="FIRST_COMPLETED")
@@ -243,13 +246,21 @@ class JobRunner:
                 return f"file {f.path}: SHA-256 mismatch (expected {f.sha256}, got {digest.hexdigest()}, {size} bytes)"
         return None
 
-    async def _artifacts(self, job: RunningJob, ws: Workspace, report: JobResultReport) -> None:
-        """Send the manifest page by page; PUT every file the API gives a target for."""
+    async def _artifacts(
+        self, job: RunningJob, ws: Workspace, report: JobResultReport, masker: Masker | None = None
+    ) -> None:
+        """Send the manifest page by page; PUT every file the API gives a target for. A file whose
+        name holds a secret's value is refused here (its name would leave the box unmasked)."""
         try:
             entries, refused_here = await asyncio.to_thread(ws.scan_artifacts)
         except OSError as exc:
             report.error = report.error or f"could not list the artifacts: {exc}"
             return
+        if masker:
+            named = {e.path for e in entries if _masked(masker, e.path) != e.path}
+            if named:
+                entries = [e for e in entries if e.path not in named]
+                refused_here = [*refused_here, *(RefusedPath(path, SECRET_IN_NAME) for path in sorted(named))]
         # links, hard links, foreign files and unstorable names the box itself refused: listed in
         # the job's error; every other artifact still goes up
         failures = [RefusedArtifact(path=r.path, reason=r.reason) for r in refused_here[:MAX_FAILURES]]
@@ -346,3 +357,22 @@ async def _close_quietly(pump: LogPump) -> None:
 async def _chunks(fh: IO[bytes], size: int = 1 << 20) -> AsyncIterator[bytes]:
     while chunk := await asyncio.to_thread(fh.read, size):
         yield chunk
+
+
+SECRET_IN_NAME = "its name holds a secret's value"
+
+
+def _masked(masker: Masker, text: str) -> str:
+    return masker.mask(text.encode("utf-8", "surrogateescape")).decode("utf-8", "replace")
+
+
+def _mask_report(report: JobResultReport, masker: Masker) -> None:
+    """The report's own text (errors, refused artifacts' names and reasons) is masked like the
+    job's output before it leaves the box."""
+    if not masker:
+        return
+    if report.error:
+        report.error = _masked(masker, report.error)
+    report.upload_failures = [
+        RefusedArtifact(path=_masked(masker, f.path), reason=_masked(masker, f.reason)) for f in report.upload_failures
+    ]

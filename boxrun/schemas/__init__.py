@@ -616,6 +616,10 @@ class JobBundle(BaseModel):
         description="the values of the secrets in `env`: the box replaces each in the job's output with ***",
     )
 
+    def __repr_args__(self) -> Any:  # a repr in a log line or a traceback shows no env value
+        for key, value in super().__repr_args__():
+            yield key, ("***" if key in ("env", "mask") and value else value)
+
 
 class JobClaimed(BaseModel):
     job_id: str

@@ -312,3 +312,30 @@ async def test_cancel_during_a_hung_upload_is_reported_at_once(tmp_path, api):
     report = await asyncio.wait_for(task, 5)
     assert report.cancelled and report.exit_code == 0 and api.results == [report]
     assert not Workspace.for_job(runner.workdir, "job-1").root.exists()
+
+
+async def test_a_secret_in_an_artifact_name_or_the_report_never_leaves_the_box(runner, api, storage):
+    """The bundle's mask covers more than the output: an artifact named after a secret's value is
+    refused on the box (its name would go up unmasked) and the report's text is masked."""
+    script = """
+import os
+art = os.environ["BOXRUN_ARTIFACTS_DIR"]
+open(os.path.join(art, "dump-" + os.environ["PW"] + ".txt"), "w").write("x")
+open(os.path.join(art, "fine.txt"), "w").write("y")
+"""
+    b = bundle(script, env={"PW": "hunter2-value"})
+    b.mask = ["hunter2-value"]
+    report = await runner.run(RunningJob("job-secret-name"), b)
+    assert [e.path for page in api.pages for e in page] == ["fine.txt"]
+    assert storage.objects == {"fine.txt": b"y"}
+    assert [(f.path, f.reason) for f in report.upload_failures] == [
+        ("dump-***.txt", "its name holds a secret's value")
+    ]
+    assert "hunter2-value" not in report.model_dump_json()
+
+
+def test_a_bundle_shows_no_env_value_or_mask_in_its_repr():
+    b = bundle("print(1)", env={"PW": "hunter2-value"})
+    b.mask = ["hunter2-value"]
+    assert "hunter2-value" not in repr(b) and "hunter2-value" not in str(b)
+    assert b.env == {"PW": "hunter2-value"}, "only the repr hides it"
