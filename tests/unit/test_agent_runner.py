@@ -328,9 +328,7 @@ open(os.path.join(art, "fine.txt"), "w").write("y")
     report = await runner.run(RunningJob("job-secret-name"), b)
     assert [e.path for page in api.pages for e in page] == ["fine.txt"]
     assert storage.objects == {"fine.txt": b"y"}
-    assert [(f.path, f.reason) for f in report.upload_failures] == [
-        ("dump-***.txt", "its name holds a secret's value")
-    ]
+    assert [(f.path, f.reason) for f in report.upload_failures] == [("dump-***.txt", "its name holds a secret's value")]
     assert "hunter2-value" not in report.model_dump_json()
 
 
