@@ -43,8 +43,13 @@ class WebhookActivities:
         self.pool = pool
         self.settings = settings
 
-    def all(self) -> list[Callable[..., Awaitable[Any]]]:
-        return [self.deliver_webhook, self.give_up_delivery]
+    def control(self) -> list[Callable[..., Awaitable[Any]]]:
+        """The control queue's: the short Postgres step when a delivery gives up."""
+        return [self.give_up_delivery]
+
+    def delivery(self) -> list[Callable[..., Awaitable[Any]]]:
+        """The webhook queue's (WEBHOOK_TASK_QUEUE): the attempts, with their own slots."""
+        return [self.deliver_webhook]
 
     @activity.defn
     async def deliver_webhook(self, inp: DeliveryInput) -> DeliveryResult:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from enum import StrEnum
 
 CONTROL_TASK_QUEUE = "boxrun-control"
+# Webhook delivery attempts only: their own slots, so receivers that stall cannot take the control
+# queue's (a job's own steps never wait behind an org's webhooks).
+WEBHOOK_TASK_QUEUE = "boxrun-webhooks"
 BOX_TASK_QUEUE_PREFIX = "box."
 
 DEFAULT_ORG = "default"

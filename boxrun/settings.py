@@ -132,6 +132,8 @@ class Settings(BaseSettings):
     # A delivery written but without a workflow this long (a crash between commit and start) is
     # started by the reaper's sweep.
     webhook_start_grace_s: float = Field(default=5.0, ge=0)
+    # Delivery attempts one control worker runs at once, on their own task queue (boxrun-webhooks).
+    webhook_max_concurrent: int = Field(default=50, ge=1, le=1000)
 
     # Agent (one box).
     box_name: str | None = None

@@ -14,7 +14,7 @@ from boxrun.activities.pipeline import PipelineActivities
 from boxrun.activities.reaper import ReaperActivities
 from boxrun.activities.retention import RetentionActivities
 from boxrun.activities.webhooks import WebhookActivities
-from boxrun.constants import CONTROL_TASK_QUEUE
+from boxrun.constants import CONTROL_TASK_QUEUE, WEBHOOK_TASK_QUEUE
 from boxrun.db import create_pool, migrate_for
 from boxrun.settings import Settings
 from boxrun.storage import Storage
@@ -63,7 +63,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
                 *activities.all(),
                 *dispatch.all(),
                 *pipeline.all(),
-                *webhooks.all(),
+                *webhooks.control(),
                 *retention.all(),
                 reaper.reap,
             ],
@@ -72,7 +72,14 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
             # a crashed worker's sticky tasks move to the shared queue after 2 s
             sticky_queue_schedule_to_start_timeout=timedelta(seconds=2),
         )
-        async with worker:
+        # webhook attempts on their own queue and slots: receivers that stall hold these only
+        deliveries = Worker(
+            client,
+            task_queue=WEBHOOK_TASK_QUEUE,
+            activities=webhooks.delivery(),
+            max_concurrent_activities=settings.webhook_max_concurrent,
+        )
+        async with worker, deliveries:
             await ensure_reaper(client, settings.reaper_interval_s)
             await ensure_retention_schedule(client, settings.retention_interval_s)
             log.info("control worker polling %s", CONTROL_TASK_QUEUE)

@@ -10,6 +10,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from boxrun.activities.webhooks import WebhookActivities
+    from boxrun.constants import WEBHOOK_TASK_QUEUE
     from boxrun.messages import DeliveryInput, DeliveryResult, GiveUpInput
     from boxrun.temporal import BUG_TYPES
 
@@ -40,6 +41,7 @@ class WebhookDeliveryWorkflow:
             return await workflow.execute_activity_method(
                 WebhookActivities.deliver_webhook,
                 inp,
+                task_queue=WEBHOOK_TASK_QUEUE,
                 start_to_close_timeout=ATTEMPT_TIMEOUT,
                 schedule_to_close_timeout=DELIVERY_DEADLINE,
                 retry_policy=DELIVERY_RETRY,

@@ -28,7 +28,7 @@ from boxrun.activities.control import ControlActivities
 from boxrun.activities.reaper import ReaperActivities
 from boxrun.activities.webhooks import WebhookActivities
 from boxrun.api.app import create_app
-from boxrun.constants import CONTROL_TASK_QUEUE, JobState, PipelineState, StepState
+from boxrun.constants import CONTROL_TASK_QUEUE, WEBHOOK_TASK_QUEUE, JobState, PipelineState, StepState
 from boxrun.db import Q
 from boxrun.errors import InvalidInput, NotFound
 from boxrun.messages import DeliveryInput, FinishInput, RecordPipelineInput, RecordStepInput
@@ -145,14 +145,17 @@ async def hooks_api(hooks_app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 @asynccontextmanager
 async def delivery_worker(app: FastAPI) -> AsyncIterator[None]:
-    """WebhookDeliveryWorkflow and its activities on the control queue, as `boxrun worker` runs them."""
+    """WebhookDeliveryWorkflow and give_up_delivery on the control queue, the attempts on the
+    webhook queue, as `boxrun worker` runs them."""
     hooks = WebhookActivities(app.state.pool, app.state.settings)
-    async with Worker(
+    control = Worker(
         app.state.temporal,
         task_queue=CONTROL_TASK_QUEUE,
         workflows=[WebhookDeliveryWorkflow],
-        activities=hooks.all(),
-    ):
+        activities=hooks.control(),
+    )
+    attempts = Worker(app.state.temporal, task_queue=WEBHOOK_TASK_QUEUE, activities=hooks.delivery())
+    async with control, attempts:
         yield
 
 
