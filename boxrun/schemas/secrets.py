@@ -4,13 +4,18 @@ comes out: the public shapes carry names and times only."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from boxrun.schemas import CleanStr
+from boxrun.schemas import UNSTORABLE, CleanStr, rule
 
 SECRET_NAME_PATTERN = r"^[A-Z_][A-Z0-9_]{0,127}$"
 MAX_SECRET_BYTES = 64 * 1024
+# Not only whitespace (the box could mask such a value only by blanking every space of the
+# transcript): str.strip() in the validator, \s in the schema's pattern (the same set in Python).
+SECRET_VALUE_PATTERN = rf"^[^{UNSTORABLE}]*[^{UNSTORABLE}\s][^{UNSTORABLE}]*$"
+SecretValue = Annotated[CleanStr, rule(pattern=SECRET_VALUE_PATTERN)]
 
 
 class SecretPut(BaseModel):
@@ -18,7 +23,9 @@ class SecretPut(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    value: CleanStr = Field(min_length=1, description=f"at most {MAX_SECRET_BYTES} bytes as UTF-8; never shown again")
+    value: SecretValue = Field(
+        min_length=1, description=f"at most {MAX_SECRET_BYTES} bytes as UTF-8, not only spaces; never shown again"
+    )
 
     @field_validator("value")
     @classmethod

@@ -94,6 +94,14 @@ def config() -> schemathesis.Config:
                     "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "422"]}},
                 },
                 {
+                    # A secret's value may not be only whitespace: the schema states it as a
+                    # pattern (re.search of it refuses "\t"), but schemathesis' coverage phase
+                    # generates "\t" from minLength alone and calls it valid.
+                    "include-path": "/api/secrets/{name}",
+                    "include-method": "PUT",
+                    "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "422"]}},
+                },
+                {
                     # A job's transcript is archived when the job ends: until then its archive is
                     # 404 (documented), which the stateful phase takes for a lost resource.
                     "include-path": "/api/jobs/{job_id}/logs/archive",

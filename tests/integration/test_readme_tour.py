@@ -41,7 +41,7 @@ def tour_script() -> str:
 
 def test_the_tour_has_its_blocks():
     blocks = tour_blocks()
-    assert [language for language, _ in blocks] == ["bash", "python", "bash", "bash", "bash"]
+    assert [language for language, _ in blocks] == ["bash", "python", "bash", "bash", "bash", "bash"]
     assert blocks[0][1].startswith("source .venv/bin/activate\n")  # the first example is the CLI
 
 
@@ -77,6 +77,8 @@ async def _tour(tmp_path: Path, home: Path) -> None:
         assert "exit code 130" in out, "the cancelled job's follow exits 130"
         assert "hello from olga" in out
         assert "token revoked" in err and "exit code 125" in out, "the revoked token is refused in one line"
+        assert "the password is ***" in out and "hunter2" not in out + err, "the secret was masked"
+        assert "were deleted by admin" in err, "the deleted transcript answers with who deleted it"
         assert "Traceback" not in err
         async with fs.api() as api:
             jobs = (await api.get("/api/jobs", params={"owner": "olga"})).json()["data"]
@@ -85,6 +87,12 @@ async def _tour(tmp_path: Path, home: Path) -> None:
             assert [j["state"] for j in cli_jobs] == ["completed"] * 3  # run, run --detach, rerun
             cancelled = (await api.get("/api/jobs", params={"state": "cancelled"})).json()["data"]
             assert len(cancelled) == 1 and cancelled[0]["box"] == "local-2"
+            (secret_job,) = (await api.get("/api/jobs", params={"label": "tour:secrets"})).json()["data"]
+            assert secret_job["state"] == "completed" and secret_job["outputs_deleted_at"], secret_job
+            assert (await api.get(f"/api/jobs/{secret_job['id']}/logs")).status_code == 410
+            policy = (await api.get("/api/org/retention")).json()
+            assert (policy["logs_days"], policy["artifacts_days"], policy["jobs_days"]) == (30, 90, None)
+            assert (await api.get("/api/org/quota")).json()["storage_bytes"] == 10 << 30
             rest = (await api.get("/api/jobs", params={"label": "tour:rest"})).json()["data"]
             assert (await wait_terminal(api, rest[0]["id"], timeout=60))["state"] == "completed"
             pipelines = (await api.get("/api/pipelines")).json()["data"]
