@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from boxrun.activities.heartbeat import heartbeating
 from boxrun.activities.webhooks import start_deliveries_after
 from boxrun.constants import artifact_key
 from boxrun.db import Q
@@ -42,23 +42,6 @@ MAX_NAMED = 20
 
 def _permanent(exc: Exception) -> ApplicationError:
     return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)
-
-
-@asynccontextmanager
-async def _heartbeating(every_s: float = 5.0) -> AsyncIterator[None]:
-    """Heartbeat all along a step whose single operations can be long (one multi-GB object read
-    back, one big transcript upload), so the workflow's heartbeat_timeout stays short."""
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat()
-            await asyncio.sleep(every_s)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
 
 
 class ControlActivities:
@@ -121,7 +104,7 @@ class ControlActivities:
     @activity.defn
     async def archive_logs(self, inp: ArchiveInput) -> ArchiveResult:
         """Write the whole transcript to storage as gzip JSON lines (idempotent: same key, same bytes)."""
-        async with _heartbeating():
+        async with heartbeating():
             key, lines, size = await write_archive(self.pool, self.storage, inp.job_id, on_progress=activity.heartbeat)
         return ArchiveResult(key=key, lines=lines, size=size)
 
@@ -140,7 +123,7 @@ class ControlActivities:
         failed = 0
         recorded = 0
         after = ""
-        async with self.pool.acquire() as conn, _heartbeating():
+        async with self.pool.acquire() as conn, heartbeating():
             org_id = await conn.fetchval(Q.job_org, inp.job_id)
             while page := await conn.fetch(Q.manifest_page, inp.job_id, after, VERIFY_PAGE):
                 after = page[-1]["path"]

@@ -3,16 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 from pydantic import BaseModel, Field
 from temporalio import activity
 
+from boxrun.activities.heartbeat import heartbeating
 from boxrun.db import Conn, Q
 from boxrun.services import outputs
 from boxrun.storage import Storage
@@ -57,22 +56,6 @@ class RetentionResult(BaseModel):
     by_org: dict[str, OrgRetentionCounts] = Field(default_factory=dict)  # orgs where anything went
 
 
-@asynccontextmanager
-async def _heartbeating(every_s: float = 5.0) -> AsyncIterator[None]:
-    """Heartbeat all along (one large prefix deletion can take a while)."""
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat()
-            await asyncio.sleep(every_s)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-
-
 class RetentionActivities:
     """Bound to one Postgres pool and one storage client; registered on the control worker."""
 
@@ -90,7 +73,7 @@ class RetentionActivities:
         outputs first). Objects go before rows; a job still running is never touched; audit rows
         are never deleted. One `retention.apply` audit row per org where anything went."""
         result = RetentionResult()
-        async with self.pool.acquire() as conn, _heartbeating():
+        async with self.pool.acquire() as conn, heartbeating():
             result.resumed, _ = await outputs.purge_pending(
                 conn, self.storage, limit=inp.max_jobs, on_progress=activity.heartbeat
             )
