@@ -167,7 +167,8 @@ async def test_resends_after_trimming_store_nothing_twice_and_the_job_goes_on(db
     sent += [(last + 1 + i, "stdout", t) for i, t in enumerate(more)]
     await check(db, job_id, sent)
     # the control plane's closing line is still stored after a trimmed transcript (dispatch._system_lines)
-    await dispatch._system_lines(db, job_id, JobResultReport(timed_out=True, log_seq=sent[-1][0]))
+    report = JobResultReport(timed_out=True, log_seq=sent[-1][0])
+    await dispatch._system_lines(db, job_id, report, CAP)
     sent.append((sent[-1][0] + 1, "system", "boxrun: timed out; process group killed"))
     got = await check(db, job_id, sent)
     assert got[-1] == sent[-1]
