@@ -52,7 +52,8 @@ async def test_one_reaper_workflow_loops_and_a_restarted_worker_reuses_it(tmp_pa
         await wait_for(lambda: swept(1), timeout=30, what="two sweeps")
         listed = await wait_for(lambda: reapers(client), what="the reaper in the workflow list")
         assert len(listed) == 1 and listed[0][2] == WorkflowExecutionStatus.RUNNING, listed
-        assert [s async for s in await client.list_schedules()] == [], "no schedule starts reapers"
+        scheduled = [s.schedule.action async for s in await client.list_schedules()]
+        assert [getattr(a, "workflow", None) for a in scheduled] == ["RetentionWorkflow"], "no schedule starts reapers"
 
         run_id = listed[0][1]
         fs.stop("worker")
