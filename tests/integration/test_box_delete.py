@@ -1,6 +1,6 @@
 """Deleting a box on a whole real stack (Temporal, PostgreSQL, S3, API, control worker, an agent):
 the jobs waiting for it are woken by the delete and end `unschedulable` naming the deleted box,
-well before the workflow's periodic re-check (5 s in FAST) could have noticed."""
+well before the workflow's periodic re-check (POLL_S in this stack) could have noticed."""
 
 from __future__ import annotations
 
@@ -16,12 +16,18 @@ from tests.integration.jobs import submit, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
-WOKEN_S = 2.5  # under the 5 s re-check: the delete's wake-up ended the job, not the poll
+POLL_S = 120  # this stack's re-check: far, so only the delete's wake-up can end the jobs in time
+WOKEN_S = 30.0  # well under POLL_S, with room for a loaded machine
 
 
 @pytest.fixture(scope="module")
 async def fs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FaultStack]:
-    async with fault_stack(tmp_path_factory.mktemp("box-delete") / "dev", boxes=1, capacity=1) as stack:
+    async with fault_stack(
+        tmp_path_factory.mktemp("box-delete") / "dev",
+        boxes=1,
+        capacity=1,
+        env={"BOXRUN_WAIT_POLL_INTERVAL_S": str(POLL_S)},
+    ) as stack:
         yield stack
 
 

@@ -29,11 +29,13 @@ from tests.integration.jobs import replay, submit, wait_terminal
 pytestmark = pytest.mark.e2e
 
 # Hand-off bounds. A waiting job is woken by a signal when a lease is released or maintenance
-# ends; the fallback re-check runs every 5 s (BOXRUN_WAIT_POLL_INTERVAL_S in FAST), so anything
-# well under 5 s proves the wake-up, not the poll.
-HANDOFF_S = 2.5
+# ends; these stacks' fallback re-check runs only every POLL_S, so a hand-off well under it proves
+# the wake-up, not the poll, with room for a loaded machine (how fast it is, bench/ measures).
+POLL_S = 120
+NO_POLL = {"BOXRUN_WAIT_POLL_INTERVAL_S": str(POLL_S)}
+HANDOFF_S = 30.0
 # cancel -> process tree gone. The issue's <= 1 s goal is measured by bench/; a test only bounds it.
-KILL_S = 5.0
+KILL_S = 20.0
 
 
 # ---------------------------------------------------------------- scripts
@@ -82,13 +84,15 @@ QUICK = "print('quick ran', flush=True)\n"
 
 @pytest.fixture(scope="module")
 async def fs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FaultStack]:
-    async with fault_stack(tmp_path_factory.mktemp("lifecycle") / "dev", boxes=3, capacity=1) as stack:
+    async with fault_stack(tmp_path_factory.mktemp("lifecycle") / "dev", boxes=3, capacity=1, env=NO_POLL) as stack:
         yield stack
 
 
 @pytest.fixture(scope="module")
 async def fs2(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FaultStack]:
-    async with fault_stack(tmp_path_factory.mktemp("lifecycle-cap2") / "dev", boxes=1, capacity=2) as stack:
+    async with fault_stack(
+        tmp_path_factory.mktemp("lifecycle-cap2") / "dev", boxes=1, capacity=2, env=NO_POLL
+    ) as stack:
         yield stack
 
 
@@ -385,7 +389,7 @@ async def test_contention_never_overbooks_and_grants_by_priority_then_fifo(fs, f
             assert 0 < first < HANDOFF_S, f"{box}: first grant {first:.2f}s after the blocker left"
             if capacity == 2:
                 # the blocker's release frees two slots: both head jobs start together, not the
-                # second only after the first finished (or a 5 s poll found it)
+                # second only after the first finished (or a poll found it)
                 assert not granted[0]["lock"] and not granted[1]["lock"]
                 assert granted[1]["acquired_at"] < granted[0]["released_at"], (
                     f"{box}: second slot filled {(granted[1]['acquired_at'] - blocker['released_at']).total_seconds():.2f}s "
@@ -465,7 +469,7 @@ async def test_manual_maintenance_holds_new_jobs_not_running_ones(api, db, tmp_p
     finished = await wait_terminal(api, held["id"], timeout=30)
     assert finished["state"] == "completed", finished
     delay = ((await lease(db, held["id"]))["acquired_at"] - t_off).total_seconds()
-    assert delay < HANDOFF_S, f"job started {delay:.2f}s after maintenance ended (poll is 5 s)"
+    assert delay < HANDOFF_S, f"job started {delay:.2f}s after maintenance ended (poll is {POLL_S} s)"
     assert [e["to_state"] for e in await events(api, held["id"])] == [
         "queued",
         "waiting_for_box",
