@@ -1,4 +1,5 @@
-"""Control-plane activities: every job state change, lease, cancel push, verification and archive."""
+"""Control-plane activities: every job state change, lease, box hold release, cancel push,
+verification and archive."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from boxrun.messages import (
     ArchiveResult,
     CancelInput,
     FinishInput,
+    ReleaseHoldInput,
     ReleaseResult,
     TransitionInput,
     TransitionResult,
@@ -31,6 +33,7 @@ from boxrun.messages import (
 from boxrun.placement import acquire, finish
 from boxrun.services.archive import write_archive
 from boxrun.services.dispatch import request_cancel
+from boxrun.services.pipelines import release_pipeline_holds
 from boxrun.storage import Storage
 from boxrun.transitions import transition
 
@@ -61,6 +64,7 @@ class ControlActivities:
             self.verify_artifacts,
             self.archive_logs,
             self.request_cancel,
+            self.release_hold,
         ]
 
     @activity.defn
@@ -100,6 +104,14 @@ class ControlActivities:
                 raise _permanent(exc) from exc
         await start_deliveries_after(self.pool, inp.job_id)  # the job.<state> webhooks, committed with it
         return done
+
+    @activity.defn
+    async def release_hold(self, inp: ReleaseHoldInput) -> int:
+        """Release a pipeline's box hold (its keep_box step's pinned steps all finished) and wake
+        the jobs waiting for the box; returns how many were woken. Idempotent."""
+        async with self.pool.acquire() as conn:
+            woken = await release_pipeline_holds(conn, activity.client(), inp.pipeline_id, inp.step, by="pipeline")
+        return len(woken)
 
     @activity.defn
     async def archive_logs(self, inp: ArchiveInput) -> ArchiveResult:

@@ -31,6 +31,8 @@ class PipelineActivities:
     async def record_pipeline(self, inp: RecordPipelineInput) -> bool:
         async with self.pool.acquire() as conn:
             changed = await pipelines.record_pipeline(conn, inp)
+            if inp.state.terminal:  # a hold never outlives its pipeline (the workflow released them already)
+                await pipelines.release_pipeline_holds(conn, activity.client(), inp.pipeline_id, by="pipeline_ended")
         if inp.state.terminal:
             await start_deliveries_after(self.pool, inp.pipeline_id)  # the pipeline.<state> webhooks
         return changed

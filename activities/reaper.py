@@ -1,4 +1,5 @@
-"""The reaper: frees leases and ends jobs whose workflow is gone; starts workflows a crash missed."""
+"""The reaper: frees leases, box holds and ends jobs whose workflow is gone; starts workflows a
+crash missed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from boxrun.constants import TERMINAL_STATES, JobState, PipelineState
 from boxrun.db import Conn, Q
 from boxrun.messages import ReapResult
 from boxrun.placement import finish, release
-from boxrun.services.pipelines import end_rows, start_pipeline_workflow, stored_input
+from boxrun.services.pipelines import end_rows, release_pipeline_holds, start_pipeline_workflow, stored_input
 from boxrun.services.webhooks import start_deliveries, start_deliveries_of
 from boxrun.services.workflow_start import job_input, start_job_workflow
 from boxrun.settings import Settings
@@ -66,8 +67,10 @@ class ReaperActivities:
                 await start_job_workflow(client, job_input(row, self.settings))
                 log.warning("started the missing workflow of queued job %s", row["id"])
                 result.workflows_started += 1
-            # 4. pipelines whose workflow never started, or closed before recording an end
+            # 4. pipelines whose workflow never started, or closed before recording an end (their
+            # box holds are released with them), and holds an ended pipeline still has
             await self._reap_pipelines(conn, client, result)
+            await self._reap_holds(conn, client, result)
             # 5. webhooks: boxes that came online or went offline since the last sweep, and
             # deliveries a crash left without a workflow (written, not started)
             await self._sweep_webhooks(conn, client, result)
@@ -94,9 +97,19 @@ class ReaperActivities:
                 continue
             name = status.name.lower() if status else "closed"
             ended = PipelineState.CANCELLED if status == WorkflowExecutionStatus.CANCELED else PipelineState.FAILED
-            await end_rows(conn, pid, ended, f"workflow {name} before the pipeline ended")
+            await end_rows(conn, client, pid, ended, f"workflow {name} before the pipeline ended", by="reaper")
             log.warning("reaped pipeline %s (workflow %s): now %s", pid, name, ended.value)
             result.pipelines_ended += 1
+
+    async def _reap_holds(self, conn: Conn, client: Client, result: ReapResult) -> None:
+        """Release the box holds of pipelines that ended (a crash between a pipeline's end and its
+        release, or a hold taken as the pipeline ended without its workflow) and wake their boxes'
+        waiters."""
+        for row in await conn.fetch(Q.holds_of_ended_pipelines):
+            pid = str(row["pipeline_id"])
+            woken = await release_pipeline_holds(conn, client, pid, by="reaper")
+            log.warning("released the box holds of ended pipeline %s (woke %d jobs)", pid, len(woken))
+            result.holds_released += 1
 
     async def _sweep_webhooks(self, conn: Conn, client: Client, result: ReapResult) -> None:
         flips = await conn.fetchrow(Q.box_liveness_flips, self.settings.box_offline_after_s)

@@ -161,6 +161,7 @@ class ReapResult(BaseModel):
     jobs_ended: int = 0
     workflows_started: int = 0
     pipelines_ended: int = 0
+    holds_released: int = 0  # pipelines whose box holds outlived them
     # webhooks: boxes whose liveness flipped, delivery workflows a crash had left unstarted
     boxes_flipped: int = 0
     deliveries_started: int = 0
@@ -200,6 +201,10 @@ class PipelineStepRef(BaseModel):
     retry: RetryPolicyInput | None = None
     # rerun only_failed: this step is not run again, its earlier job stands (completed)
     reuse_job_id: str | None = None
+    # placement across steps: the step this one runs on the box of; whether this step's box is held
+    # for the pipeline until the steps pinned to it finished (the workflow releases the hold)
+    same_box_as: str | None = None
+    keep_box: bool = False
 
 
 class PipelineInput(BaseModel):
@@ -258,6 +263,13 @@ class RecordPipelineInput(BaseModel):
     pipeline_id: str
     state: PipelineState
     error: str | None = None
+
+
+class ReleaseHoldInput(BaseModel):
+    """Release the box hold of a pipeline's keep_box step (every hold of the pipeline if None)."""
+
+    pipeline_id: str
+    step: str | None = None
 
 
 # Webhooks.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import asyncpg
@@ -60,10 +61,12 @@ async def acquire(conn: Conn, job_id: str, *, offline_after_s: float = 15.0) -> 
     A box qualifies when the job's owner may use it (its allowed_users names them, or is NULL, or
     the owner is an org admin), it has every required capability, its agent is live (reported within
     `offline_after_s`, not draining), no maintenance window covers now, it has free capacity, no
-    exclusive lease is on it (and, for `lock` jobs, no lease at all), and no job that waits longer
-    (higher priority first, then FIFO) could use it. The target boxes are locked FOR UPDATE (in id
-    order) for the whole decision, and release() locks the box too, so a release either frees
-    capacity this grant sees or finds this job already waiting and wakes it.
+    exclusive lease is on it (and, for `lock` jobs, no lease at all), no pipeline holds it for other
+    steps (box_holds: keep_box), and no job that waits longer (higher priority first, then FIFO)
+    could use it (a job the box is held for does not wait behind jobs the hold refuses). The
+    target boxes are locked FOR UPDATE (in id order) for the whole decision, and release() and
+    release_holds() lock the box too, so a release either frees capacity this grant sees or finds
+    this job already waiting and wakes it.
     """
     async with conn.transaction():
         job = await conn.fetchrow(Q.lock_job, job_id)
@@ -96,7 +99,10 @@ async def acquire(conn: Conn, job_id: str, *, offline_after_s: float = 15.0) -> 
                 reasons.add(WAIT_OFFLINE)
                 continue
             full = box["active"] >= box["capacity"] or (job["lock"] and box["active"] > 0)
-            if box["exclusive"] or full or box["behind"]:
+            # a pipeline's hold keeps the box for its pinned steps: others wait (busy), and a
+            # pinned step does not queue behind the jobs the hold refuses
+            behind = box["behind"] and not box["held_for_me"]
+            if box["held"] or box["exclusive"] or full or behind:
                 reasons.add(WAIT_BUSY)
                 continue
             candidates.append((box["active"] / box["capacity"], box["name"], box))
@@ -179,15 +185,39 @@ async def finish(
 
 async def release(conn: Conn, job_id: str) -> ReleaseResult:
     """Free the job's lease (if any) and name the waiting jobs that may now take the box: as many
-    as it has free slots (all of them once an exclusive lease ends), first in grant order."""
+    as it has free slots (all of them once an exclusive lease ends), first in grant order.
+
+    A pipeline step with keep_box takes its pipeline's hold on the box in the same transaction
+    (holds.sql take_hold), so no other job is granted the box between the step and the steps
+    pinned to it; the waiters named are then only those the hold admits."""
     async with conn.transaction():
         box_id = await conn.fetchval(Q.release_lease, job_id)
         if box_id is None:
             return ReleaseResult(released=False)
         capacity = await conn.fetchval(Q.lock_box, box_id)
+        await conn.fetchval(Q.take_hold, job_id, box_id)
         load = await _box_load(conn, box_id)
         free = 0 if load["exclusive"] else capacity - load["active"]
         if free <= 0:
             return ReleaseResult(released=True)
         waiters = await conn.fetch(Q.waiters_for_box, box_id, free)
         return ReleaseResult(released=True, wake_job_ids=[str(w["id"]) for w in waiters])
+
+
+async def release_holds(conn: Conn, pipeline_id: str, step: str | None = None, *, by: str) -> list[str]:
+    """Release the pipeline's live holds (of `step` only, if given; `by` is recorded) and name the
+    waiting jobs that may now take each box freed, as release() does. Idempotent: a released hold
+    is not released again (an empty list then)."""
+    wake: list[str] = []
+    async with conn.transaction():
+        rows = await conn.fetch(Q.release_holds, uuid.UUID(pipeline_id), step, by)
+        for box_id in sorted({r["box_id"] for r in rows}):
+            # locked as release() locks it: a grant that saw the hold has made its job wait by now
+            capacity = await conn.fetchval(Q.lock_box, box_id)
+            if capacity is None:
+                continue
+            load = await _box_load(conn, box_id)
+            free = 0 if load["exclusive"] else capacity - load["active"]
+            if free > 0:
+                wake += [str(w["id"]) for w in await conn.fetch(Q.waiters_for_box, box_id, free)]
+    return wake

@@ -5,7 +5,11 @@ step and pipeline state change is recorded through an activity (row + event + NO
 A cancel or the pipeline timeout (a workflow timer) stops it: running steps are cancelled (their
 jobs get SIGTERM, grace, SIGKILL through JobWorkflow's own cancel), pending steps end cancelled,
 except `when: always` steps, which still run once their needs ended (bounded by their own job
-timeout). The pipeline then ends cancelled or timed_out."""
+timeout). The pipeline then ends cancelled or timed_out.
+
+Box holds: a `keep_box` step's job takes the pipeline's hold on its box as its lease ends; the
+workflow releases it (activity release_hold) once that step and every step pinned to it
+(`same_box_as`) ended, and the pipeline's terminal record releases any hold left."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import ApplicationError, CancelledError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
+    from boxrun.activities.control import ControlActivities
     from boxrun.activities.pipeline import PipelineActivities
     from boxrun.constants import CONTROL_TASK_QUEUE, PipelineState, StepState
     from boxrun.messages import (
@@ -27,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
         PipelineStepRef,
         RecordPipelineInput,
         RecordStepInput,
+        ReleaseHoldInput,
         StepResult,
         StepWorkflowInput,
     )
@@ -98,6 +104,7 @@ class PipelineWorkflow:
         self._stopped: PipelineState | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._running: dict[str, asyncio.Task[None]] = {}  # steps that may be cancelled
+        self._released: set[str] = set()  # keep_box steps whose box hold was released
 
     @workflow.query(name="state")
     def state(self) -> dict[str, Any]:
@@ -106,6 +113,7 @@ class PipelineWorkflow:
     @workflow.run
     async def run(self, inp: PipelineInput) -> dict[str, str]:
         allow = {s.name: s.allow_failure for s in inp.steps}
+        pinned = {s.name: [p.name for p in inp.steps if p.same_box_as == s.name] for s in inp.steps if s.keep_box}
         for ref in inp.steps:
             self._states[ref.name] = StepState.COMPLETED if ref.reuse_job_id else StepState.PENDING
             self._upstream_failed[ref.name] = False
@@ -129,6 +137,12 @@ class PipelineWorkflow:
                 else:
                     self._states[ref.name] = StepState(action)
                     self._spawn(ref.name, self._record_step(inp, ref.name, StepState(action)))
+            for name, steps in pinned.items():
+                # a keep_box step's hold ends once it and every step pinned to it ended
+                done = self._states[name].terminal and all(self._states[p].terminal for p in steps)
+                if done and name not in self._released:
+                    self._released.add(name)
+                    self._spawn(name, self._settle(self._release_hold(inp, name)))
             if all(s.terminal for s in self._states.values()) and all(t.done() for t in self._tasks.values()):
                 break
             self._changed = False
@@ -249,6 +263,15 @@ class PipelineWorkflow:
                 error=error,
                 detail=detail or {},
             ),
+            start_to_close_timeout=DB_STEP_TIMEOUT,
+            schedule_to_close_timeout=DB_STEP_DEADLINE,
+            retry_policy=DB_STEP_RETRY,
+        )
+
+    async def _release_hold(self, inp: PipelineInput, step: str) -> None:
+        await workflow.execute_activity_method(
+            ControlActivities.release_hold,
+            ReleaseHoldInput(pipeline_id=inp.pipeline_id, step=step),
             start_to_close_timeout=DB_STEP_TIMEOUT,
             schedule_to_close_timeout=DB_STEP_DEADLINE,
             retry_policy=DB_STEP_RETRY,

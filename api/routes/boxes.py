@@ -77,10 +77,13 @@ async def update_box(
 @router.delete(
     "/{name}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=responses(401, 403, 404, 409, 422, e404=BOX_404, e409="a job holds a lease on the box"),
+    responses=responses(
+        401, 403, 404, 409, 422, e404=BOX_404, e409="a job holds a lease on the box, or a pipeline holds it (keep_box)"
+    ),
 )
 async def delete_box(name: str, conn: ConnDep, temporal: TemporalDep, user: AdminUser) -> Response:
-    """Delete the box and its node token. Refused while a job holds a lease on it. Jobs that ran
+    """Delete the box and its node token. Refused while a job holds a lease on it or a pipeline
+    holds it between steps (keep_box). Jobs that ran
     on it keep showing its name; jobs waiting for it end `unschedulable` ("box NAME was deleted")
     unless their group has another box for them."""
     await boxes.delete_box(conn, temporal, user, name)
@@ -96,7 +99,8 @@ async def rotate_token(name: str, conn: ConnDep, settings: SettingsDep, user: Ad
 
 @router.get("/{name}/queue", response_model=BoxQueuePublic, responses=responses(401, 404, 422, e404=BOX_404))
 async def box_queue(name: str, conn: ConnDep, user: CurrentUser) -> BoxQueuePublic:
-    """The box's current leases and the jobs waiting that it could take, in grant order."""
+    """The box's current leases, the pipelines holding it between steps (keep_box: pipeline, step,
+    since), and the jobs waiting that it could take, in grant order."""
     return await boxes.queue_of(conn, user, name)
 
 

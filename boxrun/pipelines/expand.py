@@ -47,6 +47,8 @@ _MATRIX_VALUE = re.compile(MATRIX_VALUE_PATTERN)
 # `${{ matrix` costs linear time.)
 _EXPRESSION = re.compile(r"\$\{\{\s*matrix\b([^}]{0,200})\}\}")
 _AXIS_REFERENCE = re.compile(r"^\.([A-Za-z_][A-Za-z0-9_-]*)\s*$")
+# The target a pinned step without box/box_group is validated with (replaced before it is stored).
+_PINNED_STAND_IN = "same-box-as"
 
 
 @dataclass
@@ -72,6 +74,7 @@ class _Concrete:
     definition: StepDefinition
     job: JobCreate
     needs: list[str] = field(default_factory=list)
+    inherits_box: bool = False  # same_box_as without box/box_group: takes the ancestor's target
 
     @property
     def where(self) -> str:
@@ -141,7 +144,10 @@ def expand(
         for need in each.needs:
             bits |= ancestors[need] | (1 << concrete[need].position)
         ancestors[each.name] = bits
-    expanded = [_expanded(each, concrete, groups, ancestors[each.name]) for each in order]
+    done: dict[str, ExpandedStep] = {}
+    for each in order:  # topological: a pinned step's ancestor is expanded before it
+        done[each.name] = _expanded(each, concrete, groups, ancestors[each.name], done)
+    expanded = list(done.values())
     return ExpandedPipeline(name=name, timeout_s=timeout_s, steps=expanded)
 
 
@@ -250,7 +256,7 @@ def _render(body: dict[str, Any], render: Callable[[str, tuple[str, ...]], str],
     def each(value: Any, place: tuple[str, ...]) -> Any:
         return render(value, place) if isinstance(value, str) else value
 
-    for key in ("box", "box_group", "script"):
+    for key in ("box", "box_group", "script", "same_box_as"):
         out[key] = each(out.get(key), (key,))
     for key in ("requires", "needs"):
         if isinstance(out.get(key), list):
@@ -305,12 +311,16 @@ def _build(
         job["labels"] = {**labels, **job.get("labels", {})}  # the step's own values win
     if definition.when == When.ON_FAILURE and not definition.needs:
         raise refuse(field_name(where, "when"), f"on_failure needs a step to fail: this step needs none{note}")
+    inherits = definition.same_box_as is not None and job.get("box") is None and job.get("box_group") is None
+    if inherits:  # validated with a stand-in target; _expanded puts the ancestor's in its place
+        job = {**job, "box": _PINNED_STAND_IN}
     return _Concrete(
         source=step,
         name=name,
         position=position,
         definition=definition,
         job=validate(JobCreate, job, where, note=note),
+        inherits_box=inherits,
     )
 
 
@@ -375,8 +385,75 @@ def _refuse_cycle(concrete: dict[str, _Concrete], stuck: set[str]) -> None:
     raise refuse(field_name(first.where, "needs"), "cycle: " + " -> ".join(cycle))
 
 
+def _ancestor(
+    step: _Concrete,
+    reference: str,
+    where: str,
+    concrete: dict[str, _Concrete],
+    groups: dict[str, list[str]],
+    ancestors: int,
+    *,
+    own: str,
+) -> str:
+    """The one concrete ancestor `reference` names (inputs.from, same_box_as), or the 422 saying
+    why not (unknown, a whole matrix step, the step itself, not an ancestor). `own` finishes
+    "a step cannot ..." for the step naming itself."""
+    names = _resolve(reference, concrete, groups)
+    if names is None:
+        raise refuse(where, f"unknown step {shown(reference)}{suggest(reference, [*groups, *concrete])}{step.note}")
+    if len(names) > 1:
+        raise refuse(
+            where,
+            f"{shown(reference)} is a matrix step: name one of its steps, e.g. {shown(names[0])}, "
+            f"or substitute the matrix value (`{reference}[axis=${{{{ matrix.axis }}}}]`){step.note}",
+        )
+    source = names[0]
+    if source == step.name:
+        raise refuse(where, f"a step cannot {own}{step.note}")
+    if not ancestors >> concrete[source].position & 1:
+        raise refuse(
+            where,
+            f"{shown(source)} is not an ancestor of {shown(step.name)}: "
+            "add it to needs (directly or through a step it needs)",
+        )
+    return source
+
+
+def _pinned(
+    step: _Concrete,
+    concrete: dict[str, _Concrete],
+    groups: dict[str, list[str]],
+    ancestors: int,
+    done: dict[str, ExpandedStep],
+) -> tuple[str | None, JobCreate]:
+    """The ancestor `same_box_as` names and the step's job targeting that ancestor's box or group:
+    a pinned step's box and box_group are left out (it takes the ancestor's) or the same as its."""
+    reference = step.definition.same_box_as
+    if reference is None:
+        return None, step.job
+    source = _ancestor(
+        step, reference, field_name(step.where, "same_box_as"), concrete, groups, ancestors, own="be pinned to itself"
+    )
+    target = done[source].job
+    if step.inherits_box:
+        return source, step.job.model_copy(update={"box": target.box, "box_group": target.box_group})
+    if (step.job.box, step.job.box_group) != (target.box, target.box_group):
+        theirs = f"box {shown(target.box)}" if target.box is not None else f"box_group {shown(target.box_group or '')}"
+        field = "box" if step.job.box is not None else "box_group"
+        raise refuse(
+            field_name(step.where, field),
+            f"a step with same_box_as runs on the box {shown(source)} ran on: leave box and box_group out, "
+            f"or give that step's ({theirs}){step.note}",
+        )
+    return source, step.job
+
+
 def _expanded(
-    step: _Concrete, concrete: dict[str, _Concrete], groups: dict[str, list[str]], ancestors: int
+    step: _Concrete,
+    concrete: dict[str, _Concrete],
+    groups: dict[str, list[str]],
+    ancestors: int,
+    done: dict[str, ExpandedStep],
 ) -> ExpandedStep:
     """The step with its inputs resolved: each from a single concrete ancestor, landing on a
     workspace path no other input or file of the step takes."""
@@ -384,27 +461,15 @@ def _expanded(
     taken = set(step.job.files)
     for index, spec in enumerate(step.definition.inputs):
         where = field_name(step.where, "inputs", str(index))
-        names = _resolve(spec.from_, concrete, groups)
-        if names is None:
-            raise refuse(
-                field_name(where, "from"),
-                f"unknown step {shown(spec.from_)}{suggest(spec.from_, [*groups, *concrete])}{step.note}",
-            )
-        if len(names) > 1:
-            raise refuse(
-                field_name(where, "from"),
-                f"{shown(spec.from_)} is a matrix step: name one of its steps, e.g. {shown(names[0])}, "
-                f"or substitute the matrix value (`{spec.from_}[axis=${{{{ matrix.axis }}}}]`){step.note}",
-            )
-        source = names[0]
-        if source == step.name:
-            raise refuse(field_name(where, "from"), f"a step cannot take its own artifacts as inputs{step.note}")
-        if not ancestors >> concrete[source].position & 1:
-            raise refuse(
-                field_name(where, "from"),
-                f"{shown(source)} is not an ancestor of {shown(step.name)}: "
-                "add it to needs (directly or through a step it needs)",
-            )
+        source = _ancestor(
+            step,
+            spec.from_,
+            field_name(where, "from"),
+            concrete,
+            groups,
+            ancestors,
+            own="take its own artifacts as inputs",
+        )
         dest = spec.dest or spec.path
         if dest in taken:
             raise refuse(
@@ -413,15 +478,18 @@ def _expanded(
             )
         taken.add(dest)
         inputs.append(StepInput(from_step=source, path=spec.path, dest=dest))
+    same_box_as, job = _pinned(step, concrete, groups, ancestors, done)
     retry = step.definition.retry
     return ExpandedStep(
         name=step.name,
         needs=step.needs,
-        job=step.job,
+        job=job,
         inputs=inputs,
         retry=retry.spec() if retry is not None else None,
         when=step.definition.when,
         allow_failure=step.definition.allow_failure,
+        same_box_as=same_box_as,
+        keep_box=step.definition.keep_box,
     )
 
 

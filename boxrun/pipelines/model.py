@@ -54,6 +54,8 @@ class ExpandedStep(BaseModel):
     retry: RetrySpec | None = None
     when: When = When.ON_SUCCESS
     allow_failure: bool = False
+    same_box_as: str | None = None  # a concrete ancestor: each attempt runs on the box it ran on
+    keep_box: bool = False  # the pipeline holds this step's box until its pinned steps finished
 
 
 class ExpandedPipeline(BaseModel):

@@ -36,7 +36,7 @@ MATRIX_VALUE_PATTERN = r"^[A-Za-z0-9_.:+@-]{1,64}$"  # no '[', ']', ',' or '=': 
 MAX_AXES = 8
 
 PIPELINE_KEYS = ("name", "timeout_s", "env", "labels", "steps")
-STEP_KEYS = ("needs", "inputs", "retry", "when", "allow_failure", "matrix")
+STEP_KEYS = ("needs", "inputs", "retry", "when", "allow_failure", "same_box_as", "keep_box", "matrix")
 # A step takes every job field but the idempotency key (a pipeline's steps are never submitted twice).
 JOB_KEYS = tuple(name for name in JobCreate.model_fields if name != "idempotency_key")
 
@@ -170,6 +170,10 @@ class StepDefinition(BaseModel):
     retry: RetryDefinition | None = None
     when: When = When.ON_SUCCESS
     allow_failure: bool = False
+    # run on the box step `same_box_as` (a needs ancestor) ran on; its box/box_group absent or the same
+    same_box_as: StepRef | None = None
+    # hold this step's box for the pipeline after it ends, until the steps pinned to it finished
+    keep_box: bool = False
 
 
 # ---------------------------------------------------------------- the definition as JSON Schema
@@ -232,6 +236,17 @@ def definition_json_schema(ref_template: str = "#/$defs/{model}") -> dict[str, A
             "retry": {"anyOf": [{"$ref": ref_template.format(model="RetryDefinition")}, {"type": "null"}]},
             "when": {"type": "string", "enum": [w.value for w in When], "default": When.ON_SUCCESS.value},
             "allow_failure": {"type": "boolean", "default": False},
+            "same_box_as": {
+                "anyOf": [text, {"type": "null"}],
+                "description": "run on the box this ancestor step ran on (a matrix step: name one "
+                "combination); box and box_group may then be left out (if given, the same as that step's)",
+            },
+            "keep_box": {
+                "type": "boolean",
+                "default": False,
+                "description": "hold this step's box for the pipeline after it ends, until every step "
+                "naming it in same_box_as has finished (or the pipeline ends)",
+            },
             "matrix": {
                 "type": "object",
                 "minProperties": 1,
@@ -254,6 +269,8 @@ def definition_json_schema(ref_template: str = "#/$defs/{model}") -> dict[str, A
     )
     for name in ("script", "env", "labels"):  # substituted too, but only their no-NUL pattern is stated
         properties[name].pop("maxLength", None)
+    # a step pinned with same_box_as may leave out box and box_group (it takes its ancestor's)
+    job["anyOf"] = [{"required": ["same_box_as"]}, {"oneOf": job.pop("oneOf")}]
     job["title"] = "PipelineStep"
     job["description"] = "A step: a job's fields (but idempotency_key) and the pipeline's. See docs/pipelines.md."
     defs["PipelineStep"] = job

@@ -539,9 +539,23 @@ class WaiterPublic(BaseModel):
     waiting_reason: str | None
 
 
+class HoldPublic(BaseModel):
+    """A pipeline's hold on the box (a `keep_box` step's): only the listed steps of that pipeline
+    are placed on the box until it is released."""
+
+    pipeline_id: str
+    step: str = Field(description="the keep_box step whose box this is")
+    steps: list[str] = Field(description="the pipeline's steps admitted on the box: the step and those pinned to it")
+    job_id: str | None = Field(description="the step's job whose end took the hold")
+    since: datetime
+
+
 class BoxQueuePublic(BaseModel):
     leases: list[LeasePublic]
     waiting: list[WaiterPublic] = Field(description="jobs that could take this box, in grant order")
+    holds: list[HoldPublic] = Field(
+        default_factory=list, description="pipelines holding the box between steps (keep_box); other jobs wait"
+    )
 
 
 MAX_SEQ = MAX_BIGINT  # seqs are Postgres bigints

@@ -20,6 +20,7 @@ from boxrun.schemas import (
     BoxCreate,
     BoxQueuePublic,
     BoxUpdate,
+    HoldPublic,
     LeasePublic,
     MaintenancePublic,
     RejectionPublic,
@@ -163,7 +164,7 @@ async def update_box(
 async def delete_box(conn: asyncpg.Connection, temporal: Client, user: User, name: str) -> None:
     """Delete the box (its node token stops working at once), audited as `box.delete`.
 
-    Conflict while a job holds a lease on it. Jobs that ran on it keep its name (jobs.
+    Conflict while a job holds a lease on it or a pipeline holds it (keep_box). Jobs that ran on it keep its name (jobs.
     deleted_box_name); the jobs waiting for it are woken, and each one's next placement finds
     the box gone: a job that named it, or whose group has no other box for it, ends
     `unschedulable` ("box NAME was deleted"); the others keep waiting for their group."""
@@ -178,6 +179,13 @@ async def delete_box(conn: asyncpg.Connection, temporal: Client, user: User, nam
             raise Conflict(
                 f"box {name} is in use: {len(leases)} job(s) hold a lease on it ({held}); "
                 "cancel them or wait for them to end, then delete it"
+            )
+        holds = await conn.fetch(Q.box_live_holds, row["id"])
+        if holds:
+            by = ", ".join(f"pipeline {h['pipeline_id']} (step {h['step']})" for h in holds[:5])
+            raise Conflict(
+                f"box {name} is held between pipeline steps by {by}; "
+                "cancel the pipeline or wait for its pinned steps to end, then delete it"
             )
         waiting = [str(r["id"]) for r in await conn.fetch(Q.all_waiters_for_box, row["id"])]
         await conn.execute(Q.keep_deleted_box_name, row["id"], row["name"])
@@ -202,11 +210,23 @@ async def _wake(temporal: Client, job_ids: list[str]) -> None:
 
 
 async def queue_of(conn: asyncpg.Connection, user: User, name: str) -> BoxQueuePublic:
-    """The box's current leases and the jobs waiting that it could take, in grant order."""
+    """The box's current leases, the pipelines holding it between steps, and the jobs waiting
+    that it could take, in grant order."""
     box = await load_box(conn, user, name)
     leases = await conn.fetch(Q.box_leases, box["id"])
     waiting = await conn.fetch(Q.box_waiters, box["id"])
+    holds = await conn.fetch(Q.box_live_holds, box["id"])
     return BoxQueuePublic(
+        holds=[
+            HoldPublic(
+                pipeline_id=str(h["pipeline_id"]),
+                step=h["step"],
+                steps=list(h["steps"]),
+                job_id=str(h["job_id"]) if h["job_id"] is not None else None,
+                since=h["held_at"],
+            )
+            for h in holds
+        ],
         leases=[
             LeasePublic(job_id=str(r["job_id"]), exclusive=r["exclusive"], acquired_at=r["acquired_at"]) for r in leases
         ],

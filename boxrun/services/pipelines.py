@@ -30,10 +30,12 @@ from boxrun.messages import (
     RetryPolicyInput,
 )
 from boxrun.pipelines.model import ExpandedPipeline, ExpandedStep
+from boxrun.placement import release_holds
 from boxrun.services.files import resolve_file_refs
 from boxrun.services.identity import User
 from boxrun.services.secrets import check_references
 from boxrun.services.submission import spec_hash
+from boxrun.services.wakeups import wake_jobs
 from boxrun.services.workflow_start import WORKFLOW_TASK_TIMEOUT, job_input
 from boxrun.settings import Settings
 from boxrun.storage import Storage
@@ -108,6 +110,9 @@ async def create_pipeline(
             "retry": step.retry.model_dump(mode="json") if step.retry else None,
             "when": step.when.value,
             "allow_failure": step.allow_failure,
+            # read by placement's take_hold (holds.sql) when a step job's lease ends
+            "same_box_as": step.same_box_as,
+            "keep_box": step.keep_box,
         }
 
     step_specs = await asyncio.gather(*(frozen(s) for s in p.steps))
@@ -167,6 +172,8 @@ def pipeline_input(pipeline_id: str, owner: str, p: ExpandedPipeline, reuse: dic
                 allow_failure=s.allow_failure,
                 retry=retry_input(s),
                 reuse_job_id=reuse.get(s.name),
+                same_box_as=s.same_box_as,
+                keep_box=s.keep_box,
             )
             for s in p.steps
         ],
@@ -194,9 +201,12 @@ async def start_pipeline_workflow(temporal: Client, inp: PipelineInput) -> None:
     )
 
 
-async def end_rows(conn: Conn, pipeline_id: str, state: PipelineState, error: str | None = None) -> None:
+async def end_rows(
+    conn: Conn, temporal: Client, pipeline_id: str, state: PipelineState, error: str | None = None, *, by: str
+) -> None:
     """End a pipeline whose workflow is gone (never started, or closed before it recorded an
-    end): every step not ended is cancelled, the pipeline moves to `state`."""
+    end): every step not ended is cancelled, the pipeline moves to `state`, and its box holds are
+    released (`by` recorded) with the jobs waiting for those boxes woken."""
     async with conn.transaction():
         for step in await conn.fetch(Q.pipeline_steps, uuid.UUID(pipeline_id)):
             if not StepState(step["state"]).terminal:
@@ -204,6 +214,16 @@ async def end_rows(conn: Conn, pipeline_id: str, state: PipelineState, error: st
                     conn, RecordStepInput(pipeline_id=pipeline_id, step=step["name"], state=StepState.CANCELLED)
                 )
         await record_pipeline(conn, RecordPipelineInput(pipeline_id=pipeline_id, state=state, error=error))
+    await release_pipeline_holds(conn, temporal, pipeline_id, by=by)
+
+
+async def release_pipeline_holds(
+    conn: Conn, temporal: Client, pipeline_id: str, step: str | None = None, *, by: str
+) -> list[str]:
+    """Release the pipeline's box holds (of `step` only, if given) and wake the jobs waiting for
+    the boxes freed; returns the jobs woken. Idempotent."""
+    wake = await release_holds(conn, pipeline_id, step, by=by)
+    return await wake_jobs(temporal, wake)
 
 
 async def load_pipeline(conn: Conn, user: User, pipeline_id: str) -> asyncpg.Record:
@@ -237,7 +257,7 @@ async def cancel_pipeline(conn: asyncpg.Connection, temporal: Client, user: User
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise Unavailable(f"the workflow engine refused the cancel: {exc.message}") from exc
     log.info("pipeline %s has no running workflow; cancelling the rows themselves", pid)
-    await end_rows(conn, pid, PipelineState.CANCELLED)
+    await end_rows(conn, temporal, pid, PipelineState.CANCELLED, by="pipeline_ended")
 
 
 # -- The activities' Postgres side.
@@ -301,6 +321,10 @@ async def prepare_attempt(conn: Conn, settings: Settings, pipeline_id: str, step
     resolved, missing = await _resolve_inputs(conn, pipeline_id, row["spec"].get("inputs") or [])
     if resolved:
         job["inputs"] = resolved
+    box, unplaced = await _placed_box(conn, pipeline_id, step, row["spec"].get("same_box_as"))
+    if box is not None:  # the attempt runs on that box, whatever target the step was written with
+        job["box"], job["box_group"] = box, None
+    missing = missing or unplaced
     async with conn.transaction():
         inserted = await conn.fetchrow(
             Q.insert_attempt_job,
@@ -345,6 +369,23 @@ async def prepare_attempt(conn: Conn, settings: Settings, pipeline_id: str, step
         )
         return PreparedAttempt(job_id=job_id, outcome=outcome)
     return PreparedAttempt(job_id=job_id, job=job_input(current, settings))
+
+
+async def _placed_box(
+    conn: Conn, pipeline_id: str, step: str, same_box_as: str | None
+) -> tuple[str | None, str | None]:
+    """The box an attempt of `step` must run on, and why it cannot run (or None): the box its own
+    live hold keeps (a retry of a keep_box step stays on it), else the box of its same_box_as
+    step (the hold on it, else the box that step's final job ran on). A pinned step whose
+    ancestor never ran on a box cannot run."""
+    held = await conn.fetchval(Q.step_hold_box, pipeline_id, step)
+    if held is not None or same_box_as is None:
+        return held, None
+    box = await conn.fetchval(Q.step_hold_box, pipeline_id, same_box_as)
+    box = box or await conn.fetchval(Q.step_ran_on, pipeline_id, same_box_as)
+    if box is None:
+        return None, f"same_box_as: step {same_box_as!r} never ran on a box (or that box was deleted)"
+    return box, None
 
 
 async def _resolve_inputs(

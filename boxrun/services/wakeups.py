@@ -1,4 +1,5 @@
-"""Waking jobs that wait for a box when the API changes what that box can take."""
+"""Waking jobs that wait for a box when the API changes what that box can take, or a pipeline's
+hold on it ends."""
 
 from __future__ import annotations
 
@@ -18,6 +19,18 @@ async def wake_waiters(conn: asyncpg.Connection, temporal: Client, box_id: int, 
     woken = []
     for row in await conn.fetch(Q.waiters_for_box, box_id, count):
         job_id = str(row["id"])
+        try:
+            await temporal.get_workflow_handle(job_id).signal("wake")
+            woken.append(job_id)
+        except RPCError as exc:  # the workflow ended meanwhile; its own re-check covers the rest
+            log.info("could not wake job %s: %s", job_id, exc)
+    return woken
+
+
+async def wake_jobs(temporal: Client, job_ids: list[str]) -> list[str]:
+    """Signal these jobs' workflows to try placement again now; returns those signalled."""
+    woken = []
+    for job_id in job_ids:
         try:
             await temporal.get_workflow_handle(job_id).signal("wake")
             woken.append(job_id)

@@ -217,6 +217,37 @@ async def record_pipeline(stack: DevStack, client: Client) -> None:
         await save(client, name, workflow_id(pid))
 
 
+BENCH_HISTORY = "pipeline_box_held"
+
+
+async def record_bench(stack: DevStack, client: Client) -> None:
+    """A bench pipeline: flash (keep_box) -> test (same_box_as: flash), so the pipeline holds the
+    box between them and its workflow releases the hold (activity release_hold) after test."""
+    env = stack.child("api").env
+    fields = {k.removeprefix("BOXRUN_").lower(): v for k, v in env.items() if k.startswith("BOXRUN_")}
+    settings = Settings(**{k: v for k, v in fields.items() if k in Settings.model_fields})
+    p = ExpandedPipeline(
+        name="bench",
+        steps=[
+            ExpandedStep(name="flash", job=JobCreate(box_group="local", script="print('flash')"), keep_box=True),
+            ExpandedStep(
+                name="test",
+                needs=["flash"],
+                job=JobCreate(box_group="local", script="print('test')"),
+                same_box_as="flash",
+            ),
+        ],
+    )
+    user = User(name="admin", org_id=DEFAULT_ORG, role=Role.ADMIN, platform_admin=True)
+    conn = await db_connect(env["BOXRUN_DATABASE_URL"])
+    try:
+        pid = await create_pipeline(conn, client, settings, user, p, storage=Storage(settings))
+        await client.get_workflow_handle(pid).result()
+    finally:
+        await conn.close()
+    await save(client, BENCH_HISTORY, pid)
+
+
 WEBHOOK_HISTORY = "webhook_delivered_after_retry"
 
 
@@ -265,7 +296,9 @@ async def record_retention(api: httpx.AsyncClient, client: Client, stack: DevSta
     await save(client, RETENTION_HISTORY, workflow_id, run_id)
 
 
-async def record(local: bool, *, only_webhook: bool = False, only_retention: bool = False) -> None:
+async def record(
+    local: bool, *, only_webhook: bool = False, only_retention: bool = False, only_bench: bool = False
+) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="boxrun-record-")) / "dev"
     env = {**ENV, "BOXRUN_LOCAL_CONTROL_ACTIVITIES": "true" if local else "false"}
     stack = DevStack(StackOptions(data_dir=data_dir, boxes=1, env=env), resolve_ports(None, auto=True))
@@ -277,6 +310,9 @@ async def record(local: bool, *, only_webhook: bool = False, only_retention: boo
             if only_retention:
                 await record_retention(api, client, stack)
                 return
+            if only_bench:
+                await record_bench(stack, client)
+                return
             if not local:
                 await record_webhook(api, client)
                 await record_retention(api, client, stack)
@@ -287,6 +323,7 @@ async def record(local: bool, *, only_webhook: bool = False, only_retention: boo
                 await save(client, f"job_{name}{'_local' if local else ''}", job_id)
         if not local and not only_webhook:
             await record_pipeline(stack, client)
+            await record_bench(stack, client)
             await record_reaper(client)
     finally:
         stack.stop()
@@ -299,6 +336,9 @@ async def main() -> int:
         return 0
     if sys.argv[1:] == ["retention"]:  # only a retention run's history (a new workflow, the rest unchanged)
         await record(False, only_retention=True)
+        return 0
+    if sys.argv[1:] == ["bench"]:  # only the bench pipeline's history (keep_box, same_box_as)
+        await record(False, only_bench=True)
         return 0
     for old in HERE.glob("*.json"):
         old.unlink()

@@ -920,3 +920,64 @@ def test_what_the_parser_accepts_the_schema_accepts(doc):
     except InvalidInput:
         return
     assert _schema_validator().is_valid(doc)
+
+
+# ---------------------------------------------------------------- placement across steps
+
+
+def test_a_pinned_step_takes_its_ancestors_target_and_the_schema_takes_it():
+    doc = {
+        "steps": {
+            "flash": step(box=None, box_group="benches", keep_box=True),
+            "test": {"needs": ["flash"], "same_box_as": "flash", "script": "t"},
+            "off": {"needs": ["test"], "same_box_as": "flash", "box_group": "benches", "script": "o"},
+        }
+    }
+    assert _schema_validator().is_valid(doc)
+    p = parse_json(doc)
+    got = {s.name: (s.job.box, s.job.box_group, s.same_box_as, s.keep_box) for s in p.steps}
+    assert got == {
+        "flash": (None, "benches", None, True),
+        "test": (None, "benches", "flash", False),
+        "off": (None, "benches", "flash", False),
+    }
+    # a step without a target and without same_box_as is still refused by both
+    bare = {"steps": {"a": {"script": "x"}}}
+    assert not _schema_validator().is_valid(bare)
+    refused(bare)
+
+
+@pytest.mark.parametrize(
+    ("steps", "field", "words"),
+    [
+        ({"a": step(), "b": step(same_box_as="a")}, "steps.b.same_box_as", "'a' is not an ancestor of 'b'"),
+        ({"a": step(), "b": step(needs=["a"], same_box_as="b")}, "steps.b.same_box_as", "pinned to itself"),
+        ({"a": step(), "b": step(needs=["a"], same_box_as="c")}, "steps.b.same_box_as", "unknown step 'c'"),
+        ({"a": step(), "b": step(needs=["a"], box="b2", same_box_as="a")}, "steps.b.box", "(box 'b1')"),
+        (
+            {"a": step(matrix={"v": [1, 2]}), "b": step(needs=["a"], same_box_as="a")},
+            "steps.b.same_box_as",
+            "'a' is a matrix step",
+        ),
+        ({"a": step(keep_box=1)}, "steps.a.keep_box", "valid boolean"),
+    ],
+)
+def test_same_box_as_is_refused_naming_the_field(steps, field, words):
+    err = refused({"steps": steps})
+    assert err.field == field and words in str(err)
+
+
+def test_a_matrix_pins_each_combination_to_its_own_through_the_matrix_value():
+    doc = {
+        "steps": {
+            "flash": step(matrix={"board": ["f4", "h7"]}, keep_box=True),
+            "test": step(
+                matrix={"board": ["f4", "h7"]}, needs=["flash"], same_box_as="flash[board=${{ matrix.board }}]"
+            ),
+        }
+    }
+    p = parse_json(doc)
+    assert {s.name: s.same_box_as for s in p.steps if s.name.startswith("test")} == {
+        "test[board=f4]": "flash[board=f4]",
+        "test[board=h7]": "flash[board=h7]",
+    }

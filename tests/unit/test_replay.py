@@ -23,6 +23,7 @@ from boxrun.workflows import (
     WebhookDeliveryWorkflow,
 )
 from tests.histories.record import (
+    BENCH_HISTORY,
     LOCAL_SCENARIOS,
     PIPELINE_HISTORIES,
     RETENTION_HISTORY,
@@ -37,6 +38,7 @@ EXPECTED = {
     "reaper_running",
     "reaper_continued_as_new",
     *PIPELINE_HISTORIES,
+    BENCH_HISTORY,
     WEBHOOK_HISTORY,
     RETENTION_HISTORY,
 }

@@ -39,13 +39,16 @@ RETURNING box_id;
 -- name: lock_box
 SELECT capacity FROM boxes WHERE id = $1 FOR UPDATE;
 
--- Jobs waiting for a box that could use box $1 (their owner may: box access), in grant order.
+-- Jobs waiting for a box that could use box $1 (their owner may: box access; a live hold on the
+-- box does not refuse them), in grant order.
 -- name: waiters_for_box
 SELECT w.id FROM jobs w, boxes b
 WHERE b.id = $1 AND w.state = 'waiting_for_box' AND w.org_id = b.org_id
   AND (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
   AND (b.allowed_users IS NULL OR w.owner = ANY(b.allowed_users)
        OR EXISTS (SELECT 1 FROM users u WHERE u.name = w.owner AND u.org_id = b.org_id AND u.role = 'admin'))
+  AND NOT EXISTS (SELECT 1 FROM box_holds h WHERE h.box_id = b.id AND h.released_at IS NULL
+                  AND NOT COALESCE(w.pipeline_id = h.pipeline_id AND w.step = ANY(h.steps), false))
 ORDER BY w.priority DESC, w.created_at, w.id
 LIMIT $2;
 
@@ -73,13 +76,15 @@ ORDER BY w.priority DESC, w.created_at, w.id;
 -- Everything placement needs to know about boxes $1 (ids) for job $2, in one round trip:
 -- the maintenance window covering now, liveness (reported within $3 s, not draining), active
 -- leases, an exclusive lease, and whether a job that waits longer could use the box (its owner
--- allowed on it: a job that may never use the box holds nobody back).
+-- allowed on it: a job that may never use the box holds nobody back); a live pipeline hold on the
+-- box that refuses job $2 (`held`) or admits it (`held_for_me`: the hold keeps the box for it).
 -- name: box_facts
 SELECT b.id, b.name, b.capacity,
        win.id AS window_id, win.ends_at AS window_ends,
        (b.last_seen_at IS NOT NULL AND b.last_seen_at > clock_timestamp() - make_interval(secs => $3)
         AND NOT b.draining) AS live,
        load.active, load.exclusive,
+       COALESCE(hold.refused, false) AS held, COALESCE(hold.admitted, false) AS held_for_me,
        EXISTS (
            SELECT 1 FROM jobs w, jobs me
            WHERE me.id = $2 AND w.id <> me.id
@@ -101,5 +106,11 @@ CROSS JOIN LATERAL (
     SELECT count(*) AS active, COALESCE(bool_or(l.exclusive), false) AS exclusive
     FROM leases l WHERE l.box_id = b.id AND l.released_at IS NULL
 ) load
+LEFT JOIN LATERAL (
+    SELECT bool_or(NOT ok) AS refused, bool_or(ok) AS admitted
+    FROM (SELECT COALESCE(me.pipeline_id = h.pipeline_id AND me.step = ANY(h.steps), false) AS ok
+          FROM box_holds h, jobs me
+          WHERE h.box_id = b.id AND h.released_at IS NULL AND me.id = $2) hs
+) hold ON true
 WHERE b.id = ANY($1::bigint[])
 ORDER BY b.id;
