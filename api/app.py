@@ -40,6 +40,8 @@ from boxrun.api.routes import (
     pipelines,
     secrets,
     session,
+    templates,
+    triggers,
     ui,
     webhooks,
 )
@@ -174,6 +176,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(secrets.router)
     api.include_router(webhooks.router)
     api.include_router(org.router)
+    api.include_router(templates.router)
+    api.include_router(triggers.router)
     app.include_router(api)
     ui.mount(app)  # the dashboard, /ui/
 
