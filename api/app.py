@@ -38,6 +38,7 @@ from boxrun.api.routes import (
     org,
     people,
     pipelines,
+    schedules,
     secrets,
     session,
     templates,
@@ -178,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(org.router)
     api.include_router(templates.router)
     api.include_router(triggers.router)
+    api.include_router(schedules.router)
     app.include_router(api)
     ui.mount(app)  # the dashboard, /ui/
 

@@ -94,6 +94,27 @@ async def put_template(
     return template_public(row, settings, user)
 
 
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=responses(
+        401,
+        403,
+        404,
+        409,
+        422,
+        e403="viewers; an operator deleting a template another person created",
+        e404=TEMPLATE_404,
+        e409="a schedule uses the template",
+    ),
+)
+async def delete_template(name: TemplateName, conn: ConnDep, user: Operator) -> Response:
+    """Delete the template with every version (its creator or an org admin); runs made from it keep
+    their frozen specs."""
+    await service.delete_template(conn, user, name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.get("", response_model=TemplatesPublic, responses=responses(401))
 async def list_templates(conn: ConnDep, settings: SettingsDep, user: CurrentUser) -> TemplatesPublic:
     """Your org's templates at their latest version, by name."""

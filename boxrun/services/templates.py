@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from temporalio.client import Client
 
 from boxrun.db import Conn, Q
-from boxrun.errors import Forbidden, InvalidInput, NotFound
+from boxrun.errors import Conflict, Forbidden, InvalidInput, NotFound
 from boxrun.pipelines.definition import parse_definition
 from boxrun.pipelines.model import ExpandedPipeline
 from boxrun.schemas import JobCreate
@@ -108,6 +108,24 @@ async def put_template(
     return await load_template(conn, user, name, None), created
 
 
+async def delete_template(conn: asyncpg.Connection, user: User, name: str) -> None:
+    """Delete the template with its versions and trigger deliveries (its creator or an org admin),
+    audited. Runs made from it keep their frozen specs. Conflict while a schedule uses it."""
+    async with conn.transaction():
+        row = await conn.fetchrow(Q.template_for_update, user.org_id, name)
+        if row is None:
+            raise NotFound(f"template {name[:80]!r} not found")
+        if not user.is_admin and row["created_by"] != user.name:
+            raise Forbidden(
+                f"template {name!r} was created by {row['created_by']}: only they or an org admin may delete it"
+            )
+        schedules = await conn.fetchval(Q.template_schedule_count, row["id"])
+        if schedules:
+            raise Conflict(f"template {name!r} has {schedules} schedule(s): delete them first")
+        await conn.execute(Q.delete_template, row["id"])
+        await conn.execute(Q.audit, user.org_id, user.name, "template.delete", None, None, {"name": name})
+
+
 async def load_template(conn: Conn, user: User, name: str, version: int | None) -> asyncpg.Record:
     """Template `name` of the caller's org at `version` (None: the latest); NotFound otherwise."""
     row: asyncpg.Record | None = await conn.fetchrow(Q.get_template, user.org_id, name, version)
@@ -171,3 +189,42 @@ async def run_template(
     detail = {"name": name, "version": row["version"], "kind": kind, "id": run_id, "via": via}
     await conn.execute(Q.audit, user.org_id, user.name, "template.run", None, None, detail)
     return kind, run_id
+
+
+async def run_template_once(
+    conn: asyncpg.Connection,
+    temporal: Client,
+    settings: Settings,
+    storage: Storage,
+    actor: User,
+    template: asyncpg.Record,
+    delivery_id: str,
+    run: TemplateRun,
+    *,
+    via: str,
+) -> tuple[Kind, str, bool]:
+    """run_template at most once per (template, delivery id): returns (kind, run id, created); a
+    delivery id seen before returns its run and makes nothing (created False). The delivery is
+    claimed before the run is submitted and freed again if the submission fails, so a failed
+    delivery may be sent again; Conflict while the same delivery is being submitted."""
+    existing = await conn.fetchrow(Q.get_trigger_delivery, template["id"], delivery_id)
+    if existing is not None:
+        return _replayed(existing, delivery_id)
+    if await conn.fetchval(Q.claim_trigger_delivery, template["id"], delivery_id) is None:
+        existing = await conn.fetchrow(Q.get_trigger_delivery, template["id"], delivery_id)
+        if existing is None:
+            raise Conflict(f"delivery {delivery_id!r} is being run: send it again later")
+        return _replayed(existing, delivery_id)
+    try:
+        kind, run_id = await run_template(conn, temporal, settings, storage, actor, template["name"], run, via=via)
+    except BaseException:
+        await conn.execute(Q.drop_trigger_delivery, template["id"], delivery_id)
+        raise
+    await conn.execute(Q.record_trigger_delivery, template["id"], delivery_id, kind, run_id)
+    return kind, run_id, True
+
+
+def _replayed(existing: asyncpg.Record, delivery_id: str) -> tuple[Kind, str, bool]:
+    if existing["run_id"] is None:
+        raise Conflict(f"delivery {delivery_id!r} is being run: send it again later")
+    return existing["kind"], str(existing["run_id"]), False

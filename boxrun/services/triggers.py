@@ -16,11 +16,11 @@ import asyncpg
 from temporalio.client import Client
 
 from boxrun.db import Q
-from boxrun.errors import Conflict, InvalidInput, Unauthorized
+from boxrun.errors import InvalidInput, Unauthorized
 from boxrun.schemas import NAME_PATTERN
 from boxrun.schemas.templates import Kind, TemplateRun
 from boxrun.services.identity import Role, User
-from boxrun.services.templates import param_specs, run_template, trigger_secret
+from boxrun.services.templates import param_specs, run_template_once, trigger_secret
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 
@@ -146,38 +146,22 @@ async def trigger(
     if row is None:  # the dummy secret matched: never (it is not a secret anyone holds)
         raise Unauthorized(REFUSED)
     did = delivery_id(form, headers)
-    existing = await conn.fetchrow(Q.get_trigger_delivery, row["id"], did)
-    if existing is not None:
-        return _replayed(existing, did)
-    try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("the payload is not JSON", field="body") from None
-    event = headers.github_event if form == "github" else headers.gitlab_event
-    given = payload_params(form, event, payload)
-    declared = param_specs(row)
-    params = {k: v for k, v in given.items() if k in declared}
+    if await conn.fetchrow(Q.get_trigger_delivery, row["id"], did) is None:
+        # a first delivery: its payload must give params (a replay is answered without reading it)
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidInput("the payload is not JSON", field="body") from None
+        event = headers.github_event if form == "github" else headers.gitlab_event
+        given = payload_params(form, event, payload)
+        declared = param_specs(row)
+        params = {k: v for k, v in given.items() if k in declared}
+    else:
+        params = {}
     actor = User(name=TRIGGER_OWNER.format(name=name), org_id=org, role=Role.OPERATOR)
-    if await conn.fetchval(Q.claim_trigger_delivery, row["id"], did) is None:
-        existing = await conn.fetchrow(Q.get_trigger_delivery, row["id"], did)
-        if existing is None:
-            raise Conflict(f"delivery {did!r} is being run: send it again later")
-        return _replayed(existing, did)
-    try:
-        kind, run_id = await run_template(
-            conn, temporal, settings, storage, actor, name, TemplateRun(params=params), via=f"trigger:{form}:{did}"
-        )
-    except BaseException:
-        await conn.execute(Q.drop_trigger_delivery, row["id"], did)
-        raise
-    await conn.execute(Q.record_trigger_delivery, row["id"], did, kind, run_id)
-    return kind, run_id, True
-
-
-def _replayed(existing: asyncpg.Record, did: str) -> tuple[Kind, str, bool]:
-    if existing["run_id"] is None:
-        raise Conflict(f"delivery {did!r} is being run: send it again later")
-    return existing["kind"], str(existing["run_id"]), False
+    return await run_template_once(
+        conn, temporal, settings, storage, actor, row, did, TemplateRun(params=params), via=f"trigger:{form}:{did}"
+    )
 
 
 def _plausible(org: str, name: str) -> bool:

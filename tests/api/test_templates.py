@@ -298,3 +298,20 @@ async def test_another_orgs_templates_are_not_found(
     mine = await put(other, "flash", {"params": {}, "job": {"box_group": "g", "script": "echo"}})
     assert mine["version"] == 1
     assert (await api.get("/api/templates/flash")).json()["job"] == FLASH["job"]
+
+
+async def test_delete(
+    api: httpx.AsyncClient, db: asyncpg.Connection, as_token: Callable[[str], httpx.AsyncClient], tbox: str
+) -> None:
+    op = as_token((await add_user(db, "olga", "default", Role.OPERATOR)).token)
+    op2 = as_token((await add_user(db, "otto", "default", Role.OPERATOR)).token)
+    await put(op, "t", {"params": {}, "job": {"box": "tbox", "script": "echo kept"}})
+    job = (await op.post("/api/templates/t/run", json={})).json()["job"]
+    assert_error(await op2.delete("/api/templates/t"), 403, "forbidden")
+    assert (await op.delete("/api/templates/t")).status_code == 204
+    assert_error(await op.delete("/api/templates/t"), 404, "not_found")
+    assert_error(await op.post("/api/templates/t/run", json={}), 404, "not_found")
+    row = await db.fetchrow("SELECT spec FROM jobs WHERE id = $1::uuid", job["id"])
+    assert row is not None and row["spec"]["script"] == "echo kept"
+    # the name is free again: a new template, version 1
+    assert (await put(api, "t", {"params": {}, "job": {"box": "tbox", "script": "x"}}))["version"] == 1

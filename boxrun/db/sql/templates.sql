@@ -53,3 +53,9 @@ UPDATE trigger_deliveries SET kind = $3, run_id = $4 WHERE template_id = $1 AND 
 
 -- name: drop_trigger_delivery
 DELETE FROM trigger_deliveries WHERE template_id = $1 AND delivery_id = $2 AND run_id IS NULL;
+
+-- name: delete_template
+DELETE FROM templates WHERE id = $1 RETURNING id;
+
+-- name: template_schedule_count
+SELECT count(*) FROM schedules WHERE template_id = $1;
