@@ -159,7 +159,7 @@ async def test_run_renders_and_freezes_the_version(api: httpx.AsyncClient, db: a
     assert frozen["script"] == "flash b7 stable -r 2 v=true"
     assert frozen["env"] == {"BOARD": "b7", "TOKEN": "${{ secrets.FLASH_TOKEN }}"}  # never rendered
     assert frozen["files"] == {"cfg.txt": "board=b7"}
-    assert spec["spec_hash"]
+    assert spec["spec_hash"] and spec["template"] == {"name": "flash", "version": 1}
     audit = await db.fetch("SELECT detail FROM audit_log WHERE action = 'template.run'")
     assert [dict(a["detail"]) for a in audit] == [
         {"name": "flash", "version": 1, "kind": "job", "id": job["id"], "via": "run"}
@@ -182,6 +182,7 @@ async def test_a_queued_run_keeps_its_version(api: httpx.AsyncClient, db: asyncp
         )
     }
     assert (await api.get(f"/api/jobs/{first['id']}")).json()["state"] == "queued"
+    assert (await api.get(f"/api/jobs/{first['id']}/spec")).json()["template"] == {"name": "t", "version": 1}
     assert specs[first["id"]]["script"] == "echo v1" and specs[first["id"]]["template"] == {"name": "t", "version": 1}
     assert specs[second["id"]]["script"] == "echo v2" and specs[second["id"]]["template"] == {"name": "t", "version": 2}
     assert specs[pinned["id"]]["script"] == "echo v1" and specs[pinned["id"]]["template"]["version"] == 1
