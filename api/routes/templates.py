@@ -75,8 +75,10 @@ async def run_public(
         **responses(
             401,
             403,
+            409,
             422,
             e403="viewers; an operator changing a template another person created",
+            e409="the org has 1000 templates already",
             e422="an unknown param referenced, a bad param declaration, or a body that does not validate "
             "as a job (POST /api/jobs) or pipeline (POST /api/pipelines) with the params' defaults",
         ),

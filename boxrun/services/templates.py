@@ -26,6 +26,8 @@ from boxrun.settings import Settings
 from boxrun.storage import Storage
 from boxrun.templating import as_text, check_references, placeholders, render, resolve
 
+MAX_TEMPLATES_PER_ORG = 1000
+
 
 def new_trigger_secret() -> str:
     return f"tgsec_{secrets.token_urlsafe(32)}"
@@ -83,6 +85,8 @@ async def put_template(
         row = await conn.fetchrow(Q.template_for_update, user.org_id, name)
         created = row is None
         if row is None:
+            if await conn.fetchval(Q.count_templates, user.org_id) >= MAX_TEMPLATES_PER_ORG:
+                raise Conflict(f"the org has {MAX_TEMPLATES_PER_ORG} templates already: delete one first")
             sealed = settings.secret_box().seal(new_trigger_secret())
             row = await conn.fetchrow(Q.insert_template, uuid.uuid4(), user.org_id, name, sealed, user.name)
         else:

@@ -59,3 +59,6 @@ DELETE FROM templates WHERE id = $1 RETURNING id;
 
 -- name: template_schedule_count
 SELECT count(*) FROM schedules WHERE template_id = $1;
+
+-- name: count_templates
+SELECT count(*) FROM templates WHERE org_id = $1;
