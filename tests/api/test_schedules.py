@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from temporalio.client import ScheduleActionStartWorkflow
+from temporalio.client import ScheduleActionExecutionStartWorkflow, ScheduleActionStartWorkflow
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
@@ -61,10 +61,15 @@ async def control_worker(app: FastAPI) -> AsyncIterator[None]:
 async def wait_for_jobs(
     db: asyncpg.Connection, owner: str, count: int, deadline_s: float = 30.0
 ) -> list[asyncpg.Record]:
+    """The jobs `owner` has once there are `count` of them, each with its `template.run` audit row
+    (written after the submission), or what there is at the deadline."""
     end = time.monotonic() + deadline_s
     while True:
         rows = await db.fetch("SELECT id::text, spec, owner FROM jobs WHERE owner = $1 ORDER BY created_at", owner)
-        if len(rows) >= count or time.monotonic() > end:
+        audited = await db.fetchval(
+            "SELECT count(*) FROM audit_log WHERE action = 'template.run' AND actor = $1", owner
+        )
+        if (len(rows) >= count and audited >= count) or time.monotonic() > end:
             return list(rows)
         await asyncio.sleep(0.2)
 
@@ -90,7 +95,13 @@ async def test_a_schedule_runs_the_template_when_triggered(
     audit = await db.fetchrow("SELECT actor, detail FROM audit_log WHERE action = 'template.run'")
     assert audit is not None and audit["actor"] == s["owner"] and audit["detail"]["via"] == f"schedule:{s['id']}"
 
-    # a new version of the template: the next run takes it (version null: the latest)
+    # the run's workflow ends; the next run (its workflow id carries the time to the second, so
+    # not within the same second) takes the new version of the template (version null: the latest)
+    (first_run,) = (await handle.describe()).info.recent_actions
+    assert isinstance(first_run.action, ScheduleActionExecutionStartWorkflow)
+    done = await app.state.temporal.get_workflow_handle(first_run.action.workflow_id).result()
+    assert done["run_id"] == job["id"] and done["kind"] == "job" and done["created"] is True
+    await asyncio.sleep(1.1)
     v2 = {**TEMPLATE, "job": {**TEMPLATE["job"], "script": "v2 ${{ params.board }}"}}  # type: ignore[dict-item]
     assert (await api.put("/api/templates/nightly", json=v2)).status_code == 200
     await handle.trigger()
