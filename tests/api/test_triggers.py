@@ -206,3 +206,35 @@ async def test_a_github_pull_request(anon: httpx.AsyncClient, db: asyncpg.Connec
     assert resp.status_code == 201, resp.text
     spec = await spec_of(db, resp.json()["job"]["id"])
     assert spec["script"] == "build acme/fw@abc (feature, pull_request)"
+
+
+async def test_a_pipeline_template_from_a_gitlab_merge_request(
+    anon: httpx.AsyncClient, api: httpx.AsyncClient, db: asyncpg.Connection, secret: str
+) -> None:
+    body = {
+        "params": {"ref": {"type": "string"}, "actor": {"type": "string"}},
+        "pipeline": {
+            "name": "mr-${{ params.ref }}",
+            "steps": {"a": {"box": "cibox", "script": "test ${{ params.actor }}"}},
+        },
+    }
+    resp = await api.put("/api/templates/mr", json=body)
+    assert resp.status_code == 201, resp.text
+    payload = {
+        "object_kind": "merge_request",
+        "object_attributes": {"source_branch": "feat", "last_commit": {"id": "c0ffee"}},
+        "project": {"path_with_namespace": "acme/fw"},
+        "user": {"username": "gl-dev"},
+    }
+    url = "/api/orgs/default/templates/mr/trigger"
+    req = gitlab(resp.json()["trigger_secret"], payload, delivery="mr-1")
+    first = await anon.post(url, **req)
+    assert first.status_code == 201, first.text
+    out = first.json()
+    assert (
+        out["kind"] == "pipeline" and out["pipeline"]["name"] == "mr-feat" and out["pipeline"]["owner"] == "trigger:mr"
+    )
+    again = await anon.post(url, **req)
+    assert again.status_code == 200 and again.json()["pipeline"]["id"] == out["pipeline"]["id"]
+    (step,) = await db.fetch("SELECT spec FROM pipeline_steps")
+    assert step["spec"]["job"]["script"] == "test gl-dev"
