@@ -19,6 +19,7 @@ from boxrun.workflows import (
     PipelineWorkflow,
     ReaperWorkflow,
     RetentionWorkflow,
+    ScheduledRunWorkflow,
     StepWorkflow,
     WebhookDeliveryWorkflow,
 )
@@ -27,6 +28,7 @@ from tests.histories.record import (
     PIPELINE_HISTORIES,
     RETENTION_HISTORY,
     SCENARIOS,
+    SCHEDULE_HISTORY,
     WEBHOOK_HISTORY,
 )
 
@@ -39,6 +41,7 @@ EXPECTED = {
     *PIPELINE_HISTORIES,
     WEBHOOK_HISTORY,
     RETENTION_HISTORY,
+    SCHEDULE_HISTORY,
 }
 
 
@@ -57,6 +60,7 @@ async def test_history_replays_on_current_code(name: str):
             StepWorkflow,
             WebhookDeliveryWorkflow,
             RetentionWorkflow,
+            ScheduledRunWorkflow,
         ],
         data_converter=pydantic_data_converter,
     )
