@@ -38,8 +38,11 @@ from boxrun.api.routes import (
     org,
     people,
     pipelines,
+    schedules,
     secrets,
     session,
+    templates,
+    triggers,
     ui,
     webhooks,
 )
@@ -174,6 +177,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(secrets.router)
     api.include_router(webhooks.router)
     api.include_router(org.router)
+    api.include_router(templates.router)
+    api.include_router(triggers.router)
+    api.include_router(schedules.router)
     app.include_router(api)
     ui.mount(app)  # the dashboard, /ui/
 

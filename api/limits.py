@@ -39,6 +39,8 @@ from boxrun.errors import Unauthorized
 from boxrun.settings import Settings
 
 PUBLIC = frozenset({"/api/health"})
+# a template's CI trigger: authenticated by the template's trigger secret, not a token
+TRIGGER = re.compile(r"^/api/orgs/[^/]+/templates/[^/]+/trigger$")
 # the agent's log batches, and its artifact manifest pages (1,000 names of up to 8 KiB each)
 LOG_INGEST = re.compile(r"^/api/agent/jobs/[^/]+/(logs|artifacts)$")
 AGENT_PREFIX = "/api/agent/"
@@ -73,7 +75,7 @@ class BodyTooLarge(StarletteHTTPException):
 
 def needs_token(path: str) -> bool:
     """Every route under /api but the public ones."""
-    return path.startswith("/api/") and path not in PUBLIC
+    return path.startswith("/api/") and path not in PUBLIC and TRIGGER.match(path) is None
 
 
 def _bearer(headers: Headers) -> str | None:

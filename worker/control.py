@@ -13,6 +13,7 @@ from boxrun.activities.dispatch import DispatchActivities
 from boxrun.activities.pipeline import PipelineActivities
 from boxrun.activities.reaper import ReaperActivities
 from boxrun.activities.retention import RetentionActivities
+from boxrun.activities.schedules import ScheduleActivities
 from boxrun.activities.webhooks import WebhookActivities
 from boxrun.constants import CONTROL_TASK_QUEUE, WEBHOOK_TASK_QUEUE
 from boxrun.db import create_pool, migrate_for
@@ -26,6 +27,7 @@ from boxrun.workflows import (
     PipelineWorkflow,
     ReaperWorkflow,
     RetentionWorkflow,
+    ScheduledRunWorkflow,
     StepWorkflow,
     WebhookDeliveryWorkflow,
 )
@@ -48,6 +50,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
         pipeline = PipelineActivities(pool, settings)
         webhooks = WebhookActivities(pool, settings)
         retention = RetentionActivities(pool, storage)
+        schedules = ScheduleActivities(pool, storage, settings)
         worker = Worker(
             client,
             task_queue=CONTROL_TASK_QUEUE,
@@ -58,6 +61,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
                 StepWorkflow,
                 WebhookDeliveryWorkflow,
                 RetentionWorkflow,
+                ScheduledRunWorkflow,
             ],
             activities=[
                 *activities.all(),
@@ -65,6 +69,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
                 *pipeline.all(),
                 *webhooks.control(),
                 *retention.all(),
+                *schedules.all(),
                 reaper.reap,
             ],
             # run_job waits here only until its box claims the job (then the API completes it)

@@ -4,6 +4,7 @@ from boxrun.workflows.job import JobWorkflow
 from boxrun.workflows.pipeline import PipelineWorkflow
 from boxrun.workflows.reaper import ReaperWorkflow
 from boxrun.workflows.retention import RetentionWorkflow
+from boxrun.workflows.schedules import ScheduledRunWorkflow
 from boxrun.workflows.step import StepWorkflow
 from boxrun.workflows.webhooks import WebhookDeliveryWorkflow
 
@@ -12,6 +13,7 @@ __all__ = [
     "PipelineWorkflow",
     "ReaperWorkflow",
     "RetentionWorkflow",
+    "ScheduledRunWorkflow",
     "StepWorkflow",
     "WebhookDeliveryWorkflow",
 ]

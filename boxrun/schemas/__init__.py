@@ -304,8 +304,8 @@ class JobCreate(BaseModel):
     def from_frozen(cls, spec: dict[str, Any]) -> JobCreate:
         """The submission a frozen spec came from (for a re-run): its file_refs back as references.
         A pipeline step job's resolved `inputs` are not a submission field (the re-run carries them
-        over as they are: services.jobs.rerun_job)."""
-        body = {k: v for k, v in spec.items() if k not in ("file_refs", "inputs")}
+        over as they are: services.jobs.rerun_job); a template run's `template` mark is not one either."""
+        body = {k: v for k, v in spec.items() if k not in ("file_refs", "inputs", "template")}
         refs = {path: {"sha256": r["sha256"], "size": r["size"]} for path, r in (spec.get("file_refs") or {}).items()}
         body["files"] = {**body.get("files", {}), **refs}
         return cls.model_validate(body)

@@ -52,6 +52,13 @@ class SpecSettingsPublic(BaseModel):
     queue_timeout_s: int
 
 
+class TemplateMark(BaseModel):
+    """The template version a run was rendered from (docs/templates.md)."""
+
+    name: str
+    version: int
+
+
 class JobSpecPublic(BaseModel):
     """What a job ran, frozen at submission. Two jobs with the same spec_hash ran the same spec."""
 
@@ -61,3 +68,6 @@ class JobSpecPublic(BaseModel):
     env: dict[str, str] = Field(description="variable name -> value as submitted")
     files: list[SpecFilePublic] = Field(description="every workspace file, by path")
     settings: SpecSettingsPublic
+    template: TemplateMark | None = Field(
+        default=None, description="the template version the job was rendered from; null: not a template run"
+    )

@@ -146,4 +146,5 @@ async def job_spec(conn: asyncpg.Connection, user: User, job_id: str) -> dict[st
             "cancel_grace_s": job["cancel_grace_s"],
             "queue_timeout_s": job["queue_timeout_s"],
         },
+        "template": spec.get("template"),
     }

@@ -75,6 +75,7 @@ async def create_pipeline(
     storage: Storage,
     rerun_of: str | None = None,
     reuse: dict[str, str] | None = None,
+    template: dict[str, Any] | None = None,
 ) -> str:
     """Store the pipeline and its steps in one transaction, then start its PipelineWorkflow;
     returns the pipeline id. `reuse` (rerun only_failed): step name -> the job of an earlier run
@@ -117,6 +118,8 @@ async def create_pipeline(
 
     step_specs = await asyncio.gather(*(frozen(s) for s in p.steps))
     spec = p.model_dump(mode="json")
+    if template:  # a template run (docs/templates.md): frozen into the stored document
+        spec["template"] = template
     pipeline_id = str(uuid.uuid4())
     async with conn.transaction():
         await conn.execute(
@@ -426,10 +429,17 @@ def check_may_act(user: User, pipeline: asyncpg.Record, verb: str) -> None:
 
 
 async def submit_pipeline(
-    conn: asyncpg.Connection, temporal: Client, settings: Settings, storage: Storage, user: User, p: ExpandedPipeline
+    conn: asyncpg.Connection,
+    temporal: Client,
+    settings: Settings,
+    storage: Storage,
+    user: User,
+    p: ExpandedPipeline,
+    *,
+    template: dict[str, Any] | None = None,
 ) -> str:
     """create_pipeline for a caller, with its `pipeline.create` audit row; returns the id."""
-    pipeline_id = await create_pipeline(conn, temporal, settings, user, p, storage=storage)
+    pipeline_id = await create_pipeline(conn, temporal, settings, user, p, storage=storage, template=template)
     detail = {"pipeline_id": pipeline_id, "name": p.name, "steps": len(p.steps)}
     await conn.execute(Q.audit, user.org_id, user.name, "pipeline.create", None, None, detail)
     return pipeline_id

@@ -39,6 +39,7 @@ async def submit_job(
     storage: Storage,
     rerun_of: str | None = None,
     inputs: list[dict[str, Any]] | None = None,
+    template: dict[str, Any] | None = None,
 ) -> tuple[str, bool]:
     """Returns (job id, created). A repeated idempotency key returns the first job (created=False).
 
@@ -46,7 +47,8 @@ async def submit_job(
     InvalidInput(field="env.KEY") for an env value referring to a secret the org does not have;
     InvalidInput naming the file for a referenced upload that is not in storage (with that size),
     or files over max_job_files_bytes in all; Conflict for an idempotency key used before with
-    another spec; Unavailable if Temporal (or storage) refuses (nothing is kept)."""
+    another spec; Unavailable if Temporal (or storage) refuses (nothing is kept). `template`
+    ({"name", "version"}: a template run, docs/templates.md) is frozen into the spec."""
     # a box the submitter may not see (allowed_users) is refused exactly as a box that does not exist
     viewer = None if user.is_admin else user.name
     if body.box is not None and await conn.fetchrow(Q.get_box, user.org_id, body.box, viewer) is None:
@@ -57,6 +59,8 @@ async def submit_job(
     spec = body.frozen_spec(await resolve_file_refs(storage, settings, user, body))
     if inputs:  # a re-run of a pipeline step job: the upstream artifacts it was given, as resolved
         spec["inputs"] = inputs
+    if template:
+        spec["template"] = template
     digest = spec_hash(spec)
     if body.idempotency_key is not None:
         existing = await _by_key(conn, user, body.idempotency_key, digest)

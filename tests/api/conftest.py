@@ -28,7 +28,7 @@ async def app(settings: Settings, temporal_env: WorkflowEnvironment) -> AsyncIte
     app = create_app(settings.model_copy(update={"temporal_address": target, "api_token": ADMIN_TOKEN}))
     async with app.router.lifespan_context(app):
         yield app
-        # Leave no workflow behind on the shared dev server: this test's database goes away.
+        # Leave no workflow or schedule behind on the shared dev server: this test's database goes away.
         temporal = app.state.temporal
         for row in await app.state.pool.fetch(
             "SELECT id::text FROM jobs UNION ALL SELECT id::text FROM pipelines"
@@ -38,6 +38,11 @@ async def app(settings: Settings, temporal_env: WorkflowEnvironment) -> AsyncIte
                 await temporal.get_workflow_handle(row[0]).terminate("test over")
             except RPCError:
                 pass  # never started, or already closed
+        for row in await app.state.pool.fetch("SELECT temporal_schedule_id FROM schedules"):
+            try:
+                await temporal.get_schedule_handle(row[0]).delete()
+            except RPCError:
+                pass  # deleted by the test
 
 
 def _client(app: FastAPI, token: str | None) -> httpx.AsyncClient:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
+import json
 import uuid
 from collections.abc import Callable, MutableMapping
 from contextlib import suppress
@@ -80,6 +82,13 @@ class World:
     delivery_id: str  # a delivery of it
     artifact: str = "out/a.txt"
     secret_name: str = "ACME_ONLY_SECRET"  # org A's secret (build_world puts it)
+    org: str = ORG_A
+    template: str = "acme-tpl"  # org A's template, created by its operator (build_world puts it)
+    template_secret: str = ""  # its trigger secret
+    rotated_template: str = "acme-tpl-rot"  # org A's template whose trigger secret POST rotates
+    spare_template: str = "acme-tpl-spare"  # org A's template that DELETE may take
+    schedule_id: str = ""  # org A's schedule of acme-tpl, created by its operator
+    spare_schedule_id: str = ""  # another, that DELETE may take
     markers: list[str] = field(default_factory=list)  # strings naming org A's rows
 
     def by_role(self, role: Role) -> Person:
@@ -119,6 +128,20 @@ JOB = {"job_id": "job_id"}
 PIPELINE = {"pipeline_id": "pipeline_id"}
 BOX = {"name": "box"}
 WEBHOOK = {"webhook_id": "webhook_id"}
+TEMPLATE = {"name": "template"}
+SCHEDULE = {"schedule_id": "schedule_id"}
+TEMPLATE_BODY = {
+    "params": {"n": {"type": "int", "default": 1}},
+    "job": {"box": "acme-box", "script": "echo ${{ params.n }}"},
+}
+
+
+def _signed_push(w: World) -> dict[str, Any]:
+    """A GitHub push delivery signed with org A's template's trigger secret (a new delivery id each time)."""
+    raw = json.dumps({"ref": "refs/heads/main", "after": "abc", "repository": {"full_name": "acme/x"}}).encode()
+    sig = "sha256=" + hmac.new(w.template_secret.encode(), raw, hashlib.sha256).hexdigest()
+    headers = {"X-Hub-Signature-256": sig, "X-GitHub-Delivery": str(uuid.uuid4()), "Content-Type": "application/json"}
+    return {"content": raw, "headers": headers}
 
 
 def _window(w: World) -> dict[str, Any]:
@@ -243,6 +266,29 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/api/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): Access(
         Role.ADMIN, {**WEBHOOK, "delivery_id": "delivery_id"}
     ),
+    # templates: everyone reads; operators put (their own) and run; admins rotate the trigger secret
+    ("GET", "/api/templates"): Access(Role.VIEWER),
+    ("GET", "/api/templates/{name}"): Access(Role.VIEWER, TEMPLATE),
+    ("PUT", "/api/templates/{name}"): Access(
+        Role.OPERATOR, TEMPLATE, send=lambda w: {"json": TEMPLATE_BODY}, names_in_own_org=True
+    ),
+    ("POST", "/api/templates/{name}/run"): Access(
+        Role.OPERATOR, TEMPLATE, send=lambda w: {"json": {"params": {"n": 2}}}
+    ),
+    ("POST", "/api/templates/{name}/trigger-secret"): Access(Role.ADMIN, {"name": "rotated_template"}),
+    ("DELETE", "/api/templates/{name}"): Access(Role.OPERATOR, {"name": "spare_template"}),
+    # schedules: everyone reads; operators create, and pause, unpause or delete their own
+    ("POST", "/api/schedules"): Access(
+        Role.OPERATOR, send=lambda w: {"json": {"template": w.template, "params": {}, "cron": "0 3 * * *"}}
+    ),
+    ("GET", "/api/schedules"): Access(Role.VIEWER),
+    ("GET", "/api/schedules/{schedule_id}"): Access(Role.VIEWER, SCHEDULE),
+    ("POST", "/api/schedules/{schedule_id}/pause"): Access(Role.OPERATOR, SCHEDULE),
+    ("POST", "/api/schedules/{schedule_id}/unpause"): Access(Role.OPERATOR, SCHEDULE),
+    ("DELETE", "/api/schedules/{schedule_id}"): Access(Role.OPERATOR, {"schedule_id": "spare_schedule_id"}),
+    # a template's CI trigger: no token, the template's trigger secret signs the request
+    # (another org's: tests/api/test_triggers.py)
+    ("POST", "/api/orgs/{org}/templates/{name}/trigger"): Access(PUBLIC, {"org": "org", **TEMPLATE}, send=_signed_push),
     # the agent side: node tokens only
     ("GET", "/api/agent/me"): Access(NODE),
     ("POST", "/api/agent/session"): Access(NODE, send=lambda w: {"json": {"agent_version": "t", "slots": 1}}),
@@ -367,8 +413,19 @@ async def build_world(app: FastAPI, db: asyncpg.Connection) -> World:
         ORG_A,
         job_id,
     )
+    async with client(app, operator.token) as o:
+        for name in ("acme-tpl", "acme-tpl-rot", "acme-tpl-spare"):
+            resp = await o.put(f"/api/templates/{name}", json={**TEMPLATE_BODY, "description": "acme-template-marker"})
+            assert resp.status_code == 201, resp.text
+        schedule_ids = []
+        for _ in range(2):
+            resp = await o.post("/api/schedules", json={"template": "acme-tpl", "params": {}, "cron": "0 3 * * *"})
+            assert resp.status_code == 201, resp.text
+            schedule_ids.append(resp.json()["id"])
+    async with client(app, admin.token) as a:
+        template_secret = (await a.get("/api/templates/acme-tpl")).json()["trigger_secret"]
     markers = [job_id, pipeline_id, "acme-box", "acme-spare", viewer.name, operator.name, admin.name, webhook_id]
-    markers.append("ACME_ONLY_SECRET")
+    markers += ["ACME_ONLY_SECRET", "acme-template-marker", *schedule_ids]
     return World(
         viewer=viewer,
         operator=operator,
@@ -388,6 +445,9 @@ async def build_world(app: FastAPI, db: asyncpg.Connection) -> World:
         pipeline_id=pipeline_id,
         webhook_id=webhook_id,
         delivery_id=delivery_id,
+        template_secret=template_secret,
+        schedule_id=schedule_ids[0],
+        spare_schedule_id=schedule_ids[1],
     )
 
 
@@ -585,6 +645,8 @@ async def test_another_orgs_resources_are_404_on_every_route(app: FastAPI, world
         access = ROUTES[(method, path)]
         if not has_params:
             continue
+        if access.role == PUBLIC:  # no token to come from another org (a trigger: tests/api/test_triggers.py)
+            continue
         if access.role == NODE:
             callers = [("org B's node token", world.b_node_token, False)]
         else:
@@ -615,11 +677,13 @@ async def test_another_orgs_resources_are_404_on_every_route(app: FastAPI, world
 
 
 async def _org_a_rows(app: FastAPI, w: World) -> str:
-    """What org A's admin reads of the resources named inside each org (its secrets)."""
+    """What org A's admin reads of the resources named inside each org (its secrets, its templates)."""
     async with client(app, w.admin.token) as admin:
         resp = await admin.get("/api/secrets")
+        templates = await admin.get("/api/templates")
     assert resp.status_code == 200, resp.text
-    return resp.text
+    assert templates.status_code == 200, templates.text
+    return resp.text + templates.text
 
 
 async def test_list_routes_never_show_another_orgs_rows(app: FastAPI, world: World) -> None:

@@ -322,6 +322,7 @@ async def test_the_spec_shows_what_ran_and_equal_specs_hash_equal(
             "cancel_grace_s": 4,
             "queue_timeout_s": 600,
         },
+        "template": None,
     }
     assert len(spec["spec_hash"]) == 64
     again = (await api.get(f"/api/jobs/{second['id']}/spec")).json()

@@ -22,6 +22,7 @@ SAMPLE = {
     "pipeline_id": str(uuid.uuid4()),
     "webhook_id": str(uuid.uuid4()),
     "delivery_id": str(uuid.uuid4()),
+    "schedule_id": str(uuid.uuid4()),
 }
 
 

@@ -296,8 +296,44 @@ async def record_retention(api: httpx.AsyncClient, client: Client, stack: DevSta
     await save(client, RETENTION_HISTORY, workflow_id, run_id)
 
 
+SCHEDULE_HISTORY = "schedule_run"
+
+
+async def record_schedule(api: httpx.AsyncClient, client: Client) -> None:
+    """One run of a template's schedule (docs/templates.md), triggered: it submits the template's job."""
+    resp = await api.put(
+        "/api/templates/recorded",
+        json={
+            "params": {"word": {"type": "string", "default": "hi"}},
+            "job": {"box_group": "local", "script": "echo ${{ params.word }}"},
+        },
+    )
+    assert resp.status_code in (200, 201), resp.text
+    resp = await api.post(
+        "/api/schedules", json={"template": "recorded", "params": {"word": "scheduled"}, "cron": "0 3 * * *"}
+    )
+    assert resp.status_code == 201, resp.text
+    schedule = resp.json()
+    await client.get_schedule_handle(schedule["temporal_schedule_id"]).trigger()
+
+    async def finished_run() -> tuple[str, str | None] | None:
+        async for wf in client.list_workflows('WorkflowType = "ScheduledRunWorkflow"'):
+            if wf.status == WorkflowExecutionStatus.COMPLETED:
+                return wf.id, wf.run_id
+        return None
+
+    workflow_id, run_id = await wait_for(finished_run, timeout=60, what="a completed scheduled run")
+    await api.delete(f"/api/schedules/{schedule['id']}")
+    await save(client, SCHEDULE_HISTORY, workflow_id, run_id)
+
+
 async def record(
-    local: bool, *, only_webhook: bool = False, only_retention: bool = False, only_bench: bool = False
+    local: bool,
+    *,
+    only_webhook: bool = False,
+    only_retention: bool = False,
+    only_bench: bool = False,
+    only_schedule: bool = False,
 ) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="boxrun-record-")) / "dev"
     env = {**ENV, "BOXRUN_LOCAL_CONTROL_ACTIVITIES": "true" if local else "false"}
@@ -313,9 +349,13 @@ async def record(
             if only_bench:
                 await record_bench(stack, client)
                 return
+            if only_schedule:
+                await record_schedule(api, client)
+                return
             if not local:
                 await record_webhook(api, client)
                 await record_retention(api, client, stack)
+                await record_schedule(api, client)
             for name, scenario in SCENARIOS.items():
                 if only_webhook or (local and name not in LOCAL_SCENARIOS):
                     continue
@@ -339,6 +379,9 @@ async def main() -> int:
         return 0
     if sys.argv[1:] == ["bench"]:  # only the bench pipeline's history (keep_box, same_box_as)
         await record(False, only_bench=True)
+        return 0
+    if sys.argv[1:] == ["schedule"]:  # only a scheduled run's history (a new workflow, the rest unchanged)
+        await record(False, only_schedule=True)
         return 0
     for old in HERE.glob("*.json"):
         old.unlink()

@@ -19,6 +19,7 @@ from boxrun.workflows import (
     PipelineWorkflow,
     ReaperWorkflow,
     RetentionWorkflow,
+    ScheduledRunWorkflow,
     StepWorkflow,
     WebhookDeliveryWorkflow,
 )
@@ -28,6 +29,7 @@ from tests.histories.record import (
     PIPELINE_HISTORIES,
     RETENTION_HISTORY,
     SCENARIOS,
+    SCHEDULE_HISTORY,
     WEBHOOK_HISTORY,
 )
 
@@ -41,6 +43,7 @@ EXPECTED = {
     BENCH_HISTORY,
     WEBHOOK_HISTORY,
     RETENTION_HISTORY,
+    SCHEDULE_HISTORY,
 }
 
 
@@ -59,6 +62,7 @@ async def test_history_replays_on_current_code(name: str):
             StepWorkflow,
             WebhookDeliveryWorkflow,
             RetentionWorkflow,
+            ScheduledRunWorkflow,
         ],
         data_converter=pydantic_data_converter,
     )

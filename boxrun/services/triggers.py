@@ -1,0 +1,168 @@
+"""CI triggers of templates: a GitHub or GitLab webhook, authenticated by the template's trigger
+secret, runs the template with params taken from the payload, once per delivery id
+(docs/templates.md, "Triggers")."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from temporalio.client import Client
+
+from boxrun.db import Q
+from boxrun.errors import InvalidInput, Unauthorized
+from boxrun.schemas import NAME_PATTERN
+from boxrun.schemas.templates import Kind, TemplateRun
+from boxrun.services.identity import Role, User
+from boxrun.services.templates import param_specs, run_template_once, trigger_secret
+from boxrun.settings import Settings
+from boxrun.storage import Storage
+
+# One answer for every refusal of the caller's credentials: an unknown org or template, a missing
+# or wrong signature or token. Nothing tells a caller which names exist.
+REFUSED = "bad or missing trigger signature (X-Hub-Signature-256 or X-Gitlab-Token)"
+# A secret the refusal of an unknown template is computed against (the same work as a known one).
+_DUMMY_SECRET = "tgsec_" + "0" * 43
+MAX_DELIVERY_ID = 200
+# What a trigger's run is owned by (no person): `trigger:<template>`.
+TRIGGER_OWNER = "trigger:{name}"
+
+
+@dataclass(frozen=True)
+class Headers:
+    hub_signature: str | None  # X-Hub-Signature-256
+    github_delivery: str | None  # X-GitHub-Delivery
+    github_event: str | None  # X-GitHub-Event
+    gitlab_token: str | None  # X-Gitlab-Token
+    gitlab_event_uuid: str | None  # X-Gitlab-Event-UUID
+    gitlab_event: str | None  # X-Gitlab-Event
+    idempotency_key: str | None  # Idempotency-Key
+
+
+def authenticate(secret: str, raw: bytes, h: Headers) -> str:
+    """'github' or 'gitlab' for a request signed (or carrying the token) with `secret`;
+    Unauthorized otherwise. Constant-time comparisons."""
+    if h.hub_signature is not None:
+        expected = "sha256=" + hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+        if hmac.compare_digest(expected.encode(), h.hub_signature.strip().encode()):
+            return "github"
+    elif h.gitlab_token is not None and hmac.compare_digest(secret.encode(), h.gitlab_token.strip().encode()):
+        return "gitlab"
+    raise Unauthorized(REFUSED)
+
+
+def delivery_id(form: str, h: Headers) -> str:
+    value = h.github_delivery if form == "github" else (h.gitlab_event_uuid or h.idempotency_key)
+    if value is None or not value.strip():
+        header = "X-GitHub-Delivery" if form == "github" else "X-Gitlab-Event-UUID (or Idempotency-Key)"
+        raise InvalidInput(f"a trigger needs a delivery id: send {header}", field="header.delivery")
+    value = value.strip()
+    if len(value) > MAX_DELIVERY_ID or "\x00" in value:
+        raise InvalidInput(f"a delivery id is at most {MAX_DELIVERY_ID} characters", field="header.delivery")
+    return value
+
+
+def _get(payload: Mapping[str, Any], *path: str) -> str | None:
+    node: Any = payload
+    for key in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node if isinstance(node, str) and node else None
+
+
+def payload_params(form: str, event: str | None, payload: Any) -> dict[str, str]:
+    """The params a payload gives (docs/templates.md has the table): ref, sha, repo, actor, event.
+    A payload of no known shape (a push, a tag push, a pull or merge request) is InvalidInput."""
+    if not isinstance(payload, Mapping):
+        raise InvalidInput("the payload is not a JSON object", field="body")
+    out: dict[str, str | None]
+    if form == "github":
+        pr = payload.get("pull_request")
+        if isinstance(pr, Mapping):
+            out = {
+                "ref": _get(pr, "head", "ref"),
+                "sha": _get(pr, "head", "sha"),
+                "repo": _get(payload, "repository", "full_name"),
+                "actor": _get(payload, "sender", "login"),
+            }
+        else:
+            out = {
+                "ref": _get(payload, "ref"),
+                "sha": _get(payload, "after"),
+                "repo": _get(payload, "repository", "full_name"),
+                "actor": _get(payload, "pusher", "name") or _get(payload, "sender", "login"),
+            }
+    else:
+        mr = payload.get("object_attributes")
+        if payload.get("object_kind") == "merge_request" and isinstance(mr, Mapping):
+            out = {
+                "ref": _get(mr, "source_branch"),
+                "sha": _get(mr, "last_commit", "id"),
+                "repo": _get(payload, "project", "path_with_namespace"),
+                "actor": _get(payload, "user", "username"),
+            }
+        else:
+            out = {
+                "ref": _get(payload, "ref"),
+                "sha": _get(payload, "checkout_sha") or _get(payload, "after"),
+                "repo": _get(payload, "project", "path_with_namespace"),
+                "actor": _get(payload, "user_username"),
+            }
+    if out["ref"] is None or out["repo"] is None:
+        raise InvalidInput(
+            f"a {form} payload of no known shape (a push, tag push, pull or merge request with a ref and a repository)",
+            field="body",
+        )
+    if event:
+        out["event"] = event
+    return {k: v for k, v in out.items() if v is not None}
+
+
+async def trigger(
+    conn: asyncpg.Connection,
+    temporal: Client,
+    settings: Settings,
+    storage: Storage,
+    *,
+    org: str,
+    name: str,
+    raw: bytes,
+    headers: Headers,
+) -> tuple[Kind, str, bool]:
+    """Run template `name` of org `org` for a CI delivery; returns (kind, run id, created). A
+    delivery id seen before returns its run (created False) and makes nothing. Unauthorized (one
+    answer) for an unknown org or template or a bad signature; InvalidInput for a payload of no
+    known shape or params the template refuses; Conflict while the same delivery is being run."""
+    row = await conn.fetchrow(Q.get_template, org, name, None) if _plausible(org, name) else None
+    secret = trigger_secret(settings, row) if row is not None else _DUMMY_SECRET
+    form = authenticate(secret, raw, headers)
+    if row is None:  # the dummy secret matched: never (it is not a secret anyone holds)
+        raise Unauthorized(REFUSED)
+    did = delivery_id(form, headers)
+    if await conn.fetchrow(Q.get_trigger_delivery, row["id"], did) is None:
+        # a first delivery: its payload must give params (a replay is answered without reading it)
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidInput("the payload is not JSON", field="body") from None
+        event = headers.github_event if form == "github" else headers.gitlab_event
+        given = payload_params(form, event, payload)
+        declared = param_specs(row)
+        params = {k: v for k, v in given.items() if k in declared}
+    else:
+        params = {}
+    actor = User(name=TRIGGER_OWNER.format(name=name), org_id=org, role=Role.OPERATOR)
+    return await run_template_once(
+        conn, temporal, settings, storage, actor, row, did, TemplateRun(params=params), via=f"trigger:{form}:{did}"
+    )
+
+
+def _plausible(org: str, name: str) -> bool:
+    return len(org) <= 200 and "\x00" not in org and re.fullmatch(NAME_PATTERN, name) is not None
