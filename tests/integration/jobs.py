@@ -38,3 +38,13 @@ async def has_lines(api: httpx.AsyncClient, job_id: str, n: int) -> bool:
         return (await BoxrunClient.over(api).get(job_id)).log_lines >= n
     except Unavailable:
         return False
+
+
+async def archive(api: httpx.AsyncClient, job_id: str) -> bytes | None:
+    """The job's gzip transcript archive from storage (its presigned redirect), or None while
+    it is not written yet (404)."""
+    resp = await api.get(f"/api/jobs/{job_id}/logs/archive")
+    if resp.status_code == 404:
+        return None
+    async with httpx.AsyncClient() as anon:
+        return (await anon.get(resp.headers["location"])).content

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import httpx
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
@@ -17,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 from boxrun.client import BoxrunClient, LogEvent
 from tests.conftest import wait_for
 from tests.integration.faultstack import fault_stack
-from tests.integration.jobs import has_lines, replay, submit, wait_terminal
+from tests.integration.jobs import archive, has_lines, replay, submit, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -64,17 +63,9 @@ async def test_100k_interleaved_lines_replay_exactly_and_the_archive_matches(api
     lines = await replay(api, job["id"], page=10_000)
     check_exact(lines, expected_interleaved())
 
-    archived = await wait_for(lambda: _archive(api, job["id"]), timeout=30, what="transcript archive")
+    archived = await wait_for(lambda: archive(api, job["id"]), timeout=30, what="transcript archive")
     rows = [json.loads(r) for r in gzip.decompress(archived).decode().splitlines()]
     assert rows == lines, "the archive in S3 equals the replay"
-
-
-async def _archive(api: httpx.AsyncClient, job_id: str) -> bytes | None:
-    resp = await api.get(f"/api/jobs/{job_id}/logs/archive")
-    if resp.status_code == 404:
-        return None
-    async with httpx.AsyncClient() as anon:
-        return (await anon.get(resp.headers["location"])).content
 
 
 async def test_a_3_mib_line_is_cut_to_1_mib_with_a_notice(api):

@@ -14,7 +14,7 @@ import pytest
 from boxrun.temporal import connect
 from tests.conftest import wait_for
 from tests.integration.faultstack import fault_stack
-from tests.integration.jobs import replay, submit, wait_terminal
+from tests.integration.jobs import archive, replay, submit, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -74,14 +74,6 @@ def no_value(text: str, where: str) -> None:
     assert not leaked, f"a secret value in {where}"
 
 
-async def _archive(api: httpx.AsyncClient, job_id: str) -> bytes | None:
-    resp = await api.get(f"/api/jobs/{job_id}/logs/archive")
-    if resp.status_code == 404:
-        return None
-    async with httpx.AsyncClient() as anon:
-        return (await anon.get(resp.headers["location"])).content
-
-
 async def test_a_script_printing_its_secrets_shows_stars_everywhere(api, fs):
     for name, value in (("DB_PASSWORD", PASSWORD), ("TOKEN_A", TOKEN_A), ("TOKEN_B", TOKEN_B), ("KEY_FILE", KEY)):
         await put(api, name, value)
@@ -110,7 +102,7 @@ async def test_a_script_printing_its_secrets_shows_stars_everywhere(api, fs):
         assert "password: ***" in text.text
     no_value(text.text, "logs.txt")
     # the archive in S3
-    archived = await wait_for(lambda: _archive(api, job["id"]), timeout=30, what="transcript archive")
+    archived = await wait_for(lambda: archive(api, job["id"]), timeout=30, what="transcript archive")
     rows = [json.loads(r) for r in gzip.decompress(archived).decode().splitlines()]
     assert [(r["stream"], r["text"]) for r in rows] == EXPECTED
     no_value(gzip.decompress(archived).decode(), "the archive")

@@ -9,13 +9,12 @@ import gzip
 import json
 
 import asyncpg
-import httpx
 import pytest
 
 from boxrun.constants import DEFAULT_ORG
 from tests.conftest import wait_for
 from tests.integration.faultstack import fault_stack
-from tests.integration.jobs import replay, submit, wait_terminal
+from tests.integration.jobs import archive, replay, submit, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -42,14 +41,6 @@ async def fs(tmp_path_factory):
 async def api(fs):
     async with fs.api() as client:
         yield client
-
-
-async def _archive(api: httpx.AsyncClient, job_id: str) -> bytes | None:
-    resp = await api.get(f"/api/jobs/{job_id}/logs/archive")
-    if resp.status_code == 404:
-        return None
-    async with httpx.AsyncClient() as anon:
-        return (await anon.get(resp.headers["location"])).content
 
 
 async def test_a_job_past_its_orgs_cap_keeps_head_notice_and_tail_and_completes(api, fs):
@@ -94,6 +85,6 @@ async def test_a_job_past_its_orgs_cap_keeps_head_notice_and_tail_and_completes(
         sse = (await resp.aread()).decode()
     assert [int(x[4:]) for x in sse.splitlines() if x.startswith("id: ")] == [x[0] for x in got]
     assert '"last_seq": 10050' in sse
-    archived = await wait_for(lambda: _archive(api, job["id"]), timeout=60, what="transcript archive")
+    archived = await wait_for(lambda: archive(api, job["id"]), timeout=60, what="transcript archive")
     rows = [json.loads(r) for r in gzip.decompress(archived).decode().splitlines()]
     assert [(r["seq"], r["stream"], r["text"]) for r in rows] == got
