@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
-from boxrun.cli import boxes, context, jobs, operator, org, people, pipelines, run, secrets, session
+from boxrun.cli import boxes, context, jobs, operator, org, people, pipelines, run, schedules, secrets, session
+from boxrun.cli import templates as templates_cli
 from boxrun.cli import webhooks as webhooks_cli
 from boxrun.cli.context import UserCommand
 
 JOBS = "Jobs"
-FLEET = "Pipelines and boxes"
+FLEET = "Pipelines, templates and boxes"
 PEOPLE = "Account, users and tokens"
 OPERATOR = "Operator commands"
 
@@ -64,6 +65,8 @@ user(jobs.artifacts, JOBS)
 user(jobs.download, JOBS)
 app.add_typer(org.outputs_app, name="outputs", rich_help_panel=JOBS)
 app.add_typer(pipelines.app, name="pipeline", rich_help_panel=FLEET)
+app.add_typer(templates_cli.app, name="template", rich_help_panel=FLEET)
+app.add_typer(schedules.app, name="schedule", rich_help_panel=FLEET)
 user(boxes.boxes, FLEET)
 app.add_typer(boxes.app, name="box", rich_help_panel=FLEET)
 user(session.login, PEOPLE)

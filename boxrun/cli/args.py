@@ -89,3 +89,39 @@ def days(raw: str, option: str) -> int | None:
     if not (text.isascii() and text.isdigit()):
         raise ArgumentError(f"{option} {raw!r}: expected a whole number of days or none")
     return int(text)
+
+
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def typed_value(name: str, kind: str, raw: str) -> str | int | bool:
+    """A `-p NAME=VALUE` value as the JSON of the param's declared type: an int for `int`, a bool
+    for `bool` (true/false, yes/no, on/off, 1/0), the text for `string` and `choice` (whose
+    values the API checks)."""
+    if kind == "int":
+        text = raw.strip()
+        body = text[1:] if text[:1] in "+-" else text
+        if not (body.isascii() and body.isdigit()):
+            raise ArgumentError(f"-p {name}={raw!r}: {name} is an int param, give a whole number")
+        return int(text)
+    if kind == "bool":
+        word = raw.strip().lower()
+        if word in TRUE_WORDS:
+            return True
+        if word in FALSE_WORDS:
+            return False
+        raise ArgumentError(f"-p {name}={raw!r}: {name} is a bool param, give true or false")
+    return raw
+
+
+def template_params(raws: list[str] | None, types: dict[str, str]) -> dict[str, str | int | bool]:
+    """Every `-p NAME=VALUE`, typed by `types` (param name -> declared type). A name the template
+    does not declare, or one given twice, is an error naming the declared ones."""
+    found: dict[str, str | int | bool] = {}
+    for name, raw in key_values(raws, "-p").items():
+        if name not in types:
+            known = ", ".join(sorted(types)) or "none"
+            raise ArgumentError(f"-p {name}: the template has no param {name!r} (its params: {known})")
+        found[name] = typed_value(name, types[name], raw)
+    return found

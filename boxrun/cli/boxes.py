@@ -46,7 +46,8 @@ def boxes(as_json: JSON = False) -> None:
 
 @app.command("show", cls=UserCommand)
 def show(name: NAME, as_json: JSON = False) -> None:
-    """Show a box and its queue (the jobs holding it, the jobs waiting for it)."""
+    """Show a box and its queue (the jobs holding it, the jobs waiting for it, the pipelines
+    holding it between steps: keep_box)."""
 
     async def work(client: AsyncClient) -> tuple[BoxPublic, BoxQueuePublic]:
         return await client.boxes.get(name), await client.boxes.queue(name)
@@ -71,6 +72,11 @@ def show(name: NAME, as_json: JSON = False) -> None:
             ("waiting", [w.job_id for w in queue.waiting]),
         ]
     )
+    if queue.holds:
+        print_table(
+            ["HELD BY PIPELINE", "STEP", "ADMITS", "JOB", "SINCE (UTC)"],
+            [[hold.pipeline_id, hold.step, hold.steps, hold.job_id, hold.since] for hold in queue.holds],
+        )
 
 
 @app.command("maintenance", cls=UserCommand)

@@ -83,9 +83,19 @@ def show_job(model: JobPublic) -> None:
                 f"{model.pipeline_id} step {model.step} attempt {model.attempt}" if model.pipeline_id else None,
             ),
             ("rerun of", model.rerun_of),
+            ("template", template_text(model)),
             ("temporal", model.temporal_ui_url),
         ]
     )
+
+
+def template_text(model: object) -> str | None:
+    """`flash v3` for a job or pipeline made from a template (where the API says so), else None."""
+    mark = getattr(model, "template", None)
+    if mark is None:
+        return None
+    name, version = (mark.get("name"), mark.get("version")) if isinstance(mark, dict) else (mark.name, mark.version)
+    return f"{name} v{version}"
 
 
 def job(job_id: JOB_ID, as_json: JSON = False) -> None:

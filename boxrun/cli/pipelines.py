@@ -13,6 +13,7 @@ from rich.table import Table
 from boxrun.cli import context
 from boxrun.cli.context import ShowByDefault, UserCommand
 from boxrun.cli.exitcodes import pipeline_exit_code, table_text
+from boxrun.cli.jobs import template_text
 from boxrun.cli.output import answer, console, duration, print_fields, print_json, print_table, table
 from boxrun.constants import PipelineState
 from boxrun.schemas.pipelines import PipelinePublic, PipelineSummary
@@ -99,6 +100,7 @@ def show_pipeline(model: PipelinePublic) -> None:
             ("started", model.started_at),
             ("finished", model.finished_at),
             ("rerun of", model.rerun_of),
+            ("template", template_text(model)),
             ("temporal", model.temporal_ui_url),
         ]
     )

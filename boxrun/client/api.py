@@ -51,7 +51,16 @@ from boxrun.schemas.people import (
     UserUpdate,
 )
 from boxrun.schemas.pipelines import PipelinePublic, PipelinesPublic
+from boxrun.schemas.schedules import ScheduleCreate, SchedulePublic, SchedulesPublic
 from boxrun.schemas.secrets import SecretPut, SecretsPublic
+from boxrun.schemas.templates import (
+    TemplatePublic,
+    TemplatePut,
+    TemplateRun,
+    TemplateRunPublic,
+    TemplatesPublic,
+    TriggerSecretPublic,
+)
 from boxrun.schemas.webhooks import (
     WebhookCreate,
     WebhookCreated,
@@ -564,3 +573,49 @@ class BoxrunClient(Transport):
     async def org_usage(self) -> OrgUsage:
         """What your org keeps now (object storage, which the quota counts, and transcripts)."""
         return await self.call(OrgUsage, "GET", "/api/org/usage")
+
+    # ------------------------------------------------------------------ templates (docs/templates.md)
+
+    async def put_template(self, name: str, spec: TemplatePut) -> TemplatePublic:
+        """Create template `name` (version 1, with a trigger secret) or add a version to it."""
+        body = spec.model_dump(mode="json", exclude_unset=True)
+        return await self.call(TemplatePublic, "PUT", f"/api/templates/{_seg(name)}", json=body)
+
+    async def list_templates(self) -> TemplatesPublic:
+        return await self.call(TemplatesPublic, "GET", "/api/templates")
+
+    async def get_template(self, name: str, *, version: int | None = None) -> TemplatePublic:
+        """The template at its latest version (or `version`); org admins also get `trigger_secret`."""
+        params = {"version": version} if version is not None else None
+        return await self.call(TemplatePublic, "GET", f"/api/templates/{_seg(name)}", params=params)
+
+    async def delete_template(self, name: str) -> None:
+        await self.send("DELETE", f"/api/templates/{_seg(name)}")
+
+    async def rotate_trigger_secret(self, name: str) -> TriggerSecretPublic:
+        """A new trigger secret (org admins); the old one is refused from now on."""
+        return await self.call(TriggerSecretPublic, "POST", f"/api/templates/{_seg(name)}/trigger-secret")
+
+    async def run_template(self, name: str, spec: TemplateRun) -> TemplateRunPublic:
+        """Run the template with params: `kind` says whether a job or a pipeline was made."""
+        body = spec.model_dump(mode="json", exclude_unset=True)
+        return await self.call(TemplateRunPublic, "POST", f"/api/templates/{_seg(name)}/run", json=body)
+
+    # ------------------------------------------------------------------ schedules (docs/templates.md)
+
+    async def create_schedule(self, spec: ScheduleCreate) -> SchedulePublic:
+        body = spec.model_dump(mode="json", exclude_unset=True)
+        return await self.call(SchedulePublic, "POST", "/api/schedules", json=body)
+
+    async def list_schedules(self) -> SchedulesPublic:
+        return await self.call(SchedulesPublic, "GET", "/api/schedules")
+
+    async def get_schedule(self, schedule_id: str) -> SchedulePublic:
+        return await self.call(SchedulePublic, "GET", f"/api/schedules/{_seg(schedule_id)}")
+
+    async def pause_schedule(self, schedule_id: str, *, paused: bool = True) -> SchedulePublic:
+        action = "pause" if paused else "unpause"
+        return await self.call(SchedulePublic, "POST", f"/api/schedules/{_seg(schedule_id)}/{action}")
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        await self.send("DELETE", f"/api/schedules/{_seg(schedule_id)}")

@@ -1,5 +1,6 @@
 """The SDK's one implementation (async): AsyncClient, its resources (jobs, pipelines, boxes,
-users, tokens, audit, secrets, webhooks, org) and the handles they return (Job, Pipeline).
+users, tokens, audit, secrets, webhooks, org, templates, schedules) and the handles they return
+(Job, Pipeline).
 `boxrun.sdk.Client` is the
 same code run from synchronous callers (boxrun.sdk.sync)."""
 
@@ -52,7 +53,9 @@ from boxrun.schemas.people import (
     UserUpdate,
 )
 from boxrun.schemas.pipelines import PipelineEventPublic, PipelinePublic, PipelineSummary, StepPublic
+from boxrun.schemas.schedules import ScheduleCreate, SchedulePublic
 from boxrun.schemas.secrets import SecretPublic, SecretPut
+from boxrun.schemas.templates import TemplatePublic, TemplatePut, TemplateRun, TemplateRunPublic
 from boxrun.schemas.webhooks import WebhookCreate, WebhookCreated, WebhookDeliveryPublic, WebhookPublic
 from boxrun.sdk.config import Connection, resolve
 
@@ -786,6 +789,139 @@ class Org(_Handle):
         return await self._client.api.org_usage()
 
 
+# ---------------------------------------------------------------------------------- templates, schedules
+
+
+class Templates(_Handle):
+    """`client.templates` (docs/templates.md): presets with params. Every role reads them;
+    operators and admins put and run them; the trigger secret is for org admins."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def put(
+        self,
+        name: str,
+        *,
+        job: Mapping[str, Any] | None = None,
+        pipeline: Mapping[str, Any] | str | Path | None = None,
+        params: Mapping[str, Mapping[str, Any]] | None = None,
+        description: str | None = None,
+    ) -> TemplatePublic:
+        """Create template `name` (version 1; admins then find its `trigger_secret` in `get`) or
+        add a version to it. Exactly one of `job` (as `jobs.submit` would send it: a dict of
+        POST /api/jobs fields) or `pipeline` (a definition: a dict, YAML text or a file, as
+        `pipelines.submit` takes it; YAML needs PyYAML). `params`: name -> {"type": "string" |
+        "int" | "bool" | "choice", "default"?, "required"?, "choices"?, "description"?}."""
+        fields: dict[str, Any] = {}
+        if job is not None:
+            fields["job"] = dict(job)
+        if pipeline is not None:
+            fields["pipeline"] = _pipeline_dict(pipeline)
+        if params is not None:
+            fields["params"] = {k: dict(v) for k, v in params.items()}
+        if description is not None:
+            fields["description"] = description
+        return await self._client.api.put_template(name, _build(TemplatePut, fields))
+
+    async def list(self) -> list[TemplatePublic]:
+        """Your org's templates at their latest version, by name."""
+        return (await self._client.api.list_templates()).data
+
+    async def get(self, name: str, version: int | None = None) -> TemplatePublic:
+        """The template at its latest version (or `version`)."""
+        return await self._client.api.get_template(name, version=version)
+
+    async def delete(self, name: str) -> None:
+        """Delete it with every version (Conflict while a schedule uses it)."""
+        await self._client.api.delete_template(name)
+
+    async def rotate_trigger_secret(self, name: str) -> str:
+        """A new trigger secret (org admins), returned; the old one is refused from now on."""
+        return (await self._client.api.rotate_trigger_secret(name)).trigger_secret
+
+    async def run(
+        self, name: str, params: Mapping[str, Any] | None = None, version: int | None = None
+    ) -> Job | Pipeline:
+        """Run the template (its latest version, or `version`) with `params` (JSON values of the
+        declared types: "b1", 5, True). Returns the Job or the Pipeline it made (the answer's
+        `kind` decides); a bad param raises InvalidInput whose `field` is body.params.NAME."""
+        fields: dict[str, Any] = {"params": dict(params or {})}
+        if version is not None:
+            fields["version"] = version
+        made = await self._client.api.run_template(name, _build(TemplateRun, fields))
+        return _made(self._client, made)
+
+
+def _made(client: AsyncClient, made: TemplateRunPublic) -> Job | Pipeline:
+    if made.kind == "job" and made.job is not None:
+        return Job(client, made.job)
+    if made.kind == "pipeline" and made.pipeline is not None:
+        return Pipeline(client, made.pipeline)
+    raise BoxrunError(f"a template run answered kind {made.kind!r} without its {made.kind}")
+
+
+def _pipeline_dict(definition: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    """A pipeline definition as the JSON object a template holds."""
+    if isinstance(definition, Mapping):
+        return dict(definition)
+    body, media = _definition(definition)
+    if media == "application/json":
+        loaded = json.loads(body)
+    else:
+        try:
+            from boxrun.pipelines.yamlload import load_yaml
+        except ImportError:  # the base install has no YAML parser
+            raise InvalidInput("a YAML definition needs PyYAML (pip install pyyaml); or give a dict", field="pipeline")
+        loaded = load_yaml(body.decode())
+    if not isinstance(loaded, dict):
+        raise InvalidInput("a pipeline definition is a mapping", field="pipeline")
+    return loaded
+
+
+class Schedules(_Handle):
+    """`client.schedules` (docs/templates.md, "Schedules"): a template run on a cron (UTC) by a
+    Temporal Schedule. Every role reads them; operators and admins create them; pause, unpause
+    and delete: their creator or an org admin."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def create(
+        self,
+        *,
+        template: str,
+        cron: str,
+        params: Mapping[str, Any] | None = None,
+        version: int | None = None,
+    ) -> SchedulePublic:
+        """Run `template` with `params` on `cron` ("0 3 * * *", "@daily"); `version` pins one
+        (else each run takes the latest). Refused params, crons and templates raise InvalidInput."""
+        fields: dict[str, Any] = {"template": template, "cron": cron, "params": dict(params or {})}
+        if version is not None:
+            fields["version"] = version
+        return await self._client.api.create_schedule(_build(ScheduleCreate, fields))
+
+    async def list(self) -> list[SchedulePublic]:
+        """Your org's schedules, oldest first."""
+        return (await self._client.api.list_schedules()).data
+
+    async def get(self, schedule_id: str) -> SchedulePublic:
+        """One schedule (with its next run times where the API gives them)."""
+        return await self._client.api.get_schedule(schedule_id)
+
+    async def pause(self, schedule_id: str) -> SchedulePublic:
+        """No runs until unpaused (pausing a paused schedule is no error)."""
+        return await self._client.api.pause_schedule(schedule_id, paused=True)
+
+    async def unpause(self, schedule_id: str) -> SchedulePublic:
+        return await self._client.api.pause_schedule(schedule_id, paused=False)
+
+    async def delete(self, schedule_id: str) -> None:
+        """Delete it and its Temporal Schedule; the runs it made stay."""
+        await self._client.api.delete_schedule(schedule_id)
+
+
 # ---------------------------------------------------------------------------------- the client
 
 
@@ -827,6 +963,8 @@ class AsyncClient(_Handle):
         self.secrets = Secrets(self)
         self.webhooks = Webhooks(self)
         self.org = Org(self)
+        self.templates = Templates(self)
+        self.schedules = Schedules(self)
 
     def __repr__(self) -> str:
         return f"<AsyncClient {self.url}>"

@@ -7,6 +7,7 @@ from boxrun.schemas import (
     BoxPublic,
     BoxQueuePublic,
     Health,
+    HoldPublic,
     JobEventPublic,
     JobPublic,
     LogLinePublic,
@@ -22,7 +23,9 @@ from boxrun.schemas.pipelines import (
     PipelineSummary,
     StepPublic,
 )
+from boxrun.schemas.schedules import SchedulePublic
 from boxrun.schemas.secrets import SecretPublic
+from boxrun.schemas.templates import ParamSpec, TemplatePublic
 
 __all__ = [
     "ArtifactPublic",
@@ -32,6 +35,7 @@ __all__ = [
     "BoxPublic",
     "BoxQueuePublic",
     "Health",
+    "HoldPublic",
     "JobEventPublic",
     "JobPublic",
     "JobSpecPublic",
@@ -42,13 +46,16 @@ __all__ = [
     "OrgQuotaPublic",
     "OrgRetentionPublic",
     "OrgUsage",
+    "ParamSpec",
     "PipelineEventPublic",
     "PipelinePublic",
     "PipelineState",
     "PipelineSummary",
+    "SchedulePublic",
     "SecretPublic",
     "StepState",
     "StepPublic",
+    "TemplatePublic",
     "TokenCreated",
     "TokenPublic",
     "UserCreated",

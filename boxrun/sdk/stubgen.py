@@ -42,6 +42,8 @@ HANDLES: dict[type, str] = {  # aio class -> its sync name (in the stub)
     aio.Secrets: "Secrets",
     aio.Webhooks: "Webhooks",
     aio.Org: "Org",
+    aio.Templates: "Templates",
+    aio.Schedules: "Schedules",
     aio.AsyncClient: "Client",
 }
 # instance attributes whose type introspection cannot see (set from an untyped call)

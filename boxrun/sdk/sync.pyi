@@ -33,7 +33,9 @@ from boxrun.schemas.audit import AuditEntryPublic, JobSpecPublic
 from boxrun.schemas.org import OrgQuotaPublic, OrgRetentionPublic, OrgUsage
 from boxrun.schemas.people import MePublic, TokenCreated, TokenPublic, UserCreated, UserPublic
 from boxrun.schemas.pipelines import PipelineEventPublic, PipelinePublic, PipelineSummary, StepPublic
+from boxrun.schemas.schedules import SchedulePublic
 from boxrun.schemas.secrets import SecretPublic
+from boxrun.schemas.templates import TemplatePublic
 from boxrun.schemas.webhooks import WebhookCreated, WebhookDeliveryPublic, WebhookPublic
 from boxrun.sdk.config import Connection
 
@@ -464,6 +466,76 @@ class Org:
         counts) and `transcript_bytes` (lines in Postgres)."""
         ...
 
+@type_check_only
+class Templates:
+    """`client.templates` (docs/templates.md): presets with params. Every role reads them;
+    operators and admins put and run them; the trigger secret is for org admins."""
+    @property
+    def aio(self) -> _aio.Templates:
+        """The async object behind this one."""
+        ...
+    def put(
+        self,
+        name: str,
+        *,
+        job: Mapping[str, Any] | None = ...,
+        pipeline: Mapping[str, Any] | str | Path | None = ...,
+        params: Mapping[str, Mapping[str, Any]] | None = ...,
+        description: str | None = ...,
+    ) -> TemplatePublic:
+        """Create template `name` (version 1; admins then find its `trigger_secret` in `get`) or
+        add a version to it. Exactly one of `job` (as `jobs.submit` would send it: a dict of
+        POST /api/jobs fields) or `pipeline` (a definition: a dict, YAML text or a file, as
+        `pipelines.submit` takes it; YAML needs PyYAML). `params`: name -> {"type": "string" |
+        "int" | "bool" | "choice", "default"?, "required"?, "choices"?, "description"?}."""
+        ...
+    def list(self) -> builtins.list[TemplatePublic]:
+        """Your org's templates at their latest version, by name."""
+        ...
+    def get(self, name: str, version: int | None = ...) -> TemplatePublic:
+        """The template at its latest version (or `version`)."""
+        ...
+    def delete(self, name: str) -> None:
+        """Delete it with every version (Conflict while a schedule uses it)."""
+        ...
+    def rotate_trigger_secret(self, name: str) -> str:
+        """A new trigger secret (org admins), returned; the old one is refused from now on."""
+        ...
+    def run(self, name: str, params: Mapping[str, Any] | None = ..., version: int | None = ...) -> Job | Pipeline:
+        """Run the template (its latest version, or `version`) with `params` (JSON values of the
+        declared types: "b1", 5, True). Returns the Job or the Pipeline it made (the answer's
+        `kind` decides); a bad param raises InvalidInput whose `field` is body.params.NAME."""
+        ...
+
+@type_check_only
+class Schedules:
+    """`client.schedules` (docs/templates.md, "Schedules"): a template run on a cron (UTC) by a
+    Temporal Schedule. Every role reads them; operators and admins create them; pause, unpause
+    and delete: their creator or an org admin."""
+    @property
+    def aio(self) -> _aio.Schedules:
+        """The async object behind this one."""
+        ...
+    def create(
+        self, *, template: str, cron: str, params: Mapping[str, Any] | None = ..., version: int | None = ...
+    ) -> SchedulePublic:
+        """Run `template` with `params` on `cron` ("0 3 * * *", "@daily"); `version` pins one
+        (else each run takes the latest). Refused params, crons and templates raise InvalidInput."""
+        ...
+    def list(self) -> builtins.list[SchedulePublic]:
+        """Your org's schedules, oldest first."""
+        ...
+    def get(self, schedule_id: str) -> SchedulePublic:
+        """One schedule (with its next run times where the API gives them)."""
+        ...
+    def pause(self, schedule_id: str) -> SchedulePublic:
+        """No runs until unpaused (pausing a paused schedule is no error)."""
+        ...
+    def unpause(self, schedule_id: str) -> SchedulePublic: ...
+    def delete(self, schedule_id: str) -> None:
+        """Delete it and its Temporal Schedule; the runs it made stay."""
+        ...
+
 class Client:
     """The boxrun API from plain (blocking) code: the same resources and methods as AsyncClient,
     without `await`:
@@ -493,6 +565,10 @@ class Client:
     def webhooks(self) -> Webhooks: ...
     @property
     def org(self) -> Org: ...
+    @property
+    def templates(self) -> Templates: ...
+    @property
+    def schedules(self) -> Schedules: ...
     @property
     def connection(self) -> Connection: ...
     @property

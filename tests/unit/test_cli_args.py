@@ -1,4 +1,5 @@
-"""The CLI's compound arguments: --file PATH[:DEST], --env/--label KEY=VALUE; sizes and days."""
+"""The CLI's compound arguments: --file PATH[:DEST], --env/--label KEY=VALUE, -p NAME=VALUE typed by a
+template's params; sizes and days."""
 
 from __future__ import annotations
 
@@ -6,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from boxrun.cli.args import ArgumentError, days, file_spec, file_specs, key_value, key_values, size
+from boxrun.cli.args import (
+    ArgumentError,
+    days,
+    file_spec,
+    file_specs,
+    key_value,
+    key_values,
+    size,
+    template_params,
+    typed_value,
+)
 from boxrun.cli.output import human_bytes
 
 
@@ -133,3 +144,44 @@ def test_human_bytes() -> None:
         "5.0 PiB",
         "4096.0 PiB",
     ]
+
+
+TYPES = {"board": "string", "image": "choice", "retries": "int", "verbose": "bool"}
+
+
+def test_template_params_are_typed_by_the_declaration() -> None:
+    got = template_params(["board=b=1", "image=nightly", "retries=-3", "verbose=Yes"], TYPES)
+    assert got == {"board": "b=1", "image": "nightly", "retries": -3, "verbose": True}
+    assert template_params(["retries=+7", "verbose=0", "board="], TYPES) == {
+        "retries": 7,
+        "verbose": False,
+        "board": "",
+    }
+    assert template_params(["retries= 12 ", "verbose=off"], TYPES) == {"retries": 12, "verbose": False}
+    assert template_params(["board=007"], TYPES) == {"board": "007"}  # a string stays text
+    assert template_params(None, TYPES) == {}
+    for word in ("true", "on", "1", "TRUE"):
+        assert typed_value("v", "bool", word) is True
+
+
+@pytest.mark.parametrize(
+    ("raws", "reason"),
+    [
+        (["retries=2.5"], "retries is an int param, give a whole number"),
+        (["retries="], "int param"),
+        (["retries=١٢"], "int param"),  # digits, but not ASCII ones
+        (["verbose=maybe"], "verbose is a bool param, give true or false"),
+        (["colour=red"], "no param 'colour' (its params: board, image, retries, verbose)"),
+        (["board=a", "board=b"], "'board' given twice"),
+        (["board"], "expected KEY=VALUE"),
+    ],
+)
+def test_bad_template_params_name_the_param(raws: list[str], reason: str) -> None:
+    with pytest.raises(ArgumentError) as err:
+        template_params(raws, TYPES)
+    assert str(err.value).startswith("-p") and reason in str(err.value)
+
+
+def test_a_template_without_params_says_so() -> None:
+    with pytest.raises(ArgumentError, match=r"its params: none"):
+        template_params(["x=1"], {})
