@@ -10,6 +10,8 @@ import { auditPage } from "./audit.js";
 import { webhooksPage, webhookPage } from "./webhooks.js";
 import { secretsPage } from "./secrets.js";
 import { orgPage } from "./org.js";
+import { templatesPage, templatePage } from "./templates.js";
+import { schedulesPage } from "./schedules.js";
 
 const ROUTES = [
   [/^#\/jobs\/([^/]+)$/, jobPage, "jobs"],
@@ -18,6 +20,9 @@ const ROUTES = [
   [/^#\/boxes$/, boxesPage, "boxes"],
   [/^#\/pipelines\/([^/]+)$/, pipelinePage, "pipelines"],
   [/^#\/pipelines$/, pipelinesPage, "pipelines"],
+  [/^#\/templates\/([^/]+)$/, templatePage, "templates"],
+  [/^#\/templates$/, templatesPage, "templates"],
+  [/^#\/schedules$/, schedulesPage, "schedules"],
   [/^#\/audit$/, auditPage, "audit"],
   [/^#\/webhooks\/([^/]+)$/, webhookPage, "webhooks"],
   [/^#\/webhooks$/, webhooksPage, "webhooks"],

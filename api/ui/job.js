@@ -4,6 +4,7 @@
 import { api, mayChange, ApiError } from "./api.js";
 import { h, badge, when, duration, size, errorBox, TERMINAL } from "./ui.js";
 import { ansiSpans } from "./ansi.js";
+import { fromTemplate } from "./templates.js";
 
 const MAX_LINES = 20000; // lines kept on the page; the transcript download has them all
 
@@ -53,6 +54,7 @@ export async function jobPage(main, id) {
       ...row("Timeout", `${job.timeout_s}s${job.lock ? " · box locked" : ""}`),
       ...(job.waiting_reason ? row("Waiting", job.waiting_reason) : []),
       ...(job.error ? row("Error", h("span", { class: "error" }, job.error)) : []),
+      ...(job.template ? row("Template", fromTemplate(job.template)) : []),
       ...(job.rerun_of ? row("Rerun of", h("a", { href: `#/jobs/${job.rerun_of}` }, job.rerun_of)) : []),
       ...(job.logs_deleted_at ? row("Transcript deleted", when(job.logs_deleted_at)) : []),
       ...(job.artifacts_deleted_at ? row("Artifacts deleted", when(job.artifacts_deleted_at)) : []),

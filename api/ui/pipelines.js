@@ -2,6 +2,7 @@
 // links to each attempt's job.
 import { api } from "./api.js";
 import { h, badge, ago, duration, when, errorBox, TERMINAL } from "./ui.js";
+import { fromTemplate } from "./templates.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const W = 180, H = 44, GAP_X = 70, GAP_Y = 24, PAD = 20;
@@ -86,7 +87,7 @@ export async function pipelinePage(main, id) {
 
   render();
   main.replaceChildren(h("p", {}, h("a", { href: "#/pipelines" }, "← Pipelines")), head, msg,
-    h("p", { class: "muted" }, `Created ${when(p.created_at)} by ${p.owner}`, p.error ? h("span", { class: "error" }, ` · ${p.error}`) : ""),
+    h("p", { class: "muted" }, `Created ${when(p.created_at)} by ${p.owner}`, p.template ? [" · ", fromTemplate(p.template)] : "", p.error ? h("span", { class: "error" }, ` · ${p.error}`) : ""),
     dag, h("h2", {}, "Steps"),
     h("table", {}, h("thead", {}, h("tr", {}, ["Step", "State", "Needs", "Attempts", ""].map((t) => h("th", {}, t)))), steps));
   if (!TERMINAL.has(p.state) && p.state !== "cancelled" && p.state !== "timed_out") {
