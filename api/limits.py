@@ -40,7 +40,7 @@ from boxrun.settings import Settings
 
 PUBLIC = frozenset({"/api/health"})
 # a template's CI trigger: authenticated by the template's trigger secret, not a token
-TRIGGER = re.compile(r"^/api/orgs/[^/]+/templates/[^/]+/trigger$")
+TRIGGER = re.compile(r"^/api/(orgs/[^/]+/)?templates/[^/]+/trigger$")
 # the agent's log batches, and its artifact manifest pages (1,000 names of up to 8 KiB each)
 LOG_INGEST = re.compile(r"^/api/agent/jobs/[^/]+/(logs|artifacts)$")
 AGENT_PREFIX = "/api/agent/"

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from boxrun.schemas import ArtifactPublic, BoxPublic, JobEventPublic, JobPublic
+from boxrun.schemas import ArtifactPublic, BoxPublic, JobEventPublic, JobPublic, TemplateMark
 from boxrun.schemas.pipelines import (
     AttemptPublic,
     PipelineEventPublic,
@@ -52,7 +52,15 @@ def job_public(row: asyncpg.Record, settings: Settings) -> JobPublic:
         logs_deleted_at=row.get("logs_deleted_at"),
         artifacts_deleted_at=row.get("artifacts_deleted_at"),
         outputs_deleted_at=outputs_deleted_at(row),
+        template=template_mark(row),
     )
+
+
+def template_mark(row: asyncpg.Record) -> TemplateMark | None:
+    """The `template` frozen into a job's or pipeline's spec by a template run, if any."""
+    spec = row.get("spec")
+    mark = spec.get("template") if isinstance(spec, dict) else None
+    return TemplateMark.model_validate(mark) if mark else None
 
 
 def outputs_deleted_at(row: asyncpg.Record) -> datetime | None:
@@ -105,6 +113,7 @@ def pipeline_summary(row: asyncpg.Record, settings: Settings) -> PipelineSummary
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         temporal_ui_url=settings.temporal_workflow_url(pipeline_id),
+        template=template_mark(row),
     )
 
 

@@ -17,14 +17,15 @@ SCHEDULE_404 = "no such schedule"
 CHANGE_403 = "viewers; an operator changing a schedule another person created"
 
 
-def schedule_public(row: asyncpg.Record) -> SchedulePublic:
+def schedule_public(row: asyncpg.Record, upcoming: service.Upcoming | None = None) -> SchedulePublic:
     return SchedulePublic(
         id=str(row["id"]),
         template=row["template"],
         version=row["version"],
         params=row["params"],
         cron=row["cron"],
-        paused=row["paused"],
+        paused=upcoming.paused if upcoming else row["paused"],
+        next_runs=upcoming.next_runs if upcoming else None,
         temporal_schedule_id=row["temporal_schedule_id"],
         owner=service.SCHEDULE_OWNER.format(id=row["id"]),
         created_by=row["created_by"],
@@ -61,8 +62,11 @@ async def list_schedules(conn: ConnDep, user: CurrentUser) -> SchedulesPublic:
 
 
 @router.get("/{schedule_id}", response_model=SchedulePublic, responses=responses(401, 404, e404=SCHEDULE_404))
-async def get_schedule(schedule_id: str, conn: ConnDep, user: CurrentUser) -> SchedulePublic:
-    return schedule_public(await service.load_schedule(conn, user, schedule_id))
+async def get_schedule(schedule_id: str, conn: ConnDep, temporal: TemporalDep, user: CurrentUser) -> SchedulePublic:
+    """The schedule with its next run times and paused state as Temporal has them (a pause in the
+    Web UI shows here); `next_runs` is null when Temporal cannot be asked."""
+    row = await service.load_schedule(conn, user, schedule_id)
+    return schedule_public(row, await service.upcoming(temporal, row))
 
 
 @router.post(

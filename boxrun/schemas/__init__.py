@@ -316,6 +316,13 @@ class ArchivePublic(BaseModel):
     sha256: str
 
 
+class TemplateMark(BaseModel):
+    """The template (and its version) a run was made from (docs/templates.md)."""
+
+    name: str
+    version: int
+
+
 class JobPublic(BaseModel):
     id: str
     state: JobState
@@ -358,6 +365,9 @@ class JobPublic(BaseModel):
     )
     outputs_deleted_at: datetime | None = Field(
         default=None, description="set once both the transcript and the artifacts are gone: the later time"
+    )
+    template: TemplateMark | None = Field(
+        default=None, description="made from a template (a run, a trigger or a schedule): which, at which version"
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from boxrun.constants import JobState, PipelineState, StepState
+from boxrun.schemas import TemplateMark
 
 MAX_PIPELINE_LIMIT = 500
 
@@ -48,6 +49,9 @@ class PipelineSummary(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     temporal_ui_url: str
+    template: TemplateMark | None = Field(
+        default=None, description="made from a template (a run, a trigger or a schedule): which, at which version"
+    )
 
 
 class PipelinePublic(PipelineSummary):

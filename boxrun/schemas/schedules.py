@@ -33,6 +33,9 @@ class SchedulePublic(BaseModel):
     params: dict[str, Any]
     cron: str
     paused: bool
+    next_runs: list[datetime] | None = Field(
+        default=None, description="GET /api/schedules/{id} only: the next run times (UTC) as Temporal has them"
+    )
     temporal_schedule_id: str = Field(description="boxrun-schedule-<id>: the Schedule in Temporal's Web UI")
     owner: str = Field(description="what the runs are owned by: schedule:<id>")
     created_by: str

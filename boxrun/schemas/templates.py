@@ -152,3 +152,10 @@ class TemplateRunPublic(BaseModel):
 
 class TriggerSecretPublic(BaseModel):
     trigger_secret: str
+
+
+class TriggerPing(BaseModel):
+    """The answer to GitHub's `ping` event (sent when a hook is created): signed, nothing run."""
+
+    ping: Literal[True] = True
+    detail: str = "signature good: nothing run for a ping"

@@ -28,6 +28,7 @@ from boxrun.schemas import (
     JobPublic,
     LogLinePublic,
     MaintenancePublic,
+    TemplateMark,
 )
 from boxrun.schemas.audit import AuditEntryPublic, JobSpecPublic
 from boxrun.schemas.org import OrgQuotaPublic, OrgRetentionPublic, OrgUsage
@@ -194,6 +195,8 @@ class Job:
     def artifacts_deleted_at(self) -> datetime | None: ...
     @property
     def outputs_deleted_at(self) -> datetime | None: ...
+    @property
+    def template(self) -> TemplateMark | None: ...
 
 @type_check_only
 class Jobs:
@@ -310,6 +313,8 @@ class Pipeline:
     def finished_at(self) -> datetime | None: ...
     @property
     def temporal_ui_url(self) -> str: ...
+    @property
+    def template(self) -> TemplateMark | None: ...
     @property
     def steps(self) -> list[StepPublic]: ...
 

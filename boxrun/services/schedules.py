@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import asyncpg
 from temporalio.client import (
@@ -125,6 +126,25 @@ async def load_schedule(conn: Conn, user: User, schedule_id: str) -> asyncpg.Rec
     if row is None:
         raise NotFound(f"schedule {schedule_id[:80]!r} not found")
     return row
+
+
+@dataclass(frozen=True)
+class Upcoming:
+    """What Temporal says of a schedule now (its Web UI may have paused it)."""
+
+    next_runs: list[datetime]
+    paused: bool
+
+
+async def upcoming(temporal: Client, row: asyncpg.Record, count: int = 5) -> Upcoming | None:
+    """The next `count` run times and the paused state from the Temporal Schedule; None when
+    Temporal cannot say (unreachable, or the Schedule was deleted behind boxrun's back)."""
+    try:
+        desc = await temporal.get_schedule_handle(row["temporal_schedule_id"]).describe()
+    except RPCError as exc:
+        log.warning("describe %s: %s", row["temporal_schedule_id"], exc)
+        return None
+    return Upcoming(next_runs=list(desc.info.next_action_times[:count]), paused=desc.schedule.state.paused)
 
 
 def _check_may_change(user: User, row: asyncpg.Record, verb: str) -> None:

@@ -125,26 +125,58 @@ def payload_params(form: str, event: str | None, payload: Any) -> dict[str, str]
     return {k: v for k, v in out.items() if v is not None}
 
 
+# GitHub's first delivery to a new hook, and its "Redeliver"/"Ping" button: authenticated, runs nothing.
+PING_EVENT = "ping"
+# How many orgs' templates of one name a trigger without an org in its path is checked against.
+MAX_CANDIDATES = 1000
+
+
+async def find_template(
+    conn: asyncpg.Connection, settings: Settings, org: str | None, name: str, raw: bytes, headers: Headers
+) -> tuple[asyncpg.Record, str]:
+    """The template the request is signed for, and the form ('github' or 'gitlab'). `org` None:
+    every org's template of that name is tried (each secret is random, so at most one matches).
+    Unauthorized, with one answer, for an unknown org or template or a bad signature; the same
+    work is done for an unknown name as for a known one."""
+    rows: list[asyncpg.Record] = []
+    if _plausible(org, name):
+        if org is not None:
+            row = await conn.fetchrow(Q.get_template, org, name, None)
+            rows = [row] if row is not None else []
+        else:
+            rows = list(await conn.fetch(Q.templates_named, name, MAX_CANDIDATES))
+    for row in rows:
+        try:
+            return row, authenticate(trigger_secret(settings, row), raw, headers)
+        except Unauthorized:
+            continue
+    if not rows:
+        try:  # the dummy secret matches nothing anyone holds
+            authenticate(_DUMMY_SECRET, raw, headers)
+        except Unauthorized:
+            pass
+    raise Unauthorized(REFUSED)
+
+
 async def trigger(
     conn: asyncpg.Connection,
     temporal: Client,
     settings: Settings,
     storage: Storage,
     *,
-    org: str,
+    org: str | None,
     name: str,
     raw: bytes,
     headers: Headers,
-) -> tuple[Kind, str, bool]:
-    """Run template `name` of org `org` for a CI delivery; returns (kind, run id, created). A
-    delivery id seen before returns its run (created False) and makes nothing. Unauthorized (one
+) -> tuple[Kind, str, bool, str] | None:
+    """Run template `name` (of org `org`, or of the org whose template's secret signed the request)
+    for a CI delivery; returns (kind, run id, created, org), or None for GitHub's `ping` (nothing run).
+    A delivery id seen before returns its run (created False) and makes nothing. Unauthorized (one
     answer) for an unknown org or template or a bad signature; InvalidInput for a payload of no
     known shape or params the template refuses; Conflict while the same delivery is being run."""
-    row = await conn.fetchrow(Q.get_template, org, name, None) if _plausible(org, name) else None
-    secret = trigger_secret(settings, row) if row is not None else _DUMMY_SECRET
-    form = authenticate(secret, raw, headers)
-    if row is None:  # the dummy secret matched: never (it is not a secret anyone holds)
-        raise Unauthorized(REFUSED)
+    row, form = await find_template(conn, settings, org, name, raw, headers)
+    if form == "github" and (headers.github_event or "").strip() == PING_EVENT:
+        return None
     did = delivery_id(form, headers)
     if await conn.fetchrow(Q.get_trigger_delivery, row["id"], did) is None:
         # a first delivery: its payload must give params (a replay is answered without reading it)
@@ -158,11 +190,13 @@ async def trigger(
         params = {k: v for k, v in given.items() if k in declared}
     else:
         params = {}
-    actor = User(name=TRIGGER_OWNER.format(name=name), org_id=org, role=Role.OPERATOR)
-    return await run_template_once(
+    actor = User(name=TRIGGER_OWNER.format(name=name), org_id=row["org_id"], role=Role.OPERATOR)
+    kind, run_id, created = await run_template_once(
         conn, temporal, settings, storage, actor, row, did, TemplateRun(params=params), via=f"trigger:{form}:{did}"
     )
+    return kind, run_id, created, row["org_id"]
 
 
-def _plausible(org: str, name: str) -> bool:
-    return len(org) <= 200 and "\x00" not in org and re.fullmatch(NAME_PATTERN, name) is not None
+def _plausible(org: str | None, name: str) -> bool:
+    org_ok = org is None or (len(org) <= 200 and "\x00" not in org)
+    return org_ok and re.fullmatch(NAME_PATTERN, name) is not None

@@ -289,6 +289,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     # a template's CI trigger: no token, the template's trigger secret signs the request
     # (another org's: tests/api/test_triggers.py)
     ("POST", "/api/orgs/{org}/templates/{name}/trigger"): Access(PUBLIC, {"org": "org", **TEMPLATE}, send=_signed_push),
+    ("POST", "/api/templates/{name}/trigger"): Access(PUBLIC, TEMPLATE, send=_signed_push),
     # the agent side: node tokens only
     ("GET", "/api/agent/me"): Access(NODE),
     ("POST", "/api/agent/session"): Access(NODE, send=lambda w: {"json": {"agent_version": "t", "slots": 1}}),

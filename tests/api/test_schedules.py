@@ -5,8 +5,10 @@ running in the test, and waits (with a deadline) for the run it makes; pause, un
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -110,7 +112,13 @@ async def test_a_schedule_runs_the_template_when_triggered(
 
     listed = (await api.get("/api/schedules")).json()["data"]
     assert [x["id"] for x in listed] == [s["id"]]
-    assert (await api.get(f"/api/schedules/{s['id']}")).json() == s
+    assert listed[0]["next_runs"] is None  # the list does not ask Temporal
+    one = (await api.get(f"/api/schedules/{s['id']}")).json()
+    assert {k: v for k, v in one.items() if k != "next_runs"} == {k: v for k, v in s.items() if k != "next_runs"}
+    # the next runs as Temporal has them: 03:00 UTC on five days in a row
+    runs = [datetime.fromisoformat(t) for t in one["next_runs"]]
+    assert len(runs) == 5 and all((r.hour, r.minute, r.second) == (3, 0, 0) for r in runs)
+    assert [b - a for a, b in itertools.pairwise(runs)] == [timedelta(days=1)] * 4
 
 
 async def test_pause_unpause_delete(
@@ -126,6 +134,10 @@ async def test_pause_unpause_delete(
     unpaused = await api.post(f"/api/schedules/{s['id']}/unpause")
     assert unpaused.status_code == 200 and unpaused.json()["paused"] is False
     assert not (await handle.describe()).schedule.state.paused
+    # a pause made in Temporal's Web UI (here: its client) shows in GET
+    await handle.pause(note="from the Web UI")
+    assert (await api.get(f"/api/schedules/{s['id']}")).json()["paused"] is True
+    await handle.unpause()
     # a template with a schedule is not deleted from under it
     assert_error(await api.delete("/api/templates/nightly"), 409, "conflict")
     assert (await api.delete(f"/api/schedules/{s['id']}")).status_code == 204

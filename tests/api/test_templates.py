@@ -151,6 +151,7 @@ async def test_run_renders_and_freezes_the_version(api: httpx.AsyncClient, db: a
     assert out["kind"] == "job" and out["pipeline"] is None
     job = out["job"]
     assert job["state"] == "queued" and job["owner"] == "admin" and job["labels"] == {"board": "b7"}
+    assert job["template"] == {"name": "flash", "version": 1}
     spec = (await api.get(f"/api/jobs/{job['id']}/spec")).json()
     row = await db.fetchrow("SELECT spec FROM jobs WHERE id = $1::uuid", job["id"])
     assert row is not None
@@ -246,6 +247,9 @@ async def test_run_of_a_pipeline_template(api: httpx.AsyncClient, db: asyncpg.Co
     assert out["kind"] == "pipeline" and out["job"] is None
     p = out["pipeline"]
     assert p["name"] == "flash-b9" and p["state"] == "queued" and len(p["steps"]) == 3
+    assert p["template"] == {"name": "pipe", "version": 1}
+    (listed,) = (await api.get("/api/pipelines")).json()["data"]
+    assert listed["template"] == {"name": "pipe", "version": 1}
     row = await db.fetchrow("SELECT spec FROM pipelines WHERE id = $1::uuid", p["id"])
     assert row is not None and row["spec"]["template"] == {"name": "pipe", "version": 1}
     scripts = sorted(r["spec"]["job"]["script"] for r in await db.fetch("SELECT spec FROM pipeline_steps"))

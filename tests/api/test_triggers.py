@@ -238,3 +238,59 @@ async def test_a_pipeline_template_from_a_gitlab_merge_request(
     assert again.status_code == 200 and again.json()["pipeline"]["id"] == out["pipeline"]["id"]
     (step,) = await db.fetch("SELECT spec FROM pipeline_steps")
     assert step["spec"]["job"]["script"] == "test gl-dev"
+
+
+ORGLESS_URL = "/api/templates/ci/trigger"
+
+
+async def test_the_url_without_an_org_finds_it_by_the_secret(
+    anon: httpx.AsyncClient,
+    api: httpx.AsyncClient,
+    db: asyncpg.Connection,
+    as_token: Callable[[str], httpx.AsyncClient],
+    secret: str,
+) -> None:
+    """POST /api/templates/{name}/trigger (the issue's form): two orgs' templates named `ci`, each
+    run is made in the org whose secret signed it; a wrong secret, or an unknown name, is the one 401."""
+    from boxrun.services.identity import Role
+    from tests.api.people_fixtures import add_user
+
+    await add_org(db, "beta")
+    beta = as_token((await add_user(db, "bea", "beta", Role.ADMIN)).token)
+    resp = await beta.put("/api/templates/ci", json={**TEMPLATE, "job": {"box_group": "g", "script": "x"}})
+    assert resp.status_code == 201, resp.text
+    beta_secret = resp.json()["trigger_secret"]
+    made = {}
+    for org, key, req in (
+        ("default", secret, github(secret, GITHUB_PUSH)),
+        ("beta", beta_secret, gitlab(beta_secret, GITLAB_PUSH)),
+    ):
+        out = await anon.post(ORGLESS_URL, **req)
+        assert out.status_code == 201, out.text
+        job_id = out.json()["job"]["id"]
+        assert await db.fetchval("SELECT org_id FROM jobs WHERE id = $1::uuid", job_id) == org
+        made[org] = job_id
+        # the same delivery to the org-scoped URL: the same run
+        again = await anon.post(f"/api/orgs/{org}/templates/ci/trigger", **req)
+        assert again.status_code == 200 and again.json()["job"]["id"] == job_id, key
+    # `?org=` narrows: beta's secret is no good for default's template
+    assert_error(await anon.post(ORGLESS_URL + "?org=default", **github(beta_secret, GITHUB_PUSH)), 401, "unauthorized")
+    assert_error(await anon.post(ORGLESS_URL, **github("tgsec_" + "1" * 43, GITHUB_PUSH)), 401, "unauthorized")
+    assert_error(await anon.post("/api/templates/nope/trigger", **github(secret, GITHUB_PUSH)), 401, "unauthorized")
+    assert_error(await anon.post(ORGLESS_URL, **gitlab("", GITLAB_PUSH)), 401, "unauthorized")
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 2
+    # the run says which template made it, at which version
+    shown = await api.get(f"/api/jobs/{made['default']}")
+    assert shown.json()["template"] == {"name": "ci", "version": 1}
+
+
+async def test_a_github_ping_is_answered_and_runs_nothing(
+    anon: httpx.AsyncClient, db: asyncpg.Connection, secret: str
+) -> None:
+    ping = {"zen": "Keep it logically awesome.", "hook_id": 1}
+    resp = await anon.post(ORGLESS_URL, **github(secret, ping, event="ping"))
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["ping"] is True
+    # a ping still needs the signature
+    assert_error(await anon.post(ORGLESS_URL, **github("tgsec_" + "2" * 43, ping, event="ping")), 401, "unauthorized")
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
