@@ -9,7 +9,7 @@ const mayChange = (s) => atLeast("admin") || (atLeast("operator") && s.created_b
 
 function nextRuns(s) {
   if (!s.next_runs || !s.next_runs.length) return h("span", { class: "muted" }, s.paused ? "paused" : "—");
-  return h("div", { class: "next-runs" }, s.next_runs.slice(0, 3).map((t) => h("div", { title: t }, when(t))));
+  return h("div", { class: "next-runs", style: "white-space:nowrap" }, s.next_runs.slice(0, 3).map((t) => h("div", { title: t }, when(t))));
 }
 
 export async function schedulesPage(main) {
@@ -28,7 +28,7 @@ export async function schedulesPage(main) {
       ] : "";
       return h("tr", { dataset: { schedule: s.id } },
         h("td", {}, h("a", { href: templateHref(s.template, s.version) }, s.template), s.version ? ` v${s.version}` : h("span", { class: "muted" }, " (latest)")),
-        h("td", { class: "mono" }, s.cron),
+        h("td", { class: "mono", style: "white-space:nowrap" }, s.cron),
         h("td", { class: "mono" }, Object.entries(s.params).map(([k, v]) => `${k}=${v}`).join(" ") || "—"),
         h("td", {}, s.paused ? badge("paused") : badge("active")),
         h("td", {}, nextRuns(s)),

@@ -16,6 +16,7 @@ from boxrun.cli.output import console, print_fields, print_json, print_line, pri
 from boxrun.constants import JobState
 from boxrun.errors import NotFound
 from boxrun.schemas import ArtifactPublic, JobPublic
+from boxrun.schemas.pipelines import PipelinePublic
 from boxrun.sdk.aio import AsyncClient
 
 JSON = Annotated[bool, typer.Option("--json", help="print the API's JSON")]
@@ -89,13 +90,9 @@ def show_job(model: JobPublic) -> None:
     )
 
 
-def template_text(model: object) -> str | None:
-    """`flash v3` for a job or pipeline made from a template (where the API says so), else None."""
-    mark = getattr(model, "template", None)
-    if mark is None:
-        return None
-    name, version = (mark.get("name"), mark.get("version")) if isinstance(mark, dict) else (mark.name, mark.version)
-    return f"{name} v{version}"
+def template_text(model: JobPublic | PipelinePublic) -> str | None:
+    """`flash v3` for a job or pipeline made from a template, else None."""
+    return None if model.template is None else f"{model.template.name} v{model.template.version}"
 
 
 def job(job_id: JOB_ID, as_json: JSON = False) -> None:

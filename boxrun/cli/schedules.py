@@ -23,12 +23,6 @@ JSON = Annotated[bool, typer.Option("--json", help="print the API's JSON")]
 SCHEDULE = Annotated[str, typer.Argument(help="the schedule's id")]
 
 
-def next_runs(model: SchedulePublic) -> list[object] | None:
-    """The next run times, where the API gives them (GET /api/schedules/{id})."""
-    runs = getattr(model, "next_runs", None)
-    return list(runs) if runs is not None else None
-
-
 def show_schedule(model: SchedulePublic) -> None:
     fields: list[tuple[str, object]] = [
         ("id", model.id),
@@ -40,9 +34,8 @@ def show_schedule(model: SchedulePublic) -> None:
         ("temporal", model.temporal_schedule_id),
         ("created", f"{model.created_at:%Y-%m-%d %H:%M:%S} by {model.created_by}"),
     ]
-    runs = next_runs(model)
-    if runs is not None:
-        fields.append(("next runs (UTC)", [f"{t:%Y-%m-%d %H:%M}" for t in runs]))
+    if model.next_runs is not None:  # GET /api/schedules/{id} gives them
+        fields.append(("next runs (UTC)", [f"{t:%Y-%m-%d %H:%M}" for t in model.next_runs] or None))
     print_fields(fields)
 
 

@@ -87,6 +87,7 @@ async def test_the_sdk_puts_runs_and_reads_templates(
         job = await client.templates.run("flash", {"board": "b7", "retries": 5}, version=1)
         assert isinstance(job, Job) and job.state == "queued"
         assert (await job.spec()).script == "flash b7 stable -r 5"
+        assert job.template is not None and (job.template.name, job.template.version) == ("flash", 1)
 
         pipe = await client.templates.put(
             "bench", pipeline=_bench(), params={"board": {"type": "string", "default": "b1"}}
@@ -154,7 +155,9 @@ async def test_the_sdk_creates_pauses_and_deletes_schedules(api: httpx.AsyncClie
         assert [s.id for s in await client.schedules.list()] == [sched.id]
         assert (await client.schedules.pause(sched.id)).paused
         assert not (await client.schedules.unpause(sched.id)).paused
-        assert (await client.schedules.get(sched.id)).cron == "0 3 * * *"
+        got = await client.schedules.get(sched.id)
+        assert got.cron == "0 3 * * *" and got.next_runs and all(t.hour == 3 and t.minute == 0 for t in got.next_runs)
+        assert (await client.schedules.list())[0].next_runs is None  # the list leaves them out
         with pytest.raises(Conflict):
             await client.templates.delete("flash")  # a schedule uses it
         with pytest.raises(InvalidInput) as bad:
@@ -219,9 +222,11 @@ async def test_the_cli_puts_shows_runs_and_removes_templates(
     spec = (await api.get(f"/api/jobs/{job_id}/spec")).json()
     assert spec["script"] == "flash b3 stable -r 7"
     shown_job = await cli("job", job_id)
-    assert "queued" in shown_job.stdout
+    assert "queued" in shown_job.stdout and "template:   flash v2" in shown_job.stdout
     made = (await cli("template", "run", "bench", "--json")).json()
     assert made["name"] == "bench-b1" and len(made["steps"]) == 2  # the pipeline's JSON
+    assert made["template"] == {"name": "bench", "version": 1}
+    assert "bench v1" in (await cli("pipeline", made["id"])).stdout
 
     one_line_error(await cli("template", "run", "flash", "-p", "retries=many"), "retries is an int param")
     one_line_error(await cli("template", "run", "flash", "-p", "colour=red"), "no param 'colour'", "board")
@@ -262,6 +267,7 @@ async def test_the_cli_creates_shows_pauses_and_removes_schedules(cli: Cli, tmp_
     assert got[0]["params"] == {"board": "b2", "retries": 4}
     shown = await cli("schedule", sid)
     assert "0 3 * * * (UTC)" in shown.stdout and f"boxrun-schedule-{sid}" in shown.stdout
+    assert "next runs (UTC)" in shown.stdout and " 03:00," in shown.stdout
     assert (await cli("schedule", "pause", sid)).stdout.strip() == f"schedule {sid}: paused"
     assert (await cli("schedule", "show", sid, "--json")).json()["paused"] is True
     assert (await cli("schedule", "unpause", sid)).stdout.strip() == f"schedule {sid}: running"
