@@ -867,13 +867,21 @@ def _pipeline_dict(definition: Mapping[str, Any] | str | Path) -> dict[str, Any]
         return dict(definition)
     body, media = _definition(definition)
     if media == "application/json":
-        loaded = json.loads(body)
+        try:
+            loaded = json.loads(body)
+        except ValueError as exc:
+            raise InvalidInput(f"pipeline: not JSON ({exc})", field="pipeline") from None
     else:
         try:
             from boxrun.pipelines.yamlload import load_yaml
         except ImportError:  # the base install has no YAML parser
-            raise InvalidInput("a YAML definition needs PyYAML (pip install pyyaml); or give a dict", field="pipeline")
-        loaded = load_yaml(body.decode())
+            raise InvalidInput(
+                "a YAML definition needs PyYAML (pip install pyyaml); or give a dict", field="pipeline"
+            ) from None
+        try:
+            loaded = load_yaml(body.decode())
+        except ValueError as exc:  # YamlError, with the line and column; or not UTF-8
+            raise InvalidInput(f"pipeline: {exc}", field="pipeline") from None
     if not isinstance(loaded, dict):
         raise InvalidInput("a pipeline definition is a mapping", field="pipeline")
     return loaded

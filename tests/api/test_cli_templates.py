@@ -145,6 +145,9 @@ async def test_the_sdk_takes_a_pipeline_as_yaml_text_or_a_file(
         one = await client.templates.put("bench", pipeline=body, params=params)
         two = await client.templates.put("bench", pipeline=file, params=params)
         assert one.pipeline == two.pipeline == _bench() and two.version == 2
+        with pytest.raises(InvalidInput) as bad:
+            await client.templates.put("bench", pipeline="steps: [\n  a: b\n", params=params)
+        assert bad.value.field == "pipeline" and "line" in str(bad.value)  # refused before it is sent
 
 
 async def test_the_sdk_creates_pauses_and_deletes_schedules(api: httpx.AsyncClient, tbox: str) -> None:

@@ -66,9 +66,18 @@ def test_help_groups_operator_commands_apart_and_run_documents_the_exit_codes() 
         return next(i for i, line in enumerate(lines) if line.lstrip("│ ").startswith(start))
 
     panels = [line.strip("╭─╮ ") for line in lines if line.startswith("╭")]
-    assert panels == ["Options", "Jobs", "Pipelines and boxes", "Account, users and tokens", "Operator commands"]
+    assert panels == [
+        "Options",
+        "Jobs",
+        "Pipelines, templates and boxes",
+        "Account, users and tokens",
+        "Operator commands",
+    ]
     operator = next(i for i, line in enumerate(lines) if "Operator commands" in line)
-    assert all(at(cmd + " ") < operator for cmd in ("run", "jobs", "logs", "download", "pipeline", "users", "login"))
+    assert all(
+        at(cmd + " ") < operator
+        for cmd in ("run", "jobs", "logs", "download", "pipeline", "template", "schedule", "users", "login")
+    )
     assert all(at(cmd + " ") > operator for cmd in ("api", "worker", "agent", "migrate", "openapi", "dev"))
     run_help = runner.invoke(app, ["run", "--help"], env={"COLUMNS": "120"}).stdout
     for line in ("124 the job timed out", "125 boxrun itself failed", "126 the job was unschedulable"):
