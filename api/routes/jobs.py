@@ -17,7 +17,7 @@ from boxrun.schemas import (
     MAX_LABELS,
     MAX_SEQ,
     NAME_PATTERN,
-    USER_NAME_PATTERN,
+    OWNER_PATTERN,
     JobCreate,
     JobEventsPublic,
     JobPublic,
@@ -78,8 +78,9 @@ async def list_jobs(
     owner: Annotated[
         str | None,
         Query(
-            pattern=USER_NAME_PATTERN,
-            description="`me` (the caller) or a user name: only the jobs they submitted",
+            pattern=OWNER_PATTERN,
+            description="`me` (the caller), a user name, `trigger:<template>` or `schedule:<id>`: only the "
+            "jobs they submitted",
         ),
     ] = None,
     pipeline_id: Annotated[

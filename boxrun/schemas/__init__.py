@@ -435,6 +435,8 @@ class BoxCreate(BaseModel):
 
 # User names (a job's owner, a box's allowed_users): lower case, unique across the platform.
 USER_NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,62}$"
+# What owns a run: a user, or the recorded actor of a template's trigger or schedule (templates.md).
+OWNER_PATTERN = r"^([a-z][a-z0-9_.-]{0,62}|trigger:[A-Za-z0-9][A-Za-z0-9._-]{0,62}|schedule:[0-9a-f-]{36})$"
 UserName = Annotated[str, StringConstraints(pattern=USER_NAME_PATTERN)]
 
 

@@ -281,3 +281,25 @@ async def test_a_second_pipeline_does_not_take_a_hold_on_a_held_box(
     # t2's job has no workflow here (prepare_attempt only writes it): the waiter named is enough
     assert await release_holds(db, one, "flash", by="pipeline") == [t2]
     assert (await acquire(db, t2)).box == "bench1"
+
+
+async def test_a_pinned_step_whose_ancestor_never_ran_fails_without_running(
+    api: httpx.AsyncClient, app: FastAPI, db: asyncpg.Connection, bench: str
+) -> None:
+    """flash was skipped (its upstream failed); cleanup (when: always, same_box_as: flash) has no
+    box to go to: its attempt is stored failed with the reason and never placed anywhere."""
+    body = {
+        "steps": {
+            "gate": {"box": bench, "script": "exit 1"},
+            "flash": {"needs": ["gate"], "box": bench, "keep_box": True, "script": "echo flash"},
+            "cleanup": {"needs": ["flash"], "same_box_as": "flash", "when": "always", "script": "echo off"},
+        }
+    }
+    pid = await submit(api, body)
+    prepared = await prepare_attempt(db, app.state.settings, pid, "cleanup", 1)
+    assert prepared.job is None and prepared.outcome is not None
+    assert prepared.outcome.state == JobState.FAILED
+    assert prepared.outcome.error == "same_box_as: step 'flash' never ran on a box (or that box was deleted)"
+    row = await db.fetchrow("SELECT state, box_id, box_name FROM jobs WHERE id = $1::uuid", prepared.job_id)
+    assert row is not None and (row["state"], row["box_id"]) == ("failed", None)
+    assert (await queue(api))["holds"] == []

@@ -20,7 +20,10 @@ ADMIN_ONLY = {
 CREATE_BY_NAME = {("put", "/api/secrets/{name}"), ("put", "/api/templates/{name}")}
 # Routes that answer a name they do not know as they answer a bad credential (401): a template's
 # CI trigger tells nobody which names exist.
-NAME_UNKNOWN_IS_401 = {("post", "/api/orgs/{org}/templates/{name}/trigger")}
+NAME_UNKNOWN_IS_401 = {
+    ("post", "/api/orgs/{org}/templates/{name}/trigger"),
+    ("post", "/api/templates/{name}/trigger"),
+}
 
 
 def _operations() -> list[tuple[str, str, dict[str, Any]]]:

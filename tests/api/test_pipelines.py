@@ -49,6 +49,7 @@ PIPELINE_KEYS = {
     "started_at",
     "finished_at",
     "temporal_ui_url",
+    "template",
 }
 STEP_KEYS = {"name", "state", "needs", "attempts", "job_id", "reused_from", "error"}
 

@@ -282,6 +282,10 @@ async def test_the_url_without_an_org_finds_it_by_the_secret(
     # the run says which template made it, at which version
     shown = await api.get(f"/api/jobs/{made['default']}")
     assert shown.json()["template"] == {"name": "ci", "version": 1}
+    # the org's jobs a trigger made: ?owner=trigger:<name> (a bad owner filter is a 422)
+    by_trigger = (await api.get("/api/jobs", params={"owner": "trigger:ci"})).json()
+    assert [j["id"] for j in by_trigger["data"]] == [made["default"]]
+    assert_error(await api.get("/api/jobs", params={"owner": "trigger:"}), 422, "invalid_input")
 
 
 async def test_a_github_ping_is_answered_and_runs_nothing(

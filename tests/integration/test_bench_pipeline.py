@@ -212,3 +212,38 @@ async def test_a_killed_control_worker_and_a_gone_workflow_let_go_of_the_box(
 
 async def _is(api: httpx.AsyncClient, job_id: str, state: str) -> bool:
     return await job_state(api, job_id) == state
+
+
+async def test_a_failed_and_a_timed_out_pipeline_let_go_of_the_box(
+    api: httpx.AsyncClient, env: Env, tmp_path: Path
+) -> None:
+    tmp_path.chmod(0o1777)
+    # failed: test exits 3, poweroff (when: always) still runs on the held bench, then the hold goes
+    (tmp_path / "flash-gate").touch()
+    pid = await submit_pipeline(api, bench(tmp_path, test_script="raise SystemExit(3)\n"))
+    await wait_for((tmp_path / "flash-started").exists, timeout=60, what="flash to run")
+    other = await competitor(api)
+    row = await env.wait_end(pid, timeout=90)
+    assert row["state"] == "failed", await env.dump(pid)
+    poweroff = await job_of(api, pid, "poweroff")
+    assert (poweroff["state"], poweroff["box"]) == ("completed", BOX)
+    assert await until_done(api, other) == "completed"
+    assert await event_at(api, other, "dispatching") > await event_at(api, poweroff["id"], "completed")
+    assert await holds(api) == []
+
+    # timed out: the pipeline's deadline passes while test (gated, never opened) runs on the bench
+    for name in ("flash-started", "test-started"):
+        (tmp_path / name).unlink(missing_ok=True)
+    body = bench(tmp_path, test_script=GATED)
+    del body["steps"]["poweroff"]
+    body["timeout_s"] = 20
+    pid = await submit_pipeline(api, body)
+    await wait_for((tmp_path / "test-started").exists, timeout=60, what="test to run")
+    other = await competitor(api)
+    assert len(await holds(api)) == 1
+    row = await env.wait_end(pid, timeout=90)
+    assert row["state"] == "timed_out", await env.dump(pid)
+    assert await until_done(api, other) == "completed"
+    assert await holds(api) == []
+    released = await env.conn.fetchrow("SELECT released_by FROM box_holds WHERE pipeline_id = $1", uuid.UUID(pid))
+    assert released["released_by"] == "pipeline"

@@ -107,8 +107,15 @@ class Env:
         )
         return [dict(r) for r in rows]
 
-    async def status(self, workflow_id: str) -> WorkflowExecutionStatus | None:
-        return (await self.temporal.get_workflow_handle(workflow_id).describe()).status
+    async def status(self, workflow_id: str, timeout: float = 30) -> WorkflowExecutionStatus:
+        """The workflow's status once it closed (a pipeline's or job's row turns terminal in its
+        last activity, just before its workflow ends)."""
+
+        async def closed() -> WorkflowExecutionStatus | None:
+            status = (await self.temporal.get_workflow_handle(workflow_id).describe()).status
+            return None if status in (None, WorkflowExecutionStatus.RUNNING) else status
+
+        return await wait_for(closed, timeout=timeout, interval=0.1, what=f"workflow {workflow_id} to close")
 
 
 @pytest.fixture

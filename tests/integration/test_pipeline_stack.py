@@ -94,17 +94,6 @@ def stored(env: Env, job_id: object, path: str) -> bytes:
     return data
 
 
-async def closed_status(env: Env, workflow_id: str) -> WorkflowExecutionStatus:
-    """The workflow's status once it closed (a pipeline's row turns terminal just before its
-    workflow ends)."""
-
-    async def closed() -> WorkflowExecutionStatus | None:
-        status = await env.status(workflow_id)
-        return None if status in (None, WorkflowExecutionStatus.RUNNING) else status
-
-    return await wait_for(closed, timeout=30, interval=0.1, what=f"workflow {workflow_id} to close")
-
-
 async def printed(client: BoxrunClient, job_id: object) -> dict[str, tuple[str, int]]:
     """The `sha256 <path> <hex> <size>` lines a READ step printed, by path."""
     lines = (await client.log_page(str(job_id), after=0, limit=1000)).data
@@ -248,13 +237,13 @@ async def test_temporal_status_of_failed_timed_out_cancelled_jobs_and_of_pipelin
         ("held", WorkflowExecutionStatus.CANCELED, None),
     ):
         handle = env.temporal.get_workflow_handle(attempt_job_id(pid, name, 1))
-        assert await closed_status(env, handle.id) == status, name
+        assert await env.status(handle.id) == status, name
         if kind is not None:
             with pytest.raises(WorkflowFailureError) as err:
                 await handle.result()
             assert isinstance(err.value.cause, ApplicationError) and err.value.cause.type == kind
     pipeline = env.temporal.get_workflow_handle(pid)
-    assert await closed_status(env, pid) == WorkflowExecutionStatus.FAILED
+    assert await env.status(pid) == WorkflowExecutionStatus.FAILED
     with pytest.raises(WorkflowFailureError) as err:
         await pipeline.result()
     assert isinstance(err.value.cause, ApplicationError) and err.value.cause.type == "PipelineFailed"
@@ -265,7 +254,7 @@ async def test_temporal_status_of_failed_timed_out_cancelled_jobs_and_of_pipelin
     await wait_for(started2.exists, timeout=60, what="the long step to run")
     await cancel_pipeline(env.conn, env.temporal, ADMIN, pid2)
     assert (await env.wait_end(pid2))["state"] == "cancelled"
-    assert await closed_status(env, pid2) == WorkflowExecutionStatus.CANCELED
+    assert await env.status(pid2) == WorkflowExecutionStatus.CANCELED
 
     # the Web UI's status filters find them
     async def failed_listed() -> set[str] | None:
@@ -304,7 +293,7 @@ async def test_retries_are_runs_of_the_step_workflow_in_temporal(env: Env, tmp_p
     ]
     # one job per run, each with its own workflow (workflow id = job id)
     for attempt in (1, 2, 3):
-        assert await closed_status(env, attempt_job_id(pid, "flaky", attempt)) == (
+        assert await env.status(attempt_job_id(pid, "flaky", attempt)) == (
             WorkflowExecutionStatus.COMPLETED if attempt == 3 else WorkflowExecutionStatus.FAILED
         )
     # Temporal's backoff between the runs: 1 s, then 2 s

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.integration.faultstack import fault_stack
@@ -41,7 +42,7 @@ def tour_script() -> str:
 
 def test_the_tour_has_its_blocks():
     blocks = tour_blocks()
-    assert [language for language, _ in blocks] == ["bash", "python", "bash", "bash", "bash", "bash"]
+    assert [language for language, _ in blocks] == ["bash", "python", "bash", "bash", "bash", "bash", "bash"]
     assert blocks[0][1].startswith("source .venv/bin/activate\n")  # the first example is the CLI
 
 
@@ -80,6 +81,7 @@ async def _tour(tmp_path: Path, home: Path) -> None:
         assert "the password is ***" in out and "hunter2" not in out + err, "the secret was masked"
         assert "were deleted by admin" in err, "the deleted transcript answers with who deleted it"
         assert "Traceback" not in err
+        assert "bench-rev-a" in out, "the signed CI push made the bench pipeline (ref from the payload)"
         async with fs.api() as api:
             jobs = (await api.get("/api/jobs", params={"owner": "olga"})).json()["data"]
             assert [(j["owner"], j["state"]) for j in jobs] == [("olga", "completed")]
@@ -95,12 +97,30 @@ async def _tour(tmp_path: Path, home: Path) -> None:
             assert (await api.get("/api/org/quota")).json()["storage_bytes"] == 10 << 30
             rest = (await api.get("/api/jobs", params={"label": "tour:rest"})).json()["data"]
             assert (await wait_terminal(api, rest[0]["id"], timeout=60))["state"] == "completed"
-            pipelines = (await api.get("/api/pipelines")).json()["data"]
-            assert [(p["name"], p["state"]) for p in pipelines] == [("build-and-test", "completed")]
+            pipelines = [p for p in (await api.get("/api/pipelines")).json()["data"] if p["name"] == "build-and-test"]
+            assert [p["state"] for p in pipelines] == ["completed"]
             steps = (await api.get("/api/jobs", params={"label": "tour:pipeline"})).json()["data"]
             assert sorted(j["step"] for j in steps) == ["build", "test"]
             test_job = (await api.get("/api/jobs", params={"pipeline_id": pipelines[0]["id"]})).json()["data"][0]
             lines = (await api.get(f"/api/jobs/{test_job['id']}/logs")).json()["data"]
             assert [line["text"] for line in lines] == ["8 bytes of firmware"]
+            await _bench_tour_held(api)
             audit = (await api.get("/api/audit", params={"action": "artifact.download"})).json()["data"]
             assert [a["detail"]["path"] for a in audit] == ["out.txt"]
+
+
+async def _bench_tour_held(api: httpx.AsyncClient) -> None:
+    """The tour's bench part: the template run's pipeline completed with its three steps on one
+    box, the signed push made a pipeline owned by the trigger, the nightly schedule exists."""
+    by_name = {p["name"]: p for p in (await api.get("/api/pipelines")).json()["data"]}
+    run, pushed = by_name["bench-rev-b"], by_name["bench-rev-a"]
+    assert run["state"] == "completed" and run["template"] == {"name": "bench", "version": 1}
+    assert pushed["owner"] == "trigger:bench" and pushed["template"] == {"name": "bench", "version": 1}
+    steps = (await api.get("/api/jobs", params={"pipeline_id": run["id"]})).json()["data"]
+    assert sorted(j["step"] for j in steps) == ["flash", "poweroff", "test"]
+    assert len({j["box"] for j in steps}) == 1, steps
+    flash_job = next(j for j in steps if j["step"] == "flash")
+    lines = (await api.get(f"/api/jobs/{flash_job['id']}/logs")).json()["data"]
+    assert [line["text"] for line in lines] == ["flashing rev-b with main"]
+    (schedule,) = (await api.get("/api/schedules")).json()["data"]
+    assert (schedule["template"], schedule["cron"], schedule["params"]) == ("bench", "0 3 * * *", {"board": "rev-a"})
