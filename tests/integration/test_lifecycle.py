@@ -213,7 +213,7 @@ async def test_cancel_waiting_then_running_kills_the_tree_and_hands_the_box_on(a
     took = await lease(db, nxt["id"])
     handoff = (took["acquired_at"] - freed["released_at"]).total_seconds()
     assert 0 < handoff < HANDOFF_S, f"lease hand-off after cancel took {handoff:.2f}s"
-    assert (await box_queue(api, "local-2")) == {"leases": [], "waiting": []}
+    assert (await box_queue(api, "local-2")) == {"leases": [], "waiting": [], "holds": []}
     print(f"\ncancel->tree gone {kill_s:.2f}s; hand-off {handoff * 1000:.0f} ms")
 
 
