@@ -260,6 +260,28 @@ def test_pipeline_run_follow_exits_as_the_pipeline_ended(env: dict[str, str], tm
     assert again.returncode == 0 and json.loads(again.stdout)["rerun_of"] == pipe["id"], again.stderr
 
 
+def test_template_run_wait_exits_as_the_job_ended(env: dict[str, str], tmp_path: Path) -> None:
+    body = {
+        "params": {"code": {"type": "int", "default": 0}, "who": {"type": "string"}},
+        "job": {"box": BOX, "script": "print('hi ${{ params.who }}')\nraise SystemExit(${{ params.code }})"},
+    }
+    spec = tmp_path / "tpl.json"
+    spec.write_text(json.dumps(body))
+    put = boxrun(env, "template", "put", "cli-tpl", "-f", str(spec))
+    assert put.returncode == 0 and put.stdout.strip() == "template cli-tpl version 1", (put.stdout, put.stderr)
+    ok = boxrun(env, "template", "run", "cli-tpl", "-p", "who=ann", "--wait")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[-1] == "hi ann"
+    bad = boxrun(env, "template", "run", "cli-tpl", "-p", "who=bo", "-p", "code=5", "--wait")
+    assert bad.returncode == 5, (bad.stdout, bad.stderr)
+    # a param of the wrong type: one line, exit 125, nothing sent
+    wrong = boxrun(env, "template", "run", "cli-tpl", "-p", "who=x", "-p", "code=five")
+    assert wrong.returncode == 125 and len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
+    assert "code" in wrong.stderr and "Traceback" not in wrong.stderr
+    ran = json.loads(boxrun(env, "jobs", "--json").stdout)
+    assert [j["template"] for j in ran[:2]] == [{"name": "cli-tpl", "version": 1}] * 2
+
+
 def test_login_saves_the_profile_later_commands_use(fs: FaultStack, env: dict[str, str], tmp_path: Path) -> None:
     bare = {k: v for k, v in env.items() if k not in ("BOXRUN_URL", "BOXRUN_TOKEN")}
     token_file = tmp_path / "token"
