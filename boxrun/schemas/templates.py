@@ -42,6 +42,8 @@ class ParamSpec(BaseModel):
                 raise ValueError("a choice param lists its `choices`")
             if len(set(self.choices)) != len(self.choices):
                 raise ValueError("a choice is listed twice")
+            if any("${{" in c for c in self.choices):  # a value holding `${{` is refused at every run
+                raise ValueError("a choice holds `${{` (a value is never expanded again)")
         elif self.choices is not None:
             raise ValueError(f"`choices` is for type choice only, not {self.type}")
         if self.default is not None:

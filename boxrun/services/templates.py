@@ -27,6 +27,8 @@ from boxrun.storage import Storage
 from boxrun.templating import as_text, check_references, placeholders, render, resolve
 
 MAX_TEMPLATES_PER_ORG = 1000
+# Versions are int4 in Postgres.
+MAX_VERSION = 2**31 - 1
 
 
 def new_trigger_secret() -> str:
@@ -132,6 +134,10 @@ async def delete_template(conn: asyncpg.Connection, user: User, name: str) -> No
 
 async def load_template(conn: Conn, user: User, name: str, version: int | None) -> asyncpg.Record:
     """Template `name` of the caller's org at `version` (None: the latest); NotFound otherwise."""
+    if version is not None and not 1 <= version <= MAX_VERSION:  # a version no template has (nor int4 holds)
+        if await conn.fetchrow(Q.get_template, user.org_id, name, None) is not None:
+            raise NotFound(f"template {name!r} has no version {version}")
+        raise NotFound(f"template {name[:80]!r} not found")
     row: asyncpg.Record | None = await conn.fetchrow(Q.get_template, user.org_id, name, version)
     if row is None:
         if version is not None and await conn.fetchrow(Q.get_template, user.org_id, name, None) is not None:
