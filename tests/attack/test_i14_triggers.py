@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -350,3 +351,51 @@ async def test_no_secret_or_signature_in_answers_audit_or_logs(
     assert all(secret not in json.dumps(r["detail"]) for r in rows)
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert secret not in logged and sig.removeprefix("sha256=") not in logged
+
+
+async def test_many_orgs_sharing_a_name_do_not_stall_the_process(
+    anon: httpx.AsyncClient, app: Any, db: asyncpg.Connection, secret: str
+) -> None:
+    """The URL without an org tries every org's template of that name (up to 1,000): a secret
+    opened and an HMAC over the body for each, for a request anyone may send. 300 orgs and a body
+    near the limit: the refusal takes its time, but the event loop (every other request of the
+    process) is not stalled meanwhile."""
+    sealed = app.state.settings.secret_box().seal("tgsec_" + "9" * 43)
+    await db.execute("INSERT INTO orgs (id, name) SELECT 'o' || g, 'Org ' || g FROM generate_series(1, 300) g")
+    await db.execute(
+        "INSERT INTO templates (id, org_id, name, latest_version, trigger_secret_sealed, created_by, updated_by)"
+        " SELECT gen_random_uuid(), 'o' || g, 'ci', 1, $1, 'x', 'x' FROM generate_series(1, 300) g",
+        sealed,
+    )
+    await db.execute(
+        "INSERT INTO template_versions (template_id, version, description, params, kind, body, created_by)"
+        " SELECT id, 1, '', '{}'::jsonb, 'job', '{\"box\": \"b\", \"script\": \"x\"}'::jsonb, 'x'"
+        " FROM templates WHERE org_id LIKE 'o%'"
+    )
+    raw = b'{"pad": "' + b"x" * (app.state.settings.max_body_bytes - 100) + b'"}'
+    headers = {
+        "X-Hub-Signature-256": sign("tgsec_wrong", raw),
+        "X-GitHub-Delivery": "dos",
+        "Content-Type": "application/json",
+    }
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    resp = await anon.post(ORGLESS, content=raw, headers=headers)
+    elapsed = time.perf_counter() - started
+    ticking.cancel()
+    assert_error(resp, 401, "unauthorized")
+    longest = max(gaps)
+    assert longest < max(0.1, elapsed / 3), (longest, elapsed)
+    # a good signature among them is still found
+    assert (await anon.post(ORGLESS, **github(secret))).status_code == 201
