@@ -15,6 +15,9 @@ from boxrun.schemas.templates import PARAM_NAME_PATTERN, ParamSpec, value_proble
 # do not match and pass through untouched.
 PARAM_REF = re.compile(r"\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 PARAM_NAME = re.compile(PARAM_NAME_PATTERN)
+# The most characters a rendered body's string values may come to (a submission's own body is at
+# most 1 MiB: twice that leaves room for params without letting a few references blow it up).
+MAX_RENDERED_CHARS = 2 * 1024 * 1024
 # What a placeholder renders as when a PUT is checked (a param without a default).
 PLACEHOLDER: dict[str, str | int | bool] = {"string": "x", "int": 0, "bool": False}
 
@@ -91,7 +94,20 @@ def resolve(params: Mapping[str, ParamSpec], given: Mapping[str, Any], *, field:
     return values
 
 
-def _render_text(text: str, values: Mapping[str, str], field: str) -> str:
+def _render_text(text: str, values: Mapping[str, str], field: str, budget: list[int]) -> str:
+    matches = list(PARAM_REF.finditer(text))
+    if not matches:
+        budget[0] -= len(text)
+    else:
+        # what the text becomes, counted before it is made: 80,000 references to a value of 4,096
+        # characters fit in a 1 MiB body and would make a third of a gigabyte
+        budget[0] -= len(text) + sum(len(values.get(m.group(1), m.group(0))) - len(m.group(0)) for m in matches)
+    if budget[0] < 0:
+        raise InvalidInput(
+            f"the params make the rendered body longer than {MAX_RENDERED_CHARS} characters", field=field
+        )
+    if not matches:
+        return text
     out = PARAM_REF.sub(lambda m: values.get(m.group(1), m.group(0)), text)
     if "${{" in out:
         # One pass is not enough on its own: values harmless alone can make a `${{` side by side,
@@ -111,15 +127,20 @@ def _render_text(text: str, values: Mapping[str, str], field: str) -> str:
     return out
 
 
+def _render(body: Any, values: Mapping[str, str], field: str, budget: list[int]) -> Any:
+    if isinstance(body, str):
+        return _render_text(body, values, field, budget)
+    if isinstance(body, Mapping):
+        return {k: _render(v, values, field, budget) for k, v in body.items()}
+    if isinstance(body, list):
+        return [_render(v, values, field, budget) for v in body]
+    return body
+
+
 def render(body: Any, values: Mapping[str, str], *, field: str = "body.params") -> Any:
     """`body` with every `${{ params.NAME }}` in its string values replaced by the text of NAME
     (one pass: a value is never expanded again). Keys, numbers and booleans are left as they are.
     A reference to a param not in `values` is left as it is (check_references refuses it earlier).
-    InvalidInput at `<field>.NAME` when the values make a `${{` the text did not hold."""
-    if isinstance(body, str):
-        return _render_text(body, values, field)
-    if isinstance(body, Mapping):
-        return {k: render(v, values, field=field) for k, v in body.items()}
-    if isinstance(body, list):
-        return [render(v, values, field=field) for v in body]
-    return body
+    InvalidInput at `<field>.NAME` when the values make a `${{` the text did not hold, and at
+    `<field>` when the string values would come to more than MAX_RENDERED_CHARS characters."""
+    return _render(body, values, field, [MAX_RENDERED_CHARS])

@@ -16,6 +16,8 @@ MAX_PARAMS = 50
 MAX_CHOICES = 100
 # A string param's value (and a choice) is at most this many characters.
 MAX_PARAM_CHARS = 4096
+# How deep a template's body may nest (a job or a pipeline needs a handful of levels).
+MAX_BODY_DEPTH = 32
 ParamType = Literal["string", "int", "bool", "choice"]
 ParamValue = CleanStr | int | bool
 Kind = Literal["job", "pipeline"]
@@ -82,6 +84,19 @@ def value_problem(spec: ParamSpec, value: Any) -> str | None:
     return None
 
 
+def _depth(body: Any) -> int:
+    """How deeply `body` nests lists and objects, found without recursion."""
+    deepest, stack = 0, [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_BODY_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 class TemplatePut(BaseModel):
     """PUT /api/templates/{name} body: exactly one of `job` or `pipeline`."""
 
@@ -98,6 +113,8 @@ class TemplatePut(BaseModel):
     def _one_body(self) -> TemplatePut:
         if (self.job is None) == (self.pipeline is None):
             raise ValueError("give exactly one of 'job' or 'pipeline'")
+        if _depth(self.body) > MAX_BODY_DEPTH:  # rendering walks it recursively
+            raise ValueError(f"the {self.kind} is nested deeper than {MAX_BODY_DEPTH} levels")
         return self
 
     @property

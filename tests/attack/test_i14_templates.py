@@ -6,6 +6,7 @@ not fit. Each test fails when its defence is missing (docs/templates.md)."""
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -380,3 +381,35 @@ async def test_versions_out_of_range_never_500(
         got = await api.get("/api/templates/flash", params={"version": str(version)})
         assert got.status_code in (404, 422), got.text
     assert await job_count(db) == 0
+
+
+async def test_a_body_nested_too_deep_is_422_not_a_recursion_error(api: httpx.AsyncClient, abox: str) -> None:
+    for depth in (40, 500):
+        nested = "[" * depth + '"x"' + "]" * depth
+        raw = '{"params": {}, "job": {"box": "abox", "script": "x", "labels": {"a": ' + nested + "}}}"
+        resp = await api.put("/api/templates/deep", content=raw.encode(), headers={"Content-Type": "application/json"})
+        assert_error(resp, 422, "invalid_input", detail="nested deeper")
+    resp = await api.put("/api/templates/deep", content=b'{"params": {}, "pipeline": ' + b"[" * 600 + b"]" * 600 + b"}")
+    assert resp.status_code in (400, 422), resp.text
+
+
+async def test_references_cannot_blow_a_run_up(api: httpx.AsyncClient, db: asyncpg.Connection, abox: str) -> None:
+    """19,000 references to one param in a 250 KB script, run with a value of 4,096 characters:
+    78 million characters, refused before they are made (422), not built and then refused."""
+    body = {
+        "params": {"a": {"type": "string", "default": "x"}},
+        "job": {"box": "abox", "script": "${{params.a}}" * 19000},
+    }
+    await put(api, "amp", body)
+    tracemalloc.start()
+    try:
+        resp = await api.post("/api/templates/amp/run", json={"params": {"a": "y" * 4096}})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert_error(resp, 422, "invalid_input", field="body.params")
+    assert peak < 40 * 1024 * 1024, peak
+    assert await job_count(db) == 0
+    # the same template with a short value renders and runs
+    ok = await api.post("/api/templates/amp/run", json={"params": {"a": "y"}})
+    assert ok.status_code == 201, ok.text
