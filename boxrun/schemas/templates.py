@@ -75,6 +75,10 @@ def value_problem(spec: ParamSpec, value: Any) -> str | None:
         return "a string"
     if "\x00" in value:
         return "a string without NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800"): no Postgres text takes it
+        return "a string without lone UTF-16 surrogates"
     if len(value) > MAX_PARAM_CHARS:
         return f"a string of at most {MAX_PARAM_CHARS} characters"
     if "${{" in value:

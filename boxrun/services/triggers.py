@@ -193,8 +193,8 @@ async def trigger(
         # a first delivery: its payload must give params (a replay is answered without reading it)
         try:
             payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidInput("the payload is not JSON", field="body") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+            raise InvalidInput("the payload is not JSON (or is nested too deep)", field="body") from None
         event = headers.github_event if form == "github" else headers.gitlab_event
         given = payload_params(form, event, payload)
         declared = param_specs(row)

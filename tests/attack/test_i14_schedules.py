@@ -207,3 +207,13 @@ async def test_a_template_deleted_behind_a_schedules_back(
             await handle.delete()
         except RPCError:
             pass
+
+
+async def test_a_param_value_with_a_lone_surrogate_is_422_not_500(
+    api: httpx.AsyncClient, db: asyncpg.Connection, template: str
+) -> None:
+    """The schedule keeps its params in Postgres (jsonb): a value UTF-8 cannot encode is refused
+    with the param's name, as a run refuses it."""
+    resp = await post_json(api, {**OK, "params": {"board": "a\ud800b"}})
+    assert_error(resp, 422, "invalid_input", field="body.params.board")
+    assert await db.fetchval("SELECT count(*) FROM schedules") == 0

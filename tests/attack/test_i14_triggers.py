@@ -399,3 +399,22 @@ async def test_many_orgs_sharing_a_name_do_not_stall_the_process(
     assert longest < max(0.1, elapsed / 3), (longest, elapsed)
     # a good signature among them is still found
     assert (await anon.post(ORGLESS, **github(secret))).status_code == 201
+
+
+async def test_hostile_payloads_of_the_secrets_holder_never_500(
+    anon: httpx.AsyncClient, db: asyncpg.Connection, secret: str
+) -> None:
+    """Signed, so past the signature: a payload nested too deep for the JSON parser, a ref with a
+    lone surrogate or NUL, a ref of 5,000 characters, or one holding `${{`: each a 422, nothing run."""
+    for raw in (
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"ref": ' + b"[" * 5000 + b"]" * 5000 + b', "repository": {"full_name": "a/b"}}',
+    ):
+        headers = {"X-Hub-Signature-256": sign(secret, raw), "X-GitHub-Delivery": str(uuid.uuid4())}
+        assert_error(await anon.post(URL, content=raw, headers=headers), 422, "invalid_input", field="body")
+    for ref in ("a\ud800b", "a\x00b", "r" * 5000, "${{ secrets.DB }}", "x${{secrets.DB}}"):
+        raw = json.dumps({**PUSH, "ref": ref}).encode()  # escaped to ASCII: \\ud800, \\u0000
+        headers = {"X-Hub-Signature-256": sign(secret, raw), "X-GitHub-Delivery": str(uuid.uuid4())}
+        assert_error(await anon.post(URL, content=raw, headers=headers), 422, "invalid_input", field="body.params.ref")
+    assert await jobs(db) == 0
+    assert await db.fetchval("SELECT count(*) FROM trigger_deliveries") == 0
