@@ -226,11 +226,15 @@ async def test_delivery_ids_too_long_with_nul_or_blank_are_422(
     assert await jobs(db) == 1
 
 
-async def test_a_nul_in_the_delivery_id_is_422(app: Any, secret: str, db: asyncpg.Connection) -> None:
-    """httpx refuses to send a NUL in a header: the ASGI scope is written by hand."""
+@pytest.mark.parametrize("delivery", [b"a\x00b", b"a\x1b[2Jb", b"a\x07b", b"a\x7fb", b"a\x08\x08\x08b"])
+async def test_a_nul_or_control_character_in_the_delivery_id_is_422(
+    app: Any, secret: str, db: asyncpg.Connection, delivery: bytes
+) -> None:
+    """The delivery id lands in the audit log (`via`): a NUL or a terminal escape is refused.
+    httpx refuses to send some of these in a header: the ASGI scope is written by hand."""
     req = github(secret)
     headers = [(k.lower().encode(), v.encode()) for k, v in req["headers"].items() if k != "X-GitHub-Delivery"]
-    headers.append((b"x-github-delivery", b"a\x00b"))
+    headers.append((b"x-github-delivery", delivery))
     headers.append((b"content-length", str(len(req["content"])).encode()))
     sent: list[dict[str, Any]] = []
     body_sent = False
