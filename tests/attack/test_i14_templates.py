@@ -413,3 +413,21 @@ async def test_references_cannot_blow_a_run_up(api: httpx.AsyncClient, db: async
     # the same template with a short value renders and runs
     ok = await api.post("/api/templates/amp/run", json={"params": {"a": "y"}})
     assert ok.status_code == 201, ok.text
+
+
+async def test_the_1001st_template_is_409(api: httpx.AsyncClient, db: asyncpg.Connection, app: Any, abox: str) -> None:
+    """1,000 templates written as rows (a PUT each would take minutes), then the 1,001st PUT."""
+    sealed = app.state.settings.secret_box().seal("tgsec_" + "8" * 43)
+    await db.execute(
+        "INSERT INTO templates (id, org_id, name, latest_version, trigger_secret_sealed, created_by, updated_by)"
+        " SELECT gen_random_uuid(), 'default', 'bulk' || g, 1, $1, 'admin', 'admin' FROM generate_series(1, 1000) g",
+        sealed,
+    )
+    await db.execute(
+        "INSERT INTO template_versions (template_id, version, description, params, kind, body, created_by)"
+        " SELECT id, 1, '', '{}'::jsonb, 'job', '{\"box\": \"abox\", \"script\": \"x\"}'::jsonb, 'admin'"
+        " FROM templates WHERE name LIKE 'bulk%'"
+    )
+    assert_error(await api.put("/api/templates/one-more", json=JOB), 409, "conflict", detail="1000 templates")
+    assert_error(await api.get("/api/templates/one-more"), 404, "not_found")
+    await put(api, "bulk1", JOB, status=200)  # a new version of one of them is fine
