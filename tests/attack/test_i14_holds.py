@@ -146,6 +146,9 @@ async def test_keep_box_on_a_box_restricted_to_others(
     assert [h["pipeline_id"] for h in (await queue(api))["holds"]] == [pid]
     resp = await api.patch("/api/boxes/bench1", json={"allowed_users": []})
     assert resp.status_code == 200, resp.text
+    # to otto the box, its queue and the hold on it do not exist
+    for path in ("/api/boxes/bench1", "/api/boxes/bench1/queue"):
+        assert_error(await otto.get(path), 404, "not_found")
     test = await attempt(db, app, pid, "test")
     placed = await acquire(db, test)
     assert placed.box is None, placed

@@ -78,7 +78,8 @@ async def test_roles_viewer_and_another_operator(
     viewer = as_token((await add_user(db, "vic", "default", Role.VIEWER)).token)
     op1 = as_token((await add_user(db, "opa", "default", Role.OPERATOR)).token)
     op2 = as_token((await add_user(db, "opb", "default", Role.OPERATOR)).token)
-    await put(op1, "flash", JOB)
+    made = await put(op1, "flash", JOB)
+    assert made["trigger_secret"] is None  # its creator, an operator, does not see it either
     # a viewer reads but never sees the secret, never writes, never runs
     seen = await viewer.get("/api/templates/flash")
     assert seen.status_code == 200 and seen.json()["trigger_secret"] is None
