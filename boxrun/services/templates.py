@@ -27,6 +27,9 @@ from boxrun.storage import Storage
 from boxrun.templating import as_text, check_references, placeholders, render, resolve
 
 MAX_TEMPLATES_PER_ORG = 1000
+# The latest versions of an org's templates together (GET /api/templates answers them all at once:
+# 1,000 bodies of 1 MiB would be a gigabyte in one answer).
+MAX_TEMPLATE_BYTES_PER_ORG = 64 * 1024 * 1024
 # Versions are int4 in Postgres.
 MAX_VERSION = 2**31 - 1
 
@@ -98,6 +101,12 @@ async def put_template(
                 )
             row = await conn.fetchrow(Q.bump_template, row["id"], user.name)
         assert row is not None  # INSERT/UPDATE ... RETURNING
+        size = len(json.dumps(put.body).encode())
+        if size + await conn.fetchval(Q.template_bytes, user.org_id, row["id"]) > MAX_TEMPLATE_BYTES_PER_ORG:
+            raise Conflict(
+                f"the org's templates would come to over {MAX_TEMPLATE_BYTES_PER_ORG // (1024 * 1024)} MiB: "
+                "delete some, or make them smaller"
+            )
         version = row["latest_version"]
         await conn.execute(
             Q.insert_template_version, row["id"], version, put.description, params, put.kind, put.body, user.name

@@ -432,3 +432,24 @@ async def test_the_1001st_template_is_409(api: httpx.AsyncClient, db: asyncpg.Co
     assert_error(await api.put("/api/templates/one-more", json=JOB), 409, "conflict", detail="1000 templates")
     assert_error(await api.get("/api/templates/one-more"), 404, "not_found")
     await put(api, "bulk1", JOB, status=200)  # a new version of one of them is fine
+
+
+async def test_an_orgs_templates_together_are_bounded(
+    api: httpx.AsyncClient, abox: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET /api/templates answers every latest body at once: 1,000 bodies of 1 MiB would be a
+    gigabyte in one answer. The latest versions together are bounded (here made 20,000 bytes)."""
+    from boxrun.services import templates as service
+
+    monkeypatch.setattr(service, "MAX_TEMPLATE_BYTES_PER_ORG", 20_000)
+
+    def body(n: int) -> dict[str, Any]:
+        return {"params": {}, "job": {"box": "abox", "script": "x" * n}}
+
+    await put(api, "t1", body(9000))
+    await put(api, "t2", body(9000))
+    assert_error(await api.put("/api/templates/t3", json=body(9000)), 409, "conflict", detail="MiB")
+    await put(api, "t1", body(9000), status=200)  # a new version replaces its own size
+    assert_error(await api.put("/api/templates/t1", json=body(15000)), 409, "conflict")
+    got = (await api.get("/api/templates")).json()["data"]
+    assert [t["name"] for t in got] == ["t1", "t2"] and got[0]["latest_version"] == 2

@@ -72,3 +72,9 @@ SELECT count(*) FROM schedules WHERE template_id = $1;
 
 -- name: count_templates
 SELECT count(*) FROM templates WHERE org_id = $1;
+
+-- The size of org $1's templates at their latest versions, but template $2's (the one being replaced).
+-- name: template_bytes
+SELECT coalesce(sum(octet_length(v.body::text)), 0)
+FROM templates t JOIN template_versions v ON v.template_id = t.id AND v.version = t.latest_version
+WHERE t.org_id = $1 AND t.id IS DISTINCT FROM $2;
