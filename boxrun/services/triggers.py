@@ -142,13 +142,10 @@ async def find_template(
     every org's template of that name is tried (each secret is random, so at most one matches).
     Unauthorized, with one answer, for an unknown org or template or a bad signature; the same
     work is done for an unknown name as for a known one."""
+    # the candidates' secrets only: their bodies (up to 1 MiB each) are read for the one that matched
     rows: list[asyncpg.Record] = []
     if _plausible(org, name):
-        if org is not None:
-            row = await conn.fetchrow(Q.get_template, org, name, None)
-            rows = [row] if row is not None else []
-        else:
-            rows = list(await conn.fetch(Q.templates_named, name, MAX_CANDIDATES))
+        rows = list(await conn.fetch(Q.trigger_candidates, name, org, MAX_CANDIDATES))
 
     def match() -> tuple[asyncpg.Record, str] | None:
         for row in rows:
@@ -169,7 +166,10 @@ async def find_template(
     found = await asyncio.to_thread(match)
     if found is None:
         raise Unauthorized(REFUSED)
-    return found
+    template = await conn.fetchrow(Q.get_template, found[0]["org_id"], name, None)
+    if template is None or template["id"] != found[0]["id"]:  # deleted (or made again) meanwhile
+        raise Unauthorized(REFUSED)
+    return template, found[1]
 
 
 async def trigger(

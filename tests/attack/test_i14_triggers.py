@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import time
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -422,3 +423,35 @@ async def test_hostile_payloads_of_the_secrets_holder_never_500(
         assert_error(await anon.post(URL, content=raw, headers=headers), 422, "invalid_input", field="body.params.ref")
     assert await jobs(db) == 0
     assert await db.fetchval("SELECT count(*) FROM trigger_deliveries") == 0
+
+
+async def test_an_unauthenticated_trigger_reads_no_template_bodies(
+    anon: httpx.AsyncClient, app: Any, db: asyncpg.Connection, secret: str
+) -> None:
+    """100 orgs' templates named `ci` with bodies of 200 KB: a request with a bad signature must
+    not load 20 MB of bodies to refuse it (only the candidates' secrets are read)."""
+    sealed = app.state.settings.secret_box().seal("tgsec_" + "7" * 43)
+    await db.execute("INSERT INTO orgs (id, name) SELECT 'o' || g, 'Org ' || g FROM generate_series(1, 100) g")
+    await db.execute(
+        "INSERT INTO templates (id, org_id, name, latest_version, trigger_secret_sealed, created_by, updated_by)"
+        " SELECT gen_random_uuid(), 'o' || g, 'ci', 1, $1, 'x', 'x' FROM generate_series(1, 100) g",
+        sealed,
+    )
+    await db.execute(
+        "INSERT INTO template_versions (template_id, version, description, params, kind, body, created_by)"
+        " SELECT id, 1, '', '{}'::jsonb, 'job', jsonb_build_object('box', 'b', 'script', repeat('x', 200000)), 'x'"
+        " FROM templates WHERE org_id LIKE 'o%'"
+    )
+    req = github("tgsec_wrong")
+    tracemalloc.start()
+    try:
+        resp = await anon.post(ORGLESS, **req)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert_error(resp, 401, "unauthorized")
+    assert peak < 5 * 1024 * 1024, peak
+    # the right secret still finds its template (and its body) among them
+    made = await anon.post(ORGLESS, **github(secret))
+    assert made.status_code == 201, made.text
+    assert await db.fetchval("SELECT org_id FROM jobs WHERE id = $1::uuid", made.json()["job"]["id"]) == "default"
