@@ -34,7 +34,7 @@ SELECT t.*, v.description, v.params, v.kind, v.body, v.version, v.created_by AS 
 FROM templates t JOIN template_versions v ON v.template_id = t.id AND v.version = COALESCE($3, t.latest_version)
 WHERE t.org_id = $1 AND t.name = $2;
 
--- A trigger at /api/templates/{name}/trigger names no org: every org's template of that name is a
+-- A trigger at /api/templates/NAME/trigger names no org: every org's template of that name is a
 -- candidate (org $2 only, when the request names one), and the one whose trigger secret signed the
 -- request is it. Their secrets only: an unauthenticated request reads no bodies.
 -- name: trigger_candidates
