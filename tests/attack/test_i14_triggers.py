@@ -455,3 +455,16 @@ async def test_an_unauthenticated_trigger_reads_no_template_bodies(
     made = await anon.post(ORGLESS, **github(secret))
     assert made.status_code == 201, made.text
     assert await db.fetchval("SELECT org_id FROM jobs WHERE id = $1::uuid", made.json()["job"]["id"]) == "default"
+
+
+async def test_a_claim_left_by_a_crash_never_makes_a_second_run(
+    anon: httpx.AsyncClient, db: asyncpg.Connection, secret: str
+) -> None:
+    """A process that died between claiming a delivery and recording its run leaves the claim
+    (run_id NULL). A redelivery is then 409, never a run that may be a second one (at most once:
+    the first may have been submitted). Such a claim is not reclaimed by itself (yet)."""
+    await db.execute(
+        "INSERT INTO trigger_deliveries (template_id, delivery_id) SELECT id, 'stuck' FROM templates WHERE name = 'ci'"
+    )
+    assert_error(await anon.post(URL, **github(secret, delivery="stuck")), 409, "conflict")
+    assert await jobs(db) == 0
