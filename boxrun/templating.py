@@ -9,11 +9,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from boxrun.errors import InvalidInput
-from boxrun.schemas.templates import ParamSpec, value_problem
+from boxrun.schemas.templates import PARAM_NAME_PATTERN, ParamSpec, value_problem
 
 # `${{ params.NAME }}`, spaces inside the braces optional; `${{ secrets.X }}` and `${{ matrix.X }}`
 # do not match and pass through untouched.
 PARAM_REF = re.compile(r"\$\{\{\s*params\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+PARAM_NAME = re.compile(PARAM_NAME_PATTERN)
+# The most characters a rendered body's string values may come to (a submission's own body is at
+# most 1 MiB: twice that leaves room for params without letting a few references blow it up).
+MAX_RENDERED_CHARS = 2 * 1024 * 1024
 # What a placeholder renders as when a PUT is checked (a param without a default).
 PLACEHOLDER: dict[str, str | int | bool] = {"string": "x", "int": 0, "bool": False}
 
@@ -69,9 +73,10 @@ def resolve(params: Mapping[str, ParamSpec], given: Mapping[str, Any], *, field:
     for name in given:
         if name not in params:
             declared = ", ".join(sorted(params)) or "none"
-            raise InvalidInput(
-                f"unknown param {name[:80]!r} (this template declares: {declared})", field=f"{field}.{name[:80]}"
-            )
+            # the name is the caller's: in the field only when it is a name at all (a lone
+            # surrogate or a NUL there could not even be encoded in the answer)
+            where = f"{field}.{name}" if PARAM_NAME.fullmatch(name) else field
+            raise InvalidInput(f"unknown param {name[:80]!r} (this template declares: {declared})", field=where)
     values: dict[str, str] = {}
     for name, spec in params.items():
         if name in given and given[name] is not None:
@@ -89,14 +94,53 @@ def resolve(params: Mapping[str, ParamSpec], given: Mapping[str, Any], *, field:
     return values
 
 
-def render(body: Any, values: Mapping[str, str]) -> Any:
+def _render_text(text: str, values: Mapping[str, str], field: str, budget: list[int]) -> str:
+    matches = list(PARAM_REF.finditer(text))
+    if not matches:
+        budget[0] -= len(text)
+    else:
+        # what the text becomes, counted before it is made: 80,000 references to a value of 4,096
+        # characters fit in a 1 MiB body and would make a third of a gigabyte
+        budget[0] -= len(text) + sum(len(values.get(m.group(1), m.group(0))) - len(m.group(0)) for m in matches)
+    if budget[0] < 0:
+        raise InvalidInput(
+            f"the params make the rendered body longer than {MAX_RENDERED_CHARS} characters", field=field
+        )
+    if not matches:
+        return text
+    out = PARAM_REF.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+    if "${{" in out:
+        # One pass is not enough on its own: values harmless alone can make a `${{` side by side,
+        # or with the text around them (`$` + `{{ secrets.DB }}`), which the submission would then
+        # resolve. The rendered text may hold only the `${{` its pieces hold (resolve refuses a
+        # value holding one), none made where they meet.
+        parts = PARAM_REF.split(text)  # literal, name, literal, name, ..., literal
+        names = parts[1::2]
+        pieces = [*parts[::2], *(values.get(n, f"${{{{ params.{n} }}}}") for n in names)]
+        if out.count("${{") > sum(piece.count("${{") for piece in pieces):
+            culprit = next((n for n in names if any(c in values.get(n, "") for c in "${")), names[0])
+            raise InvalidInput(
+                f"param {culprit!r}: the values put into this text make a `${{{{` the template does not "
+                "have (a value is never expanded again)",
+                field=f"{field}.{culprit}",
+            )
+    return out
+
+
+def _render(body: Any, values: Mapping[str, str], field: str, budget: list[int]) -> Any:
+    if isinstance(body, str):
+        return _render_text(body, values, field, budget)
+    if isinstance(body, Mapping):
+        return {k: _render(v, values, field, budget) for k, v in body.items()}
+    if isinstance(body, list):
+        return [_render(v, values, field, budget) for v in body]
+    return body
+
+
+def render(body: Any, values: Mapping[str, str], *, field: str = "body.params") -> Any:
     """`body` with every `${{ params.NAME }}` in its string values replaced by the text of NAME
     (one pass: a value is never expanded again). Keys, numbers and booleans are left as they are.
-    A reference to a param not in `values` is left as it is (check_references refuses it earlier)."""
-    if isinstance(body, str):
-        return PARAM_REF.sub(lambda m: values.get(m.group(1), m.group(0)), body)
-    if isinstance(body, Mapping):
-        return {k: render(v, values) for k, v in body.items()}
-    if isinstance(body, list):
-        return [render(v, values) for v in body]
-    return body
+    A reference to a param not in `values` is left as it is (check_references refuses it earlier).
+    InvalidInput at `<field>.NAME` when the values make a `${{` the text did not hold, and at
+    `<field>` when the string values would come to more than MAX_RENDERED_CHARS characters."""
+    return _render(body, values, field, [MAX_RENDERED_CHARS])

@@ -16,6 +16,8 @@ MAX_PARAMS = 50
 MAX_CHOICES = 100
 # A string param's value (and a choice) is at most this many characters.
 MAX_PARAM_CHARS = 4096
+# How deep a template's body may nest (a job or a pipeline needs a handful of levels).
+MAX_BODY_DEPTH = 32
 ParamType = Literal["string", "int", "bool", "choice"]
 ParamValue = CleanStr | int | bool
 Kind = Literal["job", "pipeline"]
@@ -42,6 +44,8 @@ class ParamSpec(BaseModel):
                 raise ValueError("a choice param lists its `choices`")
             if len(set(self.choices)) != len(self.choices):
                 raise ValueError("a choice is listed twice")
+            if any("${{" in c for c in self.choices):  # a value holding `${{` is refused at every run
+                raise ValueError("a choice holds `${{` (a value is never expanded again)")
         elif self.choices is not None:
             raise ValueError(f"`choices` is for type choice only, not {self.type}")
         if self.default is not None:
@@ -71,6 +75,10 @@ def value_problem(spec: ParamSpec, value: Any) -> str | None:
         return "a string"
     if "\x00" in value:
         return "a string without NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (JSON's "\ud800"): no Postgres text takes it
+        return "a string without lone UTF-16 surrogates"
     if len(value) > MAX_PARAM_CHARS:
         return f"a string of at most {MAX_PARAM_CHARS} characters"
     if "${{" in value:
@@ -78,6 +86,19 @@ def value_problem(spec: ParamSpec, value: Any) -> str | None:
     if spec.type == "choice" and value not in (spec.choices or []):
         return "one of " + ", ".join(repr(c[:40]) for c in (spec.choices or [])[:10])
     return None
+
+
+def _depth(body: Any) -> int:
+    """How deeply `body` nests lists and objects, found without recursion."""
+    deepest, stack = 0, [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_BODY_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 class TemplatePut(BaseModel):
@@ -96,6 +117,8 @@ class TemplatePut(BaseModel):
     def _one_body(self) -> TemplatePut:
         if (self.job is None) == (self.pipeline is None):
             raise ValueError("give exactly one of 'job' or 'pipeline'")
+        if _depth(self.body) > MAX_BODY_DEPTH:  # rendering walks it recursively
+            raise ValueError(f"the {self.kind} is nested deeper than {MAX_BODY_DEPTH} levels")
         return self
 
     @property

@@ -5,6 +5,7 @@ POST /api/templates/{name}/run does (docs/templates.md, "Schedules")."""
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -35,6 +36,26 @@ WORKFLOW_TYPE = "ScheduledRunWorkflow"
 MAX_SCHEDULES_PER_ORG = 200
 # What a schedule's runs are owned by (no person): `schedule:<id>`.
 SCHEDULE_OWNER = "schedule:{id}"
+
+
+# What a schedule's `cron` may be: five fields (minute hour day-of-month month day-of-week, UTC) or
+# a named macro. Temporal takes more (a seconds field and a year: 6 or 7 fields, `@every 1s`, a
+# `CRON_TZ=` prefix, `#` comments), and a run every second is a job every second: refused here.
+CRON_MACROS = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"})
+_CRON_FIELD = r"[0-9A-Za-z*?,/#-]+"
+CRON_PATTERN = re.compile(rf"{_CRON_FIELD}(?: +{_CRON_FIELD}){{4}}")
+
+
+def check_cron(cron: str) -> None:
+    """InvalidInput at body.cron for what is neither five cron fields nor a named macro (Temporal
+    then checks the fields themselves)."""
+    if cron in CRON_MACROS or CRON_PATTERN.fullmatch(cron):
+        return
+    raise InvalidInput(
+        f"cron {cron[:80]!r}: give five fields (minute hour day-of-month month day-of-week, UTC) or one of "
+        f"{', '.join(sorted(CRON_MACROS))}; not seconds, a year, @every or a time zone",
+        field="body.cron",
+    )
 
 
 def temporal_schedule_id(schedule_id: str) -> str:
@@ -84,11 +105,17 @@ async def create_schedule(
         template = await load_template(conn, user, body.template, body.version)
     except NotFound as exc:
         raise InvalidInput(str(exc), field="body.template" if body.version is None else "body.version") from None
+    check_cron(body.cron)
     resolve(param_specs(template), body.params)  # refused now rather than at every run
     schedule_id = uuid.uuid4()
     tid = temporal_schedule_id(str(schedule_id))
     async with conn.transaction():
         await conn.execute(Q.lock_org, user.org_id)
+        # the template stays until the schedule is in: a DELETE racing this one either waits and
+        # then sees the schedule (409), or deletes first and this one answers 422 (never a
+        # foreign-key error, nor a Temporal Schedule left running for a row cascaded away)
+        if await conn.fetchval(Q.template_for_share, template["id"]) is None:
+            raise InvalidInput(f"template {body.template!r} not found", field="body.template")
         count = await conn.fetchval(Q.count_schedules, user.org_id)
         if count >= MAX_SCHEDULES_PER_ORG:
             raise Conflict(f"the org has {MAX_SCHEDULES_PER_ORG} schedules already: delete one first")

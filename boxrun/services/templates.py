@@ -27,6 +27,11 @@ from boxrun.storage import Storage
 from boxrun.templating import as_text, check_references, placeholders, render, resolve
 
 MAX_TEMPLATES_PER_ORG = 1000
+# The latest versions of an org's templates together (GET /api/templates answers them all at once:
+# 1,000 bodies of 1 MiB would be a gigabyte in one answer).
+MAX_TEMPLATE_BYTES_PER_ORG = 64 * 1024 * 1024
+# Versions are int4 in Postgres.
+MAX_VERSION = 2**31 - 1
 
 
 def new_trigger_secret() -> str:
@@ -96,6 +101,12 @@ async def put_template(
                 )
             row = await conn.fetchrow(Q.bump_template, row["id"], user.name)
         assert row is not None  # INSERT/UPDATE ... RETURNING
+        size = len(json.dumps(put.body).encode())
+        if size + await conn.fetchval(Q.template_bytes, user.org_id, row["id"]) > MAX_TEMPLATE_BYTES_PER_ORG:
+            raise Conflict(
+                f"the org's templates would come to over {MAX_TEMPLATE_BYTES_PER_ORG // (1024 * 1024)} MiB: "
+                "delete some, or make them smaller"
+            )
         version = row["latest_version"]
         await conn.execute(
             Q.insert_template_version, row["id"], version, put.description, params, put.kind, put.body, user.name
@@ -132,6 +143,10 @@ async def delete_template(conn: asyncpg.Connection, user: User, name: str) -> No
 
 async def load_template(conn: Conn, user: User, name: str, version: int | None) -> asyncpg.Record:
     """Template `name` of the caller's org at `version` (None: the latest); NotFound otherwise."""
+    if version is not None and not 1 <= version <= MAX_VERSION:  # a version no template has (nor int4 holds)
+        if await conn.fetchrow(Q.get_template, user.org_id, name, None) is not None:
+            raise NotFound(f"template {name!r} has no version {version}")
+        raise NotFound(f"template {name[:80]!r} not found")
     row: asyncpg.Record | None = await conn.fetchrow(Q.get_template, user.org_id, name, version)
     if row is None:
         if version is not None and await conn.fetchrow(Q.get_template, user.org_id, name, None) is not None:

@@ -4,6 +4,7 @@ secret, runs the template with params taken from the payload, once per delivery 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -63,8 +64,11 @@ def delivery_id(form: str, h: Headers) -> str:
         header = "X-GitHub-Delivery" if form == "github" else "X-Gitlab-Event-UUID (or Idempotency-Key)"
         raise InvalidInput(f"a trigger needs a delivery id: send {header}", field="header.delivery")
     value = value.strip()
-    if len(value) > MAX_DELIVERY_ID or "\x00" in value:
+    if len(value) > MAX_DELIVERY_ID:
         raise InvalidInput(f"a delivery id is at most {MAX_DELIVERY_ID} characters", field="header.delivery")
+    # it lands in the audit log (`via`) and in answers: no NUL, no terminal escapes or other controls
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise InvalidInput("a delivery id holds no control characters", field="header.delivery")
     return value
 
 
@@ -138,24 +142,34 @@ async def find_template(
     every org's template of that name is tried (each secret is random, so at most one matches).
     Unauthorized, with one answer, for an unknown org or template or a bad signature; the same
     work is done for an unknown name as for a known one."""
+    # the candidates' secrets only: their bodies (up to 1 MiB each) are read for the one that matched
     rows: list[asyncpg.Record] = []
     if _plausible(org, name):
-        if org is not None:
-            row = await conn.fetchrow(Q.get_template, org, name, None)
-            rows = [row] if row is not None else []
-        else:
-            rows = list(await conn.fetch(Q.templates_named, name, MAX_CANDIDATES))
-    for row in rows:
-        try:
-            return row, authenticate(trigger_secret(settings, row), raw, headers)
-        except Unauthorized:
-            continue
-    if not rows:
-        try:  # the dummy secret matches nothing anyone holds
-            authenticate(_DUMMY_SECRET, raw, headers)
-        except Unauthorized:
-            pass
-    raise Unauthorized(REFUSED)
+        rows = list(await conn.fetch(Q.trigger_candidates, name, org, MAX_CANDIDATES))
+
+    def match() -> tuple[asyncpg.Record, str] | None:
+        for row in rows:
+            try:
+                return row, authenticate(trigger_secret(settings, row), raw, headers)
+            except Unauthorized:
+                continue
+        if not rows:
+            try:  # the dummy secret matches nothing anyone holds
+                authenticate(_DUMMY_SECRET, raw, headers)
+            except Unauthorized:
+                pass
+        return None
+
+    # Up to MAX_CANDIDATES secrets opened and HMACs over a body of up to max_body_bytes, for a
+    # request anyone may send: about a millisecond each for a 1 MiB body. Off the event loop, so
+    # the other requests of this process go on meanwhile (hashlib lets go of the GIL).
+    found = await asyncio.to_thread(match)
+    if found is None:
+        raise Unauthorized(REFUSED)
+    template = await conn.fetchrow(Q.get_template, found[0]["org_id"], name, None)
+    if template is None or template["id"] != found[0]["id"]:  # deleted (or made again) meanwhile
+        raise Unauthorized(REFUSED)
+    return template, found[1]
 
 
 async def trigger(
@@ -182,8 +196,8 @@ async def trigger(
         # a first delivery: its payload must give params (a replay is answered without reading it)
         try:
             payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidInput("the payload is not JSON", field="body") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+            raise InvalidInput("the payload is not JSON (or is nested too deep)", field="body") from None
         event = headers.github_event if form == "github" else headers.gitlab_event
         given = payload_params(form, event, payload)
         declared = param_specs(row)

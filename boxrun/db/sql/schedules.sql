@@ -27,3 +27,7 @@ SELECT s.*, t.name AS template FROM schedules s JOIN templates t ON t.id = s.tem
 
 -- name: count_schedules
 SELECT count(*) FROM schedules WHERE org_id = $1;
+
+-- The template a schedule is being made for, locked against a DELETE until the schedule is in.
+-- name: template_for_share
+SELECT id FROM templates WHERE id = $1 FOR SHARE;

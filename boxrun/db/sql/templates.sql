@@ -34,15 +34,15 @@ SELECT t.*, v.description, v.params, v.kind, v.body, v.version, v.created_by AS 
 FROM templates t JOIN template_versions v ON v.template_id = t.id AND v.version = COALESCE($3, t.latest_version)
 WHERE t.org_id = $1 AND t.name = $2;
 
--- A trigger at /api/templates/NAME/trigger names no org: every org's template of that name (at
--- its latest version) is a candidate, and the one whose trigger secret signed the request is it.
--- name: templates_named
-SELECT t.*, v.description, v.params, v.kind, v.body, v.version, v.created_by AS version_created_by,
-       v.created_at AS version_created_at
-FROM templates t JOIN template_versions v ON v.template_id = t.id AND v.version = t.latest_version
-WHERE t.name = $1
+-- A trigger at /api/templates/NAME/trigger names no org: every org's template of that name is a
+-- candidate (org $2 only, when the request names one), and the one whose trigger secret signed the
+-- request is it. Their secrets only: an unauthenticated request reads no bodies.
+-- name: trigger_candidates
+SELECT t.id, t.org_id, t.trigger_secret_sealed
+FROM templates t
+WHERE t.name = $1 AND ($2::text IS NULL OR t.org_id = $2)
 ORDER BY t.created_at
-LIMIT $2;
+LIMIT $3;
 
 -- name: set_trigger_secret
 UPDATE templates SET trigger_secret_sealed = $3 WHERE org_id = $1 AND name = $2 RETURNING id;
@@ -72,3 +72,9 @@ SELECT count(*) FROM schedules WHERE template_id = $1;
 
 -- name: count_templates
 SELECT count(*) FROM templates WHERE org_id = $1;
+
+-- The size of org $1's templates at their latest versions, but template $2's (the one being replaced).
+-- name: template_bytes
+SELECT coalesce(sum(octet_length(v.body::text)), 0)
+FROM templates t JOIN template_versions v ON v.template_id = t.id AND v.version = t.latest_version
+WHERE t.org_id = $1 AND t.id IS DISTINCT FROM $2;
