@@ -78,7 +78,7 @@ async def run_public(
             409,
             422,
             e403="viewers; an operator changing a template another person created",
-            e409="the org has 1000 templates already",
+            e409="the org has 1000 templates already, or their latest bodies would pass 64 MiB",
             e422="an unknown param referenced, a bad param declaration, or a body that does not validate "
             "as a job (POST /api/jobs) or pipeline (POST /api/pipelines) with the params' defaults",
         ),

@@ -228,12 +228,12 @@ async def run_template_once(
     delivery may be sent again; Conflict while the same delivery is being submitted."""
     existing = await conn.fetchrow(Q.get_trigger_delivery, template["id"], delivery_id)
     if existing is not None:
-        return _replayed(existing, delivery_id)
+        return replayed(existing, delivery_id)
     if await conn.fetchval(Q.claim_trigger_delivery, template["id"], delivery_id) is None:
         existing = await conn.fetchrow(Q.get_trigger_delivery, template["id"], delivery_id)
         if existing is None:
             raise Conflict(f"delivery {delivery_id!r} is being run: send it again later")
-        return _replayed(existing, delivery_id)
+        return replayed(existing, delivery_id)
     try:
         kind, run_id = await run_template(conn, temporal, settings, storage, actor, template["name"], run, via=via)
     except BaseException:
@@ -243,7 +243,7 @@ async def run_template_once(
     return kind, run_id, True
 
 
-def _replayed(existing: asyncpg.Record, delivery_id: str) -> tuple[Kind, str, bool]:
+def replayed(existing: asyncpg.Record, delivery_id: str) -> tuple[Kind, str, bool]:
     if existing["run_id"] is None:
         raise Conflict(f"delivery {delivery_id!r} is being run: send it again later")
     return existing["kind"], str(existing["run_id"]), False

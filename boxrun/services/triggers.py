@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from boxrun.errors import InvalidInput, Unauthorized
 from boxrun.schemas import NAME_PATTERN
 from boxrun.schemas.templates import Kind, TemplateRun
 from boxrun.services.identity import Role, User
-from boxrun.services.templates import param_specs, run_template_once, trigger_secret
+from boxrun.services.templates import param_specs, replayed, run_template_once, trigger_secret
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 
@@ -131,8 +132,9 @@ def payload_params(form: str, event: str | None, payload: Any) -> dict[str, str]
 
 # GitHub's first delivery to a new hook, and its "Redeliver"/"Ping" button: authenticated, runs nothing.
 PING_EVENT = "ping"
-# How many orgs' templates of one name a trigger without an org in its path is checked against.
-MAX_CANDIDATES = 1000
+# How many orgs' templates of one name a trigger without an org in its path is checked against
+# (each costs an HMAC over the body, for a request anyone may send); past them, name the org.
+MAX_CANDIDATES = 50
 
 
 async def find_template(
@@ -192,22 +194,28 @@ async def trigger(
     if form == "github" and (headers.github_event or "").strip() == PING_EVENT:
         return None
     did = delivery_id(form, headers)
-    if await conn.fetchrow(Q.get_trigger_delivery, row["id"], did) is None:
-        # a first delivery: its payload must give params (a replay is answered without reading it)
-        try:
-            payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
-            raise InvalidInput("the payload is not JSON (or is nested too deep)", field="body") from None
-        event = headers.github_event if form == "github" else headers.gitlab_event
-        given = payload_params(form, event, payload)
-        declared = param_specs(row)
-        params = {k: v for k, v in given.items() if k in declared}
-    else:
-        params = {}
+    seen = await conn.fetchrow(Q.get_trigger_delivery, row["id"], did)
+    if seen is not None:  # a redelivery: its run, whatever the body now holds (it is not read)
+        kind, run_id, _ = replayed(seen, did)
+        return kind, run_id, False, row["org_id"]
+    try:
+        payload = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
+        raise InvalidInput("the payload is not JSON (or is nested too deep)", field="body") from None
+    event = headers.github_event if form == "github" else headers.gitlab_event
+    given = payload_params(form, event, payload)
+    declared = param_specs(row)
+    params = {k: v for k, v in given.items() if k in declared}
     actor = User(name=TRIGGER_OWNER.format(name=name), org_id=row["org_id"], role=Role.OPERATOR)
+    # GitHub signs the body, not X-GitHub-Delivery: a captured request sent again under a fresh
+    # delivery id is the same signed body. So the body's hash is the key the run is claimed
+    # under, and the delivery id is recorded beside it (the same run for either).
+    key = did if form == "gitlab" else "sha256:" + hashlib.sha256(raw).hexdigest()
     kind, run_id, created = await run_template_once(
-        conn, temporal, settings, storage, actor, row, did, TemplateRun(params=params), via=f"trigger:{form}:{did}"
+        conn, temporal, settings, storage, actor, row, key, TemplateRun(params=params), via=f"trigger:{form}:{did}"
     )
+    if key != did:
+        await conn.execute(Q.alias_trigger_delivery, row["id"], did, kind, uuid.UUID(run_id))
     return kind, run_id, created, row["org_id"]
 
 

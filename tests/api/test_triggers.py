@@ -99,9 +99,19 @@ async def test_github_push_runs_the_template_once_per_delivery(
     assert again.status_code == 200, again.text
     assert again.json()["job"]["id"] == out["job"]["id"]
     assert await db.fetchval("SELECT count(*) FROM jobs") == 1
-    # another delivery: another run
-    other = await anon.post(URL, **github(secret, GITHUB_PUSH, delivery="d-2"))
+    # another push (another body) under another delivery id: another run
+    push2 = {**GITHUB_PUSH, "after": "f" * 40}
+    other = await anon.post(URL, **github(secret, push2, delivery="d-2"))
     assert other.status_code == 201 and other.json()["job"]["id"] != out["job"]["id"]
+    # the first signed request captured and sent again under a fresh delivery id (GitHub's
+    # signature does not cover X-GitHub-Delivery): the same body, so the same run, nothing new
+    captured = github(secret, GITHUB_PUSH, delivery="d-forged")
+    forged = await anon.post(URL, **captured)
+    assert forged.status_code == 200 and forged.json()["job"]["id"] == out["job"]["id"], forged.text
+    # a delivery id seen before with another body: its run, the new body is not read
+    changed = github(secret, {**GITHUB_PUSH, "ref": "refs/heads/evil"}, delivery="d-1")
+    again2 = await anon.post(URL, **changed)
+    assert again2.status_code == 200 and again2.json()["job"]["id"] == out["job"]["id"]
     audit = await db.fetch("SELECT actor, detail FROM audit_log WHERE action = 'template.run' ORDER BY id")
     assert [a["actor"] for a in audit] == ["trigger:ci", "trigger:ci"]
     assert audit[0]["detail"]["via"] == "trigger:github:d-1"

@@ -61,6 +61,11 @@ SELECT * FROM trigger_deliveries WHERE template_id = $1 AND delivery_id = $2;
 -- name: record_trigger_delivery
 UPDATE trigger_deliveries SET kind = $3, run_id = $4 WHERE template_id = $1 AND delivery_id = $2;
 
+-- Another delivery id for a run made before (a GitHub body seen under another id).
+-- name: alias_trigger_delivery
+INSERT INTO trigger_deliveries (template_id, delivery_id, kind, run_id) VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING;
+
 -- name: drop_trigger_delivery
 DELETE FROM trigger_deliveries WHERE template_id = $1 AND delivery_id = $2 AND run_id IS NULL;
 
