@@ -177,8 +177,11 @@ def test_no_attribute_takes_an_event_handler_or_url_from_data() -> None:
     could run script (`javascript:` URL). Every href is a fixed `#/...` route or a same-origin
     /api path built from ids, or the server-made temporal_ui_url."""
     allowed = re.compile(
-        r"href: (`#/[^`]*`|\"#/[a-z]*\"|`\$\{path\}/[^`]*`|job\.temporal_ui_url|p\.temporal_ui_url|\"/docs\")"
+        r"href: (`#/[^`]*`|\"#/[a-z]*\"|`\$\{path\}/[^`]*`|job\.temporal_ui_url|p\.temporal_ui_url|\"/docs\"|templateHref)"
     )
+    # templateHref (api/ui/templates.js) is a fixed `#/templates/` route with the name encoded
+    defined = (UI_DIR / "templates.js").read_text()
+    assert "export const templateHref = (name, version) => `#/templates/${encodeURIComponent(name)}" in defined
     bad = []
     for js in sorted(UI_DIR.glob("*.js")):
         for n, line in enumerate(js.read_text().splitlines(), 1):
