@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
 from boxrun.api.deps import ConnDep, SettingsDep, StorageDep, TemporalDep
 from boxrun.api.errors import responses
@@ -19,6 +19,30 @@ from boxrun.services.identity import Role, User
 router = APIRouter(tags=["templates"])
 
 Hdr = Annotated[str | None, Header()]
+
+
+def trigger_headers(
+    x_hub_signature_256: Hdr = None,
+    x_github_delivery: Hdr = None,
+    x_github_event: Hdr = None,
+    x_gitlab_token: Hdr = None,
+    x_gitlab_event_uuid: Hdr = None,
+    x_gitlab_event: Hdr = None,
+    idempotency_key: Hdr = None,
+) -> service.Headers:
+    """The CI headers a trigger reads (absent ones None)."""
+    return service.Headers(
+        hub_signature=x_hub_signature_256,
+        github_delivery=x_github_delivery,
+        github_event=x_github_event,
+        gitlab_token=x_gitlab_token,
+        gitlab_event_uuid=x_gitlab_event_uuid,
+        gitlab_event=x_gitlab_event,
+        idempotency_key=idempotency_key,
+    )
+
+
+TriggerHeaders = Annotated[service.Headers, Depends(trigger_headers)]
 
 
 TRIGGER_BODY: dict[str, Any] = {
@@ -62,13 +86,7 @@ async def trigger_template(
     temporal: TemporalDep,
     settings: SettingsDep,
     storage: StorageDep,
-    x_hub_signature_256: Hdr = None,
-    x_github_delivery: Hdr = None,
-    x_github_event: Hdr = None,
-    x_gitlab_token: Hdr = None,
-    x_gitlab_event_uuid: Hdr = None,
-    x_gitlab_event: Hdr = None,
-    idempotency_key: Hdr = None,
+    headers: TriggerHeaders,
     org: Annotated[str | None, Query(max_length=200)] = None,
 ) -> TemplateRunPublic | TriggerPing:
     """Run the template for a CI webhook: GitHub's form (`X-Hub-Signature-256: sha256=<hex HMAC-SHA256
@@ -78,15 +96,6 @@ async def trigger_template(
     payload; the run is owned by `trigger:<name>`. The org is the one whose template of this name
     the signature is good for (`?org=` narrows it to one org)."""
     raw = await request.body()
-    headers = service.Headers(
-        hub_signature=x_hub_signature_256,
-        github_delivery=x_github_delivery,
-        github_event=x_github_event,
-        gitlab_token=x_gitlab_token,
-        gitlab_event_uuid=x_gitlab_event_uuid,
-        gitlab_event=x_gitlab_event,
-        idempotency_key=idempotency_key,
-    )
     made = await service.trigger(conn, temporal, settings, storage, org=org, name=name, raw=raw, headers=headers)
     if made is None:
         response.status_code = status.HTTP_200_OK
@@ -114,30 +123,8 @@ async def trigger_org_template(
     temporal: TemporalDep,
     settings: SettingsDep,
     storage: StorageDep,
-    x_hub_signature_256: Hdr = None,
-    x_github_delivery: Hdr = None,
-    x_github_event: Hdr = None,
-    x_gitlab_token: Hdr = None,
-    x_gitlab_event_uuid: Hdr = None,
-    x_gitlab_event: Hdr = None,
-    idempotency_key: Hdr = None,
+    headers: TriggerHeaders,
 ) -> TemplateRunPublic | TriggerPing:
     """The same trigger with the org in the path (the form to use when several orgs share a template
     name and one wants to be explicit)."""
-    return await trigger_template(
-        name,
-        request,
-        response,
-        conn,
-        temporal,
-        settings,
-        storage,
-        x_hub_signature_256,
-        x_github_delivery,
-        x_github_event,
-        x_gitlab_token,
-        x_gitlab_event_uuid,
-        x_gitlab_event,
-        idempotency_key,
-        org,
-    )
+    return await trigger_template(name, request, response, conn, temporal, settings, storage, headers, org)
