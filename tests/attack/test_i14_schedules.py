@@ -23,19 +23,10 @@ from tests.api.helpers import assert_error
 from tests.api.people_fixtures import add_org, add_user
 from tests.api.test_schedules import control_worker  # noqa: F401 (fixture: the control worker with schedules)
 
-TEMPLATE = {
-    "params": {"board": {"type": "string"}, "n": {"type": "int", "default": 1}},
-    "job": {"box": "sbox", "script": "nightly ${{ params.board }} x${{ params.n }}"},
-}
+# the `template` fixture (template `nightly` on box sbox) of the in-process schedule tests
+from tests.api.test_schedules import template as template
+
 OK = {"template": "nightly", "params": {"board": "b"}, "cron": "0 3 * * *"}
-
-
-@pytest.fixture
-async def template(make_box: Callable[..., Any], api: httpx.AsyncClient) -> str:
-    await make_box("sbox")
-    resp = await api.put("/api/templates/nightly", json=TEMPLATE)
-    assert resp.status_code == 201, resp.text
-    return "nightly"
 
 
 async def temporal_schedules(app: FastAPI) -> list[str]:
