@@ -51,7 +51,7 @@ from boxrun.errors import InvalidInput
 from boxrun.schemas import LogBatchHeader
 from boxrun.settings import Settings, get_settings
 from boxrun.storage import Storage
-from boxrun.temporal import connect
+from boxrun.temporal import connect_with
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Temporal first: a connection that cannot work (TLS files, docs/deploy.md) stops the
+        # start before anything below is opened
+        app.state.temporal = await connect_with(settings)
         await migrate_for(settings.database_url, settings.database_owner_url)
         pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
         async with pool.acquire() as conn:
@@ -153,7 +156,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # one task re-checks the tokens of every open log stream (SSE, WebSocket)
         app.state.stream_guard = stream_guard = StreamGuard(pool, settings.auth_recheck_s)
         stream_guard.start()
-        app.state.temporal = await connect(settings.temporal_address, settings.temporal_namespace)
         try:
             yield
         finally:

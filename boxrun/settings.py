@@ -51,6 +51,20 @@ class Settings(BaseSettings):
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     temporal_ui_url: str = "http://127.0.0.1:8233"
+    # A secured cluster or Temporal Cloud (docs/deploy.md). TLS: unset means on as soon as any of
+    # the settings below is set (an API key never travels in clear text), off otherwise; true
+    # with nothing else set trusts the system's CA roots. The files are PEM, read once at start
+    # (boxrun.temporal.tls_config: an unreadable one stops the process, naming the setting).
+    temporal_tls: bool | None = None
+    # the CA that signed the server's certificate (else the system's roots)
+    temporal_tls_ca_file: Path | None = None
+    # mTLS: this process's client certificate (chain) and its private key, both or neither
+    temporal_tls_cert_file: Path | None = None
+    temporal_tls_key_file: Path | None = None
+    # the name the server's certificate is checked against, if not the address's host
+    temporal_tls_server_name: str | None = None
+    # Temporal Cloud (or a server with an authorizer): sent as "Authorization: Bearer <key>"
+    temporal_api_key: str | None = None
 
     # Object storage (S3 API). endpoint None means AWS itself.
     s3_endpoint_url: str | None = None

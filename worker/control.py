@@ -19,7 +19,7 @@ from boxrun.constants import CONTROL_TASK_QUEUE, WEBHOOK_TASK_QUEUE
 from boxrun.db import create_pool, migrate_for
 from boxrun.settings import Settings
 from boxrun.storage import Storage
-from boxrun.temporal import connect, ensure_search_attributes
+from boxrun.temporal import connect_with, ensure_search_attributes
 from boxrun.worker.reaper import ensure_reaper
 from boxrun.worker.retention import ensure_retention_schedule
 from boxrun.workflows import (
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
     settings.require_secrets("s3_secret_access_key", "secrets_key")
-    client = await connect(settings.temporal_address, settings.temporal_namespace)
+    client = await connect_with(settings)
     await ensure_search_attributes(client)
     await migrate_for(settings.database_url, settings.database_owner_url)
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)

@@ -54,6 +54,15 @@ AGENT_STOP_MARGIN_S = 15.0
 # API; its node token comes in a file, see _agent_env).
 AGENT_SETTINGS = {"BOXRUN_ENVIRONMENT", "BOXRUN_API_URL", "PYTHONUNBUFFERED"}
 AGENT_SETTING_PREFIXES = ("BOXRUN_AGENT_", "BOXRUN_LOG_")
+# Temporal settings for a secured cluster: blanked for the api and worker, whose Temporal is the
+# embedded plaintext one.
+TEMPORAL_SECURE_SETTINGS = (
+    "BOXRUN_TEMPORAL_TLS_CA_FILE",
+    "BOXRUN_TEMPORAL_TLS_CERT_FILE",
+    "BOXRUN_TEMPORAL_TLS_KEY_FILE",
+    "BOXRUN_TEMPORAL_TLS_SERVER_NAME",
+    "BOXRUN_TEMPORAL_API_KEY",
+)
 # What an agent (and so each of its jobs) inherits of the environment `boxrun dev` runs in: what
 # finding programs, the locale and Python need, never the rest (a shell's tokens, keys, PGPASSWORD).
 AGENT_INHERITS = {
@@ -166,6 +175,10 @@ class DevStack:
             "BOXRUN_DATABASE_URL": db_url,
             "BOXRUN_TEMPORAL_ADDRESS": f"127.0.0.1:{p['temporal']}",
             "BOXRUN_TEMPORAL_UI_URL": f"http://127.0.0.1:{p['temporal_ui']}",
+            # the embedded Temporal is plaintext: TLS or an API key set in the shell (for another
+            # cluster) must not reach the api and worker here (an empty value counts as unset)
+            "BOXRUN_TEMPORAL_TLS": "false",
+            **dict.fromkeys(TEMPORAL_SECURE_SETTINGS, ""),
             "BOXRUN_S3_ENDPOINT_URL": f"http://127.0.0.1:{p['s3']}",
             "BOXRUN_S3_ACCESS_KEY_ID": s3.access_key,
             "BOXRUN_S3_SECRET_ACCESS_KEY": s3.secret_key,
