@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 
 from boxrun.constants import SA_BOX_ID, SA_JOB_STATE, SA_OWNER, SA_PIPELINE_ID, SEARCH_ATTRIBUTES
 
@@ -36,8 +37,22 @@ BUG_TYPES: Sequence[type[BaseException]] = (
 )
 
 
-async def connect(address: str, namespace: str = "default") -> Client:
-    return await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
+async def connect(
+    address: str,
+    namespace: str = "default",
+    *,
+    runtime: Runtime | None = None,
+    interceptors: Sequence[Interceptor] = (),
+) -> Client:
+    """A client with boxrun's data converter. `runtime`: the control worker's, whose telemetry
+    exports Prometheus metrics; `interceptors`: boxrun.propagation's (the request id header)."""
+    return await Client.connect(
+        address,
+        namespace=namespace,
+        data_converter=pydantic_data_converter,
+        runtime=runtime,
+        interceptors=interceptors,
+    )
 
 
 async def ensure_search_attributes(client: Client) -> None:
