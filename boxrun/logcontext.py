@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-FIELDS = ("request_id", "job_id", "box", "org")
+FIELDS = ("job_id", "box", "org", "request_id")
 REQUEST_ID_HEADER = "X-Request-ID"
 # A request id a client sends is kept if it is this tame (it lands in logs and headers), else
 # replaced by a fresh one.

@@ -17,10 +17,10 @@ from boxrun.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Activity durations: temporal_activity_execution_latency_seconds (and, for local activities,
-# temporal_local_activity_execution_latency_seconds), per activity_type. Buckets in seconds.
+# Activity durations: temporal_activity_execution_latency (and, for local activities,
+# temporal_local_activity_execution_latency), per activity_type, in seconds. Buckets:
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-# the SDK's own buckets are set per metric name (without the temporal_ prefix or _seconds suffix)
+# the SDK's histograms these buckets apply to (by their names without the temporal_ prefix)
 _LATENCIES = (
     "activity_execution_latency",
     "local_activity_execution_latency",
@@ -37,19 +37,20 @@ def metrics_runtime(settings: Settings) -> Runtime | None:
     if settings.worker_metrics_port is None:
         return None
     address = f"{settings.metrics_host}:{settings.worker_metrics_port}"
-    runtime = Runtime(
-        telemetry=TelemetryConfig(
-            metrics=PrometheusConfig(
-                bind_address=address,
-                counters_total_suffix=True,  # Prometheus' names, as prometheus_client writes them
-                durations_as_seconds=True,
-                histogram_bucket_overrides={
-                    **dict.fromkeys(_LATENCIES, DURATION_BUCKETS),
-                    metrics.SUBMIT_TO_RUNNING.name: metrics.SUBMIT_TO_RUNNING_BUCKETS,
-                },
-            )
-        )
+    config = PrometheusConfig(
+        bind_address=address,
+        counters_total_suffix=True,  # Prometheus' names, as prometheus_client writes them
+        durations_as_seconds=True,
+        histogram_bucket_overrides={
+            **dict.fromkeys(_LATENCIES, DURATION_BUCKETS),
+            metrics.SUBMIT_TO_RUNNING.name: metrics.SUBMIT_TO_RUNNING_BUCKETS,
+        },
     )
+    try:
+        runtime = Runtime(telemetry=TelemetryConfig(metrics=config))
+    except ValueError as exc:  # "Failed starting Prometheus exporter: Address already in use (os error 98)"
+        # said in lower case as the other processes say it (boxrun dev retries a start on fresh ports)
+        raise RuntimeError(f"cannot serve metrics on {address} (BOXRUN_WORKER_METRICS_PORT): {exc}".lower()) from exc
     metrics.bind_temporal_meter(runtime.metric_meter)
     log.info("worker metrics on http://%s/metrics", address)
     return runtime

@@ -79,7 +79,7 @@ async def _check(api: httpx.AsyncClient, endpoints: dict) -> None:
         return now if total(now, "boxrun_jobs_finished_total", state="completed") >= 1 else None
 
     worker = await wait_for(worker_counted, timeout=20, what="the worker's exporter to count the finish")
-    assert total(worker, "temporal_activity_execution_latency_seconds_count") >= 1
+    assert total(worker, "temporal_activity_execution_latency_count") >= 1
     assert total(worker, "temporal_workflow_completed_total") >= 1
 
     async def agent_counted() -> dict | None:

@@ -75,10 +75,13 @@ async def test_exporter_serves_sdk_metrics_and_boxrun_counters_and_the_request_i
     samples = await wait_for(exported, timeout=10, what="the worker's exporter")
     names = {name for name, _ in samples}
     # activity durations, per activity type, in seconds
-    assert "temporal_activity_execution_latency_seconds_count" in names, sorted(names)
+    assert "temporal_activity_execution_latency_count" in names, sorted(names)
+    # in seconds, with boxrun's buckets (1 ms ... 300 s)
+    les = {dict(labels)["le"] for name, labels in samples if name == "temporal_activity_execution_latency_bucket"}
+    assert {0.001, 300.0} <= {float(le) for le in les}, sorted(les)
     types = {dict(labels).get("activity_type") for name, labels in samples if name.startswith("temporal_activity_")}
     assert {"seen_context", "deliver_webhook"} <= types
-    assert "temporal_local_activity_execution_latency_seconds_count" in names
+    assert "temporal_local_activity_execution_latency_count" in names
     assert "temporal_workflow_completed_total" in names
     outcomes = {dict(labels).get("outcome") for name, labels in samples if name == "boxrun_webhook_deliveries_total"}
     assert {"WebhookTimeout", "delivered"} <= outcomes
