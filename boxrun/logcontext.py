@@ -41,7 +41,10 @@ def bound(**fields: str | None) -> Iterator[dict[str, str]]:
     try:
         yield fields_now
     finally:
-        _current.reset(token)
+        try:
+            _current.reset(token)
+        except ValueError:
+            pass  # closed from another context (a workflow's coroutine at eviction): that one ends with it
 
 
 def note(**fields: str | None) -> None:
