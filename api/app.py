@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.requests import HTTPConnection
 
 from boxrun import __version__
-from boxrun.api import errors
+from boxrun.api import errors, observe
 from boxrun.api.auth import ensure_bootstrap
 from boxrun.api.limits import RequestGuard, needs_token
 from boxrun.api.live.dispatch import DispatchHub
@@ -48,6 +48,7 @@ from boxrun.api.routes import (
 )
 from boxrun.db import create_pool, migrate_for
 from boxrun.errors import InvalidInput
+from boxrun.propagation import RequestIdPropagation
 from boxrun.schemas import LogBatchHeader
 from boxrun.settings import Settings, get_settings
 from boxrun.storage import Storage
@@ -135,7 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Temporal first: a connection that cannot work (TLS files, docs/deploy.md) stops the
         # start before anything below is opened
-        app.state.temporal = await connect_with(settings)
+        app.state.temporal = await connect_with(settings, interceptors=[RequestIdPropagation()])
         await migrate_for(settings.database_url, settings.database_owner_url)
         pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
         async with pool.acquire() as conn:
@@ -156,9 +157,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # one task re-checks the tokens of every open log stream (SSE, WebSocket)
         app.state.stream_guard = stream_guard = StreamGuard(pool, settings.auth_recheck_s)
         stream_guard.start()
+        observe.start(app, settings)  # metrics sources and the metrics port (BOXRUN_API_METRICS_PORT)
         try:
             yield
         finally:
+            observe.stop(app)
             await stream_guard.stop()
             app.state.tails.close()
             await listener.stop()
@@ -207,4 +210,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     errors.install(app)
     app.add_middleware(RequestGuard, settings=settings)
+    observe.install(app)  # outermost: the request id and log context cover the guard's answers too
     return app

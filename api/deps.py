@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from temporalio.client import Client
 
+from boxrun import logcontext
 from boxrun.api.auth import USER_SCOPE_KEY, NodeBox, Role, User, authenticate, hash_token
 from boxrun.api.live.guard import StreamGuard
 from boxrun.api.live.job_tail import Tails
@@ -71,12 +72,15 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 async def _current_user(request: Request, creds: Credentials) -> User:
     known: User | None = request.scope.get(USER_SCOPE_KEY)  # RequestGuard checked it (token or session)
     if known is not None:
+        logcontext.note(org=known.org_id)  # on the request's log lines from here on
         return known
     if creds is None:
         raise Unauthorized("missing bearer token")
     # one short query on a pooled connection: a stream never pins a connection for its auth
     async with request.app.state.pool.acquire() as conn:
-        return await authenticate(conn, creds.credentials)
+        user = await authenticate(conn, creds.credentials)
+    logcontext.note(org=user.org_id)
+    return user
 
 
 def _at_least(role: Role) -> Callable[[User], User]:
@@ -106,6 +110,7 @@ async def _current_box(creds: Credentials, conn: ConnDep) -> NodeBox:
     row = await conn.fetchrow(Q.box_by_token_hash, hash_token(creds.credentials))
     if row is None:
         raise Unauthorized("invalid node token")
+    logcontext.note(box=row["name"], org=row["org_id"])  # on the request's log lines from here on
     return NodeBox(id=row["id"], name=row["name"], org_id=row["org_id"])
 
 

@@ -38,7 +38,7 @@ from boxrun.api.errors import error_response
 from boxrun.errors import Unauthorized
 from boxrun.settings import Settings
 
-PUBLIC = frozenset({"/api/health"})
+PUBLIC = frozenset({"/api/health", "/api/ready"})
 # a template's CI trigger: authenticated by the template's trigger secret, not a token
 TRIGGER = re.compile(r"^/api/(orgs/[^/]+/)?templates/[^/]+/trigger$")
 # the agent's log batches, and its artifact manifest pages (1,000 names of up to 8 KiB each)

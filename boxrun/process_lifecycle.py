@@ -49,17 +49,13 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def setup_logging(level: str = "INFO") -> None:
-    """Log to stderr through handlers that redact credentials. uvicorn's loggers reach the same
-    handlers when uvicorn is run with log_config=None (see `boxrun api`)."""
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
-            handler.addFilter(RedactSecrets())
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    logging.getLogger("temporalio").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+def setup_logging(level: str = "INFO", fmt: str = "auto") -> None:
+    """Log to stderr through one handler that redacts credentials, as JSON lines or text
+    (BOXRUN_LOG_FORMAT, boxrun.logsetup). uvicorn's loggers reach it when uvicorn is run with
+    log_config=None (see `boxrun api`)."""
+    from boxrun.logsetup import setup_logging as setup  # logsetup builds on this module's filter
+
+    setup(level, fmt)
 
 
 def hard_exit(code: int) -> None:

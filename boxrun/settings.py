@@ -36,6 +36,20 @@ class Settings(BaseSettings):
 
     environment: Literal["dev", "production"] = "dev"
     log_level: str = "INFO"
+    # Operations (docs/operations.md). Log lines: "json" (one object a line, with job_id, box, org
+    # and request_id where known), "text" (for people), "auto" (text on a terminal, else JSON).
+    log_format: Literal["auto", "json", "text"] = "auto"
+    # Prometheus metrics, each process on a port of its own (never the API's port, which boxes and
+    # the reverse proxy reach): `boxrun api` serves GET /metrics on api_metrics_port, the control
+    # worker its Temporal SDK runtime's exporter on worker_metrics_port, an agent on
+    # agent_metrics_port. None: not served. metrics_host is the address they bind.
+    metrics_host: str = "127.0.0.1"
+    api_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_metrics_port: int | None = Field(default=9464, ge=1, le=65535)
+    agent_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # A scrape counts the jobs waiting per box and per group (GET /metrics); at most this many of
+    # each are named, the rest summed under "(other)".
+    metrics_waiting_max_series: int = Field(default=200, ge=1, le=10_000)
 
     # Postgres (the app database; Temporal keeps its own).
     # The API and the worker connect as database_url's role (a runtime role: data rights only,

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
-from temporalio.client import Client, TLSConfig
+from temporalio.client import Client, Interceptor, TLSConfig
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import Runtime
@@ -105,10 +105,12 @@ async def connect(
     tls: TLSConfig | bool | None = None,
     api_key: str | None = None,
     runtime: Runtime | None = None,
+    interceptors: Sequence[Interceptor] = (),
 ) -> Client:
     """A client with the one data converter. `tls` None is plaintext unless an API key is given
     (the SDK's rule); `runtime` is the Temporal core runtime to use (the worker passes one with
-    its Prometheus exporter), None the SDK's default one."""
+    its Prometheus exporter), None the SDK's default one; `interceptors`: boxrun.propagation's
+    (the request id header)."""
     return await Client.connect(
         address,
         namespace=namespace,
@@ -116,10 +118,13 @@ async def connect(
         tls=tls,
         api_key=api_key,
         runtime=runtime,
+        interceptors=interceptors,
     )
 
 
-async def connect_with(settings: Settings, *, runtime: Runtime | None = None) -> Client:
+async def connect_with(
+    settings: Settings, *, runtime: Runtime | None = None, interceptors: Sequence[Interceptor] = ()
+) -> Client:
     """connect() to the cluster the settings name, with their TLS/mTLS and API key (every
     control-plane process connects this way: `boxrun api`, `boxrun worker`)."""
     return await connect(
@@ -128,6 +133,7 @@ async def connect_with(settings: Settings, *, runtime: Runtime | None = None) ->
         tls=tls_config(settings),
         api_key=settings.temporal_api_key,
         runtime=runtime,
+        interceptors=interceptors,
     )
 
 

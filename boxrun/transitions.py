@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from boxrun import metrics
 from boxrun.constants import ALLOWED_FROM, CHANNEL_JOBS, JobState
 from boxrun.db import Conn, Q
 from boxrun.errors import InvalidTransition, NotFound
@@ -54,4 +55,5 @@ async def transition(
             event_detail[key] = value
     await conn.execute(Q.insert_event, row["org_id"], job_id, current, to_state, event_detail)
     await conn.execute(Q.notify, CHANNEL_JOBS, json.dumps({"job_id": str(job_id), "state": to_state.value}))
+    metrics.job_changed(to_state.value, terminal=to_state.terminal, created_at=row["created_at"])
     return to_state, True

@@ -17,9 +17,11 @@ from boxrun.activities.schedules import ScheduleActivities
 from boxrun.activities.webhooks import WebhookActivities
 from boxrun.constants import CONTROL_TASK_QUEUE, WEBHOOK_TASK_QUEUE
 from boxrun.db import create_pool, migrate_for
+from boxrun.propagation import RequestIdPropagation
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect_with, ensure_search_attributes
+from boxrun.worker.observe import WebhookOutcomes, metrics_runtime
 from boxrun.worker.reaper import ensure_reaper
 from boxrun.worker.retention import ensure_retention_schedule
 from boxrun.workflows import (
@@ -37,7 +39,11 @@ log = logging.getLogger(__name__)
 
 async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
     settings.require_secrets("s3_secret_access_key", "secrets_key")
-    client = await connect_with(settings)
+    client = await connect_with(
+        settings,
+        runtime=metrics_runtime(settings),  # its exporter serves BOXRUN_WORKER_METRICS_PORT
+        interceptors=[RequestIdPropagation()],  # workers on this client use it too
+    )
     await ensure_search_attributes(client)
     await migrate_for(settings.database_url, settings.database_owner_url)
     pool = await create_pool(settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
@@ -83,6 +89,7 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
             task_queue=WEBHOOK_TASK_QUEUE,
             activities=webhooks.delivery(),
             max_concurrent_activities=settings.webhook_max_concurrent,
+            interceptors=[WebhookOutcomes()],
         )
         async with worker, deliveries:
             await ensure_reaper(client, settings.reaper_interval_s)

@@ -18,7 +18,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from boxrun import __version__
+from boxrun import __version__, logcontext
+from boxrun.agent import metrics as agent_metrics
 from boxrun.agent.jobusers import JobUser, JobUserError, SlotUsers, check_job_user_can_run, prepare_runtime
 from boxrun.agent.runner import JobRunner, RunningJob
 from boxrun.agent.workspace import sweep_stale
@@ -130,6 +131,7 @@ class Agent:
                 return
             except BoxrunError as exc:
                 log.warning("cannot fetch offers: %s; retrying", exc)
+                agent_metrics.RECONNECTS.inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -178,7 +180,8 @@ class Agent:
 
     async def _run(self, job: RunningJob, bundle: JobBundle) -> None:
         try:
-            await self.runner.run(job, bundle)
+            with logcontext.bound(job_id=job.job_id):  # on every line about the job
+                await self.runner.run(job, bundle)
         except Exception:
             log.exception("job %s: the agent failed running it", job.job_id)
         finally:
@@ -221,10 +224,22 @@ async def run_agent(settings: Settings, stop: asyncio.Event) -> int:
         log.error("%s", exc)
         return 2
     client = AgentClient(settings.api_url, token, timeout=30.0)
+    agent_metrics.instrument(client.http)
+    served = None
+    if settings.agent_metrics_port is not None:
+        try:
+            served = agent_metrics.serve(settings.metrics_host, settings.agent_metrics_port)
+        except OSError as exc:
+            why = (exc.strerror or str(exc)).lower()  # "address already in use": boxrun dev retries on fresh ports
+            log.error("cannot serve metrics on BOXRUN_AGENT_METRICS_PORT %s: %s", settings.agent_metrics_port, why)
+            await client.aclose()
+            return 2
     try:
         return await _serve(settings, client, stop)
     finally:
         await client.aclose()
+        if served is not None:
+            served.close()
 
 
 async def _serve(settings: Settings, client: AgentClient, stop: asyncio.Event) -> int:
@@ -295,7 +310,8 @@ async def _serve(settings: Settings, client: AgentClient, stop: asyncio.Event) -
     watchers = [asyncio.create_task(halt_on(stop)), asyncio.create_task(halt_on(lost))]
     try:
         log.info("agent for box %s (%d slot(s)) polling %s", me.box, me.capacity, settings.api_url)
-        await agent.poll(halt)
+        with logcontext.bound(box=me.box):  # the box on every line (the jobs' tasks start in here)
+            await agent.poll(halt)
         liveness.draining = True
         liveness.report_now()
         await agent.drain(0.0 if lost.is_set() else settings.agent_drain_s)

@@ -21,7 +21,7 @@ def api() -> None:
     from boxrun.api.app import create_app
 
     settings = Settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,
@@ -41,7 +41,7 @@ def worker() -> None:
     from boxrun.worker.control import run_control_worker
 
     settings = Settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     run_until_signal(lambda stop: run_control_worker(settings, stop))
 
 
@@ -58,7 +58,7 @@ def agent(
     settings = Settings()
     if box:
         settings = settings.model_copy(update={"box_name": box})
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     run_until_signal(lambda stop: run_agent(settings, stop))
 
 
@@ -68,7 +68,7 @@ def migrate() -> None:
     from boxrun.db import migrate_for
 
     settings = Settings()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
 
     async def main() -> None:
         applied = await migrate_for(settings.database_url, settings.database_owner_url)

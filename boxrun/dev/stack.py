@@ -32,6 +32,7 @@ from boxrun.dev.services import (
     write_private,
 )
 from boxrun.errors import Conflict, NotFound
+from boxrun.metrics import metrics_url
 from boxrun.secretbox import SecretBox
 from boxrun.settings import Settings
 from boxrun.storage import Storage
@@ -42,7 +43,9 @@ log = logging.getLogger(__name__)
 # The ports people use; "s3" is the S3 API. SeaweedFS's internal ports (S3_PORTS) are picked free
 # unless given.
 DEFAULT_PORTS = {"api": 8000, "temporal": 7233, "temporal_ui": 8233, "postgres": 54329, "s3": 9100}
-INTERNAL_PORTS = [name for name in S3_PORTS if name not in DEFAULT_PORTS]
+# The API's and the worker's Prometheus metrics (docs/operations.md) are picked free the same way.
+METRICS_PORTS = ["api_metrics", "worker_metrics"]
+INTERNAL_PORTS = [*(name for name in S3_PORTS if name not in DEFAULT_PORTS), *METRICS_PORTS]
 # On stop, an agent finishes its running job for this long (BOXRUN_AGENT_DRAIN_S), then terminates
 # it and the job is recorded failed ("agent stopped (drain limit reached)"). Short, so Ctrl-C is
 # not slow; the stack waits this plus AGENT_STOP_MARGIN_S for the agents before anything else stops.
@@ -191,6 +194,9 @@ class DevStack:
             "BOXRUN_API_TOKEN": token,
             "BOXRUN_SECRETS_KEY": secrets_key,
             "BOXRUN_WEBHOOK_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",  # webhooks to receivers on this machine
+            "BOXRUN_METRICS_HOST": "127.0.0.1",
+            "BOXRUN_API_METRICS_PORT": str(p["api_metrics"]),
+            "BOXRUN_WORKER_METRICS_PORT": str(p["worker_metrics"]),
             "PYTHONUNBUFFERED": "1",
             **(self.opts.env or {}),
         }
@@ -283,19 +289,32 @@ class DevStack:
         self._save_secrets(keys)
         agents = []
         self._open_agent_dirs(names)
+        agent_ports = free_ports(names, taken=p.values())  # each agent's metrics (docs/operations.md)
         for name in names:
             inherited, own = self._agent_env(env, name, keys["node_tokens"][name])
+            own.setdefault("BOXRUN_AGENT_METRICS_PORT", str(agent_ports[name]))
             agents.append(self._boxrun(f"agent-{name}", ["agent", "--box", name], own, base_env=inherited))
         await self._wait_online(api_url, keys["api_token"], names, [worker, *agents])
 
         self.endpoints = {
             "api_url": api_url,
             "dashboard_url": f"{api_url}/ui/",
+            "health_url": f"{api_url}/api/health",
+            "ready_url": f"{api_url}/api/ready",
+            "api_metrics_url": metrics_url(env["BOXRUN_METRICS_HOST"], int(env["BOXRUN_API_METRICS_PORT"])),
+            "worker_metrics_url": metrics_url(env["BOXRUN_METRICS_HOST"], int(env["BOXRUN_WORKER_METRICS_PORT"])),
             "temporal_address": env["BOXRUN_TEMPORAL_ADDRESS"],
             "temporal_ui_url": env["BOXRUN_TEMPORAL_UI_URL"],
             "s3_endpoint": s3_url,
             "token": keys["api_token"],
-            "boxes": [{"name": n, "pid": a.pid} for n, a in zip(names, agents, strict=True)],
+            "boxes": [
+                {
+                    "name": n,
+                    "pid": a.pid,
+                    "metrics_url": metrics_url("127.0.0.1", int(a.env["BOXRUN_AGENT_METRICS_PORT"])),
+                }
+                for n, a in zip(names, agents, strict=True)
+            ],
             "data_dir": str(self.dir),
             "pids": {c.name: c.pid for c in self.children},
         }

@@ -721,9 +721,20 @@ class LogBatchAck(BaseModel):
 
 
 class Health(BaseModel):
+    """GET /api/health: the process is up (liveness); it checks nothing else."""
+
+    status: Literal["ok"]
+    version: str
+
+
+class Ready(BaseModel):
+    """GET /api/ready: every dependency answered (readiness). A dependency down is a 503 instead,
+    its `detail` naming each one that is down and why."""
+
     status: Literal["ok"]
     database: Literal["ok"]
     temporal: Literal["ok"]
+    storage: Literal["ok"]
     version: str
 
 

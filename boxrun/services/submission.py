@@ -12,6 +12,7 @@ import asyncpg
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from boxrun import metrics
 from boxrun.db import Q
 from boxrun.errors import Conflict, InvalidInput, Unavailable
 from boxrun.schemas import JobCreate
@@ -110,6 +111,7 @@ async def submit_job(
         log.error("could not start the workflow of job %s: %s", job_id, exc)
         await conn.execute(Q.delete_job, job_id)
         raise Unavailable("the workflow engine is unavailable; job not accepted") from exc
+    metrics.job_submitted()
     return job_id, True
 
 

@@ -169,6 +169,7 @@ def _session(w: World) -> dict[str, str]:
 # (method, path as FastAPI formats it) -> Access. WebSocket routes have the method WS.
 ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/api/health"): Access(PUBLIC),
+    ("GET", "/api/ready"): Access(PUBLIC),
     # people (orgs, users, tokens)
     ("POST", "/api/orgs"): Access(
         PLATFORM_ADMIN, send=lambda w: {"json": {"id": f"o-{uuid.uuid4().hex[:8]}", "name": "An org"}}
