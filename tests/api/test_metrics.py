@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from temporalio.testing import WorkflowEnvironment
+from websockets.asyncio.client import connect as ws_connect
 
 from boxrun.constants import DEFAULT_ORG, JobState
 from boxrun.dev.procs import free_port
@@ -23,7 +24,7 @@ from boxrun.metrics import REGISTRY
 from boxrun.settings import Settings
 from boxrun.transitions import transition
 from tests.api.helpers import Box
-from tests.api.inprocess import ADMIN, app_settings, running_app
+from tests.api.inprocess import ADMIN, ADMIN_TOKEN, app_settings, running_app
 from tests.api.test_agent import BATCH, batch, claimed_job
 from tests.conftest import wait_for
 from tests.integration.helpers import add_job
@@ -131,6 +132,17 @@ async def test_open_sse_streams_are_followers(base_url: str, db: asyncpg.Connect
             assert resp.status_code == 200
             await wait_for(lambda: sample("boxrun_log_followers", kind="sse") == before + 1, timeout=5, what="+1")
     await wait_for(lambda: sample("boxrun_log_followers", kind="sse") == before, timeout=10, what="back to before")
+
+
+async def test_open_websockets_are_followers(base_url: str, db: asyncpg.Connection) -> None:
+    job = await add_job(db, group="g")  # queued: the socket stays open
+    before = sample("boxrun_log_followers", kind="websocket")
+    url = base_url.replace("http://", "ws://") + f"/api/jobs/{job}/logs/ws?after=0&token={ADMIN_TOKEN}"
+    async with ws_connect(url):
+        await wait_for(lambda: sample("boxrun_log_followers", kind="websocket") == before + 1, timeout=5, what="+1")
+    await wait_for(
+        lambda: sample("boxrun_log_followers", kind="websocket") == before, timeout=10, what="back to before"
+    )
 
 
 async def test_request_id_is_echoed_or_made(api: httpx.AsyncClient, anon: httpx.AsyncClient) -> None:
