@@ -304,7 +304,8 @@ def test_boxrun_dev_keeps_its_plaintext_temporal_whatever_the_shell_says(
         monkeypatch.setenv(name, value)
     with pytest.raises(TemporalConfigError):
         tls_config(Settings())  # what the shell alone would give
-    stack = DevStack(StackOptions(data_dir=tmp_path), {"api": 1, "temporal": 2, "temporal_ui": 3, "s3": 4})
+    ports = {"api": 1, "temporal": 2, "temporal_ui": 3, "s3": 4, "api_metrics": 5, "worker_metrics": 6}
+    stack = DevStack(StackOptions(data_dir=tmp_path), ports)
     env = stack._base_env("token", "postgresql://u@127.0.0.1:5/db", S3Credentials("a", "b"), "key")
     for name, value in env.items():
         monkeypatch.setenv(name, value)  # as spawn() lays the stack's env over the shell's
