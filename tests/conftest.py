@@ -225,17 +225,22 @@ def settings(db_url: str, s3_server: S3Server) -> Settings:
 # ---------------------------------------------------------------- Temporal
 
 
-@pytest.fixture(scope="session")
-async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+async def start_temporal() -> WorkflowEnvironment:
+    """A Temporal dev server of its own (tuned, boxrun's search attributes, no UI)."""
     args = list(TEMPORAL_TUNING)
     for name in SEARCH_ATTRIBUTES:
         args += ["--search-attribute", f"{name}=Keyword"]
-    env = await WorkflowEnvironment.start_local(
+    return await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         dev_server_extra_args=args,
         ui=False,
         data_converter=pydantic_data_converter,
     )
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await start_temporal()
     yield env
     await env.shutdown()
 

@@ -5,16 +5,14 @@ endpoint on a port where nothing listens any more."""
 from __future__ import annotations
 
 import httpx
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from boxrun.constants import SEARCH_ATTRIBUTES
 from boxrun.dev.procs import free_port
-from boxrun.dev.services import TEMPORAL_TUNING, temporal_binary
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 from tests.api.helpers import assert_error
 from tests.api.inprocess import api_client, app_settings, running_app
+from tests.conftest import start_temporal
 
 
 async def test_health_is_liveness_only(anon: httpx.AsyncClient) -> None:
@@ -34,15 +32,7 @@ async def test_ready_answers_ok_with_every_dependency_up(anon: httpx.AsyncClient
 
 
 async def test_ready_is_503_naming_a_stopped_temporal(settings: Settings) -> None:
-    args = list(TEMPORAL_TUNING)
-    for name in SEARCH_ATTRIBUTES:
-        args += ["--search-attribute", f"{name}=Keyword"]
-    own = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(),
-        dev_server_extra_args=args,
-        ui=False,
-        data_converter=pydantic_data_converter,
-    )
+    own = await start_temporal()
     stopped = False
     try:
         async with api_client(app_settings(settings, own)) as anon:

@@ -412,6 +412,14 @@ async def _namespace_answers(client) -> bool:
     return answer.namespace_info.name == client.namespace
 
 
+async def _refused(settings: Settings, front: TlsFront) -> None:
+    """Connecting with these settings fails, and the TLS front saw no finished handshake."""
+    with pytest.raises(REFUSED):
+        client = await asyncio.wait_for(connect_with(settings), 30)
+        await _namespace_answers(client)
+    assert front.handshakes == 0, "refused by the TLS handshake, not later"
+
+
 async def test_real_mtls_connection(mtls_front: TlsFront, pki: Pki):
     client = await connect_with(_mtls_settings(mtls_front, pki))
     assert await _namespace_answers(client)
@@ -422,29 +430,20 @@ async def test_mtls_without_a_client_certificate_is_refused(mtls_front: TlsFront
     settings = Settings(
         temporal_address=mtls_front.address, temporal_tls_ca_file=pki.ca, temporal_tls_server_name=SERVER_NAME
     )
-    with pytest.raises(REFUSED):
-        client = await asyncio.wait_for(connect_with(settings), 30)
-        await _namespace_answers(client)
-    assert mtls_front.handshakes == 0, "refused by the TLS handshake, not later"
+    await _refused(settings, mtls_front)
 
 
 async def test_a_server_signed_by_another_ca_is_refused(tls_front: TlsFront, pki: Pki):
     settings = Settings(
         temporal_address=tls_front.address, temporal_tls_ca_file=pki.other_ca, temporal_tls_server_name=SERVER_NAME
     )
-    with pytest.raises(REFUSED):
-        client = await asyncio.wait_for(connect_with(settings), 30)
-        await _namespace_answers(client)
-    assert tls_front.handshakes == 0
+    await _refused(settings, tls_front)
 
 
 async def test_the_server_name_is_checked(tls_front: TlsFront, pki: Pki):
     # the certificate names temporal.boxrun.test only: dialled as 127.0.0.1 without a server name, refused
     bare = Settings(temporal_address=tls_front.address, temporal_tls_ca_file=pki.ca)
-    with pytest.raises(REFUSED):
-        client = await asyncio.wait_for(connect_with(bare), 30)
-        await _namespace_answers(client)
-    assert tls_front.handshakes == 0
+    await _refused(bare, tls_front)
     named = Settings(
         temporal_address=tls_front.address, temporal_tls_ca_file=pki.ca, temporal_tls_server_name=SERVER_NAME
     )
