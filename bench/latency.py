@@ -35,17 +35,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
-import os
-import shutil
-import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -56,7 +48,7 @@ from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bench.bare_workflow import BareWorkflow, echo
-from bench.common import box_python, client_for, hard_exit, loadavg, machine, pid_alive
+from bench.common import box_python, client_for, hard_exit, run_parts
 from boxrun.client import BoxrunClient, DoneEvent
 from boxrun.constants import JobState
 from boxrun.temporal import connect
@@ -181,74 +173,33 @@ async def bench_boxrun(endpoints: dict, runs: int, warmup: int, observe: str) ->
 # --------------------------------------------------------------------------- the stack
 
 
-class DevStack:
-    """`python -m boxrun.cli dev --ports auto` in a subprocess; ready once endpoints.json names a live agent."""
+def stack_env(args: argparse.Namespace) -> dict[str, str]:
+    """Settings for the private stack's api, worker and agent (unset: the settings' defaults)."""
+    env = {}
+    if args.agent_python:
+        env["BOXRUN_AGENT_PYTHON"] = args.agent_python
+    if args.local_control is not None:
+        env["BOXRUN_LOCAL_CONTROL_ACTIVITIES"] = args.local_control
+    if args.warm is not None:
+        env["BOXRUN_AGENT_WARM_INTERPRETER"] = args.warm
+    return env
 
-    def __init__(
-        self,
-        data_dir: Path,
-        boxes: int = 1,
-        agent_python: str | None = None,
-        local_control: bool | None = None,
-        warm: bool | None = None,
-    ) -> None:
-        self.data_dir = data_dir
-        self.log_path = data_dir.parent / f"{data_dir.name}.log"
-        self._log = open(self.log_path, "ab")
-        env = dict(os.environ)
-        if agent_python:
-            env["BOXRUN_AGENT_PYTHON"] = agent_python  # `boxrun dev` passes its env on to the agents
-        if local_control is not None:  # else the default of Settings.local_control_activities
-            env["BOXRUN_LOCAL_CONTROL_ACTIVITIES"] = "true" if local_control else "false"
-        if warm is not None:  # else the default of Settings.agent_warm_interpreter
-            env["BOXRUN_AGENT_WARM_INTERPRETER"] = "true" if warm else "false"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "boxrun.cli",
-                "dev",
-                "--ports",
-                "auto",
-                "--data-dir",
-                str(data_dir),
-                "--boxes",
-                str(boxes),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
 
-    def wait_ready(self, timeout: float = 180) -> dict:
-        path = self.data_dir / "endpoints.json"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"boxrun dev exited {self.proc.returncode}:\n{self.log_tail()}")
-            if path.exists():
-                data = json.loads(path.read_text())
-                if data["pids"].get(f"agent-{BOX}") and pid_alive(data["boxes"][0]["pid"]):
-                    return data
-            time.sleep(0.05)
-        raise RuntimeError(f"boxrun dev not ready after {timeout}s:\n{self.log_tail()}")
+def agent_python(stack: Any) -> str:
+    """What the box's agent really runs jobs with (its BOXRUN_AGENT_PYTHON, resolved as it does)."""
+    environ = Path(f"/proc/{stack.child(f'agent-{BOX}').pid}/environ").read_bytes().split(b"\0")
+    named = dict(item.decode(errors="replace").partition("=")[::2] for item in environ if item)
+    return box_python(named.get("BOXRUN_AGENT_PYTHON"))
 
-    def log_tail(self, chars: int = 3000) -> str:
-        """The end of this stack's log (each stack logs to a file of its own)."""
-        return self.log_path.read_text(errors="replace")[-chars:]
 
-    def stop(self, timeout: float = 60) -> int | None:
-        try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait()
-        finally:
-            self._log.close()
+async def run(args: argparse.Namespace, root: Path) -> dict:
+    """One private in-process `boxrun dev` stack (1 box, capacity 1), measured, then stopped."""
+    from bench.lifecycle import private_stack  # it imports this module's nearest_rank
+
+    async with private_stack(root, "latency", boxes=1, env=stack_env(args) or None) as (stack, endpoints):
+        result = await measure(endpoints, args)
+        result["agent_python"] = agent_python(stack)
+    return result
 
 
 # --------------------------------------------------------------------------- statistics and output
@@ -299,7 +250,7 @@ def render(result: dict) -> str:
         f"machine: {m['nproc']} CPU(s), {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}, "
         f"temporalio {m['temporalio']}",
         f"load avg: {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end; "
-        f"box runs jobs with {result['box_python']}",
+        f"box runs jobs with {result['agent_python']}",
         "",
         f"{'(ms)':<{width}}" + "".join(f"{c:>8}" for c in cols),
     ]
@@ -343,7 +294,6 @@ async def measure(endpoints: dict, args: argparse.Namespace) -> dict:
         "bare_sandboxed": not args.unsandboxed,
         "local_control": args.local_control or "default",
         "warm_interpreter": args.warm or "default",
-        "box_python": box_python(args.agent_python),
         "samples_ms": {
             "first_line": [round(s.first_line * 1000, 2) for s in jobs],
             "boxrun": [round(s.total * 1000, 2) for s in jobs],
@@ -351,25 +301,6 @@ async def measure(endpoints: dict, args: argparse.Namespace) -> dict:
         },
         "how_measured": how_measured(args.observe, args.warmup, not args.unsandboxed),
     }
-
-
-STACK_TRIES = 3
-
-
-def start_stack(root: Path, **options: Any) -> tuple[DevStack, dict]:
-    """A ready stack. `--ports auto` picks free ports and the children bind them a moment later;
-    on a busy machine another process (an outgoing connection's ephemeral port) can take one in
-    between, and the child exits "address already in use": start again on fresh ports."""
-    for attempt in range(1, STACK_TRIES + 1):
-        stack = DevStack(root / f"dev-{attempt}", boxes=1, **options)
-        try:
-            return stack, stack.wait_ready()
-        except RuntimeError as exc:
-            stack.stop()
-            if "address already in use" not in str(exc) or attempt == STACK_TRIES:
-                raise
-            print(f"a port was taken meanwhile; starting the stack again ({exc})", file=sys.stderr, flush=True)
-    raise AssertionError("unreachable")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -415,35 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1 or args.warmup < 0:
         parser.error("--jobs must be >= 1 and --warmup >= 0")
 
-    facts = machine()
-    root = Path(tempfile.mkdtemp(prefix="boxrun-bench-"))
-    stack = None
-    code = 1
-    try:
-        t0 = time.perf_counter()
-        local = None if args.local_control is None else args.local_control == "true"
-        warm = None if args.warm is None else args.warm == "true"
-        stack, endpoints = start_stack(root, agent_python=args.agent_python, local_control=local, warm=warm)
-        print(f"stack ready in {time.perf_counter() - t0:.1f}s; measuring...", file=sys.stderr, flush=True)
-        result = asyncio.run(measure(endpoints, args))
-        facts["loadavg_at_end"] = loadavg()
-        result["machine"] = facts
-        print(json.dumps(result, indent=2) if args.json else render(result), flush=True)
-        code = 0
-    except BaseException:
-        traceback.print_exc()
-        if stack is not None:
-            print(f"--- boxrun dev log tail ---\n{stack.log_tail()}", file=sys.stderr)
-    finally:
-        if stack is not None:
-            stopped = stack.stop()
-            if stopped not in (0, -signal.SIGTERM):
-                print(f"boxrun dev exited {stopped} on stop", file=sys.stderr)
-        if args.keep:
-            print(f"data kept in {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    return code
+    return run_parts("boxrun-bench-latency-", args, run, render, lambda r: False)
 
 
 if __name__ == "__main__":
