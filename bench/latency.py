@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import math
 import statistics
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from bench.bare_workflow import BareWorkflow, echo
 from bench.common import box_python, client_for, hard_exit, run_parts
 from boxrun.client import BoxrunClient, DoneEvent
 from boxrun.constants import JobState
+from boxrun.dev.procs import StartupError
 from boxrun.temporal import connect
 
 BOX = "local-1"
@@ -173,6 +175,9 @@ async def bench_boxrun(endpoints: dict, runs: int, warmup: int, observe: str) ->
 # --------------------------------------------------------------------------- the stack
 
 
+STACK_TRIES = 3
+
+
 def stack_env(args: argparse.Namespace) -> dict[str, str]:
     """Settings for the private stack's api, worker and agent (unset: the settings' defaults)."""
     env = {}
@@ -196,10 +201,22 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
     """One private in-process `boxrun dev` stack (1 box, capacity 1), measured, then stopped."""
     from bench.lifecycle import private_stack  # it imports this module's nearest_rank
 
-    async with private_stack(root, "latency", boxes=1, env=stack_env(args) or None) as (stack, endpoints):
-        result = await measure(endpoints, args)
-        result["agent_python"] = agent_python(stack)
-    return result
+    for attempt in range(1, STACK_TRIES + 1):
+        try:
+            async with private_stack(root, f"latency-{attempt}", boxes=1, env=stack_env(args) or None) as (
+                stack,
+                endpoints,
+            ):
+                result = await measure(endpoints, args)
+                result["agent_python"] = agent_python(stack)
+                return result
+        except StartupError as exc:
+            # free ports are picked, then bound a moment later: on a busy machine another process
+            # can take one in between ("address already in use"): start again on fresh ports
+            if "address already in use" not in str(exc) or attempt == STACK_TRIES:
+                raise
+            print(f"a port was taken meanwhile; starting the stack again ({attempt})", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- statistics and output
