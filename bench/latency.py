@@ -1,55 +1,58 @@
-"""Submit -> completed latency of a trivial boxrun job, next to a bare one-activity Temporal workflow.
+"""Submit -> the script's first line and submit -> completed of a trivial boxrun job, next to a bare
+one-activity Temporal workflow.
 
     python -m bench.latency [--jobs 50] [--warmup 3] [--observe sse|poll] [--unsandboxed]
-                            [--agent-python PATH] [--json] [--quick]
+                            [--agent-python PATH] [--local-control true|false] [--warm true|false]
+                            [--json] [--quick]
 
 Starts a private `boxrun dev --ports auto --boxes 1` stack in a temporary directory, then, one at a
 time (latency, not throughput):
 
-1. boxrun: N jobs `{"box": "local-1", "script": "pass"}` through the HTTP API. Each sample is wall
-   clock (time.perf_counter) from just before `POST /api/jobs` to the moment the client learns the
-   job is `completed`: with --observe sse (default) the `event: done` of
-   `GET /api/jobs/{id}/logs/stream`, opened right after the POST returns; with --observe poll, the
-   first `GET /api/jobs/{id}` answering a terminal state, polled every 5 ms.
+1. boxrun: N jobs `{"box": "local-1", "script": "import time; print(repr(time.time()))"}` through
+   the HTTP API: the script's first line prints the instant it executes. Two figures per job:
+   - submit -> first line: that printed instant minus the client's time.time() just before
+     `POST /api/jobs` (client, server and box share the host clock);
+   - submit -> completed: wall clock (time.perf_counter) from just before the POST to the moment
+     the client learns the job is `completed`: with --observe sse (default) the `event: done` of
+     `GET /api/jobs/{id}/logs/stream`, opened right after the POST returns; with --observe poll,
+     the first `GET /api/jobs/{id}` answering a terminal state, polled every 5 ms.
 2. bare: N runs of `BareWorkflow` (one activity that returns its input), with a Worker on a fresh
    task queue inside this process, against the same Temporal dev server; each sample times
    `client.execute_workflow(...)`. The workflow runs sandboxed, like JobWorkflow (--unsandboxed not).
 
-Each boxrun sample is also split by the server's transition timestamps (job_events), and the
-median of each phase is printed, to show where the time goes.
+Each boxrun sample is also split into phases by the server's transition timestamps (job_events,
+Postgres clock_timestamp()), the `ActivityTaskScheduled` time of run_job in the job's Temporal
+history and the printed first-line instant; the median of each phase is printed.
 
 Warm-up runs (default 3) of each are not counted. --quick (CI) runs 3 of each after 1 warm-up: it
-checks that the bench works, its figures mean little. The stack is stopped at the end, even on error.
-Percentiles use the nearest-rank method: the p-th percentile of n sorted samples is the sample at
-rank ceil(p/100 * n) (1-based), so p99 of 50 samples is the 50th, i.e. the max.
+checks that the bench works (exit 1 on a job that does not complete or prints no first line), its
+figures mean little. The stack is stopped at the end, even on error. Percentiles use the
+nearest-rank method: the p-th percentile of n sorted samples is the sample at rank
+ceil(p/100 * n) (1-based), so p99 of 50 samples is the 50th, i.e. the max.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
-import os
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from bench.bare_workflow import BareWorkflow, echo
-from bench.common import box_python, client_for, hard_exit, loadavg, machine, pid_alive
+from bench.common import box_python, client_for, hard_exit, run_parts
 from boxrun.client import BoxrunClient, DoneEvent
 from boxrun.constants import JobState
+from boxrun.dev.procs import StartupError
 from boxrun.temporal import connect
 
 BOX = "local-1"
@@ -87,17 +90,21 @@ async def bench_bare(address: str, runs: int, warmup: int, sandboxed: bool) -> l
 # --------------------------------------------------------------------------- boxrun jobs
 
 
+SCRIPT = "import time; print(repr(time.time()))"
+
+
 @dataclass
 class JobSample:
     total: float  # POST -> client knows it is completed
+    first_line: float  # POST -> the script's first line executed (the instant it printed)
     post: float  # POST round trip (job queued + workflow started)
-    phases: dict[str, float] = field(default_factory=dict)  # from job_events timestamps
+    phases: dict[str, float] = field(default_factory=dict)  # from job_events / history timestamps
 
 
-async def run_job(client: BoxrunClient, observe: str) -> JobSample:
+async def run_job(client: BoxrunClient, temporal: Client, observe: str) -> JobSample:
     wall0 = time.time()
     t0 = time.perf_counter()
-    job = await client.submit(box=BOX, script="pass")
+    job = await client.submit(box=BOX, script=SCRIPT)
     t_post = time.perf_counter()
     state = None
     if observe == "sse":
@@ -115,30 +122,51 @@ async def run_job(client: BoxrunClient, observe: str) -> JobSample:
     if state != JobState.COMPLETED:
         ended = await client.get(job.id)
         raise RuntimeError(f"job {job.id} ended {state}: {ended.error}")
-    sample = JobSample(total=t1 - t0, post=t_post - t0)
-    sample.phases = await phases(client, job.id, wall0, wall0 + (t1 - t0))
+    lines = (await client.log_page(job.id, after=0, limit=10)).data
+    printed = next((float(ln.text) for ln in lines if ln.stream == "stdout"), None)
+    if printed is None:
+        raise RuntimeError(f"job {job.id} completed without its first line: {[ln.text for ln in lines]}")
+    sample = JobSample(total=t1 - t0, first_line=printed - wall0, post=t_post - t0)
+    sample.phases = await phases(client, temporal, job.id, wall0, printed, wall0 + (t1 - t0))
     return sample
 
 
-async def phases(client: BoxrunClient, job_id: str, wall0: float, wall1: float) -> dict[str, float]:
-    """Split one sample by the server's transition timestamps (Postgres clock_timestamp(); same host
-    clock as time.time() here, so client and server instants can be subtracted)."""
+async def run_job_scheduled(temporal: Client, job_id: str) -> float | None:
+    """When the workflow scheduled run_job (the ActivityTaskScheduled event's time)."""
+    history = await temporal.get_workflow_handle(job_id).fetch_history()
+    for event in history.events:
+        attrs = event.activity_task_scheduled_event_attributes
+        if event.HasField("activity_task_scheduled_event_attributes") and attrs.activity_type.name == "run_job":
+            return float(event.event_time.ToDatetime(tzinfo=UTC).timestamp())
+    return None
+
+
+async def phases(
+    client: BoxrunClient, temporal: Client, job_id: str, wall0: float, printed: float, wall1: float
+) -> dict[str, float]:
+    """Split one sample by the server's transition timestamps (Postgres clock_timestamp()), run_job's
+    scheduling time (Temporal history) and the printed first-line instant; all on the host clock,
+    so client, server and box instants can be subtracted."""
     at = {str(e.to_state): e.at.timestamp() for e in (await client.events(job_id)).data}
+    scheduled = await run_job_scheduled(temporal, job_id)
     marks = [
         ("submit -> queued row", wall0, at.get("queued")),
         ("queued -> dispatching", at.get("queued"), at.get("dispatching")),
-        ("dispatching -> running", at.get("dispatching"), at.get("running")),
-        ("running -> completed", at.get("running"), at.get("completed")),
+        ("dispatching -> run_job scheduled", at.get("dispatching"), scheduled),
+        ("run_job scheduled -> running (claim)", scheduled, at.get("running")),
+        ("running -> first line", at.get("running"), printed),
+        ("first line -> completed", printed, at.get("completed")),
         ("completed -> client told", at.get("completed"), wall1),
     ]
     return {name: b - a for name, a, b in marks if a is not None and b is not None}
 
 
 async def bench_boxrun(endpoints: dict, runs: int, warmup: int, observe: str) -> list[JobSample]:
+    temporal = await connect(endpoints["temporal_address"])
     async with client_for(endpoints) as client:
         samples = []
         for i in range(warmup + runs):
-            sample = await run_job(client, observe)
+            sample = await run_job(client, temporal, observe)
             if i >= warmup:
                 samples.append(sample)
     return samples
@@ -147,67 +175,48 @@ async def bench_boxrun(endpoints: dict, runs: int, warmup: int, observe: str) ->
 # --------------------------------------------------------------------------- the stack
 
 
-class DevStack:
-    """`python -m boxrun.cli dev --ports auto` in a subprocess; ready once endpoints.json names a live agent."""
+STACK_TRIES = 3
 
-    def __init__(
-        self, data_dir: Path, boxes: int = 1, agent_python: str | None = None, local_control: bool = False
-    ) -> None:
-        self.data_dir = data_dir
-        self.log_path = data_dir.parent / f"{data_dir.name}.log"
-        self._log = open(self.log_path, "ab")
-        env = dict(os.environ)
-        if agent_python:
-            env["BOXRUN_AGENT_PYTHON"] = agent_python  # `boxrun dev` passes its env on to the agents
-        if local_control:
-            env["BOXRUN_LOCAL_CONTROL_ACTIVITIES"] = "true"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "boxrun.cli",
-                "dev",
-                "--ports",
-                "auto",
-                "--data-dir",
-                str(data_dir),
-                "--boxes",
-                str(boxes),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
 
-    def wait_ready(self, timeout: float = 180) -> dict:
-        path = self.data_dir / "endpoints.json"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"boxrun dev exited {self.proc.returncode}:\n{self.log_tail()}")
-            if path.exists():
-                data = json.loads(path.read_text())
-                if data["pids"].get(f"agent-{BOX}") and pid_alive(data["boxes"][0]["pid"]):
-                    return data
-            time.sleep(0.05)
-        raise RuntimeError(f"boxrun dev not ready after {timeout}s:\n{self.log_tail()}")
+def stack_env(args: argparse.Namespace) -> dict[str, str]:
+    """Settings for the private stack's api, worker and agent (unset: the settings' defaults)."""
+    env = {}
+    if args.agent_python:
+        env["BOXRUN_AGENT_PYTHON"] = args.agent_python
+    if args.local_control is not None:
+        env["BOXRUN_LOCAL_CONTROL_ACTIVITIES"] = args.local_control
+    if args.warm is not None:
+        env["BOXRUN_AGENT_WARM_INTERPRETER"] = args.warm
+    return env
 
-    def log_tail(self, chars: int = 3000) -> str:
-        """The end of this stack's log (each stack logs to a file of its own)."""
-        return self.log_path.read_text(errors="replace")[-chars:]
 
-    def stop(self, timeout: float = 60) -> int | None:
+def agent_python(stack: Any) -> str:
+    """What the box's agent really runs jobs with (its BOXRUN_AGENT_PYTHON, resolved as it does)."""
+    environ = Path(f"/proc/{stack.child(f'agent-{BOX}').pid}/environ").read_bytes().split(b"\0")
+    named = dict(item.decode(errors="replace").partition("=")[::2] for item in environ if item)
+    return box_python(named.get("BOXRUN_AGENT_PYTHON"))
+
+
+async def run(args: argparse.Namespace, root: Path) -> dict:
+    """One private in-process `boxrun dev` stack (1 box, capacity 1), measured, then stopped."""
+    from bench.lifecycle import private_stack  # it imports this module's nearest_rank
+
+    for attempt in range(1, STACK_TRIES + 1):
         try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                return self.proc.wait()
-        finally:
-            self._log.close()
+            async with private_stack(root, f"latency-{attempt}", boxes=1, env=stack_env(args) or None) as (
+                stack,
+                endpoints,
+            ):
+                result = await measure(endpoints, args)
+                result["agent_python"] = agent_python(stack)
+                return result
+        except StartupError as exc:
+            # free ports are picked, then bound a moment later: on a busy machine another process
+            # can take one in between ("address already in use"): start again on fresh ports
+            if "address already in use" not in str(exc) or attempt == STACK_TRIES:
+                raise
+            print(f"a port was taken meanwhile; starting the stack again ({attempt})", file=sys.stderr, flush=True)
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- statistics and output
@@ -237,7 +246,8 @@ def how_measured(observe: str, warmup: int, sandboxed: bool) -> str:
     )
     return (
         f"sequential runs after {warmup} uncounted warm-ups each; boxrun = perf_counter from just before "
-        f"POST /api/jobs ({{box: {BOX}, script: 'pass'}}) to the {seen}; bare = perf_counter around "
+        f"POST /api/jobs ({{box: {BOX}, script: {SCRIPT!r}}}) to the {seen}, and time.time() just before "
+        "the POST to the instant the script's first line printed; bare = perf_counter around "
         "client.execute_workflow(BareWorkflow) (1 activity returning its input, in-process worker, "
         f"{'sandboxed' if sandboxed else 'unsandboxed'} workflow, same Temporal dev server); "
         "percentiles by nearest rank (value at rank ceil(p/100*n))"
@@ -248,7 +258,8 @@ def render(result: dict) -> str:
     m = result["machine"]
     cols = ["n", "p50", "p90", "p99", "max", "mean"]
     rows = [
-        ("boxrun job, script 'pass', 1 box", result["boxrun"]),
+        ("boxrun: submit -> first line", result["first_line"]),
+        ("boxrun: submit -> completed", result["boxrun"]),
         ("bare 1-activity Temporal workflow", result["bare"]),
     ]
     width = max(len(name) for name, _ in rows) + 2
@@ -256,15 +267,20 @@ def render(result: dict) -> str:
         f"machine: {m['nproc']} CPU(s), {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}, "
         f"temporalio {m['temporalio']}",
         f"load avg: {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end; "
-        f"box runs jobs with {result['box_python']}",
+        f"box runs jobs with {result['agent_python']}",
         "",
-        f"{'submit -> completed (ms)':<{width}}" + "".join(f"{c:>8}" for c in cols),
+        f"{'(ms)':<{width}}" + "".join(f"{c:>8}" for c in cols),
     ]
     for name, s in rows:
         lines.append(f"{name:<{width}}" + "".join(f"{s[c]:>8}" for c in cols))
-    lines += ["", f"boxrun job split by server transition timestamps (median ms of the {result['boxrun']['n']} jobs):"]
+    ratio = result["ratio_p50"]
+    lines.append(
+        f"p50 / bare p50: first line {ratio['first_line_to_bare']}, completed {ratio['completed_to_bare']}; "
+        f"local control activities: {result['local_control']}; warm interpreter: {result['warm_interpreter']}"
+    )
+    lines += ["", f"boxrun job split by server timestamps (median ms of the {result['boxrun']['n']} jobs):"]
     for name, value in result["boxrun_phases_p50_ms"].items():
-        lines.append(f"  {name:<28}{value:>8}")
+        lines.append(f"  {name:<38}{value:>8}")
     lines += ["", f"how measured: {result['how_measured']}"]
     return "\n".join(lines)
 
@@ -275,42 +291,33 @@ def render(result: dict) -> str:
 async def measure(endpoints: dict, args: argparse.Namespace) -> dict:
     jobs = await bench_boxrun(endpoints, args.jobs, args.warmup, args.observe)
     bare = await bench_bare(endpoints["temporal_address"], args.jobs, args.warmup, not args.unsandboxed)
-    names = list(jobs[0].phases)
+    names = list(dict.fromkeys(name for s in jobs for name in s.phases))
     phase_p50 = {
         name: round(statistics.median(s.phases[name] for s in jobs if name in s.phases) * 1000, 1) for name in names
     }
     phase_p50["(POST round trip)"] = round(statistics.median(s.post for s in jobs) * 1000, 1)
+    first, done, base = summarise([s.first_line for s in jobs]), summarise([s.total for s in jobs]), summarise(bare)
     return {
-        "boxrun": summarise([s.total for s in jobs]),
-        "bare": summarise(bare),
+        "first_line": first,
+        "boxrun": done,
+        "bare": base,
+        "ratio_p50": {
+            "first_line_to_bare": round(first["p50"] / base["p50"], 2),
+            "completed_to_bare": round(done["p50"] / base["p50"], 2),
+        },
         "boxrun_phases_p50_ms": phase_p50,
         "observe": args.observe,
         "warmup": args.warmup,
         "bare_sandboxed": not args.unsandboxed,
-        "local_control": args.local_control,
-        "box_python": box_python(args.agent_python),
-        "samples_ms": {"boxrun": [round(s.total * 1000, 2) for s in jobs], "bare": [round(v * 1000, 2) for v in bare]},
+        "local_control": args.local_control or "default",
+        "warm_interpreter": args.warm or "default",
+        "samples_ms": {
+            "first_line": [round(s.first_line * 1000, 2) for s in jobs],
+            "boxrun": [round(s.total * 1000, 2) for s in jobs],
+            "bare": [round(v * 1000, 2) for v in bare],
+        },
         "how_measured": how_measured(args.observe, args.warmup, not args.unsandboxed),
     }
-
-
-STACK_TRIES = 3
-
-
-def start_stack(root: Path, **options: Any) -> tuple[DevStack, dict]:
-    """A ready stack. `--ports auto` picks free ports and the children bind them a moment later;
-    on a busy machine another process (an outgoing connection's ephemeral port) can take one in
-    between, and the child exits "address already in use": start again on fresh ports."""
-    for attempt in range(1, STACK_TRIES + 1):
-        stack = DevStack(root / f"dev-{attempt}", boxes=1, **options)
-        try:
-            return stack, stack.wait_ready()
-        except RuntimeError as exc:
-            stack.stop()
-            if "address already in use" not in str(exc) or attempt == STACK_TRIES:
-                raise
-            print(f"a port was taken meanwhile; starting the stack again ({exc})", file=sys.stderr, flush=True)
-    raise AssertionError("unreachable")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,8 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--local-control",
-        action="store_true",
-        help="run acquire/transition/finish as local activities (BOXRUN_LOCAL_CONTROL_ACTIVITIES)",
+        choices=["true", "false"],
+        help="BOXRUN_LOCAL_CONTROL_ACTIVITIES for the stack: the short control steps as local activities "
+        "or not (default: the setting's default)",
+    )
+    parser.add_argument(
+        "--warm",
+        choices=["true", "false"],
+        help="BOXRUN_AGENT_WARM_INTERPRETER for the box's agent: a pre-started interpreter per slot takes "
+        "the next job, or every job starts cold (default: the setting's default)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--keep", action="store_true", help="keep the stack's data dir (printed) afterwards")
@@ -349,33 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1 or args.warmup < 0:
         parser.error("--jobs must be >= 1 and --warmup >= 0")
 
-    facts = machine()
-    root = Path(tempfile.mkdtemp(prefix="boxrun-bench-"))
-    stack = None
-    code = 1
-    try:
-        t0 = time.perf_counter()
-        stack, endpoints = start_stack(root, agent_python=args.agent_python, local_control=args.local_control)
-        print(f"stack ready in {time.perf_counter() - t0:.1f}s; measuring...", file=sys.stderr, flush=True)
-        result = asyncio.run(measure(endpoints, args))
-        facts["loadavg_at_end"] = loadavg()
-        result["machine"] = facts
-        print(json.dumps(result, indent=2) if args.json else render(result), flush=True)
-        code = 0
-    except BaseException:
-        traceback.print_exc()
-        if stack is not None:
-            print(f"--- boxrun dev log tail ---\n{stack.log_tail()}", file=sys.stderr)
-    finally:
-        if stack is not None:
-            stopped = stack.stop()
-            if stopped not in (0, -signal.SIGTERM):
-                print(f"boxrun dev exited {stopped} on stop", file=sys.stderr)
-        if args.keep:
-            print(f"data kept in {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    return code
+    return run_parts("boxrun-bench-latency-", args, run, render, lambda r: False)
 
 
 if __name__ == "__main__":

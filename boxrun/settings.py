@@ -138,8 +138,9 @@ class Settings(BaseSettings):
     # The longest an agent's long-poll for offers and cancels is held open.
     agent_poll_max_s: float = Field(default=25.0, gt=0, le=300)
     # Run the short Postgres-only control steps (acquire, transition, finish) as local activities
-    # inside the workflow worker, saving a server round trip each (see docs/benchmarks.md).
-    local_control_activities: bool = False
+    # inside the workflow worker, saving a server round trip each (docs/benchmarks.md, "Dispatch
+    # latency"). Durable either way: a local activity's result is a marker in the history.
+    local_control_activities: bool = True
     reaper_interval_s: float = Field(default=15.0, gt=0)
     wait_poll_interval_s: float = Field(default=30.0, gt=0)
 
@@ -171,6 +172,9 @@ class Settings(BaseSettings):
     node_token_file: Path | None = None
     agent_workdir: Path = Path("boxrun-agent")
     agent_python: str = "python3"
+    # A pre-started interpreter per slot, already running as the slot's user, takes the slot's
+    # next job (docs/architecture.md, "A warm interpreter per slot"); false: every job starts cold.
+    agent_warm_interpreter: bool = True
     agent_heartbeat_interval_s: float = Field(default=5.0, gt=0)
     # The agent reports each running job's progress this often (the API relays a Temporal
     # heartbeat at most every heartbeat_timeout/3; cancels are pushed, not polled).

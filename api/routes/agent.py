@@ -174,6 +174,7 @@ async def claim_job(
     temporal: TemporalDep,
     storage: StorageDep,
     settings: SettingsDep,
+    background: BackgroundTasks,
     session: Session = None,
 ) -> JobClaimed:
     """Take an offered job: it becomes `running` and the answer carries its bundle (script, env
@@ -181,7 +182,9 @@ async def claim_job(
     output). Only an open offer to this very box can be claimed. A secret the job refers to that
     no longer exists: 409, and the job fails saying so."""
     await dispatch.check_session(conn, box, session)
-    return await dispatch.claim(conn, temporal, storage, box, job_id, secret_box=settings.secret_box())
+    return await dispatch.claim(
+        conn, temporal, storage, box, job_id, secret_box=settings.secret_box(), defer=background.add_task
+    )
 
 
 @router.get(

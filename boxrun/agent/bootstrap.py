@@ -23,6 +23,13 @@ bootstrap through supervisor.py, which watches the agent too and kills every des
 
 An uncaught exception prints its traceback from the script's first frame on (none of the
 bootstrap's or runpy's frames), through sys.excepthook, and exits 1 as Python would.
+
+Warm (`bootstrap.py --warm`, $BOXRUN_GO_FD set): the agent starts the interpreter before the job
+exists (one per slot, as the slot's user, under its supervisor), so the job does not pay Python's
+start-up. It sets everything up as above, then blocks reading fd $BOXRUN_GO_FD until EOF: one JSON
+object {"script", "cwd", "env"} sent by the agent when a job takes the slot. It then changes to the
+job's directory, replaces its whole environment with the job's (os.environ, so children inherit
+it) and runs the script as a cold start would. EOF without a job: it exits 0 (the agent dropped it).
 """
 
 import atexit
@@ -180,7 +187,31 @@ def _watch_parent(parent: int) -> None:
     os.killpg(os.getpgid(0), signal.SIGKILL)  # the agent is gone: take the whole job with it
 
 
+def _await_job(go_fd: int) -> str:
+    """Warm start: block until the agent sends the job, then take its directory and environment.
+    Returns the script's path."""
+    chunks = []
+    while True:
+        data = os.read(go_fd, 65536)
+        if not data:
+            break
+        chunks.append(data)
+    os.close(go_fd)
+    if not chunks:
+        os._exit(0)  # dropped before any job came: nothing was run, nothing to report
+    job = json.loads(b"".join(chunks))
+    os.chdir(job["cwd"])
+    os.environ.clear()
+    os.environ.update(job["env"])
+    time.tzset()  # TZ may differ from the start-up environment
+    tempfile = sys.modules.get("tempfile")
+    if tempfile is not None:
+        tempfile.tempdir = None  # type: ignore[attr-defined]  # TMPDIR is the job's
+    return job["script"]
+
+
 def main() -> None:
+    go_fd = int(os.environ.pop("BOXRUN_GO_FD", "-1"))
     threading.Thread(target=_watch_parent, args=(os.getppid(),), name="boxrun-parent-watch", daemon=True).start()
     _capture(1, b"o")
     _capture(2, b"e")
@@ -192,8 +223,12 @@ def main() -> None:
     os.system = _flushing(os.system)
     atexit.register(_drain_raw)
     atexit.register(_flush_all)  # atexit runs last-registered first: flush, then drain
-    script = sys.argv[1]
-    sys.argv = sys.argv[1:]
+    if go_fd >= 0:
+        script = _await_job(go_fd)
+        sys.argv = [script]
+    else:
+        script = sys.argv[1]
+        sys.argv = sys.argv[1:]
     helper = types.ModuleType("boxrun_job", "Helpers for scripts run by boxrun.")
     helper.emit = _emit  # type: ignore[attr-defined]
     sys.modules["boxrun_job"] = helper

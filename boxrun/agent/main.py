@@ -290,6 +290,7 @@ async def _serve(settings: Settings, client: AgentClient, stop: asyncio.Event) -
         python=python,
         slots=slots,
         runtime=runtime,
+        warm=settings.agent_warm_interpreter,
         progress_s=settings.agent_activity_heartbeat_s,
         pump_options={
             "max_lines": settings.log_batch_max_lines,
@@ -298,6 +299,7 @@ async def _serve(settings: Settings, client: AgentClient, stop: asyncio.Event) -
         },
     )
     agent = Agent(settings, client, runner, me.capacity)
+    runner.prestart_all()  # each slot's next job finds its interpreter started
     lost = asyncio.Event()
     liveness = Liveness(client, settings.agent_heartbeat_interval_s, lost)
     reporting = asyncio.create_task(liveness.run())
@@ -317,6 +319,7 @@ async def _serve(settings: Settings, client: AgentClient, stop: asyncio.Event) -
         await agent.drain(0.0 if lost.is_set() else settings.agent_drain_s)
         log.info("agent stopped")
     finally:
+        await runner.close()
         for w in watchers:
             w.cancel()
         liveness.stop()

@@ -11,9 +11,11 @@ as the environment of a process that may run as root.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,12 +42,19 @@ def child_env(base: Mapping[str, str], job_env: Mapping[str, str], extra: Mappin
 
 
 class JobProcess:
-    """One job: its supervisor running python3 bootstrap.py script.py, output into a LogPump."""
+    """One job: its supervisor running python3 bootstrap.py script.py, output into a LogPump.
 
-    def __init__(self, pump: LogPump) -> None:
+    Cold: `spawn()` starts the interpreter for a job. Warm: `prestart()` starts it before the job
+    exists (bootstrap.py --warm, blocked on its job channel) and `go()` hands it the job; a
+    JobProcess is used for one job only."""
+
+    def __init__(self, pump: LogPump | None = None) -> None:
         self.pump = pump
         self.proc: asyncio.subprocess.Process | None = None
         self._readers: list[asyncio.Task] = []
+        self._read_fd = -1
+        self._go: socket.socket | None = None  # a warm start's job channel (agent's end)
+        self.user: JobUser | None = None
 
     @property
     def pid(self) -> int | None:
@@ -67,6 +76,78 @@ class JobProcess:
         own user. `runtime`: a directory holding bootstrap.py and supervisor.py that `user` can
         read (jobusers.prepare_runtime); None uses the installed package's copies. `env` is the
         job's whole environment (child_env + Workspace.env()); USER/LOGNAME follow `user`."""
+        assert self.pump is not None
+        pid = await self._start(python, [str(script)], cwd, env, user=user, runtime=runtime)
+        self._attach(self.pump)
+        return pid
+
+    async def prestart(
+        self, python: str, env: dict[str, str], *, user: JobUser | None = None, runtime: Path | None = None
+    ) -> int:
+        """Start a warm interpreter for `user`'s next job: `env` is the start-up environment (no
+        job's yet; see warm_env), the working directory `/`. It waits for go()."""
+        ours, theirs = socket.socketpair()
+        try:
+            pid = await self._start(
+                python,
+                ["--warm"],
+                Path("/"),
+                {**env, "BOXRUN_GO_FD": str(theirs.fileno())},
+                user=user,
+                runtime=runtime,
+                keep_fd=theirs.fileno(),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._go = ours
+        self.user = user
+        return pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None and self._go is not None
+
+    async def go(self, pump: LogPump, script: Path, cwd: Path, env: dict[str, str]) -> int:
+        """Hand a pre-started interpreter its job (runs `script` in `cwd` with exactly `env`, plus
+        USER/LOGNAME of its user). OSError if it is gone: then nothing ran, start cold instead."""
+        if not self.alive():
+            raise OSError("the warm interpreter is gone")
+        assert self._go is not None and self.proc is not None
+        job = {"script": str(script), "cwd": str(cwd), "env": {**env, **(self.user.env() if self.user else {})}}
+        data = json.dumps(job).encode("utf-8", "surrogatepass")
+        sock, self._go = self._go, None
+        try:
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_sendall(sock, data)
+        finally:
+            sock.close()  # EOF: the job is complete
+        self.pump = pump
+        self._attach(pump)
+        return self.proc.pid
+
+    def drop(self) -> None:
+        """An unused warm interpreter: close its channel (it exits 0) and kill its group."""
+        if self._go is not None:
+            self._go.close()
+            self._go = None
+        self.signal_group(signal.SIGKILL)
+        if self._read_fd >= 0:
+            os.close(self._read_fd)
+            self._read_fd = -1
+
+    async def _start(
+        self,
+        python: str,
+        args: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        *,
+        user: JobUser | None,
+        runtime: Path | None,
+        keep_fd: int = -1,
+    ) -> int:
         where = runtime or BOOTSTRAP.parent
         python = shutil.which(python) or python  # resolved with the agent's PATH, not the job's
         read_fd, write_fd = os.pipe()
@@ -78,7 +159,7 @@ class JobProcess:
             cmd += ["--watch", str(os.getpid())]
             if user is not None:
                 cmd += ["--uid", str(user.uid), "--gid", str(user.gid)]
-            cmd += ["--", python, "-u", str(where / "bootstrap.py"), str(script)]
+            cmd += ["--", python, "-u", str(where / "bootstrap.py"), *args]
             self.proc = await asyncio.create_subprocess_exec(
                 *cmd,
                 cwd=cwd,
@@ -86,7 +167,7 @@ class JobProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                pass_fds=(write_fd, env_fd),
+                pass_fds=(write_fd, env_fd, *((keep_fd,) if keep_fd >= 0 else ())),
                 start_new_session=True,  # the supervisor's own session; the job gets another
             )
         except BaseException:
@@ -96,20 +177,27 @@ class JobProcess:
             os.close(write_fd)
             if env_fd >= 0:
                 os.close(env_fd)
+        self._read_fd = read_fd
+        return self.proc.pid
+
+    def _attach(self, pump: LogPump) -> None:
+        """Start reading the job's output into `pump` (what a warm one wrote waits in the pipes)."""
+        assert self.proc is not None and self.proc.stdout is not None and self.proc.stderr is not None
         out, err = self._framer("stdout"), self._framer("stderr")
         framed = FrameDecoder(
             {b"o": self._framer("stdout"), b"e": self._framer("stderr"), b"u": self._framer("output")}
         )
-        assert self.proc.stdout is not None and self.proc.stderr is not None
+        read_fd, self._read_fd = self._read_fd, -1
         self._readers = [
             asyncio.create_task(self._pump_stream(self.proc.stdout, out)),
             asyncio.create_task(self._pump_stream(self.proc.stderr, err)),
             asyncio.create_task(self._pump_fd(read_fd, framed)),
         ]
-        return self.proc.pid
 
     def _framer(self, stream: str) -> LineFramer:
-        return LineFramer(lambda block, lines: self.pump.add_block(stream, block, lines))
+        pump = self.pump
+        assert pump is not None
+        return LineFramer(lambda block, lines: pump.add_block(stream, block, lines))
 
     async def _pump_stream(self, reader: asyncio.StreamReader, framer: LineFramer) -> None:
         while chunk := await reader.read(_READ):
@@ -171,6 +259,29 @@ class JobProcess:
             os.kill(self.proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+# Variables an interpreter reads at start-up (site, encodings, hash seed, paths): a job whose
+# environment differs from a warm interpreter's in one of these starts cold.
+STARTUP_PREFIXES = ("PYTHON", "LC_")
+STARTUP_NAMES = frozenset({"LANG", "LANGUAGE"})
+
+
+def warm_env(base: Mapping[str, str]) -> dict[str, str]:
+    """A warm interpreter's start-up environment: the agent's minus its secrets (child_env with
+    no job), and a HOME with nothing in it, as a job's fresh one (site looks for user
+    site-packages there)."""
+    return {**child_env(base, {}, {}), "HOME": "/nonexistent"}
+
+
+def starts_alike(warm: Mapping[str, str], job: Mapping[str, str]) -> bool:
+    """True if an interpreter started with `warm` starts like one started with `job`: they agree
+    on every variable Python reads at start-up. (HOME differs: a job's HOME is a fresh empty
+    directory, so site finds no user site-packages in it either way.)"""
+    for key in set(warm) | set(job):
+        if warm.get(key) != job.get(key) and (key.startswith(STARTUP_PREFIXES) or key in STARTUP_NAMES):
+            return False
+    return True
 
 
 def _environ_bytes(env: Mapping[str, str]) -> bytes:

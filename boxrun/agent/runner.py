@@ -19,7 +19,7 @@ from boxrun.agent.api_client import AgentApi
 from boxrun.agent.jobusers import JobUser, SlotUsers
 from boxrun.agent.logpump import LogPump, LogRejected
 from boxrun.agent.mask import Masker
-from boxrun.agent.process import JobProcess, child_env
+from boxrun.agent.process import JobProcess, child_env, starts_alike, warm_env
 from boxrun.agent.workspace import ArtifactRefused, Workspace
 from boxrun.agent.workspace import RefusedArtifact as RefusedPath
 from boxrun.client import AgentClient
@@ -69,6 +69,7 @@ class JobRunner:
         http: httpx.AsyncClient | None = None,
         slots: SlotUsers | None = None,
         runtime: Path | None = None,
+        warm: bool = False,
     ) -> None:
         self.client = client
         self.sink = AgentApi(client)
@@ -81,6 +82,49 @@ class JobRunner:
         self.runtime = runtime
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(60.0))
         self._uploads = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
+        # A warm interpreter per slot (slot index -> its pre-start), when the box has slots
+        self.warm = warm and slots is not None
+        self._warm: dict[int, asyncio.Task[JobProcess | None]] = {}
+        self._closed = False
+
+    def prestart_all(self) -> None:
+        """Pre-start a warm interpreter for every free slot (at agent start)."""
+        if self.warm and self.slots is not None:
+            for index in range(self.slots.free()):
+                self._prestart(index)
+
+    def _prestart(self, index: int) -> None:
+        if not self.warm or self._closed or index in self._warm or self.slots is None:
+            return
+        user = self.slots.user_for_slot(index)
+        self._warm[index] = asyncio.create_task(self._start_warm(user), name=f"warm-slot-{index}")
+
+    async def _start_warm(self, user: JobUser | None) -> JobProcess | None:
+        proc = JobProcess()
+        try:
+            await proc.prestart(self.python, warm_env(os.environ), user=user, runtime=self.runtime)
+        except (OSError, ValueError) as exc:
+            log.warning("could not pre-start an interpreter: %s; the next job starts cold", exc)
+            return None
+        return proc
+
+    async def _take_warm(self, index: int) -> JobProcess | None:
+        """The slot's pre-started interpreter (waiting for one still starting), or None."""
+        task = self._warm.pop(index, None)
+        if task is None:
+            return None
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return None
+
+    async def close(self) -> None:
+        """Drop every unused warm interpreter (agent stopping)."""
+        self._closed = True
+        tasks, self._warm = list(self._warm.values()), {}
+        for proc in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(proc, JobProcess):
+                proc.drop()
 
     async def run(self, job: RunningJob, bundle: JobBundle) -> JobResultReport:
         """Run a claimed job to its end and report the result; the workspace is removed whatever
@@ -89,19 +133,24 @@ class JobRunner:
         pump: LogPump | None = None
         slot = self.slots.acquire() if self.slots is not None else None
         reporting = asyncio.create_task(self._report_progress(job, lambda: pump))
+        warm = await self._take_warm(slot.index) if slot is not None else None
         try:
-            report, pump = await self._run(job, bundle, ws, slot.user if slot else None)
+            report, pump = await self._run(job, bundle, ws, slot.user if slot else None, warm)
             await self._deliver(job, report)
             return report
         finally:
             reporting.cancel()
             await asyncio.gather(reporting, return_exceptions=True)
             ws.remove()
+            if warm is not None and warm.pump is None:  # not used (the job never started, or cold)
+                warm.drop()
             if slot is not None and self.slots is not None:
                 self.slots.release(slot)  # kills whatever the slot's user still runs
+                # only now: the next job's interpreter never shares a moment with this job's processes
+                self._prestart(slot.index)
 
     async def _run(
-        self, job: RunningJob, bundle: JobBundle, ws: Workspace, user: JobUser | None
+        self, job: RunningJob, bundle: JobBundle, ws: Workspace, user: JobUser | None, warm: JobProcess | None = None
     ) -> tuple[JobResultReport, LogPump | None]:
         spec = JobSpec(
             job_id=job.job_id,
@@ -124,13 +173,21 @@ class JobRunner:
         masker = Masker(bundle.mask)
         pump = LogPump(self.sink, job.job_id, spill_path=ws.root / "logs.spill", mask=masker, **self.pump_options)
         pump.start()
-        proc = JobProcess(pump)
         env = child_env(os.environ, spec.env, {"BOXRUN_JOB_ID": job.job_id, **ws.env()})
-        try:
-            pid = await proc.spawn(self.python, ws.script, ws.work, env, user=user, runtime=self.runtime)
-        except OSError as exc:
-            await _close_quietly(pump)
-            return JobResultReport(error=f"could not start {self.python}: {exc}"), None
+        proc, pid = None, 0
+        if warm is not None and starts_alike(warm_env(os.environ), env):
+            try:
+                pid = await warm.go(pump, ws.script, ws.work, env)
+                proc = warm
+            except OSError as exc:
+                log.warning("job %s: the warm interpreter is gone (%s); starting cold", job.job_id, exc)
+        if proc is None:
+            proc = JobProcess(pump)
+            try:
+                pid = await proc.spawn(self.python, ws.script, ws.work, env, user=user, runtime=self.runtime)
+            except OSError as exc:
+                await _close_quietly(pump)
+                return JobResultReport(error=f"could not start {self.python}: {exc}"), None
         job.pid = pid
         ws.record_pgid(pid)  # the process leads its own group (new session)
         code, why = await self._supervise(job, proc, spec)

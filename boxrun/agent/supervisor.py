@@ -14,7 +14,8 @@ Stdlib only, Linux, Python >= 3.7: it runs under the box's python3, started by t
 - It starts ARGV (python3 bootstrap.py script.py) in a new session, umask 077, as user U / group G
   when given (supplementary groups dropped), with the job's environment; then it lets go of the
   job's output pipes (stdout, stderr and $BOXRUN_LOG_FD), so the agent's readers see EOF as soon
-  as the job's last process is gone.
+  as the job's last process is gone. A warm start (bootstrap.py --warm) also gets $BOXRUN_GO_FD,
+  the channel its job arrives on later; the supervisor lets go of it too.
 - SIGTERM (and SIGINT, SIGHUP) is forwarded to the job's process group; SIGUSR1 means "kill
   everything now".
 - When the job's main process exits, when it is told to kill, or when its parent (the agent,
@@ -102,8 +103,10 @@ class Supervisor:
         """Fork and exec the job (no `subprocess`: it costs the supervisor's start-up ~15 ms). An
         exec that fails comes back through a close-on-exec pipe as an OSError."""
         log_fd = int(self.env.get(b"BOXRUN_LOG_FD", b"-1"))
-        if log_fd >= 0:
-            os.set_inheritable(log_fd, True)
+        go_fd = int(self.env.get(b"BOXRUN_GO_FD", b"-1"))  # a warm start's job channel
+        for fd in (log_fd, go_fd):
+            if fd >= 0:
+                os.set_inheritable(fd, True)
         err_r, err_w = os.pipe()  # close-on-exec: EOF at a successful exec
         pid = os.fork()
         if pid == 0:
@@ -126,8 +129,9 @@ class Supervisor:
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         os.close(devnull)
-        if log_fd >= 0:
-            os.close(log_fd)
+        for fd in (log_fd, go_fd):
+            if fd >= 0:
+                os.close(fd)
 
     def _signal_job(self, sig: int) -> None:
         if self.status is not None:

@@ -9,6 +9,7 @@ import logging
 import time
 import unicodedata
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -109,12 +110,22 @@ async def _own_dispatch(conn: Conn, box: NodeBox, job_id: str) -> asyncpg.Record
 
 
 async def claim(
-    conn: Conn, temporal: Client, storage: Storage, box: NodeBox, job_id: str, *, secret_box: SecretBox
+    conn: Conn,
+    temporal: Client,
+    storage: Storage,
+    box: NodeBox,
+    job_id: str,
+    *,
+    secret_box: SecretBox,
+    defer: Callable[[Callable[[], Awaitable[None]]], None] | None = None,
 ) -> JobClaimed:
     """The box takes the job: in one transaction the open offer to this box becomes claimed, the
     job's secret references are resolved and the job becomes `running`. Conflict if it may not
     start (expired, cancelled, already claimed), or if a secret it refers to is gone: then the
-    job fails with the reason ("secret NAME no longer exists") and never runs."""
+    job fails with the reason ("secret NAME no longer exists") and never runs.
+
+    `defer`: run the heartbeat that restarts run_job's clock after the answer (the route's
+    background tasks), so the box starts the job one Temporal round trip sooner."""
     jid = parse_job_id(job_id)
     gone: SecretUnavailable | None = None
     async with conn.transaction():
@@ -131,10 +142,17 @@ async def claim(
             await transition(conn, jid, JobState.RUNNING, detail={"box": box.name})
     if gone is not None:
         raise Conflict(f"job {jid} may not start on {box.name}: {gone.reason}") from gone
-    try:  # restart the heartbeat clock now; the first progress report relays one anyway
-        await _relay(temporal, token, jid)
-    except (Conflict, Unavailable) as exc:
-        log.warning("heartbeat at the claim of job %s not relayed: %s", jid, exc)
+
+    async def restart_clock() -> None:  # the first progress report relays one anyway
+        try:
+            await _relay(temporal, token, jid)
+        except (Conflict, Unavailable) as exc:
+            log.warning("heartbeat at the claim of job %s not relayed: %s", jid, exc)
+
+    if defer is None:
+        await restart_clock()
+    else:
+        defer(restart_clock)
     return JobClaimed(job_id=jid, bundle=_bundle(storage, row, resolved))
 
 

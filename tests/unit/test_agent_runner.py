@@ -3,12 +3,16 @@ storage by httpx.MockTransport (no server needed)."""
 
 import asyncio
 import hashlib
+import os
+import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from boxrun.agent.jobusers import SlotUsers
 from boxrun.agent.runner import DRAIN_LIMIT, JobRunner, RunningJob
 from boxrun.agent.workspace import Workspace
 from boxrun.errors import Conflict, TooLarge
@@ -99,10 +103,24 @@ def storage() -> StorageMock:
     return StorageMock()
 
 
-@pytest.fixture
-def runner(tmp_path: Path, api: ApiFake, storage: StorageMock) -> JobRunner:
+@pytest.fixture(params=["cold", "warm"])
+async def runner(request, tmp_path: Path, api: ApiFake, storage: StorageMock) -> AsyncIterator[JobRunner]:
+    """Every runner test twice: each job's interpreter started for it, and pre-started per slot."""
     http = httpx.AsyncClient(transport=httpx.MockTransport(storage.handler))
-    return JobRunner(api, workdir=tmp_path / "agent", python=sys.executable, progress_s=0.05, http=http)  # type: ignore[arg-type]
+    warm = request.param == "warm"
+    slots = SlotUsers("t", 1, separate=False) if warm else None
+    made = JobRunner(
+        api,  # type: ignore[arg-type]
+        workdir=tmp_path / "agent",
+        python=sys.executable,
+        progress_s=0.05,
+        http=http,
+        slots=slots,
+        warm=warm,
+    )
+    made.prestart_all()
+    yield made
+    await made.close()
 
 
 async def test_output_order_env_files_artifacts_and_result(runner, api, storage, monkeypatch):
@@ -337,3 +355,84 @@ def test_a_bundle_shows_no_env_value_or_mask_in_its_repr():
     b.mask = ["hunter2-value"]
     assert "hunter2-value" not in repr(b) and "hunter2-value" not in str(b)
     assert b.env == {"PW": "hunter2-value"}, "only the repr hides it"
+
+
+# -- the warm interpreter per slot
+
+CMDLINE = "print(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[3:4][0].decode())"
+
+
+def warm_runner(tmp_path: Path, api: ApiFake, slots: int = 1) -> JobRunner:
+    runner = JobRunner(
+        api,  # type: ignore[arg-type]
+        workdir=tmp_path / "agent",
+        python=sys.executable,
+        progress_s=0.05,
+        slots=SlotUsers("t", slots, separate=False),
+        warm=True,
+    )
+    runner.prestart_all()
+    return runner
+
+
+async def test_each_job_takes_its_slots_pre_started_interpreter_once(tmp_path, api):
+    """The job runs in the interpreter pre-started for its slot (bootstrap.py --warm), every job
+    in a process of its own, with its own directory, environment and argv."""
+    runner = warm_runner(tmp_path, api)
+    script = (
+        CMDLINE
+        + "\nimport os, sys\nprint(os.getpid())\nprint(os.environ['MARK'], sys.argv[0] == os.environ['SCRIPT'])\n"
+    )
+    try:
+        lines: list[str] = []
+        for i in range(2):
+            ws = Workspace.for_job(tmp_path / "agent", f"w{i}")
+            env = {"MARK": f"m{i}", "SCRIPT": str(ws.script)}
+            report = await runner.run(RunningJob(f"w{i}"), bundle(script, env=env))
+            assert report.exit_code == 0, api.ordered()
+            lines += [text for _, text in api.ordered()]
+            api.lines.clear()
+        assert lines[0] == lines[3] == "--warm", lines  # the bootstrap's first argument
+        assert lines[2] == "m0 True" and lines[5] == "m1 True", lines
+        assert lines[1] != lines[4]  # a process of its own for each job
+        assert 0 in runner._warm  # the slot's next interpreter is already starting
+    finally:
+        await runner.close()
+
+
+async def test_a_job_setting_a_start_up_variable_starts_cold(tmp_path, api):
+    """PYTHONPATH (any PYTHON*, LANG, LC_*) is read at start-up: such a job gets a fresh interpreter."""
+    runner = warm_runner(tmp_path, api)
+    try:
+        script = CMDLINE + "\nimport sys\nprint('/extra/path' in sys.path)\n"
+        report = await runner.run(RunningJob("c1"), bundle(script, env={"PYTHONPATH": "/extra/path"}))
+        assert report.exit_code == 0
+        lines = [text for _, text in api.ordered()]
+        assert lines[0] != "--warm", lines
+        assert lines[1] == "True"
+    finally:
+        await runner.close()
+
+
+async def test_a_warm_interpreter_gone_before_its_job_falls_back_to_a_cold_start(tmp_path, api):
+    runner = warm_runner(tmp_path, api)
+    try:
+        warm = await runner._warm[0]
+        assert warm is not None and warm.pid is not None
+        os.kill(warm.pid, signal.SIGKILL)  # its supervisor: the interpreter goes with it
+        await warm.wait(10)
+        report = await runner.run(RunningJob("g1"), bundle(CMDLINE))
+        assert report.exit_code == 0
+        assert [text for _, text in api.ordered()] != ["--warm"]
+    finally:
+        await runner.close()
+
+
+async def test_close_drops_the_unused_warm_interpreters(tmp_path, api):
+    runner = warm_runner(tmp_path, api, slots=2)
+    procs = [await task for task in runner._warm.values()]
+    assert len(procs) == 2 and all(p is not None and p.pid is not None for p in procs)
+    await runner.close()
+    for proc in procs:
+        assert proc is not None and await proc.wait(10) is not None
+    assert not runner._warm

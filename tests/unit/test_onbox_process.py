@@ -16,7 +16,7 @@ import pytest
 
 from boxrun.agent.jobusers import JobUser
 from boxrun.agent.logpump import LogPump
-from boxrun.agent.process import JobProcess, child_env
+from boxrun.agent.process import JobProcess, child_env, warm_env
 from boxrun.agent.workspace import Workspace
 from tests.conftest import pid_alive, wait_for
 from tests.unit.fakes import MemorySinkFake
@@ -64,8 +64,15 @@ class Job:
         self.user, self.runtime = user, runtime
         self.env = child_env(os.environ, env or {}, {"BOXRUN_JOB_ID": job_id, **self.ws.env()})
 
+    warm = False  # start_mode below: the interpreter pre-started (bootstrap.py --warm), then handed the job
+
     async def start(self) -> int:
         self.pump.start()
+        if self.warm:
+            pre = JobProcess()
+            await pre.prestart(self.python, warm_env(os.environ), user=self.user, runtime=self.runtime)
+            self.proc = pre
+            return await pre.go(self.pump, self.ws.script, self.ws.work, self.env)
         return await self.proc.spawn(
             self.python, self.ws.script, self.ws.work, self.env, user=self.user, runtime=self.runtime
         )
@@ -80,6 +87,12 @@ class Job:
 
     def lines(self) -> list[tuple[str, str]]:
         return self.sink.ordered() if self.sink.lines else []
+
+
+@pytest.fixture(autouse=True, params=["cold", "warm"])
+def start_mode(request, monkeypatch):
+    """Every test here twice: the job's interpreter started for it, and pre-started then handed it."""
+    monkeypatch.setattr(Job, "warm", request.param == "warm")
 
 
 async def test_a_double_forked_setsid_grandchild_dies_with_the_job(tmp_path):
