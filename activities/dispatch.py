@@ -11,6 +11,7 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from boxrun import logcontext
 from boxrun.db import Conn, Q
 from boxrun.messages import RunJobInput, RunJobResult
 from boxrun.services.dispatch import DB_DOWN, notify
@@ -61,7 +62,9 @@ class DispatchActivities:
             box_id: int | None = await conn.fetchval(Q.box_id_by_name, inp.job_id, inp.box)
             if box_id is None:
                 raise ApplicationError(f"box {inp.box} no longer exists", type="BoxGone", non_retryable=True)
-            await conn.fetchrow(Q.offer_dispatch, inp.job_id, box_id, token, self.claim_timeout_s)
+            await conn.fetchrow(
+                Q.offer_dispatch, inp.job_id, box_id, token, self.claim_timeout_s, logcontext.get("request_id")
+            )
             await notify(conn, box_id, inp.job_id, "offer")
         return box_id
 

@@ -180,8 +180,11 @@ class Agent:
 
     async def _run(self, job: RunningJob, bundle: JobBundle) -> None:
         try:
-            with logcontext.bound(job_id=job.job_id):  # on every line about the job
+            # on every line about the job, and (boxrun.client.base) on every call about it
+            with logcontext.bound(job_id=job.job_id, request_id=bundle.request_id):
+                log.info("job %s claimed: running it", job.job_id)
                 await self.runner.run(job, bundle)
+                log.info("job %s: its result is reported", job.job_id)
         except Exception:
             log.exception("job %s: the agent failed running it", job.job_id)
         finally:

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from boxrun import logcontext
 from boxrun.errors import (
     BoxrunError,
     Conflict,
@@ -128,7 +129,11 @@ class Transport:
             await self.http.aclose()
 
     async def answer(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        """One request and whatever the API answered; Unavailable if it did not answer."""
+        """One request and whatever the API answered; Unavailable if it did not answer. Inside a
+        log context with a request id (an agent's job) the request carries it as X-Request-ID."""
+        request_id = logcontext.get("request_id")
+        if request_id is not None:
+            kw["headers"] = {logcontext.REQUEST_ID_HEADER: request_id, **(kw.get("headers") or {})}
         try:
             return await self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:

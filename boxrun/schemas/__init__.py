@@ -641,6 +641,11 @@ class JobBundle(BaseModel):
         default_factory=list,
         description="the values of the secrets in `env`: the box replaces each in the job's output with ***",
     )
+    request_id: str | None = Field(
+        default=None,
+        description="the X-Request-ID of the submission that started the job: the agent logs it on "
+        "every line about the job and sends it with every call about the job",
+    )
 
     def __repr_args__(self) -> Any:  # a repr in a log line or a traceback shows no env value
         for key, value in super().__repr_args__():

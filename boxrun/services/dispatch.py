@@ -220,6 +220,7 @@ def _bundle(storage: Storage, row: asyncpg.Record, resolved: secrets.Resolved) -
         timeout_s=row["timeout_s"],
         cancel_grace_s=float(row["cancel_grace_s"]),
         mask=resolved.mask,
+        request_id=row["request_id"],
     )
 
 

@@ -61,7 +61,9 @@ async def offered_job(
     job_id = str(resp.json()["id"])
     assert (await placement.acquire(db, job_id)).box == box
     box_id = await db.fetchval("SELECT id FROM boxes WHERE name = $1", box)
-    await db.fetchrow(Q.offer_dispatch, job_id, box_id, b"not-a-task-token", claim_s)
+    # run_job offers with the submission's request id (boxrun.propagation carries it there)
+    request_id = resp.headers["x-request-id"]
+    await db.fetchrow(Q.offer_dispatch, job_id, box_id, b"not-a-task-token", claim_s, request_id)
     return job_id
 
 
@@ -115,6 +117,7 @@ async def test_claim_returns_the_bundle_once_and_the_job_runs(
             "timeout_s": 3600,
             "cancel_grace_s": 10.0,
             "mask": [],  # no secret referenced (tests/api/test_secrets.py)
+            "request_id": await db.fetchval("SELECT request_id FROM dispatches WHERE job_id = $1", job),
         },
     }
     assert (await api.get(f"/api/jobs/{job}")).json()["state"] == "running"
@@ -177,6 +180,20 @@ async def test_events_long_poll_wakes_on_notify(
     got = await asyncio.wait_for(poll, 5)
     assert got.json() == {"events": [{"kind": "offer", "job_id": job}]}
     assert time.monotonic() - started < 10
+
+
+async def test_the_bundle_names_the_submission_request_id(
+    api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    box = await make_box("bench-rid")
+    job = await offered_job(api, db, box.name)
+    submitted = await db.fetchval("SELECT request_id FROM dispatches WHERE job_id = $1", job)
+    assert submitted and len(submitted) == 32  # the id the API made for the POST
+    claimed = await box.agent.post(f"/api/agent/jobs/{job}/claim", headers=await session(box))
+    assert claimed.status_code == 200, claimed.text
+    assert claimed.json()["bundle"]["request_id"] == submitted
+    again = await box.agent.get(f"/api/agent/jobs/{job}/bundle")
+    assert again.json()["request_id"] == submitted
 
 
 async def claimed_job(api: httpx.AsyncClient, db: asyncpg.Connection, box: Box) -> str:

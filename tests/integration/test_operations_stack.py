@@ -1,6 +1,7 @@
 """Operating a whole `boxrun dev` stack (subprocesses, as a newcomer starts it): every metrics URL of
 endpoints.json answers with what its process counted after a real job, the probes answer, and the
-processes' JSON log lines carry the job's id and the request id of its submission."""
+processes' JSON log lines carry the job's id and the request id of its submission, from the API
+through the workflow to the box and back."""
 
 from __future__ import annotations
 
@@ -101,4 +102,9 @@ async def _check(api: httpx.AsyncClient, endpoints: dict) -> None:
     assert worker_lines, "no worker line names the job"
     assert all(line.get("request_id") == request_id for line in worker_lines), worker_lines[:5]
     agent_lines = [line for line in json_lines(logs / f"agent-{box['name']}.log") if line.get("job_id") == job_id]
-    assert all(line.get("box") == box["name"] for line in agent_lines)
+    assert agent_lines, "no agent line names the job"
+    # the request id reached the box (the offer keeps it, the bundle names it) ...
+    assert all(line.get("box") == box["name"] and line.get("request_id") == request_id for line in agent_lines)
+    # ... and comes back with the box's calls about the job once claimed (log batches, result)
+    agent_calls = [line["message"] for line in api_lines if f"/api/agent/jobs/{job_id}" in line["message"]]
+    assert any("/result" in m for m in agent_calls), api_lines[:10]

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
+from boxrun import logcontext
 from boxrun.client import (
     AgentClient,
     BoxrunClient,
@@ -290,3 +291,20 @@ def test_the_client_needs_no_server_dependency() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+async def test_calls_inside_a_request_id_context_carry_it() -> None:
+    """An agent runs each job inside its submission's request id (the bundle names it): every call
+    it makes about the job carries X-Request-ID, and calls outside any such context carry none."""
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("x-request-id"))
+        return httpx.Response(200, json={})
+
+    async with AgentClient(URL, "node", transport=httpx.MockTransport(handler)) as agent:
+        await agent.send("POST", f"/api/agent/jobs/{JOB}/result")
+        with logcontext.bound(job_id=JOB, request_id="trace-7"):
+            await agent.send("POST", f"/api/agent/jobs/{JOB}/result")
+            await agent.send("GET", "/x", headers={"X-Request-ID": "given"})  # a caller's own wins
+    assert seen == [None, "trace-7", "given"]

@@ -1,8 +1,8 @@
 -- The run_job activity offers the job to its box (idempotent: a retried offer keeps the row).
--- $1 job, $2 box id, $3 task token, $4 seconds to claim.
+-- $1 job, $2 box id, $3 task token, $4 seconds to claim, $5 the submission's request id (or NULL).
 -- name: offer_dispatch
-INSERT INTO dispatches (job_id, org_id, box_id, task_token, claim_deadline)
-SELECT j.id, j.org_id, $2, $3, clock_timestamp() + make_interval(secs => $4) FROM jobs j WHERE j.id = $1
+INSERT INTO dispatches (job_id, org_id, box_id, task_token, claim_deadline, request_id)
+SELECT j.id, j.org_id, $2, $3, clock_timestamp() + make_interval(secs => $4), $5 FROM jobs j WHERE j.id = $1
 ON CONFLICT (job_id) DO UPDATE SET task_token = EXCLUDED.task_token
 RETURNING claimed_at, expired_at, claim_deadline;
 
