@@ -15,7 +15,8 @@ One private `DevStack` with 2 boxes of capacity 1, default settings; every proce
    priority 5 (the rest 0). Each POST's round trip is a sample, reported per tenth of the backlog
    (does it grow with the backlog?). All along, a probe times `GET /api/jobs` (the first page of
    50, newest first) every 0.25 s, one at a time.
-4. idle: once every job is `waiting_for_box`, --idle-s seconds of nothing. Wake-ups are read from
+4. idle: once every job is `waiting_for_box` and the worker has caught up (at most 2 workflow
+   tasks in 6 s; the settle time is reported), --idle-s seconds of nothing. Wake-ups are read from
    the control worker's Prometheus metrics (temporal_*_execution_latency counts: workflow tasks,
    acquire_box runs as activity or local activity) before and after; CPU seconds of each process
    tree from /proc. A waiting job has no periodic re-check, so both should be ~0 apart from the
@@ -120,6 +121,21 @@ class Sampler:
             await self.api.client.list_jobs()
             self.list_ms.setdefault(self.phase, []).append((time.perf_counter() - t) * 1000)
             await asyncio.sleep(0.25)
+
+
+async def settle(metrics_url: str, timeout: float, quiet_s: float = 6.0) -> float:
+    """Wait until the worker has run no more than 2 workflow tasks in `quiet_s` (the reaper's
+    sweep may run one); returns how long that took."""
+    t0 = time.monotonic()
+    seen = [(t0, (await worker_counts(metrics_url))["workflow_tasks"])]
+    while time.monotonic() - t0 < timeout:
+        await asyncio.sleep(1.0)
+        now = time.monotonic()
+        seen.append((now, (await worker_counts(metrics_url))["workflow_tasks"]))
+        old = [n for t, n in seen if now - t >= quiet_s]
+        if old and seen[-1][1] - old[-1] <= 2:
+            return round(now - t0, 1)
+    raise ProductProblem(f"the worker still ran workflow tasks {timeout:.0f}s after every job was waiting")
 
 
 def cpu_of(stack) -> dict[str, float]:
@@ -240,7 +256,10 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
             }
             await wait_counts(api, len(submitted), {"waiting_for_box"}, 1200, "jobs waiting")
 
-            # 4. idle
+            # 4. idle, once the worker has caught up: a job is `waiting_for_box` in Postgres when
+            # its acquire_box commits, before the workflow task that records it has run
+            sampler.phase = "settling"
+            result["settle_s"] = await settle(metrics_url, timeout=600)
             sampler.phase = "idle"
             c0, m0, w0 = cpu_of(stack), await worker_counts(metrics_url), time.time()
             await asyncio.sleep(args.idle_s)
@@ -343,7 +362,7 @@ def render(r: dict) -> str:
         ]
     lines.append(f"GET /api/jobs ms by phase: {r.get('list_ms')}; all {r.get('list_ms_all')}")
     if r.get("idle"):
-        lines.append(f"idle: {r['idle']}")
+        lines.append(f"settled {r.get('settle_s')} s after every job was waiting; idle: {r['idle']}")
     if r.get("drain"):
         lines.append(f"drain: {r['drain']}")
     for name, v in r.get("memory_mib", {}).items():
