@@ -1,9 +1,10 @@
 """The reaper: frees leases, box holds and ends jobs whose workflow is gone; starts workflows a
-crash missed."""
+crash missed; wakes waiting jobs whose wake-up was lost."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 import asyncpg
 from temporalio import activity
@@ -25,12 +26,16 @@ _ACTIVE = ", ".join(f'"{s.value}"' for s in JobState if s not in TERMINAL_STATES
 # Job workflows that closed while their last recorded JobState was not terminal: terminated from
 # the UI/CLI, or failed in a way the workflow itself could not clean up after.
 ORPHANS_QUERY = f'WorkflowType = "JobWorkflow" AND ExecutionStatus != "Running" AND JobState IN ({_ACTIVE})'
+# The waiter sweep passes over a box that granted or freed a lease this recently: the wake-up that
+# change sent (or the grant's cascade) is still on its way, not lost.
+WAKE_IN_FLIGHT_S = 2.0
 
 
 class ReaperActivities:
     def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self.pool = pool
         self.settings = settings
+        self._waiters_swept_at: float | None = None  # time.monotonic() of this worker's last waiter sweep
 
     @activity.defn
     async def reap(self) -> ReapResult:
@@ -74,7 +79,9 @@ class ReaperActivities:
             # 5. webhooks: boxes that came online or went offline since the last sweep, and
             # deliveries a crash left without a workflow (written, not started)
             await self._sweep_webhooks(conn, client, result)
-        for job_id in wake:
+            # 6. waiting jobs a box could take now but that were not woken (a lost signal)
+            wake += await self._sweep_waiters(conn, result)
+        for job_id in dict.fromkeys(wake):
             try:
                 await client.get_workflow_handle(job_id).signal("wake")
             except RPCError as exc:
@@ -121,3 +128,26 @@ class ReaperActivities:
         if stale:
             result.deliveries_started += await start_deliveries(conn, client, stale)
             log.warning("started %d webhook deliveries left without a workflow", len(stale))
+
+    async def _sweep_waiters(self, conn: Conn, result: ReapResult) -> list[str]:
+        """The one safety net of waiting jobs (they have no periodic re-check of their own): for
+        every box that could take a job now and has been quiet for WAKE_IN_FLIGHT_S, name as many
+        of its waiters as it has free slots, in grant order, to be woken. Runs at most every
+        waiter_sweep_interval_s on this worker (half a reaper interval of slack, so a sweep due
+        now is not put off a whole interval by timer jitter)."""
+        now = time.monotonic()
+        every = self.settings.waiter_sweep_interval_s
+        if (
+            self._waiters_swept_at is not None
+            and now - self._waiters_swept_at + self.settings.reaper_interval_s / 2 < every
+        ):
+            return []
+        self._waiters_swept_at = now
+        wake: list[str] = []
+        for box in await conn.fetch(Q.idle_boxes_with_waiters, self.settings.box_offline_after_s, WAKE_IN_FLIGHT_S):
+            woken = [str(w["id"]) for w in await conn.fetch(Q.waiters_for_box, box["id"], box["free"])]
+            if woken:
+                log.warning("box %s could take a job but its waiters were not woken: waking %s", box["name"], woken)
+            wake += woken
+        result.waiters_woken = len(set(wake))
+        return wake

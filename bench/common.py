@@ -181,3 +181,200 @@ def run_parts(
         else:
             shutil.rmtree(root, ignore_errors=True)
     return code
+
+
+# --------------------------------------------------------------------------- throughput and backlog (issue 15)
+
+
+async def job_event_rows(db_url: str, job_ids: list[str]) -> list[dict]:
+    """Every transition of these jobs (job_events, Postgres clock), in order: job_id, to_state, at
+    (epoch s), box (the dispatching event names it)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT e.job_id::text AS job_id, e.to_state::text AS to_state, extract(epoch FROM e.at)::float8 AS at,"
+            " e.detail ->> 'box' AS box FROM job_events e WHERE e.job_id = ANY($1::uuid[]) ORDER BY e.job_id, e.id",
+            job_ids,
+        )
+    finally:
+        await conn.close()
+    return [dict(r) for r in rows]
+
+
+def lease_intervals(events: list[dict]) -> dict[str, tuple[str, float, float]]:
+    """Each job's hold on its box from job_events: (box, dispatching at, terminal at). The grant
+    moves the job to `dispatching` in the lease's transaction and the terminal transition frees
+    the lease in its own, so these bound the lease."""
+    start: dict[str, tuple[str, float]] = {}
+    out: dict[str, tuple[str, float, float]] = {}
+    for e in events:
+        if e["to_state"] == "dispatching":
+            start[e["job_id"]] = (e["box"], e["at"])
+        elif e["to_state"] in TERMINAL and e["job_id"] in start:
+            box, t0 = start[e["job_id"]]
+            out[e["job_id"]] = (box, t0, e["at"])
+    return out
+
+
+def overbooking(intervals: dict[str, tuple[str, float, float]], capacity: int = 1) -> dict:
+    """The most jobs that ever held one box at once (a release at the instant of a grant counts
+    first), and the boxes where that exceeded `capacity`."""
+    per_box: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for box, t0, t1 in intervals.values():
+        per_box[box] += [(t0, 1), (t1, -1)]
+    most, over = 0, []
+    for box, edges in per_box.items():
+        cur = peak = 0
+        for _, d in sorted(edges):
+            cur += d
+            peak = max(peak, cur)
+        most = max(most, peak)
+        if peak > capacity:
+            over.append(box)
+    return {"max_at_once_on_one_box": most, "overbooked_boxes": sorted(over), "boxes": len(per_box)}
+
+
+async def history_event_counts(temporal, workflow_ids: list[str]) -> dict:
+    """Temporal history events of these workflows: per workflow (n, min, median, mean, max), the
+    mean of each event type, and the same split by whether the job waited (a `wake` signal)."""
+    import statistics
+
+    counts: list[int] = []
+    waited: list[int] = []
+    types: dict[str, int] = defaultdict(int)
+    for wf_id in workflow_ids:
+        events = (await temporal.get_workflow_handle(wf_id).fetch_history()).events
+        counts.append(len(events))
+        kinds = [e.WhichOneof("attributes").removesuffix("_event_attributes") for e in events]
+        for k in kinds:
+            types[k] += 1
+        if "workflow_execution_signaled" in kinds:
+            waited.append(len(events))
+
+    def summary(v: list[int]) -> dict:
+        if not v:
+            return {"n": 0}
+        return {
+            "n": len(v),
+            "min": min(v),
+            "median": statistics.median(v),
+            "mean": round(statistics.fmean(v), 1),
+            "max": max(v),
+        }
+
+    return {
+        "all": summary(counts),
+        "woken_by_signal": summary(waited),
+        "never_signalled": summary([c for c in counts if c not in waited] if waited else counts),
+        "mean_by_type": {k: round(v / len(counts), 2) for k, v in sorted(types.items(), key=lambda kv: -kv[1])},
+    }
+
+
+def memory_mib(pid: int) -> float:
+    """Memory of pid and its live descendants, MiB: the sum of their proportional set sizes (PSS,
+    /proc/PID/smaps_rollup: a page shared by k processes counts 1/k in each, so Postgres' shared
+    buffers count once, not once per backend); VmRSS where PSS cannot be read."""
+    kids: dict[int, list[int]] = defaultdict(list)
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                kids[int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])].append(int(d))
+            except (OSError, IndexError):
+                continue
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        for path, key in ((f"/proc/{p}/smaps_rollup", "Pss:"), (f"/proc/{p}/status", "VmRSS:")):
+            try:
+                kb = [int(line.split()[1]) for line in Path(path).read_text().splitlines() if line.startswith(key)]
+            except OSError:
+                continue
+            if kb:
+                total += kb[0]
+                break
+        todo += kids.get(p, [])
+    return round(total / 1024, 1)
+
+
+class Profiler:
+    """py-spy sampling a few processes (by name) until stop(); the summary names where their time
+    went: the functions most often on top of the stack (self) and anywhere in it (inclusive, less
+    the frames under more than half the samples: the entry point and the event loop)."""
+
+    def __init__(self, pids: dict[str, int], out_dir: Path, rate: int = 50) -> None:
+        import subprocess
+
+        self.out = {name: out_dir / f"pyspy-{name}.txt" for name in pids}
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.procs = [
+            subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    str(rate),
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--output",
+                    str(self.out[name]),
+                    "--duration",
+                    "3600",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for name, pid in pids.items()
+        ]
+
+    def stop(self, top: int = 12) -> dict:
+        import re
+        import signal
+
+        for p in self.procs:
+            p.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        for p in self.procs:
+            p.wait(60)
+        frame = re.compile(r"^(.*) \((.*?):\d+\)$")
+        out: dict[str, dict] = {}
+        for name, path in self.out.items():
+            self_t: dict[str, int] = defaultdict(int)
+            incl: dict[str, int] = defaultdict(int)
+            total = 0
+            text = path.read_text() if path.exists() else ""
+            for line in text.splitlines():
+                stack, _, n = line.rpartition(" ")
+                if not n.isdigit():
+                    continue
+                count = int(n)
+                total += count
+                frames = []
+                for f in stack.split(";"):
+                    m = frame.match(f)
+                    frames.append(f"{m.group(1)} ({Path(m.group(2)).name})" if m else f)
+                if frames:
+                    self_t[frames[-1]] += count
+                for f in set(frames):
+                    incl[f] += count
+
+            def share(d: dict[str, int], total: int = total) -> list[tuple[str, float]]:
+                return [(k, round(100 * v / total, 1)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+            # inclusive: leave out the frames under nearly every sample (the entry point, the event loop)
+            below = {k: v for k, v in incl.items() if v < 0.5 * total}
+            out[name] = {"samples": total, "self_pct": share(self_t), "inclusive_pct": share(below)}
+        return out
+
+
+def header(r: dict) -> list[str]:
+    """The first lines of a report: the machine, the interpreter the box ran jobs with, the load."""
+    m = r["machine"]
+    return [
+        f"machine: {m['nproc']} CPU(s), {m['cpu_model']}, Linux {m['kernel']}, Python {m['python']}, "
+        f"temporalio {m['temporalio']}; box python {r['box_python']}",
+        f"load avg: {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end; settings {r.get('settings')}",
+    ]

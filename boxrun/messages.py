@@ -26,7 +26,8 @@ class JobInput(BaseModel):
     claim_timeout_s: float = 60.0
     # Short control steps as local activities (settings.local_control_activities at submission).
     local_control: bool = False
-    # How often a waiting job re-checks for a box if no wake-up signal reaches it.
+    # Read only by workflows that started waiting before workflows/job.py WAKE_ONLY_PATCH (their
+    # periodic re-check); a waiting job now relies on wake-ups and the reaper's waiter sweep.
     wait_poll_s: float = 30.0
 
 
@@ -165,6 +166,8 @@ class ReapResult(BaseModel):
     # webhooks: boxes whose liveness flipped, delivery workflows a crash had left unstarted
     boxes_flipped: int = 0
     deliveries_started: int = 0
+    # waiting jobs a box could take now that no wake-up had reached (the waiter sweep)
+    waiters_woken: int = 0
 
 
 class ReaperInput(BaseModel):

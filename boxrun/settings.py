@@ -142,7 +142,12 @@ class Settings(BaseSettings):
     # latency"). Durable either way: a local activity's result is a marker in the history.
     local_control_activities: bool = True
     reaper_interval_s: float = Field(default=15.0, gt=0)
-    wait_poll_interval_s: float = Field(default=30.0, gt=0)
+    # A waiting job has no periodic re-check: wake-ups (releases, grants, agents back, maintenance
+    # ending) start it, and the reaper's waiter sweep, at most this often, wakes the waiters of
+    # any box that could take a job now (a lost wake-up). Swept with the reaper's sweeps, so it is
+    # never more often than reaper_interval_s. (BOXRUN_WAIT_POLL_INTERVAL_S, the re-check period
+    # before, is gone and ignored.)
+    waiter_sweep_interval_s: float = Field(default=15.0, gt=0)
 
     # Retention and quotas (docs/retention.md).
     # A job's stored transcript keeps its head and its tail within this many bytes unless its org

@@ -75,6 +75,9 @@ RUN_GRACE = timedelta(seconds=30)
 CANCEL_TIMEOUT = timedelta(seconds=10)
 CANCEL_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=5)
 HEARTBEAT_LOST = "box heartbeat lost"
+# A waiting job waits for a wake-up (or its deadline, or a window's end) without a periodic
+# re-check: the reaper's waiter sweep stands in for a lost signal (issue 15).
+WAKE_ONLY_PATCH = "wait-wake-only"
 JOB_CANCELLED = "JobCancelled"
 CLAIM_TIMEOUT = "ClaimTimeout"
 # The Temporal failure type a job that did not complete ends its workflow with (non-retryable,
@@ -169,7 +172,14 @@ class JobWorkflow:
 
     async def _place(self, spec: JobInput) -> str | None:
         """Lease a box (the grant also moves the job to dispatching); wait while none is free,
-        for at most queue_timeout_s (then the job ends unschedulable)."""
+        for at most queue_timeout_s (then the job ends unschedulable).
+
+        A waiting job sleeps until a `wake` signal: releases, grants, agents coming back and
+        maintenance ending wake waiters (the wake cascade), and the reaper's waiter sweep wakes
+        any that could run but were not woken (a lost signal). Its only timers are the queue
+        deadline and the end of a blocking maintenance window: no periodic re-check, so a large
+        backlog costs Temporal nothing while it waits. Workflows that started waiting before
+        this (no WAKE_ONLY_PATCH marker) keep their backed-off periodic re-check on replay."""
         rechecks = 0
         deadline = workflow.now() + timedelta(seconds=spec.queue_timeout_s)
         while True:
@@ -184,11 +194,14 @@ class JobWorkflow:
                 await self._finish(spec, JobState.UNSCHEDULABLE, None, self._error, ErrorKind.UNSCHEDULABLE)
                 return None
             self._set_state(JobState.WAITING_FOR_BOX)
-            # The periodic re-check is only a safety net (releases, grants, agents coming back and
-            # maintenance ending all wake waiters): back it off, up to 8x, and spread it so a big
-            # backlog does not re-check in lockstep (workflow.random() is replay-safe).
-            wait_s = spec.wait_poll_s * min(2**rechecks, 8) * (0.75 + 0.5 * workflow.random().random())
-            rechecks += 1
+            wake_only = workflow.patched(WAKE_ONLY_PATCH)
+            if wake_only:
+                wait_s = spec.queue_timeout_s  # bounded by the deadline below
+            else:
+                # Before WAKE_ONLY_PATCH: a periodic re-check as a safety net, backed off up to
+                # 8x and jittered (workflow.random() is replay-safe).
+                wait_s = spec.wait_poll_s * min(2**rechecks, 8) * (0.75 + 0.5 * workflow.random().random())
+                rechecks += 1
             if got.retry_after_s is not None:  # a maintenance window ends sooner
                 wait_s = min(wait_s, got.retry_after_s + 0.5)
             left_s = (deadline - workflow.now()).total_seconds()
@@ -200,7 +213,7 @@ class JobWorkflow:
             try:
                 await workflow.wait_condition(lambda: self._wake, timeout=timedelta(seconds=wait_s))
             except builtins.TimeoutError:
-                pass  # a periodic re-check covers a wake-up that could not be delivered
+                pass  # the deadline (checked above), a window's end, or (before the patch) a re-check
 
     async def _run_on(self, spec: JobInput, box: str) -> tuple[JobState, int | None, str | None, ErrorKind | None]:
         run = workflow.start_activity_method(

@@ -56,7 +56,13 @@ class ReaperWorkflow:
                 done = await workflow.execute_activity_method(
                     ReaperActivities.reap, start_to_close_timeout=SWEEP_TIMEOUT, retry_policy=SWEEP_RETRY
                 )
-                if done.leases_freed or done.jobs_ended or done.workflows_started or done.deliveries_started:
+                if (
+                    done.leases_freed
+                    or done.jobs_ended
+                    or done.workflows_started
+                    or done.deliveries_started
+                    or done.waiters_woken
+                ):
                     workflow.logger.info("reaper sweep: %s", done)
             except ActivityError as exc:
                 workflow.logger.warning("reaper sweep failed; next one in %.0fs: %s", self._interval_s, exc.cause)

@@ -1,5 +1,6 @@
 """Waking jobs that wait for a box when the API changes what that box can take, or a pipeline's
-hold on it ends."""
+hold on it ends. A waiting job has no periodic re-check: a wake-up that fails here is made up by
+the reaper's waiter sweep (activities/reaper.py) within BOXRUN_WAITER_SWEEP_INTERVAL_S."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ async def wake_waiters(conn: asyncpg.Connection, temporal: Client, box_id: int, 
         try:
             await temporal.get_workflow_handle(job_id).signal("wake")
             woken.append(job_id)
-        except RPCError as exc:  # the workflow ended meanwhile; its own re-check covers the rest
+        except RPCError as exc:  # ended meanwhile; else the waiter sweep covers it
             log.info("could not wake job %s: %s", job_id, exc)
     return woken
 
@@ -34,6 +35,6 @@ async def wake_jobs(temporal: Client, job_ids: list[str]) -> list[str]:
         try:
             await temporal.get_workflow_handle(job_id).signal("wake")
             woken.append(job_id)
-        except RPCError as exc:  # the workflow ended meanwhile; its own re-check covers the rest
+        except RPCError as exc:  # ended meanwhile; else the waiter sweep covers it
             log.info("could not wake job %s: %s", job_id, exc)
     return woken

@@ -29,7 +29,6 @@ def job_input(row: asyncpg.Record, settings: Settings) -> JobInput:
         cancel_grace_s=row["cancel_grace_s"],
         heartbeat_timeout_s=settings.activity_heartbeat_timeout_s,
         claim_timeout_s=settings.dispatch_timeout_s,
-        wait_poll_s=settings.wait_poll_interval_s,
         local_control=settings.local_control_activities,
     )
 

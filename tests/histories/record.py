@@ -42,7 +42,13 @@ from tests.integration.jobs import submit, wait_terminal
 HERE = Path(__file__).parent
 ENV = {
     "BOXRUN_REAPER_INTERVAL_S": "1",  # a few sweeps in the reaper's history
-    "BOXRUN_WAIT_POLL_INTERVAL_S": "60",  # a waiting job is woken by the release, not by a poll
+    "BOXRUN_WAITER_SWEEP_INTERVAL_S": "60",  # a waiting job is woken by the release, not by the sweep
+}
+# Histories recorded by earlier workflow code, kept (never re-recorded, never deleted here) so the
+# replay test covers the branch `workflow.patched` keeps for workflows started before a change.
+LEGACY_HISTORIES = {
+    # a job that waited with the periodic re-check (before workflows/job.py WAKE_ONLY_PATCH)
+    "job_waiting_then_woken_rechecks",
 }
 ARTIFACT_SCRIPT = """
 import os, pathlib
@@ -91,7 +97,7 @@ async def waiting_then_woken(api: httpx.AsyncClient) -> str:
     await wait_for(lambda: state_is(api, waiter["id"], "waiting_for_box"), what="waiter waiting")
     gate.touch()
     assert (await wait_terminal(api, holder["id"]))["state"] == "completed"
-    done = await wait_terminal(api, waiter["id"], timeout=30)  # the poll is 60 s: only the wake-up fits
+    done = await wait_terminal(api, waiter["id"], timeout=30)  # the sweep is 60 s: only the wake-up fits
     assert done["state"] == "completed", done
     shutil.rmtree(gate.parent, ignore_errors=True)
     return str(waiter["id"])
@@ -334,6 +340,7 @@ async def record(
     only_retention: bool = False,
     only_bench: bool = False,
     only_schedule: bool = False,
+    only_waiting: bool = False,
 ) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="boxrun-record-")) / "dev"
     env = {**ENV, "BOXRUN_LOCAL_CONTROL_ACTIVITIES": "true" if local else "false"}
@@ -351,6 +358,9 @@ async def record(
                 return
             if only_schedule:
                 await record_schedule(api, client)
+                return
+            if only_waiting:
+                await save(client, "job_waiting_then_woken", await waiting_then_woken(api))
                 return
             if not local:
                 await record_webhook(api, client)
@@ -383,8 +393,12 @@ async def main() -> int:
     if sys.argv[1:] == ["schedule"]:  # only a scheduled run's history (a new workflow, the rest unchanged)
         await record(False, only_schedule=True)
         return 0
+    if sys.argv[1:] == ["waiting"]:  # only the waiting job's history (JobWorkflow's wait changed)
+        await record(False, only_waiting=True)
+        return 0
     for old in HERE.glob("*.json"):
-        old.unlink()
+        if old.stem not in LEGACY_HISTORIES:
+            old.unlink()
     for local in (False, True):
         print(f"recording with {'local' if local else 'regular'} control activities", flush=True)
         await record(local)

@@ -1,6 +1,6 @@
 """Deleting a box on a whole real stack (Temporal, PostgreSQL, S3, API, control worker, an agent):
 the jobs waiting for it are woken by the delete and end `unschedulable` naming the deleted box,
-well before the workflow's periodic re-check (POLL_S in this stack) could have noticed."""
+well before the reaper's waiter sweep (every POLL_S in this stack) could have noticed."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.integration.jobs import submit, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
-POLL_S = 120  # this stack's re-check: far, so only the delete's wake-up can end the jobs in time
+POLL_S = 120  # this stack's waiter sweep: far, so only the delete's wake-up can end the jobs in time
 WOKEN_S = 30.0  # well under POLL_S, with room for a loaded machine
 
 
@@ -26,7 +26,7 @@ async def fs(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[FaultSta
         tmp_path_factory.mktemp("box-delete") / "dev",
         boxes=1,
         capacity=1,
-        env={"BOXRUN_WAIT_POLL_INTERVAL_S": str(POLL_S)},
+        env={"BOXRUN_WAITER_SWEEP_INTERVAL_S": str(POLL_S)},
     ) as stack:
         yield stack
 

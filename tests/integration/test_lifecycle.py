@@ -29,10 +29,10 @@ from tests.integration.jobs import replay, submit, wait_terminal
 pytestmark = pytest.mark.e2e
 
 # Hand-off bounds. A waiting job is woken by a signal when a lease is released or maintenance
-# ends; these stacks' fallback re-check runs only every POLL_S, so a hand-off well under it proves
+# ends; these stacks' fallback (the reaper's waiter sweep) runs only every POLL_S, so a hand-off well under it proves
 # the wake-up, not the poll, with room for a loaded machine (how fast it is, bench/ measures).
 POLL_S = 120
-NO_POLL = {"BOXRUN_WAIT_POLL_INTERVAL_S": str(POLL_S)}
+NO_POLL = {"BOXRUN_WAITER_SWEEP_INTERVAL_S": str(POLL_S)}
 HANDOFF_S = 30.0
 # cancel -> process tree gone. The issue's <= 1 s goal is measured by bench/; a test only bounds it.
 KILL_S = 20.0

@@ -199,12 +199,22 @@ async def test_waiting_job_is_woken_by_signal_not_by_polling(temporal_client, ta
     async def _query_state(handle):
         return await handle.query(JobWorkflow.state) == "waiting_for_box"
 
-    spec = job_spec(box, wait_poll_s=3600)  # a poll would take an hour: only the signal can wake it
-    _, result = await asyncio.wait_for(
+    spec = job_spec(box, wait_poll_s=0.1)  # ignored since WAKE_ONLY_PATCH: only the signal wakes it
+    handle, result = await asyncio.wait_for(
         run_workflow(temporal_client, task_queue, mock, spec, during=wake_once_waiting), 30
     )
     assert result.state == JobState.COMPLETED
     assert mock.names().count("acquire") == 2
+    # its one timer while waiting is the queue deadline (no periodic re-check), cancelled by the wake-up
+    events = (await handle.fetch_history()).events
+    timers = [e.timer_started_event_attributes for e in events if e.HasField("timer_started_event_attributes")]
+    assert (
+        len(timers) == 1
+        and spec.queue_timeout_s - 60 < timers[0].start_to_fire_timeout.ToSeconds() <= spec.queue_timeout_s
+    )
+    assert not any(e.HasField("timer_fired_event_attributes") for e in events)
+    markers = [e.marker_recorded_event_attributes for e in events if e.HasField("marker_recorded_event_attributes")]
+    assert [m.marker_name for m in markers] == ["core_patch"]
 
 
 async def test_unschedulable_never_runs(temporal_client, task_queue):
@@ -284,6 +294,7 @@ async def test_no_box_within_queue_timeout_is_unschedulable(temporal_client, tas
     spec = job_spec("b", queue_timeout_s=1, wait_poll_s=0.2)
     _, result = await asyncio.wait_for(run_workflow(temporal_client, task_queue, mock, spec), 30)
     assert (result.state, result.error) == (JobState.UNSCHEDULABLE, "no box within queue_timeout_s (1 s)")
+    assert mock.names().count("acquire") == 2, "the deadline's own re-check only: no periodic re-check in between"
     assert "run_job" not in mock.names() and mock.names()[-1] == "finish"
     assert mock.finished().to_state == JobState.UNSCHEDULABLE
 

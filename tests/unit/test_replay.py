@@ -25,6 +25,7 @@ from boxrun.workflows import (
 )
 from tests.histories.record import (
     BENCH_HISTORY,
+    LEGACY_HISTORIES,
     LOCAL_SCENARIOS,
     PIPELINE_HISTORIES,
     RETENTION_HISTORY,
@@ -44,6 +45,7 @@ EXPECTED = {
     WEBHOOK_HISTORY,
     RETENTION_HISTORY,
     SCHEDULE_HISTORY,
+    *LEGACY_HISTORIES,
 }
 
 

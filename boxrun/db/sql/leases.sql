@@ -114,3 +114,29 @@ LEFT JOIN LATERAL (
 ) hold ON true
 WHERE b.id = ANY($1::bigint[])
 ORDER BY b.id;
+
+-- The reaper's waiter sweep: boxes that could take a job now (live, $1 s liveness as placement
+-- counts it; no maintenance window covering now; free capacity, no exclusive lease) while a job
+-- of their org waits for their name or one of their groups, and that have not granted or freed
+-- a lease for $2 s (a wake-up in flight is not a lost one). `free` is how many waiters
+-- waiters_for_box may name. Scans each such box's leases (no index on released_at: a sweep every
+-- waiter_sweep_interval_s, not per job).
+-- name: idle_boxes_with_waiters
+SELECT b.id, b.name, b.capacity - load.active AS free
+FROM boxes b
+CROSS JOIN LATERAL (
+    SELECT count(*) AS active, COALESCE(bool_or(l.exclusive), false) AS exclusive
+    FROM leases l WHERE l.box_id = b.id AND l.released_at IS NULL
+) load
+WHERE b.last_seen_at > clock_timestamp() - make_interval(secs => $1) AND NOT b.draining
+  AND NOT load.exclusive AND load.active < b.capacity
+  AND NOT EXISTS (SELECT 1 FROM maintenance_windows w
+                  WHERE w.box_id = b.id AND w.starts_at <= clock_timestamp()
+                    AND (w.ends_at IS NULL OR w.ends_at > clock_timestamp()))
+  AND EXISTS (SELECT 1 FROM jobs w
+              WHERE w.state = 'waiting_for_box' AND w.org_id = b.org_id
+                AND (w.box_name = b.name OR w.box_group = ANY(b.groups)))
+  AND NOT EXISTS (SELECT 1 FROM leases l
+                  WHERE l.box_id = b.id
+                    AND GREATEST(l.acquired_at, l.released_at) > clock_timestamp() - make_interval(secs => $2))
+ORDER BY b.id;
