@@ -15,7 +15,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
-    "bench", ["bench.latency", "bench.lifecycle", "bench.logs", "bench.boundary", "bench.pipelines"]
+    "bench",
+    [
+        "bench.latency",
+        "bench.lifecycle",
+        "bench.logs",
+        "bench.boundary",
+        "bench.pipelines",
+        "bench.followers",
+        "bench.scale_sim",
+    ],
 )
 def test_bench_quick_mode_runs_clean(bench: str) -> None:
     done = subprocess.run(
