@@ -181,10 +181,14 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
             result["fleet_connect_s"] = round(await fleet.start(), 1)
             log(f"{args.boxes} simulated boxes connected in {result['fleet_connect_s']}s; idle window {args.idle_s}s")
             await asyncio.sleep(2)
-            c0, t0 = cpu_snapshot(stack), time.monotonic()
+            pg_idle0, c0, t0 = await pg_counters(db_url), cpu_snapshot(stack), time.monotonic()
             await asyncio.sleep(args.idle_s)
             idle = cpu_delta(c0, cpu_snapshot(stack))
             idle_span = time.monotonic() - t0
+            await asyncio.sleep(1.5)  # the statistics collector publishes at most every second
+            pg_idle1 = await pg_counters(db_url)
+            pg_idle = {k: (pg_idle1[k] - pg_idle0[k]) / (idle_span + 1.5) for k in pg_idle0}
+            result["idle_postgres_per_s"] = {k: round(v, 1) for k, v in pg_idle.items()}
             result["idle_cpu_s_per_s"] = {k: round(v / idle_span, 3) for k, v in idle.items()}
             fleet.check()
 
@@ -234,6 +238,16 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
                         "tuples_written": round((pg1["tup_written"] - pg0["tup_written"]) / max(n, 1), 1),
                         "wal_kib": round((pg1["wal"] - pg0["wal"]) / 1024 / max(n, 1), 1),
                     },
+                    # the same less what the idle fleet (heartbeats, long-polls) costs over the window
+                    "postgres_per_job_net_of_idle_fleet": {
+                        "xact_commit": round(
+                            (pg1["xact_commit"] - pg0["xact_commit"] - pg_idle["xact_commit"] * span) / max(n, 1), 1
+                        ),
+                        "tuples_written": round(
+                            (pg1["tup_written"] - pg0["tup_written"] - pg_idle["tup_written"] * span) / max(n, 1), 1
+                        ),
+                        "wal_kib": round((pg1["wal"] - pg0["wal"] - pg_idle["wal"] * span) / 1024 / max(n, 1), 1),
+                    },
                     "temporal_window": tc,
                     "temporal_per_job": {
                         k: round(v / max(n, 1), 2) for k, v in tc.items() if k != "workflows" and isinstance(v, int)
@@ -270,6 +284,7 @@ def render(r: dict) -> str:
         "bare_workflow_ms",
         "fleet_connect_s",
         "idle_cpu_s_per_s",
+        "idle_postgres_per_s",
         "jobs_submitted",
         "states",
         "arrivals_s",
@@ -279,6 +294,7 @@ def render(r: dict) -> str:
         "cpu_s_per_job",
         "cpu_s_per_job_of_it_idle_fleet",
         "postgres_per_job",
+        "postgres_per_job_net_of_idle_fleet",
         "temporal_window",
         "temporal_per_job",
         "submit_call_ms",
