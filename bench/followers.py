@@ -15,7 +15,8 @@ box sends its lines to the stack's first API only: every other replica serves it
 what it hears through Postgres, the way a follower on another replica does in production.
 
 Followers: --followers / --replicas on each replica, SSE (`GET /api/jobs/{id}/logs/stream`) over
-raw asyncio streams (bench.logs.RawFollower: HTTP/1.1, chunked decoding, a minimal SSE parser).
+raw asyncio streams (bench.logs.RawFollower: HTTP/1.1, chunked decoding, a minimal SSE parser;
+here with a regex instead of JSON decoding for the log events).
 Each replica's followers live in their own client process (`python -m bench.followers --client`,
 so that the client side does not share one core: 100,000 events/s is more than one Python process
 parses). A client process reports "connected" once every follower has its first event; then the
@@ -38,6 +39,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -52,6 +54,37 @@ from bench.logs import CpuMeter, RawFollower, fanout_script, job_body, log, mib,
 from boxrun.dev.procs import Child, free_ports, spawn
 
 WAVE = 50
+LOG_EVENT = re.compile(rb'id: (\d+)\nevent: log\ndata: [^\n]*?"text": ?"L \d+ ([0-9.]+)')
+
+
+class FastFollower(RawFollower):
+    """bench.logs.RawFollower with a cheaper parser for this job's lines: a `log` event is
+    `id: <seq>` + `event: log` + `data: {... "text": "L <i> <printed>" ...}`; one regex pass over
+    every whole event received takes its seq and printed time (no JSON decoding, no split per
+    event: a client process parses 50,000 events/s on a shared core). `done` is decoded in full."""
+
+    def _parse(self, now: float) -> None:
+        buf = self._events
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            return
+        chunk = bytes(buf[: end + 2])
+        del buf[: end + 2]
+        if b"data: " in chunk:
+            self.first_event.set()
+        last, printed_at, latency = self.last_seq, self.printed, self.latency
+        for found in LOG_EVENT.finditer(chunk):
+            seq, printed = int(found[1]), float(found[2])
+            printed_at.append(printed)
+            latency.append(now - printed)
+            if seq != last + 1:
+                self.out_of_order += 1
+            last = seq
+        self.last_seq = last
+        done = chunk.find(b"event: done\ndata: ")
+        if done >= 0:
+            self.done = json.loads(chunk[done + 18 : chunk.index(b"\n", done + 18)])
+            self.done_at = now
 
 
 # --------------------------------------------------------------------------- the client process
@@ -61,7 +94,7 @@ async def client_main(url: str, path: str, token: str, count: int, lines: int, o
     """--client: `count` followers of `path` on `url`; prints "connected" when all have their first
     event, then waits for every `done` (or drain_s after stdin closes) and writes its results."""
     u = urlsplit(url)
-    flw = [RawFollower(u.hostname or "127.0.0.1", u.port or 80, path, token, keep_split=False) for _ in range(count)]
+    flw = [FastFollower(u.hostname or "127.0.0.1", u.port or 80, path, token, keep_split=False) for _ in range(count)]
     tasks: list[asyncio.Task] = []
     for k in range(0, count, WAVE):  # in waves, so the accept queue never overflows
         wave = flw[k : k + WAVE]
