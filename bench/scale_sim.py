@@ -207,6 +207,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
             n = len(submitted)
             jobs = [await api.job(s["id"]) for s in submitted]
             states = Counter(str(j.state) for j in jobs)
+            result["failure_reasons"] = dict(Counter(str(j.error) for j in jobs if str(j.state) != "completed"))
             burst_of = {s["id"]: s["burst"] for s in submitted}
             start, finish, start_b, finish_b = [], [], [], []
             for j in jobs:
@@ -261,6 +262,8 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
                 }
             )
             failed = n - states.get("completed", 0)
+            if fleet.totals()["job_errors"]:
+                result["errors"]["agents"] = f"simulated agents refused: {fleet.totals()['first_job_error']}"
             if failed or refused:
                 result["errors"]["jobs"] = f"{failed} of {n} jobs not completed {dict(states)}; {len(refused)} refused"
                 if refused:
@@ -287,6 +290,7 @@ def render(r: dict) -> str:
         "idle_postgres_per_s",
         "jobs_submitted",
         "states",
+        "failure_reasons",
         "arrivals_s",
         "drain_after_arrivals_s",
         "mean_rate_jobs_per_s",

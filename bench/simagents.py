@@ -115,6 +115,8 @@ class SimStats:
     batches: int = 0
     jobs: list[SimJob] = field(default_factory=list)
     not_claimed: int = 0  # offers another agent or the control plane took back first (409)
+    ended_by_control_plane: int = 0  # progress answered 404/409: the job ended meanwhile (as the agent, stop it)
+    job_errors: list[str] = field(default_factory=list)  # anything else the API refused
 
 
 class SimAgent:
@@ -222,15 +224,15 @@ class SimAgent:
                 raise SimProblem(f"claim of {job.job_id} answered {status}: {data[:300]!r}")
             job.claimed_at = time.time()
             self.stats.jobs.append(job)
-            await self._call("POST", f"{base}/progress", {"pid": os.getpid(), "log_seq": 0})
-            self.stats.progress += 1
+            if not await self._progress(job, os.getpid()):
+                return
             deadline = time.monotonic() + self.job_s
             while (left := deadline - time.monotonic()) > 0 and not cancel.is_set():
                 try:
                     await asyncio.wait_for(cancel.wait(), min(left, self.progress_s))
                 except TimeoutError:
-                    await self._call("POST", f"{base}/progress", {"pid": None, "log_seq": 0})
-                    self.stats.progress += 1
+                    if not await self._progress(job, None):
+                        return
             seq = 0
             if self.job_lines:
                 now = time.time()
@@ -251,8 +253,25 @@ class SimAgent:
                 raise SimProblem(f"result of {job.job_id} answered {status}: {answer[:300]!r}")
             job.result_at = time.time()
             job.outcome = "cancelled" if cancel.is_set() else ("reported" if status == 204 else f"refused {status}")
+        except (SimProblem, OSError, asyncio.IncompleteReadError) as exc:
+            self.stats.job_errors.append(f"{type(exc).__name__}: {exc}")
         finally:
             self.running.pop(job.job_id, None)
+
+    async def _progress(self, job: SimJob, pid: int | None) -> bool:
+        """One progress report; False if the control plane ended the job meanwhile (the agent
+        then stops it and reports nothing more)."""
+        status, data = await self.conn.request(
+            "POST", f"/api/agent/jobs/{job.job_id}/progress", json.dumps({"pid": pid, "log_seq": 0}).encode()
+        )
+        if status in (404, 409):
+            self.stats.ended_by_control_plane += 1
+            job.outcome = "ended by the control plane"
+            return False
+        if status != 200:
+            raise SimProblem(f"progress of {job.job_id} answered {status}: {data[:300]!r}")
+        self.stats.progress += 1
+        return True
 
 
 class Fleet:
@@ -302,6 +321,9 @@ class Fleet:
             "log_batches": sum(x.batches for x in s),
             "jobs": sum(len(x.jobs) for x in s),
             "not_claimed": sum(x.not_claimed for x in s),
+            "ended_by_control_plane": sum(x.ended_by_control_plane for x in s),
+            "job_errors": sum(len(x.job_errors) for x in s),
+            "first_job_error": next((x.job_errors[0] for x in s if x.job_errors), None),
         }
 
     def jobs(self) -> list[SimJob]:
