@@ -57,6 +57,7 @@ from bench.common import TERMINAL, ProductProblem, cpu_by_pid_tree, hard_exit, l
 from bench.latency import bench_bare
 from bench.lifecycle import Api, log, pct, private_stack
 from bench.simagents import Fleet, SimAgent, SimProblem
+from boxrun.errors import BoxrunError
 from boxrun.temporal import connect
 
 GROUP = "sim"
@@ -197,7 +198,10 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
             pg0, c0, t_start = await pg_counters(db_url), cpu_snapshot(stack), time.time()
             submitted, refused = await submit_all(api, plan)
             arrivals_end = time.time()
-            await wait_drained(api, len(submitted), 600)
+            try:
+                await wait_drained(api, len(submitted), 600)
+            except (ProductProblem, BoxrunError) as exc:  # still report what was measured
+                result["errors"]["drain"] = f"{type(exc).__name__}: {exc}"
             t_end = time.time()
             await asyncio.sleep(1.5)  # the statistics collector publishes at most every second
             cpu = cpu_delta(c0, cpu_snapshot(stack))
@@ -268,7 +272,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
                 result["errors"]["jobs"] = f"{failed} of {n} jobs not completed {dict(states)}; {len(refused)} refused"
                 if refused:
                     result["errors"]["refused_first"] = refused[0]
-        except (ProductProblem, SimProblem, OSError, asyncpg.PostgresError) as exc:
+        except (ProductProblem, SimProblem, BoxrunError, OSError, asyncpg.PostgresError) as exc:
             traceback.print_exc()
             result["errors"]["run"] = f"{type(exc).__name__}: {exc}"
         finally:
