@@ -190,10 +190,11 @@ class SimAgent:
             if status != 200:
                 raise SimProblem(f"long-poll answered {status}: {data[:300]!r}")
             self.stats.polls += 1
+            events = json.loads(data)["events"]
             acted = False
-            for event in json.loads(data)["events"]:
+            for event in events:
                 acted = self._on_event(event) or acted
-            if not acted and json.loads(data)["events"]:
+            if events and not acted:
                 await asyncio.sleep(0.2)  # only events already handled (re-sent until acted on)
 
     def _on_event(self, event: dict) -> bool:
