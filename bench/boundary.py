@@ -19,12 +19,13 @@ picked free, data in a temporary directory), stopped at the end even on error. P
    the cancel is POSTed at a random 0.2-0.7 s after it is ready; sample = SIGTERM instant - the
    instant just before the POST).
 3. agent RSS: VmRSS of the `boxrun agent` process after the stack has idled 5 s (and its peak, VmHWM).
-4. idle agents: --idle-agents boxes are registered (group `sim`, so they take no real job), each
-   opens its agent session, then holds the agents' long-poll `GET /api/agent/events?wait=25`
-   continuously on its own keep-alive connection (a minimal HTTP/1.1 client on asyncio streams,
-   so the bench itself stays cheap). With all of them connected: the API process's RSS and its
-   CPU seconds over --idle-window-s (from /proc/<pid>/stat), and the dispatch part again with
-   --jobs // 3 jobs, to show dispatch latency is unchanged.
+4. idle agents (issue 15's "one API process with 1,000 connected agents"): --idle-agents boxes are
+   registered (group `sim`, so they take no real job) and driven by `bench.simagents` (one asyncio
+   process, the real agent protocol: session, a heartbeat every 5 s, one long-poll
+   `GET /api/agent/events?wait=25` after another). With all of them connected: the API process's
+   RSS and its CPU seconds over --idle-window-s (from /proc/<pid>/stat), long-polls answered and
+   heartbeats per second, every simulated box still `online` afterwards, and the dispatch part
+   again with --jobs // 3 jobs, to show dispatch latency is unchanged.
 
 --quick (CI) runs every part tiny (3 jobs, 1 cancel, 20 idle agents, 3 s window) and fails on any
 problem: it checks the bench and what it measures work; its figures mean little.
@@ -47,6 +48,7 @@ from urllib.parse import urlsplit
 from bench.common import TERMINAL, ProductProblem, hard_exit, run_parts
 from bench.latency import bench_bare
 from bench.lifecycle import Api, bench_cancel, log, pct, private_stack
+from bench.simagents import Fleet, SimAgent, SimProblem
 from boxrun.temporal import connect
 
 DISPATCH_SCRIPT = "import time; print(repr(time.time()))"
@@ -101,50 +103,6 @@ async def bench_dispatch(api: Api, temporal, jobs: int, warmup: int) -> dict:
 # --------------------------------------------------------------------------- 4. idle agents
 
 
-class IdleAgent:
-    """One simulated agent: its session, then one long-poll after another on a keep-alive connection."""
-
-    def __init__(self, host: str, port: int, token: str) -> None:
-        self.host, self.port, self.token = host, port, token
-        self.session = ""
-        self.polls = 0
-        self.ready = asyncio.Event()
-
-    async def _request(self, reader, writer, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
-        head = (
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.token}\r\n"
-            f"X-Boxrun-Session: {self.session}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        writer.write(head.encode() + body)
-        await writer.drain()
-        status_line = await reader.readline()
-        length = 0
-        while (line := await reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode().partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-        return int(status_line.split()[1]), await reader.readexactly(length)
-
-    async def run(self, wait_s: float) -> None:
-        reader, writer = await asyncio.open_connection(self.host, self.port)
-        try:
-            status, body = await self._request(
-                reader, writer, "POST", "/api/agent/session", json.dumps({"agent_version": "sim", "slots": 1}).encode()
-            )
-            if status != 201:
-                raise ProductProblem(f"session refused: {status} {body[:200]!r}")
-            self.session = json.loads(body)["session"]
-            while True:
-                self.ready.set()
-                status, body = await self._request(reader, writer, "GET", f"/api/agent/events?wait={wait_s:g}")
-                if status != 200:
-                    raise ProductProblem(f"long-poll answered {status} {body[:200]!r}")
-                self.polls += 1
-        finally:
-            writer.close()
-
-
 async def bench_idle_agents(stack, api: Api, temporal, count: int, window_s: float, jobs: int) -> dict:
     api_pid = stack.child("api").pid
     rss_before = proc_status(api_pid, "VmRSS")
@@ -152,43 +110,38 @@ async def bench_idle_agents(stack, api: Api, temporal, count: int, window_s: flo
     agents = []
     for i in range(count):
         created = await api.client.register_box(name=f"sim-{i:04d}", groups=["sim"], capacity=1)
-        agents.append(IdleAgent(url.hostname or "127.0.0.1", url.port or 80, created.node_token))
-    t_connect = time.perf_counter()
-    tasks = [asyncio.create_task(a.run(25)) for a in agents]
+        agents.append(SimAgent(url.hostname or "127.0.0.1", url.port or 80, created.node_token))
+    fleet = Fleet(agents)
     try:
-        all_ready = asyncio.ensure_future(asyncio.gather(*(a.ready.wait() for a in agents)))
-        done, _ = await asyncio.wait({all_ready, *tasks}, timeout=300, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task in done:  # an agent stopped before all were connected
-                raise ProductProblem(f"a simulated agent stopped: {task.exception()!r}")
-        if all_ready not in done:
-            all_ready.cancel()
-            raise ProductProblem(f"not all {count} simulated agents connected within 300 s")
-        connected_s = time.perf_counter() - t_connect
+        connected_s = await fleet.start()
         log(f"idle agents: {count} connected in {connected_s:.1f}s")
         await asyncio.sleep(2)  # let the last sessions settle into their long-polls
         cpu0, t0 = cpu_seconds(api_pid), time.perf_counter()
-        polls0 = sum(a.polls for a in agents)
+        before = fleet.totals()
         await asyncio.sleep(window_s)
         cpu = cpu_seconds(api_pid) - cpu0
         span = time.perf_counter() - t0
-        polls = sum(a.polls for a in agents) - polls0
+        after = fleet.totals()
         rss_idle = proc_status(api_pid, "VmRSS")
         with_agents = await bench_dispatch(api, temporal, jobs, 1)
-        failed = [t for t in tasks if t.done()]
-        if failed:
-            raise ProductProblem(f"{len(failed)} simulated agents stopped: {failed[0].exception()!r}")
+        fleet.check()
+        boxes = (await api.client.list_boxes()).data
+        online = sum(1 for b in boxes if b.name.startswith("sim-") and b.status == "online")
+        if online != count:
+            raise ProductProblem(f"only {online} of {count} simulated boxes online after the window")
+    except SimProblem as exc:
+        raise ProductProblem(str(exc)) from exc
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await fleet.stop()
     return {
         "agents": count,
         "connect_all_s": round(connected_s, 1),
         "api_rss_mib_before": round(rss_before / 1024, 1),
         "api_rss_mib_with_agents": round(rss_idle / 1024, 1),
         "api_cpu_s_per_s_idle": round(cpu / span, 3),
-        "long_polls_answered_per_s": round(polls / span, 1),
+        "long_polls_answered_per_s": round((after["polls"] - before["polls"]) / span, 1),
+        "heartbeats_per_s": round((after["heartbeats"] - before["heartbeats"]) / span, 1),
+        "boxes_online": online,
         "window_s": round(span, 1),
         "dispatch_with_agents": with_agents,
     }

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
         "bench.pipelines",
         "bench.throughput",
         "bench.backlog",
+        "bench.followers",
+        "bench.scale_sim",
     ],
 )
 def test_bench_quick_mode_runs_clean(bench: str) -> None:
