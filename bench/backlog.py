@@ -46,6 +46,7 @@ import httpx
 from bench.common import (
     TERMINAL,
     ProductProblem,
+    bench_parser,
     cpu_by_pid_tree,
     hard_exit,
     header,
@@ -376,15 +377,12 @@ def render(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.backlog", description=__doc__.split("\n\n")[0])
+    parser = bench_parser("backlog", __doc__, quick="CI smoke run: 40 jobs, drained to the end")
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=8, help="POSTs in flight at once (default 8)")
     parser.add_argument("--idle-s", type=float, default=60.0, help="how long the backlog waits untouched")
     parser.add_argument("--drain-s", type=float, default=120.0, help="how long the drain is measured (or to the end)")
     parser.add_argument("--ref-jobs", type=int, default=100, help="jobs of the small-backlog reference drain")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the lines")
-    parser.add_argument("--keep", action="store_true", help="keep the stack's data dir (printed) afterwards")
-    parser.add_argument("--quick", action="store_true", help="CI smoke run: 40 jobs, drained to the end")
     args = parser.parse_args(argv)
     return run_parts("boxrun-bench-backlog-", args, run, render, lambda result: bool(result["errors"]))
 

@@ -45,7 +45,7 @@ import traceback
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.common import TERMINAL, ProductProblem, hard_exit, run_parts
+from bench.common import TERMINAL, ProductProblem, bench_parser, hard_exit, keyed_report, run_parts
 from bench.latency import bench_bare
 from bench.lifecycle import Api, bench_cancel, log, pct, private_stack
 from bench.simagents import Fleet, SimAgent, SimProblem
@@ -187,26 +187,17 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
 
 
 def render(r: dict) -> str:
-    out = ["boxrun box boundary (bench/boundary.py)"]
-    for key in ("dispatch", "bare_workflow_ms", "agent_rss_mib", "idle_agents"):
-        if key in r:
-            out.append(f"{key}: {json.dumps(r[key])}")
-    if "cancel" in r:
-        out.append(f"cancel -> SIGTERM ms: {json.dumps(r['cancel']['cancel_to_sigterm_ms'])}")
-    out.append(f"errors: {r['errors'] or 'none'}")
-    out.append(f"machine: {json.dumps(r['machine'])}")
-    return "\n".join(out)
+    keys = ("dispatch", "bare_workflow_ms", "agent_rss_mib", "idle_agents")
+    cancel = [f"cancel -> SIGTERM ms: {json.dumps(r['cancel']['cancel_to_sigterm_ms'])}"] if "cancel" in r else []
+    return keyed_report("boxrun box boundary (bench/boundary.py)", r, keys, *cancel)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.boundary", description=__doc__.split("\n\n")[0])
+    parser = bench_parser("boundary", __doc__)
     parser.add_argument("--jobs", type=int, default=30)
     parser.add_argument("--cancel-jobs", type=int, default=20)
     parser.add_argument("--idle-agents", type=int, default=1000)
     parser.add_argument("--idle-window-s", type=float, default=30.0)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="tiny run for CI")
     args = parser.parse_args(argv)
     return run_parts("boxrun-bench-boundary-", args, run, render, lambda r: bool(r["errors"]))
 

@@ -4,6 +4,7 @@ clean exit."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -378,3 +379,22 @@ def header(r: dict) -> list[str]:
         f"temporalio {m['temporalio']}; box python {r['box_python']}",
         f"load avg: {m['loadavg_at_start']} at start, {m['loadavg_at_end']} at end; settings {r.get('settings')}",
     ]
+
+
+def bench_parser(name: str, doc: str | None, quick: str = "tiny run for CI") -> argparse.ArgumentParser:
+    """`python -m bench.NAME`'s parser, described by the first paragraph of its docstring, with the
+    options every bench takes (--json, --keep, --quick); the bench adds its own."""
+    parser = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    parser.add_argument("--keep", action="store_true", help="keep the stack's data dir (printed) afterwards")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    return parser
+
+
+def keyed_report(title: str, r: dict, keys: Iterable[str], *extra: str) -> str:
+    """A bench's plain report: the title, `key: JSON` for each of `keys` present, any extra lines,
+    then its errors and the machine's facts."""
+    out = [title, *(f"{key}: {json.dumps(r[key])}" for key in keys if key in r), *extra]
+    out.append(f"errors: {r['errors'] or 'none'}")
+    out.append(f"machine: {json.dumps(r['machine'])}")
+    return "\n".join(out)

@@ -47,7 +47,18 @@ from array import array
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.common import TERMINAL, ProductProblem, client_for, hard_exit, loadavg, run_parts, submit, wait_state
+from bench.common import (
+    TERMINAL,
+    ProductProblem,
+    bench_parser,
+    client_for,
+    hard_exit,
+    keyed_report,
+    loadavg,
+    run_parts,
+    submit,
+    wait_state,
+)
 from bench.latency import bench_bare
 from bench.lifecycle import private_stack
 from bench.logs import CpuMeter, RawFollower, fanout_script, job_body, log, mib, pct, status_kb
@@ -293,8 +304,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
 
 
 def render(r: dict) -> str:
-    out = ["boxrun followers over API replicas (bench/followers.py)"]
-    for key in (
+    keys = (
         "params",
         "bare_workflow_ms",
         "lines",
@@ -306,12 +316,8 @@ def render(r: dict) -> str:
         "cpu",
         "load_start",
         "load_end",
-    ):
-        if key in r:
-            out.append(f"{key}: {json.dumps(r[key])}")
-    out.append(f"errors: {r['errors'] or 'none'}")
-    out.append(f"machine: {json.dumps(r['machine'])}")
-    return "\n".join(out)
+    )
+    return keyed_report("boxrun followers over API replicas (bench/followers.py)", r, keys)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,15 +326,12 @@ def main(argv: list[str] | None = None) -> int:
         url, path, count, lines, out, drain = argv[1:7]
         asyncio.run(client_main(url, path, os.environ["BENCH_TOKEN"], int(count), int(lines), Path(out), float(drain)))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m bench.followers", description=__doc__.split("\n\n")[0])
+    parser = bench_parser("followers", __doc__)
     parser.add_argument("--followers", type=int, default=1000)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--interval-ms", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--drain-s", type=float, default=300.0)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="tiny run for CI")
     args = parser.parse_args(argv)
     return run_parts("boxrun-bench-followers-", args, run, render, lambda r: bool(r["errors"]))
 

@@ -34,7 +34,6 @@ runs) and fails on any problem; its figures mean little. Percentiles by nearest 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
@@ -45,7 +44,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import TERMINAL, ProductProblem, hard_exit, run_parts
+from bench.common import TERMINAL, ProductProblem, bench_parser, hard_exit, keyed_report, run_parts
 from bench.latency import bench_bare
 from bench.lifecycle import Api, cpu_by_child, log, pct, private_stack
 from boxrun.constants import DEFAULT_ORG
@@ -253,24 +252,17 @@ async def run(args: Any, root: Path) -> dict:  # argparse.Namespace
 
 
 def render(r: dict) -> str:
-    out = ["boxrun pipelines (bench/pipelines.py)", f"params: {json.dumps(r['params'])}"]
-    for key in ("created_through", "linear", "wide", "bare_workflow_ms"):
-        if key in r:
-            out.append(f"{key}: {json.dumps(r[key])}")
-    out.append(f"errors: {r['errors'] or 'none'}")
-    out.append(f"machine: {json.dumps(r['machine'])}")
-    return "\n".join(out)
+    return keyed_report(
+        "boxrun pipelines (bench/pipelines.py)", r, ("params", "created_through", "linear", "wide", "bare_workflow_ms")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.pipelines", description=__doc__.split("\n\n")[0])
+    parser = bench_parser("pipelines", __doc__)
     parser.add_argument("--linear-steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--wide-steps", type=int, default=200)
     parser.add_argument("--boxes", type=int, default=20)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="tiny run for CI")
     args = parser.parse_args(argv)
     return run_parts("boxrun-bench-pipelines-", args, run, render, lambda r: bool(r["errors"]))
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import time
 import traceback
@@ -53,7 +52,16 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from bench.common import TERMINAL, ProductProblem, cpu_by_pid_tree, hard_exit, loadavg, run_parts
+from bench.common import (
+    TERMINAL,
+    ProductProblem,
+    bench_parser,
+    cpu_by_pid_tree,
+    hard_exit,
+    keyed_report,
+    loadavg,
+    run_parts,
+)
 from bench.latency import bench_bare
 from bench.lifecycle import Api, log, pct, private_stack
 from bench.simagents import Fleet, SimAgent, SimProblem
@@ -283,8 +291,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
 
 
 def render(r: dict) -> str:
-    out = ["boxrun scale simulation (bench/scale_sim.py)"]
-    for key in (
+    keys = (
         "params",
         "planned_jobs",
         "planned_in_bursts",
@@ -313,16 +320,12 @@ def render(r: dict) -> str:
         "fleet",
         "load_before_arrivals",
         "load_after_drain",
-    ):
-        if key in r:
-            out.append(f"{key}: {json.dumps(r[key])}")
-    out.append(f"errors: {r['errors'] or 'none'}")
-    out.append(f"machine: {json.dumps(r['machine'])}")
-    return "\n".join(out)
+    )
+    return keyed_report("boxrun scale simulation (bench/scale_sim.py)", r, keys)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.scale_sim", description=__doc__.split("\n\n")[0])
+    parser = bench_parser("scale_sim", __doc__)
     parser.add_argument("--boxes", type=int, default=1000)
     parser.add_argument("--jobs-per-day", type=float, default=100_000)
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -333,9 +336,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-s", type=float, default=30.0, help="idle-fleet window before the arrivals")
     parser.add_argument("--bare", type=int, default=20)
     parser.add_argument("--seed", type=int, default=15)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="tiny run for CI")
     args = parser.parse_args(argv)
     return run_parts("boxrun-bench-scale-", args, run, render, lambda r: bool(r["errors"]))
 

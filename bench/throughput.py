@@ -48,6 +48,7 @@ from temporalio.worker import Worker
 from bench.bare_workflow import BareWorkflow, echo
 from bench.common import (
     Profiler,
+    bench_parser,
     hard_exit,
     header,
     history_event_counts,
@@ -225,7 +226,7 @@ def render(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n\n")[0])
+    parser = bench_parser("throughput", __doc__, quick="CI smoke run: 2 boxes, 10 jobs per target, no profile")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--boxes", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=50, help="POSTs in flight at once (default 50)")
@@ -233,9 +234,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-s", type=float, default=600, help="stop waiting for a run after this long")
     parser.add_argument("--history-sample", type=int, default=60, help="Temporal histories read per run")
     parser.add_argument("--profile-jobs", type=int, default=300, help="a py-spy profiled group run of N jobs (0: none)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
-    parser.add_argument("--keep", action="store_true", help="keep the stack's data dir (printed) afterwards")
-    parser.add_argument("--quick", action="store_true", help="CI smoke run: 2 boxes, 10 jobs per target, no profile")
     args = parser.parse_args(argv)
     if set(args.targets.split(",")) - {"group", "named"}:
         parser.error("--targets takes group and/or named")
