@@ -21,6 +21,7 @@ from pathlib import Path
 
 from boxrun.client import BoxrunClient
 from boxrun.constants import TERMINAL_STATES
+from boxrun.dev.procs import beside_python
 from boxrun.errors import BoxrunError
 from boxrun.schemas import JobPublic
 
@@ -308,7 +309,7 @@ class Profiler:
         import subprocess
 
         self.out = {name: out_dir / f"pyspy-{name}.txt" for name in pids}
-        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        spy = beside_python("py-spy") or "py-spy"
         self.procs = [
             subprocess.Popen(
                 [

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -15,6 +17,21 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def beside_python(name: str) -> str | None:
+    """An executable installed next to this interpreter (a wheel's binary, a console script),
+    else the one on PATH, else None."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name)
+
+
+def installed_binary(name: str, missing: str) -> str:
+    """beside_python(name), or FileNotFoundError saying `missing` (how to install it)."""
+    found = beside_python(name)
+    if not found:
+        raise FileNotFoundError(missing)
+    return found
 
 
 def free_port() -> int:

