@@ -29,6 +29,8 @@ from boxrun.messages import (
     TransitionResult,
     VerifyInput,
     VerifyResult,
+    WithdrawInput,
+    WithdrawResult,
 )
 from boxrun.placement import acquire, finish
 from boxrun.services.archive import write_archive
@@ -65,6 +67,7 @@ class ControlActivities:
             self.archive_logs,
             self.request_cancel,
             self.release_hold,
+            self.withdraw_offer,
         ]
 
     @activity.defn
@@ -125,6 +128,14 @@ class ControlActivities:
         """Record the cancel on the job's dispatch and push it to the box holding it (NOTIFY)."""
         async with self.pool.acquire() as conn:
             return await request_cancel(conn, inp.job_id)
+
+    @activity.defn
+    async def withdraw_offer(self, inp: WithdrawInput) -> WithdrawResult:
+        """run_job ended on its heartbeat timeout: close the job's offer unless the box claimed it.
+        Unclaimed means the job never started (its run_job was lost with a control worker before
+        or after offering), so the workflow may offer it again. Idempotent."""
+        async with self.pool.acquire() as conn:
+            return WithdrawResult(unclaimed=await conn.fetchval(Q.withdraw_dispatch, inp.job_id))
 
     @activity.defn
     async def verify_artifacts(self, inp: VerifyInput) -> VerifyResult:

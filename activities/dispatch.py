@@ -62,9 +62,19 @@ class DispatchActivities:
             box_id: int | None = await conn.fetchval(Q.box_id_by_name, inp.job_id, inp.box)
             if box_id is None:
                 raise ApplicationError(f"box {inp.box} no longer exists", type="BoxGone", non_retryable=True)
-            await conn.fetchrow(
-                Q.offer_dispatch, inp.job_id, box_id, token, self.claim_timeout_s, logcontext.get("request_id")
+            offered = await conn.fetchrow(
+                Q.offer_dispatch,
+                inp.job_id,
+                box_id,
+                token,
+                self.claim_timeout_s,
+                logcontext.get("request_id"),
+                activity.info().scheduled_time,
             )
+            if offered is None:  # claimed under an earlier offer, or offered by a later run_job
+                raise ApplicationError(
+                    f"job {inp.job_id} is no longer open to this offer", type="OfferSuperseded", non_retryable=True
+                )
             await notify(conn, box_id, inp.job_id, "offer")
         return box_id
 

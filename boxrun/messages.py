@@ -135,6 +135,15 @@ class CancelInput(BaseModel):
     job_id: str
 
 
+class WithdrawInput(BaseModel):
+    job_id: str
+
+
+class WithdrawResult(BaseModel):
+    # the box never claimed the job (the offer, if any, is closed now): it may be offered again
+    unclaimed: bool
+
+
 class VerifyInput(BaseModel):
     job_id: str
 

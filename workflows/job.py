@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         RunJobInput,
         RunJobResult,
         VerifyInput,
+        WithdrawInput,
     )
     from boxrun.temporal import BUG_TYPES, KEY_BOX_ID, KEY_JOB_STATE
 
@@ -78,6 +79,10 @@ HEARTBEAT_LOST = "box heartbeat lost"
 # A waiting job waits for a wake-up (or its deadline, or a window's end) without a periodic
 # re-check: the reaper's waiter sweep stands in for a lost signal (issue 15).
 WAKE_ONLY_PATCH = "wait-wake-only"
+# run_job ended on its heartbeat timeout before the box claimed the job (the control worker
+# running it died before or after offering): offer the job again, at most this many times.
+REOFFER_PATCH = "reoffer-unclaimed"
+MAX_REOFFERS = 3
 JOB_CANCELLED = "JobCancelled"
 CLAIM_TIMEOUT = "ClaimTimeout"
 # The Temporal failure type a job that did not complete ends its workflow with (non-retryable,
@@ -216,36 +221,64 @@ class JobWorkflow:
                 pass  # the deadline (checked above), a window's end, or (before the patch) a re-check
 
     async def _run_on(self, spec: JobInput, box: str) -> tuple[JobState, int | None, str | None, ErrorKind | None]:
-        run = workflow.start_activity_method(
-            DispatchActivities.run_job,
-            RunJobInput(job_id=spec.job_id, box=box),
-            start_to_close_timeout=timedelta(seconds=spec.claim_timeout_s + spec.timeout_s) + RUN_GRACE,
-            heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_s),
-            retry_policy=RUN_ONCE,
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-        )
-        try:
-            # shielded: a workflow cancel lands here as CancelledError (below), not as a cancel the
-            # SDK would pass to run_job silently, so the box is told at once
-            result: RunJobResult = await asyncio.shield(run)
-        except ActivityError as exc:
-            return self._run_failure(exc)
-        except asyncio.CancelledError:
-            # Cancelled while the job is offered or running: cancel run_job, push the cancel to the
-            # box, and wait until it confirms the process group is gone (the lease is never freed
-            # under a live job).
-            run.cancel()
-            await workflow.execute_activity_method(
-                ControlActivities.request_cancel,
-                CancelInput(job_id=spec.job_id),
-                start_to_close_timeout=CANCEL_TIMEOUT,
-                retry_policy=CANCEL_RETRY,
+        reoffers = 0
+        while True:
+            run = workflow.start_activity_method(
+                DispatchActivities.run_job,
+                RunJobInput(job_id=spec.job_id, box=box),
+                start_to_close_timeout=timedelta(seconds=spec.claim_timeout_s + spec.timeout_s) + RUN_GRACE,
+                heartbeat_timeout=timedelta(seconds=spec.heartbeat_timeout_s),
+                retry_policy=RUN_ONCE,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
             try:
-                await run
-            except (ActivityError, asyncio.CancelledError):
-                pass
-            raise
+                # shielded: a workflow cancel lands here as CancelledError (below), not as a cancel
+                # the SDK would pass to run_job silently, so the box is told at once
+                result: RunJobResult = await asyncio.shield(run)
+                break
+            except ActivityError as exc:
+                if reoffers < MAX_REOFFERS and await self._lost_before_claim(spec, exc):
+                    reoffers += 1
+                    continue
+                return self._run_failure(exc)
+            except asyncio.CancelledError:
+                await self._cancel_run(spec, run)
+                raise
+        return await self._outcome_of(spec, result)
+
+    async def _lost_before_claim(self, spec: JobInput, exc: ActivityError) -> bool:
+        """run_job timed out on its heartbeat: was it lost before the box claimed the job? Then the
+        offer is closed (a late claim gets 409) and the job may be offered again: a control worker
+        killed while it held run_job costs a heartbeat timeout, never the job. Once the box has
+        claimed it, the lost heartbeat is the box's and the job fails as before."""
+        cause = exc.cause
+        if not (isinstance(cause, TimeoutError) and cause.type == TimeoutType.HEARTBEAT):
+            return False
+        if not workflow.patched(REOFFER_PATCH):  # a history from before the re-offer: fail as it did
+            return False
+        withdrawn = await self._db_step(ControlActivities.withdraw_offer, WithdrawInput(job_id=spec.job_id))
+        return withdrawn.unclaimed
+
+    async def _cancel_run(self, spec: JobInput, run: workflow.ActivityHandle[RunJobResult]) -> None:
+        """Cancelled while the job is offered or running: cancel run_job, push the cancel to the
+        box, and wait until it confirms the process group is gone (the lease is never freed under
+        a live job)."""
+        run.cancel()
+        await workflow.execute_activity_method(
+            ControlActivities.request_cancel,
+            CancelInput(job_id=spec.job_id),
+            start_to_close_timeout=CANCEL_TIMEOUT,
+            retry_policy=CANCEL_RETRY,
+        )
+        try:
+            await run
+        except (ActivityError, asyncio.CancelledError):
+            pass
+
+    async def _outcome_of(
+        self, spec: JobInput, result: RunJobResult
+    ) -> tuple[JobState, int | None, str | None, ErrorKind | None]:
+        """The job's end from what the box reported and what verification found."""
         self._log_lines = result.log_lines
         artifact_error = None
         if result.artifacts or result.refused:

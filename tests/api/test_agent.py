@@ -6,6 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import asyncpg
 import httpx
@@ -63,7 +64,7 @@ async def offered_job(
     box_id = await db.fetchval("SELECT id FROM boxes WHERE name = $1", box)
     # run_job offers with the submission's request id (boxrun.propagation carries it there)
     request_id = resp.headers["x-request-id"]
-    await db.fetchrow(Q.offer_dispatch, job_id, box_id, b"not-a-task-token", claim_s, request_id)
+    await db.fetchrow(Q.offer_dispatch, job_id, box_id, b"not-a-task-token", claim_s, request_id, datetime.now(UTC))
     return job_id
 
 

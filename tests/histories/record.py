@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -303,6 +304,7 @@ async def record_retention(api: httpx.AsyncClient, client: Client, stack: DevSta
 
 
 SCHEDULE_HISTORY = "schedule_run"
+REOFFERED_HISTORY = "job_reoffered_after_worker_loss"
 
 
 async def record_schedule(api: httpx.AsyncClient, client: Client) -> None:
@@ -333,6 +335,40 @@ async def record_schedule(api: httpx.AsyncClient, client: Client) -> None:
     await save(client, SCHEDULE_HISTORY, workflow_id, run_id)
 
 
+async def record_reoffered(api: httpx.AsyncClient, stack: DevStack) -> str:
+    """A job whose run_job was lost with the control worker before its box claimed it: the worker
+    is killed (and restarted) while the agent is stopped, run_job times out on its heartbeat, the
+    workflow withdraws the offer and offers the job again (workflows/job.py REOFFER_PATCH)."""
+    db = await db_connect(stack.child("api").env["BOXRUN_DATABASE_URL"])
+    agent = stack.child("agent-local-1")
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        job = await submit(api, "print('offered twice, ran once')")
+        jid = job["id"]
+
+        async def offered() -> bytes | None:
+            return await db.fetchval("SELECT task_token FROM dispatches WHERE job_id = $1", jid)
+
+        await wait_for(offered, timeout=30, what="the first offer")
+        first = await offered()
+        worker = stack.child("worker")
+        worker.proc.send_signal(signal.SIGKILL)
+        worker.proc.wait(30)
+        worker.respawn()
+
+        async def offered_again() -> bool:
+            token = await offered()
+            return token is not None and token != first
+
+        await wait_for(offered_again, timeout=60, what="the second offer")
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+        await db.close()
+    done = await wait_terminal(api, jid, timeout=60)
+    assert done["state"] == "completed", done
+    return str(jid)
+
+
 async def record(
     local: bool,
     *,
@@ -341,6 +377,7 @@ async def record(
     only_bench: bool = False,
     only_schedule: bool = False,
     only_waiting: bool = False,
+    only_reoffered: bool = False,
 ) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="boxrun-record-")) / "dev"
     env = {**ENV, "BOXRUN_LOCAL_CONTROL_ACTIVITIES": "true" if local else "false"}
@@ -362,6 +399,9 @@ async def record(
             if only_waiting:
                 await save(client, "job_waiting_then_woken", await waiting_then_woken(api))
                 return
+            if only_reoffered:
+                await save(client, REOFFERED_HISTORY, await record_reoffered(api, stack))
+                return
             if not local:
                 await record_webhook(api, client)
                 await record_retention(api, client, stack)
@@ -371,6 +411,8 @@ async def record(
                     continue
                 job_id = await scenario(api)
                 await save(client, f"job_{name}{'_local' if local else ''}", job_id)
+            if not local and not only_webhook:
+                await save(client, REOFFERED_HISTORY, await record_reoffered(api, stack))
         if not local and not only_webhook:
             await record_pipeline(stack, client)
             await record_bench(stack, client)
@@ -392,6 +434,9 @@ async def main() -> int:
         return 0
     if sys.argv[1:] == ["schedule"]:  # only a scheduled run's history (a new workflow, the rest unchanged)
         await record(False, only_schedule=True)
+        return 0
+    if sys.argv[1:] == ["reoffered"]:  # only the re-offered job's history (JobWorkflow's re-offer)
+        await record(False, only_reoffered=True)
         return 0
     if sys.argv[1:] == ["waiting"]:  # only the waiting job's history (JobWorkflow's wait changed)
         await record(False, only_waiting=True)

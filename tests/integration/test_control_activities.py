@@ -1,7 +1,9 @@
 """Control activities on real PostgreSQL and the S3 API over HTTP (SeaweedFS)."""
 
 import asyncio
+import dataclasses
 import hashlib
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -13,7 +15,15 @@ from boxrun.activities.control import ControlActivities
 from boxrun.activities.dispatch import DispatchActivities
 from boxrun.constants import JobState, artifact_key
 from boxrun.db import Q, create_pool
-from boxrun.messages import AcquireInput, ArtifactEntry, FinishInput, RunJobInput, TransitionInput, VerifyInput
+from boxrun.messages import (
+    AcquireInput,
+    ArtifactEntry,
+    FinishInput,
+    RunJobInput,
+    TransitionInput,
+    VerifyInput,
+    WithdrawInput,
+)
 from boxrun.storage import Storage
 from tests.conftest import wait_for
 from tests.integration.helpers import add_box, add_job, state_of
@@ -103,6 +113,57 @@ async def test_run_job_hands_over_to_the_api_once_claimed(settings, conn):
         with pytest.raises(CompleteAsyncError):
             await asyncio.wait_for(running, 10)
         assert heartbeats, "run_job heartbeats while it waits for the claim"
+    finally:
+        await pool.close()
+
+
+def scheduled_at(when: datetime) -> ActivityEnvironment:
+    """An activity environment whose activity was scheduled at `when` (run_job's offer keeps it)."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, scheduled_time=when, current_attempt_scheduled_time=when)
+    return env
+
+
+async def test_a_withdrawn_unclaimed_offer_is_offered_again_and_a_stale_run_job_cannot_take_it_back(
+    control, settings, conn
+):
+    """run_job lost with its control worker before the claim: withdraw_offer closes the offer (a
+    late claim gets nothing), a new run_job offers the job again; the old one, if its worker was
+    only paused, cannot reopen it; once claimed, the offer is never withdrawn nor re-offered."""
+    box_id = await add_box(conn, "b1")
+    job = await add_job(conn, box="b1")
+    withdraw = WithdrawInput(job_id=job)
+    assert (await ActivityEnvironment().run(control.withdraw_offer, withdraw)).unclaimed, "never offered at all"
+    pool = await create_pool(settings.database_url, max_size=2)
+    try:
+        dispatch = DispatchActivities(pool, claim_timeout_s=30)
+        first, second = datetime.now(UTC), datetime.now(UTC) + timedelta(seconds=20)
+        lost = asyncio.create_task(scheduled_at(first).run(dispatch.run_job, RunJobInput(job_id=job, box="b1")))
+        await wait_for(lambda: conn.fetchval("SELECT count(*) FROM dispatches WHERE job_id = $1", job), what="offer")
+        lost.cancel()  # its worker died (the cancel's own expiry is undone below, as if it never ran)
+        with pytest.raises(asyncio.CancelledError):
+            await lost
+        await conn.execute("UPDATE dispatches SET expired_at = NULL WHERE job_id = $1", job)
+        assert (await ActivityEnvironment().run(control.withdraw_offer, withdraw)).unclaimed
+        assert await conn.fetchval(Q.claim_dispatch, job, box_id) is None, "a withdrawn offer cannot be claimed"
+
+        again = asyncio.create_task(scheduled_at(second).run(dispatch.run_job, RunJobInput(job_id=job, box="b1")))
+        await wait_for(
+            lambda: conn.fetchval("SELECT expired_at IS NULL FROM dispatches WHERE job_id = $1", job), what="re-offer"
+        )
+        token = await conn.fetchval("SELECT task_token FROM dispatches WHERE job_id = $1", job)
+        # the first run_job's worker wakes up and offers late: refused, the new offer stands
+        with pytest.raises(ApplicationError, match="no longer open to this offer"):
+            await scheduled_at(first).run(dispatch.run_job, RunJobInput(job_id=job, box="b1"))
+        assert await conn.fetchval("SELECT task_token FROM dispatches WHERE job_id = $1", job) == token
+        assert await conn.fetchval(Q.claim_dispatch, job, box_id) == token
+        with pytest.raises(CompleteAsyncError):
+            await asyncio.wait_for(again, 10)
+        assert not (await ActivityEnvironment().run(control.withdraw_offer, withdraw)).unclaimed, "claimed"
+        assert await conn.fetchval("SELECT expired_at FROM dispatches WHERE job_id = $1", job) is None
+        later = datetime.now(UTC) + timedelta(seconds=60)
+        with pytest.raises(ApplicationError, match="no longer open to this offer"):
+            await scheduled_at(later).run(dispatch.run_job, RunJobInput(job_id=job, box="b1"))
     finally:
         await pool.close()
 

@@ -304,10 +304,11 @@ async def test_a_control_worker_killed_under_load_loses_and_repeats_nothing(tmp_
 
                 await wait_for(ended, timeout=300, interval=0.5, what=f"all {JOBS} jobs ended")
                 elapsed = time.monotonic() - started
-                final = {
-                    str(r["id"]): r["state"]
-                    for r in await db.fetch("SELECT id, state::text AS state FROM jobs WHERE id = ANY($1::uuid[])", ids)
-                }
+                rows = await db.fetch(
+                    "SELECT id, state::text AS state, error FROM jobs WHERE id = ANY($1::uuid[])", ids
+                )
+                final = {str(r["id"]): r["state"] for r in rows}
+                errors = {str(r["id"]): r["error"] for r in rows if r["state"] != "completed"}
                 events = await db.fetch(
                     "SELECT job_id, to_state::text AS to_state FROM job_events WHERE job_id = ANY($1::uuid[]) ORDER BY id",
                     ids,
@@ -315,7 +316,7 @@ async def test_a_control_worker_killed_under_load_loses_and_repeats_nothing(tmp_
             finally:
                 await db.close()
 
-            assert collections.Counter(final.values()) == {"completed": JOBS}, final
+            assert collections.Counter(final.values()) == {"completed": JOBS}, errors
             per_job: dict[str, list[str]] = collections.defaultdict(list)
             for e in events:
                 per_job[str(e["job_id"])].append(e["to_state"])
@@ -326,7 +327,9 @@ async def test_a_control_worker_killed_under_load_loses_and_repeats_nothing(tmp_
             counts = collections.Counter(ran())
             assert set(counts) == set(ids) and set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
             for job_id in ids:
-                assert await run_job_attempts(fs, job_id) == [1], job_id
+                # never retried; a run_job lost with worker-1 before the box claimed the job is
+                # followed by a second one that offers it again (JobWorkflow._lost_before_claim)
+                assert set(await run_job_attempts(fs, job_id)) == {1}, job_id
                 assert [line["text"] for line in await replay(apis[0], job_id)] == [f"done {job_id}"]
             print(
                 f"\n{JOBS} jobs over 2 API replicas and 2 control workers: worker-1 SIGKILLed after {killed_at} had run "

@@ -29,9 +29,12 @@ from boxrun.messages import (
     TransitionResult,
     VerifyInput,
     VerifyResult,
+    WithdrawInput,
+    WithdrawResult,
 )
 from boxrun.temporal import KEY_JOB_STATE
 from boxrun.workflows import JobWorkflow
+from boxrun.workflows.job import MAX_REOFFERS
 from tests.conftest import wait_for
 
 
@@ -41,7 +44,9 @@ class MockControlPlane:
 
     acquire_answers: list[AcquireResult]
     run_result: RunJobResult | None = None
-    run_mode: str = "return"  # return | hang | heartbeat_until_cancelled | fail
+    run_mode: str = "return"  # return | hang | hang_first | heartbeat_until_cancelled | fail
+    # what withdraw_offer answers after a run_job heartbeat timeout: True, the box never claimed
+    unclaimed: bool = False
     run_error: ApplicationError | None = None
     mismatched: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
@@ -82,6 +87,11 @@ class MockControlPlane:
             self.calls.append(("request_cancel", inp))
             return True
 
+        @activity.defn(name="withdraw_offer")
+        async def mock_withdraw_offer(inp: WithdrawInput) -> WithdrawResult:
+            self.calls.append(("withdraw", inp))
+            return WithdrawResult(unclaimed=self.unclaimed)
+
         @activity.defn(name="archive_logs")
         async def mock_archive_logs(inp: ArchiveInput) -> ArchiveResult:
             self.calls.append(("archive", inp))
@@ -94,6 +104,7 @@ class MockControlPlane:
             mock_verify_artifacts,
             mock_archive_logs,
             mock_request_cancel,
+            mock_withdraw_offer,
             self.run_job(),
         ]
 
@@ -103,8 +114,8 @@ class MockControlPlane:
         @activity.defn(name="run_job")
         async def mock_run_job(inp: RunJobInput) -> RunJobResult:
             self.calls.append(("run_job", inp))
-            if self.run_mode == "hang":
-                await asyncio.sleep(3600)  # never heartbeats: the box "died"
+            if self.run_mode == "hang" or (self.run_mode == "hang_first" and self.names().count("run_job") == 1):
+                await asyncio.sleep(3600)  # never heartbeats: the box (or run_job's worker) "died"
             if self.run_mode == "heartbeat_until_cancelled":
                 while True:
                     activity.heartbeat()
@@ -230,9 +241,37 @@ async def test_lost_heartbeat_fails_the_job_and_frees_the_box(temporal_client, t
     mock = MockControlPlane([AcquireResult(box=box)], run_mode="hang")
     _, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box, heartbeat_timeout_s=1))
     assert (result.state, result.error) == (JobState.FAILED, "box heartbeat lost")
-    assert mock.names().count("run_job") == 1, "a job is never re-dispatched"
+    assert mock.names() == ["acquire", "run_job", "withdraw", "finish", "archive"], (
+        "a claimed job is never re-dispatched"
+    )
     assert mock.finished().error == "box heartbeat lost"
     assert result.error_kind == mock.finished().error_kind == "heartbeat_lost"
+
+
+@pytest.mark.parametrize("local_control", [False, True], ids=["activities", "local-activities"])
+async def test_run_job_lost_before_the_claim_is_offered_again(temporal_client, task_queue, local_control):
+    """The control worker running run_job died before the box claimed the job (withdraw_offer
+    finds it unclaimed): the job is offered again by a new run_job instead of failing."""
+    box = f"b-{uuid.uuid4().hex[:6]}"
+    mock = MockControlPlane(
+        [AcquireResult(box=box)], RunJobResult(exit_code=0, pid=5), run_mode="hang_first", unclaimed=True
+    )
+    spec = job_spec(box, heartbeat_timeout_s=1, local_control=local_control)
+    handle, result = await run_workflow(temporal_client, task_queue, mock, spec)
+    assert result.state == JobState.COMPLETED
+    assert mock.names() == ["acquire", "run_job", "withdraw", "run_job", "finish", "archive"]
+    events = (await handle.fetch_history()).events
+    timed_out = [e for e in events if e.HasField("activity_task_timed_out_event_attributes")]
+    assert len(timed_out) == 1, "the first run_job ended on its heartbeat timeout"
+
+
+async def test_an_offer_lost_every_time_fails_after_the_last_reoffer(temporal_client, task_queue):
+    box = f"b-{uuid.uuid4().hex[:6]}"
+    mock = MockControlPlane([AcquireResult(box=box)], run_mode="hang", unclaimed=True)
+    _, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box, heartbeat_timeout_s=1))
+    assert (result.state, result.error_kind) == (JobState.FAILED, "heartbeat_lost")
+    assert mock.names().count("run_job") == 1 + MAX_REOFFERS
+    assert mock.names().count("withdraw") == MAX_REOFFERS
 
 
 async def test_artifact_mismatch_fails_the_job(temporal_client, task_queue):

@@ -1,9 +1,16 @@
--- The run_job activity offers the job to its box (idempotent: a retried offer keeps the row).
--- $1 job, $2 box id, $3 task token, $4 seconds to claim, $5 the submission's request id (or NULL).
+-- The run_job activity offers the job to its box. A job whose earlier offer was withdrawn
+-- unclaimed (withdraw_dispatch: its run_job was lost with a control worker) is offered again
+-- with the new task token and a fresh claim deadline; a claimed dispatch is never re-offered
+-- (no row returned), nor is an offer replaced by one from a run_job scheduled before it.
+-- $1 job, $2 box id, $3 task token, $4 seconds to claim, $5 the submission's request id (or NULL),
+-- $6 when the offering run_job was scheduled.
 -- name: offer_dispatch
-INSERT INTO dispatches (job_id, org_id, box_id, task_token, claim_deadline, request_id)
-SELECT j.id, j.org_id, $2, $3, clock_timestamp() + make_interval(secs => $4), $5 FROM jobs j WHERE j.id = $1
-ON CONFLICT (job_id) DO UPDATE SET task_token = EXCLUDED.task_token
+INSERT INTO dispatches (job_id, org_id, box_id, task_token, claim_deadline, request_id, run_scheduled_at)
+SELECT j.id, j.org_id, $2, $3, clock_timestamp() + make_interval(secs => $4), $5, $6 FROM jobs j WHERE j.id = $1
+ON CONFLICT (job_id) DO UPDATE SET task_token = EXCLUDED.task_token, claim_deadline = EXCLUDED.claim_deadline,
+  expired_at = NULL, run_scheduled_at = EXCLUDED.run_scheduled_at
+WHERE dispatches.claimed_at IS NULL AND dispatches.cancel_requested_at IS NULL
+  AND dispatches.run_scheduled_at < EXCLUDED.run_scheduled_at
 RETURNING claimed_at, expired_at, claim_deadline;
 
 -- name: dispatch_state
@@ -16,6 +23,18 @@ FROM dispatches WHERE job_id = $1;
 UPDATE dispatches SET expired_at = clock_timestamp()
 WHERE job_id = $1 AND claimed_at IS NULL AND expired_at IS NULL
 RETURNING job_id;
+
+-- run_job ended without a word from the box (its heartbeat timeout): close the offer if the box
+-- never claimed it. True when the job never started (no offer at all, or an open or expired
+-- unclaimed one: a claim racing this waits on the row lock, then matches nothing), so the
+-- workflow may offer it again; false once claimed.
+-- name: withdraw_dispatch
+WITH closed AS (
+  UPDATE dispatches SET expired_at = coalesce(expired_at, clock_timestamp())
+  WHERE job_id = $1 AND claimed_at IS NULL
+  RETURNING job_id
+)
+SELECT EXISTS (SELECT 1 FROM closed) OR NOT EXISTS (SELECT 1 FROM dispatches WHERE job_id = $1);
 
 -- The box claims the job: only an open offer to this very box.
 -- name: claim_dispatch
