@@ -53,6 +53,43 @@ async def _never_reason(conn: Conn, job: asyncpg.Record, boxes: list[asyncpg.Rec
     return f"{why} ({gone})" if gone else why
 
 
+def target_key(org_id: object, *, box: str | None = None, group: str | None = None) -> str:
+    """The placement lock of one target: a box by name, or a group, of one org (leases.sql lock_target)."""
+    return f"{org_id}/box/{box}" if box is not None else f"{org_id}/group/{group}"
+
+
+async def lock_box_targets(conn: Conn, box_ids: list[int]) -> None:
+    """Take the placement locks of every target the boxes are in (their names and groups), in one
+    order (sorted keys: two releases never deadlock), before looking for the boxes' waiters: a
+    placement of any of those targets is then either committed (its job visibly waiting) or
+    not yet started (it will see what the caller frees). Call it before locking a box row: a
+    placement takes its target lock first, then the box it chose."""
+    keys: set[str] = set()
+    for box_id in box_ids:
+        row = await conn.fetchrow(Q.box_targets, box_id)
+        if row is None:
+            continue  # deleted: no placement can choose it any more
+        keys.add(target_key(row["org_id"], box=row["name"]))
+        keys.update(target_key(row["org_id"], group=g) for g in row["groups"])
+    for key in sorted(keys):
+        await conn.execute(Q.lock_target, key)
+
+
+def _refusal(job: asyncpg.Record, box: asyncpg.Record) -> str | None:
+    """Why `box` (a box_facts row) cannot take `job` now, or None if it can."""
+    if box["window_id"] is not None:
+        return WAIT_MAINTENANCE
+    if not box["live"]:
+        return WAIT_OFFLINE
+    full = box["active"] >= box["capacity"] or (job["lock"] and box["active"] > 0)
+    # a pipeline's hold keeps the box for its pinned steps: others wait (busy), and a pinned step
+    # does not queue behind the jobs the hold refuses
+    behind = box["behind"] and not box["held_for_me"]
+    if box["held"] or box["exclusive"] or full or behind:
+        return WAIT_BUSY
+    return None
+
+
 async def acquire(conn: Conn, job_id: str, *, offline_after_s: float = 15.0) -> AcquireResult:
     """Lease a box for `job_id` and move it to `dispatching`, or to `waiting_for_box` with the
     reason (busy, maintenance, offline), or report that no box can ever take it. Idempotent: a
@@ -63,10 +100,14 @@ async def acquire(conn: Conn, job_id: str, *, offline_after_s: float = 15.0) -> 
     `offline_after_s`, not draining), no maintenance window covers now, it has free capacity, no
     exclusive lease is on it (and, for `lock` jobs, no lease at all), no pipeline holds it for other
     steps (box_holds: keep_box), and no job that waits longer (higher priority first, then FIFO)
-    could use it (a job the box is held for does not wait behind jobs the hold refuses). The
-    target boxes are locked FOR UPDATE (in id order) for the whole decision, and release() and
-    release_holds() lock the box too, so a release either frees capacity this grant sees or finds
-    this job already waiting and wakes it.
+    could use it (a job the box is held for does not wait behind jobs the hold refuses).
+
+    Locking: the placement lock of the job's target (one advisory lock, whatever the size of the
+    group) for the whole decision, then only the box chosen, checked again under its row lock
+    (another target sharing the box may have taken it); boxes are never locked wholesale, so
+    heartbeats updating box rows never wait for placements. release(), release_holds() and
+    every wake-up take the target locks of the box they free (lock_box_targets) before looking
+    for waiters, so a release either frees capacity this grant sees or finds this job waiting.
     """
     async with conn.transaction():
         job = await conn.fetchrow(Q.lock_job, job_id)
@@ -78,8 +119,9 @@ async def acquire(conn: Conn, job_id: str, *, offline_after_s: float = 15.0) -> 
         if JobState(job["state"]).terminal:
             return AcquireResult(unschedulable_reason=f"job is already {job['state']}")
 
+        await conn.execute(Q.lock_target, target_key(job["org_id"], box=job["box_name"], group=job["box_group"]))
         # only boxes the job's owner may use (allowed_users), decided in the query
-        boxes = await conn.fetch(Q.lock_target_boxes, job["org_id"], job["box_name"], job["box_group"], job["owner"])
+        boxes = await conn.fetch(Q.target_boxes, job["org_id"], job["box_name"], job["box_group"], job["owner"])
         requires = list(job["requires"])
         fitting = [b for b in boxes if not _missing(requires, b["capabilities"])]
         if not fitting:
@@ -89,52 +131,60 @@ async def acquire(conn: Conn, job_id: str, *, offline_after_s: float = 15.0) -> 
         window_ends: list[datetime] = []
         candidates = []
         for box in await conn.fetch(Q.box_facts, [b["id"] for b in fitting], job_id, offline_after_s):
-            if box["window_id"] is not None:
+            refusal = _refusal(job, box)
+            if refusal == WAIT_MAINTENANCE:
                 await conn.execute(Q.record_rejection, job["org_id"], job_id, box["id"], box["window_id"])
-                reasons.add(WAIT_MAINTENANCE)
                 if box["window_ends"] is not None:
                     window_ends.append(box["window_ends"])
-                continue
-            if not box["live"]:
-                reasons.add(WAIT_OFFLINE)
-                continue
-            full = box["active"] >= box["capacity"] or (job["lock"] and box["active"] > 0)
-            # a pipeline's hold keeps the box for its pinned steps: others wait (busy), and a
-            # pinned step does not queue behind the jobs the hold refuses
-            behind = box["behind"] and not box["held_for_me"]
-            if box["held"] or box["exclusive"] or full or behind:
-                reasons.add(WAIT_BUSY)
+            if refusal is not None:
+                reasons.add(refusal)
                 continue
             candidates.append((box["active"] / box["capacity"], box["name"], box))
 
-        if not candidates:
-            # the most hopeful reason: a busy box frees up soonest, a window ends, an agent returns
-            reason = next(r for r in (WAIT_BUSY, WAIT_MAINTENANCE, WAIT_OFFLINE) if r in reasons)
-            if job["state"] != JobState.WAITING_FOR_BOX or job["waiting_reason"] != reason:
-                await _wait(conn, job, reason)
-            retry = None
-            if window_ends:
-                retry = max(0.0, (min(window_ends) - datetime.now(UTC)).total_seconds())
-            return AcquireResult(wait_reason=reason, retry_after_s=retry)
+        candidates.sort(key=lambda c: (c[0], c[1]))
+        for i, (_, _, box) in enumerate(candidates):
+            if not await _still_free(conn, job, box["id"], requires, offline_after_s):
+                reasons.add(WAIT_BUSY)
+                continue
+            await conn.execute(Q.insert_lease, job_id, job["org_id"], box["id"], job["lock"])
+            await transition(conn, job_id, JobState.DISPATCHING, box_id=box["id"], detail={"box": box["name"]})
+            others = [c[2] for c in candidates[:i] + candidates[i + 1 :]]
+            return AcquireResult(box=box["name"], wake_job_ids=await _next_waiter(conn, others))
 
-        _, _, box = min(candidates, key=lambda c: (c[0], c[1]))
-        await conn.execute(Q.insert_lease, job_id, job["org_id"], box["id"], job["lock"])
-        await transition(conn, job_id, JobState.DISPATCHING, box_id=box["id"], detail={"box": box["name"]})
-        return AcquireResult(box=box["name"], wake_job_ids=await _next_waiter(conn, [c[2] for c in candidates]))
+        # the most hopeful reason: a busy box frees up soonest, a window ends, an agent returns
+        reason = next(r for r in (WAIT_BUSY, WAIT_MAINTENANCE, WAIT_OFFLINE) if r in reasons)
+        if job["state"] != JobState.WAITING_FOR_BOX or job["waiting_reason"] != reason:
+            await _wait(conn, job, reason)
+        retry = None
+        if window_ends:
+            retry = max(0.0, (min(window_ends) - datetime.now(UTC)).total_seconds())
+        return AcquireResult(wait_reason=reason, retry_after_s=retry)
+
+
+async def _still_free(
+    conn: Conn, job: asyncpg.Record, box_id: int, requires: list[str], offline_after_s: float
+) -> bool:
+    """Lock the box chosen and check it again: still in the job's target, open to its owner,
+    with the capabilities, and free (a placement of another target sharing it, a hold, a window
+    or an edit may have come first)."""
+    locked = await conn.fetchval(
+        Q.lock_chosen_box, job["org_id"], job["box_name"], job["box_group"], job["owner"], requires, box_id
+    )
+    if locked is None:
+        return False
+    facts = await conn.fetchrow(Q.box_facts, [box_id], job["id"], offline_after_s)
+    return facts is not None and _refusal(job, facts) is None
 
 
 async def _next_waiter(conn: Conn, boxes: list[asyncpg.Record]) -> list[str]:
     """The first waiting job that could take one of `boxes` still free after this grant. Waking
     it continues the cascade: when several boxes free up at once, the waiters they woke may all be
-    the same head job, which takes one box and hands the wake-up on to the next in line."""
-    for box in boxes:
-        load = await _box_load(conn, box["id"])
-        if load["exclusive"] or load["active"] >= box["capacity"]:
-            continue
-        waiters = await conn.fetch(Q.waiters_for_box, box["id"], 1)
-        if waiters:
-            return [str(waiters[0]["id"])]
-    return []
+    the same head job, which takes one box and hands the wake-up on to the next in line. One
+    query over every box (leases.sql next_waiter_for_boxes)."""
+    if not boxes:
+        return []
+    first = await conn.fetchval(Q.next_waiter_for_boxes, [b["id"] for b in boxes])
+    return [] if first is None else [str(first)]
 
 
 async def _box_load(conn: Conn, box_id: int) -> asyncpg.Record:
@@ -194,6 +244,7 @@ async def release(conn: Conn, job_id: str) -> ReleaseResult:
         box_id = await conn.fetchval(Q.release_lease, job_id)
         if box_id is None:
             return ReleaseResult(released=False)
+        await lock_box_targets(conn, [box_id])
         capacity = await conn.fetchval(Q.lock_box, box_id)
         await conn.fetchval(Q.take_hold, job_id, box_id)
         load = await _box_load(conn, box_id)
@@ -211,7 +262,9 @@ async def release_holds(conn: Conn, pipeline_id: str, step: str | None = None, *
     wake: list[str] = []
     async with conn.transaction():
         rows = await conn.fetch(Q.release_holds, uuid.UUID(pipeline_id), step, by)
-        for box_id in sorted({r["box_id"] for r in rows}):
+        box_ids = sorted({r["box_id"] for r in rows})
+        await lock_box_targets(conn, box_ids)
+        for box_id in box_ids:
             # locked as release() locks it: a grant that saw the hold has made its job wait by now
             capacity = await conn.fetchval(Q.lock_box, box_id)
             if capacity is None:

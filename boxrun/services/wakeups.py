@@ -11,14 +11,21 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from boxrun.db import Q
+from boxrun.placement import lock_box_targets
 
 log = logging.getLogger(__name__)
 
 
 async def wake_waiters(conn: asyncpg.Connection, temporal: Client, box_id: int, count: int) -> list[str]:
-    """Signal up to `count` jobs waiting for `box_id` (oldest first) to try again now."""
+    """Signal up to `count` jobs waiting for `box_id` (oldest first) to try again now. The
+    caller has committed what made the box available; the box's placement locks are taken first
+    (placement.lock_box_targets), so a placement deciding meanwhile is either seen waiting here or
+    sees the box available."""
+    async with conn.transaction():
+        await lock_box_targets(conn, [box_id])
+        waiters = await conn.fetch(Q.waiters_for_box, box_id, count)
     woken = []
-    for row in await conn.fetch(Q.waiters_for_box, box_id, count):
+    for row in waiters:
         job_id = str(row["id"])
         try:
             await temporal.get_workflow_handle(job_id).signal("wake")

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
         "bench.backlog",
         "bench.followers",
         "bench.scale_sim",
+        "bench.placement",
     ],
 )
 def test_bench_quick_mode_runs_clean(bench: str) -> None:

@@ -12,6 +12,7 @@ from boxrun.placement import acquire, finish, release
 from boxrun.services import boxes
 from boxrun.services.identity import Role, User
 from boxrun.transitions import transition
+from tests.conftest import wait_for
 from tests.integration.helpers import add_box, add_job, state_of
 
 
@@ -280,3 +281,68 @@ async def test_a_group_whose_boxes_were_deleted_says_which_and_others_keep_waiti
     assert (await conn.fetchrow(Q.get_job, DEFAULT_ORG, g_job))["box"] == "a1"
     fresh = await add_job(conn, group="g")
     assert (await acquire(conn, fresh)).box == "a1"
+
+
+async def test_a_placement_in_progress_locks_only_the_box_it_chose(db_url, conn):
+    """Group placement holds its target's lock and the one box it chose: the other boxes of the
+    group take their agents' heartbeats meanwhile (before issue 15 every box of the group was
+    locked FOR UPDATE, so at 1,000 boxes heartbeats and placements queued behind one another)."""
+    ids = [await add_box(conn, f"g{i}", groups=["big"]) for i in range(20)]
+    job = await add_job(conn, group="big")
+    placing, beating = await connect(db_url), await connect(db_url)
+    try:
+        await beating.execute("SET lock_timeout = '2s'")
+        async with placing.transaction():
+            got = await acquire(placing, job)
+            chosen = await conn.fetchval("SELECT id FROM boxes WHERE name = $1", got.box)
+            for box_id in ids:
+                if box_id != chosen:  # raises LockNotAvailableError if the placement had it locked
+                    assert await beating.fetchrow(Q.box_report, box_id, "test", 15.0, False) is not None
+    finally:
+        await placing.close()
+        await beating.close()
+    assert await conn.fetchval("SELECT count(*) FROM leases WHERE released_at IS NULL") == 1
+
+
+async def test_grants_through_a_name_and_a_group_sharing_a_box_never_overbook(db_url, conn):
+    """Two targets (the box by name, and a group it is in) have different placement locks: the
+    box chosen is locked and checked again, so its one slot goes to one job."""
+    await add_box(conn, "shared", groups=["pool"])
+    jobs = [await add_job(conn, box="shared") if i % 2 else await add_job(conn, group="pool") for i in range(20)]
+    conns = [await connect(db_url) for _ in jobs]
+    try:
+        results = await asyncio.gather(*(acquire(c, j) for c, j in zip(conns, jobs)))
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
+    assert sum(r.box is not None for r in results) == 1
+    assert await conn.fetchval("SELECT count(*) FROM leases WHERE released_at IS NULL") == 1
+    assert {r.wait_reason for r in results if r.box is None} == {"busy"}
+
+
+async def test_a_release_racing_a_placement_that_decides_to_wait_wakes_it(db_url, conn):
+    """The placement decides "wait" and has not committed when the box is released: the release
+    takes the box's placement locks first, so it waits for that decision and names the job."""
+    await add_box(conn, "solo", groups=["g"])
+    holder = await add_job(conn, box="solo")
+    assert (await acquire(conn, holder)).box == "solo"
+    await transition(conn, holder, JobState.RUNNING)
+    waiter = await add_job(conn, group="g")
+    placing, releasing = await connect(db_url), await connect(db_url)
+    try:
+        tx = placing.transaction()
+        await tx.start()
+        assert (await acquire(placing, waiter)).wait_reason == "busy"
+        pid = await releasing.fetchval("SELECT pg_backend_pid()")
+        freeing = asyncio.create_task(finish(releasing, holder, JobState.COMPLETED))
+
+        async def blocked() -> bool:
+            row = await conn.fetchrow("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
+            return row is not None and row["wait_event_type"] == "Lock"
+
+        await wait_for(blocked, what="the release waiting for the placement's decision")
+        await tx.commit()
+        freed = await asyncio.wait_for(freeing, 10)
+    finally:
+        await placing.close()
+        await releasing.close()
+    assert freed.released and freed.wake_job_ids == [waiter]

@@ -2,17 +2,42 @@
 SELECT l.box_id, b.name AS box FROM leases l JOIN boxes b ON b.id = l.box_id
 WHERE l.job_id = $1 AND l.released_at IS NULL;
 
--- Boxes a job may be placed on, locked in id order (so concurrent grants serialise without deadlock).
+-- Placement serialises on its *target* (a box name or a group of one org), not on the boxes: one
+-- transaction-scoped advisory lock per target, so a placement holds one lock whatever the size of
+-- the group, and heartbeats (which update box rows) never wait for placements. $1 the target's
+-- key (boxrun.placement.target_key). Whatever frees a box takes the keys of every target the box
+-- is in (lock_targets_of_box's keys, sorted) before it looks for waiters, so a release either
+-- frees capacity a grant sees or finds the job that grant made wait.
+-- name: lock_target
+SELECT pg_advisory_xact_lock(hashtextextended($1, 0));
+
+-- The targets box $1 is in: its name and each of its groups (keys made by boxrun.placement).
+-- name: box_targets
+SELECT org_id, name, groups FROM boxes WHERE id = $1;
+
+-- Boxes a job may be placed on (read without locks: the target's advisory lock serialises
+-- placements of the target; the box chosen is locked and checked again, lock_chosen_box).
 -- $2 box name (or NULL), $3 group (or NULL), $4 the job's owner. Box access: a box whose
 -- allowed_users leaves the owner out is never a target, unless the owner is an admin of the org
 -- now (checked at every placement, so a change of role or of the list counts at once).
--- name: lock_target_boxes
+-- name: target_boxes
 SELECT b.id, b.name, b.groups, b.capabilities, b.capacity FROM boxes b, (SELECT $4::text AS owner) w
 WHERE b.org_id = $1
   AND (($2::text IS NOT NULL AND b.name = $2) OR ($3::text IS NOT NULL AND $3 = ANY(b.groups)))
   AND (b.allowed_users IS NULL OR w.owner = ANY(b.allowed_users)
        OR EXISTS (SELECT 1 FROM users u WHERE u.name = w.owner AND u.org_id = b.org_id AND u.role = 'admin'))
-ORDER BY b.id
+ORDER BY b.id;
+
+-- The box a placement chose, locked (a grant of another target that shares the box, a release,
+-- a hold, a window or an edit of the box waits for it, and it for them) and only if it is still
+-- in the job's target with every capability the job requires ($5) and open to its owner.
+-- name: lock_chosen_box
+SELECT b.id FROM boxes b, (SELECT $4::text AS owner) w
+WHERE b.id = $6 AND b.org_id = $1
+  AND (($2::text IS NOT NULL AND b.name = $2) OR ($3::text IS NOT NULL AND $3 = ANY(b.groups)))
+  AND b.capabilities @> $5::text[]
+  AND (b.allowed_users IS NULL OR w.owner = ANY(b.allowed_users)
+       OR EXISTS (SELECT 1 FROM users u WHERE u.name = w.owner AND u.org_id = b.org_id AND u.role = 'admin'))
 FOR UPDATE OF b;
 
 -- The boxes of the job's target that its owner ($4) may not use (placement says so when no box is
@@ -52,6 +77,28 @@ WHERE b.id = $1 AND w.state = 'waiting_for_box' AND w.org_id = b.org_id
 ORDER BY w.priority DESC, w.created_at, w.id
 LIMIT $2;
 
+-- The first job waiting for a box (grant order) that one of boxes $1 could take now: free
+-- capacity, no exclusive lease, the waiter's owner allowed, no hold refusing it. One query for the
+-- whole candidate list of a grant (the wake-up cascade), whatever the size of the group.
+-- name: next_waiter_for_boxes
+SELECT w.id FROM jobs w
+WHERE w.state = 'waiting_for_box'
+  AND EXISTS (
+    SELECT 1 FROM boxes b
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS active, COALESCE(bool_or(l.exclusive), false) AS exclusive
+        FROM leases l WHERE l.box_id = b.id AND l.released_at IS NULL
+    ) load
+    WHERE b.id = ANY($1::bigint[]) AND w.org_id = b.org_id
+      AND (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
+      AND NOT load.exclusive AND load.active < b.capacity
+      AND (b.allowed_users IS NULL OR w.owner = ANY(b.allowed_users)
+           OR EXISTS (SELECT 1 FROM users u WHERE u.name = w.owner AND u.org_id = b.org_id AND u.role = 'admin'))
+      AND NOT EXISTS (SELECT 1 FROM box_holds h WHERE h.box_id = b.id AND h.released_at IS NULL
+                      AND NOT COALESCE(w.pipeline_id = h.pipeline_id AND w.step = ANY(h.steps), false)))
+ORDER BY w.priority DESC, w.created_at, w.id
+LIMIT 1;
+
 -- name: record_rejection
 INSERT INTO placement_rejections (org_id, job_id, box_id, window_id) VALUES ($1, $2, $3, $4)
 ON CONFLICT (job_id, window_id) DO NOTHING;
@@ -78,7 +125,18 @@ ORDER BY w.priority DESC, w.created_at, w.id;
 -- leases, an exclusive lease, and whether a job that waits longer could use the box (its owner
 -- allowed on it: a job that may never use the box holds nobody back); a live pipeline hold on the
 -- box that refuses job $2 (`held`) or admits it (`held_for_me`: the hold keeps the box for it).
+-- `behind` reads the jobs still ahead of $2 once (jobs_pending index), reduced to their distinct
+-- targets, owners and requirements (a backlog of a thousand jobs for one group is one row), so
+-- its cost does not grow with boxes x backlog.
 -- name: box_facts
+WITH ahead AS MATERIALIZED (
+    SELECT DISTINCT w.box_name, w.box_group, w.requires, w.owner
+    FROM jobs w, jobs me
+    WHERE me.id = $2 AND w.id <> me.id
+      AND w.state IN ('queued', 'waiting_for_box') AND w.org_id = me.org_id
+      AND (w.priority > me.priority
+           OR (w.priority = me.priority AND (w.created_at, w.id) < (me.created_at, me.id)))
+)
 SELECT b.id, b.name, b.capacity,
        win.id AS window_id, win.ends_at AS window_ends,
        (b.last_seen_at IS NOT NULL AND b.last_seen_at > clock_timestamp() - make_interval(secs => $3)
@@ -86,14 +144,10 @@ SELECT b.id, b.name, b.capacity,
        load.active, load.exclusive,
        COALESCE(hold.refused, false) AS held, COALESCE(hold.admitted, false) AS held_for_me,
        EXISTS (
-           SELECT 1 FROM jobs w, jobs me
-           WHERE me.id = $2 AND w.id <> me.id
-             AND w.state IN ('queued', 'waiting_for_box') AND w.org_id = b.org_id
-             AND (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
+           SELECT 1 FROM ahead w
+           WHERE (w.box_name = b.name OR (w.box_group = ANY(b.groups) AND b.capabilities @> w.requires))
              AND (b.allowed_users IS NULL OR w.owner = ANY(b.allowed_users)
                   OR EXISTS (SELECT 1 FROM users u WHERE u.name = w.owner AND u.org_id = b.org_id AND u.role = 'admin'))
-             AND (w.priority > me.priority
-                  OR (w.priority = me.priority AND (w.created_at, w.id) < (me.created_at, me.id)))
        ) AS behind
 FROM boxes b
 LEFT JOIN LATERAL (
