@@ -16,6 +16,9 @@ from boxrun.transitions import transition
 WAIT_BUSY = "busy"
 WAIT_MAINTENANCE = "maintenance"
 WAIT_OFFLINE = "offline"
+# The most waiters one grant wakes for the boxes it left free (each wake-up is a signal the
+# granting workflow sends; the woken jobs' own grants hand on further).
+MAX_HAND_ON = 20
 
 
 def _missing(requires: list[str], capabilities: list[str]) -> list[str]:
@@ -149,7 +152,7 @@ async def acquire(conn: Conn, job_id: str, *, offline_after_s: float = 15.0) -> 
             await conn.execute(Q.insert_lease, job_id, job["org_id"], box["id"], job["lock"])
             await transition(conn, job_id, JobState.DISPATCHING, box_id=box["id"], detail={"box": box["name"]})
             others = [c[2] for c in candidates[:i] + candidates[i + 1 :]]
-            return AcquireResult(box=box["name"], wake_job_ids=await _next_waiter(conn, others))
+            return AcquireResult(box=box["name"], wake_job_ids=await _next_waiters(conn, others))
 
         # the most hopeful reason: a busy box frees up soonest, a window ends, an agent returns
         reason = next(r for r in (WAIT_BUSY, WAIT_MAINTENANCE, WAIT_OFFLINE) if r in reasons)
@@ -176,15 +179,17 @@ async def _still_free(
     return facts is not None and _refusal(job, facts) is None
 
 
-async def _next_waiter(conn: Conn, boxes: list[asyncpg.Record]) -> list[str]:
-    """The first waiting job that could take one of `boxes` still free after this grant. Waking
-    it continues the cascade: when several boxes free up at once, the waiters they woke may all be
-    the same head job, which takes one box and hands the wake-up on to the next in line. One
-    query over every box (leases.sql next_waiter_for_boxes)."""
-    if not boxes:
+async def _next_waiters(conn: Conn, boxes: list[asyncpg.Record]) -> list[str]:
+    """The first waiting jobs that could take one of `boxes` still free after this grant, as
+    many as they have free slots (at most MAX_HAND_ON). Waking them continues the cascade in
+    parallel: when several boxes free up at once, the waiters their releases woke may all be the
+    same head job, which takes one box and hands the wake-up on to the next ones in line. One
+    query over every box (leases.sql next_waiters_for_boxes)."""
+    free = sum(max(0, b["capacity"] - b["active"]) for b in boxes if not b["exclusive"])
+    if free <= 0:
         return []
-    first = await conn.fetchval(Q.next_waiter_for_boxes, [b["id"] for b in boxes])
-    return [] if first is None else [str(first)]
+    rows = await conn.fetch(Q.next_waiters_for_boxes, [b["id"] for b in boxes], min(free, MAX_HAND_ON))
+    return [str(r["id"]) for r in rows]
 
 
 async def _box_load(conn: Conn, box_id: int) -> asyncpg.Record:

@@ -77,10 +77,10 @@ WHERE b.id = $1 AND w.state = 'waiting_for_box' AND w.org_id = b.org_id
 ORDER BY w.priority DESC, w.created_at, w.id
 LIMIT $2;
 
--- The first job waiting for a box (grant order) that one of boxes $1 could take now: free
+-- The first $2 jobs waiting for a box (grant order) that one of boxes $1 could take now: free
 -- capacity, no exclusive lease, the waiter's owner allowed, no hold refusing it. One query for the
 -- whole candidate list of a grant (the wake-up cascade), whatever the size of the group.
--- name: next_waiter_for_boxes
+-- name: next_waiters_for_boxes
 SELECT w.id FROM jobs w
 WHERE w.state = 'waiting_for_box'
   AND EXISTS (
@@ -97,7 +97,7 @@ WHERE w.state = 'waiting_for_box'
       AND NOT EXISTS (SELECT 1 FROM box_holds h WHERE h.box_id = b.id AND h.released_at IS NULL
                       AND NOT COALESCE(w.pipeline_id = h.pipeline_id AND w.step = ANY(h.steps), false)))
 ORDER BY w.priority DESC, w.created_at, w.id
-LIMIT 1;
+LIMIT $2;
 
 -- name: record_rejection
 INSERT INTO placement_rejections (org_id, job_id, box_id, window_id) VALUES ($1, $2, $3, $4)
