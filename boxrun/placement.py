@@ -169,14 +169,26 @@ async def _still_free(
 ) -> bool:
     """Lock the box chosen and check it again: still in the job's target, open to its owner,
     with the capabilities, and free (a placement of another target sharing it, a hold, a window
-    or an edit may have come first)."""
-    locked = await conn.fetchval(
-        Q.lock_chosen_box, job["org_id"], job["box_name"], job["box_group"], job["owner"], requires, box_id
-    )
-    if locked is None:
+    or an edit may have come first).
+
+    The check runs in a savepoint that is rolled back when the box is refused, which releases its
+    row lock: a placement never holds more than one box row, so two placements trying boxes in
+    different orders cannot deadlock."""
+    try:
+        async with conn.transaction():
+            locked = await conn.fetchval(
+                Q.lock_chosen_box, job["org_id"], job["box_name"], job["box_group"], job["owner"], requires, box_id
+            )
+            facts = None if locked is None else await conn.fetchrow(Q.box_facts, [box_id], job["id"], offline_after_s)
+            if facts is None or _refusal(job, facts) is not None:
+                raise _Refused
+    except _Refused:
         return False
-    facts = await conn.fetchrow(Q.box_facts, [box_id], job["id"], offline_after_s)
-    return facts is not None and _refusal(job, facts) is None
+    return True
+
+
+class _Refused(Exception):
+    """The box chosen was taken or changed meanwhile (rolls its savepoint back)."""
 
 
 async def _next_waiters(conn: Conn, boxes: list[asyncpg.Record]) -> list[str]:

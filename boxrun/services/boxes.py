@@ -15,6 +15,7 @@ from temporalio.service import RPCError
 
 from boxrun.db import Q
 from boxrun.errors import Conflict, InvalidInput, NotFound
+from boxrun.placement import lock_box_targets
 from boxrun.schemas import (
     NAME_PATTERN,
     BoxCreate,
@@ -120,6 +121,10 @@ async def update_box(
     set_access = "allowed_users" in body.model_fields_set
     allowed = await _allowed_users(conn, user, body) if set_access else None
     async with conn.transaction():
+        # the placement locks of the box's targets first (the order placements take them): a
+        # placement deciding meanwhile either has made its job wait (it is among the waiters read
+        # below) or sees the edited box
+        await lock_box_targets(conn, [box["id"]])
         old = await conn.fetchrow(Q.lock_box_by_name, user.org_id, box["name"])
         if old is None:
             raise NotFound(f"box {name} not found")  # deleted since load_box
@@ -170,6 +175,7 @@ async def delete_box(conn: asyncpg.Connection, temporal: Client, user: User, nam
     `unschedulable` ("box NAME was deleted"); the others keep waiting for their group."""
     box = await load_box(conn, user, name)
     async with conn.transaction():
+        await lock_box_targets(conn, [box["id"]])  # as update_box: placements of its targets settle first
         row = await conn.fetchrow(Q.lock_box_by_name, user.org_id, box["name"])
         if row is None:
             raise NotFound(f"box {name} not found")  # deleted since load_box

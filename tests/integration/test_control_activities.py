@@ -3,6 +3,7 @@
 import asyncio
 import dataclasses
 import hashlib
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -118,10 +119,26 @@ async def test_run_job_hands_over_to_the_api_once_claimed(settings, conn):
 
 
 def scheduled_at(when: datetime) -> ActivityEnvironment:
-    """An activity environment whose activity was scheduled at `when` (run_job's offer keeps it)."""
+    """An activity environment whose activity (a task token of its own) was scheduled at `when`
+    (run_job's offer keeps it)."""
     env = ActivityEnvironment()
-    env.info = dataclasses.replace(env.info, scheduled_time=when, current_attempt_scheduled_time=when)
+    env.info = dataclasses.replace(
+        env.info, scheduled_time=when, current_attempt_scheduled_time=when, task_token=uuid.uuid4().bytes
+    )
     return env
+
+
+async def test_an_offer_written_twice_by_the_same_run_job_stands(conn):
+    """run_job's offer retried after a lost reply (same task token, same schedule): the offer is
+    kept as it was, not refused."""
+    box_id = await add_box(conn, "b1")
+    job = await add_job(conn, box="b1")
+    when = datetime.now(UTC)
+    first = await conn.fetchrow(Q.offer_dispatch, job, box_id, b"token-a", 30, None, when)
+    again = await conn.fetchrow(Q.offer_dispatch, job, box_id, b"token-a", 30, None, when)
+    assert again is not None and again["claim_deadline"] == first["claim_deadline"]
+    assert await conn.fetchval(Q.claim_dispatch, job, box_id) == b"token-a"
+    assert await conn.fetchrow(Q.offer_dispatch, job, box_id, b"token-a", 30, None, when) is not None, "claimed too"
 
 
 async def test_a_withdrawn_unclaimed_offer_is_offered_again_and_a_stale_run_job_cannot_take_it_back(
@@ -161,9 +178,15 @@ async def test_a_withdrawn_unclaimed_offer_is_offered_again_and_a_stale_run_job_
             await asyncio.wait_for(again, 10)
         assert not (await ActivityEnvironment().run(control.withdraw_offer, withdraw)).unclaimed, "claimed"
         assert await conn.fetchval("SELECT expired_at FROM dispatches WHERE job_id = $1", job) is None
+        # a newer run_job (scheduled after a late offer was claimed) adopts the running job: the
+        # API's next relay and the result go to the live activity's token
         later = datetime.now(UTC) + timedelta(seconds=60)
-        with pytest.raises(ApplicationError, match="no longer open to this offer"):
+        with pytest.raises(CompleteAsyncError):
             await scheduled_at(later).run(dispatch.run_job, RunJobInput(job_id=job, box="b1"))
+        assert await conn.fetchval("SELECT task_token FROM dispatches WHERE job_id = $1", job) != token
+        await conn.execute("UPDATE dispatches SET result_at = clock_timestamp() WHERE job_id = $1", job)
+        with pytest.raises(ApplicationError, match="no longer open to this offer"):
+            await scheduled_at(later + timedelta(seconds=1)).run(dispatch.run_job, RunJobInput(job_id=job, box="b1"))
     finally:
         await pool.close()
 

@@ -347,3 +347,32 @@ async def test_a_release_racing_a_placement_that_decides_to_wait_wakes_it(db_url
         await placing.close()
         await releasing.close()
     assert freed.released and freed.wake_job_ids == [waiter]
+
+
+async def test_deleting_a_box_while_a_placement_decides_wakes_the_job_it_made_wait(db_url, conn, temporal_client):
+    """The box is deleted while a placement of its group has decided "wait" but not committed:
+    the deletion takes the group's placement lock first, so it waits for that decision and finds
+    the job among the waiters it wakes (the job then ends unschedulable, instead of waiting for
+    a box that no longer exists until its queue deadline)."""
+    await add_box(conn, "only", groups=["solo"])
+    job = await add_job(conn, group="solo")
+    await conn.execute("UPDATE boxes SET last_seen_at = NULL WHERE name = 'only'")  # offline: the job waits
+    placing, deleting = await connect(db_url), await connect(db_url)
+    try:
+        tx = placing.transaction()
+        await tx.start()
+        assert (await acquire(placing, job)).wait_reason == "offline"
+        pid = await deleting.fetchval("SELECT pg_backend_pid()")
+        gone = asyncio.create_task(boxes.delete_box(deleting, temporal_client, ADMIN, "only"))
+
+        async def blocked() -> bool:
+            row = await conn.fetchrow("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
+            return row is not None and row["wait_event_type"] == "Lock"
+
+        await wait_for(blocked, what="the deletion waiting for the placement's decision")
+        await tx.commit()
+        await asyncio.wait_for(gone, 10)
+    finally:
+        await placing.close()
+        await deleting.close()
+    assert (await acquire(conn, job)).unschedulable_reason == "group solo has no boxes (box only was deleted)"

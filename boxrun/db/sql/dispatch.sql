@@ -1,16 +1,26 @@
 -- The run_job activity offers the job to its box. A job whose earlier offer was withdrawn
 -- unclaimed (withdraw_dispatch: its run_job was lost with a control worker) is offered again
--- with the new task token and a fresh claim deadline; a claimed dispatch is never re-offered
--- (no row returned), nor is an offer replaced by one from a run_job scheduled before it.
+-- with the new task token and a fresh claim deadline. An offer only replaces one written by a
+-- run_job scheduled before it (a run_job whose worker was paused past its heartbeat timeout and
+-- wakes up late cannot take the offer back); if that late offer was claimed meanwhile, the newer
+-- run_job adopts the running job (its token replaces the dead one, so the API relays heartbeats
+-- and the result to the live activity). The same run_job writing again (a retry after a lost
+-- reply) changes nothing. A cancelled dispatch is never re-offered. No row: not offered.
 -- $1 job, $2 box id, $3 task token, $4 seconds to claim, $5 the submission's request id (or NULL),
 -- $6 when the offering run_job was scheduled.
 -- name: offer_dispatch
 INSERT INTO dispatches (job_id, org_id, box_id, task_token, claim_deadline, request_id, run_scheduled_at)
 SELECT j.id, j.org_id, $2, $3, clock_timestamp() + make_interval(secs => $4), $5, $6 FROM jobs j WHERE j.id = $1
-ON CONFLICT (job_id) DO UPDATE SET task_token = EXCLUDED.task_token, claim_deadline = EXCLUDED.claim_deadline,
-  expired_at = NULL, run_scheduled_at = EXCLUDED.run_scheduled_at
-WHERE dispatches.claimed_at IS NULL AND dispatches.cancel_requested_at IS NULL
-  AND dispatches.run_scheduled_at < EXCLUDED.run_scheduled_at
+ON CONFLICT (job_id) DO UPDATE SET
+  task_token = EXCLUDED.task_token,
+  run_scheduled_at = EXCLUDED.run_scheduled_at,
+  claim_deadline = CASE WHEN dispatches.claimed_at IS NULL AND dispatches.task_token <> EXCLUDED.task_token
+                        THEN EXCLUDED.claim_deadline ELSE dispatches.claim_deadline END,
+  expired_at = CASE WHEN dispatches.claimed_at IS NULL AND dispatches.task_token <> EXCLUDED.task_token
+                    THEN NULL ELSE dispatches.expired_at END
+WHERE dispatches.task_token = EXCLUDED.task_token
+   OR (dispatches.cancel_requested_at IS NULL AND dispatches.result_at IS NULL
+       AND COALESCE(dispatches.run_scheduled_at, '-infinity') < EXCLUDED.run_scheduled_at)
 RETURNING claimed_at, expired_at, claim_deadline;
 
 -- name: dispatch_state
