@@ -20,6 +20,9 @@ from boxrun.services.dispatch import DB_DOWN, notify
 # does not wait for this: the box starts the job at once, this only ends the activity's wait.
 CLAIM_POLL_S = 0.5
 DB_RETRY_S = 0.5
+# What run_job waits out and retries itself (it has one attempt): Postgres unreachable, or a
+# transaction rolled back by Postgres (deadlock, serialization failure), which redoes cleanly.
+DB_TRANSIENT = (*DB_DOWN, asyncpg.TransactionRollbackError)
 T = TypeVar("T")
 
 
@@ -93,12 +96,13 @@ class DispatchActivities:
         return False  # not yet (or claimed in the same instant: the next look sees it)
 
     async def _db(self, step: Callable[[Conn], Awaitable[T]]) -> T:
-        """Run `step` on a pooled connection, waiting out a Postgres outage (heartbeating)."""
+        """Run `step` on a pooled connection, waiting out a Postgres outage or a rolled-back
+        transaction (heartbeating)."""
         while True:
             try:
                 async with self.pool.acquire() as conn:
                     return await step(conn)
-            except DB_DOWN as exc:
-                activity.logger.warning("Postgres unavailable (%s); retrying", exc)
+            except DB_TRANSIENT as exc:
+                activity.logger.warning("Postgres unavailable or the transaction was rolled back (%s); retrying", exc)
                 activity.heartbeat()
                 await asyncio.sleep(DB_RETRY_S)

@@ -69,8 +69,23 @@ async def fleet(db: asyncpg.Connection, args: argparse.Namespace) -> tuple[list[
     for _ in range(args.backlog):
         job_id = str(uuid.uuid4())
         await db.execute(
-            Q.insert_job, job_id, DEFAULT_ORG, "bench", None, GROUP, [], {"script": "pass"}, "h", 60, False, 0
+            Q.insert_job,
+            job_id,
+            DEFAULT_ORG,
+            "bench",
+            None,
+            GROUP,
+            [],
+            {"script": "pass"},
+            "h",
+            60,
+            False,
+            0,
+            None,
+            10,
+            None,
         )
+        await db.execute(Q.insert_first_event, DEFAULT_ORG, job_id, {})
         backlog.append(job_id)
     await db.execute("ANALYZE")
     return box_ids, backlog

@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import httpx
 import pytest
 from temporalio.activity import _CompleteAsyncError as CompleteAsyncError
@@ -205,3 +206,26 @@ async def test_finish_releases_the_lease_and_keeps_terminal_states(control, conn
     again = await env.run(control.finish_job, FinishInput(job_id=job, to_state=JobState.CANCELLED))
     assert again.state == JobState.FAILED and not again.released, "terminal states are absorbing"
     assert await state_of(conn, job) == "failed"
+
+
+async def test_run_job_redoes_a_step_postgres_rolled_back(settings):
+    """run_job has one attempt: a deadlock or serialization failure Postgres reports on one of its
+    transactions (rolled back whole) is redone, never the job's failure."""
+    pool = await create_pool(settings.database_url, max_size=2)
+    try:
+        dispatch = DispatchActivities(pool, claim_timeout_s=30)
+        tries: list[str] = []
+
+        async def step(conn) -> int:
+            tries.append("try")
+            if len(tries) == 1:
+                raise asyncpg.DeadlockDetectedError("deadlock detected")
+            return await conn.fetchval("SELECT 7")
+
+        async def in_activity() -> int:
+            return await dispatch._db(step)
+
+        assert await ActivityEnvironment().run(in_activity) == 7
+        assert tries == ["try", "try"]
+    finally:
+        await pool.close()

@@ -33,7 +33,7 @@ ORDER BY b.name;
 WITH prev AS (
     SELECT id, (last_seen_at IS NOT NULL AND last_seen_at > clock_timestamp() - make_interval(secs => $3)
                 AND NOT draining) AS was_live
-    FROM boxes WHERE id = $1 FOR UPDATE
+    FROM boxes WHERE id = $1 FOR NO KEY UPDATE
 )
 UPDATE boxes b SET last_seen_at = clock_timestamp(), agent_version = $2, draining = $4
 FROM prev WHERE b.id = prev.id

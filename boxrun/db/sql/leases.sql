@@ -38,7 +38,7 @@ WHERE b.id = $6 AND b.org_id = $1
   AND b.capabilities @> $5::text[]
   AND (b.allowed_users IS NULL OR w.owner = ANY(b.allowed_users)
        OR EXISTS (SELECT 1 FROM users u WHERE u.name = w.owner AND u.org_id = b.org_id AND u.role = 'admin'))
-FOR UPDATE OF b;
+FOR NO KEY UPDATE OF b;
 
 -- The boxes of the job's target that its owner ($4) may not use (placement says so when no box is
 -- left for the job).
@@ -61,8 +61,11 @@ UPDATE leases SET released_at = clock_timestamp()
 WHERE job_id = $1 AND released_at IS NULL
 RETURNING box_id;
 
+-- FOR NO KEY UPDATE (here and in lock_chosen_box, box_report): serialises with grants, releases
+-- and heartbeats of the box, but not with the foreign-key checks of rows that point at the box
+-- (a lease, an offer, a job moving to it), which take FOR KEY SHARE.
 -- name: lock_box
-SELECT capacity FROM boxes WHERE id = $1 FOR UPDATE;
+SELECT capacity FROM boxes WHERE id = $1 FOR NO KEY UPDATE;
 
 -- Jobs waiting for a box that could use box $1 (their owner may: box access; a live hold on the
 -- box does not refuse them), in grant order.
