@@ -40,7 +40,7 @@ from bench.common import bench_parser, hard_exit, header, run_parts
 from bench.latency import bench_bare
 from bench.lifecycle import log, pct, private_stack
 from boxrun.constants import DEFAULT_ORG
-from boxrun.db import Q
+from boxrun.db import Q, connect
 from boxrun.placement import acquire
 from boxrun.services.identity import hash_token
 
@@ -126,7 +126,7 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
         db_url = stack.child("api").env["BOXRUN_DATABASE_URL"]
         bare = await bench_bare(endpoints["temporal_address"], 3 if args.quick else 20, 1 if args.quick else 3, True)
         result["bare_workflow_ms"] = pct(bare, 1000)
-        db = await asyncpg.connect(db_url)
+        db = await connect(db_url)
         try:
             box_ids, backlog = await fleet(db, args)
             log(f"fleet: {len(box_ids)} boxes, {len(backlog)} queued, {args.finished} finished")
