@@ -76,14 +76,25 @@ async def test_groups_place_by_capabilities(conn):
     assert "lacks capabilities ['oscilloscope']" in (await acquire(conn, named)).unschedulable_reason
 
 
+async def acquire_all_at_once(db_url: str, jobs: list[str]) -> list:
+    """Every job's placement at the same time, each on its own connection."""
+    conns = [await connect(db_url) for _ in jobs]
+    try:
+        return await asyncio.gather(*(acquire(c, j) for c, j in zip(conns, jobs)))
+    finally:
+        await asyncio.gather(*(c.close() for c in conns))
+
+
+async def waits_on_a_lock(conn, pid: int) -> bool:
+    """The backend `pid` is blocked on a lock (a row, a transaction, an advisory lock)."""
+    row = await conn.fetchrow("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
+    return row is not None and row["wait_event_type"] == "Lock"
+
+
 async def test_concurrent_grants_never_overbook(db_url, conn):
     await add_box(conn, "one")
     jobs = [await add_job(conn, box="one") for _ in range(20)]
-    conns = [await connect(db_url) for _ in jobs]
-    try:
-        results = await asyncio.gather(*(acquire(c, j) for c, j in zip(conns, jobs)))
-    finally:
-        await asyncio.gather(*(c.close() for c in conns))
+    results = await acquire_all_at_once(db_url, jobs)
     assert sum(r.box is not None for r in results) == 1
     assert await conn.fetchval("SELECT count(*) FROM leases WHERE released_at IS NULL") == 1
 
@@ -310,11 +321,7 @@ async def test_grants_through_a_name_and_a_group_sharing_a_box_never_overbook(db
     box chosen is locked and checked again, so its one slot goes to one job."""
     await add_box(conn, "shared", groups=["pool"])
     jobs = [await add_job(conn, box="shared") if i % 2 else await add_job(conn, group="pool") for i in range(20)]
-    conns = [await connect(db_url) for _ in jobs]
-    try:
-        results = await asyncio.gather(*(acquire(c, j) for c, j in zip(conns, jobs)))
-    finally:
-        await asyncio.gather(*(c.close() for c in conns))
+    results = await acquire_all_at_once(db_url, jobs)
     assert sum(r.box is not None for r in results) == 1
     assert await conn.fetchval("SELECT count(*) FROM leases WHERE released_at IS NULL") == 1
     assert {r.wait_reason for r in results if r.box is None} == {"busy"}
@@ -336,11 +343,7 @@ async def test_a_release_racing_a_placement_that_decides_to_wait_wakes_it(db_url
         pid = await releasing.fetchval("SELECT pg_backend_pid()")
         freeing = asyncio.create_task(finish(releasing, holder, JobState.COMPLETED))
 
-        async def blocked() -> bool:
-            row = await conn.fetchrow("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
-            return row is not None and row["wait_event_type"] == "Lock"
-
-        await wait_for(blocked, what="the release waiting for the placement's decision")
+        await wait_for(lambda: waits_on_a_lock(conn, pid), what="the release waiting for the placement's decision")
         await tx.commit()
         freed = await asyncio.wait_for(freeing, 10)
     finally:
@@ -365,11 +368,7 @@ async def test_deleting_a_box_while_a_placement_decides_wakes_the_job_it_made_wa
         pid = await deleting.fetchval("SELECT pg_backend_pid()")
         gone = asyncio.create_task(boxes.delete_box(deleting, temporal_client, ADMIN, "only"))
 
-        async def blocked() -> bool:
-            row = await conn.fetchrow("SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid)
-            return row is not None and row["wait_event_type"] == "Lock"
-
-        await wait_for(blocked, what="the deletion waiting for the placement's decision")
+        await wait_for(lambda: waits_on_a_lock(conn, pid), what="the deletion waiting for the placement's decision")
         await tx.commit()
         await asyncio.wait_for(gone, 10)
     finally:
