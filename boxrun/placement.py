@@ -17,8 +17,11 @@ WAIT_BUSY = "busy"
 WAIT_MAINTENANCE = "maintenance"
 WAIT_OFFLINE = "offline"
 # The most waiters one grant wakes for the boxes it left free (each wake-up is a signal the
-# granting workflow sends; the woken jobs' own grants hand on further).
-MAX_HAND_ON = 20
+# granting workflow sends; the woken job's own grant hands on further). Measured (docs/
+# benchmarks.md, "Throughput and backlog"): waking up to 20 at once made a 1,000-job group burst
+# slower (history events per job 90 against ~50: most woken jobs found the box taken and waited
+# again), so one at a time.
+MAX_HAND_ON = 1
 
 
 def _missing(requires: list[str], capabilities: list[str]) -> list[str]:
