@@ -148,14 +148,14 @@ async def acquire(conn: Conn, job_id: str, *, offline_after_s: float = 15.0) -> 
             candidates.append((box["active"] / box["capacity"], box["name"], box))
 
         candidates.sort(key=lambda c: (c[0], c[1]))
-        for i, (_, _, box) in enumerate(candidates):
+        for _, _, box in candidates:
             if not await _still_free(conn, job, box["id"], requires, offline_after_s):
                 reasons.add(WAIT_BUSY)
                 continue
             await conn.execute(Q.insert_lease, job_id, job["org_id"], box["id"], job["lock"])
             await transition(conn, job_id, JobState.DISPATCHING, box_id=box["id"], detail={"box": box["name"]})
-            others = [c[2] for c in candidates[:i] + candidates[i + 1 :]]
-            return AcquireResult(box=box["name"], wake_job_ids=await _next_waiters(conn, others))
+            # the hand-on looks at every candidate, the chosen box too (it may have slots left)
+            return AcquireResult(box=box["name"], wake_job_ids=await _next_waiters(conn, [c[2] for c in candidates]))
 
         # the most hopeful reason: a busy box frees up soonest, a window ends, an agent returns
         reason = next(r for r in (WAIT_BUSY, WAIT_MAINTENANCE, WAIT_OFFLINE) if r in reasons)
@@ -195,15 +195,12 @@ class _Refused(Exception):
 
 
 async def _next_waiters(conn: Conn, boxes: list[asyncpg.Record]) -> list[str]:
-    """The first waiting jobs that could take one of `boxes` still free after this grant, as
-    many as they have free slots (at most MAX_HAND_ON). Waking them continues the cascade in
-    parallel: when several boxes free up at once, the waiters their releases woke may all be the
-    same head job, which takes one box and hands the wake-up on to the next ones in line. One
-    query over every box (leases.sql next_waiters_for_boxes)."""
-    free = sum(max(0, b["capacity"] - b["active"]) for b in boxes if not b["exclusive"])
-    if free <= 0:
-        return []
-    rows = await conn.fetch(Q.next_waiters_for_boxes, [b["id"] for b in boxes], min(free, MAX_HAND_ON))
+    """The first waiting jobs (at most MAX_HAND_ON) that could take one of `boxes` still free
+    after this grant (the query counts the leases as they are now, this grant's included).
+    Waking it continues the cascade: when several boxes free up at once, the waiters they woke
+    may all be the same head job, which takes one box and hands the wake-up on to the next in
+    line. One query over every box (leases.sql next_waiters_for_boxes)."""
+    rows = await conn.fetch(Q.next_waiters_for_boxes, [b["id"] for b in boxes], MAX_HAND_ON)
     return [str(r["id"]) for r in rows]
 
 

@@ -374,3 +374,18 @@ async def test_deleting_a_box_while_a_placement_decides_wakes_the_job_it_made_wa
         await placing.close()
         await deleting.close()
     assert (await acquire(conn, job)).unschedulable_reason == "group solo has no boxes (box only was deleted)"
+
+
+async def test_a_grant_that_leaves_a_slot_on_its_own_box_hands_the_wake_up_on(conn):
+    """A box of capacity 2 frees up and only the head waiter was woken: its grant leaves the
+    second slot free and names the next waiter, so both slots fill at once."""
+    await add_box(conn, "duo", capacity=2)
+    holder = await add_job(conn, box="duo", lock=True)
+    assert (await acquire(conn, holder)).box == "duo"
+    first, second = await add_job(conn, box="duo"), await add_job(conn, box="duo")
+    for w in (first, second):
+        assert (await acquire(conn, w)).wait_reason == "busy"
+    await transition(conn, holder, JobState.RUNNING)
+    await finish(conn, holder, JobState.COMPLETED)
+    got = await acquire(conn, first)
+    assert got.box == "duo" and got.wake_job_ids == [second]
