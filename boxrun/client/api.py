@@ -274,6 +274,7 @@ class BoxrunClient(Transport):
                     raise error_from_answer(resp)
                 yield read_events(resp)
         except httpx.HTTPError as exc:
+            _still_cancelled()  # a cancel that broke the stream is a cancel, not an outage
             raise unreachable(self.http.base_url.join(path), exc) from exc
 
     async def follow(
@@ -309,6 +310,7 @@ class BoxrunClient(Transport):
                         if isinstance(ev, DroppedEvent):
                             break
             except Unavailable as exc:
+                _still_cancelled()
                 problem = exc
             if connected:
                 yield DroppedEvent(problem.reason, after)
@@ -619,3 +621,12 @@ class BoxrunClient(Transport):
 
     async def delete_schedule(self, schedule_id: str) -> None:
         await self.send("DELETE", f"/api/schedules/{_seg(schedule_id)}")
+
+
+def _still_cancelled() -> None:
+    """Raise CancelledError if the current task is being cancelled: closing a stream when a
+    cancel (Ctrl-C in the CLI) lands can raise a transport error instead, and following must
+    then end, not reconnect."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()

@@ -4,6 +4,7 @@ boxrun.errors classes, an unreachable API is Unavailable, and `follow` resumes a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 
@@ -199,6 +200,52 @@ async def test_mock_follow_resumes_after_a_broken_connection_with_last_event_id(
     assert len(dropped) == 1 and dropped[0].resume_after == 3 and "connection reset" in dropped[0].reason
     assert got.index(dropped[0]) == 4  # after line 3, before line 4
     assert got[-1] == DoneEvent(JobState.COMPLETED, 5)
+
+
+class CancelBreaksStream(httpx.AsyncByteStream):
+    """Sends one line, then waits; a cancel landing in that wait surfaces as a transport error
+    (as closing a real connection mid-read can)."""
+
+    def __init__(self, started: asyncio.Event) -> None:
+        self.started = started
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield log_event(1)
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise httpx.ReadError("connection closed while reading") from None
+        yield b""  # never reached
+
+
+async def test_mock_a_cancel_that_breaks_the_stream_ends_following() -> None:
+    """Ctrl-C in `boxrun run` / `logs --follow` cancels the follower: it must end, not take the
+    broken stream for an outage and reconnect (the CLI then never exits)."""
+    connects: list[asyncio.Event] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        connects.append(asyncio.Event())
+        return sse(CancelBreaksStream(connects[-1]))
+
+    async with mock_client(handler) as client:
+
+        async def follow() -> None:
+            async for _ in client.follow(JOB, retry_s=0.01):
+                pass
+
+        task = asyncio.create_task(follow())
+        await asyncio.wait_for(asyncio.shield(_first_set(connects)), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+    assert len(connects) == 1, "no reconnect after the cancel"
+
+
+async def _first_set(events: list[asyncio.Event]) -> None:
+    while not events:
+        await asyncio.sleep(0.01)
+    await events[0].wait()
 
 
 async def test_mock_follow_resumes_after_the_server_drops_a_slow_follower() -> None:
