@@ -115,11 +115,19 @@ def test_a_timed_out_job_exits_124(env: dict[str, str], tmp_path: Path) -> None:
     assert "timed_out" in done.stderr.splitlines()[-1]
 
 
+def as_in_a_terminal() -> None:
+    """SIGINT as a terminal's foreground job has it. A test run started in the background by a
+    non-interactive shell (`nohup ... &`) ignores SIGINT, children inherit that, and Python then
+    leaves it ignored: Ctrl-C would never reach the command."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_long(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[str], str]:
     """`boxrun run LONG` in the background, once its script has printed "started"; its job id."""
     proc = subprocess.Popen(
         [*BOXRUN, "run", script(tmp_path, LONG, "long.py"), "--box", BOX],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        preexec_fn=as_in_a_terminal,
     )  # fmt: skip
     assert proc.stderr is not None and proc.stdout is not None
     job_id = submitted_id(proc.stderr.readline().rstrip("\n"))
