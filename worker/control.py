@@ -21,18 +21,17 @@ from boxrun.propagation import RequestIdPropagation
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect_with, ensure_search_attributes
+from boxrun.worker.bytecode import compile_workflow_modules
 from boxrun.worker.observe import WebhookOutcomes, metrics_runtime
 from boxrun.worker.reaper import ensure_reaper
 from boxrun.worker.retention import ensure_retention_schedule
-from boxrun.workflows import (
-    JobWorkflow,
-    PipelineWorkflow,
-    ReaperWorkflow,
-    RetentionWorkflow,
-    ScheduledRunWorkflow,
-    StepWorkflow,
-    WebhookDeliveryWorkflow,
-)
+from boxrun.workflows.job import JobWorkflow
+from boxrun.workflows.pipeline import PipelineWorkflow
+from boxrun.workflows.reaper import ReaperWorkflow
+from boxrun.workflows.retention import RetentionWorkflow
+from boxrun.workflows.schedules import ScheduledRunWorkflow
+from boxrun.workflows.step import StepWorkflow
+from boxrun.workflows.webhooks import WebhookDeliveryWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +56,20 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
         webhooks = WebhookActivities(pool, settings)
         retention = RetentionActivities(pool, storage)
         schedules = ScheduleActivities(pool, storage, settings)
+        workflows = [
+            JobWorkflow,
+            ReaperWorkflow,
+            PipelineWorkflow,
+            StepWorkflow,
+            WebhookDeliveryWorkflow,
+            RetentionWorkflow,
+            ScheduledRunWorkflow,
+        ]
+        compile_workflow_modules(workflows)  # the sandbox re-imports them per workflow instance
         worker = Worker(
             client,
             task_queue=CONTROL_TASK_QUEUE,
-            workflows=[
-                JobWorkflow,
-                ReaperWorkflow,
-                PipelineWorkflow,
-                StepWorkflow,
-                WebhookDeliveryWorkflow,
-                RetentionWorkflow,
-                ScheduledRunWorkflow,
-            ],
+            workflows=workflows,
             activities=[
                 *activities.all(),
                 *dispatch.all(),

@@ -29,7 +29,9 @@ from boxrun.pipelines.definition import parse_definition
 from boxrun.services.identity import Role
 from boxrun.services.pipelines import prepare_attempt, record_pipeline, record_step
 from boxrun.services.submission import spec_hash
-from boxrun.workflows import JobWorkflow, PipelineWorkflow, StepWorkflow
+from boxrun.workflows.job import JobWorkflow
+from boxrun.workflows.pipeline import PipelineWorkflow
+from boxrun.workflows.step import StepWorkflow
 from tests.api.conftest import ADMIN_TOKEN
 from tests.api.helpers import assert_error
 from tests.api.people_fixtures import add_user

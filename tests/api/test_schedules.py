@@ -25,7 +25,10 @@ from boxrun.activities.pipeline import PipelineActivities
 from boxrun.activities.schedules import ScheduleActivities
 from boxrun.constants import CONTROL_TASK_QUEUE
 from boxrun.services.identity import Role
-from boxrun.workflows import JobWorkflow, PipelineWorkflow, ScheduledRunWorkflow, StepWorkflow
+from boxrun.workflows.job import JobWorkflow
+from boxrun.workflows.pipeline import PipelineWorkflow
+from boxrun.workflows.schedules import ScheduledRunWorkflow
+from boxrun.workflows.step import StepWorkflow
 from tests.api.helpers import assert_error
 from tests.api.people_fixtures import add_org, add_user
 

@@ -41,7 +41,7 @@ from boxrun.services.webhooks import delivery_body, workflow_id
 from boxrun.settings import Settings
 from boxrun.transitions import transition
 from boxrun.webhook_target import verify
-from boxrun.workflows import WebhookDeliveryWorkflow
+from boxrun.workflows.webhooks import WebhookDeliveryWorkflow
 from tests.api.conftest import ADMIN_TOKEN, BASE_URL
 from tests.api.helpers import assert_error
 from tests.api.people_fixtures import add_org, add_user
