@@ -1,9 +1,13 @@
 """Annotated dependency aliases: SettingsDep, ConnDep, TemporalDep, StorageDep, StreamGuardDep; who
-calls (CurrentUser, Operator, AdminUser, UserAdmin, PlatformAdmin, CurrentBox)."""
+calls (CurrentUser, Operator, AdminUser, UserAdmin, PlatformAdmin, CurrentBox).
+
+Every dependency is `async def`, even the ones that only read app.state: FastAPI runs a plain
+`def` dependency in its thread pool, a thread hand-off per dependency per request (20 % of the
+API's CPU with 1,000 agents reporting; bench/boundary.py --profile-idle). A test keeps it so."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 import asyncpg
@@ -23,12 +27,12 @@ from boxrun.storage import Storage
 _bearer = HTTPBearer(auto_error=False)
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def _pool(request: Request) -> asyncpg.Pool:
+async def _pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
 
@@ -38,22 +42,22 @@ async def _conn(request: Request) -> AsyncIterator[asyncpg.Connection]:
         yield conn
 
 
-def _temporal(request: Request) -> Client:
+async def _temporal(request: Request) -> Client:
     temporal: Client = request.app.state.temporal
     return temporal
 
 
-def _storage(request: Request) -> Storage:
+async def _storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
 
 
-def _tails(request: Request) -> Tails:
+async def _tails(request: Request) -> Tails:
     tails: Tails = request.app.state.tails
     return tails
 
 
-def _stream_guard(request: Request) -> StreamGuard:
+async def _stream_guard(request: Request) -> StreamGuard:
     guard: StreamGuard = request.app.state.stream_guard
     return guard
 
@@ -83,8 +87,8 @@ async def _current_user(request: Request, creds: Credentials) -> User:
     return user
 
 
-def _at_least(role: Role) -> Callable[[User], User]:
-    def check(user: Annotated[User, Depends(_current_user)]) -> User:
+def _at_least(role: Role) -> Callable[[User], Awaitable[User]]:
+    async def check(user: Annotated[User, Depends(_current_user)]) -> User:
         if not user.role.includes(role):
             raise Forbidden(f"this needs the {role.value} role (you are {user.role.value} in org {user.org_id})")
         return user
@@ -92,13 +96,13 @@ def _at_least(role: Role) -> Callable[[User], User]:
     return check
 
 
-def _platform_admin(user: Annotated[User, Depends(_current_user)]) -> User:
+async def _platform_admin(user: Annotated[User, Depends(_current_user)]) -> User:
     if not user.platform_admin:
         raise Forbidden("this needs a platform admin")
     return user
 
 
-def _user_admin(user: Annotated[User, Depends(_current_user)]) -> User:
+async def _user_admin(user: Annotated[User, Depends(_current_user)]) -> User:
     if not (user.is_admin or user.platform_admin):
         raise Forbidden(f"this needs the admin role (you are {user.role.value} in org {user.org_id})")
     return user

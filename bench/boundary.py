@@ -1,7 +1,7 @@
 """The box boundary of issue 9: dispatch, cancel -> SIGTERM, agent RSS, one API with many idle agents.
 
     python -m bench.boundary [--jobs 30] [--cancel-jobs 20] [--idle-agents 1000] [--idle-window-s 30]
-                             [--json] [--keep] [--quick]
+                             [--profile-idle] [--json] [--keep] [--quick]
 
 One private in-process `DevStack` (`boxrun.dev.stack`, 1 box `local-1` of capacity 1, every port
 picked free, data in a temporary directory), stopped at the end even on error. Parts, in order:
@@ -25,7 +25,8 @@ picked free, data in a temporary directory), stopped at the end even on error. P
    `GET /api/agent/events?wait=25` after another). With all of them connected: the API process's
    RSS and its CPU seconds over --idle-window-s (from /proc/<pid>/stat), long-polls answered and
    heartbeats per second, every simulated box still `online` afterwards, and the dispatch part
-   again with --jobs // 3 jobs, to show dispatch latency is unchanged.
+   again with --jobs // 3 jobs, to show dispatch latency is unchanged. --profile-idle: py-spy
+   (50 Hz, idle frames left out) on the API during the window, the functions where its time went.
 
 --quick (CI) runs every part tiny (3 jobs, 1 cancel, 20 idle agents, 3 s window) and fails on any
 problem: it checks the bench and what it measures work; its figures mean little.
@@ -45,7 +46,7 @@ import traceback
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.common import TERMINAL, ProductProblem, bench_parser, hard_exit, keyed_report, run_parts
+from bench.common import TERMINAL, ProductProblem, Profiler, bench_parser, hard_exit, keyed_report, run_parts
 from bench.latency import bench_bare
 from bench.lifecycle import Api, bench_cancel, log, pct, private_stack
 from bench.simagents import Fleet, SimAgent, SimProblem
@@ -103,7 +104,9 @@ async def bench_dispatch(api: Api, temporal, jobs: int, warmup: int) -> dict:
 # --------------------------------------------------------------------------- 4. idle agents
 
 
-async def bench_idle_agents(stack, api: Api, temporal, count: int, window_s: float, jobs: int) -> dict:
+async def bench_idle_agents(
+    stack, api: Api, temporal, count: int, window_s: float, jobs: int, profile_dir: Path | None = None
+) -> dict:
     api_pid = stack.child("api").pid
     rss_before = proc_status(api_pid, "VmRSS")
     url = urlsplit(stack.endpoints["api_url"])
@@ -116,12 +119,14 @@ async def bench_idle_agents(stack, api: Api, temporal, count: int, window_s: flo
         connected_s = await fleet.start()
         log(f"idle agents: {count} connected in {connected_s:.1f}s")
         await asyncio.sleep(2)  # let the last sessions settle into their long-polls
+        spy = Profiler({"api": api_pid}, profile_dir) if profile_dir is not None else None
         cpu0, t0 = cpu_seconds(api_pid), time.perf_counter()
         before = fleet.totals()
         await asyncio.sleep(window_s)
         cpu = cpu_seconds(api_pid) - cpu0
         span = time.perf_counter() - t0
         after = fleet.totals()
+        profile = spy.stop()["api"] if spy is not None else None
         rss_idle = proc_status(api_pid, "VmRSS")
         with_agents = await bench_dispatch(api, temporal, jobs, 1)
         fleet.check()
@@ -144,6 +149,7 @@ async def bench_idle_agents(stack, api: Api, temporal, count: int, window_s: flo
         "boxes_online": online,
         "window_s": round(span, 1),
         "dispatch_with_agents": with_agents,
+        **({"api_profile": profile} if profile is not None else {}),
     }
 
 
@@ -175,7 +181,9 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
                 "idle": round(proc_status(agent_pid, "VmRSS") / 1024, 1),
                 "peak": round(proc_status(agent_pid, "VmHWM") / 1024, 1),
             }
-            result["idle_agents"] = await bench_idle_agents(stack, api, temporal, idle, window, max(3, jobs // 3))
+            result["idle_agents"] = await bench_idle_agents(
+                stack, api, temporal, idle, window, max(3, jobs // 3), root if args.profile_idle else None
+            )
         except Exception as exc:
             traceback.print_exc()
             result["errors"]["run"] = f"{type(exc).__name__}: {exc}"
@@ -198,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cancel-jobs", type=int, default=20)
     parser.add_argument("--idle-agents", type=int, default=1000)
     parser.add_argument("--idle-window-s", type=float, default=30.0)
+    parser.add_argument(
+        "--profile-idle", action="store_true", help="py-spy the API during the idle window (its CPU includes py-spy's)"
+    )
     args = parser.parse_args(argv)
     return run_parts("boxrun-bench-boundary-", args, run, render, lambda r: bool(r["errors"]))
 

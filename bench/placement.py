@@ -55,7 +55,7 @@ async def fleet(db: asyncpg.Connection, args: argparse.Namespace) -> tuple[list[
         row = await db.fetchrow(
             Q.insert_box, DEFAULT_ORG, f"p{i}", [GROUP], [], 1, hash_token(f"bench-{i}-{uuid.uuid4()}")
         )
-        await db.fetchrow(Q.box_report, row["id"], "bench", 15.0, False)
+        await db.fetchrow(Q.box_report, row["id"], "bench", 15.0, False, None)
         box_ids.append(row["id"])
     await db.execute(
         """INSERT INTO jobs (id, org_id, owner, box_group, requires, spec, spec_hash, timeout_s, state)
@@ -101,7 +101,7 @@ async def heartbeats(db_url: str, box_ids: list[int], per_s: float, stop: asynci
         nxt = time.perf_counter()
         while not stop.is_set():
             t = time.perf_counter()
-            await conn.fetchrow(Q.box_report, rng.choice(box_ids), "bench", 15.0, False)
+            await conn.fetchrow(Q.box_report, rng.choice(box_ids), "bench", 15.0, False, None)
             times.append((time.perf_counter() - t) * 1000)
             nxt += period
             await asyncio.sleep(max(0.0, nxt - time.perf_counter()))

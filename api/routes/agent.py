@@ -139,8 +139,6 @@ async def heartbeat(
     session: Session = None,
 ) -> BoxPublic:
     """Liveness. A box that comes back (or stops draining) wakes the jobs waiting for it."""
-    if session is not None:
-        await dispatch.check_session(conn, box, session)
     row = await record_heartbeat(
         conn,
         temporal,
@@ -148,6 +146,7 @@ async def heartbeat(
         agent_version=body.agent_version,
         draining=body.draining,
         offline_after_s=settings.box_offline_after_s,
+        session=session,
     )
     return box_public(row, settings)
 

@@ -21,7 +21,7 @@ router = APIRouter(tags=["templates"])
 Hdr = Annotated[str | None, Header()]
 
 
-def trigger_headers(
+async def trigger_headers(
     x_hub_signature_256: Hdr = None,
     x_github_delivery: Hdr = None,
     x_github_event: Hdr = None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,7 @@ from boxrun.schemas import (
     WaiterPublic,
     WindowPublic,
 )
+from boxrun.services.dispatch import check_session
 from boxrun.services.identity import NodeBox, User, hash_token, mint_token
 from boxrun.services.wakeups import wake_waiters
 
@@ -324,11 +326,20 @@ async def record_heartbeat(
     agent_version: str,
     draining: bool,
     offline_after_s: float,
+    session: str | None = None,
 ) -> asyncpg.Record:
-    """The agent's liveness report. A box that comes back (or stops draining) wakes the jobs
-    waiting for it. Returns the box row."""
-    row = await conn.fetchrow(Q.box_report, box.id, agent_version, offline_after_s, draining)
+    """The agent's liveness report, in its session when it names one (Conflict if that is not the
+    box's live session). A box that comes back (or stops draining) wakes the jobs waiting for it.
+    Returns the box row."""
+    try:
+        in_session = None if session is None else uuid.UUID(session)
+    except ValueError:
+        in_session = None
+        await check_session(conn, box, session)  # not a session id: Conflict, as any stale one
+    row = await conn.fetchrow(Q.box_report, box.id, agent_version, offline_after_s, draining, in_session)
     if row is None:
+        if session is not None:
+            await check_session(conn, box, session)  # Conflict when the box is there
         raise NotFound(f"box {box.name} not found")  # deleted since its token was checked
     if not row["was_live"] and not draining:
         await wake_waiters(conn, temporal, box.id, row["capacity"])

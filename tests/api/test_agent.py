@@ -81,7 +81,7 @@ async def test_me_names_the_box_of_the_token(make_box: Callable[..., Awaitable[B
     assert resp.json()["box"] == "bench-1" and resp.json()["capacity"] == 1
 
 
-async def test_one_live_agent_per_box(make_box: Callable[..., Awaitable[Box]]) -> None:
+async def test_one_live_agent_per_box(db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]) -> None:
     box = await make_box("bench-1", live=False)
     first = await session(box)
     await box.agent.post("/api/agent/heartbeat", json={"agent_version": "t"}, headers=first)
@@ -95,8 +95,21 @@ async def test_one_live_agent_per_box(make_box: Callable[..., Awaitable[Box]]) -
     assert again.status_code == 201, again.text
     stale = await box.agent.get("/api/agent/events", params={"wait": 0}, headers=first)
     assert_error(stale, 409, "conflict", detail="another agent took over")
-    beat = await box.agent.post("/api/agent/heartbeat", json={"agent_version": "t"}, headers=first)
-    assert_error(beat, 409, "conflict")
+    seen = await box.agent.post("/api/agent/heartbeat", json={"agent_version": "new"}, headers=again_headers(again))
+    assert seen.status_code == 200, seen.text
+    beat = await box.agent.post("/api/agent/heartbeat", json={"agent_version": "stale"}, headers=first)
+    assert_error(beat, 409, "conflict", detail="another agent took over")
+    garbled = await box.agent.post(
+        "/api/agent/heartbeat", json={"agent_version": "stale"}, headers={"X-Boxrun-Session": "not-a-session"}
+    )
+    assert_error(garbled, 409, "conflict")
+    # a refused report changed nothing: the live agent's report stands
+    assert seen.json()["agent_version"] == "new"
+    assert await db.fetchval("SELECT agent_version FROM boxes WHERE name = 'bench-1'") == "new"
+
+
+def again_headers(answer: httpx.Response) -> dict[str, str]:
+    return {"X-Boxrun-Session": answer.json()["session"]}
 
 
 async def test_claim_returns_the_bundle_once_and_the_job_runs(

@@ -35,8 +35,7 @@ from boxrun.services.pipelines import attempt_job_id, create_pipeline, step_work
 from boxrun.settings import Settings
 from boxrun.storage import Storage
 from boxrun.temporal import connect
-from boxrun.workflows import ReaperWorkflow
-from boxrun.workflows.reaper import REAPER_WORKFLOW_ID
+from boxrun.workflows.reaper import REAPER_WORKFLOW_ID, ReaperWorkflow
 from tests.conftest import wait_for
 from tests.integration.jobs import submit, wait_terminal
 

@@ -25,7 +25,7 @@ async def add_box(
         hash_token(f"token-{name}-{uuid.uuid4()}"),
     )
     if live:
-        await conn.fetchrow(Q.box_report, row["id"], "test", 15.0, False)
+        await conn.fetchrow(Q.box_report, row["id"], "test", 15.0, False, None)
     return row["id"]
 
 

@@ -143,7 +143,7 @@ async def test_maintenance_offline_and_draining_boxes_get_no_jobs(conn):
     maint = await add_box(conn, "maint")
     await add_box(conn, "silent", live=False)
     drain = await add_box(conn, "drain")
-    await conn.fetchrow(Q.box_report, drain, "test", 15.0, True)  # the agent says it is draining
+    await conn.fetchrow(Q.box_report, drain, "test", 15.0, True, None)  # the agent says it is draining
     window = await conn.fetchrow(Q.insert_window, "default", maint, datetime.now(UTC), None, "calibration", "tester")
     job = await add_job(conn, box="maint")
     got = await acquire(conn, job)
@@ -308,7 +308,7 @@ async def test_a_placement_in_progress_locks_only_the_box_it_chose(db_url, conn)
             chosen = await conn.fetchval("SELECT id FROM boxes WHERE name = $1", got.box)
             for box_id in ids:
                 if box_id != chosen:  # raises LockNotAvailableError if the placement had it locked
-                    assert await beating.fetchrow(Q.box_report, box_id, "test", 15.0, False) is not None
+                    assert await beating.fetchrow(Q.box_report, box_id, "test", 15.0, False, None) is not None
     finally:
         await placing.close()
         await beating.close()

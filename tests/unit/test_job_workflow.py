@@ -33,8 +33,7 @@ from boxrun.messages import (
     WithdrawResult,
 )
 from boxrun.temporal import KEY_JOB_STATE
-from boxrun.workflows import JobWorkflow
-from boxrun.workflows.job import MAX_REOFFERS
+from boxrun.workflows.job import MAX_REOFFERS, JobWorkflow
 from tests.conftest import wait_for
 
 

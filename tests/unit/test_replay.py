@@ -14,15 +14,13 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from boxrun.workflows import (
-    JobWorkflow,
-    PipelineWorkflow,
-    ReaperWorkflow,
-    RetentionWorkflow,
-    ScheduledRunWorkflow,
-    StepWorkflow,
-    WebhookDeliveryWorkflow,
-)
+from boxrun.workflows.job import JobWorkflow
+from boxrun.workflows.pipeline import PipelineWorkflow
+from boxrun.workflows.reaper import ReaperWorkflow
+from boxrun.workflows.retention import RetentionWorkflow
+from boxrun.workflows.schedules import ScheduledRunWorkflow
+from boxrun.workflows.step import StepWorkflow
+from boxrun.workflows.webhooks import WebhookDeliveryWorkflow
 from tests.histories.record import (
     BENCH_HISTORY,
     LEGACY_HISTORIES,

@@ -30,10 +30,12 @@ ORDER BY b.name;
 
 -- Marks the box seen; `was_live` tells whether it already counted as live ($3 = offline bound, s).
 -- name: box_report
+-- $5: the agent's session; when given, no row unless it is the box's live session (the caller
+-- then tells a stale session from a deleted box), so liveness is one statement.
 WITH prev AS (
     SELECT id, (last_seen_at IS NOT NULL AND last_seen_at > clock_timestamp() - make_interval(secs => $3)
                 AND NOT draining) AS was_live
-    FROM boxes WHERE id = $1 FOR NO KEY UPDATE
+    FROM boxes WHERE id = $1 AND ($5::uuid IS NULL OR agent_session = $5::uuid) FOR NO KEY UPDATE
 )
 UPDATE boxes b SET last_seen_at = clock_timestamp(), agent_version = $2, draining = $4
 FROM prev WHERE b.id = prev.id
