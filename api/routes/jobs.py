@@ -126,15 +126,11 @@ async def list_jobs(
     labels = wanted or None
     who = user.name if owner == "me" else owner  # a name nobody has matches no job: an empty list
     filters = (who, pipeline_id, since, until, labels)
-    rows = await conn.fetch(Q.list_jobs, user.org_id, state, box, limit, offset, *filters, after_at, after_id)
-    remaining = rows[0]["total"] if rows else 0  # rows matching after the cursor (or all of them)
-    if rows and cursor is None:
-        total = remaining
-    else:
-        total = await conn.fetchval(Q.count_jobs, user.org_id, state, box, *filters)
-    next_cursor = None
-    if rows and offset + len(rows) < remaining:
-        next_cursor = jobs.encode_cursor(rows[-1]["created_at"], rows[-1]["id"])
+    # one row past the page says whether another follows; the count is its own (cheap) query
+    rows = await conn.fetch(Q.list_jobs, user.org_id, state, box, limit + 1, offset, *filters, after_at, after_id)
+    more, rows = len(rows) > limit, rows[:limit]
+    total = await conn.fetchval(Q.count_jobs, user.org_id, state, box, *filters)
+    next_cursor = jobs.encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
     return JobsPublic(data=[job_public(r, settings) for r in rows], count=total, next_cursor=next_cursor)
 
 
