@@ -35,6 +35,17 @@ from boxrun.workflows.webhooks import WebhookDeliveryWorkflow
 
 log = logging.getLogger(__name__)
 
+# Every workflow the control worker runs (tests/unit/test_replay.py replays histories against this).
+WORKFLOWS: list[type] = [
+    JobWorkflow,
+    ReaperWorkflow,
+    PipelineWorkflow,
+    StepWorkflow,
+    WebhookDeliveryWorkflow,
+    RetentionWorkflow,
+    ScheduledRunWorkflow,
+]
+
 
 async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
     settings.require_secrets("s3_secret_access_key", "secrets_key")
@@ -56,20 +67,11 @@ async def run_control_worker(settings: Settings, stop: asyncio.Event) -> int:
         webhooks = WebhookActivities(pool, settings)
         retention = RetentionActivities(pool, storage)
         schedules = ScheduleActivities(pool, storage, settings)
-        workflows = [
-            JobWorkflow,
-            ReaperWorkflow,
-            PipelineWorkflow,
-            StepWorkflow,
-            WebhookDeliveryWorkflow,
-            RetentionWorkflow,
-            ScheduledRunWorkflow,
-        ]
-        compile_workflow_modules(workflows)  # the sandbox re-imports them per workflow instance
+        compile_workflow_modules(WORKFLOWS)  # the sandbox re-imports them per workflow instance
         worker = Worker(
             client,
             task_queue=CONTROL_TASK_QUEUE,
-            workflows=workflows,
+            workflows=WORKFLOWS,
             activities=[
                 *activities.all(),
                 *dispatch.all(),

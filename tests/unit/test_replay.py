@@ -14,13 +14,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from boxrun.workflows.job import JobWorkflow
-from boxrun.workflows.pipeline import PipelineWorkflow
-from boxrun.workflows.reaper import ReaperWorkflow
-from boxrun.workflows.retention import RetentionWorkflow
-from boxrun.workflows.schedules import ScheduledRunWorkflow
-from boxrun.workflows.step import StepWorkflow
-from boxrun.workflows.webhooks import WebhookDeliveryWorkflow
+from boxrun.worker.control import WORKFLOWS
 from tests.histories.record import (
     BENCH_HISTORY,
     LEGACY_HISTORIES,
@@ -56,16 +50,5 @@ def test_every_recorded_scenario_is_there():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 async def test_history_replays_on_current_code(name: str):
     history = WorkflowHistory.from_json(name, (HISTORIES / f"{name}.json").read_text())
-    replayer = Replayer(
-        workflows=[
-            JobWorkflow,
-            ReaperWorkflow,
-            PipelineWorkflow,
-            StepWorkflow,
-            WebhookDeliveryWorkflow,
-            RetentionWorkflow,
-            ScheduledRunWorkflow,
-        ],
-        data_converter=pydantic_data_converter,
-    )
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)  # the worker's own set
     await replayer.replay_workflow(history)  # raises on non-determinism or a workflow task failure
