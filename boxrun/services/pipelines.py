@@ -537,6 +537,4 @@ async def list_pipelines(
 ) -> tuple[list[asyncpg.Record], int]:
     """A page of the org's pipelines, newest first, and how many match in all."""
     rows = await conn.fetch(Q.list_pipelines, user.org_id, state, limit, offset)
-    if rows:
-        return rows, rows[0]["total"]
-    return [], await conn.fetchval(Q.count_pipelines, user.org_id, state)
+    return rows, await conn.fetchval(Q.count_pipelines, user.org_id, state)

@@ -80,9 +80,10 @@ SELECT * FROM jobs WHERE id = $1;
 -- name: set_error_kind
 UPDATE jobs SET error_kind = $2 WHERE id = $1 AND error_kind IS NULL;
 
--- The REST face. $2 state: NULL matches every pipeline.
+-- The REST face. $2 state: NULL matches every pipeline. One page; count_pipelines counts (a
+-- window count here would read every matching pipeline for each page, as list_jobs once did).
 -- name: list_pipelines
-SELECT p.*, count(*) OVER () AS total FROM pipelines p
+SELECT p.* FROM pipelines p
 WHERE p.org_id = $1 AND ($2::pipeline_state IS NULL OR p.state = $2)
 ORDER BY p.created_at DESC, p.id DESC
 LIMIT $3 OFFSET $4;
