@@ -32,15 +32,36 @@ def _sources(classes: Iterable[type]) -> set[Path]:
     return found
 
 
+def _fresh(cached: Path, source: Path) -> bool:
+    """Whether the import system would use `cached` for `source`: the check it makes itself (magic
+    number, timestamp-based, the source's mtime and size as recorded in the header), so a source
+    dated older than its bytecode still counts as changed."""
+    try:
+        with cached.open("rb") as f:
+            header = f.read(16)
+    except OSError:
+        return False
+    st = source.stat()
+    return (
+        len(header) == 16
+        and header[:4] == importlib.util.MAGIC_NUMBER
+        and int.from_bytes(header[4:8], "little") == 0
+        and int.from_bytes(header[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
+        and int.from_bytes(header[12:16], "little") == st.st_size & 0xFFFFFFFF
+    )
+
+
 def compile_workflow_modules(classes: Iterable[type]) -> int:
     """Write missing or stale bytecode for the workflows' modules; how many files were written."""
     written = 0
     for source in sorted(_sources(classes)):
         cached = Path(importlib.util.cache_from_source(str(source)))
         try:
-            if cached.exists() and cached.stat().st_mtime >= source.stat().st_mtime:
+            if _fresh(cached, source):
                 continue
-            py_compile.compile(str(source), cfile=str(cached), doraise=True)
+            py_compile.compile(
+                str(source), cfile=str(cached), doraise=True, invalidation_mode=py_compile.PycInvalidationMode.TIMESTAMP
+            )
             written += 1
         except (OSError, py_compile.PyCompileError) as exc:
             log.debug("no bytecode for %s: %s", source, exc)

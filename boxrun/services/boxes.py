@@ -318,6 +318,16 @@ async def delete_window(conn: asyncpg.Connection, temporal: Client, user: User, 
     await wake_waiters(conn, temporal, box["id"], box["capacity"])
 
 
+def _canonical_uuid(text: str) -> uuid.UUID | None:
+    """`text` as a UUID when it is spelled exactly as str(UUID) spells it (no braces, urn: prefix or
+    upper case), the one spelling check_session accepts; None otherwise."""
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError:
+        return None
+    return parsed if str(parsed) == text else None
+
+
 async def record_heartbeat(
     conn: asyncpg.Connection,
     temporal: Client,
@@ -331,15 +341,13 @@ async def record_heartbeat(
     """The agent's liveness report, in its session when it names one (Conflict if that is not the
     box's live session). A box that comes back (or stops draining) wakes the jobs waiting for it.
     Returns the box row."""
-    try:
-        in_session = None if session is None else uuid.UUID(session)
-    except ValueError:
-        in_session = None
-        await check_session(conn, box, session)  # not a session id: Conflict, as any stale one
+    if session is not None and _canonical_uuid(session) is None:
+        await check_session(conn, box, session)  # not a session id as the API issues them: Conflict
+    in_session = None if session is None else uuid.UUID(session)
     row = await conn.fetchrow(Q.box_report, box.id, agent_version, offline_after_s, draining, in_session)
     if row is None:
         if session is not None:
-            await check_session(conn, box, session)  # Conflict when the box is there
+            await check_session(conn, box, session)  # Conflict unless the session is live after all
         raise NotFound(f"box {box.name} not found")  # deleted since its token was checked
     if not row["was_live"] and not draining:
         await wake_waiters(conn, temporal, box.id, row["capacity"])

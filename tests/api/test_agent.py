@@ -103,6 +103,12 @@ async def test_one_live_agent_per_box(db: asyncpg.Connection, make_box: Callable
         "/api/agent/heartbeat", json={"agent_version": "stale"}, headers={"X-Boxrun-Session": "not-a-session"}
     )
     assert_error(garbled, 409, "conflict")
+    live = again.json()["session"]
+    for spelling in (live.upper(), "{" + live + "}", "urn:uuid:" + live):  # the live session, spelt otherwise
+        odd = await box.agent.post(
+            "/api/agent/heartbeat", json={"agent_version": "odd"}, headers={"X-Boxrun-Session": spelling}
+        )
+        assert_error(odd, 409, "conflict")
     # a refused report changed nothing: the live agent's report stands
     assert seen.json()["agent_version"] == "new"
     assert await db.fetchval("SELECT agent_version FROM boxes WHERE name = 'bench-1'") == "new"

@@ -68,7 +68,7 @@ async def test_migration_0004_keeps_array_chunks(pg_server, monkeypatch):
         every = migrations._migrations()
         monkeypatch.setattr(migrations, "_migrations", lambda: [m for m in every if m[0] < 4])
         await migrations.migrate(conn)
-        await add_box(conn, "b1")
+        await add_box(conn, "b1", live=False)  # at schema v3: no agent session yet
         job = await add_job(conn, box="b1")
         await conn.execute(
             "INSERT INTO log_chunks (job_id, first_seq, last_seq, ts, streams, texts, bytes)"

@@ -9,7 +9,7 @@ import inspect
 from typing import Any
 
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, APIWebSocketRoute
 
 from boxrun.api.app import create_app
 from boxrun.settings import Settings
@@ -31,11 +31,12 @@ def _sync_calls(dependant: Dependant, where: str, found: set[str]) -> None:
         _sync_calls(dep, where, found)
 
 
-def _api_routes(routes: list[Any]) -> list[APIRoute]:
-    """Every APIRoute, through included routers (this FastAPI includes them lazily) and mounts."""
-    out: list[APIRoute] = []
+def _api_routes(routes: list[Any]) -> list[APIRoute | APIWebSocketRoute]:
+    """Every APIRoute and WebSocket route, through included routers (this FastAPI includes them
+    lazily) and mounts."""
+    out: list[APIRoute | APIWebSocketRoute] = []
     for route in routes:
-        if isinstance(route, APIRoute):
+        if isinstance(route, APIRoute | APIWebSocketRoute):
             out.append(route)
         elif getattr(route, "original_router", None) is not None:
             out.extend(_api_routes(route.original_router.routes))
@@ -46,11 +47,16 @@ def _api_routes(routes: list[Any]) -> list[APIRoute]:
 
 def test_every_endpoint_and_dependency_is_async() -> None:
     found: set[str] = set()
-    routes = _api_routes(create_app(Settings()).routes)
+    app = create_app(Settings())
+    routes = _api_routes(app.routes)
     assert len(routes) > 50  # the whole API was looked at
+    assert any(isinstance(r, APIWebSocketRoute) for r in routes)  # WebSocket routes too
     for route in routes:
-        where = f"{sorted(route.methods)} {route.path}"
+        where = f"{sorted(getattr(route, 'methods', None) or ['WEBSOCKET'])} {route.path}"
         if not _is_async(route.endpoint):
             found.add(f"{where}: endpoint {route.endpoint.__qualname__}")
         _sync_calls(route.dependant, where, found)
+    for key, handler in app.exception_handlers.items():  # Starlette runs a plain def one in a thread
+        if not _is_async(handler):
+            found.add(f"exception handler for {key}: {getattr(handler, '__qualname__', handler)}")
     assert not found, "run in the thread pool:\n" + "\n".join(sorted(found))

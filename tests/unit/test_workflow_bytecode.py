@@ -46,6 +46,11 @@ def test_bytecode_is_written_for_the_module_and_its_packages(tmp_path: Path, mon
     later = sources[2].stat().st_mtime + 10
     os.utime(sources[2], (later, later))
     assert compile_workflow_modules([flow]) == 1  # the source changed: rewritten
+    earlier = sources[2].stat().st_mtime - 3600
+    sources[2].write_text("class Flow:\n    changed = True\n")
+    os.utime(sources[2], (earlier, earlier))  # e.g. unpacked from an archive dated before the .pyc
+    assert compile_workflow_modules([flow]) == 1, "a source older-dated than its bytecode still changed"
+    assert compile_workflow_modules([flow]) == 0
 
 
 def test_where_bytecode_cannot_be_written_nothing_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

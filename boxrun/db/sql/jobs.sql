@@ -19,10 +19,10 @@ WHERE j.org_id = $1 AND j.id = $2;
 
 -- $2 state, $3 box, $6 owner, $7 pipeline, $8 since, $9 until (created_at in [since, until)),
 -- $10 labels (all must match), $11/$12 cursor (created_at, id of the last job of the page before):
--- NULL matches every job. `total` counts the jobs after the cursor.
+-- NULL matches every job.
 -- One page, newest first ($4: the page size plus one, so the caller sees whether a page follows
--- without counting; count_jobs counts when asked: a window count here would read every matching
--- row, all columns and the join, for each page).
+-- without counting; count_jobs counts every matching job in its own query: a window count here
+-- would read every matching row, all columns and the join, for each page).
 -- name: list_jobs
 SELECT j.*, COALESCE(b.name, j.deleted_box_name, j.box_name) AS box
 FROM jobs j LEFT JOIN boxes b ON b.id = j.box_id
