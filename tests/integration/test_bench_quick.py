@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
         "bench.scale_sim",
         "bench.placement",
         "bench.sandbox_cost",
+        "bench.routing_cost",
     ],
 )
 def test_bench_quick_mode_runs_clean(bench: str) -> None:
