@@ -59,6 +59,7 @@ from bench.lifecycle import Api, log, pct, private_stack
 from boxrun.errors import BoxrunError
 
 GATE_SCRIPT = "import os, time\nwhile not os.path.exists({gate!r}):\n    time.sleep(0.05)\n"
+LIVE_STATES = ("queued", "waiting_for_box", "dispatching", "running", "uploading_artifacts")
 QUICK = {"jobs": 40, "idle_s": 5.0, "drain_s": 300.0, "ref_jobs": 10, "concurrency": 4}
 HIGH = 5  # every 10th job's priority
 CONTROL = ("api", "worker", "temporal", "postgres")
@@ -283,7 +284,8 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
             deadline = t_gate + args.drain_s
             while time.time() < deadline:
                 await asyncio.sleep(1.0)
-                if await api.count("waiting_for_box") == 0 and await api.count("running") == 0:
+                # every live state: a job between them (dispatching, uploading) is not drained yet
+                if all([await api.count(state) == 0 for state in LIVE_STATES]):
                     break
             done = await api.count("completed") - base - 2  # less the two gate jobs
             failed = await api.count("failed")

@@ -44,10 +44,6 @@ TEMPORAL_TUNING = [
     "synchronous=normal",
     "--dynamic-config-value",
     "history.transferProcessorMaxPollRPS=1000",
-    # run_job and archive_logs go back to the control worker in the answer to the workflow task
-    # that schedules them, not through matching (the SDK asks for it; the server's default is off)
-    "--dynamic-config-value",
-    "system.enableActivityEagerExecution=true",
 ]
 
 
