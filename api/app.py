@@ -24,6 +24,7 @@ from boxrun.api.live.dispatch import DispatchHub
 from boxrun.api.live.guard import StreamGuard
 from boxrun.api.live.job_tail import Tails
 from boxrun.api.live.listener import Notifier, PgListener
+from boxrun.api.live.liveness import HeldPolls
 from boxrun.api.live.pipelines import PipelineHub
 from boxrun.api.routes import (
     agent,
@@ -157,11 +158,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # one task re-checks the tokens of every open log stream (SSE, WebSocket)
         app.state.stream_guard = stream_guard = StreamGuard(pool, settings.auth_recheck_s)
         stream_guard.start()
+        # one statement renews the liveness of every box whose agent holds a long-poll here
+        app.state.held_polls = held_polls = HeldPolls(
+            pool,
+            app.state.temporal,
+            interval_s=settings.box_offline_after_s / 3,
+            offline_after_s=settings.box_offline_after_s,
+        )
+        held_polls.start()
         observe.start(app, settings)  # metrics sources and the metrics port (BOXRUN_API_METRICS_PORT)
         try:
             yield
         finally:
             observe.stop(app)
+            await held_polls.stop()
             await stream_guard.stop()
             app.state.tails.close()
             await listener.stop()

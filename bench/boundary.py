@@ -21,8 +21,9 @@ picked free, data in a temporary directory), stopped at the end even on error. P
 3. agent RSS: VmRSS of the `boxrun agent` process after the stack has idled 5 s (and its peak, VmHWM).
 4. idle agents (issue 15's "one API process with 1,000 connected agents"): --idle-agents boxes are
    registered (group `sim`, so they take no real job) and driven by `bench.simagents` (one asyncio
-   process, the real agent protocol: session, a heartbeat every 5 s, one long-poll
-   `GET /api/agent/events?wait=25` after another). With all of them connected: the API process's
+   process, the real agent protocol: session, one long-poll `GET /api/agent/events?wait=25` after
+   another, a heartbeat at start and in any 5 s without a poll in flight: the API renews a held
+   poll's box itself). With all of them connected: the API process's
    RSS and its CPU seconds over --idle-window-s (from /proc/<pid>/stat), long-polls answered and
    heartbeats per second, every simulated box still `online` afterwards, and the dispatch part
    again with --jobs // 3 jobs, to show dispatch latency is unchanged. --profile-idle: py-spy

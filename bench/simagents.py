@@ -4,8 +4,11 @@ What each `SimAgent` does is what `boxrun agent` does (boxrun/agent/main.py, run
 boxrun/client/agent.py), minus the job's process:
 
 - `POST /api/agent/session` (becomes the box's live agent);
-- `POST /api/agent/heartbeat` every `heartbeat_s` (the agent's BOXRUN_AGENT_HEARTBEAT_INTERVAL_S,
-  5 s by default) with the session header;
+- `POST /api/agent/heartbeat` at start, then every `heartbeat_s` (the agent's
+  BOXRUN_AGENT_HEARTBEAT_INTERVAL_S, 5 s by default) in which no long-poll is in flight: the API
+  renews the liveness of a box whose poll it holds (api/live/liveness.py; `GET /api/agent/me`
+  says so with `poll_renews_liveness`). `poll_liveness=False` reports every interval whatever,
+  as the agent does against an API without that;
 - `GET /api/agent/events?wait=25` one long-poll after another (the session header);
 - with `run_jobs`: on an offer, `POST /api/agent/jobs/{id}/claim` (the job becomes `running`; the
   answer is its bundle), one `progress` report at once (the agent's first one, with a pid) and
@@ -135,6 +138,7 @@ class SimAgent:
         job_lines: int = 1,
         progress_s: float = 1.0,
         slots: int = 1,
+        poll_liveness: bool = True,
     ) -> None:
         auth = {"Authorization": f"Bearer {token}"}
         self.poll_conn = Conn(host, port, auth)
@@ -142,6 +146,8 @@ class SimAgent:
         self.heartbeat_s, self.poll_wait_s = heartbeat_s, poll_wait_s
         self.run_jobs, self.job_s, self.job_lines, self.progress_s = run_jobs, job_s, job_lines, progress_s
         self.slots = slots
+        self.poll_liveness = poll_liveness
+        self.polling = False  # a long-poll is in flight
         self.session = ""
         self.ready = asyncio.Event()
         self.stats = SimStats()
@@ -174,17 +180,24 @@ class SimAgent:
             self.conn.close()
 
     async def _heartbeats(self) -> None:
+        first = True
         while True:
-            await self._call("POST", "/api/agent/heartbeat", {"agent_version": VERSION, "draining": False})
-            self.stats.heartbeats += 1
+            if first or not (self.poll_liveness and self.polling):
+                await self._call("POST", "/api/agent/heartbeat", {"agent_version": VERSION, "draining": False})
+                self.stats.heartbeats += 1
             # the first pause is drawn at random so that a fleet started at once does not beat in step
-            await asyncio.sleep(self.heartbeat_s * (random.random() if self.stats.heartbeats == 1 else 1.0))
+            await asyncio.sleep(self.heartbeat_s * (random.random() if first else 1.0))
+            first = False
 
     async def _poll(self, beat: asyncio.Task) -> None:
         path = f"/api/agent/events?wait={self.poll_wait_s:g}"
         while True:
             self.ready.set()
-            status, data = await self.poll_conn.request("GET", path, extra=self._session())
+            self.polling = True
+            try:
+                status, data = await self.poll_conn.request("GET", path, extra=self._session())
+            finally:
+                self.polling = False
             if beat.done():
                 beat.result()  # a refused heartbeat stops the agent, as the real one
             if status != 200:

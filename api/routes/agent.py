@@ -4,6 +4,7 @@ cancels, claim + bundle, progress (relayed to Temporal as heartbeats), logs, art
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request
@@ -13,6 +14,7 @@ from boxrun.api.auth import NodeBox, hash_token
 from boxrun.api.deps import ConnDep, Credentials, CurrentBox, PoolDep, SettingsDep, StorageDep, TemporalDep
 from boxrun.api.errors import responses
 from boxrun.api.live.dispatch import DispatchHub
+from boxrun.api.live.liveness import HeldPolls
 from boxrun.api.to_public import box_public
 from boxrun.db import Q
 from boxrun.errors import TooLarge, Unauthorized
@@ -85,6 +87,7 @@ async def me(box: CurrentBox, conn: ConnDep, settings: SettingsDep) -> AgentMe:
         capacity=capacity,
         heartbeat_interval_s=settings.agent_heartbeat_interval_s,
         heartbeat_timeout_s=settings.activity_heartbeat_timeout_s,
+        poll_renews_liveness=True,
     )
 
 
@@ -113,6 +116,7 @@ async def events(
     """Offers and cancels for this box, at once if any is pending, else after the first NOTIFY
     for it or `wait` seconds (long-poll). Re-sent until acted on: the agent dedupes."""
     hub: DispatchHub = request.app.state.dispatch_hub
+    held: HeldPolls = request.app.state.held_polls
     wait = min(wait, request.app.state.settings.agent_poll_max_s)
     with hub.watch(box.id) as woken:
         async with pool.acquire() as conn:
@@ -120,13 +124,31 @@ async def events(
             found = await dispatch.pending_events(conn, box)
         if found or wait == 0:
             return AgentEvents(events=found)
-        try:
-            async with asyncio.timeout(wait):
-                await woken.wait()
-        except TimeoutError:
-            return AgentEvents(events=[])
+        assert session is not None  # check_session refuses a poll without one
+        # while it waits, the poll is the box's liveness (api/live/liveness.py)
+        with held.hold(box.id, uuid.UUID(session)):
+            if not await _woken_while_connected(request, woken, wait):
+                return AgentEvents(events=[])
     async with pool.acquire() as conn:
         return AgentEvents(events=await dispatch.pending_events(conn, box))
+
+
+async def _woken_while_connected(request: Request, woken: asyncio.Event, wait: float) -> bool:
+    """Wait up to `wait` s for `woken`; False at the timeout or as soon as the client goes away."""
+    wake = asyncio.ensure_future(woken.wait())
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({wake, gone}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        wake.cancel()
+        gone.cancel()
+    return woken.is_set() and not gone.done()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client closes the connection (a GET's empty body is read first)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.post("/heartbeat", response_model=BoxPublic, responses=responses(401, 409, 422, e409="stale session"))

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from boxrun import __version__, logcontext
@@ -54,13 +55,24 @@ def load_token(settings: Settings) -> str:
 class Liveness:
     """Reports to the API every interval (and at once when asked); the API marks the box offline
     when reports stop, and skips it for placement while it is draining. A report refused because
-    another agent took the session over stops this agent."""
+    another agent took the session over stops this agent. With `covered` (an API that renews the
+    liveness of a box whose long-poll it holds, api/live/liveness.py) the periodic report is left
+    out while `covered()` says a poll is in flight: the first report, a change (draining) and any
+    interval without a poll still go out."""
 
-    def __init__(self, client: AgentClient, interval_s: float, lost: asyncio.Event) -> None:
+    def __init__(
+        self,
+        client: AgentClient,
+        interval_s: float,
+        lost: asyncio.Event,
+        covered: Callable[[], bool] | None = None,
+    ) -> None:
         self.client = client
         self.interval_s = interval_s
         self.draining = False
         self.lost = lost
+        self.covered = covered
+        self.reports = 0
         self._now = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -72,9 +84,15 @@ class Liveness:
         self._now.set()
 
     async def run(self) -> None:
+        asked = True  # the first report goes out whatever else does
         while not self._stop.is_set():
+            asked = asked or self._now.is_set()  # asked for while the wait timed out
             self._now.clear()
+            if not asked and self.covered is not None and self.covered():
+                asked = await self._wait()
+                continue
             try:
+                self.reports += 1
                 await self.client.heartbeat(__version__, draining=self.draining)
             except Conflict as exc:
                 log.error("this agent's session was taken over: %s; stopping", exc)
@@ -84,8 +102,14 @@ class Liveness:
                 log.error("the API rejects this box's node token (401); check the node token")
             except BoxrunError as exc:
                 log.warning("liveness report failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._now.wait(), self.interval_s)
+            asked = await self._wait()
+
+    async def _wait(self) -> bool:
+        """Until the next interval (False) or a report asked for (True)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._now.wait(), self.interval_s)
+            return True
+        return False
 
 
 def resolve_python(python: str) -> str:
@@ -110,6 +134,7 @@ class Agent:
         self.tasks: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Event()
         self.draining = False
+        self.polling = False  # a long-poll is in flight (the API counts it as this box's liveness)
 
     async def poll(self, stop: asyncio.Event) -> None:
         """Long-poll offers and cancels until `stop`; act on each at once."""
@@ -117,7 +142,11 @@ class Agent:
         while not stop.is_set():
             poll = asyncio.create_task(self.client.events(POLL_WAIT_S))
             stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({poll, stopping}, return_when="FIRST_COMPLETED")
+            self.polling = True
+            try:
+                await asyncio.wait({poll, stopping}, return_when="FIRST_COMPLETED")
+            finally:
+                self.polling = False
             stopping.cancel()
             if not poll.done():
                 poll.cancel()
@@ -304,7 +333,8 @@ async def _serve(settings: Settings, client: AgentClient, stop: asyncio.Event) -
     agent = Agent(settings, client, runner, me.capacity)
     runner.prestart_all()  # each slot's next job finds its interpreter started
     lost = asyncio.Event()
-    liveness = Liveness(client, settings.agent_heartbeat_interval_s, lost)
+    covered = (lambda: agent.polling) if me.poll_renews_liveness else None
+    liveness = Liveness(client, settings.agent_heartbeat_interval_s, lost, covered)
     reporting = asyncio.create_task(liveness.run())
     halt = asyncio.Event()
 

@@ -596,6 +596,9 @@ class AgentMe(BaseModel):
     capacity: int
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
+    # A held GET /api/agent/events renews the box's liveness (an API before this answers nothing
+    # here: such an agent heartbeats every heartbeat_interval_s whatever it does).
+    poll_renews_liveness: bool = False
 
 
 class AgentSessionCreate(BaseModel):

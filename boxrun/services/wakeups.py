@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
 from temporalio.client import Client
 from temporalio.service import RPCError
 
 from boxrun.db import Q
+from boxrun.db.types import Conn
 from boxrun.placement import lock_box_targets
 
 log = logging.getLogger(__name__)
 
 
-async def wake_waiters(conn: asyncpg.Connection, temporal: Client, box_id: int, count: int) -> list[str]:
+async def wake_waiters(conn: Conn, temporal: Client, box_id: int, count: int) -> list[str]:
     """Signal up to `count` jobs waiting for `box_id` (oldest first) to try again now. The
     caller has committed what made the box available; the box's placement locks are taken first
     (placement.lock_box_targets), so a placement deciding meanwhile is either seen waiting here or

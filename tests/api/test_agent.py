@@ -202,6 +202,41 @@ async def test_events_long_poll_wakes_on_notify(
     assert time.monotonic() - started < 10
 
 
+async def test_a_held_long_poll_is_the_boxs_liveness(
+    app: FastAPI, api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    held = app.state.held_polls
+    await held.stop()  # this test runs the rounds itself
+    box = await make_box("bench-1", live=False)
+    job = (await api.post("/api/jobs", json={"script": "x", "box": "bench-1"})).json()["id"]
+    assert (await placement.acquire(db, job)).wait_reason == placement.WAIT_OFFLINE
+    me = await box.agent.get("/api/agent/me")
+    assert me.json()["poll_renews_liveness"] is True
+    headers = await session(box)
+    # the session's report has lapsed (say the API was away): the box is offline again
+    await db.execute("UPDATE boxes SET last_seen_at = now() - interval '1 hour' WHERE name = 'bench-1'")
+    poll = asyncio.create_task(box.agent.get("/api/agent/events", params={"wait": 20}, headers=headers))
+    await wait_for(lambda: held.held_boxes == 1, what="the long-poll to be held")
+    # no heartbeat was sent: the held poll alone brings the box online, and wakes its waiting job
+    assert await held.renew() == 1
+    assert (await api.get("/api/boxes/bench-1")).json()["status"] == "online"
+    history = await app.state.temporal.get_workflow_handle(job).fetch_history()
+    assert "wake" in [e.workflow_execution_signaled_event_attributes.signal_name for e in history.events]
+    seen = await db.fetchval("SELECT last_seen_at FROM boxes WHERE name = 'bench-1'")
+    poll.cancel()  # the agent goes away
+    await asyncio.gather(poll, return_exceptions=True)
+    await wait_for(lambda: held.held_boxes == 0, what="the hold to end with its request")
+    assert await held.renew() == 1  # it was held since the last round
+    assert await held.renew() == 0  # and not since
+    assert await db.fetchval("SELECT last_seen_at FROM boxes WHERE name = 'bench-1'") > seen
+    # a poll of a session that is not the box's live one renews nothing
+    box_id = await db.fetchval("SELECT id FROM boxes WHERE name = 'bench-1'")
+    await db.execute("UPDATE boxes SET last_seen_at = now() - interval '1 hour' WHERE id = $1", box_id)
+    with held.hold(box_id, uuid.uuid4()):
+        assert await held.renew() == 0
+    assert (await api.get("/api/boxes/bench-1")).json()["status"] == "offline"
+
+
 async def test_the_bundle_names_the_submission_request_id(
     api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
 ) -> None:

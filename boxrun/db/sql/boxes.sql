@@ -41,6 +41,24 @@ UPDATE boxes b SET last_seen_at = clock_timestamp(), agent_version = $2, drainin
 FROM prev WHERE b.id = prev.id
 RETURNING b.*, prev.was_live;
 
+-- name: renew_held_polls
+-- Liveness from held long-polls (api/live/liveness.py): every box in $1 whose live session is the
+-- matching one of $2 is seen now, as a heartbeat would see it (agent version and draining stay as
+-- its last report left them). SKIP LOCKED: a box busy in a grant, release or report is renewed
+-- at the next round (well within the offline threshold), and this statement never waits on or
+-- deadlocks with them. Returns the renewed boxes with whether each was live before.
+WITH held AS (SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS h(id, session)),
+prev AS (
+    SELECT b.id, (b.last_seen_at IS NOT NULL AND b.last_seen_at > clock_timestamp() - make_interval(secs => $3)
+                  AND NOT b.draining) AS was_live
+    FROM boxes b JOIN held ON b.id = held.id AND b.agent_session = held.session
+    ORDER BY b.id
+    FOR NO KEY UPDATE OF b SKIP LOCKED
+)
+UPDATE boxes b SET last_seen_at = clock_timestamp()
+FROM prev WHERE b.id = prev.id
+RETURNING b.id, b.capacity, b.draining, prev.was_live;
+
 -- name: insert_window
 INSERT INTO maintenance_windows (org_id, box_id, starts_at, ends_at, reason, created_by)
 VALUES ($1, $2, $3, $4, $5, $6)
