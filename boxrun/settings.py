@@ -180,6 +180,8 @@ class Settings(BaseSettings):
     # A pre-started interpreter per slot, already running as the slot's user, takes the slot's
     # next job (docs/architecture.md, "A warm interpreter per slot"); false: every job starts cold.
     agent_warm_interpreter: bool = True
+    # The agent's liveness report; left out in an interval in which its long-poll is held (the API
+    # renews a held poll's box itself, api/live/liveness.py).
     agent_heartbeat_interval_s: float = Field(default=5.0, gt=0)
     # The agent reports each running job's progress this often (the API relays a Temporal
     # heartbeat at most every heartbeat_timeout/3; cancels are pushed, not polled).
