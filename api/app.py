@@ -162,7 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.held_polls = held_polls = HeldPolls(
             pool,
             app.state.temporal,
-            interval_s=settings.box_offline_after_s / 3,
+            interval_s=settings.box_offline_after_s / 4,
             offline_after_s=settings.box_offline_after_s,
         )
         held_polls.start()

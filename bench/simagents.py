@@ -7,7 +7,7 @@ boxrun/client/agent.py), minus the job's process:
 - `POST /api/agent/heartbeat` at start, then every `heartbeat_s` (the agent's
   BOXRUN_AGENT_HEARTBEAT_INTERVAL_S, 5 s by default) in which no long-poll is in flight: the API
   renews the liveness of a box whose poll it holds (api/live/liveness.py; `GET /api/agent/me`
-  says so with `poll_renews_liveness`). `poll_liveness=False` reports every interval whatever,
+  says so with `poll_renews_liveness`), and a poll out for 1 s is held. `poll_liveness=False` reports every interval whatever,
   as the agent does against an API without that;
 - `GET /api/agent/events?wait=25` one long-poll after another (the session header);
 - with `run_jobs`: on an offer, `POST /api/agent/jobs/{id}/claim` (the job becomes `running`; the
@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from boxrun import logbatch
+from boxrun.agent.main import POLL_HELD_AFTER_S
 
 KEEPALIVE_S = 4.0  # uvicorn closes an idle keep-alive connection after 5 s
 VERSION = "sim"
@@ -147,7 +148,7 @@ class SimAgent:
         self.run_jobs, self.job_s, self.job_lines, self.progress_s = run_jobs, job_s, job_lines, progress_s
         self.slots = slots
         self.poll_liveness = poll_liveness
-        self.polling = False  # a long-poll is in flight
+        self.poll_sent_at: float | None = None  # the long-poll in flight went out (time.monotonic())
         self.session = ""
         self.ready = asyncio.Event()
         self.stats = SimStats()
@@ -182,7 +183,9 @@ class SimAgent:
     async def _heartbeats(self) -> None:
         first = True
         while True:
-            if first or not (self.poll_liveness and self.polling):
+            sent = self.poll_sent_at
+            held = sent is not None and time.monotonic() - sent >= POLL_HELD_AFTER_S
+            if first or not (self.poll_liveness and held):
                 await self._call("POST", "/api/agent/heartbeat", {"agent_version": VERSION, "draining": False})
                 self.stats.heartbeats += 1
             # the first pause is drawn at random so that a fleet started at once does not beat in step
@@ -193,11 +196,11 @@ class SimAgent:
         path = f"/api/agent/events?wait={self.poll_wait_s:g}"
         while True:
             self.ready.set()
-            self.polling = True
+            self.poll_sent_at = time.monotonic()
             try:
                 status, data = await self.poll_conn.request("GET", path, extra=self._session())
             finally:
-                self.polling = False
+                self.poll_sent_at = None
             if beat.done():
                 beat.result()  # a refused heartbeat stops the agent, as the real one
             if status != 200:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 SESSION_FILE = "agent-session"
 # Each long-poll waits up to this long for an offer or a cancel (the API may cap it lower).
 POLL_WAIT_S = 25.0
+POLL_HELD_AFTER_S = 1.0  # a poll out this long is held by the API, which then renews the box
 
 
 class TokenError(Exception):
@@ -134,7 +136,7 @@ class Agent:
         self.tasks: set[asyncio.Task[None]] = set()
         self.changed = asyncio.Event()
         self.draining = False
-        self.polling = False  # a long-poll is in flight (the API counts it as this box's liveness)
+        self.poll_sent_at: float | None = None  # time.monotonic() the long-poll in flight went out
 
     async def poll(self, stop: asyncio.Event) -> None:
         """Long-poll offers and cancels until `stop`; act on each at once."""
@@ -142,11 +144,11 @@ class Agent:
         while not stop.is_set():
             poll = asyncio.create_task(self.client.events(POLL_WAIT_S))
             stopping = asyncio.create_task(stop.wait())
-            self.polling = True
+            self.poll_sent_at = time.monotonic()
             try:
                 await asyncio.wait({poll, stopping}, return_when="FIRST_COMPLETED")
             finally:
-                self.polling = False
+                self.poll_sent_at = None
             stopping.cancel()
             if not poll.done():
                 poll.cancel()
@@ -172,6 +174,12 @@ class Agent:
                 self.changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), 1.0)
+
+    def poll_held(self) -> bool:
+        """A long-poll has been out for POLL_HELD_AFTER_S: the API holds it (an answer at once,
+        events already pending, is not held there and does not count)."""
+        sent = self.poll_sent_at
+        return sent is not None and time.monotonic() - sent >= POLL_HELD_AFTER_S
 
     async def on_event(self, event: AgentEvent) -> bool:
         running = self.jobs.get(event.job_id)
@@ -333,7 +341,7 @@ async def _serve(settings: Settings, client: AgentClient, stop: asyncio.Event) -
     agent = Agent(settings, client, runner, me.capacity)
     runner.prestart_all()  # each slot's next job finds its interpreter started
     lost = asyncio.Event()
-    covered = (lambda: agent.polling) if me.poll_renews_liveness else None
+    covered = agent.poll_held if me.poll_renews_liveness else None
     liveness = Liveness(client, settings.agent_heartbeat_interval_s, lost, covered)
     reporting = asyncio.create_task(liveness.run())
     halt = asyncio.Event()

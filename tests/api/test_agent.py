@@ -215,20 +215,28 @@ async def test_a_held_long_poll_is_the_boxs_liveness(
     headers = await session(box)
     # the session's report has lapsed (say the API was away): the box is offline again
     await db.execute("UPDATE boxes SET last_seen_at = now() - interval '1 hour' WHERE name = 'bench-1'")
+    # a poll answered at once was never held: it renews nothing
+    assert (await box.agent.get("/api/agent/events", params={"wait": 0}, headers=headers)).status_code == 200
+    assert await held.renew() == 0
     poll = asyncio.create_task(box.agent.get("/api/agent/events", params={"wait": 20}, headers=headers))
     await wait_for(lambda: held.held_boxes == 1, what="the long-poll to be held")
     # no heartbeat was sent: the held poll alone brings the box online, and wakes its waiting job
     assert await held.renew() == 1
     assert (await api.get("/api/boxes/bench-1")).json()["status"] == "online"
-    history = await app.state.temporal.get_workflow_handle(job).fetch_history()
-    assert "wake" in [e.workflow_execution_signaled_event_attributes.signal_name for e in history.events]
-    seen = await db.fetchval("SELECT last_seen_at FROM boxes WHERE name = 'bench-1'")
+    handle = app.state.temporal.get_workflow_handle(job)
+
+    async def woken() -> bool:
+        history = await handle.fetch_history()
+        return "wake" in [e.workflow_execution_signaled_event_attributes.signal_name for e in history.events]
+
+    await wait_for(woken, what="the waiting job's wake-up")
+    assert await held.renew() == 1  # still held: renewed at every round
     poll.cancel()  # the agent goes away
     await asyncio.gather(poll, return_exceptions=True)
     await wait_for(lambda: held.held_boxes == 0, what="the hold to end with its request")
-    assert await held.renew() == 1  # it was held since the last round
-    assert await held.renew() == 0  # and not since
-    assert await db.fetchval("SELECT last_seen_at FROM boxes WHERE name = 'bench-1'") > seen
+    seen = await db.fetchval("SELECT last_seen_at FROM boxes WHERE name = 'bench-1'")
+    assert await held.renew() == 0  # a poll that ended owes nothing: a dead agent's box lapses
+    assert await db.fetchval("SELECT last_seen_at FROM boxes WHERE name = 'bench-1'") == seen
     # a poll of a session that is not the box's live one renews nothing
     box_id = await db.fetchval("SELECT id FROM boxes WHERE name = 'bench-1'")
     await db.execute("UPDATE boxes SET last_seen_at = now() - interval '1 hour' WHERE id = $1", box_id)

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 from boxrun.agent.main import Liveness
+from boxrun.api.live.liveness import HeldPolls
 from boxrun.api.routes.agent import _woken_while_connected
 from tests.conftest import wait_for
 
@@ -97,3 +98,24 @@ async def test_the_wait_answers_a_wake_and_times_out_quietly() -> None:
     woken.set()
     assert await asyncio.wait_for(waiting, 5) is True
     assert await _woken_while_connected(RequestStub(), asyncio.Event(), 0.01) is False  # type: ignore[arg-type]
+
+
+async def test_a_failing_round_does_not_stop_the_rounds() -> None:
+    """Any error in a round (asyncpg's client errors, a bug) is logged and the next round runs:
+    agents that no longer heartbeat rely on it."""
+    held = HeldPolls(None, None, interval_s=0.01, offline_after_s=1.0)  # type: ignore[arg-type]
+    rounds = 0
+
+    async def renew_fake() -> int:
+        nonlocal rounds
+        rounds += 1
+        if rounds == 1:
+            raise RuntimeError("a round that fails")
+        return 0
+
+    held.renew = renew_fake  # type: ignore[method-assign]
+    held.start()
+    try:
+        await wait_for(lambda: rounds >= 3, what="rounds after a failed one")
+    finally:
+        await held.stop()

@@ -45,8 +45,8 @@ RETURNING b.*, prev.was_live;
 -- Liveness from held long-polls (api/live/liveness.py): every box in $1 whose live session is the
 -- matching one of $2 is seen now, as a heartbeat would see it (agent version and draining stay as
 -- its last report left them). SKIP LOCKED: a box busy in a grant, release or report is renewed
--- at the next round (well within the offline threshold), and this statement never waits on or
--- deadlocks with them. Returns the renewed boxes with whether each was live before.
+-- at the next round (rounds every offline threshold / 4: three skips in a row to lapse), and this
+-- statement never waits on or deadlocks with them. Returns the renewed boxes with whether each was live before.
 WITH held AS (SELECT * FROM unnest($1::bigint[], $2::uuid[]) AS h(id, session)),
 prev AS (
     SELECT b.id, (b.last_seen_at IS NOT NULL AND b.last_seen_at > clock_timestamp() - make_interval(secs => $3)
