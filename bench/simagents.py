@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 
 from boxrun import logbatch
-from boxrun.agent.main import POLL_HELD_AFTER_S
+from boxrun.agent.main import poll_held
 
 KEEPALIVE_S = 4.0  # uvicorn closes an idle keep-alive connection after 5 s
 VERSION = "sim"
@@ -183,9 +183,7 @@ class SimAgent:
     async def _heartbeats(self) -> None:
         first = True
         while True:
-            sent = self.poll_sent_at
-            held = sent is not None and time.monotonic() - sent >= POLL_HELD_AFTER_S
-            if first or not (self.poll_liveness and held):
+            if first or not (self.poll_liveness and poll_held(self.poll_sent_at)):
                 await self._call("POST", "/api/agent/heartbeat", {"agent_version": VERSION, "draining": False})
                 self.stats.heartbeats += 1
             # the first pause is drawn at random so that a fleet started at once does not beat in step

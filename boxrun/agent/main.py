@@ -38,6 +38,13 @@ POLL_WAIT_S = 25.0
 POLL_HELD_AFTER_S = 1.0  # a poll out this long is held by the API, which then renews the box
 
 
+def poll_held(sent_at: float | None) -> bool:
+    """A long-poll sent at `sent_at` (time.monotonic(); None: none out) has been out for
+    POLL_HELD_AFTER_S, so the API holds it (an answer at once, events already pending, is not
+    held there and does not count)."""
+    return sent_at is not None and time.monotonic() - sent_at >= POLL_HELD_AFTER_S
+
+
 class TokenError(Exception):
     """No usable node token: the agent cannot start."""
 
@@ -74,7 +81,6 @@ class Liveness:
         self.draining = False
         self.lost = lost
         self.covered = covered
-        self.reports = 0
         self._now = asyncio.Event()
         self._stop = asyncio.Event()
 
@@ -90,20 +96,17 @@ class Liveness:
         while not self._stop.is_set():
             asked = asked or self._now.is_set()  # asked for while the wait timed out
             self._now.clear()
-            if not asked and self.covered is not None and self.covered():
-                asked = await self._wait()
-                continue
-            try:
-                self.reports += 1
-                await self.client.heartbeat(__version__, draining=self.draining)
-            except Conflict as exc:
-                log.error("this agent's session was taken over: %s; stopping", exc)
-                self.lost.set()
-                return
-            except Unauthorized:
-                log.error("the API rejects this box's node token (401); check the node token")
-            except BoxrunError as exc:
-                log.warning("liveness report failed: %s", exc)
+            if asked or self.covered is None or not self.covered():
+                try:
+                    await self.client.heartbeat(__version__, draining=self.draining)
+                except Conflict as exc:
+                    log.error("this agent's session was taken over: %s; stopping", exc)
+                    self.lost.set()
+                    return
+                except Unauthorized:
+                    log.error("the API rejects this box's node token (401); check the node token")
+                except BoxrunError as exc:
+                    log.warning("liveness report failed: %s", exc)
             asked = await self._wait()
 
     async def _wait(self) -> bool:
@@ -176,10 +179,7 @@ class Agent:
                     await asyncio.wait_for(self.changed.wait(), 1.0)
 
     def poll_held(self) -> bool:
-        """A long-poll has been out for POLL_HELD_AFTER_S: the API holds it (an answer at once,
-        events already pending, is not held there and does not count)."""
-        sent = self.poll_sent_at
-        return sent is not None and time.monotonic() - sent >= POLL_HELD_AFTER_S
+        return poll_held(self.poll_sent_at)
 
     async def on_event(self, event: AgentEvent) -> bool:
         running = self.jobs.get(event.job_id)
