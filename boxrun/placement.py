@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 
@@ -225,8 +226,9 @@ async def finish(
     exit_code: int | None = None,
     error: str | None = None,
     error_kind: str | None = None,
+    detail: dict[str, Any] | None = None,
 ) -> ReleaseResult:
-    """Terminal transition and lease release in one transaction.
+    """Terminal transition and lease release in one transaction (`detail` for the job event).
 
     `state` must be terminal (ValueError otherwise: a caller bug). A job that is already terminal
     keeps its state (terminal states are absorbing) and its lease, if one is left, is freed. Any
@@ -243,7 +245,7 @@ async def finish(
         if current.terminal:
             state = current  # absorbing: nothing to change, only a lease left behind to free
         else:
-            state, _ = await transition(conn, job_id, state, exit_code=exit_code, error=error)
+            state, _ = await transition(conn, job_id, state, exit_code=exit_code, error=error, detail=detail)
             if error_kind is not None:
                 await conn.execute(Q.set_error_kind, job_id, error_kind)
         released = await release(conn, job_id)

@@ -277,11 +277,23 @@ async def artifacts_page(
     responses=responses(401, 404, 409, 422, 503, e404=_JOB_404, e409="the control plane already ended the job"),
 )
 async def result(
-    job_id: str, body: JobResultReport, box: CurrentBox, conn: ConnDep, temporal: TemporalDep, settings: SettingsDep
+    job_id: str,
+    body: JobResultReport,
+    box: CurrentBox,
+    conn: ConnDep,
+    pool: PoolDep,
+    temporal: TemporalDep,
+    settings: SettingsDep,
+    background: BackgroundTasks,
 ) -> None:
     """How the job's process ended, after every log line is stored and every upload done:
-    completes the job's run_job activity. Idempotent."""
-    await dispatch.report_result(conn, temporal, box, job_id, body, transcript_cap_bytes=settings.transcript_cap_bytes)
+    completes the job's run_job activity, and records a clean end (exit 0, no artifacts) as
+    `completed` at once. Idempotent."""
+    ended = await dispatch.report_result(
+        conn, temporal, box, job_id, body, transcript_cap_bytes=settings.transcript_cap_bytes
+    )
+    if ended is not None:
+        background.add_task(dispatch.after_clean_exit, pool, temporal, job_id, ended)
 
 
 @router.post(

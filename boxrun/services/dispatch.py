@@ -21,9 +21,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from boxrun import logstore
 from boxrun.constants import JobState, artifact_key
 from boxrun.db import Conn, Q
-from boxrun.errors import Conflict, NotFound, TooLarge, Unavailable
+from boxrun.errors import Conflict, InvalidTransition, NotFound, TooLarge, Unavailable
 from boxrun.logbatch import Batch
-from boxrun.messages import RunJobResult
+from boxrun.messages import ReleaseResult, RunJobResult
+from boxrun.placement import finish
 from boxrun.schemas import (
     AgentEvent,
     BundleFile,
@@ -41,6 +42,8 @@ from boxrun.services import secrets
 from boxrun.services.identity import NodeBox
 from boxrun.services.jobs import parse_job_id
 from boxrun.services.secrets import SecretUnavailable
+from boxrun.services.wakeups import wake_jobs
+from boxrun.services.webhooks import start_deliveries_of
 from boxrun.storage import Storage
 from boxrun.transitions import transition
 from boxrun.workspace_paths import clean_relative_path
@@ -407,16 +410,20 @@ async def report_result(
     report: JobResultReport,
     *,
     transcript_cap_bytes: int = logstore.DEFAULT_CAP_BYTES,
-) -> None:
+) -> ReleaseResult | None:
     """Complete the job's run_job activity with the box's report (idempotent: a repeat after
     success is a no-op). Conflict if the control plane already ended the job.
-    `transcript_cap_bytes`: the deployment's cap, for the system lines that explain the end."""
+    `transcript_cap_bytes`: the deployment's cap, for the system lines that explain the end.
+
+    A clean end (exit 0, no artifacts, nothing refused) is also recorded here: `completed` and
+    the lease freed, once Temporal took the result (see end_clean_exit). Returns what that
+    release freed, for the caller to wake the waiters after answering; None otherwise."""
     jid = parse_job_id(job_id)
     row = await _own_dispatch(conn, box, jid)
     if row["claimed_at"] is None:
         raise Conflict(f"job {jid} was never claimed by {box.name}")
     if row["result_at"] is not None:
-        return
+        return None
     await _system_lines(conn, jid, report, transcript_cap_bytes)
     if report.upload_failures:
         # what the box refused itself (links, hard links, foreign files, unstorable names): listed
@@ -463,6 +470,47 @@ async def report_result(
         await conn.execute(Q.dispatch_result, jid, box.id)
         raise Conflict(f"job {jid} already ended on the control plane") from exc
     await conn.execute(Q.dispatch_result, jid, box.id)
+    if report.cancelled or not _clean_exit(result):
+        return None
+    return await end_clean_exit(conn, jid, box)
+
+
+def _clean_exit(result: RunJobResult) -> bool:
+    """The workflow would decide `completed` from this result with no further step of its own
+    (JobWorkflow._outcome_of: no artifact to verify, no timeout, no error, exit 0)."""
+    return (
+        result.exit_code == 0
+        and not result.timed_out
+        and result.error is None
+        and result.artifacts == 0
+        and result.refused == 0
+    )
+
+
+async def end_clean_exit(conn: Conn, job_id: str, box: NodeBox) -> ReleaseResult | None:
+    """Record a clean end at once: `completed` and the lease freed, the transaction the
+    workflow's finish_job runs (placement.finish), so the job is done for its owner, its
+    followers and the next job on the box without waiting for the workflow's next task. Called
+    only after Temporal took the result, so the workflow reaches the same end: its own
+    finish_job then finds the job terminal and absorbs (it frees nothing, wakes no one: the
+    caller wakes the waiters named here). Best effort: if this fails, the workflow's finish_job
+    records the end as it always has. The job event says so: `via: result`."""
+    try:
+        return await finish(conn, job_id, JobState.COMPLETED, exit_code=0, detail={"box": box.name, "via": "result"})
+    except (InvalidTransition, asyncpg.PostgresError, OSError) as exc:
+        log.warning("job %s: its clean end is left to the workflow: %s", job_id, exc)
+        return None
+
+
+async def after_clean_exit(pool: asyncpg.Pool, temporal: Client, job_id: str, ended: ReleaseResult) -> None:
+    """After answering the box: wake the jobs the freed lease admits and start the job's webhook
+    deliveries, as the workflow's finish_job does after its commit. Whatever fails here the
+    reaper makes up (its waiter sweep, its delivery sweep)."""
+    await wake_jobs(temporal, ended.wake_job_ids)
+    try:
+        await start_deliveries_of(pool, temporal, parse_job_id(job_id))
+    except (asyncpg.PostgresError, OSError) as exc:
+        log.warning("could not start the webhook deliveries of %s (the reaper will): %s", job_id, exc)
 
 
 async def _system_lines(conn: Conn, job_id: str, report: JobResultReport, transcript_cap_bytes: int) -> None:

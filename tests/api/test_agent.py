@@ -16,6 +16,7 @@ from boxrun import logbatch, placement
 from boxrun.constants import JobState
 from boxrun.db import Q
 from boxrun.services import dispatch
+from boxrun.services.identity import NodeBox
 from tests.api.helpers import Box, assert_error
 from tests.conftest import wait_for
 
@@ -380,3 +381,56 @@ async def test_manifest_past_the_cap_is_413_with_the_reason(
     entries = [{"path": f"f{i}", "size": 1, "sha256": "ab" * 32} for i in range(3)]
     resp = await box.agent.post(f"/api/agent/jobs/{job}/artifacts", json={"entries": entries})
     assert_error(resp, 413, "too_large", detail="too many artifacts: a job may keep at most 2")
+
+
+async def node_box(db: asyncpg.Connection, box: Box) -> NodeBox:
+    row = await db.fetchrow("SELECT id, name, org_id FROM boxes WHERE name = $1", box.name)
+    return NodeBox(id=row["id"], name=row["name"], org_id=row["org_id"])
+
+
+async def test_a_result_temporal_did_not_take_ends_nothing(
+    api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    """The API records a clean end only after Temporal took the result: here the task token is
+    not Temporal's, so the result is refused (503, the agent retries) and the job stays running
+    with its lease."""
+    box = await make_box("bench-1")
+    job = await claimed_job(api, db, box)
+    resp = await box.agent.post(f"/api/agent/jobs/{job}/result", json={"exit_code": 0, "log_seq": 0})
+    assert resp.status_code == 503, resp.text
+    assert (await api.get(f"/api/jobs/{job}")).json()["state"] == "running"
+    assert await db.fetchval("SELECT released_at IS NULL FROM leases WHERE job_id = $1", uuid.UUID(job))
+
+
+async def test_a_clean_end_completes_the_job_frees_its_box_and_names_its_waiters(
+    api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    box = await make_box("bench-1")
+    job = await claimed_job(api, db, box)
+    waiting = (await api.post("/api/jobs", json={"script": "x", "box": "bench-1"})).json()["id"]
+    assert (await placement.acquire(db, waiting)).box is None
+    ended = await dispatch.end_clean_exit(db, job, await node_box(db, box))
+    assert ended is not None and ended.released and ended.wake_job_ids == [waiting]
+    got = (await api.get(f"/api/jobs/{job}")).json()
+    assert (got["state"], got["exit_code"]) == ("completed", 0)
+    [end] = [e for e in (await api.get(f"/api/jobs/{job}/events")).json()["data"] if e["to_state"] == "completed"]
+    assert end["detail"] == {"box": "bench-1", "via": "result", "exit_code": 0}
+    # the workflow's finish_job afterwards absorbs: the state stays, nothing is freed twice
+    again = await placement.finish(db, job, JobState.COMPLETED, exit_code=0)
+    assert (again.state, again.released, again.wake_job_ids) == (JobState.COMPLETED, False, [])
+
+
+async def test_a_clean_end_leaves_an_ended_or_unclaimed_job_alone(
+    api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    box = await make_box("bench-1")
+    cancelled = await claimed_job(api, db, box)
+    await placement.finish(db, cancelled, JobState.CANCELLED, error="cancelled")
+    kept = await dispatch.end_clean_exit(db, cancelled, await node_box(db, box))
+    assert kept is not None and kept.state == JobState.CANCELLED, "terminal states absorb"
+    assert (await api.get(f"/api/jobs/{cancelled}")).json()["state"] == "cancelled"
+
+    offered = await offered_job(api, db, box.name)  # dispatching, never claimed
+    assert await dispatch.end_clean_exit(db, offered, await node_box(db, box)) is None
+    assert (await api.get(f"/api/jobs/{offered}")).json()["state"] == "dispatching"
+    assert await db.fetchval("SELECT released_at IS NULL FROM leases WHERE job_id = $1", uuid.UUID(offered))

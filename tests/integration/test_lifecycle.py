@@ -22,9 +22,10 @@ import asyncpg
 import httpx
 import pytest
 
+from boxrun.temporal import connect
 from tests.conftest import pid_alive, wait_for
 from tests.integration.faultstack import FaultStack, fault_stack
-from tests.integration.jobs import replay, submit, wait_terminal
+from tests.integration.jobs import archive, replay, submit, wait_terminal
 
 pytestmark = pytest.mark.e2e
 
@@ -478,6 +479,35 @@ async def test_manual_maintenance_holds_new_jobs_not_running_ones(api, db, tmp_p
         "completed",
     ]
     print(f"\nmaintenance off -> lease {delay * 1000:.0f} ms")
+
+
+async def test_a_clean_exit_is_ended_by_its_result_and_the_box_handed_on(fs, api, tmp_path):
+    """A clean end (exit 0, no artifacts) is recorded `completed` by the API that takes the box's
+    result (event detail `via: result`); the workflow's own finish_job then absorbs it, completes
+    with the same outcome and archives the transcript. The job waiting for the box is woken by
+    that API (the workflow's finish_job frees nothing, and this stack's waiter sweep runs only
+    every POLL_S): it ends well within HANDOFF_S. A failed end is still the workflow's."""
+    gate = tmp_path / "gate"
+    first = await submit(api, GATED, box="local-2", env={"GATE": str(gate)})
+    await wait_state(api, first["id"], "running")
+    after = await submit(api, QUICK, box="local-2")
+    await wait_state(api, after["id"], "waiting_for_box")
+    gate.write_text("open")
+    for j in (first, after):
+        done = await wait_terminal(api, j["id"], timeout=HANDOFF_S)
+        assert (done["state"], done["exit_code"]) == ("completed", 0), done
+        ends = [e for e in await events(api, j["id"]) if e["to_state"] == "completed"]
+        assert [e["detail"] for e in ends] == [{"box": "local-2", "via": "result", "exit_code": 0}], ends
+    temporal = await connect(fs.endpoints["temporal_address"])
+    outcome = await temporal.get_workflow_handle(first["id"]).result()
+    assert (outcome["state"], outcome["exit_code"]) == ("completed", 0), outcome
+    assert await wait_for(lambda: archive(api, first["id"]), timeout=30, what="the transcript archive")
+
+    failing = await submit(api, "print('bad', flush=True)\nraise SystemExit(3)\n", box="local-2")
+    done = await wait_terminal(api, failing["id"], timeout=HANDOFF_S)
+    assert (done["state"], done["exit_code"]) == ("failed", 3), done
+    [end] = [e for e in await events(api, failing["id"]) if e["to_state"] == "failed"]
+    assert "via" not in end["detail"], end
 
 
 async def test_scheduled_window_holds_the_job_until_it_ends(api, db):
