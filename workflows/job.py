@@ -83,6 +83,9 @@ WAKE_ONLY_PATCH = "wait-wake-only"
 # running it died before or after offering): offer the job again, at most this many times.
 REOFFER_PATCH = "reoffer-unclaimed"
 MAX_REOFFERS = 3
+# A cancel whose finish found the job already completed (by the box's clean result, recorded by
+# the API): the workflow completes as the job did.
+COMPLETED_BEFORE_CANCEL_PATCH = "completed-before-cancel"
 JOB_CANCELLED = "JobCancelled"
 CLAIM_TIMEOUT = "ClaimTimeout"
 # The Temporal failure type a job that did not complete ends its workflow with (non-retryable,
@@ -135,11 +138,15 @@ class JobWorkflow:
         except asyncio.CancelledError:
             # whatever step it hit: end the job cancelled and free any lease it holds
             await asyncio.shield(self._finish(spec, JobState.CANCELLED, None, "cancelled", ErrorKind.CANCELLED))
-            raise
+            if not self._completed_before_cancel():
+                raise
+            return await self._archived(spec)
         except Exception as exc:
             if _is_cancellation(exc):  # the cancel surfaced through an activity it cancelled
                 await self._finish(spec, JobState.CANCELLED, None, "cancelled", ErrorKind.CANCELLED)
-                raise
+                if not self._completed_before_cancel():
+                    raise
+                return await self._archived(spec)
             # A bug or a permanent control-plane failure: end the job failed and free the box,
             # then fail this workflow (never its task, which Temporal would retry forever).
             await self._finish(spec, JobState.FAILED, None, f"internal error: {exc}", ErrorKind.INTERNAL)
@@ -149,7 +156,11 @@ class JobWorkflow:
         if box is None:  # unschedulable: ended in _place
             return self._end(self._outcome(spec))
         await self._finish(spec, state, exit_code, error, kind)
-        # The transcript is complete (run_job returns only once every line is stored): archive it.
+        return await self._archived(spec, exit_code, error)
+
+    async def _archived(self, spec: JobInput, exit_code: int | None = 0, error: str | None = None) -> JobOutcome:
+        """The transcript is complete (run_job returns only once every line is stored, and a job
+        completed by its result had every line stored before): archive it, then end."""
         await workflow.execute_activity_method(
             ControlActivities.archive_logs,
             ArchiveInput(job_id=spec.job_id),
@@ -158,6 +169,13 @@ class JobWorkflow:
             retry_policy=ARCHIVE_RETRY,
         )
         return self._end(self._outcome(spec, exit_code, error))
+
+    def _completed_before_cancel(self) -> bool:
+        """A cancel that lost the race with the job's clean end: the API had already recorded
+        `completed` from the box's result (terminal states absorb the cancel's finish), so the
+        workflow completes too instead of ending cancelled, and the Web UI agrees with the job.
+        Histories from before this (no COMPLETED_BEFORE_CANCEL_PATCH marker) end cancelled."""
+        return self._state == JobState.COMPLETED and workflow.patched(COMPLETED_BEFORE_CANCEL_PATCH)
 
     def _end(self, outcome: JobOutcome) -> JobOutcome:
         """Completed: the outcome is the workflow's result. Otherwise the workflow ends failed

@@ -287,7 +287,8 @@ async def result(
     background: BackgroundTasks,
 ) -> None:
     """How the job's process ended, after every log line is stored and every upload done:
-    completes the job's run_job activity, and records a clean end (exit 0, no artifacts) as
+    completes the job's run_job activity, and records a clean end (exit 0, not timed out or
+    cancelled, no error, no artifact, nothing refused, no cancel requested before it) as
     `completed` at once. Idempotent."""
     ended = await dispatch.report_result(
         conn, temporal, box, job_id, body, transcript_cap_bytes=settings.transcript_cap_bytes

@@ -469,17 +469,20 @@ async def report_result(
             raise Unavailable(f"the workflow engine did not take the result: {exc.message}") from exc
         await conn.execute(Q.dispatch_result, jid, box.id)
         raise Conflict(f"job {jid} already ended on the control plane") from exc
-    await conn.execute(Q.dispatch_result, jid, box.id)
-    if report.cancelled or not _clean_exit(result):
-        return None
+    cancel_requested = await conn.fetchval(Q.dispatch_result, jid, box.id)
+    if not ends_here(report, result, cancel_requested=cancel_requested is not False):
+        return None  # the workflow decides
     return await end_clean_exit(conn, jid, box)
 
 
-def _clean_exit(result: RunJobResult) -> bool:
-    """The workflow would decide `completed` from this result with no further step of its own
-    (JobWorkflow._outcome_of: no artifact to verify, no timeout, no error, exit 0)."""
+def ends_here(report: JobResultReport, result: RunJobResult, *, cancel_requested: bool) -> bool:
+    """A clean end the API records itself: the workflow would decide `completed` from this
+    result with no further step of its own (JobWorkflow._outcome_of: no artifact to verify, no
+    timeout, no error, exit 0), and no cancel was requested before it (that one ends cancelled)."""
     return (
-        result.exit_code == 0
+        not report.cancelled
+        and not cancel_requested
+        and result.exit_code == 0
         and not result.timed_out
         and result.error is None
         and result.artifacts == 0
@@ -497,7 +500,7 @@ async def end_clean_exit(conn: Conn, job_id: str, box: NodeBox) -> ReleaseResult
     records the end as it always has. The job event says so: `via: result`."""
     try:
         return await finish(conn, job_id, JobState.COMPLETED, exit_code=0, detail={"box": box.name, "via": "result"})
-    except (InvalidTransition, asyncpg.PostgresError, OSError) as exc:
+    except (InvalidTransition, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
         log.warning("job %s: its clean end is left to the workflow: %s", job_id, exc)
         return None
 
@@ -506,11 +509,11 @@ async def after_clean_exit(pool: asyncpg.Pool, temporal: Client, job_id: str, en
     """After answering the box: wake the jobs the freed lease admits and start the job's webhook
     deliveries, as the workflow's finish_job does after its commit. Whatever fails here the
     reaper makes up (its waiter sweep, its delivery sweep)."""
-    await wake_jobs(temporal, ended.wake_job_ids)
     try:
+        await wake_jobs(temporal, ended.wake_job_ids)
         await start_deliveries_of(pool, temporal, parse_job_id(job_id))
-    except (asyncpg.PostgresError, OSError) as exc:
-        log.warning("could not start the webhook deliveries of %s (the reaper will): %s", job_id, exc)
+    except (RPCError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("after the clean end of %s: %s (the reaper's sweeps make it up)", job_id, exc)
 
 
 async def _system_lines(conn: Conn, job_id: str, report: JobResultReport, transcript_cap_bytes: int) -> None:

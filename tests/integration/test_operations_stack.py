@@ -76,14 +76,15 @@ async def _check(api: httpx.AsyncClient, endpoints: dict) -> None:
     assert total(api_now, "boxrun_log_ingest_lines_total") >= 2
 
     # a clean exit 0 is recorded `completed` by the API that took the box's result
-    assert total(api_now, "boxrun_jobs_finished_total", state="completed") >= 1
+    completed = "boxrun_jobs_finished_total"
+    assert total(api_now, completed, state="completed") == total(before_api, completed, state="completed") + 1
 
     async def worker_counted() -> dict | None:
         now = await samples_of(endpoints["worker_metrics_url"])
         # the workflow's own finish_job absorbs that end; the workflow completes a moment later
         return now if total(now, "temporal_workflow_completed_total", workflow_type="JobWorkflow") else None
 
-    worker = await wait_for(worker_counted, timeout=20, what="the worker's exporter to count the finish")
+    worker = await wait_for(worker_counted, timeout=20, what="the worker's exporter to count the workflow completed")
     assert total(worker, "temporal_activity_execution_latency_count") >= 1
 
     async def agent_counted() -> dict | None:

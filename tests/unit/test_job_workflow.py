@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError, CancelledError
-from temporalio.worker import Worker
+from temporalio.worker import Replayer, Worker
 
 from boxrun.constants import JobState
 from boxrun.messages import (
@@ -49,6 +50,8 @@ class MockControlPlane:
     run_error: ApplicationError | None = None
     mismatched: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
+    # what finish_job finds the job already is (terminal states absorb): None, not terminal yet
+    ended_as: JobState | None = None
     calls: list[tuple[str, object]] = field(default_factory=list)
 
     def names(self) -> list[str]:
@@ -73,6 +76,8 @@ class MockControlPlane:
         @activity.defn(name="finish_job")
         async def mock_finish_job(inp: FinishInput) -> ReleaseResult:
             self.calls.append(("finish", inp))
+            if self.ended_as is not None:
+                return ReleaseResult(released=False, state=self.ended_as)
             return ReleaseResult(released=True, state=inp.to_state)
 
         @activity.defn(name="verify_artifacts")
@@ -299,6 +304,26 @@ async def test_cancel_while_running_ends_cancelled_and_releases(temporal_client,
     desc = await temporal_client.get_workflow_handle(mock.finished().job_id).describe()
     assert desc.status == WorkflowExecutionStatus.CANCELED
     assert "request_cancel" in mock.names(), "the cancel is pushed to the box, not left to its next heartbeat"
+
+
+async def test_a_cancel_that_lost_the_race_with_a_clean_end_completes(temporal_client, task_queue):
+    """The API recorded `completed` from the box's clean result before the cancel's finish ran
+    (finish_job absorbs and answers the state it found): the workflow completes with the job,
+    archives its transcript, and the Web UI shows what Postgres shows."""
+    box = f"b-{uuid.uuid4().hex[:6]}"
+    mock = MockControlPlane([AcquireResult(box=box)], run_mode="heartbeat_until_cancelled", ended_as=JobState.COMPLETED)
+
+    async def cancel_when_running(handle):
+        await wait_for(lambda: "run_job" in mock.names(), what="run_job")
+        await handle.cancel()
+
+    handle, result = await run_workflow(temporal_client, task_queue, mock, job_spec(box), during=cancel_when_running)
+    assert (result.state, result.exit_code, result.error, result.error_kind) == (JobState.COMPLETED, 0, None, None)
+    assert mock.finished().to_state == JobState.CANCELLED, "the cancel's finish ran and was absorbed"
+    assert mock.names()[-1] == "archive"
+    assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED
+    replayer = Replayer(workflows=[JobWorkflow], data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(await handle.fetch_history())  # the new branch is deterministic
 
 
 async def test_box_confirmed_cancel_as_failure_ends_cancelled(temporal_client, task_queue):

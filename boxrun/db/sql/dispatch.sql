@@ -84,10 +84,12 @@ FROM now
 WHERE d.job_id = $1 AND d.box_id = $2 AND d.claimed_at IS NOT NULL AND d.result_at IS NULL
 RETURNING d.task_token, d.relayed_at = now.t AS relay, d.cancel_requested_at IS NOT NULL AS cancel;
 
+-- The box's result was taken. Returns whether a cancel had been requested before it (a cancel
+-- requested after finds result_at set and records nothing: request_dispatch_cancel).
 -- name: dispatch_result
 UPDATE dispatches SET result_at = clock_timestamp()
 WHERE job_id = $1 AND box_id = $2 AND claimed_at IS NOT NULL AND result_at IS NULL
-RETURNING task_token;
+RETURNING cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: manifest_count
 SELECT count(*) FROM artifact_manifest WHERE job_id = $1;
