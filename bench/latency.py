@@ -1,12 +1,13 @@
 """Submit -> the script's first line and submit -> completed of a trivial boxrun job, next to a bare
 one-activity Temporal workflow.
 
-    python -m bench.latency [--jobs 50] [--warmup 3] [--observe sse|poll] [--unsandboxed]
+    python -m bench.latency [--jobs 50] [--warmup 3] [--gap-ms 250] [--observe sse|poll] [--unsandboxed]
                             [--agent-python PATH] [--local-control true|false] [--warm true|false]
                             [--json] [--quick]
 
 Starts a private `boxrun dev --ports auto --boxes 1` stack in a temporary directory, then, one at a
-time (latency, not throughput):
+time (latency, not throughput), each job submitted --gap-ms (250) after the previous job's workflow
+closed (its transcript archived), so it meets an idle box and an idle control plane:
 
 1. boxrun: N jobs `{"box": "local-1", "script": "import time; print(repr(time.time()))"}` through
    the HTTP API: the script's first line prints the instant it executes. Two figures per job:
@@ -128,6 +129,9 @@ async def run_job(client: BoxrunClient, temporal: Client, observe: str) -> JobSa
         raise RuntimeError(f"job {job.id} completed without its first line: {[ln.text for ln in lines]}")
     sample = JobSample(total=t1 - t0, first_line=printed - wall0, post=t_post - t0)
     sample.phases = await phases(client, temporal, job.id, wall0, printed, wall0 + (t1 - t0))
+    # the next job starts on an idle box and an idle control plane: this job's workflow closed
+    # (its transcript archived), not still working next to the next submission on the same cores
+    await temporal.get_workflow_handle(job.id).result()
     return sample
 
 
@@ -161,11 +165,15 @@ async def phases(
     return {name: b - a for name, a, b in marks if a is not None and b is not None}
 
 
-async def bench_boxrun(endpoints: dict, runs: int, warmup: int, observe: str) -> list[JobSample]:
+async def bench_boxrun(endpoints: dict, runs: int, warmup: int, observe: str, gap_s: float = 0.0) -> list[JobSample]:
     temporal = await connect(endpoints["temporal_address"])
     async with client_for(endpoints) as client:
         samples = []
         for i in range(warmup + runs):
+            if i:
+                # the arrival pattern, not a synchronisation: the box has this long to be idle
+                # again (its slot's next warm interpreter starting) before the next job comes
+                await asyncio.sleep(gap_s)
             sample = await run_job(client, temporal, observe)
             if i >= warmup:
                 samples.append(sample)
@@ -238,14 +246,15 @@ def summarise(values_s: list[float]) -> dict:
     return out
 
 
-def how_measured(observe: str, warmup: int, sandboxed: bool) -> str:
+def how_measured(observe: str, warmup: int, sandboxed: bool, gap_ms: float = 0.0) -> str:
     seen = (
         "SSE `event: done` of /logs/stream opened after the POST returns"
         if observe == "sse"
         else f"first GET /api/jobs/{{id}} with a terminal state, polled every {POLL_S * 1000:g} ms"
     )
     return (
-        f"sequential runs after {warmup} uncounted warm-ups each; boxrun = perf_counter from just before "
+        f"sequential runs after {warmup} uncounted warm-ups each, a job submitted {gap_ms:g} ms after the "
+        "previous job's workflow closed; boxrun = perf_counter from just before "
         f"POST /api/jobs ({{box: {BOX}, script: {SCRIPT!r}}}) to the {seen}, and time.time() just before "
         "the POST to the instant the script's first line printed; bare = perf_counter around "
         "client.execute_workflow(BareWorkflow) (1 activity returning its input, in-process worker, "
@@ -289,7 +298,7 @@ def render(result: dict) -> str:
 
 
 async def measure(endpoints: dict, args: argparse.Namespace) -> dict:
-    jobs = await bench_boxrun(endpoints, args.jobs, args.warmup, args.observe)
+    jobs = await bench_boxrun(endpoints, args.jobs, args.warmup, args.observe, args.gap_ms / 1000)
     bare = await bench_bare(endpoints["temporal_address"], args.jobs, args.warmup, not args.unsandboxed)
     names = list(dict.fromkeys(name for s in jobs for name in s.phases))
     phase_p50 = {
@@ -316,7 +325,7 @@ async def measure(endpoints: dict, args: argparse.Namespace) -> dict:
             "boxrun": [round(s.total * 1000, 2) for s in jobs],
             "bare": [round(v * 1000, 2) for v in bare],
         },
-        "how_measured": how_measured(args.observe, args.warmup, not args.unsandboxed),
+        "how_measured": how_measured(args.observe, args.warmup, not args.unsandboxed, args.gap_ms),
     }
 
 
@@ -324,6 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=50, help="counted runs of each kind (default 50)")
     parser.add_argument("--warmup", type=int, default=3, help="uncounted runs of each kind first (default 3)")
+    parser.add_argument(
+        "--gap-ms",
+        type=float,
+        default=250.0,
+        help="pause between one job's workflow closing and the next submission (default 250)",
+    )
     parser.add_argument(
         "--observe",
         choices=["sse", "poll"],
