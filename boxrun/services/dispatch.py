@@ -415,9 +415,9 @@ async def report_result(
     success is a no-op). Conflict if the control plane already ended the job.
     `transcript_cap_bytes`: the deployment's cap, for the system lines that explain the end.
 
-    A clean end (exit 0, no artifacts, nothing refused) is also recorded here: `completed` and
-    the lease freed, once Temporal took the result (see end_clean_exit). Returns what that
-    release freed, for the caller to wake the waiters after answering; None otherwise."""
+    A clean end (ends_here) is also recorded here: `completed` and the lease freed, once
+    Temporal took the result (end_clean_exit). Returns what that release freed, for the caller
+    to wake the waiters after answering; None otherwise."""
     jid = parse_job_id(job_id)
     row = await _own_dispatch(conn, box, jid)
     if row["claimed_at"] is None:
@@ -469,7 +469,7 @@ async def report_result(
             raise Unavailable(f"the workflow engine did not take the result: {exc.message}") from exc
         await conn.execute(Q.dispatch_result, jid, box.id)
         raise Conflict(f"job {jid} already ended on the control plane") from exc
-    cancel_requested = await conn.fetchval(Q.dispatch_result, jid, box.id)
+    cancel_requested = await conn.fetchval(Q.dispatch_result, jid, box.id)  # None: a repeat recorded it
     if not ends_here(report, result, cancel_requested=cancel_requested is not False):
         return None  # the workflow decides
     return await end_clean_exit(conn, jid, box)
