@@ -3,7 +3,7 @@ grows, what the control plane does while they wait (wake-ups/s, CPU), memory ove
 drain: its rate and its order (FIFO within priority), next to a bare one-activity workflow.
 
     python -m bench.backlog [--jobs 10000] [--concurrency 8] [--idle-s 60] [--drain-s 120]
-                            [--ref-jobs 100] [--json] [--keep] [--quick]
+                            [--ref-jobs 100] [--steady-rate 10] [--steady-s 30] [--json] [--keep] [--quick]
 
 One private `DevStack` with 2 boxes of capacity 1, default settings; every process on this machine.
 
@@ -21,15 +21,21 @@ One private `DevStack` with 2 boxes of capacity 1, default settings; every proce
    acquire_box runs as activity or local activity) before and after; CPU seconds of each process
    tree from /proc. A waiting job has no periodic re-check, so both should be ~0 apart from the
    reaper's sweep (one workflow every 15 s).
-5. drain: the gate file appears, the boxes free up, and the backlog drains for --drain-s seconds
+5. steady: while the backlog still waits, new submissions arrive at a steady --steady-rate a
+   second (open loop: each POST is sent on its tick, whether or not the one before was answered)
+   for --steady-s seconds, each one timed; they join the backlog. This is the goal's "submissions
+   stay p99 <= 100 ms while 10,000 wait" at an arrival rate (10/s: the scale simulation's bursts of
+   100k jobs a day, 1M a day on average), where step 3 is the saturation figure (as many POSTs as
+   --concurrency clients can send, so its latency is --concurrency / throughput).
+6. drain: the gate file appears, the boxes free up, and the backlog drains for --drain-s seconds
    (or to the end). Rate = jobs ended / time from the gates' release to the last end in the
    window. Order: from job_events, the `dispatching` times of the drained jobs against the order
    (priority desc, created_at, id); a job counts as overtaking when it was dispatched while a job
    before it in that order was still waiting.
 Memory: PSS (proportional set size) of the API, worker, Temporal and Postgres process trees every 5 s
-through 2-5.
+through 2-6.
 
---quick (CI): 40 jobs, 5 s idle, drained to the end, 10 reference jobs, 3 bare runs; exits 1 on any
+--quick (CI): 40 jobs, 5 s idle, 2 s of steady submissions at 5/s, drained to the end, 10 reference jobs, 3 bare runs; exits 1 on any
 problem (a refused, failed or stalled job, or a job overtaken). Percentiles are nearest-rank.
 """
 
@@ -60,7 +66,15 @@ from boxrun.errors import BoxrunError
 
 GATE_SCRIPT = "import os, time\nwhile not os.path.exists({gate!r}):\n    time.sleep(0.05)\n"
 LIVE_STATES = ("queued", "waiting_for_box", "dispatching", "running", "uploading_artifacts")
-QUICK = {"jobs": 40, "idle_s": 5.0, "drain_s": 300.0, "ref_jobs": 10, "concurrency": 4}
+QUICK = {
+    "jobs": 40,
+    "idle_s": 5.0,
+    "drain_s": 300.0,
+    "ref_jobs": 10,
+    "concurrency": 4,
+    "steady_rate": 5.0,
+    "steady_s": 2.0,
+}
 HIGH = 5  # every 10th job's priority
 CONTROL = ("api", "worker", "temporal", "postgres")
 
@@ -169,6 +183,38 @@ async def reference(api: Api, n: int) -> dict:
     return {"jobs": n, "window_s": round(max(ends) - t0, 2), "jobs_per_s": round(n / (max(ends) - t0), 2)}
 
 
+async def steady(
+    api: Api, args: argparse.Namespace, submitted: dict[str, tuple[int, int]], refused: list[str], first_index: int
+) -> dict:
+    """POSTs sent at --steady-rate a second for --steady-s seconds (open loop), each timed."""
+    n = max(1, round(args.steady_rate * args.steady_s))
+    ms: list[float] = []
+    t0 = time.perf_counter()
+
+    async def one(k: int) -> None:
+        await asyncio.sleep(max(0.0, t0 + k / args.steady_rate - time.perf_counter()))
+        t = time.perf_counter()
+        try:
+            job = await api.client.submit(box_group="local", script="pass")
+        except BoxrunError as exc:
+            refused.append(f"{type(exc).__name__}: {exc}")
+            return
+        ms.append((time.perf_counter() - t) * 1000)
+        submitted[job.id] = (0, first_index + k)
+
+    waiting = await api.count("waiting_for_box")
+    await asyncio.gather(*(one(k) for k in range(n)))
+    span = time.perf_counter() - t0
+    return {
+        "waiting_before": waiting,
+        "sent": n,
+        "accepted": len(ms),
+        "window_s": round(span, 1),
+        "per_s": round(len(ms) / span, 2),
+        "post_ms": pct(ms),
+    }
+
+
 def drain_order(events: list[dict], rank: dict[str, int]) -> dict:
     """Jobs dispatched while a job ahead of them (priority, then submission) still waited."""
     dispatched = sorted(
@@ -198,7 +244,9 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
     gate = work / "gate"
     result: dict = {
         "errors": {},
-        "settings": {k: getattr(args, k) for k in ("jobs", "concurrency", "idle_s", "drain_s")},
+        "settings": {
+            k: getattr(args, k) for k in ("jobs", "concurrency", "idle_s", "drain_s", "steady_rate", "steady_s")
+        },
     }
     async with private_stack(root, "backlog", boxes=2) as (stack, endpoints):
         api = Api(endpoints, max_connections=args.concurrency + 10)
@@ -276,7 +324,12 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
             }
             log(f"idle: {result['idle']}")
 
-            # 5. drain
+            # 5. steady submissions while the backlog waits
+            sampler.phase = "steady"
+            result["steady"] = await steady(api, args, submitted, refused, first_index=args.jobs)
+            log(f"steady: {result['steady']}")
+
+            # 6. drain
             sampler.phase = "draining"
             base = await api.count("completed")
             t_gate = time.time()
@@ -338,6 +391,9 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
     problems = []
     if result.get("submit", {}).get("refused_n"):
         problems.append(f"refused: {result['submit']['refused']}")
+    st = result.get("steady", {})
+    if st and st["accepted"] < st["sent"]:
+        problems.append(f"steady submissions refused: {refused[-5:]}")
     if d.get("failed"):
         problems.append(f"{d['failed']} failed")
     if d.get("order", {}).get("overtaking"):
@@ -366,6 +422,8 @@ def render(r: dict) -> str:
     lines.append(f"GET /api/jobs ms by phase: {r.get('list_ms')}; all {r.get('list_ms_all')}")
     if r.get("idle"):
         lines.append(f"settled {r.get('settle_s')} s after every job was waiting; idle: {r['idle']}")
+    if r.get("steady"):
+        lines.append(f"steady submissions while the backlog waits: {r['steady']}")
     if r.get("drain"):
         lines.append(f"drain: {r['drain']}")
     for name, v in r.get("memory_mib", {}).items():
@@ -385,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-s", type=float, default=60.0, help="how long the backlog waits untouched")
     parser.add_argument("--drain-s", type=float, default=120.0, help="how long the drain is measured (or to the end)")
     parser.add_argument("--ref-jobs", type=int, default=100, help="jobs of the small-backlog reference drain")
+    parser.add_argument("--steady-rate", type=float, default=10.0, help="POSTs a second while the backlog waits")
+    parser.add_argument("--steady-s", type=float, default=30.0, help="how long those steady POSTs go on")
     args = parser.parse_args(argv)
     return run_parts("boxrun-bench-backlog-", args, run, render, lambda result: bool(result["errors"]))
 
