@@ -45,6 +45,10 @@ VERIFY_CONCURRENCY = 16
 MAX_NAMED = 20
 
 
+# finish_job's retryable refusal while the box still runs a job no run_job follows yet.
+STILL_RUNNING = "StillRunningOnBox"
+
+
 def _permanent(exc: Exception) -> ApplicationError:
     return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)
 
@@ -97,8 +101,19 @@ class ControlActivities:
 
     @activity.defn
     async def finish_job(self, inp: FinishInput) -> ReleaseResult:
-        """Terminal transition + lease release in one transaction (terminal states absorb)."""
+        """Terminal transition + lease release in one transaction (terminal states absorb).
+
+        Never under a live process: a job offered at submission that its box claimed and still
+        runs, with no run_job adopting it yet (the workflow was cancelled or failed before), is
+        told to stop (the cancel is pushed to the box) and this step fails, to be retried, until
+        the box reports its end or its agent is gone (box_offline_after_s)."""
         async with self.pool.acquire() as conn:
+            if await conn.fetchval(Q.unadopted_running_dispatch, inp.job_id, self.offline_after_s) is not None:
+                await request_cancel(conn, inp.job_id)
+                raise ApplicationError(
+                    f"job {inp.job_id} still runs on its box; its lease is freed once the box reports its end",
+                    type=STILL_RUNNING,
+                )
             try:
                 done = await finish(
                     conn, inp.job_id, inp.to_state, exit_code=inp.exit_code, error=inp.error, error_kind=inp.error_kind

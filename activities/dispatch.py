@@ -44,7 +44,12 @@ class DispatchActivities:
         One attempt only (a job never runs twice), so a Postgres outage is waited out here,
         heartbeating, rather than failing the job."""
         token = activity.info().task_token
-        box_id = await self._db(lambda conn: self._offer(conn, inp, token))
+        box_id, early = await self._db(lambda conn: self._offer(conn, inp, token))
+        if early is not None:  # offered at submission, and the box ended it before this adopted it
+            if "failure" in early:
+                failure = early["failure"]
+                raise ApplicationError(failure["message"], type=failure["type"], non_retryable=True)
+            return RunJobResult.model_validate(early["result"])
         try:
             while True:
                 activity.heartbeat()
@@ -60,7 +65,9 @@ class DispatchActivities:
         activity.logger.debug("job %s claimed by box %s (id %d)", inp.job_id, inp.box, box_id)
         activity.raise_complete_async()
 
-    async def _offer(self, conn: Conn, inp: RunJobInput, token: bytes) -> int:
+    async def _offer(self, conn: Conn, inp: RunJobInput, token: bytes) -> tuple[int, dict[str, Any] | None]:
+        """Offer the job to its box, or adopt the offer made at submission (returns what the box
+        reported if it already ended the job: early_result)."""
         async with conn.transaction():
             box_id: int | None = await conn.fetchval(Q.box_id_by_name, inp.job_id, inp.box)
             if box_id is None:
@@ -78,8 +85,9 @@ class DispatchActivities:
                 raise ApplicationError(
                     f"job {inp.job_id} is no longer open to this offer", type="OfferSuperseded", non_retryable=True
                 )
-            await notify(conn, box_id, inp.job_id, "offer")
-        return box_id
+            if offered["claimed_at"] is None:
+                await notify(conn, box_id, inp.job_id, "offer")
+        return box_id, offered["early_result"]
 
     async def _claimed_or_expired(self, conn: Conn, job_id: str) -> bool:
         """True once claimed; raises the claim-deadline failure when this call expires the offer."""

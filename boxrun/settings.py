@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     max_artifacts_per_job: int = Field(default=10_000, ge=1)
     # After a job ended, its box may still deliver the contiguous tail of its log this long.
     log_tail_grace_s: float = Field(default=60.0, ge=0)
+    # When a box is free as a job is submitted, the API leases it and offers the job to it in the
+    # submission itself, before the workflow exists; run_job adopts the offer (docs/architecture.md,
+    # "The offer at submission"). Off: every job is placed and offered by its workflow.
+    offer_at_submission: bool = True
     # The longest an agent's long-poll for offers and cancels is held open.
     agent_poll_max_s: float = Field(default=25.0, gt=0, le=300)
     # Run the short Postgres-only control steps (acquire, transition, finish) as local activities

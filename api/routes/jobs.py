@@ -167,7 +167,8 @@ async def cancel_job(
     """Ask the job's workflow to cancel (an operator its own jobs, an admin any job of the org).
     A running process gets SIGTERM, then SIGKILL after the job's cancel_grace_s; the job ends
     `cancelled` and its lease is freed. 202: follow the job."""
-    return job_public(await jobs.cancel_job(conn, temporal, user, job_id), settings)
+    row = await jobs.cancel_job(conn, temporal, user, job_id, offline_after_s=settings.box_offline_after_s)
+    return job_public(row, settings)
 
 
 @router.post(

@@ -132,21 +132,25 @@ async def claim(
     jid = parse_job_id(job_id)
     gone: SecretUnavailable | None = None
     async with conn.transaction():
-        token = await conn.fetchval(Q.claim_dispatch, jid, box.id)
+        claimed = await conn.fetchrow(Q.claim_dispatch, jid, box.id)
         row = await _own_dispatch(conn, box, jid)
-        if token is None:
+        if claimed is None:
             raise Conflict(f"job {jid} may not start on {box.name} now ({_why_not(row)})")
         try:
             resolved = await secrets.resolve(conn, secret_box, row["org_id"], row["spec"].get("env") or {})
         except SecretUnavailable as exc:
-            await _end_unresolvable(conn, temporal, box, jid, token, exc)
+            await _end_unresolvable(conn, temporal, box, jid, claimed["task_token"], exc)
             gone = exc
         else:
             await transition(conn, jid, JobState.RUNNING, detail={"box": box.name})
     if gone is not None:
         raise Conflict(f"job {jid} may not start on {box.name}: {gone.reason}") from gone
 
+    token: bytes | None = claimed["task_token"]
+
     async def restart_clock() -> None:  # the first progress report relays one anyway
+        if token is None:  # offered at submission, not adopted by run_job yet: nothing to heartbeat
+            return
         try:
             await _relay(temporal, token, jid)
         except (Conflict, Unavailable) as exc:
@@ -168,11 +172,16 @@ def _why_not(row: asyncpg.Record) -> str:
 
 
 async def _end_unresolvable(
-    conn: Conn, temporal: Client, box: NodeBox, job_id: str, token: bytes, exc: SecretUnavailable
+    conn: Conn, temporal: Client, box: NodeBox, job_id: str, token: bytes | None, exc: SecretUnavailable
 ) -> None:
     """A claimed job whose secrets cannot be resolved: its run_job fails (non-retryable, the
     reason names the secret) and the dispatch is closed, in the caller's transaction. If Temporal
-    does not take the failure, Unavailable rolls the claim back (the agent retries)."""
+    does not take the failure, Unavailable rolls the claim back (the agent retries). An offer
+    made at submission and not adopted yet keeps the failure for its run_job (store_early_result)."""
+    if token is None:
+        await conn.execute(Q.store_early_result, job_id, box.id, _early_failure(exc.reason, SECRET_UNAVAILABLE))
+        log.warning("job %s on %s not started: %s", job_id, box.name, exc.reason)
+        return
     handle = temporal.get_async_activity_handle(task_token=token)
     try:
         await handle.fail(
@@ -183,6 +192,11 @@ async def _end_unresolvable(
             raise Unavailable(f"the workflow engine did not take the failure: {rpc.message}") from rpc
     await conn.execute(Q.dispatch_result, job_id, box.id)
     log.warning("job %s on %s not started: %s", job_id, box.name, exc.reason)
+
+
+def _early_failure(message: str, kind: str) -> dict[str, Any]:
+    """What run_job raises when it adopts an offer that ended this way before it (early_result)."""
+    return {"failure": {"message": message, "type": kind}}
 
 
 async def bundle(
@@ -304,12 +318,12 @@ async def progress(
             cache.forget(jid)
         own = await _own_dispatch(conn, box, jid)
         raise Conflict(f"job {jid} is not running on {box.name} ({own['state']})")
-    if cache is not None:
+    if cache is not None and row["task_token"] is not None:
         cache.remember(jid, box.id, row["task_token"], relayed=bool(row["relay"]))
     cancel = bool(row["cancel"])
     if body.pid is not None:
         await _record_pid(conn, jid, body.pid)
-    if row["relay"]:
+    if row["relay"]:  # never for an offer made at submission that run_job has not adopted yet
         cancel = await _relay(temporal, row["task_token"], jid, {"log_seq": body.log_seq}) or cancel
     return cancel
 
@@ -451,7 +465,19 @@ async def report_result(
         artifact_bytes=totals["pending_bytes"],
         refused=totals["refused"],
     )
-    handle = temporal.get_async_activity_handle(task_token=row["task_token"])
+    # An offer made at submission that run_job has not adopted yet: the result waits in the
+    # dispatch row for run_job to return it (the row lock orders this against the adoption).
+    async with conn.transaction():
+        token: bytes | None = await conn.fetchval(Q.lock_dispatch_token, jid, box.id)
+        if token is None:
+            early = (
+                _early_failure("cancelled", JOB_CANCELLED)
+                if report.cancelled
+                else {"result": result.model_dump(mode="json")}
+            )
+            await conn.execute(Q.store_early_result, jid, box.id, early)
+            return None  # the workflow ends it once run_job adopts the offer
+    handle = temporal.get_async_activity_handle(task_token=token)
     try:
         if report.cancelled:
             try:

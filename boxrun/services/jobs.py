@@ -99,7 +99,9 @@ def check_may_act(user: User, job: asyncpg.Record, verb: str) -> None:
         raise Forbidden(f"you may {verb} only your own jobs (job {job['id']} belongs to {job['owner']})")
 
 
-async def cancel_job(conn: asyncpg.Connection, temporal: Client, user: User, job_id: str) -> asyncpg.Record:
+async def cancel_job(
+    conn: asyncpg.Connection, temporal: Client, user: User, job_id: str, *, offline_after_s: float = 15.0
+) -> asyncpg.Record:
     """Ask the job's workflow to cancel; returns the job row after the request.
 
     The workflow does the rest (SIGTERM, grace, `cancelled`, lease freed). If no workflow is
@@ -122,6 +124,11 @@ async def cancel_job(conn: asyncpg.Connection, temporal: Client, user: User, job
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise Unavailable(f"the workflow engine refused the cancel: {exc.message}") from exc
+        if await conn.fetchval(Q.unadopted_running_dispatch, jid, offline_after_s) is not None:
+            # offered at submission and running, its workflow not started yet (the reaper starts
+            # it): the box was told above; the workflow ends the job once the box reports
+            log.info("job %s runs on its box before its workflow started; the box was told to stop", jid)
+            return await load_job(conn, user, jid)
         log.info("job %s has no running workflow; cancelling the row itself", jid)
         async with conn.transaction():
             current = JobState(await conn.fetchval(Q.job_state, user.org_id, jid))

@@ -12,13 +12,15 @@ import asyncpg
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from boxrun import metrics
+from boxrun import logcontext, metrics
 from boxrun.db import Q
-from boxrun.errors import Conflict, InvalidInput, Unavailable
+from boxrun.errors import BoxrunError, Conflict, InvalidInput, Unavailable
+from boxrun.placement import acquire, release
 from boxrun.schemas import JobCreate
+from boxrun.services import secrets
 from boxrun.services.files import resolve_file_refs
 from boxrun.services.identity import User
-from boxrun.services.secrets import check_references
+from boxrun.services.wakeups import wake_jobs
 from boxrun.services.workflow_start import job_input, start_job_workflow
 from boxrun.settings import Settings
 from boxrun.storage import Storage
@@ -56,7 +58,7 @@ async def submit_job(
         raise InvalidInput(f"box {body.box!r} does not exist", field="box")
     # `${{ secrets.NAME }}` in an env value: the org must have NAME (the spec keeps the reference;
     # the value is read only into the bundle of the box that claims the job)
-    await check_references(conn, user.org_id, body.env)
+    await secrets.check_references(conn, user.org_id, body.env)
     spec = body.frozen_spec(await resolve_file_refs(storage, settings, user, body))
     if inputs:  # a re-run of a pipeline step job: the upstream artifacts it was given, as resolved
         spec["inputs"] = inputs
@@ -103,16 +105,81 @@ async def submit_job(
         return existing, False
 
     # The row is committed before the workflow starts, so the workflow's first activity always
-    # finds it. If Temporal refuses, the job is withdrawn again: nothing half-written remains.
-    # (If this process dies right here, the reaper starts the workflow of the queued row.)
+    # finds it. A free box is leased and offered the job at once (offer_at_submission), so the box
+    # starts it while the workflow starts. If Temporal refuses, the job is withdrawn again: nothing
+    # half-written remains, unless its box already claimed it (then it is accepted and the reaper
+    # starts its workflow, as it does when this process dies right here).
+    offered = (
+        await offer_at_submission(conn, temporal, settings, row, spec) if settings.offer_at_submission else None
+    )
     try:
         await start_job_workflow(temporal, job_input(row, settings))
     except RPCError as exc:
         log.error("could not start the workflow of job %s: %s", job_id, exc)
-        await conn.execute(Q.delete_job, job_id)
-        raise Unavailable("the workflow engine is unavailable; job not accepted") from exc
+        if await _withdraw(conn, temporal, job_id, offered=offered is not None):
+            raise Unavailable("the workflow engine is unavailable; job not accepted") from exc
+        log.warning("job %s was claimed by its box before its workflow could start; the reaper starts it", job_id)
     metrics.job_submitted()
     return job_id, True
+
+
+async def offer_at_submission(
+    conn: asyncpg.Connection, temporal: Client, settings: Settings, row: asyncpg.Record, spec: dict[str, Any]
+) -> int | None:
+    """Lease a box for the job now, if one is free (the same placement.acquire its workflow would
+    run: target, access, capabilities, liveness, maintenance, locks, priority and FIFO), and offer
+    the job to it without a task token: the box's long-poll is answered as this commits, and the
+    job's run_job adopts the offer (offer_dispatch). Returns the box id, or None when the workflow
+    places the job as before: no box free now, or the job refers to secrets (a secret gone at the
+    claim fails the job through its run_job, which must exist by then), or other jobs for its
+    target wait to be placed. Best effort: a failure here leaves the job to its workflow."""
+    job_id = str(row["id"])
+    if secrets.env_references(spec.get("env") or {}):
+        return None
+    from boxrun.services.dispatch import notify  # here: dispatch imports jobs, which imports this module
+
+    try:
+        if await conn.fetchval(Q.target_has_pending, row["org_id"], row["box_name"], row["box_group"], row["id"]):
+            return None  # a backlog: the workflow places it in turn
+        async with conn.transaction():
+            got = await acquire(conn, job_id, offline_after_s=settings.box_offline_after_s)
+            if got.box is None:
+                return None
+            box_id: int | None = await conn.fetchval(Q.box_id_by_name, job_id, got.box)
+            if (
+                box_id is None
+                or await conn.fetchval(
+                    Q.pre_offer, job_id, box_id, settings.dispatch_timeout_s, logcontext.get("request_id")
+                )
+                is None
+            ):
+                raise _NoOffer
+            await notify(conn, box_id, job_id, "offer")
+    except (_NoOffer, asyncpg.PostgresError, BoxrunError) as exc:
+        log.warning("job %s: no offer at submission (%r); its workflow places it", job_id, exc)
+        return None
+    if got.wake_job_ids:
+        await wake_jobs(temporal, got.wake_job_ids)
+    return box_id
+
+
+class _NoOffer(Exception):
+    """The offer could not be written (rolls the lease back with it)."""
+
+
+async def _withdraw(conn: asyncpg.Connection, temporal: Client, job_id: str, *, offered: bool) -> bool:
+    """The workflow could not be started: delete the job, its lease and its offer, unless its box
+    already claimed the offer (False: the job runs and is kept)."""
+    if not offered:
+        await conn.execute(Q.delete_job, job_id)
+        return True
+    async with conn.transaction():
+        if await conn.fetchval(Q.withdraw_pre_offer, job_id) is None:
+            return False
+        freed = await release(conn, job_id)
+        await conn.execute(Q.delete_offered_job, job_id)
+    await wake_jobs(temporal, freed.wake_job_ids)
+    return True
 
 
 async def _by_key(conn: asyncpg.Connection, user: User, key: str, digest: str) -> str | None:

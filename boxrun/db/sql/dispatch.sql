@@ -6,6 +6,10 @@
 -- run_job adopts the running job (its token replaces the dead one, so the API relays heartbeats
 -- and the result to the live activity). The same run_job writing again (a retry after a lost
 -- reply) changes nothing. A cancelled dispatch is never re-offered. No row: not offered.
+-- The offer made at submission (pre_offer: no token, no run_scheduled_at) is always adopted,
+-- claimed or not, ended or not: it is this job's only offer so far. Unclaimed, it gets a fresh
+-- claim deadline (the box may have missed it). Its early_result (the box ended it before this)
+-- is returned for run_job to return.
 -- $1 job, $2 box id, $3 task token, $4 seconds to claim, $5 the submission's request id (or NULL),
 -- $6 when the offering run_job was scheduled.
 -- name: offer_dispatch
@@ -14,14 +18,52 @@ SELECT j.id, j.org_id, $2, $3, clock_timestamp() + make_interval(secs => $4), $5
 ON CONFLICT (job_id) DO UPDATE SET
   task_token = EXCLUDED.task_token,
   run_scheduled_at = EXCLUDED.run_scheduled_at,
-  claim_deadline = CASE WHEN dispatches.claimed_at IS NULL AND dispatches.task_token <> EXCLUDED.task_token
+  claim_deadline = CASE WHEN dispatches.claimed_at IS NULL AND dispatches.task_token IS DISTINCT FROM EXCLUDED.task_token
                         THEN EXCLUDED.claim_deadline ELSE dispatches.claim_deadline END,
-  expired_at = CASE WHEN dispatches.claimed_at IS NULL AND dispatches.task_token <> EXCLUDED.task_token
+  expired_at = CASE WHEN dispatches.claimed_at IS NULL AND dispatches.task_token IS DISTINCT FROM EXCLUDED.task_token
+                         AND dispatches.cancel_requested_at IS NULL
                     THEN NULL ELSE dispatches.expired_at END
 WHERE dispatches.task_token = EXCLUDED.task_token
+   OR (dispatches.task_token IS NULL AND dispatches.box_id = EXCLUDED.box_id)
    OR (dispatches.cancel_requested_at IS NULL AND dispatches.result_at IS NULL
        AND COALESCE(dispatches.run_scheduled_at, '-infinity') < EXCLUDED.run_scheduled_at)
-RETURNING claimed_at, expired_at, claim_deadline;
+RETURNING claimed_at, expired_at, claim_deadline, early_result;
+
+-- The offer at submission: the API leased box $2 for job $1 in the submission and offers it at
+-- once, before the job's workflow exists (no task token yet: run_job adopts it with
+-- offer_dispatch). $3 seconds to claim, $4 the submission's request id.
+-- name: pre_offer
+INSERT INTO dispatches (job_id, org_id, box_id, task_token, claim_deadline, request_id)
+SELECT j.id, j.org_id, $2, NULL, clock_timestamp() + make_interval(secs => $3), $4 FROM jobs j WHERE j.id = $1
+ON CONFLICT (job_id) DO NOTHING
+RETURNING box_id;
+
+-- The token of the job's dispatch to box $2, its row locked: a result and run_job's adoption
+-- (offer_dispatch) take turns, so exactly one of them sees the other.
+-- name: lock_dispatch_token
+SELECT task_token FROM dispatches WHERE job_id = $1 AND box_id = $2 FOR UPDATE;
+
+-- The box ended a job offered at submission before run_job adopted the offer: its result (or
+-- cancellation) is kept for run_job. Returns whether a cancel had been requested before it.
+-- name: store_early_result
+UPDATE dispatches SET early_result = $3, result_at = clock_timestamp()
+WHERE job_id = $1 AND box_id = $2 AND claimed_at IS NOT NULL AND result_at IS NULL AND task_token IS NULL
+RETURNING cancel_requested_at IS NOT NULL AS cancel_requested;
+
+-- A job offered at submission that its box claimed and still runs, with no run_job yet to
+-- follow it ($2: seconds after which a silent agent counts as gone). Its lease must not be
+-- freed under the live process: finish_job pushes the cancel and waits for the box's end.
+-- name: unadopted_running_dispatch
+SELECT d.box_id FROM dispatches d JOIN boxes b ON b.id = d.box_id
+WHERE d.job_id = $1 AND d.task_token IS NULL AND d.claimed_at IS NOT NULL AND d.result_at IS NULL
+  AND b.last_seen_at > clock_timestamp() - make_interval(secs => $2);
+
+-- A submission whose workflow could not be started withdraws its offer made at submission, if
+-- the box has not claimed it (a claim racing this waits on the row lock, then matches nothing).
+-- name: withdraw_pre_offer
+UPDATE dispatches SET expired_at = coalesce(expired_at, clock_timestamp())
+WHERE job_id = $1 AND task_token IS NULL AND claimed_at IS NULL
+RETURNING job_id;
 
 -- name: dispatch_state
 SELECT claimed_at, expired_at, claim_deadline, claim_deadline <= clock_timestamp() AS overdue
@@ -51,7 +93,7 @@ SELECT EXISTS (SELECT 1 FROM closed) OR NOT EXISTS (SELECT 1 FROM dispatches WHE
 UPDATE dispatches SET claimed_at = clock_timestamp(), last_heartbeat_at = clock_timestamp()
 WHERE job_id = $1 AND box_id = $2 AND claimed_at IS NULL AND expired_at IS NULL
   AND cancel_requested_at IS NULL AND claim_deadline > clock_timestamp()
-RETURNING task_token;
+RETURNING job_id, task_token;
 
 -- The job's dispatch as its box sees it; NULL unless dispatched to box $2.
 -- name: box_dispatch
@@ -74,11 +116,13 @@ WHERE job_id = $1 AND result_at IS NULL
 RETURNING box_id, claimed_at IS NOT NULL AS claimed;
 
 -- A progress report; returns the task token when a heartbeat is due to Temporal ($3 s since the last).
--- One clock reading for the whole statement (clock_timestamp() changes between calls).
+-- One clock reading for the whole statement (clock_timestamp() changes between calls). An offer
+-- made at submission and not adopted yet has no token: nothing to relay (no activity runs yet).
 -- name: dispatch_progress
 WITH now AS (SELECT clock_timestamp() AS t)
 UPDATE dispatches d SET last_heartbeat_at = now.t,
-    relayed_at = CASE WHEN d.relayed_at IS NULL OR d.relayed_at < now.t - make_interval(secs => $3)
+    relayed_at = CASE WHEN d.task_token IS NOT NULL
+                           AND (d.relayed_at IS NULL OR d.relayed_at < now.t - make_interval(secs => $3))
                       THEN now.t ELSE d.relayed_at END
 FROM now
 WHERE d.job_id = $1 AND d.box_id = $2 AND d.claimed_at IS NOT NULL AND d.result_at IS NULL

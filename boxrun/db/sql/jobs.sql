@@ -93,16 +93,37 @@ SELECT pg_notify($1, $2);
 -- name: delete_job
 DELETE FROM jobs WHERE id = $1 AND state = 'queued';
 
+-- A submission withdrawn after its offer at submission was withdrawn unclaimed (lease, dispatch
+-- and events go with the job).
+-- Another job for the same target of org $1 is still waiting to be placed (queued or
+-- waiting_for_box; index jobs_pending): the offer at submission is not tried then (FIFO would
+-- refuse it, and a backlog's submissions would queue on the target's placement lock).
+-- name: target_has_pending
+SELECT EXISTS (
+  SELECT 1 FROM jobs
+  WHERE org_id = $1 AND state IN ('queued', 'waiting_for_box') AND id <> $4
+    AND box_name IS NOT DISTINCT FROM $2 AND box_group IS NOT DISTINCT FROM $3
+);
+
+-- name: delete_offered_job
+DELETE FROM jobs WHERE id = $1 AND state IN ('queued', 'dispatching');
+
 -- name: job_placement
 SELECT box_id, org_id FROM jobs WHERE id = $1;
 
 -- name: job_state_any_org
 SELECT state FROM jobs WHERE id = $1::uuid;
 
--- Queued longer than $1 seconds: its workflow should have moved it long ago.
+-- Submitted longer than $1 seconds ago and possibly without a workflow: still queued (its
+-- workflow should have moved it long ago), or offered at submission and never adopted by a
+-- run_job (the API died between the offer and the workflow's start). The reaper asks Temporal.
 -- name: stale_queued_jobs
 SELECT * FROM jobs
 WHERE state = 'queued' AND created_at < clock_timestamp() - make_interval(secs => $1)
+UNION ALL
+SELECT j.* FROM jobs j JOIN dispatches d ON d.job_id = j.id
+WHERE d.task_token IS NULL AND j.state NOT IN ('completed', 'failed', 'cancelled', 'timed_out', 'unschedulable')
+  AND j.created_at < clock_timestamp() - make_interval(secs => $1)
 ORDER BY created_at
 LIMIT 100;
 
