@@ -1,7 +1,9 @@
 """The API in-process: create_app on the real test Postgres, the session's Temporal dev server and
 the S3 store, its lifespan run by hand, requests through httpx's ASGI transport. No worker runs,
-so a submitted job stays `queued`; whatever a test needs beyond that it writes with the product's
-own code (placement, transitions, queries)."""
+so a submitted job stays `queued` (the offer at submission is off here, or a job for a live box
+would be leased and offered by its POST: test_offer_at_submission.py turns it on and tests it;
+the whole-stack tests run with it on, the default); whatever a test needs beyond that it writes
+with the product's own code (placement, transitions, queries)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ BASE_URL = "http://boxrun.test"
 @pytest.fixture
 async def app(settings: Settings, temporal_env: WorkflowEnvironment) -> AsyncIterator[FastAPI]:
     target = temporal_env.client.service_client.config.target_host
-    app = create_app(settings.model_copy(update={"temporal_address": target, "api_token": ADMIN_TOKEN}))
+    update = {"temporal_address": target, "api_token": ADMIN_TOKEN, "offer_at_submission": False}
+    app = create_app(settings.model_copy(update=update))
     async with app.router.lifespan_context(app):
         yield app
         # Leave no workflow or schedule behind on the shared dev server: this test's database goes away.

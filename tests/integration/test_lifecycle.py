@@ -595,13 +595,17 @@ async def test_rerun_makes_a_linked_job_from_the_frozen_spec(api, db):
 
 
 async def test_cancel_while_queued_never_runs_the_script(fs, api, db, tmp_path):
-    """With the control worker stopped the job stays `queued` (no workflow task runs). A cancel is
+    """With the control worker stopped, a job its submission could not offer (local-3 is busy:
+    the POST's placement records it `waiting_for_box`) waits with no workflow task run. A cancel is
     accepted, and once the worker is back the job ends `cancelled` without ever leasing or running."""
     marker = tmp_path / "ran"
+    gate = tmp_path / "gate"
+    busy = await submit(api, GATED, box="local-3", env={"GATE": str(gate)})
+    await wait_state(api, busy["id"], "running")
     fs.stop("worker")
     try:
         queued = await submit(api, f"open({str(marker)!r}, 'w').write('ran')\n", box="local-3")
-        assert (await job(api, queued["id"]))["state"] == "queued"
+        assert (await job(api, queued["id"]))["state"] == "waiting_for_box"
         await cancel(api, queued["id"])
     finally:
         fs.start("worker")
@@ -609,10 +613,61 @@ async def test_cancel_while_queued_never_runs_the_script(fs, api, db, tmp_path):
     assert done["state"] == "cancelled", done
     assert await lease(db, queued["id"]) is None
     await assert_cancel_refused(api, queued["id"])
+    gate.write_text("open")
+    assert (await wait_terminal(api, busy["id"], timeout=60))["state"] == "completed"
     # the box still works, and the cancelled script never ran
     after = await submit(api, QUICK, box="local-3")
     assert (await wait_terminal(api, after["id"], timeout=60))["state"] == "completed"
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- 1b'. the offer at submission
+
+
+async def test_a_free_box_runs_the_job_before_its_workflow_and_the_workflow_ends_it(fs, api, db, tmp_path):
+    """The submission leases a free box and offers the job itself: with the control worker
+    stopped (no workflow task runs) the job still runs to its end on local-3, and its result waits
+    in the dispatch row. Once the worker is back, the workflow finds the lease held, its run_job
+    adopts the offer and returns that result: `completed`, the lease freed once, the transcript
+    archived. A second job, cancelled while it runs before its workflow, is stopped by the box
+    (pushed by the API) and ends `cancelled` with its lease freed only after the process ended."""
+    fs.stop("worker")
+    try:
+        early = await submit(api, "print('ran before the workflow', flush=True)\n", box="local-3")
+        await wait_for(
+            lambda: _has_result(db, early["id"]), timeout=30, what="the box to report before any workflow task"
+        )
+        assert (await job(api, early["id"]))["state"] == "running", "ended by the workflow, not by the result"
+        lines = [ln["text"] for ln in await replay(api, early["id"])]
+        assert lines == ["ran before the workflow"], lines
+    finally:
+        fs.start("worker")
+    done = await wait_terminal(api, early["id"], timeout=60)
+    assert (done["state"], done["exit_code"]) == ("completed", 0), done
+    assert [e["to_state"] for e in await events(api, early["id"])] == ["queued", "dispatching", "running", "completed"]
+    assert (await lease(db, early["id"]))["released_at"] is not None
+    assert await wait_for(lambda: archive(api, early["id"]), timeout=30, what="the transcript archive")
+
+    pidfile = tmp_path / "pids"
+    fs.stop("worker")
+    try:
+        running = await submit(api, TREE, box="local-3", env={"PIDFILE": str(pidfile)})
+        await wait_for(lambda: pidfile.exists(), timeout=30, what="the process tree, before any workflow task")
+        pids = await read_pids(pidfile)
+        await cancel(api, running["id"])
+        await wait_for(lambda: not any(pid_alive(p) for p in pids), timeout=KILL_S, what="the tree to be killed")
+    finally:
+        fs.start("worker")
+    done = await wait_terminal(api, running["id"], timeout=60)
+    assert done["state"] == "cancelled", done
+    held = await lease(db, running["id"])
+    result_at = await db.fetchval("SELECT result_at FROM dispatches WHERE job_id = $1", uuid.UUID(running["id"]))
+    assert held["released_at"] is not None and result_at is not None
+    assert held["released_at"] >= result_at, "the lease was freed before the box reported the process gone"
+
+
+async def _has_result(db: asyncpg.Connection, job_id: str) -> bool:
+    return bool(await db.fetchval("SELECT result_at IS NOT NULL FROM dispatches WHERE job_id = $1", uuid.UUID(job_id)))
 
 
 # ---------------------------------------------------------------- 1c. cancel while dispatching
