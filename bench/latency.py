@@ -3,6 +3,7 @@ one-activity Temporal workflow.
 
     python -m bench.latency [--jobs 50] [--warmup 3] [--gap-ms 250] [--observe sse|poll] [--unsandboxed]
                             [--agent-python PATH] [--local-control true|false] [--warm true|false]
+                            [--offer-at-submission true|false]
                             [--json] [--quick]
 
 Starts a private `boxrun dev --ports auto --boxes 1` stack in a temporary directory, then, one at a
@@ -158,6 +159,9 @@ async def phases(
         ("queued -> dispatching", at.get("queued"), at.get("dispatching")),
         ("dispatching -> run_job scheduled", at.get("dispatching"), scheduled),
         ("run_job scheduled -> running (claim)", scheduled, at.get("running")),
+        # with the offer at submission the box claims before run_job exists: the two above go
+        # negative, this one is the hand-over to the box either way
+        ("dispatching -> running (offer + claim)", at.get("dispatching"), at.get("running")),
         ("running -> first line", at.get("running"), printed),
         ("first line -> completed", printed, at.get("completed")),
         ("completed -> client told", at.get("completed"), wall1),
@@ -195,6 +199,8 @@ def stack_env(args: argparse.Namespace) -> dict[str, str]:
         env["BOXRUN_LOCAL_CONTROL_ACTIVITIES"] = args.local_control
     if args.warm is not None:
         env["BOXRUN_AGENT_WARM_INTERPRETER"] = args.warm
+    if args.offer_at_submission is not None:
+        env["BOXRUN_OFFER_AT_SUBMISSION"] = args.offer_at_submission
     return env
 
 
@@ -285,7 +291,8 @@ def render(result: dict) -> str:
     ratio = result["ratio_p50"]
     lines.append(
         f"p50 / bare p50: first line {ratio['first_line_to_bare']}, completed {ratio['completed_to_bare']}; "
-        f"local control activities: {result['local_control']}; warm interpreter: {result['warm_interpreter']}"
+        f"local control activities: {result['local_control']}; warm interpreter: {result['warm_interpreter']}; "
+        f"offer at submission: {result['offer_at_submission']}"
     )
     lines += ["", f"boxrun job split by server timestamps (median ms of the {result['boxrun']['n']} jobs):"]
     for name, value in result["boxrun_phases_p50_ms"].items():
@@ -320,6 +327,7 @@ async def measure(endpoints: dict, args: argparse.Namespace) -> dict:
         "bare_sandboxed": not args.unsandboxed,
         "local_control": args.local_control or "default",
         "warm_interpreter": args.warm or "default",
+        "offer_at_submission": args.offer_at_submission or "default",
         "samples_ms": {
             "first_line": [round(s.first_line * 1000, 2) for s in jobs],
             "boxrun": [round(s.total * 1000, 2) for s in jobs],
@@ -366,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["true", "false"],
         help="BOXRUN_AGENT_WARM_INTERPRETER for the box's agent: a pre-started interpreter per slot takes "
         "the next job, or every job starts cold (default: the setting's default)",
+    )
+    parser.add_argument(
+        "--offer-at-submission",
+        choices=["true", "false"],
+        help="BOXRUN_OFFER_AT_SUBMISSION for the stack: a job for a free box is leased and offered by its POST, "
+        "or by its workflow (default: the setting's default)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--keep", action="store_true", help="keep the stack's data dir (printed) afterwards")
