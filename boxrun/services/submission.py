@@ -109,9 +109,7 @@ async def submit_job(
     # starts it while the workflow starts. If Temporal refuses, the job is withdrawn again: nothing
     # half-written remains, unless its box already claimed it (then it is accepted and the reaper
     # starts its workflow, as it does when this process dies right here).
-    offered = (
-        await offer_at_submission(conn, temporal, settings, row, spec) if settings.offer_at_submission else None
-    )
+    offered = await offer_at_submission(conn, temporal, settings, row, spec) if settings.offer_at_submission else None
     try:
         await start_job_workflow(temporal, job_input(row, settings))
     except RPCError as exc:
