@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from collections import Counter
 from pathlib import Path
 
 import asyncpg
@@ -359,6 +360,9 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
             window = (max(ends) - t_gate) if ends else float("nan")
             result["drain"] = {
                 "ended": len(ends),
+                # how the drained jobs ended, from their own terminal events (the counts below are
+                # whole-stack deltas read a moment apart)
+                "ended_as": dict(Counter(e["to_state"] for e in events if e["to_state"] in TERMINAL)),
                 "completed": done,
                 "failed": failed,
                 "window_s": round(window, 1),
@@ -394,6 +398,8 @@ async def run(args: argparse.Namespace, root: Path) -> dict:
     st = result.get("steady", {})
     if st and st["accepted"] < st["sent"]:
         problems.append(f"steady submissions refused: {refused[-5:]}")
+    if set(d.get("ended_as", {})) - {"completed"}:
+        problems.append(f"drained jobs that did not complete: {d['ended_as']}")
     if d.get("failed"):
         problems.append(f"{d['failed']} failed")
     if d.get("order", {}).get("overtaking"):
