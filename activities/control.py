@@ -34,7 +34,7 @@ from boxrun.messages import (
 )
 from boxrun.placement import acquire, finish
 from boxrun.services.archive import write_archive
-from boxrun.services.dispatch import request_cancel
+from boxrun.services.dispatch import hold_for_the_box, request_cancel
 from boxrun.services.pipelines import release_pipeline_holds
 from boxrun.storage import Storage
 from boxrun.transitions import transition
@@ -103,23 +103,32 @@ class ControlActivities:
     async def finish_job(self, inp: FinishInput) -> ReleaseResult:
         """Terminal transition + lease release in one transaction (terminal states absorb).
 
-        Never under a live process: a job offered at submission that its box claimed and still
-        runs, with no run_job adopting it yet (the workflow was cancelled or failed before), is
-        told to stop (the cancel is pushed to the box) and this step fails, to be retried, until
-        the box reports its end or its agent is gone (box_offline_after_s)."""
+        Never under a live process: a job offered at submission that no run_job adopted yet (the
+        workflow was cancelled or failed before) has its offer closed with the end if the box has
+        not claimed it; if the box claimed it and still reports progress for it, the cancel is
+        pushed to the box and this step fails, to be retried, until the box reports its end or
+        goes silent (box_offline_after_s). The offer's row is locked first, before the job's, the
+        order a claim locks them in, so a claim racing this either came first or finds it closed."""
         async with self.pool.acquire() as conn:
-            if await conn.fetchval(Q.unadopted_running_dispatch, inp.job_id, self.offline_after_s) is not None:
-                await request_cancel(conn, inp.job_id)
+            async with conn.transaction():
+                running = await hold_for_the_box(conn, inp.job_id, self.offline_after_s)
+                if not running:
+                    try:
+                        done = await finish(
+                            conn,
+                            inp.job_id,
+                            inp.to_state,
+                            exit_code=inp.exit_code,
+                            error=inp.error,
+                            error_kind=inp.error_kind,
+                        )
+                    except (NotFound, InvalidTransition, ValueError) as exc:
+                        raise _permanent(exc) from exc
+            if running:  # the cancel request is committed above; the box hears it now
                 raise ApplicationError(
                     f"job {inp.job_id} still runs on its box; its lease is freed once the box reports its end",
                     type=STILL_RUNNING,
                 )
-            try:
-                done = await finish(
-                    conn, inp.job_id, inp.to_state, exit_code=inp.exit_code, error=inp.error, error_kind=inp.error_kind
-                )
-            except (NotFound, InvalidTransition, ValueError) as exc:
-                raise _permanent(exc) from exc
         await start_deliveries_after(self.pool, inp.job_id)  # the job.<state> webhooks, committed with it
         return done
 

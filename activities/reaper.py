@@ -15,6 +15,7 @@ from boxrun.constants import TERMINAL_STATES, JobState, PipelineState
 from boxrun.db import Conn, Q
 from boxrun.messages import ReapResult
 from boxrun.placement import finish, release
+from boxrun.services.dispatch import hold_for_the_box
 from boxrun.services.pipelines import end_rows, release_pipeline_holds, start_pipeline_workflow, stored_input
 from boxrun.services.webhooks import start_deliveries, start_deliveries_of
 from boxrun.services.workflow_start import job_input, start_job_workflow
@@ -54,7 +55,12 @@ class ReaperActivities:
                 state = await conn.fetchval(Q.job_state_any_org, wf.id)
                 if state is None or JobState(state).terminal:
                     continue  # unknown here, or already ended (step 1 frees any lease it kept)
-                done = await finish(conn, wf.id, JobState.FAILED, error=f"workflow {status} before the job ended")
+                async with conn.transaction():
+                    # a job its box still runs under an offer no run_job adopted: told to stop,
+                    # ended by a later sweep once the box reported (never freed under it)
+                    if await hold_for_the_box(conn, wf.id, self.settings.box_offline_after_s):
+                        continue
+                    done = await finish(conn, wf.id, JobState.FAILED, error=f"workflow {status} before the job ended")
                 log.warning("reaped job %s (workflow %s): now %s", wf.id, status, done.state)
                 await start_deliveries_of(self.pool, client, wf.id)  # its job.failed webhooks
                 wake += done.wake_job_ids

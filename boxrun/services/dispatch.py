@@ -573,3 +573,20 @@ async def request_cancel(conn: Conn, job_id: str) -> bool:
             return False
         await notify(conn, row["box_id"], job_id, "cancel")
     return bool(row["claimed"])
+
+
+async def hold_for_the_box(conn: Conn, job_id: str, offline_after_s: float) -> bool:
+    """In the caller's transaction, before a job is ended by the control plane: its offer made at
+    submission and not adopted by a run_job is closed if unclaimed; if its box claimed it and
+    still reports progress for it, the cancel is requested and pushed (NOTIFY at commit) and True
+    says the end must wait for the box."""
+    row = await conn.fetchrow(Q.lock_unadopted_dispatch, job_id, offline_after_s)
+    if row is None:
+        return False
+    if not row["claimed"]:
+        await conn.execute(Q.close_pre_offer, job_id)
+        return False
+    if row["running"]:
+        await request_cancel(conn, job_id)
+        return True
+    return False

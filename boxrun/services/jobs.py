@@ -17,12 +17,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from boxrun.constants import JobState
 from boxrun.db import Q
 from boxrun.errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
+from boxrun.placement import finish
 from boxrun.schemas import LABEL_KEY_PATTERN, MAX_LABEL_VALUE, MAX_LABELS, JobCreate
 from boxrun.services.identity import User
 from boxrun.services.submission import submit_job
+from boxrun.services.wakeups import wake_jobs
 from boxrun.settings import Settings
 from boxrun.storage import Storage
-from boxrun.transitions import transition
 from boxrun.workspace_paths import refuse_unstorable
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ async def cancel_job(
     await conn.execute(
         Q.audit, user.org_id, user.name, "job.cancel", row["id"], row["box_name"], {"state": row["state"]}
     )
-    from boxrun.services.dispatch import request_cancel  # dispatch imports this module
+    from boxrun.services.dispatch import hold_for_the_box, request_cancel  # dispatch imports this module
 
     await request_cancel(conn, jid)  # fast path: push it to the box now (the workflow does too)
     try:
@@ -124,17 +125,18 @@ async def cancel_job(
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:
             raise Unavailable(f"the workflow engine refused the cancel: {exc.message}") from exc
-        if await conn.fetchval(Q.unadopted_running_dispatch, jid, offline_after_s) is not None:
-            # offered at submission and running, its workflow not started yet (the reaper starts
-            # it): the box was told above; the workflow ends the job once the box reports
-            log.info("job %s runs on its box before its workflow started; the box was told to stop", jid)
-            return await load_job(conn, user, jid)
         log.info("job %s has no running workflow; cancelling the row itself", jid)
         async with conn.transaction():
+            if await hold_for_the_box(conn, jid, offline_after_s):
+                # offered at submission and running, its workflow not started yet (the reaper
+                # starts it): the box was told; that workflow ends the job once the box reports
+                return await load_job(conn, user, jid)
             current = JobState(await conn.fetchval(Q.job_state, user.org_id, jid))
             if current.terminal:
                 raise Conflict(f"job {jid} already ended ({current})") from exc
-            await transition(conn, jid, JobState.CANCELLED, error="cancelled (no workflow was running)")
+            # finish, not a bare transition: a job its submission leased keeps no lease behind
+            freed = await finish(conn, jid, JobState.CANCELLED, error="cancelled (no workflow was running)")
+        await wake_jobs(temporal, freed.wake_job_ids)
     return await load_job(conn, user, jid)
 
 

@@ -15,6 +15,7 @@ from temporalio.service import RPCError
 from boxrun import logcontext, metrics
 from boxrun.db import Q
 from boxrun.errors import BoxrunError, Conflict, InvalidInput, Unavailable
+from boxrun.messages import AcquireResult
 from boxrun.placement import acquire, release
 from boxrun.schemas import JobCreate
 from boxrun.services import secrets
@@ -109,7 +110,7 @@ async def submit_job(
     # starts it while the workflow starts. If Temporal refuses, the job is withdrawn again: nothing
     # half-written remains, unless its box already claimed it (then it is accepted and the reaper
     # starts its workflow, as it does when this process dies right here).
-    offered = await offer_at_submission(conn, temporal, settings, row, spec) if settings.offer_at_submission else None
+    offered = await offer_at_submission(conn, settings, row, spec) if settings.offer_at_submission else None
     try:
         await start_job_workflow(temporal, job_input(row, settings))
     except RPCError as exc:
@@ -117,19 +118,22 @@ async def submit_job(
         if await _withdraw(conn, temporal, job_id, offered=offered is not None):
             raise Unavailable("the workflow engine is unavailable; job not accepted") from exc
         log.warning("job %s was claimed by its box before its workflow could start; the reaper starts it", job_id)
+    if offered is not None and offered.wake_job_ids:  # the grant's hand-on, after the start
+        await wake_jobs(temporal, offered.wake_job_ids)
     metrics.job_submitted()
     return job_id, True
 
 
 async def offer_at_submission(
-    conn: asyncpg.Connection, temporal: Client, settings: Settings, row: asyncpg.Record, spec: dict[str, Any]
-) -> int | None:
+    conn: asyncpg.Connection, settings: Settings, row: asyncpg.Record, spec: dict[str, Any]
+) -> AcquireResult | None:
     """Lease a box for the job now, if one is free (the same placement.acquire its workflow would
     run: target, access, capabilities, liveness, maintenance, locks, priority and FIFO), and offer
     the job to it without a task token: the box's long-poll is answered as this commits, and the
-    job's run_job adopts the offer (offer_dispatch). Returns the box id, or None when the workflow
-    places the job as before: no box free now, or the job refers to secrets (a secret gone at the
-    claim fails the job through its run_job, which must exist by then), or other jobs for its
+    job's run_job adopts the offer (offer_dispatch). Returns the grant (its waiters to wake once
+    the workflow started), or None when the workflow places the job as before, with nothing
+    written: no box free now (the job stays `queued`), the job refers to secrets (a secret gone at
+    the claim fails the job through its run_job, which must exist by then), or other jobs for its
     target wait to be placed. Best effort: a failure here leaves the job to its workflow."""
     job_id = str(row["id"])
     if secrets.env_references(spec.get("env") or {}):
@@ -142,27 +146,26 @@ async def offer_at_submission(
         async with conn.transaction():
             got = await acquire(conn, job_id, offline_after_s=settings.box_offline_after_s)
             if got.box is None:
-                return None
+                raise _NoOffer("no box free")  # the wait is the workflow's to record: rolled back
             box_id: int | None = await conn.fetchval(Q.box_id_by_name, job_id, got.box)
-            if (
-                box_id is None
-                or await conn.fetchval(
-                    Q.pre_offer, job_id, box_id, settings.dispatch_timeout_s, logcontext.get("request_id")
-                )
-                is None
-            ):
-                raise _NoOffer
+            if box_id is None:
+                raise _NoOffer(f"box {got.box} is gone")
+            offered = await conn.fetchval(
+                Q.pre_offer, job_id, box_id, settings.dispatch_timeout_s, logcontext.get("request_id")
+            )
+            if offered is None:
+                raise _NoOffer("already offered")
             await notify(conn, box_id, job_id, "offer")
-    except (_NoOffer, asyncpg.PostgresError, BoxrunError) as exc:
+    except _NoOffer:
+        return None
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, BoxrunError) as exc:
         log.warning("job %s: no offer at submission (%r); its workflow places it", job_id, exc)
         return None
-    if got.wake_job_ids:
-        await wake_jobs(temporal, got.wake_job_ids)
-    return box_id
+    return got
 
 
 class _NoOffer(Exception):
-    """The offer could not be written (rolls the lease back with it)."""
+    """No offer now (rolls back the placement's writes with it: the job stays `queued`)."""
 
 
 async def _withdraw(conn: asyncpg.Connection, temporal: Client, job_id: str, *, offered: bool) -> bool:

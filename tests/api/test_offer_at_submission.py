@@ -15,11 +15,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 from boxrun.activities.control import STILL_RUNNING, ControlActivities
+from boxrun.activities.dispatch import DispatchActivities
 from boxrun.constants import JobState
 from boxrun.db import Q
-from boxrun.messages import FinishInput
+from boxrun.messages import FinishInput, RunJobInput
 from boxrun.temporal import connect
 from tests.api.helpers import Box, assert_error
 from tests.api.test_agent import session
@@ -78,19 +80,24 @@ async def test_jobs_the_submission_does_not_offer_are_left_to_their_workflow(
     await make_box("vault")
     first = await submit(api, box="bench-1")
     busy = await submit(api, box="bench-1")  # capacity 1, taken by `first`
-    assert (await api.get(f"/api/jobs/{first}")).json()["state"] == "dispatching"
-    # placed, and no box qualifies: the wait is recorded as the workflow's placement records it
-    got = (await api.get(f"/api/jobs/{busy}")).json()
-    assert (got["state"], got["waiting_reason"]) == ("waiting_for_box", "busy")
     offline = await submit(api, box="asleep")
-    got = (await api.get(f"/api/jobs/{offline}")).json()
-    assert (got["state"], got["waiting_reason"]) == ("waiting_for_box", "offline")
+    assert (await api.get(f"/api/jobs/{first}")).json()["state"] == "dispatching"
+    # no box free: nothing is written (not even the wait: that is the workflow's to record, so a
+    # job whose workflow never starts is found `queued` by the reaper)
+    for job in (busy, offline):
+        got = (await api.get(f"/api/jobs/{job}")).json()
+        assert (got["state"], got["waiting_reason"]) == ("queued", None)
+        events = (await api.get(f"/api/jobs/{job}/events")).json()["data"]
+        assert [e["to_state"] for e in events] == ["queued"]
     assert (await api.put("/api/secrets/TOKEN", json={"value": "v"})).status_code == 204
     secret = await submit(api, box="vault", env={"T": "${{ secrets.TOKEN }}"})
     assert (await api.get(f"/api/jobs/{secret}")).json()["state"] == "queued", "not even placed"
     # a later job for that box is not placed by its POST while one before it waits to be
     behind = await submit(api, box="vault")
     assert (await api.get(f"/api/jobs/{behind}")).json()["state"] == "queued"
+    assert (
+        await db.fetchval("SELECT count(*) FROM leases WHERE box_id = (SELECT id FROM boxes WHERE name = 'vault')") == 0
+    )
     for job in (busy, offline, secret, behind):
         assert await dispatch_row(db, job) is None
     app.state.settings = app.state.settings.model_copy(update={"offer_at_submission": False})
@@ -182,13 +189,17 @@ async def test_finish_waits_while_the_box_runs_a_job_no_run_job_follows(
     assert ended.state == JobState.CANCELLED and ended.released
 
 
-async def test_finish_does_not_wait_for_a_box_whose_agent_is_gone(
+async def test_finish_does_not_wait_for_a_job_its_box_no_longer_reports(
     api: httpx.AsyncClient, app: FastAPI, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
 ) -> None:
     box = await make_box("bench-1")
     job = await submit(api, box="bench-1")
     assert (await box.agent.post(f"/api/agent/jobs/{job}/claim", headers=await session(box))).status_code == 200
-    await db.execute("UPDATE boxes SET last_seen_at = now() - interval '1 hour' WHERE name = 'bench-1'")
+    # the box is live (its agent reports), but no progress for this job came for an hour: an agent
+    # that restarted killed it and reports nothing more of it
+    await db.execute(
+        "UPDATE dispatches SET last_heartbeat_at = now() - interval '1 hour' WHERE job_id = $1", uuid.UUID(job)
+    )
     control = ControlActivities(app.state.pool, app.state.storage)
     ended = await control.finish_job(FinishInput(job_id=job, to_state=JobState.FAILED, error="box heartbeat lost"))
     assert ended.state == JobState.FAILED and ended.released
@@ -239,3 +250,119 @@ async def test_a_failed_workflow_start_withdraws_the_offer_unless_the_box_claime
     assert cancel.json()["state"] == "running"
     row = await dispatch_row(db, job)
     assert row is not None and row["cancel_requested_at"] is not None
+
+
+async def test_finish_closes_an_offer_the_box_has_not_claimed(
+    api: httpx.AsyncClient, app: FastAPI, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    """A workflow ended before its run_job adopted an unclaimed offer (cancelled from the Temporal
+    UI, say: no API cancel came first): the offer closes with the job's end, so the box can no
+    longer claim it, nor keep seeing it."""
+    box = await make_box("bench-1")
+    headers = await session(box)
+    job = await submit(api, box="bench-1")
+    control = ControlActivities(app.state.pool, app.state.storage)
+    ended = await control.finish_job(FinishInput(job_id=job, to_state=JobState.CANCELLED, error="cancelled"))
+    assert ended.state == JobState.CANCELLED and ended.released
+    assert (await box.agent.get("/api/agent/events", params={"wait": 0}, headers=headers)).json() == {"events": []}
+    refused = await box.agent.post(f"/api/agent/jobs/{job}/claim", headers=headers)
+    assert_error(refused, 409, "conflict")
+
+
+async def test_a_lost_run_job_before_the_adoption_lets_the_workflow_offer_again(
+    api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    """run_job died (its worker killed) before writing its token: withdraw_dispatch says the job
+    may be offered again, claimed or not, and the next run_job adopts it; the box keeps running it."""
+    await make_box("bench-1")
+    unclaimed = await submit(api, box="bench-1")
+    assert await db.fetchval(Q.withdraw_dispatch, unclaimed) is True
+    adopted = await adopt(db, unclaimed, "bench-1")
+    assert adopted["expired_at"] is None and adopted["claimed_at"] is None, "open again for the box"
+    other = await make_box("bench-2")
+    claimed = await submit(api, box="bench-2")
+    assert (await other.agent.post(f"/api/agent/jobs/{claimed}/claim", headers=await session(other))).status_code == 200
+    assert await db.fetchval(Q.withdraw_dispatch, claimed) is True, "claimed, but no run_job ever held it"
+    row = await dispatch_row(db, claimed)
+    assert row is not None and row["expired_at"] is None and row["claimed_at"] is not None
+    assert (await adopt(db, claimed, "bench-2"))["claimed_at"] is not None
+
+
+async def test_run_job_returns_or_raises_what_the_box_reported_before_it(
+    api: httpx.AsyncClient, app: FastAPI, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    box = await make_box("bench-1")
+    headers = await session(box)
+    acts = DispatchActivities(app.state.pool, claim_timeout_s=60)
+    env = ActivityEnvironment(client=app.state.temporal)
+    done = await submit(api, box="bench-1")
+    assert (await box.agent.post(f"/api/agent/jobs/{done}/claim", headers=headers)).status_code == 200
+    body = {"exit_code": 0, "log_seq": 0}
+    assert (await box.agent.post(f"/api/agent/jobs/{done}/result", json=body)).status_code == 204
+    result = await env.run(acts.run_job, RunJobInput(job_id=done, box="bench-1"))
+    assert (result.exit_code, result.timed_out, result.error, result.artifacts) == (0, False, None, 0)
+
+    other = await make_box("bench-2")  # bench-1 stays leased to `done` (no workflow ends it here)
+    cancelled = await submit(api, box="bench-2")
+    assert (
+        await other.agent.post(f"/api/agent/jobs/{cancelled}/claim", headers=await session(other))
+    ).status_code == 200
+    body = {"exit_code": -15, "log_seq": 0, "cancelled": True}
+    assert (await other.agent.post(f"/api/agent/jobs/{cancelled}/result", json=body)).status_code == 204
+    with pytest.raises(ApplicationError) as raised:
+        await env.run(acts.run_job, RunJobInput(job_id=cancelled, box="bench-2"))
+    assert (raised.value.type, raised.value.non_retryable) == ("JobCancelled", True)
+
+
+async def test_a_secret_gone_at_the_claim_of_an_unadopted_offer_is_kept_for_run_job(
+    api: httpx.AsyncClient, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    """Jobs referring to secrets are not offered at submission; should one be (its spec changed
+    under it here, by hand), the claim fails it the same way: the reason kept for run_job."""
+    box = await make_box("bench-1")
+    job = await submit(api, box="bench-1")
+    await db.execute(
+        "UPDATE jobs SET spec = jsonb_set(spec, '{env}', $2::jsonb) WHERE id = $1",
+        uuid.UUID(job),
+        {"T": "${{ secrets.GONE }}"},
+    )
+    refused = await box.agent.post(f"/api/agent/jobs/{job}/claim", headers=await session(box))
+    assert_error(refused, 409, "conflict", detail="GONE")
+    row = await dispatch_row(db, job)
+    assert row is not None and row["early_result"]["failure"]["type"] == "SecretUnavailable"
+    assert "GONE" in row["early_result"]["failure"]["message"]
+
+
+async def test_a_cancel_without_a_workflow_frees_the_lease_of_an_unclaimed_offer(
+    api: httpx.AsyncClient, app: FastAPI, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    """The API died between the offer and the workflow's start: the cancel finds no workflow (here:
+    a client of a namespace that has none of them) and ends the job itself, closing the offer and
+    freeing its lease."""
+    box = await make_box("bench-1")
+    headers = await session(box)
+    job = await submit(api, box="bench-1")
+    good = app.state.temporal
+    app.state.temporal = await connect(app.state.settings.temporal_address, namespace=f"missing-{uuid.uuid4().hex[:8]}")
+    try:
+        resp = await api.post(f"/api/jobs/{job}/cancel")
+    finally:
+        app.state.temporal = good
+    assert resp.status_code == 202 and resp.json()["state"] == "cancelled", resp.text
+    assert await db.fetchval("SELECT released_at IS NOT NULL FROM leases WHERE job_id = $1", uuid.UUID(job))
+    assert_error(await box.agent.post(f"/api/agent/jobs/{job}/claim", headers=headers), 409, "conflict")
+
+
+async def test_a_failed_workflow_start_leaves_nothing_when_no_box_was_free(
+    api: httpx.AsyncClient, app: FastAPI, db: asyncpg.Connection, make_box: Callable[..., Awaitable[Box]]
+) -> None:
+    await make_box("bench-1")
+    first = await submit(api, box="bench-1")  # takes the box
+    good = app.state.temporal
+    app.state.temporal = await connect(app.state.settings.temporal_address, namespace=f"missing-{uuid.uuid4().hex[:8]}")
+    try:
+        resp = await api.post("/api/jobs", json={"script": "x", "box": "bench-1"})
+    finally:
+        app.state.temporal = good
+    assert_error(resp, 503, "unavailable", detail="workflow engine is unavailable")
+    assert [str(r["id"]) for r in await db.fetch("SELECT id FROM jobs")] == [first], "no job left waiting forever"

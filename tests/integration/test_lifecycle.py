@@ -595,9 +595,9 @@ async def test_rerun_makes_a_linked_job_from_the_frozen_spec(api, db):
 
 
 async def test_cancel_while_queued_never_runs_the_script(fs, api, db, tmp_path):
-    """With the control worker stopped, a job its submission could not offer (local-3 is busy:
-    the POST's placement records it `waiting_for_box`) waits with no workflow task run. A cancel is
-    accepted, and once the worker is back the job ends `cancelled` without ever leasing or running."""
+    """With the control worker stopped, a job its submission could not offer (local-3 is busy)
+    stays `queued` (no workflow task runs). A cancel is accepted, and once the worker is back the
+    job ends `cancelled` without ever leasing or running."""
     marker = tmp_path / "ran"
     gate = tmp_path / "gate"
     busy = await submit(api, GATED, box="local-3", env={"GATE": str(gate)})
@@ -605,7 +605,7 @@ async def test_cancel_while_queued_never_runs_the_script(fs, api, db, tmp_path):
     fs.stop("worker")
     try:
         queued = await submit(api, f"open({str(marker)!r}, 'w').write('ran')\n", box="local-3")
-        assert (await job(api, queued["id"]))["state"] == "waiting_for_box"
+        assert (await job(api, queued["id"]))["state"] == "queued"
         await cancel(api, queued["id"])
     finally:
         fs.start("worker")

@@ -51,12 +51,28 @@ WHERE job_id = $1 AND box_id = $2 AND claimed_at IS NOT NULL AND result_at IS NU
 RETURNING cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- A job offered at submission that its box claimed and still runs, with no run_job yet to
--- follow it ($2: seconds after which a silent agent counts as gone). Its lease must not be
--- freed under the live process: finish_job pushes the cancel and waits for the box's end.
+-- follow it: its box reported progress for it within $2 seconds and no result (the job's own
+-- heartbeat, not the box's: an agent that restarted and killed it reports nothing more). Its
+-- lease must not be freed under the live process.
 -- name: unadopted_running_dispatch
-SELECT d.box_id FROM dispatches d JOIN boxes b ON b.id = d.box_id
-WHERE d.job_id = $1 AND d.task_token IS NULL AND d.claimed_at IS NOT NULL AND d.result_at IS NULL
-  AND b.last_seen_at > clock_timestamp() - make_interval(secs => $2);
+SELECT box_id FROM dispatches
+WHERE job_id = $1 AND task_token IS NULL AND claimed_at IS NOT NULL AND result_at IS NULL
+  AND last_heartbeat_at > clock_timestamp() - make_interval(secs => $2);
+
+-- finish_job's first step: the job's offer made at submission and not adopted by a run_job,
+-- locked (before the job row, as a claim locks them). Unclaimed, it is closed with the job's end
+-- (close_pre_offer); claimed and still reporting ($2 s), the end waits for the box.
+-- name: lock_unadopted_dispatch
+SELECT claimed_at IS NOT NULL AS claimed,
+       (claimed_at IS NOT NULL AND result_at IS NULL
+        AND last_heartbeat_at > clock_timestamp() - make_interval(secs => $2)) AS running
+FROM dispatches WHERE job_id = $1 AND task_token IS NULL
+FOR UPDATE;
+
+-- name: close_pre_offer
+UPDATE dispatches SET expired_at = coalesce(expired_at, clock_timestamp()),
+                      cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp())
+WHERE job_id = $1 AND task_token IS NULL AND claimed_at IS NULL;
 
 -- A submission whose workflow could not be started withdraws its offer made at submission, if
 -- the box has not claimed it (a claim racing this waits on the row lock, then matches nothing).
@@ -79,14 +95,17 @@ RETURNING job_id;
 -- run_job ended without a word from the box (its heartbeat timeout): close the offer if the box
 -- never claimed it. True when the job never started (no offer at all, or an open or expired
 -- unclaimed one: a claim racing this waits on the row lock, then matches nothing), so the
--- workflow may offer it again; false once claimed.
+-- workflow may offer it again; false once claimed. Also true for an offer made at submission
+-- that no run_job adopted (the one that died did so before writing its token): the next run_job
+-- adopts it, claimed or not, and the job goes on.
 -- name: withdraw_dispatch
 WITH closed AS (
   UPDATE dispatches SET expired_at = coalesce(expired_at, clock_timestamp())
   WHERE job_id = $1 AND claimed_at IS NULL
   RETURNING job_id
 )
-SELECT EXISTS (SELECT 1 FROM closed) OR NOT EXISTS (SELECT 1 FROM dispatches WHERE job_id = $1);
+SELECT EXISTS (SELECT 1 FROM closed) OR NOT EXISTS (SELECT 1 FROM dispatches WHERE job_id = $1)
+    OR EXISTS (SELECT 1 FROM dispatches WHERE job_id = $1 AND task_token IS NULL);
 
 -- The box claims the job: only an open offer to this very box.
 -- name: claim_dispatch

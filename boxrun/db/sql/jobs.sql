@@ -93,8 +93,6 @@ SELECT pg_notify($1, $2);
 -- name: delete_job
 DELETE FROM jobs WHERE id = $1 AND state = 'queued';
 
--- A submission withdrawn after its offer at submission was withdrawn unclaimed (lease, dispatch
--- and events go with the job).
 -- Another job for the same target of org $1 is still waiting to be placed (queued or
 -- waiting_for_box; index jobs_pending): the offer at submission is not tried then (FIFO would
 -- refuse it, and a backlog's submissions would queue on the target's placement lock).
@@ -105,6 +103,8 @@ SELECT EXISTS (
     AND box_name IS NOT DISTINCT FROM $2 AND box_group IS NOT DISTINCT FROM $3
 );
 
+-- A submission withdrawn after its offer at submission was withdrawn unclaimed (lease, dispatch
+-- and events go with the job).
 -- name: delete_offered_job
 DELETE FROM jobs WHERE id = $1 AND state IN ('queued', 'dispatching');
 
@@ -117,15 +117,17 @@ SELECT state FROM jobs WHERE id = $1::uuid;
 -- Submitted longer than $1 seconds ago and possibly without a workflow: still queued (its
 -- workflow should have moved it long ago), or offered at submission and never adopted by a
 -- run_job (the API died between the offer and the workflow's start). The reaper asks Temporal.
+-- Each kind at most 100 a sweep (dispatches_unadopted indexes the second).
 -- name: stale_queued_jobs
-SELECT * FROM jobs
-WHERE state = 'queued' AND created_at < clock_timestamp() - make_interval(secs => $1)
+(SELECT * FROM jobs
+ WHERE state = 'queued' AND created_at < clock_timestamp() - make_interval(secs => $1)
+ ORDER BY created_at LIMIT 100)
 UNION ALL
-SELECT j.* FROM jobs j JOIN dispatches d ON d.job_id = j.id
-WHERE d.task_token IS NULL AND j.state NOT IN ('completed', 'failed', 'cancelled', 'timed_out', 'unschedulable')
-  AND j.created_at < clock_timestamp() - make_interval(secs => $1)
-ORDER BY created_at
-LIMIT 100;
+(SELECT j.* FROM dispatches d JOIN jobs j ON j.id = d.job_id
+ WHERE d.task_token IS NULL
+   AND j.state NOT IN ('completed', 'failed', 'cancelled', 'timed_out', 'unschedulable')
+   AND j.created_at < clock_timestamp() - make_interval(secs => $1)
+ ORDER BY j.created_at LIMIT 100);
 
 -- name: job_claim
 SELECT j.id, j.org_id, j.state, l.box_id AS lease_box
