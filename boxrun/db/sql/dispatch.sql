@@ -107,12 +107,13 @@ WITH closed AS (
 SELECT EXISTS (SELECT 1 FROM closed) OR NOT EXISTS (SELECT 1 FROM dispatches WHERE job_id = $1)
     OR EXISTS (SELECT 1 FROM dispatches WHERE job_id = $1 AND task_token IS NULL);
 
--- The box claims the job: only an open offer to this very box.
+-- The box claims the job: only an open offer to this very box. No row: refused; a row whose
+-- token is NULL: claimed before run_job adopted the offer made at submission.
 -- name: claim_dispatch
 UPDATE dispatches SET claimed_at = clock_timestamp(), last_heartbeat_at = clock_timestamp()
 WHERE job_id = $1 AND box_id = $2 AND claimed_at IS NULL AND expired_at IS NULL
   AND cancel_requested_at IS NULL AND claim_deadline > clock_timestamp()
-RETURNING job_id, task_token;
+RETURNING task_token;
 
 -- The job's dispatch as its box sees it; NULL unless dispatched to box $2.
 -- name: box_dispatch
