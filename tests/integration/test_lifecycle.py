@@ -602,6 +602,9 @@ async def test_cancel_while_queued_never_runs_the_script(fs, api, db, tmp_path):
     gate = tmp_path / "gate"
     busy = await submit(api, GATED, box="local-3", env={"GATE": str(gate)})
     await wait_state(api, busy["id"], "running")
+    # offered at submission, `busy` may run before its run_job adopted the offer: stopping the
+    # worker in that window fails its run_job (docs/architecture.md), so wait for the adoption
+    await wait_for(lambda: _adopted(db, busy["id"]), timeout=30, what="busy's run_job to adopt its offer")
     fs.stop("worker")
     try:
         queued = await submit(api, f"open({str(marker)!r}, 'w').write('ran')\n", box="local-3")
@@ -664,6 +667,10 @@ async def test_a_free_box_runs_the_job_before_its_workflow_and_the_workflow_ends
     result_at = await db.fetchval("SELECT result_at FROM dispatches WHERE job_id = $1", uuid.UUID(running["id"]))
     assert held["released_at"] is not None and result_at is not None
     assert held["released_at"] >= result_at, "the lease was freed before the box reported the process gone"
+
+
+async def _adopted(db: asyncpg.Connection, job_id: str) -> bool:
+    return bool(await db.fetchval("SELECT task_token IS NOT NULL FROM dispatches WHERE job_id = $1", uuid.UUID(job_id)))
 
 
 async def _has_result(db: asyncpg.Connection, job_id: str) -> bool:
