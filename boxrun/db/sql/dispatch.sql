@@ -50,15 +50,6 @@ UPDATE dispatches SET early_result = $3, result_at = clock_timestamp()
 WHERE job_id = $1 AND box_id = $2 AND claimed_at IS NOT NULL AND result_at IS NULL AND task_token IS NULL
 RETURNING cancel_requested_at IS NOT NULL AS cancel_requested;
 
--- A job offered at submission that its box claimed and still runs, with no run_job yet to
--- follow it: its box reported progress for it within $2 seconds and no result (the job's own
--- heartbeat, not the box's: an agent that restarted and killed it reports nothing more). Its
--- lease must not be freed under the live process.
--- name: unadopted_running_dispatch
-SELECT box_id FROM dispatches
-WHERE job_id = $1 AND task_token IS NULL AND claimed_at IS NOT NULL AND result_at IS NULL
-  AND last_heartbeat_at > clock_timestamp() - make_interval(secs => $2);
-
 -- finish_job's first step: the job's offer made at submission and not adopted by a run_job,
 -- locked (before the job row, as a claim locks them). Unclaimed, it is closed with the job's end
 -- (close_pre_offer); claimed and still reporting ($2 s), the end waits for the box.
